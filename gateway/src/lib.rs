@@ -1,0 +1,4 @@
+//! Vitalbridge gateway library.
+pub mod model;
+pub mod pipeline;
+pub mod profile;

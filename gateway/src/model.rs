@@ -1,0 +1,401 @@
+//! The core domain model: what a reading *is*, independent of where it came from
+//! and where it goes.
+//!
+//! Architecture invariant: this module does no I/O and derives no serde. Every wire or
+//! storage format (the MQTT JSON payload, the buffer row, FHIR JSON) converts to and from
+//! these types explicitly, in the module that owns that format.
+//!
+//! Numbers are kept as [`Decimal`]s (an integer mantissa and a base-10 exponent), the same
+//! shape as IEEE 11073-20601 SFLOAT/FLOAT, so a value keeps exactly the precision the device
+//! reported: mantissa 200 with exponent -2 is `2.00`, not `2`.
+
+use std::fmt;
+use time::{Duration, OffsetDateTime};
+
+/// An exact decimal number: `mantissa × 10^exponent`.
+///
+/// Equality is representational: `2.0` and `2.00` are different decimals because they carry
+/// different precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decimal {
+    /// The significant digits, with sign.
+    pub mantissa: i64,
+    /// The power of ten the mantissa is scaled by.
+    pub exponent: i8,
+}
+
+impl Decimal {
+    /// `mantissa × 10^exponent`.
+    pub const fn new(mantissa: i64, exponent: i8) -> Self {
+        Self { mantissa, exponent }
+    }
+
+    /// A whole number.
+    pub const fn integer(value: i64) -> Self {
+        Self::new(value, 0)
+    }
+
+    /// Parses a plain decimal literal such as `-12.50`, `3`, or `1e-3`, keeping its precision.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (number, exp_part) = match text.find(['e', 'E']) {
+            Some(i) => (&text[..i], Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        let mut exponent: i32 = match exp_part {
+            Some(e) => e.parse().ok()?,
+            None => 0,
+        };
+        let (sign, digits) = match number.strip_prefix('-') {
+            Some(rest) => (-1i64, rest),
+            None => (1, number.strip_prefix('+').unwrap_or(number)),
+        };
+        let (int_part, frac_part) = match digits.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (digits, ""),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        if !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let mut mantissa: i64 = 0;
+        for b in int_part.bytes().chain(frac_part.bytes()) {
+            mantissa = mantissa.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+        }
+        exponent = exponent.checked_sub(i32::try_from(frac_part.len()).ok()?)?;
+        Some(Self::new(sign * mantissa, i8::try_from(exponent).ok()?))
+    }
+
+    /// The value as an `f64`, for range checks and plausibility only; never for output.
+    pub fn to_f64(self) -> f64 {
+        self.mantissa as f64 * 10f64.powi(i32::from(self.exponent))
+    }
+}
+
+impl fmt::Display for Decimal {
+    /// Renders as a JSON/FHIR-compatible decimal literal with exactly the stored precision.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let negative = self.mantissa < 0;
+        let digits = self.mantissa.unsigned_abs().to_string();
+        let sign = if negative { "-" } else { "" };
+        if self.exponent >= 0 {
+            let zeros = "0".repeat(self.exponent as usize);
+            if self.mantissa == 0 {
+                return f.write_str("0");
+            }
+            write!(f, "{sign}{digits}{zeros}")
+        } else {
+            let scale = self.exponent.unsigned_abs() as usize;
+            if digits.len() > scale {
+                let (int, frac) = digits.split_at(digits.len() - scale);
+                write!(f, "{sign}{int}.{frac}")
+            } else {
+                let pad = "0".repeat(scale - digits.len());
+                write!(f, "{sign}0.{pad}{digits}")
+            }
+        }
+    }
+}
+
+/// Why a value is missing where a number was expected (IEEE 11073 special values and
+/// device errors). Mapped to FHIR `dataAbsentReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AbsentReason {
+    /// IEEE 11073 NaN: not a number.
+    NotANumber,
+    /// IEEE 11073 NRes: not at this resolution — the device could not produce a value.
+    NotAtResolution,
+    /// +INF.
+    PositiveInfinity,
+    /// -INF.
+    NegativeInfinity,
+    /// A reserved special value, or any other device-reported error.
+    Error,
+}
+
+/// One measured number, or the reason there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    /// A finite value with its precision.
+    Value(Decimal),
+    /// No number: the device reported a special value.
+    Absent(AbsentReason),
+}
+
+/// A quantity: a measured number in a UCUM unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity {
+    /// The number, or why there is none.
+    pub value: Measured,
+    /// UCUM code, as the device reported it (e.g. `mm[Hg]`, `Cel`, `%`, `/min`).
+    pub unit: String,
+}
+
+/// One part of a compound measurement, such as the systolic pressure of a blood pressure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// What this part measures.
+    pub metric: Metric,
+    /// Its value and unit.
+    pub quantity: Quantity,
+}
+
+/// A chunk of sampled data (a waveform), kept for future sources; mapped to `SampledData`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Samples {
+    /// Time between samples, in milliseconds.
+    pub period_ms: Decimal,
+    /// Value of a zero sample, in `unit`.
+    pub origin: Decimal,
+    /// Multiply each sample by this to get the value in `unit`.
+    pub factor: Decimal,
+    /// UCUM unit of the scaled samples.
+    pub unit: String,
+    /// The raw samples.
+    pub data: Vec<i32>,
+}
+
+/// What a reading says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A single quantity (SpO2 %, body temperature, weight, heart rate…).
+    Quantity(Quantity),
+    /// A compound with no value of its own (blood pressure: systolic, diastolic, mean).
+    Components(Vec<Component>),
+    /// Sampled data.
+    Samples(Samples),
+    /// A coded value (e.g. a sensor state), as system + code + display.
+    Coded {
+        /// Code system URI.
+        system: String,
+        /// Code.
+        code: String,
+        /// Human-readable display, if known.
+        display: Option<String>,
+    },
+}
+
+/// What is measured: an IEEE 11073-10101 (MDC) code, the matching LOINC code where there is
+/// one, a display, and the canonical UCUM unit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Metric {
+    /// MDC code as a 32-bit number: partition × 2^16 + term code (e.g. 150456 for SpO2).
+    pub mdc: u32,
+    /// The MDC reference id, e.g. `MDC_PULS_OXIM_SAT_O2`.
+    pub mdc_ref: &'static str,
+    /// LOINC code, e.g. `2708-6`; `None` where LOINC has no equivalent.
+    pub loinc: Option<&'static str>,
+    /// Display text for the code.
+    pub display: &'static str,
+    /// The canonical UCUM unit of this metric (a device may report another, e.g. kPa).
+    pub unit: &'static str,
+    /// Whether the FHIR vital-signs profile covers this metric; its profile URL suffix if so
+    /// (e.g. `bp`, `oxygensat`).
+    pub vital_sign_profile: Option<&'static str>,
+}
+
+/// A device that measured something.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceRef {
+    /// Stable identity of the device.
+    pub id: DeviceId,
+    /// The device profile that decoded its frames (e.g. `ble-blood-pressure`, `sim`).
+    pub profile: String,
+    /// Model name, if known.
+    pub model: Option<String>,
+    /// Manufacturer, if known.
+    pub manufacturer: Option<String>,
+}
+
+/// How a device is identified, from most to least standard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceId {
+    /// IEEE EUI-64 system id (BLE System ID, IEEE 11073 system-id).
+    Eui64([u8; 8]),
+    /// Bluetooth device address (EUI-48).
+    Bluetooth([u8; 6]),
+    /// Manufacturer serial number.
+    Serial(String),
+    /// Any other stable id (an MQTT device name, a simulator id).
+    Other(String),
+}
+
+impl DeviceId {
+    /// The key used in identifiers and logs: upper-case hex for EUI-64 / EUI-48
+    /// (`FEEDABEEDEADBEEF`, `A1B2C3D4E5F6`), the text otherwise.
+    pub fn key(&self) -> String {
+        match self {
+            DeviceId::Eui64(b) => hex_upper(b),
+            DeviceId::Bluetooth(b) => hex_upper(b),
+            DeviceId::Serial(s) | DeviceId::Other(s) => s.clone(),
+        }
+    }
+}
+
+/// Upper-case hex without separators.
+pub fn hex_upper(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02X}");
+            s
+        })
+}
+
+/// The patient a reading belongs to, as a FHIR identifier or a literal reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PatientRef {
+    /// Identifier system (e.g. an MRN namespace URI); empty for a literal reference only.
+    pub system: String,
+    /// Identifier value, or the literal reference (`Patient/123`) when `system` is empty.
+    pub value: String,
+}
+
+/// Where the effective time of a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The device's own clock, used as reported.
+    Device,
+    /// The device's clock, corrected by the gateway's per-device offset.
+    DeviceCorrected,
+    /// The device had no usable clock: the gateway's receive time is used.
+    GatewayReceive,
+}
+
+/// Measurement status reported by the device (e.g. BLE BP measurement-status bits, PLX
+/// device status). Kept on the reading so it is never silently dropped; mapped to FHIR
+/// `interpretation`/notes by the FHIR layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusFlag {
+    /// Body movement during measurement.
+    BodyMovement,
+    /// Cuff fit too loose.
+    CuffLoose,
+    /// Irregular pulse detected.
+    IrregularPulse,
+    /// Pulse rate out of the device's range.
+    PulseRateOutOfRange,
+    /// Improper measurement position.
+    ImproperPosition,
+    /// The device marks the value questionable.
+    Questionable,
+    /// The device was calibrating.
+    Calibrating,
+    /// The reading is test or demo data (mapped to `meta.security` HTEST).
+    TestData,
+    /// The device reports low battery.
+    LowBattery,
+    /// A sensor fault or malfunction reported by the device.
+    SensorFault,
+    /// The value was measured early/invalid per the device (generic "invalid" bit).
+    Invalid,
+}
+
+/// One measurement, as the gateway received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Which device measured it.
+    pub device: DeviceRef,
+    /// Whom it belongs to, if the device is bound to a patient (or reported a user).
+    pub patient: Option<PatientRef>,
+    /// What was measured.
+    pub metric: Metric,
+    /// The value.
+    pub value: Value,
+    /// The time as the device reported it, with the offset it reported (or UTC). `None` when
+    /// the device has no clock. This is what the idempotency identifier uses.
+    pub device_time: Option<OffsetDateTime>,
+    /// Correction the gateway applies to the device clock (gateway time − device time).
+    pub clock_offset: Option<Duration>,
+    /// When the gateway received the reading.
+    pub received_at: OffsetDateTime,
+    /// Duration of the measurement, when it has one (effective period).
+    pub duration: Option<Duration>,
+    /// The device's own sequence number for this measurement, where it has one.
+    pub sequence: Option<u64>,
+    /// Status bits the device reported.
+    pub status: Vec<StatusFlag>,
+    /// Device-specific user index (BLE user id on shared scales/cuffs), if reported.
+    pub device_user: Option<u8>,
+}
+
+impl Reading {
+    /// The time the measurement was taken, and where that time came from.
+    pub fn effective_time(&self) -> (OffsetDateTime, TimeSource) {
+        match (self.device_time, self.clock_offset) {
+            (Some(t), Some(offset)) if !offset.is_zero() => {
+                (t + offset, TimeSource::DeviceCorrected)
+            }
+            (Some(t), _) => (t, TimeSource::Device),
+            (None, _) => (self.received_at, TimeSource::GatewayReceive),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_renders_with_the_precision_it_was_given() {
+        let cases = [
+            (Decimal::new(200, -2), "2.00"),
+            (Decimal::new(-5, -1), "-0.5"),
+            (Decimal::new(5, -3), "0.005"),
+            (Decimal::new(12, 2), "1200"),
+            (Decimal::new(0, 0), "0"),
+            (Decimal::new(0, -2), "0.00"),
+            (Decimal::new(-1205, -1), "-120.5"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(d.to_string(), text, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_parse_keeps_precision_and_round_trips() {
+        for text in [
+            "2.00", "-0.5", "0.005", "98.6", "120", "0", "-120.5", "0.00",
+        ] {
+            let d = Decimal::parse(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(d.to_string(), text);
+        }
+        assert_eq!(Decimal::parse("1e-3"), Some(Decimal::new(1, -3)));
+        assert_eq!(Decimal::parse("1.5E2"), Some(Decimal::new(15, 1)));
+    }
+
+    #[test]
+    fn decimal_parse_rejects_garbage_without_panicking() {
+        for text in [
+            "",
+            "-",
+            ".",
+            "1.2.3",
+            "abc",
+            "1e",
+            "--1",
+            "99999999999999999999",
+            "1e999",
+        ] {
+            assert_eq!(Decimal::parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn device_keys_are_upper_case_hex() {
+        assert_eq!(
+            DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]).key(),
+            "FEEDABEEDEADBEEF"
+        );
+        assert_eq!(
+            DeviceId::Bluetooth([0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6]).key(),
+            "A1B2C3D4E5F6"
+        );
+    }
+}

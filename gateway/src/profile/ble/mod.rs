@@ -1,0 +1,1 @@
+//! Bluetooth SIG health-service decoders (being written).

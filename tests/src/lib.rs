@@ -1,0 +1,1 @@
+//! Test harness for Vitalbridge end-to-end tests (filled in by the harness work).
