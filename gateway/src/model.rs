@@ -325,7 +325,46 @@ pub struct Reading {
     pub device_user: Option<u8>,
 }
 
+/// RFC 3339 with milliseconds, keeping the offset the time carries.
+pub fn format_time(t: OffsetDateTime) -> String {
+    use time::format_description::well_known::Rfc3339;
+    // Truncate to milliseconds so the identifier does not depend on sub-ms noise.
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 impl Reading {
+    /// The deterministic identity of this measurement, used as the FHIR Observation
+    /// identifier value and as the buffer's de-duplication key.
+    ///
+    /// Following the PHD IG, the parts joined by `-` are: the device key (upper-case hex for
+    /// EUI-64/EUI-48), the patient identifier value and system (when bound), the MDC code, the
+    /// time **as the device reported it** (receive time when the device has no clock), the
+    /// duration in ms when there is one, and the device sequence number when there is one.
+    /// The same measurement resent — after a lost ACK, a broker redelivery, a gateway crash —
+    /// gives the same identifier.
+    pub fn identifier(&self) -> String {
+        let mut parts = vec![self.device.id.key()];
+        if let Some(p) = &self.patient {
+            parts.push(p.value.clone());
+            if !p.system.is_empty() {
+                parts.push(p.system.clone());
+            }
+        }
+        parts.push(self.metric.mdc.to_string());
+        parts.push(format_time(self.device_time.unwrap_or(self.received_at)));
+        if let Some(d) = self.duration {
+            parts.push(format!("{}ms", d.whole_milliseconds()));
+        }
+        if let Some(seq) = self.sequence {
+            parts.push(format!("seq{seq}"));
+        }
+        parts.join("-")
+    }
+
     /// The time the measurement was taken, and where that time came from.
     pub fn effective_time(&self) -> (OffsetDateTime, TimeSource) {
         match (self.device_time, self.clock_offset) {
@@ -385,6 +424,74 @@ mod tests {
         ] {
             assert_eq!(Decimal::parse(text), None, "{text}");
         }
+    }
+
+    fn reading() -> Reading {
+        use time::macros::datetime;
+        Reading {
+            device: DeviceRef {
+                id: DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]),
+                profile: "test".into(),
+                model: None,
+                manufacturer: None,
+            },
+            patient: Some(PatientRef {
+                system: "urn:oid:1.2.3".into(),
+                value: "p42".into(),
+            }),
+            metric: Metric {
+                mdc: 150456,
+                mdc_ref: "MDC_PULS_OXIM_SAT_O2",
+                loinc: Some("2708-6"),
+                display: "SpO2",
+                unit: "%",
+                vital_sign_profile: Some("oxygensat"),
+            },
+            value: Value::Quantity(Quantity {
+                value: Measured::Value(Decimal::integer(97)),
+                unit: "%".into(),
+            }),
+            device_time: Some(datetime!(2026-11-25 10:00:00.5 +01:00)),
+            clock_offset: None,
+            received_at: datetime!(2026-11-25 09:00:03 UTC),
+            duration: None,
+            sequence: Some(7),
+            status: vec![],
+            device_user: None,
+        }
+    }
+
+    #[test]
+    fn identifier_uses_the_device_time_as_reported_not_the_corrected_one() {
+        let r = reading();
+        assert_eq!(
+            r.identifier(),
+            "FEEDABEEDEADBEEF-p42-urn:oid:1.2.3-150456-2026-11-25T10:00:00.5+01:00-seq7"
+        );
+        let corrected = Reading {
+            clock_offset: Some(Duration::seconds(30)),
+            ..r.clone()
+        };
+        assert_eq!(corrected.identifier(), r.identifier());
+        assert_eq!(corrected.effective_time().1, TimeSource::DeviceCorrected);
+        let resent = Reading {
+            received_at: r.received_at + Duration::hours(2),
+            ..r.clone()
+        };
+        assert_eq!(resent.identifier(), r.identifier());
+    }
+
+    #[test]
+    fn a_device_without_a_clock_gets_the_receive_time_and_says_so() {
+        let r = Reading {
+            device_time: None,
+            ..reading()
+        };
+        assert_eq!(
+            r.effective_time(),
+            (r.received_at, TimeSource::GatewayReceive)
+        );
+        assert!(r.identifier().contains("2026-11-25T09:00:03Z"));
     }
 
     #[test]

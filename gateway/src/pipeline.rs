@@ -33,10 +33,9 @@ pub struct Rejected {
 /// What a successful commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Committed {
-    /// Readings newly stored.
-    pub inserted: usize,
-    /// Readings already in the buffer (same identifier): a retransmission, stored once.
-    pub duplicates: usize,
+    /// Readings now durably held: newly stored, or already in the buffer under the same
+    /// identifier (a retransmission, stored once).
+    pub readings: usize,
 }
 
 /// Why a commit did not happen. The source must not acknowledge upstream.

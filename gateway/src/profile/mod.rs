@@ -4,6 +4,7 @@
 //! decoder and gets readings or an error back; decoders never panic on outside bytes.
 
 pub mod ble;
+pub mod canonical;
 pub mod catalog;
 
 use time::OffsetDateTime;

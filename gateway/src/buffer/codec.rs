@@ -1,0 +1,407 @@
+//! The `readings.body` column: a [`Reading`] as stored in the buffer.
+//!
+//! Format version 1 is a JSON object (UTF-8), chosen over a binary encoding so a technician
+//! can inspect a stuck row with `sqlite3`; it costs a few hundred bytes per reading. Keys:
+//!
+//! | key | type | meaning |
+//! | --- | --- | --- |
+//! | `v` | 1 | format version; a newer version is refused, never guessed |
+//! | `dev` | `{t, id, p, model?, mfr?}` | device: `t` = `eui64`/`bt`/`serial`/`other`, `id` = key, `p` = profile |
+//! | `pat` | `[system, value]`? | patient |
+//! | `mdc` | u32 | metric MDC code; the rest of the metric comes from the catalog |
+//! | `val` | value | `{"q":[number\|null, unit, absent?]}`, `{"c":[[mdc, number\|null, unit, absent?], …]}`, `{"s":{…}}`, `{"k":[system, code, display?]}` |
+//! | `dt` | RFC 3339? | device time as reported |
+//! | `off` | i64? | clock offset, ms |
+//! | `rx` | RFC 3339 | gateway receive time |
+//! | `dur` | i64? | duration, ms |
+//! | `seq` | u64? | device sequence number |
+//! | `st` | [string] | status flags (canonical names) |
+//! | `usr` | u8? | device user index |
+//!
+//! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
+//! the catalog (a newer gateway wrote it) is an error, not a guess.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::model::{
+    AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, PatientRef, Quantity, Reading,
+    Samples, Value,
+};
+use crate::profile::{canonical, catalog};
+
+/// Current body format version.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A body that cannot be turned back into a reading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored reading cannot be decoded: {0}")]
+pub struct CodecError(pub String);
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    v: u8,
+    dev: Dev,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pat: Option<(String, String)>,
+    mdc: u32,
+    val: Val,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    off: Option<i64>,
+    rx: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dur: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    st: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usr: Option<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Dev {
+    t: String,
+    id: String,
+    p: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mfr: Option<String>,
+}
+
+/// One number: the value (or null), the unit, and the absent reason when null.
+type Q = (Option<Number>, String, Option<String>);
+
+#[derive(Serialize, Deserialize)]
+enum Val {
+    #[serde(rename = "q")]
+    Quantity(Q),
+    #[serde(rename = "c")]
+    Components(Vec<(u32, Option<Number>, String, Option<String>)>),
+    #[serde(rename = "s")]
+    Samples {
+        period: Number,
+        origin: Number,
+        factor: Number,
+        unit: String,
+        data: Vec<i32>,
+    },
+    #[serde(rename = "k")]
+    Coded(String, String, Option<String>),
+}
+
+fn number(d: Decimal) -> Number {
+    // `Decimal`'s Display is a valid JSON number literal; arbitrary_precision keeps it exact.
+    d.to_string().parse().unwrap_or_else(|_| Number::from(0))
+}
+
+fn decimal(n: &Number) -> Result<Decimal, CodecError> {
+    Decimal::parse(&n.to_string()).ok_or_else(|| CodecError("number out of range".into()))
+}
+
+fn absent_code(r: AbsentReason) -> &'static str {
+    match r {
+        AbsentReason::NotANumber => "not-a-number",
+        AbsentReason::NotAtResolution | AbsentReason::Error => "error",
+        AbsentReason::PositiveInfinity => "positive-infinity",
+        AbsentReason::NegativeInfinity => "negative-infinity",
+    }
+}
+
+/// NRes is kept distinct in storage so a later mapping change can tell it apart.
+fn absent_store(r: AbsentReason) -> &'static str {
+    match r {
+        AbsentReason::NotAtResolution => "nres",
+        other => absent_code(other),
+    }
+}
+
+fn absent_load(code: &str) -> Result<AbsentReason, CodecError> {
+    if code == "nres" {
+        return Ok(AbsentReason::NotAtResolution);
+    }
+    canonical::absent_reason(code)
+        .ok_or_else(|| CodecError(format!("unknown absent reason {code:?}")))
+}
+
+fn measured_out(m: &Measured) -> (Option<Number>, Option<String>) {
+    match m {
+        Measured::Value(d) => (Some(number(*d)), None),
+        Measured::Absent(r) => (None, Some(absent_store(*r).to_owned())),
+    }
+}
+
+fn measured_in(n: Option<&Number>, reason: Option<&str>) -> Result<Measured, CodecError> {
+    match (n, reason) {
+        (Some(n), _) => decimal(n).map(Measured::Value),
+        (None, Some(r)) => absent_load(r).map(Measured::Absent),
+        (None, None) => Err(CodecError("null value without a reason".into())),
+    }
+}
+
+fn time_text(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn time_parse(t: &str) -> Result<OffsetDateTime, CodecError> {
+    OffsetDateTime::parse(t, &Rfc3339).map_err(|_| CodecError("bad time".into()))
+}
+
+/// Encodes a reading as a buffer body.
+pub fn encode(r: &Reading) -> Vec<u8> {
+    let (t, id) = match &r.device.id {
+        DeviceId::Eui64(_) => ("eui64", r.device.id.key()),
+        DeviceId::Bluetooth(_) => ("bt", r.device.id.key()),
+        DeviceId::Serial(s) => ("serial", s.clone()),
+        DeviceId::Other(s) => ("other", s.clone()),
+    };
+    let val = match &r.value {
+        Value::Quantity(q) => {
+            let (n, reason) = measured_out(&q.value);
+            Val::Quantity((n, q.unit.clone(), reason))
+        }
+        Value::Components(cs) => Val::Components(
+            cs.iter()
+                .map(|c| {
+                    let (n, reason) = measured_out(&c.quantity.value);
+                    (c.metric.mdc, n, c.quantity.unit.clone(), reason)
+                })
+                .collect(),
+        ),
+        Value::Samples(s) => Val::Samples {
+            period: number(s.period_ms),
+            origin: number(s.origin),
+            factor: number(s.factor),
+            unit: s.unit.clone(),
+            data: s.data.clone(),
+        },
+        Value::Coded {
+            system,
+            code,
+            display,
+        } => Val::Coded(system.clone(), code.clone(), display.clone()),
+    };
+    let body = Body {
+        v: FORMAT_VERSION,
+        dev: Dev {
+            t: t.to_owned(),
+            id,
+            p: r.device.profile.clone(),
+            model: r.device.model.clone(),
+            mfr: r.device.manufacturer.clone(),
+        },
+        pat: r
+            .patient
+            .as_ref()
+            .map(|p| (p.system.clone(), p.value.clone())),
+        mdc: r.metric.mdc,
+        val,
+        dt: r.device_time.map(time_text),
+        off: r.clock_offset.map(|d| d.whole_milliseconds() as i64),
+        rx: time_text(r.received_at),
+        dur: r.duration.map(|d| d.whole_milliseconds() as i64),
+        seq: r.sequence,
+        st: r
+            .status
+            .iter()
+            .map(|f| canonical::status_name(*f).to_owned())
+            .collect(),
+        usr: r.device_user,
+    };
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn metric(mdc: u32) -> Result<crate::model::Metric, CodecError> {
+    catalog::by_mdc(mdc)
+        .ok_or_else(|| CodecError(format!("metric {mdc} is not in this gateway's catalog")))
+}
+
+/// Decodes a buffer body back into a reading.
+pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
+    let b: Body = serde_json::from_slice(bytes)
+        .map_err(|e| CodecError(format!("not a v1 body: {}", e.classify_str())))?;
+    if b.v != FORMAT_VERSION {
+        return Err(CodecError(format!(
+            "body format version {} is not supported",
+            b.v
+        )));
+    }
+    let id = match b.dev.t.as_str() {
+        "eui64" => DeviceId::Eui64(hex(&b.dev.id)?),
+        "bt" => DeviceId::Bluetooth(hex(&b.dev.id)?),
+        "serial" => DeviceId::Serial(b.dev.id),
+        "other" => DeviceId::Other(b.dev.id),
+        other => return Err(CodecError(format!("unknown device id type {other:?}"))),
+    };
+    let value = match b.val {
+        Val::Quantity((n, unit, reason)) => Value::Quantity(Quantity {
+            value: measured_in(n.as_ref(), reason.as_deref())?,
+            unit,
+        }),
+        Val::Components(cs) => Value::Components(
+            cs.into_iter()
+                .map(|(mdc, n, unit, reason)| {
+                    Ok(Component {
+                        metric: metric(mdc)?,
+                        quantity: Quantity {
+                            value: measured_in(n.as_ref(), reason.as_deref())?,
+                            unit,
+                        },
+                    })
+                })
+                .collect::<Result<_, CodecError>>()?,
+        ),
+        Val::Samples {
+            period,
+            origin,
+            factor,
+            unit,
+            data,
+        } => Value::Samples(Samples {
+            period_ms: decimal(&period)?,
+            origin: decimal(&origin)?,
+            factor: decimal(&factor)?,
+            unit,
+            data,
+        }),
+        Val::Coded(system, code, display) => Value::Coded {
+            system,
+            code,
+            display,
+        },
+    };
+    Ok(Reading {
+        device: DeviceRef {
+            id,
+            profile: b.dev.p,
+            model: b.dev.model,
+            manufacturer: b.dev.mfr,
+        },
+        patient: b.pat.map(|(system, value)| PatientRef { system, value }),
+        metric: metric(b.mdc)?,
+        value,
+        device_time: b.dt.as_deref().map(time_parse).transpose()?,
+        clock_offset: b.off.map(Duration::milliseconds),
+        received_at: time_parse(&b.rx)?,
+        duration: b.dur.map(Duration::milliseconds),
+        sequence: b.seq,
+        status: b
+            .st
+            .iter()
+            .map(|s| {
+                canonical::status_flag(s).ok_or_else(|| CodecError(format!("unknown status {s:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+        device_user: b.usr,
+    })
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        }
+    }
+}
+
+fn hex<const N: usize>(text: &str) -> Result<[u8; N], CodecError> {
+    let mut out = [0u8; N];
+    if text.len() != N * 2 || !text.is_ascii() {
+        return Err(CodecError("bad device id".into()));
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16)
+            .map_err(|_| CodecError("bad device id".into()))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StatusFlag;
+    use time::macros::datetime;
+
+    fn sample() -> Reading {
+        Reading {
+            device: DeviceRef {
+                id: DeviceId::Bluetooth([1, 2, 3, 4, 5, 6]),
+                profile: "ble-blood-pressure".into(),
+                model: Some("BP-1".into()),
+                manufacturer: None,
+            },
+            patient: Some(PatientRef {
+                system: "urn:x".into(),
+                value: "p".into(),
+            }),
+            metric: catalog::BLOOD_PRESSURE,
+            value: Value::Components(vec![
+                Component {
+                    metric: catalog::SYSTOLIC,
+                    quantity: Quantity {
+                        value: Measured::Value(Decimal::new(1200, -1)),
+                        unit: "mm[Hg]".into(),
+                    },
+                },
+                Component {
+                    metric: catalog::MEAN_ARTERIAL,
+                    quantity: Quantity {
+                        value: Measured::Absent(AbsentReason::NotAtResolution),
+                        unit: "mm[Hg]".into(),
+                    },
+                },
+            ]),
+            device_time: Some(datetime!(2026-01-02 03:04:05.678 -05:00)),
+            clock_offset: Some(Duration::milliseconds(-1500)),
+            received_at: datetime!(2026-01-02 08:04:07 UTC),
+            duration: Some(Duration::seconds(40)),
+            sequence: Some(99),
+            status: vec![StatusFlag::CuffLoose, StatusFlag::TestData],
+            device_user: Some(2),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field_exactly() {
+        let r = sample();
+        assert_eq!(decode(&encode(&r)).unwrap(), r);
+        let q = Reading {
+            value: Value::Quantity(Quantity {
+                value: Measured::Value(Decimal::new(200, -2)),
+                unit: "kg".into(),
+            }),
+            metric: catalog::BODY_WEIGHT,
+            device_time: None,
+            clock_offset: None,
+            patient: None,
+            ..r
+        };
+        assert_eq!(decode(&encode(&q)).unwrap(), q);
+        assert!(String::from_utf8(encode(&q)).unwrap().contains("2.00"));
+    }
+
+    #[test]
+    fn refuses_newer_versions_and_garbage() {
+        let newer = String::from_utf8(encode(&sample()))
+            .unwrap()
+            .replacen("\"v\":1", "\"v\":2", 1);
+        assert!(decode(newer.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("version 2"));
+        assert!(decode(b"\xff\x00").is_err());
+    }
+}

@@ -1,0 +1,630 @@
+//! The gateway's one TOML configuration file.
+//!
+//! Every table denies unknown keys, every field has a documented default, and
+//! [`Config::validate`] checks what types cannot (URLs, file permissions, ranges) and names
+//! the offending key. With no file at all the gateway runs [`Config::default`]: the built-in
+//! simulator in, the buffer and FHIR NDJSON out under `./vitalbridge-data/`.
+//!
+//! `vitalbridge print-default-config` prints [`DEFAULT_CONFIG_TOML`], which is kept equal to
+//! `Config::default()` by a test.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The demo configuration as TOML, with a comment on every key. Parsing it gives
+/// `Config::default()`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted path of the key (e.g. `uplink.fhir.key`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and storage location of this gateway.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The durable store-and-forward buffer.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Where readings come from. A source that is absent is off.
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// Where readings go.
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+    /// Device → patient bindings.
+    #[serde(default)]
+    pub devices: Vec<DeviceBinding>,
+}
+
+impl Default for Config {
+    /// The demo: simulator in, NDJSON out, all under `./vitalbridge-data`.
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig::default(),
+            buffer: BufferConfig::default(),
+            sources: SourcesConfig {
+                sim: Some(SimConfig::default()),
+                mqtt: None,
+            },
+            uplink: UplinkConfig::default(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Stable id of this gateway, used in its FHIR Device and MQTT client id. Default: a random
+    /// id generated on first start and kept in `<data_dir>/gateway-id`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Directory for the buffer database, the lock file and file-uplink output.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./vitalbridge-data")
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+/// `[buffer]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Most readings held undelivered. When full, sources stop acknowledging (backpressure);
+    /// nothing buffered is ever dropped to make room.
+    #[serde(default = "default_capacity")]
+    pub capacity: u64,
+    /// Most readings committed in one transaction (group commit).
+    #[serde(default = "default_commit_max_rows")]
+    pub commit_max_rows: usize,
+    /// How long the writer waits for more readings before committing a small group, in ms.
+    #[serde(default = "default_commit_linger_ms")]
+    pub commit_linger_ms: u64,
+}
+
+fn default_capacity() -> u64 {
+    1_000_000
+}
+fn default_commit_max_rows() -> usize {
+    4096
+}
+fn default_commit_linger_ms() -> u64 {
+    2
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            capacity: default_capacity(),
+            commit_max_rows: default_commit_max_rows(),
+            commit_linger_ms: default_commit_linger_ms(),
+        }
+    }
+}
+
+/// `[sources]`
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// `[sources.sim]`: the built-in device simulator.
+    #[serde(default)]
+    pub sim: Option<SimConfig>,
+    /// `[sources.mqtt]`: readings published to an MQTT broker.
+    #[serde(default)]
+    pub mqtt: Option<MqttSourceConfig>,
+}
+
+/// `[sources.sim]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// How many simulated devices; they cycle through BP cuff, pulse oximeter, thermometer,
+    /// scale and heart-rate strap.
+    #[serde(default = "default_sim_devices")]
+    pub devices: u32,
+    /// Each device measures once per this many milliseconds.
+    #[serde(default = "default_sim_interval_ms")]
+    pub interval_ms: u64,
+    /// Stop after this many readings in total (0 = run forever). For tests and demos.
+    #[serde(default)]
+    pub max_readings: u64,
+}
+
+fn default_sim_devices() -> u32 {
+    5
+}
+fn default_sim_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            devices: default_sim_devices(),
+            interval_ms: default_sim_interval_ms(),
+            max_readings: 0,
+        }
+    }
+}
+
+/// `[sources.mqtt]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// Broker URL: `mqtt://host:1883` or `mqtts://host:8883` (TLS; set `tls`).
+    pub url: String,
+    /// MQTT client id; must be stable, since the broker keeps the persistent session under it.
+    /// Default: `vitalbridge-<gateway id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Topic filters to subscribe to, at QoS 1.
+    #[serde(default = "default_mqtt_topics")]
+    pub topics: Vec<String>,
+    /// Keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Largest accepted message, in bytes.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// TLS to the broker (required for `mqtts://`). With `cert` and `key`, mutual TLS.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+fn default_mqtt_topics() -> Vec<String> {
+    vec!["vitalbridge/readings/#".to_owned()]
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_max_packet_bytes() -> usize {
+    256 * 1024
+}
+
+/// PEM files for a TLS client.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The private CA that signed the server's certificate; the only trust anchor used.
+    pub ca: PathBuf,
+    /// This gateway's client certificate chain (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key; must not be readable by group or others.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `[uplink]`: exactly one of `file` or `fhir`; `file` when neither is given.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Readings per batch (one Bundle, or one file write).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    /// First retry delay, in ms; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in ms.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// `[uplink.file]`: FHIR NDJSON files.
+    #[serde(default)]
+    pub file: Option<FileUplinkConfig>,
+    /// `[uplink.fhir]`: a FHIR server over HTTPS with mutual TLS.
+    #[serde(default)]
+    pub fhir: Option<FhirUplinkConfig>,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+fn default_in_flight() -> usize {
+    2
+}
+fn default_retry_initial_ms() -> u64 {
+    500
+}
+fn default_retry_max_ms() -> u64 {
+    60_000
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            in_flight: default_in_flight(),
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            file: None,
+            fhir: None,
+        }
+    }
+}
+
+/// Which uplink a configuration selects, after defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    /// NDJSON files.
+    File(FileUplinkConfig),
+    /// A FHIR server.
+    Fhir(FhirUplinkConfig),
+}
+
+impl UplinkConfig {
+    /// The selected destination (`file` with defaults when none is configured).
+    pub fn destination(&self) -> Destination {
+        match (&self.fhir, &self.file) {
+            (Some(fhir), _) => Destination::Fhir(fhir.clone()),
+            (None, Some(file)) => Destination::File(file.clone()),
+            (None, None) => Destination::File(FileUplinkConfig::default()),
+        }
+    }
+}
+
+/// `[uplink.file]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUplinkConfig {
+    /// Output directory. Default: `<data_dir>/out`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Start a new file when the current one reaches this size, in bytes.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+}
+
+fn default_rotate_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for FileUplinkConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            rotate_bytes: default_rotate_bytes(),
+        }
+    }
+}
+
+/// `[uplink.fhir]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirUplinkConfig {
+    /// FHIR base URL, e.g. `https://fhir.example.org/r4`. Must be `https://`.
+    pub base_url: String,
+    /// The private CA that signed the server's certificate (the only one trusted).
+    pub ca: PathBuf,
+    /// This gateway's client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The client key (PEM); must not be readable by group or others.
+    pub key: PathBuf,
+    /// Per-request timeout, in seconds.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
+    #[serde(default = "default_bundle_type")]
+    pub bundle_type: String,
+}
+
+fn default_timeout_s() -> u64 {
+    30
+}
+fn default_bundle_type() -> String {
+    "transaction".to_owned()
+}
+
+/// `[[devices]]`: binds a device to a patient.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBinding {
+    /// The device's stable id as the gateway sees it (e.g. `SIM-BP-0001`, a BLE address
+    /// `A1B2C3D4E5F6`, a serial number).
+    pub id: String,
+    /// Patient identifier system (e.g. the MRN namespace URI). With `patient_id`.
+    #[serde(default)]
+    pub patient_system: Option<String>,
+    /// Patient identifier value. With `patient_system`.
+    #[serde(default)]
+    pub patient_id: Option<String>,
+    /// A literal reference instead, e.g. `Patient/123`.
+    #[serde(default)]
+    pub patient_reference: Option<String>,
+}
+
+impl Config {
+    /// Parses TOML, naming the full key path of any unknown key or wrong type.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let message = e.into_inner().message().trim().to_owned();
+            ConfigError { key, message }
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks what the types cannot. Returns every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut problems = Vec::new();
+        let b = &self.buffer;
+        if b.capacity == 0 {
+            problems.push(err("buffer.capacity", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&b.commit_max_rows) {
+            problems.push(err(
+                "buffer.commit_max_rows",
+                "must be between 1 and 100000",
+            ));
+        }
+        if b.commit_linger_ms > 1000 {
+            problems.push(err("buffer.commit_linger_ms", "must be at most 1000 ms"));
+        }
+        if let Some(id) = &self.gateway.id {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                problems.push(err(
+                    "gateway.id",
+                    "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        if let Some(sim) = &self.sources.sim {
+            if sim.devices == 0 || sim.devices > 10_000 {
+                problems.push(err("sources.sim.devices", "must be between 1 and 10000"));
+            }
+            if sim.interval_ms == 0 {
+                problems.push(err("sources.sim.interval_ms", "must be at least 1"));
+            }
+        }
+        if let Some(mqtt) = &self.sources.mqtt {
+            validate_mqtt(mqtt, &mut problems);
+        }
+        let u = &self.uplink;
+        if !(1..=10_000).contains(&u.batch_size) {
+            problems.push(err("uplink.batch_size", "must be between 1 and 10000"));
+        }
+        if !(1..=64).contains(&u.in_flight) {
+            problems.push(err("uplink.in_flight", "must be between 1 and 64"));
+        }
+        if u.retry_initial_ms == 0 || u.retry_initial_ms > u.retry_max_ms {
+            problems.push(err(
+                "uplink.retry_initial_ms",
+                "must be at least 1 and at most uplink.retry_max_ms",
+            ));
+        }
+        if u.file.is_some() && u.fhir.is_some() {
+            problems.push(err(
+                "uplink",
+                "configure exactly one of [uplink.file] or [uplink.fhir]",
+            ));
+        }
+        if let Some(file) = &u.file {
+            if file.rotate_bytes < 4096 {
+                problems.push(err("uplink.file.rotate_bytes", "must be at least 4096"));
+            }
+        }
+        if let Some(fhir) = &u.fhir {
+            validate_fhir(fhir, &mut problems);
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("devices[{i}]");
+            if d.id.is_empty() {
+                problems.push(err(&format!("{key}.id"), "must not be empty"));
+            }
+            match (&d.patient_system, &d.patient_id, &d.patient_reference) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => problems.push(err(
+                    &key,
+                    "give either patient_system and patient_id, or patient_reference",
+                )),
+            }
+            if self.devices[..i].iter().any(|o| o.id == d.id) {
+                problems.push(err(
+                    &format!("{key}.id"),
+                    format!("device {:?} is bound twice", d.id),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
+    match url::Url::parse(&mqtt.url) {
+        Err(e) => problems.push(err(
+            "sources.mqtt.url",
+            format!("not a valid URL ({e}): expected mqtt://host:port or mqtts://host:port"),
+        )),
+        Ok(u) => {
+            match u.scheme() {
+                "mqtt" => {}
+                "mqtts" => {
+                    if mqtt.tls.is_none() {
+                        problems.push(err(
+                            "sources.mqtt.tls",
+                            "mqtts:// needs a [sources.mqtt.tls] table with at least `ca`",
+                        ));
+                    }
+                }
+                other => problems.push(err(
+                    "sources.mqtt.url",
+                    format!("scheme {other:?} is not mqtt or mqtts"),
+                )),
+            }
+            if u.host_str().is_none_or(str::is_empty) {
+                problems.push(err("sources.mqtt.url", "has no host"));
+            }
+        }
+    }
+    if mqtt.topics.is_empty() || mqtt.topics.iter().any(String::is_empty) {
+        problems.push(err(
+            "sources.mqtt.topics",
+            "needs at least one non-empty topic filter",
+        ));
+    }
+    if mqtt.keep_alive_s < 5 {
+        problems.push(err(
+            "sources.mqtt.keep_alive_s",
+            "must be at least 5 seconds",
+        ));
+    }
+    if let Some(tls) = &mqtt.tls {
+        check_readable("sources.mqtt.tls.ca", &tls.ca, problems);
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                check_readable("sources.mqtt.tls.cert", cert, problems);
+                check_private_key("sources.mqtt.tls.key", key, problems);
+            }
+            (None, None) => {}
+            _ => problems.push(err(
+                "sources.mqtt.tls",
+                "give both `cert` and `key` for mutual TLS, or neither",
+            )),
+        }
+    }
+}
+
+fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
+    match url::Url::parse(&fhir.base_url) {
+        Err(e) => problems.push(err(
+            "uplink.fhir.base_url",
+            format!("not a valid URL ({e})"),
+        )),
+        Ok(u) if u.scheme() != "https" => problems.push(err(
+            "uplink.fhir.base_url",
+            format!(
+                "scheme {:?} is not https: the uplink only speaks mutual TLS",
+                u.scheme()
+            ),
+        )),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+            problems.push(err("uplink.fhir.base_url", "has no host"))
+        }
+        Ok(_) => {}
+    }
+    check_readable("uplink.fhir.ca", &fhir.ca, problems);
+    check_readable("uplink.fhir.cert", &fhir.cert, problems);
+    check_private_key("uplink.fhir.key", &fhir.key, problems);
+    if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
+        problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
+    }
+    if fhir.bundle_type != "transaction" && fhir.bundle_type != "batch" {
+        problems.push(err(
+            "uplink.fhir.bundle_type",
+            "must be \"transaction\" or \"batch\"",
+        ));
+    }
+}
+
+fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+    if let Err(e) = std::fs::File::open(path) {
+        problems.push(err(key, format!("cannot read {}: {e}", path.display())));
+    }
+}
+
+/// Private keys must exist and be readable by their owner only (mode 0600 or stricter).
+pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+    match std::fs::metadata(path) {
+        Err(e) => problems.push(err(key, format!("cannot read {}: {e}", path.display()))),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                problems.push(err(
+                    key,
+                    format!(
+                        "private key {} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    ),
+                ));
+            } else if let Err(e) = std::fs::File::open(path) {
+                problems.push(err(key, format!("cannot read {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_toml_is_the_default_config() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+        parsed.validate().expect("default config validates");
+    }
+
+    #[test]
+    fn an_empty_file_means_no_sources_and_the_file_uplink() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.sources, SourcesConfig::default());
+        assert_eq!(
+            c.uplink.destination(),
+            Destination::File(FileUplinkConfig::default())
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Readings to FHIR R4 JSON: Observation, Device and transaction Bundle (no I/O).
+//!
+//! Follows the FHIR vital-signs profiles and the HL7 Personal Health Device IG (STU2):
+//!
+//! - `Observation.identifier`: system [`IDENTIFIER_SYSTEM`], value [`Reading::identifier`];
+//!   every entry is a conditional create on it (`ifNoneExist`), so a resent batch never makes
+//!   a second resource.
+//! - `category`: `vital-signs` where the metric has a vital-signs profile, and PHD's `phd`.
+//! - `code`: LOINC (where there is one) and MDC (`urn:iso:std:iso:11073:10101`).
+//! - values in UCUM (`http://unitsofmeasure.org`) with the device's precision; special values
+//!   as `dataAbsentReason`; blood pressure as components with no value of its own.
+//! - `device` → the measuring Device, `extension[gatewayDevice]` → this gateway's Device,
+//!   both in the same Bundle as conditional creates referenced by `urn:uuid` fullUrls.
+//! - `effectiveDateTime` is the (corrected) measurement time with its offset, or a Period when
+//!   the measurement has a duration. When the gateway corrected the device clock, or the device
+//!   had none, an extension says so (see [`TIME_SOURCE_EXTENSION`]); the identifier always
+//!   keeps the time as the device reported it.
+//! - device measurement-status flags → `interpretation` codings in [`STATUS_SYSTEM`]; test
+//!   data → `meta.security` HTEST.
+//!
+//! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
+//! profiles require a subject): bind every device to a patient in config.
+
+mod observation;
+
+pub use observation::{device, gateway_device, observation, DeviceIdentifier};
+
+use serde_json::{json, Value as Json};
+
+use crate::model::{DeviceRef, Reading};
+
+/// PHD's identifier system for Observations.
+pub const IDENTIFIER_SYSTEM: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
+/// LOINC.
+pub const LOINC: &str = "http://loinc.org";
+/// IEEE 11073-10101 nomenclature.
+pub const MDC: &str = "urn:iso:std:iso:11073:10101";
+/// UCUM.
+pub const UCUM: &str = "http://unitsofmeasure.org";
+/// Vitalbridge's code system for device measurement-status flags in `interpretation`.
+pub const STATUS_SYSTEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/measurement-status";
+/// Extension on `effective[x]` recording where the time came from (`device`,
+/// `device-corrected`, `gateway-receive`) and, when corrected, the device's own time.
+pub const TIME_SOURCE_EXTENSION: &str =
+    "https://vitalbridge.dev/fhir/StructureDefinition/time-source";
+
+/// This gateway, as FHIR needs it.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// The gateway id (config `gateway.id` or generated).
+    pub id: String,
+    /// Software version.
+    pub version: String,
+}
+
+/// Which Bundle type to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleType {
+    /// All or nothing.
+    Transaction,
+    /// Each entry on its own.
+    Batch,
+}
+
+/// What an entry of a Bundle stands for, so responses can be matched back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRole {
+    /// A Device (measuring device or the gateway).
+    Device,
+    /// The Observation for the leased buffer row with this id.
+    Observation(i64),
+}
+
+/// A Bundle ready to send and the role of each of its entries, in order.
+#[derive(Debug, Clone)]
+pub struct MappedBundle {
+    /// The Bundle resource.
+    pub bundle: Json,
+    /// One role per entry.
+    pub roles: Vec<EntryRole>,
+}
+
+/// A deterministic `urn:uuid:` for a resource, from its identifier (UUID v5).
+pub fn urn_uuid(kind: &str, key: &str) -> String {
+    let ns = uuid::Uuid::from_u128(0x5f1b_6e3c_9a0d_4c1e_8b7a_2d4f_6e8c_0a13);
+    format!(
+        "urn:uuid:{}",
+        uuid::Uuid::new_v5(&ns, format!("{kind}/{key}").as_bytes())
+    )
+}
+
+/// A conditional-create search string: `identifier=system|value`, each part percent-encoded.
+pub fn if_none_exist(system: &str, value: &str) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!("identifier={}|{}", enc(system), enc(value))
+}
+
+/// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
+/// device, one for the gateway, and one per Observation.
+pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> MappedBundle {
+    let mut entries = Vec::with_capacity(rows.len() + 4);
+    let mut roles = Vec::with_capacity(rows.len() + 4);
+    let gw = gateway_device(gateway);
+    entries.push(entry(
+        &gw.full_url,
+        gw.resource,
+        "Device",
+        &gw.if_none_exist,
+    ));
+    roles.push(EntryRole::Device);
+    let mut seen: Vec<&DeviceRef> = Vec::new();
+    for (_, r) in rows {
+        if !seen.contains(&&r.device) {
+            seen.push(&r.device);
+            let d = device(&r.device);
+            entries.push(entry(&d.full_url, d.resource, "Device", &d.if_none_exist));
+            roles.push(EntryRole::Device);
+        }
+    }
+    for (id, r) in rows {
+        let obs = observation(r, &device(&r.device).full_url, &gw.full_url);
+        let full_url = urn_uuid("Observation", &r.identifier());
+        entries.push(entry(
+            &full_url,
+            obs,
+            "Observation",
+            &if_none_exist(IDENTIFIER_SYSTEM, &r.identifier()),
+        ));
+        roles.push(EntryRole::Observation(*id));
+    }
+    let kind = match kind {
+        BundleType::Transaction => "transaction",
+        BundleType::Batch => "batch",
+    };
+    MappedBundle {
+        bundle: json!({"resourceType": "Bundle", "type": kind, "entry": entries}),
+        roles,
+    }
+}
+
+fn entry(full_url: &str, resource: Json, kind: &str, if_none_exist: &str) -> Json {
+    json!({
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {"method": "POST", "url": kind, "ifNoneExist": if_none_exist},
+    })
+}
+
+#[cfg(test)]
+mod tests;

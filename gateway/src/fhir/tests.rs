@@ -1,0 +1,192 @@
+use serde_json::json;
+use time::macros::datetime;
+use time::Duration;
+
+use super::*;
+use crate::model::{
+    AbsentReason, Component, Decimal, DeviceId, Measured, PatientRef, Quantity, StatusFlag, Value,
+};
+use crate::profile::catalog;
+
+fn gateway() -> Gateway {
+    Gateway {
+        id: "hub-1".into(),
+        version: "0.1.0".into(),
+    }
+}
+
+fn bp_reading() -> Reading {
+    let c = |metric, m| Component {
+        metric,
+        quantity: Quantity {
+            value: m,
+            unit: "mm[Hg]".into(),
+        },
+    };
+    Reading {
+        device: DeviceRef {
+            id: DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]),
+            profile: "ble-blood-pressure".into(),
+            model: Some("BP-1".into()),
+            manufacturer: Some("Acme".into()),
+        },
+        patient: Some(PatientRef {
+            system: "urn:oid:1.2.3".into(),
+            value: "p42".into(),
+        }),
+        metric: catalog::BLOOD_PRESSURE,
+        value: Value::Components(vec![
+            c(catalog::SYSTOLIC, Measured::Value(Decimal::new(1205, -1))),
+            c(catalog::DIASTOLIC, Measured::Value(Decimal::integer(80))),
+            c(
+                catalog::MEAN_ARTERIAL,
+                Measured::Absent(AbsentReason::NotANumber),
+            ),
+        ]),
+        device_time: Some(datetime!(2026-11-25 10:00:00 +01:00)),
+        clock_offset: None,
+        received_at: datetime!(2026-11-25 09:00:03 UTC),
+        duration: None,
+        sequence: None,
+        status: vec![StatusFlag::IrregularPulse],
+        device_user: None,
+    }
+}
+
+#[test]
+fn blood_pressure_is_one_observation_with_components_and_no_value() {
+    let o = observation(&bp_reading(), "urn:uuid:dev", "urn:uuid:gw");
+    assert_eq!(
+        o["code"]["coding"][0],
+        json!({"system": LOINC, "code": "85354-9", "display": catalog::BLOOD_PRESSURE.display})
+    );
+    assert_eq!(o["code"]["coding"][1]["code"], json!("150020"));
+    assert!(o.get("valueQuantity").is_none());
+    let comps = o["component"].as_array().unwrap();
+    assert_eq!(comps.len(), 3);
+    assert_eq!(comps[0]["code"]["coding"][0]["code"], json!("8480-6"));
+    assert_eq!(
+        comps[0]["valueQuantity"],
+        json!({"value": 120.5, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"})
+    );
+    assert_eq!(comps[1]["code"]["coding"][1]["code"], json!("150022"));
+    assert_eq!(
+        comps[2]["dataAbsentReason"]["coding"][0]["code"],
+        json!("not-a-number")
+    );
+    assert!(comps[2].get("valueQuantity").is_none());
+    assert_eq!(o["effectiveDateTime"], json!("2026-11-25T10:00:00+01:00"));
+    assert_eq!(
+        o["subject"],
+        json!({"identifier": {"system": "urn:oid:1.2.3", "value": "p42"}})
+    );
+    assert_eq!(
+        o["interpretation"][0]["coding"][0]["code"],
+        json!("irregular-pulse")
+    );
+    let profiles = o["meta"]["profile"].as_array().unwrap();
+    assert!(profiles.contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    let categories: Vec<_> = o["category"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["coding"][0]["code"].clone())
+        .collect();
+    assert_eq!(categories, vec![json!("vital-signs"), json!("phd")]);
+    assert_eq!(o["device"]["reference"], json!("urn:uuid:dev"));
+    assert_eq!(
+        o["extension"][0]["valueReference"]["reference"],
+        json!("urn:uuid:gw")
+    );
+}
+
+#[test]
+fn decimals_keep_the_precision_the_device_sent() {
+    let r = Reading {
+        metric: catalog::BODY_WEIGHT,
+        value: Value::Quantity(Quantity {
+            value: Measured::Value(Decimal::new(7250, -2)),
+            unit: "kg".into(),
+        }),
+        ..bp_reading()
+    };
+    let text = serde_json::to_string(&observation(&r, "d", "g")).unwrap();
+    assert!(text.contains(r#""value":72.50"#), "{text}");
+}
+
+#[test]
+fn test_data_is_labelled_htest_and_a_corrected_time_keeps_the_original() {
+    let r = Reading {
+        status: vec![StatusFlag::TestData],
+        clock_offset: Some(Duration::seconds(90)),
+        ..bp_reading()
+    };
+    let o = observation(&r, "d", "g");
+    assert_eq!(o["meta"]["security"][0]["code"], json!("HTEST"));
+    assert!(o.get("interpretation").is_none());
+    assert_eq!(o["effectiveDateTime"], json!("2026-11-25T10:01:30+01:00"));
+    let ext = &o["_effectiveDateTime"]["extension"][0];
+    assert_eq!(
+        ext["extension"][1]["valueDateTime"],
+        json!("2026-11-25T10:00:00+01:00")
+    );
+    assert_eq!(
+        o["identifier"][0]["value"],
+        json!(bp_reading().identifier())
+    );
+}
+
+#[test]
+fn a_reading_without_a_patient_claims_no_profile_and_has_no_subject() {
+    let r = Reading {
+        patient: None,
+        ..bp_reading()
+    };
+    let o = observation(&r, "d", "g");
+    assert!(o.get("subject").is_none());
+    assert!(o.get("meta").is_none());
+}
+
+#[test]
+fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
+    let a = bp_reading();
+    let b = Reading {
+        device_time: Some(datetime!(2026-11-25 11:00:00 +01:00)),
+        ..bp_reading()
+    };
+    let mapped = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    assert_eq!(mapped.bundle["type"], json!("transaction"));
+    assert_eq!(
+        mapped.roles,
+        vec![
+            EntryRole::Device,
+            EntryRole::Device,
+            EntryRole::Observation(7),
+            EntryRole::Observation(8)
+        ]
+    );
+    let entries = mapped.bundle["entry"].as_array().unwrap();
+    assert_eq!(
+        entries[1]["request"]["ifNoneExist"],
+        json!("identifier=urn%3Aoid%3A1.2.840.10004.1.1.1.0.0.1.0.0.1.2680|FEEDABEEDEADBEEF")
+    );
+    let obs = &entries[2];
+    assert_eq!(obs["request"]["method"], json!("POST"));
+    assert_eq!(
+        obs["resource"]["device"]["reference"],
+        entries[1]["fullUrl"]
+    );
+    assert_eq!(
+        obs["resource"]["extension"][0]["valueReference"]["reference"],
+        entries[0]["fullUrl"]
+    );
+    let again = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    assert_eq!(again.bundle, mapped.bundle, "mapping is deterministic");
+    assert!(
+        obs["request"]["ifNoneExist"]
+            .as_str()
+            .unwrap()
+            .contains("%2B01%3A00"),
+        "'+' in the offset is percent-encoded"
+    );
+}

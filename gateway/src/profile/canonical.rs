@@ -1,0 +1,634 @@
+//! The canonical JSON reading format, version 1: what publishers send to the MQTT source.
+//!
+//! A message is one reading object, or a JSON array of up to [`MAX_READINGS_PER_MESSAGE`]
+//! of them (all or none are accepted). UTF-8 JSON, no comments.
+//!
+//! ```json
+//! {
+//!   "device": {"id": "A1B2C3D4E5F6", "id_type": "bluetooth", "model": "BP-100", "manufacturer": "Acme"},
+//!   "patient": {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "12345"},
+//!   "time": "2026-11-25T08:30:00.000+01:00",
+//!   "metric": "blood-pressure",
+//!   "components": [
+//!     {"metric": "systolic",  "value": 120, "unit": "mm[Hg]"},
+//!     {"metric": "diastolic", "value": 80,  "unit": "mm[Hg]"},
+//!     {"metric": "mean-arterial-pressure", "value": null, "data_absent_reason": "not-a-number", "unit": "mm[Hg]"}
+//!   ],
+//!   "seq": 42,
+//!   "status": ["irregular-pulse"]
+//! }
+//! ```
+//!
+//! | key | required | meaning |
+//! | --- | --- | --- |
+//! | `device` | yes | a string id, or an object: `id` (required), `id_type` (`eui64` — 16 hex digits, `bluetooth` — 12 hex digits, `serial`, `other`; default `other`), `model`, `manufacturer` |
+//! | `patient` | no | `{"system": URI, "value": id}`, or `{"reference": "Patient/123"}`; overrides the config binding |
+//! | `time` | no | RFC 3339 with an offset, as the device reported it. Absent: the device has no clock and the gateway's receive time is used (and recorded as such) |
+//! | `metric` | yes | short name (`spo2`, `heart-rate`, `body-temperature`, `body-weight`, `blood-pressure`, …), MDC code (`150456`), MDC reference id or LOINC code |
+//! | `value` | one of `value`/`components` | a JSON number, kept with its written precision (`36.60` stays `36.60`); or `null` with `data_absent_reason` |
+//! | `data_absent_reason` | with `value: null` | `not-a-number`, `error`, `positive-infinity`, `negative-infinity` |
+//! | `unit` | with `value` | UCUM code; default: the metric's canonical unit |
+//! | `components` | one of `value`/`components` | list of `{metric, value, unit, data_absent_reason}` |
+//! | `seq` | no | the device's sequence number for this measurement |
+//! | `duration_ms` | no | measurement duration (effective period) |
+//! | `status` | no | list of `body-movement`, `cuff-loose`, `irregular-pulse`, `pulse-rate-out-of-range`, `improper-position`, `questionable`, `calibrating`, `test-data`, `low-battery`, `sensor-fault`, `invalid` |
+//! | `user` | no | device user index (0–255) on shared devices |
+//!
+//! Unknown keys are refused, so a typo is a dead letter with a reason rather than a silently
+//! dropped field. The two readings that differ only in a key the gateway ignores would
+//! otherwise share an identifier.
+//!
+//! Decoding never panics; errors name the field (but never echo a value, which may be PHI).
+
+use serde::Deserialize;
+use serde_json::Number;
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::model::{
+    AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef, Quantity,
+    Reading, StatusFlag, Value,
+};
+use crate::profile::catalog;
+
+/// The profile id recorded on devices whose readings came in this format.
+pub const PROFILE_ID: &str = "canonical-json-v1";
+
+/// Most readings accepted in one message.
+pub const MAX_READINGS_PER_MESSAGE: usize = 1000;
+
+/// Why a payload could not be decoded. The text names fields, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON of the expected shape.
+    #[error("invalid JSON reading: {0}")]
+    Json(String),
+    /// A field has a value outside what it allows.
+    #[error("field `{field}`: {problem}")]
+    Field {
+        /// The field (path) at fault.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn field(field: impl Into<String>, problem: impl Into<String>) -> DecodeError {
+    DecodeError::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireReading {
+    device: WireDevice,
+    #[serde(default)]
+    patient: Option<WirePatient>,
+    #[serde(default)]
+    time: Option<String>,
+    metric: String,
+    /// Outer `None`: key absent; `Some(None)`: `"value": null`.
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Option<Number>>,
+    #[serde(default)]
+    data_absent_reason: Option<String>,
+    #[serde(default)]
+    unit: Option<String>,
+    #[serde(default)]
+    components: Option<Vec<WireComponent>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    #[serde(default)]
+    status: Vec<String>,
+    #[serde(default)]
+    user: Option<u8>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Number>>, D::Error> {
+    Option::<Number>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireDevice {
+    Id(String),
+    Full(WireDeviceFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDeviceFull {
+    id: String,
+    #[serde(default)]
+    id_type: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    manufacturer: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePatient {
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireComponent {
+    metric: String,
+    value: Option<Number>,
+    #[serde(default)]
+    data_absent_reason: Option<String>,
+    #[serde(default)]
+    unit: Option<String>,
+}
+
+/// Decodes a canonical JSON message into readings received at `received_at`.
+/// `binding` is the config's patient for a device key, used when the payload names none.
+pub fn decode(
+    payload: &[u8],
+    received_at: OffsetDateTime,
+    binding: &dyn Fn(&str) -> Option<PatientRef>,
+) -> Result<Vec<Reading>, DecodeError> {
+    // Parse to a `Value` first: serde's untagged enums would lose the exact decimal text
+    // that `arbitrary_precision` keeps, so the one-or-many choice is made by hand.
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(describe_json_error(&e)))?;
+    let items = match json {
+        serde_json::Value::Array(items) => items,
+        object @ serde_json::Value::Object(_) => vec![object],
+        _ => {
+            return Err(DecodeError::Json(
+                "expected a reading object or an array of them".into(),
+            ))
+        }
+    };
+    let wires = items
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value::<WireReading>(item)
+                .map_err(|e| DecodeError::Json(describe_json_error(&e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if wires.is_empty() {
+        return Err(DecodeError::Json("empty array".into()));
+    }
+    if wires.len() > MAX_READINGS_PER_MESSAGE {
+        return Err(DecodeError::Json(format!(
+            "more than {MAX_READINGS_PER_MESSAGE} readings in one message"
+        )));
+    }
+    wires
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            convert(w, received_at, binding).map_err(|e| match e {
+                DecodeError::Field { field, problem } if i > 0 => DecodeError::Field {
+                    field: format!("[{i}].{field}"),
+                    problem,
+                },
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// serde_json messages can quote the offending value; keep only the category and position.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "I/O error",
+        Category::Syntax => "syntax error",
+        Category::Eof => "truncated JSON",
+        Category::Data => {
+            // Data errors name fields (`missing field `metric``, `unknown field `x``), which is
+            // safe and useful; they can also quote values ("invalid type: string \"...\""), so
+            // keep only the part before any quote of a value.
+            let text = e.to_string();
+            let cut = text
+                .find(": \"")
+                .or_else(|| text.find(" \""))
+                .unwrap_or(text.len());
+            let cut = text[..cut].find(" at line ").unwrap_or(cut);
+            return if e.line() == 0 {
+                text[..cut].to_owned()
+            } else {
+                format!(
+                    "{} (line {}, column {})",
+                    &text[..cut],
+                    e.line(),
+                    e.column()
+                )
+            };
+        }
+    };
+    format!("{what} at line {}, column {}", e.line(), e.column())
+}
+
+fn convert(
+    w: WireReading,
+    received_at: OffsetDateTime,
+    binding: &dyn Fn(&str) -> Option<PatientRef>,
+) -> Result<Reading, DecodeError> {
+    let device = device(w.device)?;
+    let patient = match w.patient {
+        Some(p) => Some(patient(p)?),
+        None => binding(&device.id.key()),
+    };
+    let metric = lookup_metric("metric", &w.metric)?;
+    let device_time = match &w.time {
+        None => None,
+        Some(t) => Some(
+            OffsetDateTime::parse(t, &Rfc3339)
+                .map_err(|_| field("time", "not an RFC 3339 date-time with an offset"))?,
+        ),
+    };
+    let value = match (w.value, w.components) {
+        (Some(_), Some(_)) => {
+            return Err(field(
+                "value",
+                "give either `value` or `components`, not both",
+            ))
+        }
+        (None, None) => return Err(field("value", "missing: give `value` or `components`")),
+        (Some(v), None) => {
+            let unit = w.unit.unwrap_or_else(|| metric.unit.to_owned());
+            check_unit("unit", &unit)?;
+            Value::Quantity(Quantity {
+                value: measured("value", v, w.data_absent_reason.as_deref())?,
+                unit,
+            })
+        }
+        (None, Some(components)) => {
+            if w.unit.is_some() || w.data_absent_reason.is_some() {
+                return Err(field(
+                    "unit",
+                    "a reading with components has units on its components",
+                ));
+            }
+            if components.is_empty() || components.len() > 16 {
+                return Err(field("components", "must have between 1 and 16 entries"));
+            }
+            let parts = components
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| component(i, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            Value::Components(parts)
+        }
+    };
+    let status = w
+        .status
+        .iter()
+        .map(|s| status_flag(s).ok_or_else(|| field("status", "unknown status flag")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let duration = match w.duration_ms {
+        Some(ms) => Some(Duration::milliseconds(
+            i64::try_from(ms).map_err(|_| field("duration_ms", "too large"))?,
+        )),
+        None => None,
+    };
+    Ok(Reading {
+        device,
+        patient,
+        metric,
+        value,
+        device_time,
+        clock_offset: None,
+        received_at,
+        duration,
+        sequence: w.seq,
+        status,
+        device_user: w.user,
+    })
+}
+
+fn device(w: WireDevice) -> Result<DeviceRef, DecodeError> {
+    let full = match w {
+        WireDevice::Id(id) => WireDeviceFull {
+            id,
+            id_type: None,
+            model: None,
+            manufacturer: None,
+        },
+        WireDevice::Full(f) => f,
+    };
+    if full.id.is_empty() || full.id.len() > 128 || full.id.chars().any(char::is_control) {
+        return Err(field("device.id", "must be 1 to 128 printable characters"));
+    }
+    let id = match full.id_type.as_deref().unwrap_or("other") {
+        "eui64" => DeviceId::Eui64(
+            hex_array(&full.id).ok_or_else(|| field("device.id", "eui64 needs 16 hex digits"))?,
+        ),
+        "bluetooth" => {
+            let compact: String = full.id.chars().filter(|c| *c != ':').collect();
+            DeviceId::Bluetooth(
+                hex_array(&compact)
+                    .ok_or_else(|| field("device.id", "bluetooth needs 12 hex digits"))?,
+            )
+        }
+        "serial" => DeviceId::Serial(full.id),
+        "other" => DeviceId::Other(full.id),
+        _ => {
+            return Err(field(
+                "device.id_type",
+                "must be eui64, bluetooth, serial or other",
+            ))
+        }
+    };
+    Ok(DeviceRef {
+        id,
+        profile: PROFILE_ID.to_owned(),
+        model: full.model,
+        manufacturer: full.manufacturer,
+    })
+}
+
+fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
+    match (p.system, p.value, p.reference) {
+        (Some(system), Some(value), None) if !system.is_empty() && !value.is_empty() => {
+            Ok(PatientRef { system, value })
+        }
+        (None, None, Some(reference))
+            if reference.starts_with("Patient/") && reference.len() > 8 =>
+        {
+            Ok(PatientRef {
+                system: String::new(),
+                value: reference,
+            })
+        }
+        _ => Err(field(
+            "patient",
+            "give `system` and `value`, or a `reference` like Patient/123",
+        )),
+    }
+}
+
+fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
+    catalog::lookup(key).ok_or_else(|| {
+        field(
+            name,
+            "unknown metric (use a short name, MDC code or LOINC code)",
+        )
+    })
+}
+
+fn check_unit(name: &str, unit: &str) -> Result<(), DecodeError> {
+    if unit.is_empty() || unit.len() > 32 || !unit.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(field(
+            name,
+            "must be a UCUM code (printable ASCII, up to 32 characters)",
+        ));
+    }
+    Ok(())
+}
+
+fn measured(
+    name: &str,
+    value: Option<Number>,
+    reason: Option<&str>,
+) -> Result<Measured, DecodeError> {
+    match (value, reason) {
+        (Some(n), None) => Decimal::parse(&n.to_string())
+            .map(Measured::Value)
+            .ok_or_else(|| field(name, "number out of range")),
+        (None, Some(r)) => absent_reason(r).map(Measured::Absent).ok_or_else(|| {
+            field(
+                "data_absent_reason",
+                "must be not-a-number, error, positive-infinity or negative-infinity",
+            )
+        }),
+        (Some(_), Some(_)) => Err(field("data_absent_reason", "only with `value: null`")),
+        (None, None) => Err(field(name, "null needs a `data_absent_reason`")),
+    }
+}
+
+fn component(i: usize, c: WireComponent) -> Result<Component, DecodeError> {
+    let name = format!("components[{i}]");
+    let metric = lookup_metric(&format!("{name}.metric"), &c.metric)?;
+    let unit = c.unit.unwrap_or_else(|| metric.unit.to_owned());
+    check_unit(&format!("{name}.unit"), &unit)?;
+    let value = measured(
+        &format!("{name}.value"),
+        c.value,
+        c.data_absent_reason.as_deref(),
+    )?;
+    Ok(Component {
+        metric,
+        quantity: Quantity { value, unit },
+    })
+}
+
+/// The FHIR `data-absent-reason` code for a reason, and back.
+pub fn absent_reason(code: &str) -> Option<AbsentReason> {
+    Some(match code {
+        "not-a-number" => AbsentReason::NotANumber,
+        "error" => AbsentReason::Error,
+        "positive-infinity" => AbsentReason::PositiveInfinity,
+        "negative-infinity" => AbsentReason::NegativeInfinity,
+        _ => return None,
+    })
+}
+
+const STATUS_NAMES: &[(&str, StatusFlag)] = &[
+    ("body-movement", StatusFlag::BodyMovement),
+    ("cuff-loose", StatusFlag::CuffLoose),
+    ("irregular-pulse", StatusFlag::IrregularPulse),
+    ("pulse-rate-out-of-range", StatusFlag::PulseRateOutOfRange),
+    ("improper-position", StatusFlag::ImproperPosition),
+    ("questionable", StatusFlag::Questionable),
+    ("calibrating", StatusFlag::Calibrating),
+    ("test-data", StatusFlag::TestData),
+    ("low-battery", StatusFlag::LowBattery),
+    ("sensor-fault", StatusFlag::SensorFault),
+    ("invalid", StatusFlag::Invalid),
+];
+
+/// A status flag by its name in this format.
+pub fn status_flag(name: &str) -> Option<StatusFlag> {
+    STATUS_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+}
+
+/// The name of a status flag in this format.
+pub fn status_name(flag: StatusFlag) -> &'static str {
+    STATUS_NAMES
+        .iter()
+        .find(|(_, f)| *f == flag)
+        .map(|(n, _)| *n)
+        .unwrap_or("invalid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn no_binding(_: &str) -> Option<PatientRef> {
+        None
+    }
+
+    fn check(payload: &str) -> Result<Vec<Reading>, DecodeError> {
+        decode(
+            payload.as_bytes(),
+            datetime!(2026-11-25 12:00 UTC),
+            &no_binding,
+        )
+    }
+
+    #[test]
+    fn decodes_a_quantity_with_its_precision() {
+        let r = check(r#"{"device":"thermo-1","time":"2026-11-25T08:30:00+01:00","metric":"body-temperature","value":36.60,"unit":"Cel","seq":3}"#)
+            .unwrap();
+        assert_eq!(r.len(), 1);
+        let Value::Quantity(q) = &r[0].value else {
+            panic!("not a quantity")
+        };
+        assert_eq!(q.value, Measured::Value(Decimal::new(3660, -2)));
+        assert_eq!(q.unit, "Cel");
+        assert_eq!(r[0].metric, catalog::BODY_TEMPERATURE);
+        assert_eq!(r[0].sequence, Some(3));
+        assert_eq!(r[0].device_time, Some(datetime!(2026-11-25 08:30 +01:00)));
+    }
+
+    #[test]
+    fn decodes_blood_pressure_components_and_absent_values() {
+        let r = check(r#"{"device":{"id":"A1:B2:C3:D4:E5:F6","id_type":"bluetooth"},"metric":"85354-9","components":[
+            {"metric":"systolic","value":120,"unit":"mm[Hg]"},{"metric":"diastolic","value":80},
+            {"metric":"150023","value":null,"data_absent_reason":"not-a-number"}],"status":["irregular-pulse"]}"#)
+        .unwrap();
+        let Value::Components(c) = &r[0].value else {
+            panic!("not components")
+        };
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[1].quantity.unit, "mm[Hg]");
+        assert_eq!(
+            c[2].quantity.value,
+            Measured::Absent(AbsentReason::NotANumber)
+        );
+        assert_eq!(
+            r[0].device.id,
+            DeviceId::Bluetooth([0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6])
+        );
+        assert_eq!(r[0].status, vec![StatusFlag::IrregularPulse]);
+        assert_eq!(r[0].device_time, None);
+    }
+
+    #[test]
+    fn an_array_is_all_or_nothing() {
+        let ok = check(
+            r#"[{"device":"d","metric":"spo2","value":97},{"device":"d","metric":"heart-rate","value":61}]"#,
+        );
+        assert_eq!(ok.unwrap().len(), 2);
+        let bad = check(
+            r#"[{"device":"d","metric":"spo2","value":97},{"device":"d","metric":"nope","value":61}]"#,
+        );
+        assert_eq!(
+            bad.unwrap_err(),
+            field(
+                "[1].metric",
+                "unknown metric (use a short name, MDC code or LOINC code)"
+            )
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_echo_values() {
+        let cases = [
+            (r#"{"device":"d","metric":"spo2"}"#, "value"),
+            (
+                r#"{"device":"d","metric":"spo2","value":97,"colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"device":"d","metric":"spo2","value":97,"time":"Jane Doe"}"#,
+                "time",
+            ),
+            (
+                r#"{"device":"d","metric":"spo2","value":null}"#,
+                "null needs",
+            ),
+            (r#"{"device":"","metric":"spo2","value":1}"#, "device.id"),
+            (
+                r#"{"device":"d","metric":"spo2","value":1,"patient":{"system":"x"}}"#,
+                "patient",
+            ),
+            (
+                r#"{"device":{"id":"XYZ","id_type":"eui64"},"metric":"spo2","value":1}"#,
+                "eui64",
+            ),
+            (
+                r#"{"device":"d","metric":"spo2","value":"Jane Doe"}"#,
+                "JSON",
+            ),
+            (r#"{"device":"d","metric":"spo2","value":1e400}"#, "value"),
+            (r#"[]"#, "empty"),
+            (r#"{"device":"d""#, "truncated"),
+        ];
+        for (payload, expect) in cases {
+            let e = check(payload).expect_err(payload).to_string();
+            assert!(
+                e.contains(expect),
+                "{payload}: {e:?} should mention {expect:?}"
+            );
+            assert!(!e.contains("Jane"), "{payload}: error echoes a value: {e}");
+        }
+    }
+
+    #[test]
+    fn the_config_binding_applies_when_the_payload_names_no_patient() {
+        let bind = |key: &str| {
+            (key == "d").then(|| PatientRef {
+                system: "urn:x".into(),
+                value: "p1".into(),
+            })
+        };
+        let r = decode(
+            br#"{"device":"d","metric":"spo2","value":97}"#,
+            datetime!(2026-11-25 12:00 UTC),
+            &bind,
+        )
+        .unwrap();
+        assert_eq!(r[0].patient.as_ref().map(|p| p.value.as_str()), Some("p1"));
+        let r = decode(
+            br#"{"device":"d","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}}"#,
+            datetime!(2026-11-25 12:00 UTC),
+            &bind,
+        )
+        .unwrap();
+        assert_eq!(
+            r[0].patient.as_ref().map(|p| p.value.as_str()),
+            Some("Patient/9")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode(&bytes, datetime!(2026-11-25 12:00 UTC), &no_binding);
+        }
+    }
+}
