@@ -1,7 +1,301 @@
-//! Vitalbridge gateway library.
+//! Vitalbridge: an edge gateway for remote patient monitoring and bedside devices.
+//!
+//! Readings come in from sources ([`ingest`]), are decoded by device profiles ([`profile`])
+//! into the plain domain model ([`model`]), committed durably to the SQLite buffer
+//! ([`buffer`]), mapped to FHIR R4 ([`fhir`]) and forwarded by the uplink ([`uplink`]).
+//!
+//! This file is the only place that creates channels and starts stages ([`run`]). Stages do
+//! not know each other: sources talk to the buffer through [`pipeline::Ingest`], the uplink
+//! reads the buffer through [`buffer::Store`]. See ARCHITECTURE.md for the map and the
+//! invariants.
+#![warn(missing_docs)]
+
 pub mod buffer;
 pub mod config;
 pub mod fhir;
+pub mod ingest;
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod tls;
+pub mod uplink;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::writer::WriterConfig;
+use crate::config::{Config, ConfigError, Destination};
+use crate::ingest::Bindings;
+use crate::model::PatientRef;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::Ingest;
+use crate::uplink::batcher::BatcherConfig;
+use crate::uplink::Transport;
+
+/// How long sources get to stop after shutdown begins.
+const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the uplink gets to finish the batch it is sending after shutdown begins.
+const UPLINK_STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// The buffer could not be opened (including: another gateway holds the data directory).
+    #[error(transparent)]
+    Buffer(#[from] buffer::BufferError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The uplink or a source could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a run did, for the exit log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunSummary {
+    /// Readings stored by this run.
+    pub stored: u64,
+    /// Readings delivered by this run.
+    pub delivered: u64,
+}
+
+/// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`.
+pub fn gateway_id(config: &Config) -> Result<String, RunError> {
+    if let Some(id) = &config.gateway.id {
+        return Ok(id.clone());
+    }
+    let path = config.gateway.data_dir.join("gateway-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = format!("vb-{:016x}", rand::random::<u64>());
+    std::fs::create_dir_all(&config.gateway.data_dir)
+        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+        .map_err(|e| RunError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}
+
+fn bindings(config: &Config) -> Bindings {
+    let map: HashMap<String, PatientRef> = config
+        .devices
+        .iter()
+        .filter_map(|d| {
+            let patient = match (&d.patient_system, &d.patient_id, &d.patient_reference) {
+                (Some(system), Some(value), _) => PatientRef {
+                    system: system.clone(),
+                    value: value.clone(),
+                },
+                (_, _, Some(reference)) => PatientRef {
+                    system: String::new(),
+                    value: reference.clone(),
+                },
+                _ => return None,
+            };
+            Some((d.id.clone(), patient))
+        })
+        .collect();
+    Bindings::new(map)
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then stops in order: sources stop
+/// acknowledging, the buffer writer commits what it has, the uplink finishes its current
+/// batch. `ready` is called once everything is started.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<RunSummary, RunError> {
+    config.validate().map_err(RunError::Config)?;
+    let store = buffer::Store::open(&config.gateway.data_dir, config.buffer.capacity).await?;
+    let (durable_mode, durable_sync) = store.durability().await?;
+    let id = gateway_id(&config)?;
+    let gateway = fhir::Gateway {
+        id: id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    tracing::info!(
+        gateway = %id,
+        data_dir = %config.gateway.data_dir.display(),
+        pending = store.pending(),
+        journal_mode = %durable_mode,
+        synchronous = durable_sync,
+        "buffer open"
+    );
+    let metrics = Arc::new(Metrics::default());
+
+    // Sources → buffer writer.
+    let (ingest_tx, ingest_rx) = pipeline::channel();
+    let writer_config = WriterConfig {
+        max_rows: config.buffer.commit_max_rows,
+        linger: Duration::from_millis(config.buffer.commit_linger_ms),
+    };
+    let writer_metrics = metrics.clone();
+    let writer = tokio::spawn(buffer::writer::run(
+        store.clone(),
+        ingest_rx,
+        writer_config,
+        move |c| {
+            Metrics::add(&writer_metrics.commits, c.commits);
+            Metrics::add(&writer_metrics.readings_duplicate, c.duplicates);
+            Metrics::add(&writer_metrics.buffer_full, c.refused_full);
+        },
+    ));
+
+    let sources_stop = CancellationToken::new();
+    let mut sources: Vec<JoinHandle<()>> = Vec::new();
+    let bindings = bindings(&config);
+    if let Some(sim) = config.sources.sim.clone() {
+        let ingest = Ingest::new(ingest_tx.clone(), "sim");
+        sources.push(tokio::spawn(ingest::sim::run(
+            sim,
+            ingest,
+            bindings.clone(),
+            sources_stop.clone(),
+        )));
+    }
+    if let Some(mqtt) = &config.sources.mqtt {
+        let tls = match &mqtt.tls {
+            Some(t) => {
+                let identity = t.cert.as_deref().zip(t.key.as_deref());
+                Some(tls::client_config(&t.ca, identity)?)
+            }
+            None => None,
+        };
+        let client_id = mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("vitalbridge-{id}"));
+        let source = ingest::mqtt::MqttSource::new(mqtt, client_id, tls)
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let ingest = Ingest::new(ingest_tx.clone(), "mqtt");
+        sources.push(tokio::spawn(source.run(
+            ingest,
+            bindings.clone(),
+            metrics.clone(),
+            sources_stop.clone(),
+        )));
+    }
+    // Only sources hold ingest handles now: when they end, the writer drains and ends.
+    drop(ingest_tx);
+
+    // Buffer → uplink.
+    let uplink_stop = CancellationToken::new();
+    let batcher = BatcherConfig {
+        batch_size: config.uplink.batch_size,
+        retry_initial: Duration::from_millis(config.uplink.retry_initial_ms),
+        retry_max: Duration::from_millis(config.uplink.retry_max_ms),
+    };
+    let workers = match config.uplink.destination() {
+        Destination::File(file) => {
+            let dir = file
+                .dir
+                .clone()
+                .unwrap_or_else(|| config.gateway.data_dir.join("out"));
+            let transport = uplink::file::FileTransport::new(&dir, file.rotate_bytes, gateway)
+                .map_err(|e| RunError::Setup(format!("uplink.file.dir {}: {e}", dir.display())))?;
+            tracing::info!(dir = %dir.display(), "uplink: FHIR NDJSON files");
+            spawn_workers(
+                Arc::new(transport),
+                &store,
+                batcher,
+                config.uplink.in_flight,
+                &metrics,
+                &uplink_stop,
+            )
+        }
+        Destination::Fhir(fhir_cfg) => {
+            let tls = tls::client_config(&fhir_cfg.ca, Some((&fhir_cfg.cert, &fhir_cfg.key)))?;
+            let kind = if fhir_cfg.bundle_type == "batch" {
+                fhir::BundleType::Batch
+            } else {
+                fhir::BundleType::Transaction
+            };
+            let transport = uplink::https::FhirTransport::new(
+                &fhir_cfg.base_url,
+                tls,
+                Duration::from_secs(fhir_cfg.timeout_s),
+                kind,
+                gateway,
+            )
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+            tracing::info!(base_url = %fhir_cfg.base_url, "uplink: FHIR server over mutual TLS");
+            spawn_workers(
+                Arc::new(transport),
+                &store,
+                batcher,
+                config.uplink.in_flight,
+                &metrics,
+                &uplink_stop,
+            )
+        }
+    };
+
+    ready();
+    shutdown.cancelled().await;
+    tracing::info!(
+        "shutting down: sources stop acknowledging, buffer flushes, uplink finishes its batch"
+    );
+
+    sources_stop.cancel();
+    for s in sources {
+        if tokio::time::timeout(SOURCE_STOP_GRACE, s).await.is_err() {
+            tracing::warn!("a source did not stop in time");
+        }
+    }
+    let totals = writer.await.unwrap_or_default();
+    uplink_stop.cancel();
+    for w in workers {
+        let abort = w.abort_handle();
+        if tokio::time::timeout(UPLINK_STOP_GRACE, w).await.is_err() {
+            tracing::warn!("uplink did not finish its batch in time; it stays queued");
+            abort.abort();
+        }
+    }
+    store.close().await;
+    Ok(RunSummary {
+        stored: totals.inserted,
+        delivered: Metrics::get(&metrics.readings_out),
+    })
+}
+
+fn spawn_workers<T: Transport>(
+    transport: Arc<T>,
+    store: &buffer::Store,
+    config: BatcherConfig,
+    count: usize,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            tokio::spawn(uplink::batcher::run(
+                store.clone(),
+                transport.clone(),
+                config,
+                metrics.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Loads the config file, or the demo defaults when `path` is `None`.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}

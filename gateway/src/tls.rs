@@ -1,0 +1,111 @@
+//! rustls client configurations from PEM files, for the FHIR uplink and the MQTT source.
+//!
+//! Architecture invariant: the only trust anchors are the configured CA certificates (no
+//! system or web roots), the crypto provider is `ring`, protocol versions are TLS 1.2 and 1.3,
+//! and a private key readable by group or others is refused before it is read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("{what} {path}: {problem}")]
+    File {
+        /// Which file it is (CA, client certificate, client key).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(what: &'static str, path: &Path, problem: impl ToString) -> TlsError {
+    TlsError::File {
+        what,
+        path: path.into(),
+        problem: problem.to_string(),
+    }
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(what, path, "contains no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let mut problems = Vec::new();
+    crate::config::check_private_key("key", path, &mut problems);
+    if let Some(p) = problems.into_iter().next() {
+        return Err(file_err("client key", path, p.message));
+    }
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, e))
+}
+
+/// A client config trusting only the CA in `ca`, presenting `cert`/`key` when given.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs("CA certificate", ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_err("CA certificate", ca, e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key_path)) => {
+            builder.with_client_auth_cert(certs("client certificate", cert)?, key(key_path)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Turns a handshake error into a sentence a technician can act on.
+pub fn explain(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            let why = match c {
+                rustls::CertificateError::UnknownIssuer => {
+                    "the server's certificate is not signed by the configured CA".to_owned()
+                }
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    "the server's certificate is not valid for the host name in the URL".to_owned()
+                }
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. } => {
+                    "the server's certificate has expired".to_owned()
+                }
+                other => format!("the server's certificate was rejected ({other:?})"),
+            };
+            format!("TLS handshake failed: {why}")
+        }
+        Some(rustls::Error::AlertReceived(alert)) => {
+            format!("TLS handshake failed: the server sent alert {alert:?} (does it accept this gateway's client certificate?)")
+        }
+        Some(other) => format!("TLS handshake failed: {other}"),
+        None => e.to_string(),
+    }
+}

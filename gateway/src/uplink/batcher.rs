@@ -1,0 +1,220 @@
+//! One uplink worker: lease → send → settle, forever. `in_flight` workers run at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Outcome, SendError, Transport};
+use crate::buffer::{Leased, Store};
+use crate::model::Reading;
+use crate::ops::metrics::Metrics;
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherConfig {
+    /// Readings per batch.
+    pub batch_size: usize,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// How long an idle worker sleeps before looking again even without a commit signal.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Runs one worker until `shutdown`. A batch being sent when shutdown comes is finished (its
+/// transport has its own timeout); a batch waiting to retry is released at once.
+pub async fn run<T: Transport>(
+    store: Store,
+    transport: Arc<T>,
+    config: BatcherConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut commits = store.subscribe_commits();
+    let origin = format!("uplink:{}", transport.name());
+    while !shutdown.is_cancelled() {
+        commits.borrow_and_update();
+        let leased = match store.lease(config.batch_size).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lease from buffer");
+                sleep_or_cancel(IDLE_POLL, &shutdown).await;
+                continue;
+            }
+        };
+        if leased.is_empty() {
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        let (good, broken): (Vec<Leased>, Vec<Leased>) =
+            leased.into_iter().partition(|l| l.reading.is_ok());
+        if !broken.is_empty() {
+            let rows: Vec<(i64, String)> = broken
+                .iter()
+                .map(|l| {
+                    (
+                        l.id,
+                        l.reading
+                            .as_ref()
+                            .err()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            tracing::error!(
+                rows = rows.len(),
+                "stored readings cannot be decoded; dead-lettering them"
+            );
+            settle_dead(&store, &origin, &rows, &metrics).await;
+        }
+        let rows: Vec<(i64, Reading)> = good
+            .into_iter()
+            .filter_map(|l| l.reading.ok().map(|r| (l.id, r)))
+            .collect();
+        deliver(
+            &store,
+            transport.as_ref(),
+            &config,
+            &metrics,
+            &origin,
+            rows,
+            &shutdown,
+        )
+        .await;
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+async fn settle_dead(store: &Store, origin: &str, rows: &[(i64, String)], metrics: &Metrics) {
+    match store.dead_letter(origin, rows).await {
+        Ok(()) => Metrics::add(&metrics.readings_dead_lettered, rows.len() as u64),
+        Err(e) => tracing::error!(error = %e, "cannot dead-letter rows; they stay queued"),
+    }
+}
+
+/// Sends one leased batch until every row is delivered or dead-lettered, or shutdown.
+async fn deliver<T: Transport>(
+    store: &Store,
+    transport: &T,
+    config: &BatcherConfig,
+    metrics: &Metrics,
+    origin: &str,
+    rows: Vec<(i64, Reading)>,
+    shutdown: &CancellationToken,
+) {
+    // Work list of sub-batches; a permanently refused batch is split until the culprit is alone.
+    let mut work = vec![rows];
+    while let Some(mut batch) = work.pop() {
+        let mut backoff = Backoff::new(config.retry_initial, config.retry_max);
+        while !batch.is_empty() {
+            let refs: Vec<(i64, &Reading)> = batch.iter().map(|(id, r)| (*id, r)).collect();
+            let delay = match transport.send(&refs).await {
+                Ok(outcomes) => {
+                    let mut delivered = Vec::new();
+                    let mut rejected = Vec::new();
+                    let mut again = Vec::new();
+                    let mut retry_reason = None;
+                    for ((id, reading), outcome) in batch.into_iter().zip(outcomes) {
+                        match outcome {
+                            Outcome::Delivered => delivered.push(id),
+                            Outcome::Rejected(reason) => rejected.push((id, reason)),
+                            Outcome::Retry(reason) => {
+                                retry_reason = Some(reason);
+                                again.push((id, reading));
+                            }
+                        }
+                    }
+                    match store.ack(&delivered).await {
+                        Ok(n) => Metrics::add(&metrics.readings_out, n),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot delete delivered rows; they will be resent (idempotent)")
+                        }
+                    }
+                    if !rejected.is_empty() {
+                        tracing::warn!(
+                            transport = transport.name(),
+                            rows = rejected.len(),
+                            "destination refused readings; dead-lettered"
+                        );
+                        settle_dead(store, origin, &rejected, metrics).await;
+                    }
+                    batch = again;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    Metrics::add(&metrics.uplink_retries, 1);
+                    tracing::warn!(
+                        transport = transport.name(),
+                        rows = batch.len(),
+                        reason = retry_reason.as_deref().unwrap_or(""),
+                        "entries not stored; retrying"
+                    );
+                    backoff.next_delay(None)
+                }
+                Err(SendError::Transient {
+                    reason,
+                    retry_after,
+                    tls,
+                }) => {
+                    Metrics::add(&metrics.uplink_retries, 1);
+                    if tls {
+                        Metrics::add(&metrics.tls_failures, 1);
+                    }
+                    let delay = backoff.next_delay(retry_after);
+                    tracing::warn!(
+                        transport = transport.name(),
+                        rows = batch.len(),
+                        attempt = backoff.attempts(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "send failed: {reason}"
+                    );
+                    delay
+                }
+                Err(SendError::Refused(reason)) => {
+                    if batch.len() == 1 {
+                        tracing::warn!(
+                            transport = transport.name(),
+                            "destination refused a reading; dead-lettered"
+                        );
+                        let (id, _) = batch.remove(0);
+                        settle_dead(store, origin, &[(id, reason)], metrics).await;
+                    } else {
+                        tracing::info!(
+                            transport = transport.name(),
+                            rows = batch.len(),
+                            "batch refused; splitting it to isolate the refused reading"
+                        );
+                        let second = batch.split_off(batch.len() / 2);
+                        work.push(second);
+                        work.push(std::mem::take(&mut batch));
+                    }
+                    break;
+                }
+            };
+            if !sleep_or_cancel(delay, shutdown).await {
+                let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+                store.release(&ids).await;
+                break;
+            }
+        }
+        if shutdown.is_cancelled() {
+            let ids: Vec<i64> = work.iter().flatten().map(|(id, _)| *id).collect();
+            store.release(&ids).await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The FHIR uplink: HTTP/1.1 over mutual TLS (hyper + tokio-rustls), one transaction (or
+//! batch) Bundle per POST to the FHIR base URL.
+//!
+//! Response handling, per the FHIR RESTful API:
+//! - 2xx with a `transaction-response`/`batch-response` Bundle: each Observation entry's
+//!   `response.status` decides its row: 2xx delivered (201 created, or 200 because
+//!   `ifNoneExist` matched an existing resource), 408/429/5xx retried, other 4xx dead-lettered
+//!   with the entry's OperationOutcome text.
+//! - 400, 409, 412, 413, 422 for the whole Bundle: refused (the batcher splits the batch to
+//!   find the reading at fault).
+//! - 408, 429, 5xx, 401/403/404 (a server or credentials problem, not the data's), timeouts,
+//!   connection and TLS errors: retried with backoff, honouring `Retry-After`.
+//!
+//! Connections are kept alive and reused; a connection that failed is dropped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde_json::Value as Json;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{parse_retry_after, Outcome, SendError, Transport};
+use crate::fhir::{self, BundleType, EntryRole, Gateway};
+use crate::model::Reading;
+
+/// Largest response body read, in bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The base URL is unusable.
+    #[error("uplink.fhir.base_url: {0}")]
+    Url(String),
+}
+
+/// Sends Bundles to a FHIR server.
+pub struct FhirTransport {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    host: String,
+    port: u16,
+    /// `Host` header value.
+    authority: String,
+    /// Request path of the base URL (`/fhir`).
+    path: String,
+    timeout: Duration,
+    bundle_type: BundleType,
+    gateway: Gateway,
+    /// Idle keep-alive connections.
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+fn transient(reason: String, retry_after: Option<Duration>, tls: bool) -> SendError {
+    SendError::Transient {
+        reason,
+        retry_after,
+        tls,
+    }
+}
+
+impl FhirTransport {
+    /// A transport for `base_url` using the client TLS config `tls`.
+    pub fn new(
+        base_url: &str,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+        bundle_type: BundleType,
+        gateway: Gateway,
+    ) -> Result<Self, SetupError> {
+        let url = url::Url::parse(base_url).map_err(|e| SetupError::Url(e.to_string()))?;
+        if url.scheme() != "https" {
+            return Err(SetupError::Url("must be https".into()));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| SetupError::Url("no host".into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| SetupError::Url(e.to_string()))?;
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let path = if url.path().is_empty() {
+            "/".to_owned()
+        } else {
+            url.path().to_owned()
+        };
+        Ok(Self {
+            connector: TlsConnector::from(tls),
+            server_name,
+            host,
+            port,
+            authority,
+            path,
+            timeout,
+            bundle_type,
+            gateway,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SendError> {
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| {
+            transient(
+                format!("connect to {}:{} timed out", self.host, self.port),
+                None,
+                false,
+            )
+        })?
+        .map_err(|e| {
+            transient(
+                format!("cannot connect to {}:{}: {e}", self.host, self.port),
+                None,
+                false,
+            )
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            self.timeout,
+            self.connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| transient("TLS handshake timed out".into(), None, true))?
+        .map_err(|e| transient(crate::tls::explain(&e), None, true))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| transient(format!("HTTP handshake failed: {e}"), None, false))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, SendError> {
+        loop {
+            let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match idle {
+                Some(mut s) if !s.is_closed() => {
+                    if s.ready().await.is_ok() {
+                        return Ok(s);
+                    }
+                }
+                Some(_) => continue,
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Option<Duration>, Bytes), SendError> {
+        let mut sender = self.connection().await?;
+        let request = Request::post(self.path.as_str())
+            .header(header::HOST, self.authority.as_str())
+            .header(header::CONTENT_TYPE, "application/fhir+json")
+            .header(header::ACCEPT, "application/fhir+json")
+            .header(
+                header::USER_AGENT,
+                concat!("vitalbridge/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| transient(format!("cannot build request: {e}"), None, false))?;
+        let exchange = async {
+            let response = sender.send_request(request).await.map_err(|e| {
+                transient(
+                    format!(
+                        "request failed (the server may have stored it; retrying is safe): {e}"
+                    ),
+                    None,
+                    false,
+                )
+            })?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| transient(format!("reading response failed: {e}"), None, false))?
+                .to_bytes();
+            Ok::<_, SendError>((status, retry_after, body))
+        };
+        let result = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                transient(
+                    format!(
+                        "no response within {}s (retrying is safe)",
+                        self.timeout.as_secs()
+                    ),
+                    None,
+                    false,
+                )
+            })??;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(sender);
+        }
+        Ok(result)
+    }
+}
+
+/// Text of an OperationOutcome (diagnostics and details), for dead-letter reasons.
+pub fn outcome_text(outcome: &Json) -> String {
+    let mut parts = Vec::new();
+    if let Some(issues) = outcome.get("issue").and_then(Json::as_array) {
+        for issue in issues {
+            let severity = issue
+                .get("severity")
+                .and_then(Json::as_str)
+                .unwrap_or("error");
+            let text = issue
+                .get("diagnostics")
+                .and_then(Json::as_str)
+                .or_else(|| issue.pointer("/details/text").and_then(Json::as_str))
+                .or_else(|| issue.get("code").and_then(Json::as_str))
+                .unwrap_or("");
+            parts.push(format!("{severity}: {text}"));
+        }
+    }
+    if parts.is_empty() {
+        "no OperationOutcome".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn status_code(text: &str) -> Option<u16> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Maps a 2xx transaction/batch-response to per-row outcomes, in row order.
+fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Outcome> {
+    let rows = roles
+        .iter()
+        .filter(|r| matches!(r, EntryRole::Observation(_)))
+        .count();
+    let parsed: Option<Json> = serde_json::from_slice(body).ok();
+    let entries = parsed
+        .as_ref()
+        .and_then(|b| b.get("entry"))
+        .and_then(Json::as_array);
+    let Some(entries) = entries.filter(|e| e.len() == roles.len()) else {
+        // A 2xx transaction is all-or-nothing: committed. A batch without a readable response
+        // tells nothing per entry: retry (idempotent).
+        return match kind {
+            BundleType::Transaction => vec![Outcome::Delivered; rows],
+            BundleType::Batch => vec![Outcome::Retry("unreadable batch-response".into()); rows],
+        };
+    };
+    roles
+        .iter()
+        .zip(entries)
+        .filter(|(role, _)| matches!(role, EntryRole::Observation(_)))
+        .map(|(_, entry)| {
+            let status = entry
+                .pointer("/response/status")
+                .and_then(Json::as_str)
+                .unwrap_or("");
+            match status_code(status) {
+                Some(200..=299) => Outcome::Delivered,
+                Some(408 | 429) | Some(500..=599) | None => {
+                    Outcome::Retry(format!("entry status {status:?}"))
+                }
+                Some(_) => {
+                    let why = entry
+                        .pointer("/response/outcome")
+                        .map(outcome_text)
+                        .unwrap_or_default();
+                    Outcome::Rejected(format!("{status}: {why}"))
+                }
+            }
+        })
+        .collect()
+}
+
+impl Transport for FhirTransport {
+    fn name(&self) -> &'static str {
+        "fhir"
+    }
+
+    async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
+        let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type);
+        let body = serde_json::to_vec(&mapped.bundle)
+            .map_err(|e| transient(format!("cannot serialize Bundle: {e}"), None, false))?;
+        let (status, retry_after, response) = self.post(body).await?;
+        match status.as_u16() {
+            200..=299 => Ok(entry_outcomes(&mapped.roles, &response, self.bundle_type)),
+            400 | 409 | 412 | 413 | 422 => {
+                let why = serde_json::from_slice::<Json>(&response)
+                    .map(|o| outcome_text(&o))
+                    .unwrap_or_default();
+                Err(SendError::Refused(format!("HTTP {status}: {why}")))
+            }
+            code => Err(transient(
+                format!("server answered HTTP {code}"),
+                retry_after,
+                false,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_statuses_decide_each_row() {
+        let roles = [
+            EntryRole::Device,
+            EntryRole::Observation(1),
+            EntryRole::Observation(2),
+            EntryRole::Observation(3),
+        ];
+        let body = serde_json::json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "200 OK"}},
+            {"response": {"status": "201 Created"}},
+            {"response": {"status": "422 Unprocessable Entity", "outcome": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad unit"}]}}},
+            {"response": {"status": "503"}},
+        ]});
+        let out = entry_outcomes(
+            &roles,
+            &serde_json::to_vec(&body).unwrap(),
+            BundleType::Batch,
+        );
+        assert_eq!(out[0], Outcome::Delivered);
+        assert_eq!(
+            out[1],
+            Outcome::Rejected("422 Unprocessable Entity: error: bad unit".into())
+        );
+        assert!(matches!(out[2], Outcome::Retry(_)));
+    }
+
+    #[test]
+    fn an_unreadable_2xx_transaction_counts_as_committed_but_a_batch_is_retried() {
+        let roles = [EntryRole::Observation(1)];
+        assert_eq!(
+            entry_outcomes(&roles, b"", BundleType::Transaction),
+            vec![Outcome::Delivered]
+        );
+        assert!(matches!(
+            entry_outcomes(&roles, b"", BundleType::Batch)[0],
+            Outcome::Retry(_)
+        ));
+    }
+}
