@@ -25,6 +25,9 @@
 pub mod codec;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
