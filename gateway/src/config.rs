@@ -382,9 +382,19 @@ impl Config {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            let message = e.into_inner().message().trim().to_owned();
-            ConfigError { key, message }
+            let inner = e.into_inner();
+            if key == "." || key.is_empty() {
+                // A syntax error: the full text has the line, column and a snippet.
+                ConfigError {
+                    key: String::new(),
+                    message: inner.to_string().trim().to_owned(),
+                }
+            } else {
+                ConfigError {
+                    key,
+                    message: inner.message().trim().to_owned(),
+                }
+            }
         })
     }
 

@@ -1,0 +1,114 @@
+//! The `vitalbridge` binary's configuration commands, as an operator uses them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn vitalbridge(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run vitalbridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// PEM-ish files whose contents do not matter to check-config; modes do.
+fn files(dir: &Path) {
+    for (name, mode) in [
+        ("ca.pem", 0o644),
+        ("cert.pem", 0o644),
+        ("key.pem", 0o600),
+        ("open.key", 0o644),
+        ("group.key", 0o640),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, "-----BEGIN TEST-----\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+const FHIR_OK: &str = r#"
+[uplink.fhir]
+base_url = "https://fhir.example.org/r4"
+ca = "ca.pem"
+cert = "cert.pem"
+key = "key.pem"
+"#;
+
+#[test]
+fn check_config_names_the_bad_key_for_each_kind_of_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path());
+    // (config text, text the error must contain)
+    let cases: &[(&str, &str)] = &[
+        ("[gateway]\ndata_dirr = \"x\"\n", "gateway.data_dirr: unknown field `data_dirr`"),
+        ("[buffer]\ncapacity = \"lots\"\n", "buffer.capacity: invalid type: string"),
+        ("[buffer]\ncapacity = 0\n", "buffer.capacity: must be at least 1"),
+        ("[sources.mqtt]\nurl = \"not a url\"\n", "sources.mqtt.url: not a valid URL"),
+        ("[sources.mqtt]\nurl = \"http://broker:1883\"\n", "sources.mqtt.url: scheme \"http\" is not mqtt or mqtts"),
+        ("[sources.mqtt]\nurl = \"mqtts://broker:8883\"\n", "sources.mqtt.tls: mqtts:// needs"),
+        ("[sources.mqtt]\nurl = \"mqtt://b\"\ntopic = \"x\"\n", "sources.mqtt.topic: unknown field `topic`"),
+        ("[sources.sim]\ndevices = 0\n", "sources.sim.devices: must be between 1 and 10000"),
+        (&FHIR_OK.replace("https://fhir.example.org/r4", "http://fhir.example.org/r4"), "uplink.fhir.base_url: scheme \"http\" is not https"),
+        (&FHIR_OK.replace("https://fhir.example.org/r4", "https//nope"), "uplink.fhir.base_url: not a valid URL"),
+        (&FHIR_OK.replace("key.pem", "missing.pem"), "uplink.fhir.key: cannot read missing.pem"),
+        (&FHIR_OK.replace("key.pem", "open.key"), "uplink.fhir.key: private key open.key is readable by group or others (mode 0644)"),
+        (&FHIR_OK.replace("key.pem", "group.key"), "uplink.fhir.key: private key group.key is readable by group or others (mode 0640)"),
+        (&FHIR_OK.replace("ca.pem", "nope.pem"), "uplink.fhir.ca: cannot read nope.pem"),
+        ("[uplink.fhir]\nbase_url = \"https://x\"\n", "uplink.fhir: missing field `ca`"),
+        ("[uplink]\nbatch_size = 0\n", "uplink.batch_size: must be between 1 and 10000"),
+        ("[uplink.file]\n[uplink.fhir]\nbase_url=\"https://x\"\nca=\"ca.pem\"\ncert=\"cert.pem\"\nkey=\"key.pem\"\n", "uplink: configure exactly one"),
+        ("[[devices]]\nid = \"d1\"\npatient_id = \"p\"\n", "devices[0]: give either patient_system and patient_id"),
+        ("[gateway\n", "TOML parse error"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, _, stderr) =
+            vitalbridge(&["check-config", "-c", path.to_str().unwrap()], dir.path());
+        assert_eq!(code, 2, "case {i} should fail: {text}");
+        assert!(
+            stderr.contains(expected),
+            "case {i}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_good_config_and_the_printed_default_pass_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path());
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, FHIR_OK).unwrap();
+    let (code, stdout, stderr) =
+        vitalbridge(&["check-config", "-c", good.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"));
+
+    let (code, default, _) = vitalbridge(&["print-default-config"], dir.path());
+    assert_eq!(code, 0);
+    assert!(default.contains("[sources.sim]"));
+    let printed = dir.path().join("default.toml");
+    std::fs::write(&printed, default).unwrap();
+    let (code, _, stderr) = vitalbridge(
+        &["check-config", "-c", printed.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn version_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = vitalbridge(&["--version"], dir.path());
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        format!("vitalbridge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
