@@ -1,0 +1,132 @@
+//! Runs the real `vitalbridge` binary as a child process, for end-to-end and crash tests.
+//!
+//! The binary is found next to the test executable (`target/<profile>/vitalbridge`, built by
+//! `cargo test --workspace`), or at `$VITALBRIDGE_BIN`. Its stderr (the logs) goes to a file
+//! that tests read to check what an operator would see.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the gateway binary under test.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VITALBRIDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> → target/<profile>/vitalbridge
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("vitalbridge");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (which builds the gateway binary) or set VITALBRIDGE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running gateway process. Killed (SIGKILL) on drop if still running.
+pub struct GatewayProcess {
+    child: Child,
+    log: PathBuf,
+    /// How many times this gateway has been started (the log file is appended to).
+    pub starts: u32,
+    config: PathBuf,
+    cwd: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Writes `config_toml` to `<dir>/gateway.toml` and starts `vitalbridge run -c` in `dir`.
+    pub fn start(dir: &Path, config_toml: &str) -> io::Result<Self> {
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, config_toml)?;
+        let log = dir.join("gateway.log");
+        let child = spawn(dir, &config, &log)?;
+        Ok(Self { child, log, starts: 1, config, cwd: dir.into() })
+    }
+
+    /// Starts the gateway again with the same config (after a kill).
+    pub fn restart(&mut self) -> io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.cwd, &self.config, &self.log)?;
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        // SAFETY: sending a signal to our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Everything the gateway logged so far (all runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; true if it did within `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+}
+
+fn spawn(cwd: &Path, config: &Path, log: &Path) -> io::Result<Child> {
+    let log_file = File::options().create(true).append(true).open(log)?;
+    Command::new(binary())
+        .args(["run", "-c"])
+        .arg(config)
+        .current_dir(cwd)
+        .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `vitalbridge ARGS` to completion in `cwd`: (exit code, stdout, stderr).
+pub fn run_cli(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary()).args(args).current_dir(cwd).output().expect("run vitalbridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
