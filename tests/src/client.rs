@@ -9,7 +9,8 @@
 //! let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": []});
 //! let resp = client.post_json(&upstream.url(), &bundle).await?;
 //! assert_eq!(resp.status, 200);
-//! let answer = resp.json()?;
+//! let answer = resp.json().expect("a FHIR JSON body");
+//! assert_eq!(answer["type"], "transaction-response");
 //! # Ok(()) }
 //! ```
 

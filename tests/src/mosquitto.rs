@@ -618,6 +618,8 @@ impl Subscriber {
     pub async fn connect_with(opts: &ClientOptions, filter: &str) -> io::Result<Subscriber> {
         let (client, mut eventloop) =
             AsyncClient::new(opts.mqtt_options(), CLIENT_CHANNEL_CAPACITY);
+        // Messages of a resumed session can arrive before the SUBACK: keep them.
+        let mut early = Vec::new();
         let setup = async {
             wait_connack(&mut eventloop).await?;
             client
@@ -637,6 +639,7 @@ impl Subscriber {
                             Err(io::Error::other(format!("subscription refused: {ack:?}")))
                         };
                     }
+                    Ok(Event::Incoming(Packet::Publish(p))) => early.push(p),
                     Ok(_) => {}
                     Err(e) => return Err(mqtt_err("mqtt subscribe", e)),
                 }
@@ -646,6 +649,9 @@ impl Subscriber {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "subscribe timed out"))??;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for p in early {
+            let _ = tx.send(p);
+        }
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
