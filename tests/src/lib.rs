@@ -8,6 +8,8 @@
 //!   injection and assertions on what it stored.
 //! - [`client`]: a minimal HTTPS client (hyper over tokio-rustls) for talking to the upstream
 //!   from tests.
+//! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
+//!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]
@@ -16,3 +18,4 @@ pub mod client;
 pub mod mosquitto;
 pub mod pki;
 pub mod upstream;
+pub mod validator;
