@@ -6,6 +6,10 @@
 //! reaps the process; [`Mosquitto::stop`] / [`Mosquitto::restart`] stop it gracefully (so it
 //! writes its persistence file) and start it again on the same port with the same
 //! persistence, for "broker restarted while the gateway had an offline session" tests.
+//! [`Mosquitto::kill`] is a hard kill (anything not yet autosaved is lost).
+//!
+//! `start`, `stop`, `restart` are blocking (bounded: 10 s each); they can be called from
+//! async tests directly (they block the runtime thread briefly).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -297,7 +301,6 @@ impl Mosquitto {
             let _ = writeln!(c, "certfile {}", tls.cert.display());
             let _ = writeln!(c, "keyfile {}", tls.key.display());
             let _ = writeln!(c, "require_certificate true");
-            let _ = writeln!(c, "tls_version tlsv1.2");
         }
         for line in &self.opts.extra_config {
             let _ = writeln!(c, "{line}");

@@ -766,3 +766,51 @@ async fn publish_helper_is_fast_enough_for_benchmarks() {
         "too slow: {rate:.0}/s"
     );
 }
+
+#[tokio::test]
+async fn posting_to_the_base_with_a_trailing_slash_and_a_status_fault() {
+    let pki = TestPki::generate();
+    let upstream = start_upstream(&pki).await;
+    let client = HttpsClient::new(pki.client_config());
+    upstream.faults().push(Fault::Status(500));
+    let url = format!("{}/", upstream.url());
+    let r = client.post_json(&url, &two_observations()).await.unwrap();
+    assert_eq!(r.status, 500);
+    let r = client.post_json(&url, &two_observations()).await.unwrap();
+    assert_eq!(statuses(&r.json().unwrap()), ["201 Created", "201 Created"]);
+    let wrong = client
+        .post_json(
+            &format!("{}/Observation", upstream.url()),
+            &observation("x", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_keeps_up_with_benchmark_sized_loads() {
+    let pki = TestPki::generate();
+    let upstream = start_upstream(&pki).await;
+    let client = HttpsClient::new(pki.client_config());
+    let t = Instant::now();
+    let (bundles, per_bundle) = (100, 100);
+    for b in 0..bundles {
+        let entries = (0..per_bundle)
+            .map(|i| conditional_entry(observation(&format!("load-{b}-{i}"), None), None))
+            .collect();
+        let r = client
+            .post_json(&upstream.url(), &bundle("transaction", entries))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    eprintln!(
+        "{} observations via {bundles} bundles in {:?}",
+        bundles * per_bundle,
+        t.elapsed()
+    );
+    assert_eq!(upstream.observation_count(), bundles * per_bundle);
+    upstream.assert_no_duplicate_identifiers();
+    assert!(t.elapsed() < Duration::from_secs(60));
+}
