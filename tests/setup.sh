@@ -18,9 +18,15 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 # The broker is started by the test harness on a free port, never as a system service.
 
-if ! python3 -c 'import fhir.resources' >/dev/null 2>&1; then
-    echo "setup: installing the independent FHIR validator (tests/requirements.txt)"
-    python3 -m pip install -q -r tests/requirements.txt
+# The independent FHIR R4 validator lives in its own virtualenv inside the clone
+# (fhir.resources 6.4.0 is the last R4 release and needs pydantic 1).
+if ! tests/.venv/bin/python3 -c 'import fhir.resources' >/dev/null 2>&1; then
+    echo "setup: installing the independent FHIR validator into tests/.venv"
+    if ! python3 -m venv tests/.venv >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv tests/.venv
+    fi
+    tests/.venv/bin/pip install -q -r tests/requirements.txt
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -17,7 +17,10 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary> → target/<profile>/vitalbridge
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("vitalbridge");
     assert!(
         bin.exists(),
@@ -44,7 +47,13 @@ impl GatewayProcess {
         std::fs::write(&config, config_toml)?;
         let log = dir.join("gateway.log");
         let child = spawn(dir, &config, &log)?;
-        Ok(Self { child, log, starts: 1, config, cwd: dir.into() })
+        Ok(Self {
+            child,
+            log,
+            starts: 1,
+            config,
+            cwd: dir.into(),
+        })
     }
 
     /// Starts the gateway again with the same config (after a kill).
@@ -107,7 +116,10 @@ fn spawn(cwd: &Path, config: &Path, log: &Path) -> io::Result<Child> {
         .args(["run", "-c"])
         .arg(config)
         .current_dir(cwd)
-        .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -123,7 +135,11 @@ impl Drop for GatewayProcess {
 
 /// Runs `vitalbridge ARGS` to completion in `cwd`: (exit code, stdout, stderr).
 pub fn run_cli(cwd: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary()).args(args).current_dir(cwd).output().expect("run vitalbridge");
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run vitalbridge");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

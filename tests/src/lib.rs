@@ -8,6 +8,8 @@
 //!   injection and assertions on what it stored.
 //! - [`client`]: a minimal HTTPS client (hyper over tokio-rustls) for talking to the upstream
 //!   from tests.
+//! - [`gateway`]: runs the real `vitalbridge` binary as a child process (start, kill -9,
+//!   restart, SIGTERM) and reads its log.
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
@@ -15,7 +17,9 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod gateway;
 pub mod mosquitto;
 pub mod pki;
+pub mod scenario;
 pub mod upstream;
 pub mod validator;
