@@ -33,6 +33,10 @@ pub struct Accumulator<const N: usize> {
 
 /// What one call to [`Accumulator::feed`] found.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no alloc: the decoded message is returned by value"
+)]
 pub enum FeedResult<'a> {
     /// All input was taken in; no frame ended in it.
     Consumed,

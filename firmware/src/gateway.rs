@@ -64,3 +64,41 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Ack, SeqList, TimeRequest};
+    use std::time::Duration;
+
+    #[test]
+    fn unix_millis_counts_from_the_epoch_and_clamps_before_it() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert_eq!(unix_millis(t), 1_700_000_000_250);
+        assert_eq!(unix_millis(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn responses_encode_and_decode_through_the_stream_decoder() {
+        let request = TimeRequest {
+            token: 9,
+            device_time: crate::message::DeviceTime::NoClock,
+        };
+        let replies = [
+            Message::from(request.respond(1_700_000_000_000)),
+            Message::from(Ack {
+                seqs: SeqList::from_slice(&[1, 2]).unwrap(),
+            }),
+        ];
+        let mut wire = vec![0u8];
+        for reply in &replies {
+            wire.extend(encode_to_vec(reply).unwrap());
+        }
+        let mut decoder = StreamDecoder::new();
+        let (head, tail) = wire.split_at(5);
+        let mut got = decoder.decode(head);
+        got.extend(decoder.decode(tail));
+        let expected: Vec<_> = replies.into_iter().map(Ok).collect();
+        assert_eq!(got, expected);
+    }
+}

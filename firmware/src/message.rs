@@ -77,6 +77,10 @@ pub type SeqList = Vec<u32, MAX_READINGS>;
 /// Gateway → device: [`Ack`](Message::Ack), [`Nack`](Message::Nack),
 /// [`TimeResponse`](Message::TimeResponse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no alloc: a message is a fixed-size value (at most a few hundred bytes), never boxed"
+)]
 pub enum Message {
     /// Variant 0: who the device is. Sent after boot and whenever the gateway asks
     /// (a [`Nack`] with [`NackReason::Unidentified`]).
