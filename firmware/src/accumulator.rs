@@ -149,7 +149,8 @@ impl<const N: usize> Default for Accumulator<N> {
 }
 
 /// Iterator returned by [`Accumulator::frames`]: one item per frame that ends in the input.
-/// Bytes after the last delimiter stay in the accumulator for the next chunk.
+/// Bytes after the last delimiter stay in the accumulator for the next chunk. Run it to the
+/// end: input it has not reached when dropped is never fed.
 #[derive(Debug)]
 pub struct Frames<'s, 'a, const N: usize> {
     /// Where unfinished bytes are kept.

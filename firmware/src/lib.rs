@@ -5,11 +5,11 @@
 //! A frame on the wire is `COBS(version ‖ postcard(message) ‖ CRC-32) 00`. The layers, each
 //! in its own module with its format written at the top:
 //!
-//! - [`message`]: the [`Message`](message::Message) enum (hello, readings, ack/nack, time
+//! - [`message`]: the [`Message`] enum (hello, readings, ack/nack, time
 //!   sync, heartbeat) and its postcard encoding;
 //! - [`crc`]: the CRC-32 that protects each frame;
 //! - [`cobs`]: the byte stuffing that makes `00` a delimiter;
-//! - [`frame`]: one message ↔ one frame, and the [`FrameError`](frame::FrameError) kinds;
+//! - [`frame`]: one message ↔ one frame, and the [`FrameError`] kinds;
 //! - [`accumulator`]: byte chunks in, decoded messages out, resynchronising after bad input;
 //! - [`outbox`]: the device keeps readings until acknowledged and retransmits on timeout;
 //! - `gateway` (feature `std`): encode into a `Vec`, a stream decoder for async code.

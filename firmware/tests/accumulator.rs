@@ -215,3 +215,18 @@ fn each_error_kind_is_reported() {
         ]
     );
 }
+
+#[test]
+fn the_largest_frame_fits_a_frame_accumulator() {
+    let message = largest_message();
+    let f = frame(&message);
+    assert!(f.len() <= MAX_FRAME_LEN);
+    let (messages, errors) = run(&f, &[]);
+    assert_eq!((messages, errors), (vec![message], vec![]));
+    // Its COBS bytes are 400 long here (its zeros leave COBS one extra byte); one byte less
+    // of buffer and it is oversize.
+    assert_eq!(f.len(), 401);
+    let mut short = Accumulator::<399>::new();
+    let got: Vec<_> = short.frames(&f).collect();
+    assert_eq!(got, vec![Err(FrameError::Oversize)]);
+}

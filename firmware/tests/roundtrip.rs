@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use heapless::{String, Vec};
 use proptest::prelude::*;
 use vitalbridge_firmware::frame::{
     decode_body, decode_frame, encode_body, encode_frame, FrameError, MAX_BODY_LEN, MAX_FRAME_LEN,
@@ -76,38 +75,9 @@ proptest! {
     }
 }
 
-fn full_string<const N: usize>() -> String<N> {
-    let mut s = String::new();
-    while s.push('x').is_ok() {}
-    s
-}
-
-fn worst_case_reading() -> Reading {
-    let worst_value = Value::decimal(i32::MIN, i8::MIN);
-    let mut components = Vec::new();
-    while components
-        .push(Component {
-            metric: u32::MAX,
-            value: worst_value,
-        })
-        .is_ok()
-    {}
-    Reading {
-        seq: u32::MAX,
-        time: DeviceTime::UnixMillis(u64::MAX),
-        metric: u32::MAX,
-        value: Some(worst_value),
-        unit: full_string(),
-        components,
-        status: Status(u16::MAX),
-    }
-}
-
 #[test]
 fn the_largest_message_is_exactly_max_payload_len() {
-    let mut readings = Vec::new();
-    while readings.push(worst_case_reading()).is_ok() {}
-    let message = Message::Readings(Readings { readings });
+    let message = largest_message();
     assert_eq!(payload(&message).len(), MAX_PAYLOAD_LEN);
 
     let mut body = [0u8; MAX_BODY_LEN];

@@ -127,3 +127,37 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         ),
     ]
 }
+
+pub fn full_string<const N: usize>() -> String<N> {
+    let mut s = String::new();
+    while s.push('x').is_ok() {}
+    s
+}
+
+pub fn worst_case_reading() -> Reading {
+    let worst_value = Value::decimal(i32::MIN, i8::MIN);
+    let mut components = Vec::new();
+    while components
+        .push(Component {
+            metric: u32::MAX,
+            value: worst_value,
+        })
+        .is_ok()
+    {}
+    Reading {
+        seq: u32::MAX,
+        time: DeviceTime::UnixMillis(u64::MAX),
+        metric: u32::MAX,
+        value: Some(worst_value),
+        unit: full_string(),
+        components,
+        status: Status(u16::MAX),
+    }
+}
+
+/// The largest message there is: a full [`Readings`] of worst-case readings.
+pub fn largest_message() -> Message {
+    let mut readings = Vec::new();
+    while readings.push(worst_case_reading()).is_ok() {}
+    Message::Readings(Readings { readings })
+}
