@@ -70,8 +70,8 @@ pub struct Expected {
 pub fn reading(i: u64, devices: u64) -> (Vec<u8>, Expected) {
     let device = format!("dev-{:03}", i % devices);
     let secs = 1_780_000_000 + i as i64;
-    let (time, offset_h) = if i % 3 == 0 { (secs, 2) } else { (secs, 0) };
-    let t = time::OffsetDateTime::from_unix_timestamp(time)
+    let offset_h = if i.is_multiple_of(3) { 2 } else { 0 };
+    let t = time::OffsetDateTime::from_unix_timestamp(secs)
         .expect("time")
         .to_offset(time::UtcOffset::from_hms(offset_h, 0, 0).expect("offset"));
     let text = t
