@@ -87,6 +87,11 @@ impl GatewayProcess {
         None
     }
 
+    /// The process id (for reading `/proc/<pid>` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
