@@ -5,6 +5,7 @@
 
 pub mod ble;
 pub mod catalog;
+pub mod report;
 
 use time::OffsetDateTime;
 
