@@ -132,6 +132,10 @@ const BASE_UUID_TAIL: &str = "-0000-1000-8000-00805f9b34fb";
 /// full 128-bit UUID built on the Bluetooth Base UUID (`00002a35-0000-1000-8000-00805f9b34fb`).
 pub fn parse_characteristic(s: &str) -> Result<u16, UuidError> {
     let s = s.trim();
+    // UUIDs are ASCII; checking first also keeps the byte slicing below on char boundaries.
+    if !s.is_ascii() {
+        return Err(UuidError);
+    }
     let hex4 = |t: &str| {
         if t.len() == 4 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             u16::from_str_radix(t, 16).map_err(|_| UuidError)

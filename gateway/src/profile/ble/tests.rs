@@ -763,6 +763,10 @@ fn characteristic_uuids_parse_in_every_form() {
         "00002a35-0000-1000-8000-00805f9b34fc",
         "12342a35-0000-1000-8000-00805f9b34fb",
         "00002a3g-0000-1000-8000-00805f9b34fb",
+        // Found by the ble_profile_file fuzz target: 36 bytes with a two-byte character
+        // across byte 8 once panicked on a char boundary.
+        "P==\"\"#\tН\"\u{1c}\"\"#\tН\tН\"\u{1c}\"\"#\t\"\u{1c}##\"b|\t#\u{10}",
+        "0000\u{1c}aН-0000-1000-8000-00805f9b34fb",
     ] {
         assert!(parse_characteristic(s).is_err(), "{s}");
     }
@@ -1027,6 +1031,12 @@ proptest! {
     ) {
         let uuid = Decoder::ALL.get(which).map_or(0x2A00, |d| d.uuid());
         let _ = decode(uuid, &payload, &ctx());
+    }
+
+    /// Arbitrary text never panics the UUID parser (the fuzz-found char-boundary bug).
+    #[test]
+    fn arbitrary_text_never_panics_the_uuid_parser(s in "\\PC{0,40}") {
+        let _ = parse_characteristic(&s);
     }
 
     /// Random bytes behind every flags value never panic either (the flags byte is where
