@@ -7,6 +7,18 @@
 //!
 //! Sources and profiles look metrics up here by MDC code, LOINC code or short name, so a
 //! metric is spelled once.
+//!
+//! Term codes were checked against IEEE 11073-10101 as reproduced in the HL7 PHD IG examples
+//! (MDC_TEMP_*, MDC_CTXT_GLU_MEAL) and in independent 11073 nomenclature tables of public PHD
+//! implementations. Partitions: 2 SCADA (vital signs, glucose, body composition), 128
+//! PHD disease management (glucose context, `MDC_CTXT_*`), 129 PHD health and fitness
+//! (`MDC_HF_*`). Entries marked "not in 11073-10101" below come from a single public
+//! implementation and could not be checked against the standard itself.
+//!
+//! Some entries share an MDC code with another and differ in LOINC code or in meaning (the
+//! molar variants of the glucose metrics, the fast/slow pulse-oximetry responses, cuff
+//! pressure); they are constants but are kept out of [`ALL`] so that [`by_mdc`] stays
+//! unambiguous.
 
 use crate::model::Metric;
 
@@ -116,8 +128,8 @@ metric!(
 );
 metric!(
     ENERGY_EXPENDED,
-    119,
-    "MDC_ENERGY_EXPENDED",
+    8454263,
+    "MDC_HF_ENERGY",
     None,
     "Energy expended",
     "kJ",
@@ -196,6 +208,483 @@ metric!(
     None
 );
 
+/// IEEE 11073-10101 partition of personal-health disease-management codes (glucose context).
+pub const PHD_DM_PARTITION: u32 = 128;
+
+// Body temperature by site (IEEE 11073-10408). All carry LOINC 8310-5, the code the FHIR
+// body-temperature vital-signs profile requires; the MDC code says where it was measured.
+metric!(
+    TEMP_AXILLA,
+    188452,
+    "MDC_TEMP_AXILLA",
+    Some("8310-5"),
+    "Body temperature (armpit)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_EAR,
+    188428,
+    "MDC_TEMP_EAR",
+    Some("8310-5"),
+    "Body temperature (ear)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_FINGER,
+    188432,
+    "MDC_TEMP_FINGER",
+    Some("8310-5"),
+    "Body temperature (finger)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_GIT,
+    188456,
+    "MDC_TEMP_GIT",
+    Some("8310-5"),
+    "Body temperature (gastro-intestinal tract)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_ORAL,
+    188424,
+    "MDC_TEMP_ORAL",
+    Some("8310-5"),
+    "Body temperature (oral)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_RECT,
+    188420,
+    "MDC_TEMP_RECT",
+    Some("8310-5"),
+    "Body temperature (rectal)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_TOE,
+    188448,
+    "MDC_TEMP_TOE",
+    Some("8310-5"),
+    "Body temperature (toe)",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    TEMP_TYMP,
+    150392,
+    "MDC_TEMP_TYMP",
+    Some("8310-5"),
+    "Body temperature (tympanic)",
+    "Cel",
+    Some("bodytemp")
+);
+
+// Pulse oximetry (IEEE 11073-10404).
+metric!(
+    PULSE_AMPLITUDE_INDEX,
+    150448,
+    "MDC_PULS_OXIM_PERF_REL",
+    None,
+    "Pulse amplitude index (relative perfusion)",
+    "%",
+    None
+);
+metric!(
+    SPO2_FAST,
+    150456,
+    "MDC_PULS_OXIM_SAT_O2",
+    Some("2708-6"),
+    "Oxygen saturation in Arterial blood (fast response)",
+    "%",
+    Some("oxygensat")
+);
+metric!(
+    SPO2_SLOW,
+    150456,
+    "MDC_PULS_OXIM_SAT_O2",
+    Some("2708-6"),
+    "Oxygen saturation in Arterial blood (slow response)",
+    "%",
+    Some("oxygensat")
+);
+metric!(
+    PULSE_RATE_OXIM_FAST,
+    149530,
+    "MDC_PULS_OXIM_PULS_RATE",
+    Some("8867-4"),
+    "Heart rate (pulse oximeter, fast response)",
+    "/min",
+    Some("heartrate")
+);
+metric!(
+    PULSE_RATE_OXIM_SLOW,
+    149530,
+    "MDC_PULS_OXIM_PULS_RATE",
+    Some("8867-4"),
+    "Heart rate (pulse oximeter, slow response)",
+    "/min",
+    Some("heartrate")
+);
+
+// Glucose by sample type (IEEE 11073-10417). LOINC codes only where LOINC maps them: the
+// glucometer codes for capillary blood (mass 41653-7, molar 14743-9) and serum/plasma
+// 2345-7 (mass), which LOINC's own IEEE mapping gives for venous and undetermined plasma.
+metric!(
+    GLUCOSE_CAPILLARY_WHOLEBLOOD_MOLAR,
+    160184,
+    "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD",
+    Some("14743-9"),
+    "Glucose [Moles/volume] in Capillary blood by Glucometer",
+    "mmol/L",
+    None
+);
+metric!(
+    GLUCOSE_CAPILLARY_PLASMA_MOLAR,
+    160188,
+    "MDC_CONC_GLU_CAPILLARY_PLASMA",
+    Some("14743-9"),
+    "Glucose [Moles/volume] in Capillary blood by Glucometer",
+    "mmol/L",
+    None
+);
+metric!(
+    GLUCOSE_VENOUS_WHOLEBLOOD,
+    160192,
+    "MDC_CONC_GLU_VENOUS_WHOLEBLOOD",
+    None,
+    "Glucose in venous whole blood",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_VENOUS_PLASMA,
+    160196,
+    "MDC_CONC_GLU_VENOUS_PLASMA",
+    Some("2345-7"),
+    "Glucose [Mass/volume] in Serum or Plasma",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_VENOUS_PLASMA_MOLAR,
+    160196,
+    "MDC_CONC_GLU_VENOUS_PLASMA",
+    None,
+    "Glucose in venous plasma",
+    "mmol/L",
+    None
+);
+metric!(
+    GLUCOSE_ARTERIAL_WHOLEBLOOD,
+    160200,
+    "MDC_CONC_GLU_ARTERIAL_WHOLEBLOOD",
+    None,
+    "Glucose in arterial whole blood",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_ARTERIAL_PLASMA,
+    160204,
+    "MDC_CONC_GLU_ARTERIAL_PLASMA",
+    None,
+    "Glucose in arterial plasma",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_CONTROL,
+    160208,
+    "MDC_CONC_GLU_CONTROL",
+    None,
+    "Glucose in control solution",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_ISF,
+    160212,
+    "MDC_CONC_GLU_ISF",
+    None,
+    "Glucose in interstitial fluid",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_UNDETERMINED_WHOLEBLOOD,
+    160364,
+    "MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD",
+    None,
+    "Glucose in whole blood, sample source undetermined",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_UNDETERMINED_PLASMA,
+    160368,
+    "MDC_CONC_GLU_UNDETERMINED_PLASMA",
+    Some("2345-7"),
+    "Glucose [Mass/volume] in Serum or Plasma",
+    "mg/dL",
+    None
+);
+metric!(
+    GLUCOSE_UNDETERMINED_PLASMA_MOLAR,
+    160368,
+    "MDC_CONC_GLU_UNDETERMINED_PLASMA",
+    None,
+    "Glucose in plasma, sample source undetermined",
+    "mmol/L",
+    None
+);
+metric!(
+    GLUCOSE_GENERIC,
+    160020,
+    "MDC_CONC_GLU_GEN",
+    None,
+    "Glucose (sample type not reported)",
+    "mg/dL",
+    None
+);
+metric!(
+    HBA1C,
+    160220,
+    "MDC_CONC_HBA1C",
+    Some("4548-4"),
+    "Hemoglobin A1c/Hemoglobin.total in Blood",
+    "%",
+    None
+);
+
+// Glucose context (IEEE 11073-10417, partition 128 = PHD disease management).
+metric!(
+    GLUCOSE_SAMPLE_LOCATION,
+    8417844,
+    "MDC_CTXT_GLU_SAMPLELOCATION",
+    None,
+    "Glucose sample location",
+    "1",
+    None
+);
+metric!(
+    GLUCOSE_MEAL_CONTEXT,
+    8417864,
+    "MDC_CTXT_GLU_MEAL",
+    None,
+    "Glucose meal context",
+    "1",
+    None
+);
+metric!(
+    GLUCOSE_TESTER,
+    8417884,
+    "MDC_CTXT_GLU_TESTER",
+    None,
+    "Glucose tester",
+    "1",
+    None
+);
+metric!(
+    GLUCOSE_HEALTH,
+    8417820,
+    "MDC_CTXT_GLU_HEALTH",
+    None,
+    "Health context of a glucose measurement",
+    "1",
+    None
+);
+metric!(
+    GLUCOSE_EXERCISE,
+    8417760,
+    "MDC_CTXT_GLU_EXERCISE",
+    None,
+    "Exercise before a glucose measurement (intensity)",
+    "%",
+    None
+);
+metric!(
+    GLUCOSE_CARB_BREAKFAST,
+    8417768,
+    "MDC_CTXT_GLU_CARB_BREAKFAST",
+    None,
+    "Carbohydrate intake, breakfast",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_LUNCH,
+    8417772,
+    "MDC_CTXT_GLU_CARB_LUNCH",
+    None,
+    "Carbohydrate intake, lunch",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_DINNER,
+    8417776,
+    "MDC_CTXT_GLU_CARB_DINNER",
+    None,
+    "Carbohydrate intake, dinner",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_SNACK,
+    8417780,
+    "MDC_CTXT_GLU_CARB_SNACK",
+    None,
+    "Carbohydrate intake, snack",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_DRINK,
+    8417784,
+    "MDC_CTXT_GLU_CARB_DRINK",
+    None,
+    "Carbohydrate intake, drink",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_SUPPER,
+    8417788,
+    "MDC_CTXT_GLU_CARB_SUPPER",
+    None,
+    "Carbohydrate intake, supper",
+    "g",
+    None
+);
+metric!(
+    GLUCOSE_CARB_BRUNCH,
+    8417792,
+    "MDC_CTXT_GLU_CARB_BRUNCH",
+    None,
+    "Carbohydrate intake, brunch",
+    "g",
+    None
+);
+metric!(
+    MEDICATION_RAPID_ACTING,
+    8417800,
+    "MDC_CTXT_MEDICATION_RAPIDACTING",
+    None,
+    "Rapid acting insulin",
+    "mg",
+    None
+);
+metric!(
+    MEDICATION_SHORT_ACTING,
+    8417804,
+    "MDC_CTXT_MEDICATION_SHORTACTING",
+    None,
+    "Short acting insulin",
+    "mg",
+    None
+);
+metric!(
+    MEDICATION_INTERMEDIATE_ACTING,
+    8417808,
+    "MDC_CTXT_MEDICATION_INTERMEDIATEACTING",
+    None,
+    "Intermediate acting insulin",
+    "mg",
+    None
+);
+metric!(
+    MEDICATION_LONG_ACTING,
+    8417812,
+    "MDC_CTXT_MEDICATION_LONGACTING",
+    None,
+    "Long acting insulin",
+    "mg",
+    None
+);
+metric!(
+    MEDICATION_PREMIX,
+    8417816,
+    "MDC_CTXT_MEDICATION_PREMIX",
+    None,
+    "Pre-mixed insulin",
+    "mg",
+    None
+);
+
+// Body composition (IEEE 11073-10420 for fat-free mass, soft lean mass and body water; the
+// others are not in 11073-10101 as published and come from the Bluetooth PHD transcoding
+// practice of public implementations: unverified against the standard).
+metric!(
+    FAT_FREE_MASS,
+    188756,
+    "MDC_MASS_BODY_FAT_FREE",
+    None,
+    "Fat free mass",
+    "kg",
+    None
+);
+metric!(
+    SOFT_LEAN_MASS,
+    188760,
+    "MDC_MASS_BODY_SOFT_LEAN",
+    None,
+    "Soft lean mass",
+    "kg",
+    None
+);
+metric!(
+    BODY_WATER_MASS,
+    188764,
+    "MDC_BODY_WATER",
+    None,
+    "Body water mass",
+    "kg",
+    None
+);
+metric!(
+    BASAL_METABOLISM,
+    188768,
+    "MDC_BASAL_METABOLISM",
+    None,
+    "Basal metabolism (not in 11073-10101)",
+    "kJ",
+    None
+);
+metric!(
+    MUSCLE_PERCENTAGE,
+    188772,
+    "MDC_BODY_MUSCLE",
+    None,
+    "Muscle percentage (not in 11073-10101)",
+    "%",
+    None
+);
+metric!(
+    MUSCLE_MASS,
+    188776,
+    "MDC_MASS_BODY_MUSCLE",
+    None,
+    "Muscle mass (not in 11073-10101)",
+    "kg",
+    None
+);
+metric!(
+    IMPEDANCE,
+    188780,
+    "MDC_BODY_ELECTRICAL_IMPEDANCE",
+    None,
+    "Body electrical impedance (not in 11073-10101)",
+    "Ohm",
+    None
+);
+
 /// Every metric in the catalog, for lookups.
 pub const ALL: &[Metric] = &[
     BLOOD_PRESSURE,
@@ -216,6 +705,49 @@ pub const ALL: &[Metric] = &[
     RESPIRATORY_RATE,
     GLUCOSE_CAPILLARY_WHOLEBLOOD,
     GLUCOSE_CAPILLARY_PLASMA,
+    TEMP_AXILLA,
+    TEMP_EAR,
+    TEMP_FINGER,
+    TEMP_GIT,
+    TEMP_ORAL,
+    TEMP_RECT,
+    TEMP_TOE,
+    TEMP_TYMP,
+    PULSE_AMPLITUDE_INDEX,
+    GLUCOSE_VENOUS_WHOLEBLOOD,
+    GLUCOSE_VENOUS_PLASMA,
+    GLUCOSE_ARTERIAL_WHOLEBLOOD,
+    GLUCOSE_ARTERIAL_PLASMA,
+    GLUCOSE_CONTROL,
+    GLUCOSE_ISF,
+    GLUCOSE_UNDETERMINED_WHOLEBLOOD,
+    GLUCOSE_UNDETERMINED_PLASMA,
+    GLUCOSE_GENERIC,
+    HBA1C,
+    GLUCOSE_SAMPLE_LOCATION,
+    GLUCOSE_MEAL_CONTEXT,
+    GLUCOSE_TESTER,
+    GLUCOSE_HEALTH,
+    GLUCOSE_EXERCISE,
+    GLUCOSE_CARB_BREAKFAST,
+    GLUCOSE_CARB_LUNCH,
+    GLUCOSE_CARB_DINNER,
+    GLUCOSE_CARB_SNACK,
+    GLUCOSE_CARB_DRINK,
+    GLUCOSE_CARB_SUPPER,
+    GLUCOSE_CARB_BRUNCH,
+    MEDICATION_RAPID_ACTING,
+    MEDICATION_SHORT_ACTING,
+    MEDICATION_INTERMEDIATE_ACTING,
+    MEDICATION_LONG_ACTING,
+    MEDICATION_PREMIX,
+    FAT_FREE_MASS,
+    SOFT_LEAN_MASS,
+    BODY_WATER_MASS,
+    BASAL_METABOLISM,
+    MUSCLE_PERCENTAGE,
+    MUSCLE_MASS,
+    IMPEDANCE,
 ];
 
 /// Short names accepted in payloads and profiles, mapped to catalog entries.
@@ -277,6 +809,11 @@ mod tests {
         assert_eq!(SPO2.mdc, 2 * 65536 + 19384);
         assert_eq!(BLOOD_PRESSURE.mdc, 2 * 65536 + 18948);
         assert_eq!(BODY_TEMPERATURE.mdc, 2 * 65536 + 19292);
+        // PHD partitions: 128 disease management, 129 health and fitness.
+        assert_eq!(GLUCOSE_MEAL_CONTEXT.mdc, 128 * 65536 + 29256);
+        assert_eq!(ENERGY_EXPENDED.mdc, 129 * 65536 + 119);
+        assert_eq!(TEMP_RECT.mdc, 2 * 65536 + 57348);
+        assert_eq!(HBA1C.mdc, 2 * 65536 + 29148);
     }
 
     #[test]

@@ -1,0 +1,12 @@
+//! Fuzzes the device-profile loader and the UUID parser with arbitrary text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vitalbridge::profile::ble::{parse_characteristic, profile_file::BleProfile};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_characteristic(text);
+        let _ = BleProfile::from_toml(text);
+    }
+});

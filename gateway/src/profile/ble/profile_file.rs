@@ -1,0 +1,337 @@
+//! Device-profile files for the standard Bluetooth health services,
+//! `device-profiles/ble-*.toml`: which service, which characteristics to subscribe to and
+//! with which decoder, which metrics (MDC + LOINC) and units come out, and whether the
+//! Current Time Service and the Record Access Control Point apply.
+//!
+//! The schema is written down in `device-profiles/README.md`; [`BleProfile`] is its typed
+//! form (unknown keys are refused) and [`BleProfile::validate`] checks it against the
+//! decoders and the metric catalog:
+//!
+//! - `id` is `ble-` followed by lower-case letters, digits and dashes;
+//! - `service` and every characteristic `uuid` parse as Bluetooth UUIDs;
+//! - each characteristic's `decoder` exists and decodes that UUID;
+//! - at least one characteristic is required, and UUIDs are not repeated;
+//! - every metric names a characteristic of the profile whose decoder produces that exact
+//!   metric (MDC code and LOINC code), and lists at least one unit.
+
+use serde::Deserialize;
+
+use super::{parse_characteristic, Decoder};
+
+/// Whether an optional part of a service applies to devices of this profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Applies {
+    /// The service specification makes it mandatory.
+    Required,
+    /// Devices may have it; use it when present.
+    Optional,
+    /// Does not apply (e.g. no time stamps to correct).
+    None,
+}
+
+/// How a characteristic delivers its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Indications (acknowledged by the gateway's BLE stack).
+    Indicate,
+    /// Notifications (unacknowledged).
+    Notify,
+}
+
+/// One characteristic to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CharacteristicEntry {
+    /// 16-bit UUID (`2A35`, `0x2A35` or the 128-bit form).
+    pub uuid: String,
+    /// Name from the GATT Specification Supplement, for people.
+    pub name: String,
+    /// Decoder name (see [`Decoder::name`]).
+    pub decoder: String,
+    /// Indicate or notify.
+    pub delivery: Delivery,
+    /// Whether the service specification makes the characteristic mandatory.
+    pub required: bool,
+}
+
+/// A metric the profile produces.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricEntry {
+    /// MDC code, 32-bit form (partition × 65536 + term).
+    pub mdc: u32,
+    /// MDC reference id, for people (checked against the catalog).
+    pub mdc_ref: String,
+    /// LOINC code, if the metric has one.
+    #[serde(default)]
+    pub loinc: Option<String>,
+    /// UCUM units the devices may report it in.
+    pub units: Vec<String>,
+    /// UUID of the characteristic that carries it.
+    pub characteristic: String,
+}
+
+/// A `device-profiles/ble-*.toml` file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleProfile {
+    /// Profile id, equal to the file name without `.toml` (e.g. `ble-blood-pressure`).
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Service specification and version the profile follows (e.g. `BLS 1.1`).
+    pub specification: String,
+    /// GATT service UUID (`1810`).
+    pub service: String,
+    /// Whether the gateway reads the device's Current Time (0x2A2B) to work out its clock
+    /// offset.
+    pub current_time: Applies,
+    /// Whether stored records are fetched through the Record Access Control Point (0x2A52).
+    pub racp: Applies,
+    /// Characteristics to subscribe to.
+    pub characteristics: Vec<CharacteristicEntry>,
+    /// Metrics the profile produces.
+    pub metrics: Vec<MetricEntry>,
+}
+
+/// Why a profile file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Not valid TOML for the schema (syntax, missing or unknown key, wrong type).
+    #[error("profile file does not match the schema: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// Valid TOML, but inconsistent.
+    #[error("invalid profile `{profile}`: {reason}")]
+    Invalid {
+        /// The profile id.
+        profile: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BleProfile {
+    /// Parses and validates a profile file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ProfileError> {
+        let profile: BleProfile = toml::from_str(text)?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// The service UUID as a 16-bit value.
+    pub fn service_uuid(&self) -> Option<u16> {
+        parse_characteristic(&self.service).ok()
+    }
+
+    /// The characteristics with their parsed UUIDs and decoders (valid profiles only have
+    /// resolvable entries).
+    pub fn decoders(&self) -> Vec<(u16, Decoder)> {
+        self.characteristics
+            .iter()
+            .filter_map(|c| {
+                let uuid = parse_characteristic(&c.uuid).ok()?;
+                Some((uuid, Decoder::from_name(&c.decoder)?))
+            })
+            .collect()
+    }
+
+    /// Checks the profile against the decoders and the catalog (see the module doc).
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        let invalid = |reason: String| ProfileError::Invalid {
+            profile: self.id.clone(),
+            reason,
+        };
+        let id_ok = self.id.strip_prefix("ble-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        if !id_ok {
+            return Err(invalid(
+                "id must be `ble-` + lower-case letters, digits, dashes".into(),
+            ));
+        }
+        if self.service_uuid().is_none() {
+            return Err(invalid(format!("service `{}` is not a UUID", self.service)));
+        }
+        if self.characteristics.is_empty() {
+            return Err(invalid("no characteristics".into()));
+        }
+        let mut seen = Vec::new();
+        for c in &self.characteristics {
+            let uuid = parse_characteristic(&c.uuid)
+                .map_err(|_| invalid(format!("characteristic `{}` is not a UUID", c.uuid)))?;
+            if seen.contains(&uuid) {
+                return Err(invalid(format!("characteristic {uuid:04X} listed twice")));
+            }
+            seen.push(uuid);
+            let decoder = Decoder::from_name(&c.decoder)
+                .ok_or_else(|| invalid(format!("unknown decoder `{}`", c.decoder)))?;
+            if decoder.uuid() != uuid {
+                return Err(invalid(format!(
+                    "decoder `{}` decodes {:04X}, not {uuid:04X}",
+                    c.decoder,
+                    decoder.uuid()
+                )));
+            }
+        }
+        for m in &self.metrics {
+            let uuid = parse_characteristic(&m.characteristic).map_err(|_| {
+                invalid(format!(
+                    "metric {}: `{}` is not a UUID",
+                    m.mdc, m.characteristic
+                ))
+            })?;
+            let decoder = self
+                .decoders()
+                .into_iter()
+                .find(|(u, _)| *u == uuid)
+                .map(|(_, d)| d)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "metric {}: characteristic {uuid:04X} not in profile",
+                        m.mdc
+                    ))
+                })?;
+            let produced = decoder
+                .metrics()
+                .into_iter()
+                .any(|p| p.mdc == m.mdc && p.mdc_ref == m.mdc_ref && p.loinc == m.loinc.as_deref());
+            if !produced {
+                return Err(invalid(format!(
+                    "metric {} {} (LOINC {:?}) is not produced by decoder `{}`",
+                    m.mdc,
+                    m.mdc_ref,
+                    m.loinc,
+                    decoder.name()
+                )));
+            }
+            if m.units.is_empty() || m.units.iter().any(|u| u.trim().is_empty()) {
+                return Err(invalid(format!(
+                    "metric {}: units must be non-empty",
+                    m.mdc
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn profiles_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../device-profiles")
+    }
+
+    #[test]
+    fn every_ble_profile_file_loads_and_validates() {
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(profiles_dir()).expect("device-profiles/ exists") {
+            let path = entry.expect("readable dir entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !(name.starts_with("ble-") && name.ends_with(".toml")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable file");
+            let profile =
+                BleProfile::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(format!("{}.toml", profile.id), name, "id matches file name");
+            loaded.push(profile.id);
+        }
+        loaded.sort();
+        assert_eq!(
+            loaded,
+            [
+                "ble-blood-pressure",
+                "ble-body-composition",
+                "ble-glucose",
+                "ble-heart-rate",
+                "ble-pulse-oximeter",
+                "ble-thermometer",
+                "ble-weight-scale",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_decoder_is_used_by_some_profile() {
+        let mut used = Vec::new();
+        for entry in std::fs::read_dir(profiles_dir()).expect("device-profiles/ exists") {
+            let path = entry.expect("dir entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with("ble-") && name.ends_with(".toml") {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                let profile = BleProfile::from_toml(&text).expect("valid");
+                used.extend(profile.decoders().into_iter().map(|(_, d)| d));
+            }
+        }
+        for d in Decoder::ALL {
+            assert!(used.contains(&d), "{} unused", d.name());
+        }
+    }
+
+    const MINIMAL: &str = r#"
+id = "ble-test"
+name = "Test"
+specification = "HRS 1.0"
+service = "180D"
+current_time = "none"
+racp = "none"
+
+[[characteristics]]
+uuid = "2A37"
+name = "Heart Rate Measurement"
+decoder = "heart-rate-measurement"
+delivery = "notify"
+required = true
+
+[[metrics]]
+mdc = 147842
+mdc_ref = "MDC_ECG_HEART_RATE"
+loinc = "8867-4"
+units = ["/min"]
+characteristic = "2A37"
+"#;
+
+    #[test]
+    fn a_minimal_profile_validates() {
+        BleProfile::from_toml(MINIMAL).expect("valid");
+    }
+
+    #[test]
+    fn unknown_keys_and_inconsistencies_are_refused() {
+        let cases = [
+            MINIMAL.replace("racp = \"none\"", "racp = \"none\"\nextra = 1"),
+            MINIMAL.replace(
+                "decoder = \"heart-rate-measurement\"",
+                "decoder = \"glucose-measurement\"",
+            ),
+            MINIMAL.replace(
+                "decoder = \"heart-rate-measurement\"",
+                "decoder = \"no-such\"",
+            ),
+            MINIMAL.replace("mdc = 147842", "mdc = 150456"),
+            MINIMAL.replace("loinc = \"8867-4\"", "loinc = \"1234-5\""),
+            MINIMAL.replace("characteristic = \"2A37\"", "characteristic = \"2A35\""),
+            MINIMAL.replace("service = \"180D\"", "service = \"heart\""),
+            MINIMAL.replace("id = \"ble-test\"", "id = \"Test\""),
+            MINIMAL.replace("units = [\"/min\"]", "units = []"),
+            MINIMAL.replace("delivery = \"notify\"", "delivery = \"read\""),
+        ];
+        for text in cases {
+            assert!(BleProfile::from_toml(&text).is_err(), "accepted:\n{text}");
+        }
+    }
+}
