@@ -24,7 +24,7 @@ data_dir = "{data}"
 
 [sources.mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
-client_id = "vitalbridge-e2e"
+client_id = "vitalbridge-e2e-{mqtt_port}"
 topics = ["vitals/#"]
 
 [uplink]

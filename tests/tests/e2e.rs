@@ -46,7 +46,7 @@ async fn ten_thousand_mqtt_readings_arrive_exactly_once_with_the_right_value_uni
     );
     let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
-        gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)),
+        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
         "{}",
         gw.log()
     );
@@ -118,7 +118,7 @@ async fn killing_the_gateway_repeatedly_loses_and_duplicates_nothing() {
         "",
     );
     let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)));
+    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
 
     // Publish 6000 readings in 30 slices while the gateway is killed at random moments.
     let (payloads, expected) = stream(0..6_000);
@@ -181,7 +181,7 @@ async fn upstream_503s_429s_and_lost_responses_cause_retries_not_loss_or_duplica
     )
     .replace("in_flight = 2", "in_flight = 1");
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)));
+    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
 
     let (payloads, expected) = stream(0..2_000);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
@@ -256,7 +256,7 @@ async fn a_server_with_a_foreign_ca_or_the_wrong_name_gets_nothing_and_the_log_s
             "",
         );
         let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-        assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)));
+        assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
         let (payloads, _) = stream(0..20);
         publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
         assert!(
@@ -340,7 +340,7 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
         "",
     );
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)));
+    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
     let (good, expected) = stream(0..10);
     let mut payloads = vec![
         b"not json".to_vec(),
@@ -384,7 +384,7 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
     )
     .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n");
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)));
+    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
     let (payloads, expected) = stream(0..600);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -435,7 +435,7 @@ async fn readings_over_mutual_tls_to_the_broker_arrive() {
     .replace("[uplink]\n", &format!("{tls}\n[uplink]\n"));
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
-        gw.wait_for_log("connected to MQTT broker", Duration::from_secs(20)),
+        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
         "{}",
         tail(&gw.log())
     );

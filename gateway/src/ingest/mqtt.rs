@@ -28,7 +28,7 @@ use crate::profile::canonical;
 
 /// Messages being decoded/committed at once. The broker's in-flight window is the real bound;
 /// this only caps memory if a broker is configured with a huge window.
-const MAX_MESSAGES_IN_PROGRESS: usize = 8192;
+const MAX_MESSAGES_IN_PROGRESS: usize = 2048;
 
 /// Capacity of rumqttc's request channel (acks and subscribes travel through it).
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
@@ -96,6 +96,8 @@ impl MqttSource {
         let permits = Arc::new(Semaphore::new(MAX_MESSAGES_IN_PROGRESS));
         let mut failures: u32 = 0;
         loop {
+            // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
+            // taken from its queue could be lost), and after shutdown that no longer matters.
             let event = tokio::select! {
                 e = eventloop.poll() => e,
                 _ = shutdown.cancelled() => break,
@@ -113,20 +115,42 @@ impl MqttSource {
                         }
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .count();
+                    if refused > 0 {
+                        tracing::error!(
+                            refused,
+                            "the MQTT broker refused a subscription; check its ACLs"
+                        );
+                    } else {
+                        // Only from here on does the broker route (and, for this persistent
+                        // session, queue) messages for the gateway.
+                        tracing::info!(topics = self.topics.len(), "subscribed to MQTT topics");
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let (ingest, client, bindings, metrics) = (
+                    // The permit is taken inside the task, never here: this loop must keep
+                    // polling, because only `poll()` drains the acks the tasks queue. Waiting
+                    // here for a task to finish would deadlock once rumqttc's request
+                    // channel is full. Messages waiting for a permit are bounded by the
+                    // broker's in-flight window.
+                    let (ingest, client, bindings, metrics, permits) = (
                         ingest.clone(),
                         client.clone(),
                         bindings.clone(),
                         metrics.clone(),
+                        permits.clone(),
                     );
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
+                        let Ok(_permit) = permits.acquire_owned().await else {
+                            return;
+                        };
                         handle(publish, &ingest, &client, &bindings, &metrics, &shutdown).await;
-                        drop(permit);
                     });
                 }
                 Ok(_) => {}
