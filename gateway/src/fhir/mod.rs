@@ -72,12 +72,13 @@ pub enum EntryRole {
     Observation(i64),
 }
 
-/// A Bundle ready to send and the role of each of its entries, in order.
+/// A Bundle ready to send, already serialized, and the role of each of its entries.
 #[derive(Debug, Clone)]
 pub struct MappedBundle {
-    /// The Bundle resource.
-    pub bundle: Json,
-    /// One role per entry.
+    /// The Bundle resource as JSON bytes. Entries are serialized one at a time, so memory
+    /// holds one entry's JSON tree at most, not the whole Bundle's.
+    pub body: Vec<u8>,
+    /// One role per entry, in order.
     pub roles: Vec<EntryRole>,
 }
 
@@ -99,44 +100,56 @@ pub fn if_none_exist(system: &str, value: &str) -> String {
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
 /// device, one for the gateway, and one per Observation.
 pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> MappedBundle {
-    let mut entries = Vec::with_capacity(rows.len() + 4);
+    let kind = match kind {
+        BundleType::Transaction => "transaction",
+        BundleType::Batch => "batch",
+    };
+    let mut body = Vec::with_capacity(256 + rows.len() * 2048);
+    body.extend_from_slice(
+        format!(r#"{{"resourceType":"Bundle","type":"{kind}","entry":["#).as_bytes(),
+    );
     let mut roles = Vec::with_capacity(rows.len() + 4);
+    let mut push = |body: &mut Vec<u8>, entry: Json, role: EntryRole| {
+        if !roles.is_empty() {
+            body.push(b',');
+        }
+        // Serializing a serde_json::Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *body, &entry);
+        roles.push(role);
+    };
     let gw = gateway_device(gateway);
-    entries.push(entry(
-        &gw.full_url,
-        gw.resource,
-        "Device",
-        &gw.if_none_exist,
-    ));
-    roles.push(EntryRole::Device);
+    let gw_url = gw.full_url.clone();
+    push(
+        &mut body,
+        entry(&gw.full_url, gw.resource, "Device", &gw.if_none_exist),
+        EntryRole::Device,
+    );
     let mut seen: Vec<&DeviceRef> = Vec::new();
     for (_, r) in rows {
         if !seen.contains(&&r.device) {
             seen.push(&r.device);
             let d = device(&r.device);
-            entries.push(entry(&d.full_url, d.resource, "Device", &d.if_none_exist));
-            roles.push(EntryRole::Device);
+            push(
+                &mut body,
+                entry(&d.full_url, d.resource, "Device", &d.if_none_exist),
+                EntryRole::Device,
+            );
         }
     }
     for (id, r) in rows {
-        let obs = observation(r, &device(&r.device).full_url, &gw.full_url);
-        let full_url = urn_uuid("Observation", &r.identifier());
-        entries.push(entry(
+        let identifier = r.identifier();
+        let obs = observation(r, &device(&r.device).full_url, &gw_url);
+        let full_url = urn_uuid("Observation", &identifier);
+        let e = entry(
             &full_url,
             obs,
             "Observation",
-            &if_none_exist(IDENTIFIER_SYSTEM, &r.identifier()),
-        ));
-        roles.push(EntryRole::Observation(*id));
+            &if_none_exist(IDENTIFIER_SYSTEM, &identifier),
+        );
+        push(&mut body, e, EntryRole::Observation(*id));
     }
-    let kind = match kind {
-        BundleType::Transaction => "transaction",
-        BundleType::Batch => "batch",
-    };
-    MappedBundle {
-        bundle: json!({"resourceType": "Bundle", "type": kind, "entry": entries}),
-        roles,
-    }
+    body.extend_from_slice(b"]}");
+    MappedBundle { body, roles }
 }
 
 fn entry(full_url: &str, resource: Json, kind: &str, if_none_exist: &str) -> Json {

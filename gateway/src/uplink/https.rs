@@ -303,9 +303,7 @@ impl Transport for FhirTransport {
 
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
         let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type);
-        let body = serde_json::to_vec(&mapped.bundle)
-            .map_err(|e| transient(format!("cannot serialize Bundle: {e}"), None, false))?;
-        let (status, retry_after, response) = self.post(body).await?;
+        let (status, retry_after, response) = self.post(mapped.body).await?;
         match status.as_u16() {
             200..=299 => Ok(entry_outcomes(&mapped.roles, &response, self.bundle_type)),
             400 | 409 | 412 | 413 | 422 => {
