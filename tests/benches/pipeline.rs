@@ -24,7 +24,12 @@ fn proc_figures(pid: u32) -> (f64, u64) {
     // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let hz = 100.0; // USER_HZ on Linux
     let cpu = (ticks(11) + ticks(12)) as f64 / hz;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -41,26 +46,45 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks benches to list their tests
     }
-    let n: u64 = std::env::var("BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let n: u64 = std::env::var("BENCH_READINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let pki = TestPki::generate();
         let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
         let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = scenario::mqtt_to_fhir(&dir.path().join("data"), broker.port(), &upstream.url(), &pki, "")
-            .replace("batch_size = 500", "batch_size = 2000")
+            .replace("batch_size = 500", "batch_size = 1000")
             .replace("in_flight = 2", "in_flight = 4");
         let (payloads, _) = (0..n).map(|i| scenario::reading(i, 100)).unzip::<_, _, Vec<_>, Vec<_>>();
 
         let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-        assert!(gw.wait_for_log("connected to MQTT broker", Duration::from_secs(30)), "{}", gw.log());
+        assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)), "{}", gw.log());
         let pid = gw.pid();
         let (cpu_before, _) = proc_figures(pid);
 
         let start = Instant::now();
         let publish = tokio::spawn(publish_qos1(broker.port(), "vitals/bench", payloads));
-        assert!(upstream.wait_for_observations(n as usize, Duration::from_secs(1800)).await, "not all readings arrived");
+        // Progress every second: where the backlog sits tells ingest from uplink limits.
+        let mut last = 0;
+        while upstream.observation_count() < n as usize {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let delivered = upstream.observation_count();
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                let (_, stats, _) = vitalbridge_tests::gateway::run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
+                let pending = stats.lines().next().unwrap_or_default().to_owned();
+                eprintln!("  t={:>5.1}s delivered={delivered} (+{}/s) buffer {pending}", start.elapsed().as_secs_f64(), delivered - last);
+            }
+            last = delivered;
+            assert!(start.elapsed() < Duration::from_secs(1800), "not all readings arrived");
+        }
         let elapsed = start.elapsed();
         let published_in = publish.await.unwrap().map(|_| ()).map_err(|e| e.to_string());
         let (cpu_after, rss_kib) = proc_figures(pid);

@@ -1076,9 +1076,24 @@ fn entry_error(index: usize, status: StatusCode, code: &str, msg: &str) -> Entry
 
 /// Validates one entry and resolves its conditional create against the store and the
 /// entries already planned in this Bundle.
+/// Identifiers of the entries already planned in this Bundle: `(type, value)` → `(system, id)`,
+/// so each lookup is a hash probe rather than a scan of the Bundle.
+type PlannedIndex = HashMap<(String, String), Vec<(String, String)>>;
+
+fn index_planned(index: &mut PlannedIndex, p: &Planned) {
+    if let Some(id) = p.new_id.clone().or_else(|| p.existing.clone()) {
+        for (system, value) in identifiers(&p.resource) {
+            index
+                .entry((p.rtype.clone(), value))
+                .or_default()
+                .push((system, id.clone()));
+        }
+    }
+}
+
 fn plan_entry(
     store: &Store,
-    planned: &[Planned],
+    planned: &PlannedIndex,
     cfg: &UpstreamConfig,
     index: usize,
     entry: &Value,
@@ -1151,15 +1166,10 @@ fn plan_entry(
         }
         let (system, value) = split_token(token);
         let mut matches = store.find(&rtype, system, value);
-        for p in planned.iter().filter(|p| p.rtype == rtype) {
-            let hit = identifiers(&p.resource)
-                .iter()
-                .any(|(s, v)| v == value && system.is_none_or(|sys| sys == s));
-            if hit {
-                if let Some(id) = p.new_id.clone().or_else(|| p.existing.clone()) {
-                    if !matches.contains(&id) {
-                        matches.push(id);
-                    }
+        if let Some(hits) = planned.get(&(rtype.clone(), value.to_string())) {
+            for (s, id) in hits {
+                if system.is_none_or(|sys| sys == s) && !matches.contains(id) {
+                    matches.push(id.clone());
                 }
             }
         }
@@ -1316,10 +1326,14 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
     // 1. Plan every entry (validation + conditional-create lookups); ids are provisional.
     let mut last_id = store.last_id;
     let mut planned: Vec<Planned> = Vec::new();
+    let mut planned_index = PlannedIndex::new();
     let mut errors: Vec<EntryError> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        match plan_entry(store, &planned, cfg, i, entry, &mut last_id) {
-            Ok(p) => planned.push(p),
+        match plan_entry(store, &planned_index, cfg, i, entry, &mut last_id) {
+            Ok(p) => {
+                index_planned(&mut planned_index, &p);
+                planned.push(p);
+            }
             Err(e) => errors.push(e),
         }
     }

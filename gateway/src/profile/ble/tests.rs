@@ -28,7 +28,7 @@ fn ctx() -> FrameContext {
 
 fn bytes(hex: &str) -> Vec<u8> {
     let digits: Vec<u8> = hex.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex: {hex}");
+    assert!(digits.len().is_multiple_of(2), "odd hex: {hex}");
     digits
         .chunks(2)
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
