@@ -37,15 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::{watch, Mutex};
 
 use crate::model::Reading;
 pub use crate::pipeline::CommitError;
-
-/// Most bound parameters per statement we generate (SQLite allows 32766).
-const MAX_PARAMS: usize = 30_000;
 
 /// Errors of the buffer layer.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +137,21 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+/// Row ids as a JSON array, bound as one parameter and expanded with `json_each`, so a
+/// statement over any number of rows is one cached prepared statement.
+fn id_list(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8 + 2);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
 }
 
 fn now_ms() -> i64 {
@@ -321,18 +333,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.inner.writer.begin().await?;
-        let mut deleted = 0;
-        for chunk in ids.chunks(MAX_PARAMS) {
-            let mut q = QueryBuilder::new("DELETE FROM readings WHERE id IN (");
-            let mut list = q.separated(",");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            deleted += q.build().execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
+        let deleted =
+            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(id_list(ids))
+                .execute(&self.inner.writer)
+                .await?
+                .rows_affected();
         self.inner
             .pending
             .fetch_sub(deleted.min(self.pending()), Ordering::Relaxed);
@@ -353,25 +359,30 @@ impl Store {
             return Ok(());
         }
         let now = now_ms();
+        // One statement shape for any number of rows: `[[id, reason], …]` as a JSON parameter.
+        let list = serde_json::Value::Array(
+            rows.iter()
+                .map(|(id, reason)| serde_json::json!([id, reason]))
+                .collect(),
+        )
+        .to_string();
         let mut tx = self.inner.writer.begin().await?;
-        let mut moved = 0;
-        for (id, reason) in rows {
-            sqlx::query(
-                "INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) \
-                 SELECT ?, 'reading', ?, ?, identifier, body FROM readings WHERE id = ?",
-            )
-            .bind(now)
-            .bind(origin)
-            .bind(reason)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            moved += sqlx::query("DELETE FROM readings WHERE id = ?")
-                .bind(id)
+        sqlx::query(
+            "INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) \
+             SELECT ?, 'reading', ?, j.value->>1, r.identifier, r.body \
+             FROM json_each(?) AS j JOIN readings AS r ON r.id = j.value->>0",
+        )
+        .bind(now)
+        .bind(origin)
+        .bind(&list)
+        .execute(&mut *tx)
+        .await?;
+        let moved =
+            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value->>0 FROM json_each(?))")
+                .bind(&list)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        }
         tx.commit().await?;
         self.inner
             .pending

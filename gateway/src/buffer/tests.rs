@@ -93,6 +93,31 @@ async fn committed_readings_are_leased_acked_and_gone() {
 }
 
 #[tokio::test]
+async fn groups_of_any_size_are_stored_whole_and_acked_in_one_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ingest, _w) = start(dir.path(), 10_000).await;
+    // 1 + 4 + 16 + 64 + 256 + 3 (every chunk shape, and a remainder) in one request.
+    let sizes = [1, 347, 999];
+    let mut next = 0;
+    for n in sizes {
+        let batch: Vec<Reading> = (next..next + n).map(|s| reading("g", s)).collect();
+        next += n;
+        assert_eq!(ingest.commit(batch).await.unwrap().readings, n as usize);
+    }
+    assert_eq!(store.stats().await.unwrap().pending, next);
+    let leased = store.lease(2000).await.unwrap();
+    let mut seqs: Vec<u64> = leased
+        .iter()
+        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..next).collect::<Vec<_>>(), "every reading, once");
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    assert_eq!(store.ack(&ids).await.unwrap(), next);
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
 async fn a_retransmission_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, ingest, _w) = start(dir.path(), 100).await;
@@ -292,7 +317,9 @@ mod model {
                 let dir = tempfile::tempdir().unwrap();
                 let (mut store, mut ingest, mut w) = start(dir.path(), 20).await;
                 let mut pending: BTreeSet<u64> = BTreeSet::new();
-                let mut dead: BTreeSet<u64> = BTreeSet::new();
+                // A retransmission of a dead-lettered reading can be stored and dead-lettered again:
+                // every dead-lettering is its own row.
+                let mut dead: Vec<u64> = Vec::new();
                 let mut held: Vec<(i64, u64)> = Vec::new();
                 for op in ops {
                     match op {
@@ -330,7 +357,7 @@ mod model {
                                 let (id, s) = held.remove(0);
                                 store.dead_letter("test", &[(id, "why".into())]).await.unwrap();
                                 pending.remove(&s);
-                                dead.insert(s);
+                                dead.push(s);
                             }
                         }
                         Op::Crash => {

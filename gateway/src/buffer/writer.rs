@@ -13,7 +13,7 @@ use sqlx::QueryBuilder;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{now_ms, BufferError, Store, MAX_PARAMS};
+use super::{now_ms, BufferError, Store};
 use crate::model::Reading;
 use crate::pipeline::{CommitError, Committed, IngestRx, Rejected, Request};
 
@@ -28,6 +28,20 @@ pub struct WriterConfig {
 
 /// Below this many readings a group is "small" and the writer lingers for company.
 const SMALL_GROUP: usize = 64;
+
+/// Rows per multi-row `INSERT`, largest first. Every statement text is prepared once and
+/// cached by the connection, so the set of shapes must stay small: a group of any size is
+/// written as chunks of these sizes (at most 3 statements of each smaller shape). Free-form
+/// chunk sizes would cache one large prepared statement per distinct group size.
+const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The size of the next chunk for `remaining` rows.
+fn insert_chunk_len(remaining: usize) -> usize {
+    INSERT_CHUNKS
+        .into_iter()
+        .find(|&n| n <= remaining)
+        .unwrap_or(1)
+}
 
 /// Counters the writer reports, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -177,7 +191,11 @@ async fn write(
     let mut inserted = 0;
     let rows: Vec<&Reading> = admitted.iter().flat_map(|(r, _)| r.iter()).collect();
     let received = now_ms();
-    for chunk in rows.chunks(MAX_PARAMS / 4) {
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let n = insert_chunk_len(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
         let mut q = QueryBuilder::new(
             "INSERT OR IGNORE INTO readings (identifier, device_key, received_ms, body) ",
         );
