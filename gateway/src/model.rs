@@ -239,13 +239,17 @@ impl DeviceId {
 
 /// Upper-case hex without separators.
 pub fn hex_upper(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02X}");
-            s
-        })
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex_upper(&mut s, bytes);
+    s
+}
+
+fn push_hex_upper(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 /// The patient a reading belongs to, as a FHIR identifier or a literal reference.
@@ -347,22 +351,31 @@ impl Reading {
     /// The same measurement resent — after a lost ACK, a broker redelivery, a gateway crash —
     /// gives the same identifier.
     pub fn identifier(&self) -> String {
-        let mut parts = vec![self.device.id.key()];
+        use fmt::Write;
+        let mut id = String::with_capacity(96);
+        match &self.device.id {
+            DeviceId::Eui64(b) => push_hex_upper(&mut id, b),
+            DeviceId::Bluetooth(b) => push_hex_upper(&mut id, b),
+            DeviceId::Serial(s) | DeviceId::Other(s) => id.push_str(s),
+        }
         if let Some(p) = &self.patient {
-            parts.push(p.value.clone());
+            id.push('-');
+            id.push_str(&p.value);
             if !p.system.is_empty() {
-                parts.push(p.system.clone());
+                id.push('-');
+                id.push_str(&p.system);
             }
         }
-        parts.push(self.metric.mdc.to_string());
-        parts.push(format_time(self.device_time.unwrap_or(self.received_at)));
+        // Writing into a String cannot fail.
+        let _ = write!(id, "-{}-", self.metric.mdc);
+        id.push_str(&format_time(self.device_time.unwrap_or(self.received_at)));
         if let Some(d) = self.duration {
-            parts.push(format!("{}ms", d.whole_milliseconds()));
+            let _ = write!(id, "-{}ms", d.whole_milliseconds());
         }
         if let Some(seq) = self.sequence {
-            parts.push(format!("seq{seq}"));
+            let _ = write!(id, "-seq{seq}");
         }
-        parts.join("-")
+        id
     }
 
     /// The time the measurement was taken, and where that time came from.

@@ -23,9 +23,9 @@
 
 mod observation;
 
-pub use observation::{device, gateway_device, observation, DeviceIdentifier};
+pub use observation::{device, gateway_device, observation, DeviceIdentifier, Observation};
 
-use serde_json::{json, Value as Json};
+use serde::Serialize;
 
 use crate::model::{DeviceRef, Reading};
 
@@ -97,67 +97,108 @@ pub fn if_none_exist(system: &str, value: &str) -> String {
     format!("identifier={}|{}", enc(system), enc(value))
 }
 
+/// One Bundle entry: a conditional create.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a, R: Serialize> {
+    full_url: &'a str,
+    resource: R,
+    request: EntryRequest<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryRequest<'a> {
+    method: &'static str,
+    url: &'static str,
+    if_none_exist: &'a str,
+}
+
+/// Appends `,` (unless first) and one entry to a Bundle being written.
+fn write_entry<R: Serialize>(
+    body: &mut Vec<u8>,
+    first: bool,
+    full_url: &str,
+    resource: R,
+    kind: &'static str,
+    if_none_exist: &str,
+) {
+    if !first {
+        body.push(b',');
+    }
+    let entry = Entry {
+        full_url,
+        resource,
+        request: EntryRequest {
+            method: "POST",
+            url: kind,
+            if_none_exist,
+        },
+    };
+    // Writing these types into a Vec cannot fail: no I/O, every map key is a string.
+    let _ = serde_json::to_writer(&mut *body, &entry);
+}
+
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
-/// device, one for the gateway, and one per Observation.
+/// device, one for the gateway, and one per Observation. The Bundle is written straight to
+/// bytes, entry by entry, without an intermediate JSON tree.
 pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> MappedBundle {
     let kind = match kind {
         BundleType::Transaction => "transaction",
         BundleType::Batch => "batch",
     };
     let mut body = Vec::with_capacity(256 + rows.len() * 2048);
-    body.extend_from_slice(
-        format!(r#"{{"resourceType":"Bundle","type":"{kind}","entry":["#).as_bytes(),
-    );
+    body.extend_from_slice(br#"{"resourceType":"Bundle","type":""#);
+    body.extend_from_slice(kind.as_bytes());
+    body.extend_from_slice(br#"","entry":["#);
     let mut roles = Vec::with_capacity(rows.len() + 4);
-    let mut push = |body: &mut Vec<u8>, entry: Json, role: EntryRole| {
-        if !roles.is_empty() {
-            body.push(b',');
-        }
-        // Serializing a serde_json::Value into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *body, &entry);
-        roles.push(role);
-    };
     let gw = gateway_device(gateway);
-    let gw_url = gw.full_url.clone();
-    push(
+    write_entry(
         &mut body,
-        entry(&gw.full_url, gw.resource, "Device", &gw.if_none_exist),
-        EntryRole::Device,
+        true,
+        &gw.full_url,
+        &gw.resource,
+        "Device",
+        &gw.if_none_exist,
     );
-    let mut seen: Vec<&DeviceRef> = Vec::new();
+    roles.push(EntryRole::Device);
+    // Distinct devices of the batch, with their fullUrls (a batch holds a handful).
+    let mut devices: Vec<(&DeviceRef, String)> = Vec::new();
     for (_, r) in rows {
-        if !seen.contains(&&r.device) {
-            seen.push(&r.device);
+        if !devices.iter().any(|(d, _)| *d == &r.device) {
             let d = device(&r.device);
-            push(
+            write_entry(
                 &mut body,
-                entry(&d.full_url, d.resource, "Device", &d.if_none_exist),
-                EntryRole::Device,
+                false,
+                &d.full_url,
+                &d.resource,
+                "Device",
+                &d.if_none_exist,
             );
+            roles.push(EntryRole::Device);
+            devices.push((&r.device, d.full_url));
         }
     }
     for (id, r) in rows {
         let identifier = r.identifier();
-        let obs = observation(r, &device(&r.device).full_url, &gw_url);
-        let full_url = urn_uuid("Observation", &identifier);
-        let e = entry(
-            &full_url,
+        let device_url = devices
+            .iter()
+            .find(|(d, _)| *d == &r.device)
+            .map(|(_, url)| url.as_str())
+            .unwrap_or_default();
+        let obs = Observation::new(r, &identifier, device_url, &gw.full_url);
+        write_entry(
+            &mut body,
+            false,
+            &urn_uuid("Observation", &identifier),
             obs,
             "Observation",
             &if_none_exist(IDENTIFIER_SYSTEM, &identifier),
         );
-        push(&mut body, e, EntryRole::Observation(*id));
+        roles.push(EntryRole::Observation(*id));
     }
     body.extend_from_slice(b"]}");
     MappedBundle { body, roles }
-}
-
-fn entry(full_url: &str, resource: Json, kind: &str, if_none_exist: &str) -> Json {
-    json!({
-        "fullUrl": full_url,
-        "resource": resource,
-        "request": {"method": "POST", "url": kind, "ifNoneExist": if_none_exist},
-    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! Observation and Device resources for one reading / one device.
 
+use std::borrow::Cow;
+
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Number, Value as Json};
 
 use super::{
@@ -7,8 +10,8 @@ use super::{
     TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
-    Quantity, Reading, StatusFlag, TimeSource, Value,
+    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, Quantity, Reading,
+    StatusFlag, TimeSource, Value,
 };
 use crate::profile::canonical;
 
@@ -20,6 +23,13 @@ pub const BLUETOOTH_SYSTEM: &str = "http://hl7.org/fhir/sid/eui-48/bluetooth";
 pub const DEVICE_ID_SYSTEM: &str = "https://vitalbridge.dev/fhir/sid/device-id";
 /// Gateway ids.
 pub const GATEWAY_SYSTEM: &str = "https://vitalbridge.dev/fhir/sid/gateway";
+/// The PHD IG's base Observation profile.
+const PHD_BASE_PROFILE: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
+/// FHIR's data-absent-reason code system.
+const DATA_ABSENT_REASON: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
+/// The core extension pointing an Observation at the gateway that relayed it (PHD).
+const GATEWAY_DEVICE_EXTENSION: &str =
+    "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice";
 
 /// A Device resource with what a Bundle entry needs.
 #[derive(Debug, Clone)]
@@ -32,54 +42,371 @@ pub struct DeviceIdentifier {
     pub resource: Json,
 }
 
-fn decimal(d: Decimal) -> Json {
-    // Display renders a valid JSON number; arbitrary_precision keeps its exact text.
-    d.to_string()
-        .parse::<Number>()
-        .map(Json::Number)
-        .unwrap_or(Json::Null)
-}
+/// A decimal written as a JSON number with exactly its own digits (`2.00` stays `2.00`).
+struct Dec(Decimal);
 
-fn absent(r: AbsentReason) -> Json {
-    let code = match r {
-        AbsentReason::NotANumber => "not-a-number",
-        AbsentReason::NotAtResolution | AbsentReason::Error => "error",
-        AbsentReason::PositiveInfinity => "positive-infinity",
-        AbsentReason::NegativeInfinity => "negative-infinity",
-    };
-    json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": code}]})
-}
-
-fn code(m: &Metric) -> Json {
-    let mut codings = Vec::new();
-    if let Some(loinc) = m.loinc {
-        codings.push(json!({"system": LOINC, "code": loinc, "display": m.display}));
+impl Serialize for Dec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // `Decimal`'s Display is a valid JSON number literal; with serde_json's
+        // `arbitrary_precision` a `Number` keeps that exact text.
+        match self.0.to_string().parse::<Number>() {
+            Ok(n) => n.serialize(serializer),
+            Err(_) => serializer.serialize_none(),
+        }
     }
-    codings.push(json!({"system": MDC, "code": m.mdc.to_string(), "display": m.mdc_ref}));
-    json!({"coding": codings, "text": m.display})
 }
 
-fn quantity(d: Decimal, unit: &str) -> Json {
-    json!({"value": decimal(d), "unit": unit, "system": UCUM, "code": unit})
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
 }
 
-/// Puts `valueQuantity` or `dataAbsentReason` into `target`.
-fn put_value(target: &mut Map<String, Json>, q: &Quantity) {
+impl<'a> Coding<'a> {
+    fn new(system: &'a str, code: impl Into<Cow<'a, str>>, display: Option<&'a str>) -> Self {
+        Self {
+            system,
+            code: code.into(),
+            display,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Concept<'a> {
+    coding: Vec<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+impl<'a> Concept<'a> {
+    fn one(coding: Coding<'a>) -> Self {
+        Self {
+            coding: vec![coding],
+            text: None,
+        }
+    }
+
+    /// The `code` of a metric: LOINC (where there is one) and MDC.
+    fn metric(m: &'a Metric) -> Self {
+        let mut coding = Vec::with_capacity(2);
+        if let Some(loinc) = m.loinc {
+            coding.push(Coding::new(LOINC, loinc, Some(m.display)));
+        }
+        coding.push(Coding::new(MDC, m.mdc.to_string(), Some(m.mdc_ref)));
+        Self {
+            coding,
+            text: Some(m.display),
+        }
+    }
+
+    fn absent(r: AbsentReason) -> Self {
+        let code = match r {
+            AbsentReason::NotANumber => "not-a-number",
+            AbsentReason::NotAtResolution | AbsentReason::Error => "error",
+            AbsentReason::PositiveInfinity => "positive-infinity",
+            AbsentReason::NegativeInfinity => "negative-infinity",
+        };
+        Self::one(Coding::new(DATA_ABSENT_REASON, code, None))
+    }
+}
+
+#[derive(Serialize)]
+struct Qty<'a> {
+    value: Dec,
+    unit: &'a str,
+    system: &'static str,
+    code: &'a str,
+}
+
+impl<'a> Qty<'a> {
+    fn new(value: Decimal, unit: &'a str) -> Self {
+        Self {
+            value: Dec(value),
+            unit,
+            system: UCUM,
+            code: unit,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Subject<'a> {
+    Reference(Reference<'a>),
+    Identifier { identifier: Identifier<'a> },
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security: Option<[Coding<'a>; 1]>,
+}
+
+/// An extension: a URL and either one value or nested extensions.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Extension<'a> {
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_integer: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_reference: Option<Reference<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extension: Vec<Extension<'a>>,
+}
+
+impl<'a> Extension<'a> {
+    fn new(url: &'a str) -> Self {
+        Self {
+            url,
+            value_code: None,
+            value_date_time: None,
+            value_integer: None,
+            value_reference: None,
+            extension: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Period<'a> {
+    start: String,
+    end: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extension: Vec<Extension<'a>>,
+}
+
+#[derive(Serialize)]
+struct Extensions<'a> {
+    extension: Vec<Extension<'a>>,
+}
+
+#[derive(Serialize)]
+struct SampledData<'a> {
+    origin: Qty<'a>,
+    period: Dec,
+    factor: Dec,
+    dimensions: u32,
+    data: String,
+}
+
+/// `value[x]`, `dataAbsentReason` or `component`: what the reading says.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ObsValue<'a> {
+    ValueQuantity(Qty<'a>),
+    DataAbsentReason(Concept<'a>),
+    Component(Vec<ObsComponent<'a>>),
+    ValueSampledData(SampledData<'a>),
+    ValueCodeableConcept(Concept<'a>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObsComponent<'a> {
+    code: Concept<'a>,
+    #[serde(flatten)]
+    value: ObsValue<'a>,
+}
+
+fn measured(q: &Quantity) -> ObsValue<'_> {
     match q.value {
-        Measured::Value(d) => {
-            target.insert("valueQuantity".into(), quantity(d, &q.unit));
-        }
-        Measured::Absent(r) => {
-            target.insert("dataAbsentReason".into(), absent(r));
-        }
+        Measured::Value(d) => ObsValue::ValueQuantity(Qty::new(d, &q.unit)),
+        Measured::Absent(r) => ObsValue::DataAbsentReason(Concept::absent(r)),
     }
 }
 
-fn subject(p: &PatientRef) -> Json {
-    if p.system.is_empty() {
-        json!({"reference": p.value})
-    } else {
-        json!({"identifier": {"system": p.system, "value": p.value}})
+/// The Observation resource of one reading, as typed JSON (field order = output order).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation<'a> {
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta<'a>>,
+    identifier: [Identifier<'a>; 1],
+    status: &'static str,
+    category: Vec<Concept<'a>>,
+    code: Concept<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Subject<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective_period: Option<Period<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective_date_time: Option<String>,
+    #[serde(rename = "_effectiveDateTime", skip_serializing_if = "Option::is_none")]
+    effective_date_time_ext: Option<Extensions<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interpretation: Vec<Concept<'a>>,
+    #[serde(flatten)]
+    value: ObsValue<'a>,
+    device: Reference<'a>,
+    extension: [Extension<'a>; 1],
+}
+
+impl<'a> Observation<'a> {
+    /// The Observation for `r` whose identifier value is `identifier` (`r.identifier()`,
+    /// passed in so a caller that already has it does not build it twice), referencing its
+    /// Device and the gateway Device by `device_url` and `gateway_url`.
+    pub fn new(
+        r: &'a Reading,
+        identifier: &'a str,
+        device_url: &'a str,
+        gateway_url: &'a str,
+    ) -> Self {
+        let meta = {
+            let mut profile = Vec::new();
+            if r.patient.is_some() {
+                profile.push(Cow::Borrowed(PHD_BASE_PROFILE));
+                if let Some(vs) = r.metric.vital_sign_profile {
+                    profile.push(Cow::Owned(format!(
+                        "http://hl7.org/fhir/StructureDefinition/{vs}"
+                    )));
+                }
+            }
+            let security = r.status.contains(&StatusFlag::TestData).then(|| {
+                [Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                    "HTEST",
+                    Some("test health data"),
+                )]
+            });
+            (!profile.is_empty() || security.is_some()).then_some(Meta { profile, security })
+        };
+        let mut category = Vec::with_capacity(2);
+        if r.metric.vital_sign_profile.is_some() {
+            category.push(Concept::one(Coding::new(
+                "http://terminology.hl7.org/CodeSystem/observation-category",
+                "vital-signs",
+                Some("Vital Signs"),
+            )));
+        }
+        category.push(Concept::one(Coding::new(
+            "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories",
+            "phd",
+            Some("PHD generated Observation"),
+        )));
+        let subject = r.patient.as_ref().map(|p| {
+            if p.system.is_empty() {
+                Subject::Reference(Reference {
+                    reference: &p.value,
+                })
+            } else {
+                Subject::Identifier {
+                    identifier: Identifier {
+                        system: &p.system,
+                        value: &p.value,
+                    },
+                }
+            }
+        });
+        let (when, source) = r.effective_time();
+        let time_ext = time_source_extension(r, source);
+        let (effective_period, effective_date_time, effective_date_time_ext) = match r.duration {
+            Some(d) => (
+                Some(Period {
+                    start: format_time(when - d),
+                    end: format_time(when),
+                    extension: time_ext.into_iter().collect(),
+                }),
+                None,
+                None,
+            ),
+            None => (
+                None,
+                Some(format_time(when)),
+                time_ext.map(|e| Extensions { extension: vec![e] }),
+            ),
+        };
+        let interpretation = r
+            .status
+            .iter()
+            .filter(|f| **f != StatusFlag::TestData)
+            .map(|f| {
+                Concept::one(Coding::new(
+                    STATUS_SYSTEM,
+                    canonical::status_name(*f),
+                    Some(status_display(*f)),
+                ))
+            })
+            .collect();
+        let value = match &r.value {
+            Value::Quantity(q) => measured(q),
+            Value::Components(parts) => ObsValue::Component(
+                parts
+                    .iter()
+                    .map(|c| ObsComponent {
+                        code: Concept::metric(&c.metric),
+                        value: measured(&c.quantity),
+                    })
+                    .collect(),
+            ),
+            Value::Samples(s) => ObsValue::ValueSampledData(SampledData {
+                origin: Qty::new(s.origin, &s.unit),
+                period: Dec(s.period_ms),
+                factor: Dec(s.factor),
+                dimensions: 1,
+                data: s
+                    .data
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }),
+            Value::Coded {
+                system,
+                code,
+                display,
+            } => ObsValue::ValueCodeableConcept(Concept::one(Coding::new(
+                system,
+                code.as_str(),
+                display.as_deref(),
+            ))),
+        };
+        let mut gateway = Extension::new(GATEWAY_DEVICE_EXTENSION);
+        gateway.value_reference = Some(Reference {
+            reference: gateway_url,
+        });
+        Self {
+            resource_type: "Observation",
+            meta,
+            identifier: [Identifier {
+                system: IDENTIFIER_SYSTEM,
+                value: identifier,
+            }],
+            status: "final",
+            category,
+            code: Concept::metric(&r.metric),
+            subject,
+            effective_period,
+            effective_date_time,
+            effective_date_time_ext,
+            interpretation,
+            value,
+            device: Reference {
+                reference: device_url,
+            },
+            extension: [gateway],
+        }
     }
 }
 
@@ -99,131 +426,38 @@ fn status_display(flag: StatusFlag) -> &'static str {
     }
 }
 
-/// The Observation for `r`, referencing its Device and the gateway Device by fullUrl.
+/// The Observation for `r` as a JSON value, referencing its Device and the gateway Device
+/// by fullUrl (or any reference). For one-off use (the CLI, the file uplink); the Bundle
+/// writer serializes [`Observation`] directly.
 pub fn observation(r: &Reading, device_url: &str, gateway_url: &str) -> Json {
-    let mut o = Map::new();
-    o.insert("resourceType".into(), json!("Observation"));
-    let mut meta = Map::new();
-    if r.patient.is_some() {
-        let mut profiles = vec![json!(
-            "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation"
-        )];
-        if let Some(vs) = r.metric.vital_sign_profile {
-            profiles.push(json!(format!(
-                "http://hl7.org/fhir/StructureDefinition/{vs}"
-            )));
-        }
-        meta.insert("profile".into(), Json::Array(profiles));
-    }
-    if r.status.contains(&StatusFlag::TestData) {
-        meta.insert(
-            "security".into(),
-            json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST", "display": "test health data"}]),
-        );
-    }
-    if !meta.is_empty() {
-        o.insert("meta".into(), Json::Object(meta));
-    }
-    o.insert(
-        "identifier".into(),
-        json!([{"system": IDENTIFIER_SYSTEM, "value": r.identifier()}]),
-    );
-    o.insert("status".into(), json!("final"));
-    let mut category = Vec::new();
-    if r.metric.vital_sign_profile.is_some() {
-        category.push(json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs", "display": "Vital Signs"}]}));
-    }
-    category.push(json!({"coding": [{"system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories", "code": "phd", "display": "PHD generated Observation"}]}));
-    o.insert("category".into(), Json::Array(category));
-    o.insert("code".into(), code(&r.metric));
-    if let Some(p) = &r.patient {
-        o.insert("subject".into(), subject(p));
-    }
-    let (when, source) = r.effective_time();
-    let time_ext = time_source_extension(r, source);
-    match r.duration {
-        Some(d) => {
-            let mut period = json!({"start": format_time(when - d), "end": format_time(when)});
-            if let Some(ext) = time_ext {
-                period["extension"] = json!([ext]);
-            }
-            o.insert("effectivePeriod".into(), period);
-        }
-        None => {
-            o.insert("effectiveDateTime".into(), json!(format_time(when)));
-            if let Some(ext) = time_ext {
-                o.insert("_effectiveDateTime".into(), json!({"extension": [ext]}));
-            }
-        }
-    }
-    let flags: Vec<Json> = r
-        .status
-        .iter()
-        .filter(|f| **f != StatusFlag::TestData)
-        .map(|f| json!({"coding": [{"system": STATUS_SYSTEM, "code": canonical::status_name(*f), "display": status_display(*f)}]}))
-        .collect();
-    if !flags.is_empty() {
-        o.insert("interpretation".into(), Json::Array(flags));
-    }
-    match &r.value {
-        Value::Quantity(q) => put_value(&mut o, q),
-        Value::Components(parts) => {
-            let components: Vec<Json> = parts
-                .iter()
-                .map(|c| {
-                    let mut m = Map::new();
-                    m.insert("code".into(), code(&c.metric));
-                    put_value(&mut m, &c.quantity);
-                    Json::Object(m)
-                })
-                .collect();
-            o.insert("component".into(), Json::Array(components));
-        }
-        Value::Samples(s) => {
-            let data = s
-                .data
-                .iter()
-                .map(i32::to_string)
-                .collect::<Vec<_>>()
-                .join(" ");
-            o.insert(
-                "valueSampledData".into(),
-                json!({"origin": quantity(s.origin, &s.unit), "period": decimal(s.period_ms), "factor": decimal(s.factor), "dimensions": 1, "data": data}),
-            );
-        }
-        Value::Coded {
-            system,
-            code,
-            display,
-        } => {
-            let mut c = json!({"system": system, "code": code});
-            if let Some(d) = display {
-                c["display"] = json!(d);
-            }
-            o.insert("valueCodeableConcept".into(), json!({"coding": [c]}));
-        }
-    }
-    o.insert("device".into(), json!({"reference": device_url}));
-    o.insert(
-        "extension".into(),
-        json!([{"url": "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice", "valueReference": {"reference": gateway_url}}]),
-    );
-    Json::Object(o)
+    let identifier = r.identifier();
+    // Serializing these types into a Value cannot fail: every key is a string.
+    serde_json::to_value(Observation::new(r, &identifier, device_url, gateway_url))
+        .unwrap_or(Json::Null)
 }
 
-fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Json> {
+fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'static>> {
     match source {
         TimeSource::Device => None,
         TimeSource::GatewayReceive => {
-            Some(json!({"url": TIME_SOURCE_EXTENSION, "valueCode": "gateway-receive"}))
+            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
+            e.value_code = Some("gateway-receive");
+            Some(e)
         }
         TimeSource::DeviceCorrected => {
-            let original = r.device_time.map(format_time).unwrap_or_default();
-            Some(json!({"url": TIME_SOURCE_EXTENSION, "extension": [
-                {"url": "source", "valueCode": "device-corrected"},
-                {"url": "deviceTime", "valueDateTime": original},
-                {"url": "offsetMs", "valueInteger": r.clock_offset.map(|d| d.whole_milliseconds() as i64).unwrap_or(0)},
-            ]}))
+            let mut source = Extension::new("source");
+            source.value_code = Some("device-corrected");
+            let mut device_time = Extension::new("deviceTime");
+            device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
+            let mut offset = Extension::new("offsetMs");
+            offset.value_integer = Some(
+                r.clock_offset
+                    .map(|d| d.whole_milliseconds() as i64)
+                    .unwrap_or(0),
+            );
+            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
+            e.extension = vec![source, device_time, offset];
+            Some(e)
         }
     }
 }

@@ -13,6 +13,7 @@
 //!
 //! Connections are kept alive and reused; a connection that failed is dropped.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -251,18 +254,37 @@ fn status_code(text: &str) -> Option<u16> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// The parts of a `transaction-response`/`batch-response` Bundle the uplink reads. Everything
+/// else (echoed resources, links) is skipped without being built.
+#[derive(Deserialize)]
+struct ResponseBundle<'a> {
+    #[serde(default, borrow)]
+    entry: Vec<ResponseEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseEntry<'a> {
+    #[serde(default, borrow)]
+    response: Option<EntryResponse<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EntryResponse<'a> {
+    #[serde(default, borrow)]
+    status: Cow<'a, str>,
+    /// Kept unparsed until an entry is refused and its reason is needed.
+    #[serde(default, borrow)]
+    outcome: Option<&'a RawValue>,
+}
+
 /// Maps a 2xx transaction/batch-response to per-row outcomes, in row order.
 fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Outcome> {
     let rows = roles
         .iter()
         .filter(|r| matches!(r, EntryRole::Observation(_)))
         .count();
-    let parsed: Option<Json> = serde_json::from_slice(body).ok();
-    let entries = parsed
-        .as_ref()
-        .and_then(|b| b.get("entry"))
-        .and_then(Json::as_array);
-    let Some(entries) = entries.filter(|e| e.len() == roles.len()) else {
+    let parsed: Option<ResponseBundle> = serde_json::from_slice(body).ok();
+    let Some(entries) = parsed.map(|b| b.entry).filter(|e| e.len() == roles.len()) else {
         // A 2xx transaction is all-or-nothing: committed. A batch without a readable response
         // tells nothing per entry: retry (idempotent).
         return match kind {
@@ -275,19 +297,18 @@ fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Out
         .zip(entries)
         .filter(|(role, _)| matches!(role, EntryRole::Observation(_)))
         .map(|(_, entry)| {
-            let status = entry
-                .pointer("/response/status")
-                .and_then(Json::as_str)
-                .unwrap_or("");
+            let response = entry.response.as_ref();
+            let status = response.map(|r| r.status.as_ref()).unwrap_or("");
             match status_code(status) {
                 Some(200..=299) => Outcome::Delivered,
                 Some(408 | 429) | Some(500..=599) | None => {
                     Outcome::Retry(format!("entry status {status:?}"))
                 }
                 Some(_) => {
-                    let why = entry
-                        .pointer("/response/outcome")
-                        .map(outcome_text)
+                    let why = response
+                        .and_then(|r| r.outcome)
+                        .and_then(|raw| serde_json::from_str::<Json>(raw.get()).ok())
+                        .map(|o| outcome_text(&o))
                         .unwrap_or_default();
                     Outcome::Rejected(format!("{status}: {why}"))
                 }
