@@ -40,6 +40,8 @@ use crate::uplink::Transport;
 
 /// How long sources get to stop after shutdown begins.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the buffer writer gets to commit what the sources handed it, after they stopped.
+const WRITER_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the uplink gets to finish the batch it is sending after shutdown begins.
 const UPLINK_STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -251,11 +253,24 @@ pub async fn run(
 
     sources_stop.cancel();
     for s in sources {
+        let abort = s.abort_handle();
         if tokio::time::timeout(SOURCE_STOP_GRACE, s).await.is_err() {
-            tracing::warn!("a source did not stop in time");
+            // Dropping it releases its ingest handle, so the writer can drain and end.
+            tracing::warn!(
+                "a source did not stop in time; aborting it (unacknowledged data stays upstream)"
+            );
+            abort.abort();
         }
     }
-    let totals = writer.await.unwrap_or_default();
+    let totals = match tokio::time::timeout(WRITER_STOP_GRACE, writer).await {
+        Ok(totals) => totals.unwrap_or_default(),
+        Err(_) => {
+            tracing::warn!(
+                "the buffer writer did not drain in time; unacknowledged data stays upstream"
+            );
+            Default::default()
+        }
+    };
     uplink_stop.cancel();
     for w in workers {
         let abort = w.abort_handle();

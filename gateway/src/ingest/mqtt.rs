@@ -5,10 +5,34 @@
 //! its dead-letter row — has committed. Until then the broker keeps the message; after a crash
 //! it redelivers it and the reading's identifier makes the second copy a no-op.
 //!
-//! When the buffer is full the message is held (not acked) and retried; the broker's
-//! in-flight window (`max_inflight_messages`) then stops further deliveries, so backpressure
-//! reaches the publishers and nothing is dropped. The broker must keep an offline persistent
-//! session's queue without a limit (mosquitto: `max_queued_messages 0`), see README.
+//! # Three tasks, no cycle
+//!
+//! rumqttc does everything — reading publishes, writing PUBACKs, keep-alive — inside
+//! `EventLoop::poll`, and a PUBACK queued with `AsyncClient::ack` waits for room in a bounded
+//! request channel that only `poll` drains. So the source is split so that no task ever waits
+//! on another that waits on it:
+//!
+//! ```text
+//!  poll task ──publishes (bounded: MAX_MESSAGES_IN_PROGRESS)──► commit task ──► buffer
+//!     ▲                                                             │
+//!     └──── rumqttc request channel ◄── ack task ◄──acks (unbounded)┘
+//! ```
+//!
+//! - The **poll task** owns the event loop. It waits for room in the publish channel, which
+//!   is what bounds the gateway's memory: while the commit task is behind, the poll task stops
+//!   reading, TCP backpressure reaches the broker and the broker keeps the messages (the
+//!   broker's own in-flight limit is not relied on: mosquitto does not enforce
+//!   `max_inflight_messages` on a fast subscriber's backlog).
+//! - The **commit task** takes every publish waiting (up to a batch), decodes them, commits
+//!   all their readings in one request (the writer groups further), and hands the publishes
+//!   to the ack task. It never waits on the event loop.
+//! - The **ack task** queues the PUBACKs into rumqttc; it is the only one that waits for the
+//!   poll task, and nothing waits for it.
+//!
+//! When the buffer is full the commit task holds its batch and retries; the publish channel
+//! fills, the poll task stops reading, and backpressure reaches the publishers. Nothing is
+//! dropped. The broker must keep an offline persistent session's queue without a limit
+//! (mosquitto: `max_queued_messages 0`), see README.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,18 +41,20 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Bindings;
 use crate::config::MqttSourceConfig;
+use crate::model::Reading;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest};
 use crate::profile::canonical;
 
-/// Messages being decoded/committed at once. The broker's in-flight window is the real bound;
-/// this only caps memory if a broker is configured with a huge window.
-const MAX_MESSAGES_IN_PROGRESS: usize = 2048;
+/// Messages received and not yet committed: the capacity of the channel from the poll task
+/// to the commit task. When it is full the poll task stops reading from the broker. Also the
+/// largest batch the commit task commits at once.
+const MAX_MESSAGES_IN_PROGRESS: usize = 1024;
 
 /// Capacity of rumqttc's request channel (acks and subscribes travel through it).
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
@@ -92,84 +118,281 @@ impl MqttSource {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let (client, mut eventloop) = AsyncClient::new(self.options, REQUEST_CHANNEL_CAPACITY);
-        let permits = Arc::new(Semaphore::new(MAX_MESSAGES_IN_PROGRESS));
-        let mut failures: u32 = 0;
-        loop {
-            // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
-            // taken from its queue could be lost), and after shutdown that no longer matters.
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                _ = shutdown.cancelled() => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    failures = 0;
-                    tracing::info!(
-                        session_present = ack.session_present,
-                        "connected to MQTT broker"
-                    );
-                    for topic in &self.topics {
-                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "cannot queue MQTT subscribe");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                        .count();
-                    if refused > 0 {
-                        tracing::error!(
-                            refused,
-                            "the MQTT broker refused a subscription; check its ACLs"
-                        );
-                    } else {
-                        // Only from here on does the broker route (and, for this persistent
-                        // session, queue) messages for the gateway.
-                        tracing::info!(topics = self.topics.len(), "subscribed to MQTT topics");
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    // The permit is taken inside the task, never here: this loop must keep
-                    // polling, because only `poll()` drains the acks the tasks queue. Waiting
-                    // here for a task to finish would deadlock once rumqttc's request
-                    // channel is full. Messages waiting for a permit are bounded by the
-                    // broker's in-flight window.
-                    let (ingest, client, bindings, metrics, permits) = (
-                        ingest.clone(),
-                        client.clone(),
-                        bindings.clone(),
-                        metrics.clone(),
-                        permits.clone(),
-                    );
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        let Ok(_permit) = permits.acquire_owned().await else {
-                            return;
-                        };
-                        handle(publish, &ingest, &client, &bindings, &metrics, &shutdown).await;
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    if matches!(e, rumqttc::ConnectionError::Tls(_)) {
-                        Metrics::add(&metrics.tls_failures, 1);
-                    }
-                    let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
-                        .min(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => break,
+        let (client, eventloop) = AsyncClient::new(self.options, REQUEST_CHANNEL_CAPACITY);
+        let (publish_tx, publish_rx) = mpsc::channel(MAX_MESSAGES_IN_PROGRESS);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_task(
+            publish_rx,
+            ack_tx,
+            ingest,
+            bindings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let acker = tokio::spawn(ack_task(ack_rx, client.clone(), shutdown.clone()));
+        let eventloop = poll_task(
+            eventloop,
+            &client,
+            &self.topics,
+            publish_tx,
+            &metrics,
+            &shutdown,
+        )
+        .await;
+        // The poll task returns on shutdown; the others see it too and end.
+        let _ = committer.await;
+        let _ = acker.await;
+        disconnect(client, eventloop).await;
+    }
+}
+
+/// Owns the event loop: connects, reconnects with backoff, subscribes, and hands every
+/// publish to the commit task. Returns the event loop on shutdown.
+async fn poll_task(
+    mut eventloop: EventLoop,
+    client: &AsyncClient,
+    topics: &[String],
+    publish_tx: mpsc::Sender<Publish>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> EventLoop {
+    let mut failures: u32 = 0;
+    loop {
+        // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
+        // taken from its queue could be lost), and after shutdown that no longer matters.
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = shutdown.cancelled() => return eventloop,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to MQTT broker"
+                );
+                for topic in topics {
+                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot queue MQTT subscribe");
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    tracing::error!(
+                        refused,
+                        "the MQTT broker refused a subscription; check its ACLs"
+                    );
+                } else {
+                    // Only from here on does the broker route (and, for this persistent
+                    // session, queue) messages for the gateway.
+                    tracing::info!(topics = topics.len(), "subscribed to MQTT topics");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // Waits while the commit task is MAX_MESSAGES_IN_PROGRESS behind: this is
+                // the backpressure. The commit task never waits on this loop, so this ends.
+                tokio::select! {
+                    sent = publish_tx.send(publish) => {
+                        if sent.is_err() {
+                            return eventloop;
+                        }
+                    }
+                    _ = shutdown.cancelled() => return eventloop,
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+                    Metrics::add(&metrics.tls_failures, 1);
+                }
+                let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
+                    .min(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return eventloop,
+                }
+            }
         }
-        disconnect(client, eventloop).await;
+    }
+}
+
+/// Queues PUBACKs into rumqttc for publishes whose readings are durable. The only task that
+/// waits for the poll task; nothing waits for it.
+async fn ack_task(
+    mut acks: mpsc::UnboundedReceiver<Publish>,
+    client: AsyncClient,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let publish = tokio::select! {
+            p = acks.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        // After shutdown the poll task no longer drains the channel: give up, the broker
+        // redelivers and the identifier dedupes.
+        tokio::select! {
+            sent = client.ack(&publish) => {
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "PUBACK not sent (connection closing); the broker will redeliver");
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Takes every publish waiting and commits it (see [`commit_batch`]); the ack task sends the
+/// PUBACKs.
+async fn commit_task(
+    mut publishes: mpsc::Receiver<Publish>,
+    acks: mpsc::UnboundedSender<Publish>,
+    ingest: Ingest,
+    bindings: Bindings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
+    loop {
+        let received = tokio::select! {
+            n = publishes.recv_many(&mut batch, MAX_MESSAGES_IN_PROGRESS) => n,
+            _ = shutdown.cancelled() => return,
+        };
+        if received == 0 {
+            return; // the poll task ended
+        }
+        let source = Source {
+            ingest: &ingest,
+            bindings: &bindings,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
+        if !commit_batch(batch.drain(..), &source, &acks).await {
+            return; // shutdown or the buffer closed: the rest is not acked
+        }
+    }
+}
+
+/// What the commit task works with.
+struct Source<'a> {
+    ingest: &'a Ingest,
+    bindings: &'a Bindings,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+/// Stores a batch of publishes and hands each to `acks` once what it carried is durable:
+/// undecodable payloads go to the dead-letter table one by one; the readings of the others are
+/// committed together, in as few requests as fit. When the buffer refuses a group as full, the
+/// group is halved (down to one message) so that what fits goes in, and a single message that
+/// does not fit waits and retries: backpressure, never a drop. Returns `false` if shutdown or
+/// a closed buffer came first.
+async fn commit_batch(
+    batch: impl Iterator<Item = Publish>,
+    source: &Source<'_>,
+    acks: &mpsc::UnboundedSender<Publish>,
+) -> bool {
+    // One receive time for the batch, kept across retries: a reading without a device clock
+    // is identified by it, so a retry must not change it.
+    let received = OffsetDateTime::now_utc();
+    let decode = |publish: &Publish| {
+        canonical::decode(&publish.payload, received, &|key| {
+            source.bindings.patient(key)
+        })
+    };
+    let mut decoded: Vec<(Publish, Option<Vec<Reading>>)> = Vec::new();
+    for publish in batch {
+        match decode(&publish) {
+            Ok(readings) => decoded.push((publish, Some(readings))),
+            Err(e) => {
+                if !dead_letter(&publish, &e, source).await {
+                    return false;
+                }
+                // Only fails once the ack task has ended (shutdown): the broker redelivers.
+                let _ = acks.send(publish);
+            }
+        }
+    }
+    let mut group = decoded.len();
+    while !decoded.is_empty() {
+        let n = group.min(decoded.len());
+        // Take the readings of the first `n` messages (decoded again after a refusal,
+        // rather than keeping a copy of every batch for the rare retry).
+        let readings: Vec<Reading> = decoded[..n]
+            .iter_mut()
+            .flat_map(|(publish, r)| {
+                r.take()
+                    .unwrap_or_else(|| decode(publish).unwrap_or_default())
+            })
+            .collect();
+        let count = readings.len() as u64;
+        match source.ingest.commit(readings).await {
+            Ok(_) => {
+                Metrics::add(&source.metrics.readings_in, count);
+                for (publish, _) in decoded.drain(..n) {
+                    let _ = acks.send(publish);
+                }
+                group = decoded.len();
+            }
+            Err(CommitError::Closed) => return false,
+            Err(CommitError::Full { .. }) if n > 1 => group = n / 2,
+            Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+                Metrics::add(&source.metrics.buffer_full, 1);
+                if !pause(source.shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Stores an undecodable payload in the dead-letter table, retrying while the buffer fails.
+async fn dead_letter(publish: &Publish, e: &canonical::DecodeError, source: &Source<'_>) -> bool {
+    loop {
+        let stored = source
+            .ingest
+            .reject(
+                format!("mqtt:{}", publish.topic),
+                e.to_string(),
+                publish.payload.to_vec(),
+            )
+            .await;
+        match stored {
+            Ok(()) => {
+                Metrics::add(&source.metrics.payloads_rejected, 1);
+                // The reason names fields only; the topic may name a device, not a patient.
+                tracing::warn!(
+                    kind = error_kind(e),
+                    "MQTT payload rejected and dead-lettered"
+                );
+                return true;
+            }
+            Err(CommitError::Closed) => return false,
+            Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+                if !pause(source.shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Waits [`COMMIT_RETRY`]; `false` if shutdown came first.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(COMMIT_RETRY) => true,
+        _ = shutdown.cancelled() => false,
     }
 }
 
@@ -184,59 +407,6 @@ async fn disconnect(client: AsyncClient, mut eventloop: EventLoop) {
             }
         })
         .await;
-    }
-}
-
-/// Decodes, commits and — only then — acks one message.
-async fn handle(
-    publish: Publish,
-    ingest: &Ingest,
-    client: &AsyncClient,
-    bindings: &Bindings,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) {
-    let received = OffsetDateTime::now_utc();
-    let decoded = canonical::decode(&publish.payload, received, &|key| bindings.patient(key));
-    loop {
-        let result = match &decoded {
-            Ok(readings) => ingest.commit(readings.clone()).await.map(|c| {
-                Metrics::add(&metrics.readings_in, c.readings as u64);
-            }),
-            Err(e) => ingest
-                .reject(
-                    format!("mqtt:{}", publish.topic),
-                    e.to_string(),
-                    publish.payload.to_vec(),
-                )
-                .await
-                .map(|()| {
-                    Metrics::add(&metrics.payloads_rejected, 1);
-                    // The reason names fields only; the topic may name a device, not a patient.
-                    tracing::warn!(
-                        kind = error_kind(e),
-                        "MQTT payload rejected and dead-lettered"
-                    );
-                }),
-        };
-        match result {
-            Ok(()) => break,
-            Err(CommitError::Closed) => return,
-            Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
-                Metrics::add(&metrics.buffer_full, 1);
-                tokio::select! {
-                    _ = tokio::time::sleep(COMMIT_RETRY) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
-    }
-    if shutdown.is_cancelled() {
-        // Stop acking once shutdown starts: the broker redelivers, the identifier dedupes.
-        return;
-    }
-    if let Err(e) = client.ack(&publish).await {
-        tracing::debug!(error = %e, "PUBACK not sent (connection closing); the broker will redeliver");
     }
 }
 
