@@ -46,10 +46,16 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks benches to list their tests
     }
-    let n: u64 = std::env::var("BENCH_READINGS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env("BENCH_READINGS", 100_000);
+    // The gateway's defaults unless overridden.
+    let batch_size = env("BENCH_BATCH", 500);
+    let in_flight = env("BENCH_IN_FLIGHT", 2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -61,14 +67,17 @@ fn main() {
         let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = scenario::mqtt_to_fhir(&dir.path().join("data"), broker.port(), &upstream.url(), &pki, "")
-            .replace("batch_size = 500", "batch_size = 1000")
-            .replace("in_flight = 2", "in_flight = 4");
+            .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
+        .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
         let (payloads, _) = (0..n).map(|i| scenario::reading(i, 100)).unzip::<_, _, Vec<_>, Vec<_>>();
 
         let gw = GatewayProcess::start(dir.path(), &config).unwrap();
         assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)), "{}", gw.log());
         let pid = gw.pid();
         let (cpu_before, _) = proc_figures(pid);
+        let broker_pid = broker.pid().unwrap_or(0);
+        let (broker_before, _) = proc_figures(broker_pid);
+        let (harness_before, _) = proc_figures(std::process::id());
 
         let start = Instant::now();
         let publish = tokio::spawn(publish_qos1(broker.port(), "vitals/bench", payloads));
@@ -88,6 +97,8 @@ fn main() {
         let elapsed = start.elapsed();
         let published_in = publish.await.unwrap().map(|_| ()).map_err(|e| e.to_string());
         let (cpu_after, rss_kib) = proc_figures(pid);
+        let (broker_after, _) = proc_figures(broker_pid);
+        let (harness_after, _) = proc_figures(std::process::id());
         upstream.assert_no_duplicate_identifiers();
 
         let rate = n as f64 / elapsed.as_secs_f64();
@@ -99,6 +110,10 @@ fn main() {
         println!("  throughput:               {rate:.0} readings/s");
         println!("  gateway CPU:              {cpu:.2} s ({:.2} CPU-s per 100k readings)", cpu * 100_000.0 / n as f64);
         println!("  gateway peak RSS (VmHWM): {:.1} MiB", rss_kib as f64 / 1024.0);
+        println!("  gateway alone, per core:  {:.0} readings/s (readings / gateway CPU-s)", n as f64 / cpu);
+        println!("  mosquitto CPU:            {:.2} s", broker_after - broker_before);
+        println!("  publisher+upstream CPU:   {:.2} s (this process)", harness_after - harness_before);
+        println!("  batch_size / in_flight:   {batch_size} / {in_flight}");
         println!("  machine:                  {} cores; broker, publisher and upstream share them", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0));
     });
 }
