@@ -139,9 +139,60 @@ fn ble_scan_lists_devices_or_fails_fast_with_a_clear_message() {
         // A machine with a Bluetooth controller: a table with its header.
         assert!(stdout.starts_with("address"), "{stdout}");
     } else {
-        // No controller, no bluetoothd or no system D-Bus (CI): say so, exit non-zero.
-        assert!(stderr.contains("no usable Bluetooth adapter"), "{stderr}");
+        // No controller, no bluetoothd or no system D-Bus (CI), or a build without the `ble`
+        // feature: say so, exit non-zero.
+        assert!(
+            stderr.contains("no usable Bluetooth adapter")
+                || stderr.contains("built without Bluetooth support"),
+            "{stderr}"
+        );
     }
     // It must not hang (the command's own limit is the listen time + 15 s).
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn check_config_names_the_bad_ble_and_shared_device_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ble = "[sources.ble]\n[[sources.ble.devices]]\n";
+    let bind = |id: &str, user: &str, patient: &str| {
+        format!("[[devices]]\nid = \"{id}\"\n{user}patient_reference = \"Patient/{patient}\"\n")
+    };
+    // (config text, text the error must contain)
+    let cases: Vec<(String, &str)> = vec![
+        ("[sources.ble]\n".into(), "sources.ble.devices: list at least one"),
+        (format!("{ble}address = \"A1:B2:C3\"\n"), "sources.ble.devices[0].address: not a Bluetooth address"),
+        (format!("{ble}service = \"heart\"\n"), "sources.ble.devices[0].service: not a 16-bit service UUID"),
+        (format!("{ble}address = \"A1:B2:C3:D4:E5:F6\"\nservice = \"1810\"\n"), "sources.ble.devices[0]: give exactly one of `address` or `service`"),
+        (format!("{ble}address = \"A1:B2:C3:D4:E5:F6\"\nprofile = \"ble-toaster\"\n"), "sources.ble.devices[0].profile: no profile \"ble-toaster\""),
+        (format!("{ble}address = \"A1:B2:C3:D4:E5:F6\"\nadress = \"x\"\n"), "sources.ble.devices[0].adress: unknown field `adress`"),
+        (format!("{ble}address = \"A1:B2:C3:D4:E5:F6\"\n[[sources.ble.devices]]\naddress = \"a1b2c3d4e5f6\"\n"), "sources.ble.devices[1].address: listed twice"),
+        ("[sources.ble]\nprofiles_dir = \"/no/such/dir\"\n".into(), "sources.ble.profiles_dir: cannot read directory /no/such/dir"),
+        ("[sources.ble]\nconnect_timeout_s = 0\n".into(), "sources.ble.connect_timeout_s: must be between 1 and 300"),
+        (bind("A1B2C3D4E5F6", "user = 255\n", "1"), "devices[0].user: 255 means \"unknown user\""),
+        (bind("A1B2C3D4E5F6", "user = 300\n", "1"), "devices[0].user: invalid value"),
+        (bind("A1B2C3D4E5F6", "user = 1\n", "1") + &bind("A1:B2:C3:D4:E5:F6", "user = 1\n", "2"), "devices[1].id: device \"A1:B2:C3:D4:E5:F6\" user 1 is bound twice"),
+        (bind("A1B2C3D4E5F6", "user = 1\n", "1") + &bind("A1:B2:C3:D4:E5:F6", "", "2"), "devices[1].user: device \"A1:B2:C3:D4:E5:F6\" has bindings with and without `user`"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, _, stderr) = vitalbridge(&["check-config", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "accepted:\n{text}");
+        assert!(
+            stderr.contains(expected),
+            "for:\n{text}\nexpected {expected:?} in:\n{stderr}"
+        );
+    }
+    // Two users of one shared scale, and a BLE device list that is right.
+    let good = format!(
+        "{ble}address = \"A1:B2:C3:D4:E5:F6\"\nprofile = \"ble-weight-scale\"\n[[sources.ble.devices]]\nservice = \"1808\"\n{}{}",
+        bind("A1:B2:C3:D4:E5:F6", "user = 1\n", "1"),
+        bind("A1B2C3D4E5F6", "user = 2\n", "2"),
+    );
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, &good).unwrap();
+    let (code, stdout, stderr) = vitalbridge(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{good}\n{stderr}");
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
 }

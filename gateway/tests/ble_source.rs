@@ -82,6 +82,8 @@ struct Script {
     drop_after: HashMap<usize, usize>,
     /// Device clock = real clock − skew.
     clock_skew: time::Duration,
+    /// Refuse this many connection attempts first (out of range, busy).
+    refuse_connects: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,10 +177,21 @@ impl Central for FakeCentral {
             .get(&address)
             .cloned()
             .ok_or(BleError::NotFound("unknown".into()))?;
+        w.ops.push(Op::Connect(address));
+        if let Some(s) = w
+            .scripts
+            .get_mut(&address)
+            .filter(|s| s.refuse_connects > 0)
+        {
+            s.refuse_connects -= 1;
+            return Err(BleError::operation(
+                "connect",
+                "le-connection-abort-by-local",
+            ));
+        }
         let n = w.connections.entry(address).or_default();
         let index = *n;
         *n += 1;
-        w.ops.push(Op::Connect(address));
         Ok(FakeLink {
             address,
             index,
@@ -827,4 +840,22 @@ async fn a_settable_device_clock_is_set_after_its_stored_data_and_later_readings
     assert_eq!(readings[1].device_time, Some(now));
     assert_eq!(readings[1].clock_offset, None);
     assert_eq!(readings[1].effective_time().1, TimeSource::Device);
+}
+
+#[tokio::test]
+async fn failed_connections_are_retried_after_a_backoff_until_the_meter_answers() {
+    let central = FakeCentral::default();
+    let mut script = meter_script();
+    script.refuse_connects = 3;
+    central.add(METER, script);
+    let h = Harness::start(central.clone(), METER_TOML).await;
+    central
+        .advertise_until(METER, "the transfer", |ops| sent(ops, RACP) >= 1)
+        .await;
+    let ops = central.ops();
+    let (_, readings, _) = h.finish().await;
+    let attempts = ops.iter().filter(|o| matches!(o, Op::Connect(_))).count();
+    assert_eq!(attempts, 4, "three refused, then connected");
+    assert_eq!(racp_requests(&ops), [Some(racp::Request::AllRecords)]);
+    assert_eq!(glucose_sequences(&readings), [1, 2, 3, 4, 5, 6]);
 }

@@ -413,3 +413,53 @@ pub async fn scan<C: Central>(
     out.sort_by_key(|e| (e.profiles.is_empty(), e.address));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_maximum() {
+        let t = Timing {
+            connect_timeout: Duration::from_secs(20),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(300),
+            clock_settle: CLOCK_SETTLE,
+            commit_retry: COMMIT_RETRY,
+        };
+        let secs: Vec<u64> = (1..=11).map(|f| t.backoff(f).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(t.backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    fn adv(address: Address, services: &[u16]) -> Advertisement {
+        Advertisement {
+            address,
+            name: None,
+            services: services.to_vec(),
+            rssi: None,
+        }
+    }
+
+    #[test]
+    fn devices_are_matched_by_address_before_service() {
+        let config = crate::config::Config::from_toml(
+            r#"
+[sources.ble]
+[[sources.ble.devices]]
+service = "1810"
+[[sources.ble.devices]]
+address = "A1:B2:C3:D4:E5:F6"
+profile = "ble-weight-scale"
+"#,
+        )
+        .unwrap();
+        let source = BleSource::new(config.sources.ble.as_ref().unwrap()).unwrap();
+        let listed = [0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6];
+        let by_address = source.target_for(&adv(listed, &[0x1810])).unwrap();
+        assert_eq!(by_address.profile.as_ref().unwrap().id, "ble-weight-scale");
+        let by_service = source.target_for(&adv([1; 6], &[0x180A, 0x1810])).unwrap();
+        assert_eq!(by_service.service, Some(0x1810));
+        assert!(source.target_for(&adv([2; 6], &[0x180D])).is_none());
+    }
+}
