@@ -93,6 +93,8 @@ enum Op {
     Write(Address, u16, Vec<u8>),
     Read(Address, u16),
     Sent(Address, u16, Vec<u8>),
+    /// The gateway disconnected: its session is over and everything it committed is in.
+    Disconnect(Address),
 }
 
 #[derive(Default)]
@@ -356,6 +358,7 @@ impl Link for FakeLink {
     }
 
     async fn disconnect(&self) -> Result<(), BleError> {
+        self.central.log(Op::Disconnect(self.address));
         self.hang_up();
         Ok(())
     }
@@ -399,8 +402,12 @@ fn ble_config(toml: &str) -> (BleSourceConfig, Bindings) {
 
 impl Harness {
     async fn start(central: FakeCentral, toml: &str) -> Self {
+        Self::with_capacity(central, toml, 10_000).await
+    }
+
+    async fn with_capacity(central: FakeCentral, toml: &str, capacity: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 10_000).await.unwrap();
+        let store = Store::open(dir.path(), capacity).await.unwrap();
         let (tx, rx) = pipeline::channel();
         let config = WriterConfig {
             max_rows: 1000,
@@ -443,6 +450,12 @@ impl Harness {
             .collect();
         (self.store, readings, self.metrics)
     }
+}
+
+fn sessions_over(ops: &[Op]) -> usize {
+    ops.iter()
+        .filter(|o| matches!(o, Op::Disconnect(_)))
+        .count()
 }
 
 fn sent(ops: &[Op], c: u16) -> usize {
@@ -531,13 +544,8 @@ async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() 
     let h = Harness::start(central.clone(), METER_TOML).await;
 
     central
-        .advertise_until(METER, "the first transfer to break off", |ops| {
-            sent(ops, GLUCOSE) >= 3
-        })
-        .await;
-    central
-        .advertise_until(METER, "the second transfer to end", |ops| {
-            sent(ops, RACP) >= 1
+        .advertise_until(METER, "the second session to end", |ops| {
+            sessions_over(ops) >= 2
         })
         .await;
     let ops = central.ops();
@@ -555,7 +563,7 @@ async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() 
     assert_eq!(sent(&ops, GLUCOSE), 6);
     assert_eq!(sent(&ops, GLUCOSE_CONTEXT), 3);
     // Nothing missed, nothing stored twice.
-    assert_eq!(glucose_sequences(&readings), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(glucose_sequences(&readings), [1, 2, 3, 4, 5, 6], "{ops:#?}");
     let meals: Vec<&Reading> = readings
         .iter()
         .filter(|r| r.metric.mdc_ref == "MDC_CTXT_GLU_MEAL")
@@ -594,10 +602,9 @@ async fn a_record_whose_context_was_cut_off_is_asked_for_again_and_stored_once_w
     central.add(METER, script);
     let h = Harness::start(central.clone(), METER_TOML).await;
     central
-        .advertise_until(METER, "the first transfer", |ops| sent(ops, GLUCOSE) >= 2)
-        .await;
-    central
-        .advertise_until(METER, "the second transfer", |ops| sent(ops, RACP) >= 1)
+        .advertise_until(METER, "the second session to end", |ops| {
+            sessions_over(ops) >= 2
+        })
         .await;
     let ops = central.ops();
     let (_, readings, _) = h.finish().await;
@@ -621,10 +628,9 @@ async fn a_meter_with_nothing_new_is_asked_only_for_newer_records() {
     central.add(METER, meter_script());
     let h = Harness::start(central.clone(), METER_TOML).await;
     central
-        .advertise_until(METER, "the first transfer", |ops| sent(ops, RACP) >= 1)
-        .await;
-    central
-        .advertise_until(METER, "the second transfer", |ops| sent(ops, RACP) >= 2)
+        .advertise_until(METER, "the second session to end", |ops| {
+            sessions_over(ops) >= 2
+        })
         .await;
     let ops = central.ops();
     let (_, readings, _) = h.finish().await;
@@ -693,15 +699,13 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
     central.add(CUFF, script.clone());
     let h = Harness::start(central.clone(), CUFF_TOML).await;
     central
-        .advertise_until(CUFF, "the first delivery", |ops| sent(ops, BPM) >= 3)
+        .advertise_until(CUFF, "the first delivery", |ops| sessions_over(ops) >= 1)
         .await;
     // The next morning the cuff has one new measurement and advertises again.
     script.on_subscribe = vec![(BPM, vec![bp(1, 45)])];
     central.add(CUFF, script);
     central
-        .advertise_until(CUFF, "the second delivery", |ops| {
-            ops.iter().filter(|o| matches!(o, Op::Connect(_))).count() >= 2 && sent(ops, BPM) >= 4
-        })
+        .advertise_until(CUFF, "the second delivery", |ops| sessions_over(ops) >= 2)
         .await;
     // The cuff hanging up is the normal end: the source connects again right away.
     let ops = central.ops();
@@ -798,7 +802,14 @@ async fn a_settable_device_clock_is_set_after_its_stored_data_and_later_readings
     // A new measurement, stamped by the corrected clock.
     let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
     central.send_live(THERMOMETER, temperature(now)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.store.stats().await.unwrap().pending < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the live reading was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let ops = central.ops();
     let (_, readings, _) = h.finish().await;
 
@@ -850,7 +861,7 @@ async fn failed_connections_are_retried_after_a_backoff_until_the_meter_answers(
     central.add(METER, script);
     let h = Harness::start(central.clone(), METER_TOML).await;
     central
-        .advertise_until(METER, "the transfer", |ops| sent(ops, RACP) >= 1)
+        .advertise_until(METER, "the transfer", |ops| sessions_over(ops) >= 1)
         .await;
     let ops = central.ops();
     let (_, readings, _) = h.finish().await;
@@ -858,4 +869,45 @@ async fn failed_connections_are_retried_after_a_backoff_until_the_meter_answers(
     assert_eq!(attempts, 4, "three refused, then connected");
     assert_eq!(racp_requests(&ops), [Some(racp::Request::AllRecords)]);
     assert_eq!(glucose_sequences(&readings), [1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_full_buffer_holds_the_transfer_back_without_losing_or_repeating_a_record() {
+    let central = FakeCentral::default();
+    central.add(METER, meter_script());
+    // Room for 4 readings; the six records make 15 (measurement, location, meal context).
+    let h = Harness::with_capacity(central.clone(), METER_TOML, 4).await;
+    // The uplink: takes what is buffered and acknowledges it, slowly.
+    let store = h.store.clone();
+    let stop = CancellationToken::new();
+    let uplink = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut delivered: Vec<Reading> = Vec::new();
+            loop {
+                let leased = store.lease(2).await.unwrap();
+                let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+                delivered.extend(leased.into_iter().map(|l| l.reading.unwrap()));
+                store.ack(&ids).await.unwrap();
+                if stop.is_cancelled() && ids.is_empty() {
+                    return delivered;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    central
+        .advertise_until(METER, "the transfer", |ops| sessions_over(ops) >= 1)
+        .await;
+    let (_, left, metrics) = h.finish().await;
+    stop.cancel();
+    let mut delivered = uplink.await.unwrap();
+    delivered.extend(left);
+    assert!(
+        Metrics::get(&metrics.buffer_full) > 0,
+        "the buffer did refuse"
+    );
+    assert_eq!(glucose_sequences(&delivered), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(delivered.len(), 15);
+    assert_eq!(sent(&central.ops(), GLUCOSE), 6);
 }

@@ -242,7 +242,6 @@ impl BleSource {
         'scan: loop {
             let mut events = match central.scan().await {
                 Ok(events) => {
-                    scan_failures = 0;
                     tracing::info!(devices = source.targets.len(), "BLE source scanning");
                     events
                 }
@@ -261,15 +260,22 @@ impl BleSource {
                     _ = shutdown.cancelled() => break 'scan,
                     event = events.recv() => match event {
                         None => {
-                            tracing::warn!("BLE adapter event stream ended; scanning again");
-                            continue 'scan;
+                            scan_failures = scan_failures.saturating_add(1);
+                            let delay = source.timing.backoff(scan_failures);
+                            tracing::warn!(retry_in_ms = delay.as_millis() as u64, "BLE adapter event stream ended; scanning again");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => continue 'scan,
+                                _ = shutdown.cancelled() => break 'scan,
+                            }
                         }
                         Some(CentralEvent::Disconnected(address)) => {
+                            scan_failures = 0;
                             if let Some(token) = devices.get(&address).and_then(|d| d.session.as_ref()) {
                                 token.cancel();
                             }
                         }
                         Some(CentralEvent::Advertisement(adv)) => {
+                            scan_failures = 0;
                             let Some(target) = source.target_for(&adv).cloned() else { continue };
                             let state = devices.entry(adv.address).or_default();
                             if state.session.is_some() || state.not_before.is_some_and(|t| Instant::now() < t) {

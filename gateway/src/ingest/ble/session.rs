@@ -143,7 +143,14 @@ pub(super) async fn run<L: Link>(
     let subscriptions = profile.subscriptions();
     for (uuid, decoder) in &subscriptions {
         match find(*uuid) {
-            Some(_) => link.subscribe(*uuid).await?,
+            Some(c) if c.properties.notify || c.properties.indicate => {
+                link.subscribe(*uuid).await?
+            }
+            Some(_) => tracing::warn!(
+                device = %key,
+                characteristic = format!("{uuid:04X}"),
+                "characteristic can neither notify nor indicate; not subscribed"
+            ),
             None if required(&profile, *uuid) => tracing::warn!(
                 device = %key,
                 characteristic = format!("{uuid:04X}"),
@@ -196,7 +203,7 @@ pub(super) async fn run<L: Link>(
     let mut state = State {
         device,
         key: key.clone(),
-        profile: profile.clone(),
+        decoders: subscriptions,
         pending: None,
         env,
     };
@@ -350,7 +357,8 @@ async fn set_clock<L: Link>(
 struct State<'a> {
     device: DeviceRef,
     key: String,
-    profile: Arc<BleProfile>,
+    /// The profile's subscriptions: characteristic → decoder.
+    decoders: Vec<(u16, Decoder)>,
     pending: Option<PendingGlucose>,
     env: &'a SessionEnv,
 }
@@ -382,12 +390,7 @@ impl State<'_> {
             }
             return Ok(None);
         }
-        let Some((_, decoder)) = self
-            .profile
-            .subscriptions()
-            .into_iter()
-            .find(|(u, _)| *u == n.characteristic)
-        else {
+        let Some(&(_, decoder)) = self.decoders.iter().find(|(u, _)| *u == n.characteristic) else {
             tracing::debug!(device = %self.key, characteristic = format!("{:04X}", n.characteristic), "notification from a characteristic the profile does not name");
             return Ok(None);
         };
@@ -448,15 +451,19 @@ impl State<'_> {
             return Ok(());
         }
         let bindings = &self.env.bindings;
+        let mut unassigned = None;
         for r in &mut readings {
             r.patient = bindings.patient_for(&self.key, r.device_user);
             if r.patient.is_none() && bindings.is_shared(&self.key) {
-                tracing::warn!(
-                    device = %self.key,
-                    user = r.device_user,
-                    "reading from a shared device's unbound user: stored without a patient"
-                );
+                unassigned = Some(r.device_user);
             }
+        }
+        if let Some(user) = unassigned {
+            tracing::warn!(
+                device = %self.key,
+                user,
+                "measurement from a shared device's unbound user: stored without a patient"
+            );
         }
         loop {
             match self.env.ingest.commit(readings.clone()).await {
