@@ -196,3 +196,52 @@ fn check_config_names_the_bad_ble_and_shared_device_keys() {
     assert_eq!(code, 0, "{good}\n{stderr}");
     assert!(stdout.ends_with(": ok\n"), "{stdout}");
 }
+
+#[test]
+fn a_gateway_without_a_bluetooth_adapter_keeps_running_its_other_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"hub-test\"\ndata_dir = \"{}\"\n\
+             [sources.sim]\ndevices = 1\ninterval_ms = 50\n\
+             [sources.ble]\nreconnect_initial_ms = 100\n\
+             [[sources.ble.devices]]\naddress = \"A1:B2:C3:D4:E5:F6\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("data/out/Observation-000001.ndjson");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        let adapter_reported =
+            text.contains("BLE scan cannot start") || text.contains("BLE source scanning");
+        if adapter_reported && out.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "the gateway exited:\n{text}");
+    assert!(
+        out.exists(),
+        "the simulator's readings did not flow:\n{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    if !text.contains("BLE source scanning") {
+        // No adapter on this machine: said clearly, retried, not fatal.
+        assert!(text.contains("no usable Bluetooth adapter"), "{text}");
+    }
+}
