@@ -84,6 +84,8 @@ struct Script {
     clock_skew: time::Duration,
     /// Refuse this many connection attempts first (out of range, busy).
     refuse_connects: usize,
+    /// The clock was never set: Current Time reads "not known" (year 0) until written.
+    clock_unset: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +298,11 @@ impl Link for FakeLink {
     async fn read(&self, characteristic: u16) -> Result<Vec<u8>, BleError> {
         self.central.log(Op::Read(self.address, characteristic));
         if characteristic == CURRENT_TIME {
-            let skew = self.central.world.lock().unwrap().scripts[&self.address].clock_skew;
+            let script = &self.central.world.lock().unwrap().scripts[&self.address];
+            if script.clock_unset {
+                return Ok(vec![0; 10]);
+            }
+            let skew = script.clock_skew;
             let now = OffsetDateTime::now_utc() - skew;
             return Ok(datetime::encode_current_time(now).unwrap().to_vec());
         }
@@ -351,6 +357,7 @@ impl Link for FakeLink {
                 let mut w = self.central.world.lock().unwrap();
                 let script = w.scripts.get_mut(&self.address).unwrap();
                 script.clock_skew = OffsetDateTime::now_utc() - set;
+                script.clock_unset = false;
                 Ok(())
             }
             _ => Err(BleError::operation("write", "not writable")),
@@ -910,4 +917,52 @@ async fn a_full_buffer_holds_the_transfer_back_without_losing_or_repeating_a_rec
     assert_eq!(glucose_sequences(&delivered), [1, 2, 3, 4, 5, 6]);
     assert_eq!(delivered.len(), 15);
     assert_eq!(sent(&central.ops(), GLUCOSE), 6);
+}
+
+#[tokio::test]
+async fn a_device_clock_that_was_never_set_is_set_and_its_undated_reading_gets_the_receive_time() {
+    let central = FakeCentral::default();
+    // Temperature Measurement with a "not known" time stamp (year 0), as a thermometer with
+    // fresh batteries sends it.
+    let mut undated = hex("02 6E 01 00 FF");
+    undated.extend([0; 7]);
+    central.add(
+        THERMOMETER,
+        Script {
+            services: vec![HTS],
+            chars: vec![
+                ch(HTS, TEMP, false, false, false, true),
+                ch(CTS, CURRENT_TIME, true, true, true, false),
+            ],
+            on_subscribe: vec![(
+                TEMP,
+                vec![Notification {
+                    characteristic: TEMP,
+                    value: undated,
+                }],
+            )],
+            clock_unset: true,
+            ..Script::default()
+        },
+    );
+    let h = Harness::start(central.clone(), THERMOMETER_TOML).await;
+    central
+        .advertise_until(THERMOMETER, "the clock to be set", |ops| {
+            ops.iter()
+                .any(|o| matches!(o, Op::Write(_, CURRENT_TIME, _)))
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.store.stats().await.unwrap().pending < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reading was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, readings, _) = h.finish().await;
+    assert_eq!(readings.len(), 1);
+    assert_eq!(readings[0].device_time, None);
+    assert_eq!(readings[0].clock_offset, None);
+    assert_eq!(readings[0].effective_time().1, TimeSource::GatewayReceive);
 }

@@ -21,7 +21,7 @@
 //!    twice. Records arrive in ascending sequence order, so committed records are always
 //!    a prefix of what was asked for.
 //! 6. **Setting the clock.** When the device lets the gateway write 0x2A2B, its clock is off
-//!    and `set_device_clock` is on, the gateway writes its own time (UTC) once the stored
+//!    (or was never set: a "not known" date) and `set_device_clock` is on, the gateway writes its own time (UTC) once the stored
 //!    measurements are in — after the RACP procedure ends, or [`Timing::clock_settle`] after
 //!    subscribing for devices that send stored measurements right after subscription (cuffs,
 //!    scales) — and reads the clock again for the measurements that follow. Measurements the
@@ -133,10 +133,11 @@ pub(super) async fn run<L: Link>(
     };
 
     let current_time = find(CURRENT_TIME).filter(|_| profile.uses_current_time());
-    let mut clock_offset = match current_time {
-        Some(c) if c.properties.read => read_clock_offset(link, &key).await,
-        _ => None,
+    let clock = match current_time {
+        Some(c) if c.properties.read => read_clock(link, &key).await,
+        _ => Clock::default(),
     };
+    let mut clock_offset = clock.offset;
     let clock_writable = env.set_device_clock && current_time.is_some_and(|c| c.properties.write);
 
     let mut notifications = link.notifications().await?;
@@ -196,7 +197,7 @@ pub(super) async fn run<L: Link>(
     );
 
     // When to set the device clock: after the stored data is in (RACP end, or settle time).
-    let needs_setting = clock_writable && current_time_needs_setting(clock_offset);
+    let needs_setting = clock_writable && clock.needs_setting;
     let mut set_clock_at: Option<Instant> =
         (needs_setting && racp_state == Racp::Unused).then(|| Instant::now() + timing.clock_settle);
 
@@ -295,36 +296,46 @@ async fn read_text<L: Link>(link: &L, c: Option<GattCharacteristic>) -> Option<S
     (!text.is_empty()).then_some(text)
 }
 
-/// Reads Current Time and returns the correction (gateway − device) beyond
-/// [`CLOCK_TOLERANCE`]. `None` when within tolerance or when the device does not know the
-/// time.
-async fn read_clock_offset<L: Link>(link: &L, key: &str) -> Option<time::Duration> {
+/// What reading a device's Current Time told.
+#[derive(Debug, Clone, Copy, Default)]
+struct Clock {
+    /// The correction (gateway − device) beyond [`CLOCK_TOLERANCE`]; `None` within it, or
+    /// when the device does not know the time.
+    offset: Option<time::Duration>,
+    /// The clock is off, or not set at all ("not known" date): worth setting.
+    needs_setting: bool,
+}
+
+/// Reads Current Time and works out the correction.
+async fn read_clock<L: Link>(link: &L, key: &str) -> Clock {
     let bytes = match link.read(CURRENT_TIME).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(device = %key, error = %e, "cannot read the device clock");
-            return None;
+            return Clock::default();
         }
     };
     let now = OffsetDateTime::now_utc();
     match datetime::current_time(&bytes) {
         Ok(Some(device_now)) => {
             let offset = now - device_now;
-            (offset.abs() > CLOCK_TOLERANCE).then_some(offset)
+            let off = offset.abs() > CLOCK_TOLERANCE;
+            Clock {
+                offset: off.then_some(offset),
+                needs_setting: off,
+            }
         }
-        Ok(None) => None,
+        // The device's clock was never set (e.g. new batteries): its time stamps say "not
+        // known" and readings get the receive time, until the clock is set.
+        Ok(None) => Clock {
+            offset: None,
+            needs_setting: true,
+        },
         Err(e) => {
             tracing::warn!(device = %key, error = %e, "device clock value does not decode");
-            None
+            Clock::default()
         }
     }
-}
-
-/// Whether a device clock with this measured offset should be set. An unknown clock
-/// (`None` after a read that said "not known") is indistinguishable here from a correct one;
-/// both are left alone unless off.
-fn current_time_needs_setting(offset: Option<time::Duration>) -> bool {
-    offset.is_some()
 }
 
 /// Writes the gateway's time to the device and reads the clock again; returns the offset for
@@ -344,7 +355,7 @@ async fn set_clock<L: Link>(
                 corrected_ms = before.map(|d| d.whole_milliseconds() as i64),
                 "device clock set"
             );
-            read_clock_offset(link, key).await
+            read_clock(link, key).await.offset
         }
         Err(e) => {
             tracing::warn!(device = %key, error = %e, "device refused the clock setting; correcting its times instead");
