@@ -158,6 +158,16 @@ impl FakeCentral {
         }
     }
 
+    /// The adapter reports the device gone (btleplug/BlueZ: the notification stream itself
+    /// does not end).
+    async fn report_disconnected(&self, address: Address) {
+        let tx = self.events.lock().unwrap().clone();
+        tx.expect("scanning")
+            .send(CentralEvent::Disconnected(address))
+            .await
+            .unwrap();
+    }
+
     /// Sends a live notification on the device's current connection.
     async fn send_live(&self, address: Address, n: Notification) {
         let tx = self.world.lock().unwrap().live.get(&address).cloned();
@@ -965,4 +975,83 @@ async fn a_device_clock_that_was_never_set_is_set_and_its_undated_reading_gets_t
     assert_eq!(readings[0].device_time, None);
     assert_eq!(readings[0].clock_offset, None);
     assert_eq!(readings[0].effective_time().1, TimeSource::GatewayReceive);
+}
+
+const STRAP: Address = [0xC0, 0xFF, 0xEE, 0x00, 0x00, 0x04];
+
+#[tokio::test]
+async fn a_heart_rate_strap_whose_link_drops_is_reconnected_and_keeps_streaming() {
+    let central = FakeCentral::default();
+    central.add(
+        STRAP,
+        Script {
+            services: vec![0x180D],
+            chars: vec![ch(0x180D, 0x2A37, false, false, true, false)],
+            ..Script::default()
+        },
+    );
+    let toml = "[sources.ble]\n[[sources.ble.devices]]\naddress = \"C0:FF:EE:00:00:04\"\n";
+    let h = Harness::start(central.clone(), toml).await;
+    let connected = |n: usize| {
+        move |ops: &[Op]| {
+            ops.iter()
+                .filter(|o| matches!(o, Op::Subscribe(_, 0x2A37)))
+                .count()
+                >= n
+        }
+    };
+    let wait_stored = |n: u64| {
+        let store = h.store.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while store.stats().await.unwrap().pending < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{n} readings not stored"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // Heart Rate Measurement per GSS: flags 0x00, 72 and 75 beats per minute.
+    let hr = |bpm: u8| Notification {
+        characteristic: 0x2A37,
+        value: vec![0x00, bpm],
+    };
+    central
+        .advertise_until(STRAP, "a connection", connected(1))
+        .await;
+    central.send_live(STRAP, hr(72)).await;
+    wait_stored(1).await;
+    // The link drops; the adapter says so, the stream stays open.
+    central.report_disconnected(STRAP).await;
+    central
+        .advertise_until(STRAP, "the first session to end", |ops| {
+            sessions_over(ops) >= 1
+        })
+        .await;
+    central
+        .advertise_until(STRAP, "a reconnection", connected(2))
+        .await;
+    central.send_live(STRAP, hr(75)).await;
+    wait_stored(2).await;
+    let (_, readings, _) = h.finish().await;
+    let rates: Vec<String> = readings
+        .iter()
+        .map(|r| match &r.value {
+            Value::Quantity(q) => format!("{:?} {}", q.value, q.unit),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        rates,
+        [
+            "Value(Decimal { mantissa: 72, exponent: 0 }) /min",
+            "Value(Decimal { mantissa: 75, exponent: 0 }) /min"
+        ]
+    );
+    // A strap has no clock: the receive time, recorded as such.
+    assert!(readings
+        .iter()
+        .all(|r| r.effective_time().1 == TimeSource::GatewayReceive));
 }

@@ -86,6 +86,8 @@ pub struct Timing {
 pub const CLOCK_SETTLE: Duration = Duration::from_secs(2);
 /// Default [`Timing::commit_retry`].
 pub const COMMIT_RETRY: Duration = Duration::from_millis(250);
+/// Longest wait for a disconnection to complete.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Capacity of the event and notification channels between an adapter and the source: a
 /// glucose meter's burst of stored records fits several times over.
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
@@ -341,9 +343,8 @@ async fn connect_and_run<C: Central>(
         lost,
     )
     .await;
-    if !lost.is_cancelled() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), link.disconnect()).await;
-    }
+    // Also after the device went away: it releases the adapter's state for that link.
+    let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, link.disconnect()).await;
     result
 }
 
