@@ -283,7 +283,7 @@ fn spawn_ble(
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
 ) -> Result<JoinHandle<()>, RunError> {
-    let source = ingest::ble::BleSource::new(config).map_err(RunError::Setup)?;
+    let source = ingest::ble::BleSource::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
     #[cfg(all(feature = "ble", target_os = "linux"))]
     {
         let central = ingest::ble::btleplug::BtleplugCentral::new();

@@ -103,6 +103,9 @@ pub enum BleError {
     /// The device is not in range or not known to the adapter.
     #[error("device {0} not found by the adapter")]
     NotFound(String),
+    /// `[sources.ble]` names something that does not exist (a profile, a profile file).
+    #[error("{0}")]
+    Config(String),
     /// This build has no Bluetooth support.
     #[error("this vitalbridge was built without Bluetooth support (cargo feature `ble`, Linux)")]
     NotBuilt,

@@ -158,34 +158,31 @@ struct DeviceState {
 
 impl BleSource {
     /// Resolves the configured devices against the profiles (built in, plus
-    /// `profiles_dir`). Errors name the config key.
-    pub fn new(config: &BleSourceConfig) -> Result<Self, String> {
-        let profiles = Profiles::load(config.profiles_dir.as_deref())?;
+    /// `profiles_dir`). Errors name the config key or the profile file.
+    pub fn new(config: &BleSourceConfig) -> Result<Self, BleError> {
+        let profiles = Profiles::load(config.profiles_dir.as_deref()).map_err(BleError::Config)?;
         let mut targets = Vec::new();
         for (i, d) in config.devices.iter().enumerate() {
             let key = format!("sources.ble.devices[{i}]");
             let profile = match &d.profile {
-                Some(id) => Some(
-                    profiles
-                        .by_id(id)
-                        .ok_or_else(|| format!("{key}.profile: no device profile {id:?}"))?,
-                ),
+                Some(id) => Some(profiles.by_id(id).ok_or_else(|| {
+                    BleError::Config(format!("{key}.profile: no device profile {id:?}"))
+                })?),
                 None => None,
             };
             let address = match &d.address {
-                Some(a) => Some(
-                    parse_bluetooth_address(a)
-                        .ok_or_else(|| format!("{key}.address: not a Bluetooth address"))?,
-                ),
+                Some(a) => Some(parse_bluetooth_address(a).ok_or_else(|| {
+                    BleError::Config(format!("{key}.address: not a Bluetooth address"))
+                })?),
                 None => None,
             };
-            let service = match &d.service {
-                Some(s) => Some(
-                    parse_characteristic(s)
-                        .map_err(|_| format!("{key}.service: not a 16-bit UUID"))?,
-                ),
-                None => None,
-            };
+            let service =
+                match &d.service {
+                    Some(s) => Some(parse_characteristic(s).map_err(|_| {
+                        BleError::Config(format!("{key}.service: not a 16-bit UUID"))
+                    })?),
+                    None => None,
+                };
             targets.push(Target {
                 address,
                 service,
