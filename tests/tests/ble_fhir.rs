@@ -17,7 +17,10 @@ const VECTORS: &[(&str, &str)] = &[
     // Heart Rate Measurement: uint8 rate, energy expended, one RR-interval.
     ("2A37", "18 AA BB 01 CC 01"),
     // Blood Pressure Measurement: time stamp, NaN pulse rate, unknown user, status bits.
-    ("2A35", "1E 7A 00 50 00 5A 00 E4 07 0C 19 08 1E 00 FF 07 FF 08 00"),
+    (
+        "2A35",
+        "1E 7A 00 50 00 5A 00 E4 07 0C 19 08 1E 00 FF 07 FF 08 00",
+    ),
     // Blood Pressure Measurement in kPa with user 1 and a NaN mean.
     ("2A35", "0F BD F0 0B 00 FF 07 E4 07 0C 19 08 1E 00 3C 00 01"),
     // Intermediate Cuff Pressure.
@@ -35,9 +38,15 @@ const VECTORS: &[(&str, &str)] = &[
     // Glucose Measurement Context: every field.
     ("2A34", "FF 00 00 B3 03 E8 F3 04 12 3C 00 32 04 D2 F4 59 F1"),
     // PLX Spot-check: time stamp, status, PAI.
-    ("2A5E", "0F AC F3 BE F5 E8 07 0B 1D 17 08 39 20 40 22 00 00 66 E3"),
+    (
+        "2A5E",
+        "0F AC F3 BE F5 E8 07 0B 1D 17 08 39 20 40 22 00 00 66 E3",
+    ),
     // PLX Continuous: fast and slow pairs.
-    ("2A5F", "1F DE F3 CA F3 CA F3 5A F5 D4 F3 B2 F2 20 01 00 00 00 7A E3"),
+    (
+        "2A5F",
+        "1F DE F3 CA F3 CA F3 5A F5 D4 F3 B2 F2 20 01 00 00 00 7A E3",
+    ),
     // Weight Measurement: imperial, BMI and height.
     ("2A9D", "0F 10 27 E8 07 01 02 03 04 05 FF E6 00 D0 02"),
     // Weight Measurement: SI, unsuccessful (no value).
@@ -74,7 +83,11 @@ fn observations_of_every_ble_characteristic_pass_the_independent_fhir_validator(
     let mut all = Vec::new();
     let mut characteristics = Vec::new();
     for (characteristic, hex) in VECTORS {
-        let obs = observations(characteristic, hex, Some("urn:oid:2.16.840.1.113883.4.1|12345"));
+        let obs = observations(
+            characteristic,
+            hex,
+            Some("urn:oid:2.16.840.1.113883.4.1|12345"),
+        );
         assert!(!obs.is_empty(), "{characteristic} {hex}: no Observation");
         for o in &obs {
             assert_eq!(o["resourceType"], "Observation");
