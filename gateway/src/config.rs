@@ -74,6 +74,7 @@ impl Default for Config {
             sources: SourcesConfig {
                 sim: Some(SimConfig::default()),
                 mqtt: None,
+                ble: None,
             },
             uplink: UplinkConfig::default(),
             devices: Vec::new(),
@@ -153,6 +154,66 @@ pub struct SourcesConfig {
     /// `[sources.mqtt]`: readings published to an MQTT broker.
     #[serde(default)]
     pub mqtt: Option<MqttSourceConfig>,
+    /// `[sources.ble]`: Bluetooth LE health devices (needs the `ble` build feature).
+    #[serde(default)]
+    pub ble: Option<BleSourceConfig>,
+}
+
+/// `[sources.ble]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleSourceConfig {
+    /// A directory of extra or replacement `ble-*.toml` device profiles. Unset: only the
+    /// profiles built into the binary (the files of `device-profiles/`).
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
+    /// Set a device's clock (Current Time, 0x2A2B) when it allows writing it and is off by
+    /// more than a couple of seconds. Device clocks are set to UTC.
+    #[serde(default = "default_true")]
+    pub set_device_clock: bool,
+    /// Give up a connection attempt (connect and service discovery) after this many seconds.
+    #[serde(default = "default_ble_connect_timeout_s")]
+    pub connect_timeout_s: u64,
+    /// First delay before reconnecting after a failed connection, in ms; doubles per
+    /// failure up to `reconnect_max_ms`.
+    #[serde(default = "default_ble_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    /// Longest delay before reconnecting, in ms.
+    #[serde(default = "default_ble_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// The devices to connect to.
+    #[serde(default)]
+    pub devices: Vec<BleDeviceConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_ble_connect_timeout_s() -> u64 {
+    20
+}
+fn default_ble_reconnect_initial_ms() -> u64 {
+    1000
+}
+fn default_ble_reconnect_max_ms() -> u64 {
+    300_000
+}
+
+/// `[[sources.ble.devices]]`: one device, or every device advertising a service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleDeviceConfig {
+    /// The device's Bluetooth address, `A1:B2:C3:D4:E5:F6`. Either this or `service`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Connect to any device advertising this GATT service (e.g. `1810`). Either this or
+    /// `address`. Prefer addresses: a neighbour's cuff advertises the same service.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Device profile id (e.g. `ble-blood-pressure`). Unset: the profile whose service the
+    /// device advertises.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// `[sources.sim]`
@@ -374,6 +435,12 @@ pub struct DeviceBinding {
     /// A literal reference instead, e.g. `Patient/123`.
     #[serde(default)]
     pub patient_reference: Option<String>,
+    /// On a shared device (a scale or cuff with user profiles), the device's user index this
+    /// binding is for (the BLE User ID, 0–254). A device bound with `user` is shared: each of
+    /// its readings goes to the patient bound to the user it reports, and a reading of a user
+    /// with no binding (or with no user) gets no patient rather than someone else's.
+    #[serde(default)]
+    pub user: Option<u8>,
 }
 
 impl Config {
@@ -448,6 +515,9 @@ impl Config {
         if let Some(mqtt) = &self.sources.mqtt {
             validate_mqtt(mqtt, &mut problems);
         }
+        if let Some(ble) = &self.sources.ble {
+            validate_ble(ble, &mut problems);
+        }
         let u = &self.uplink;
         if !(1..=10_000).contains(&u.batch_size) {
             problems.push(err("uplink.batch_size", "must be between 1 and 10000"));
@@ -487,10 +557,37 @@ impl Config {
                     "give either patient_system and patient_id, or patient_reference",
                 )),
             }
-            if self.devices[..i].iter().any(|o| o.id == d.id) {
+            if d.user == Some(0xFF) {
+                problems.push(err(
+                    &format!("{key}.user"),
+                    "255 means \"unknown user\" in BLE; use 0-254",
+                ));
+            }
+            let same_device = |o: &&DeviceBinding| same_device_id(&o.id, &d.id);
+            if self.devices[..i]
+                .iter()
+                .filter(same_device)
+                .any(|o| o.user == d.user)
+            {
                 problems.push(err(
                     &format!("{key}.id"),
-                    format!("device {:?} is bound twice", d.id),
+                    match d.user {
+                        Some(u) => format!("device {:?} user {u} is bound twice", d.id),
+                        None => format!("device {:?} is bound twice", d.id),
+                    },
+                ));
+            } else if self.devices[..i]
+                .iter()
+                .filter(same_device)
+                .any(|o| o.user.is_some() != d.user.is_some())
+            {
+                problems.push(err(
+                    &format!("{key}.user"),
+                    format!(
+                        "device {:?} has bindings with and without `user`: on a shared device \
+                         every binding names its user",
+                        d.id
+                    ),
                 ));
             }
         }
@@ -498,6 +595,87 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// Whether two `[[devices]]` ids name the same device (a Bluetooth address may be written
+/// with or without colons, in either case).
+fn same_device_id(a: &str, b: &str) -> bool {
+    use crate::profile::ble::parse_bluetooth_address as addr;
+    match (addr(a), addr(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
+    if ble.connect_timeout_s == 0 || ble.connect_timeout_s > 300 {
+        problems.push(err(
+            "sources.ble.connect_timeout_s",
+            "must be between 1 and 300",
+        ));
+    }
+    if ble.reconnect_initial_ms == 0 || ble.reconnect_initial_ms > ble.reconnect_max_ms {
+        problems.push(err(
+            "sources.ble.reconnect_initial_ms",
+            "must be at least 1 and at most sources.ble.reconnect_max_ms",
+        ));
+    }
+    if let Some(dir) = &ble.profiles_dir {
+        if let Err(e) = std::fs::read_dir(dir) {
+            problems.push(err(
+                "sources.ble.profiles_dir",
+                format!("cannot read directory {}: {e}", dir.display()),
+            ));
+        }
+    }
+    if ble.devices.is_empty() {
+        problems.push(err(
+            "sources.ble.devices",
+            "list at least one [[sources.ble.devices]] (an address or a service)",
+        ));
+    }
+    for (i, d) in ble.devices.iter().enumerate() {
+        let key = format!("sources.ble.devices[{i}]");
+        match (&d.address, &d.service) {
+            (Some(_), Some(_)) | (None, None) => {
+                problems.push(err(&key, "give exactly one of `address` or `service`"))
+            }
+            _ => {}
+        }
+        if let Some(a) = &d.address {
+            if crate::profile::ble::parse_bluetooth_address(a).is_none() {
+                problems.push(err(
+                    &format!("{key}.address"),
+                    "not a Bluetooth address: expected six hex pairs like A1:B2:C3:D4:E5:F6",
+                ));
+            } else if ble.devices[..i].iter().any(|o| {
+                o.address
+                    .as_deref()
+                    .and_then(crate::profile::ble::parse_bluetooth_address)
+                    == crate::profile::ble::parse_bluetooth_address(a)
+            }) {
+                problems.push(err(&format!("{key}.address"), "listed twice"));
+            }
+        }
+        if let Some(svc) = &d.service {
+            if crate::profile::ble::parse_characteristic(svc).is_err() {
+                problems.push(err(
+                    &format!("{key}.service"),
+                    "not a 16-bit service UUID: expected e.g. 1810, 0x1810 or the 128-bit form",
+                ));
+            }
+        }
+        if let Some(p) = &d.profile {
+            let builtin = crate::profile::ble::profile_file::builtin();
+            if ble.profiles_dir.is_none() && !builtin.iter().any(|b| &b.id == p) {
+                let known: Vec<String> = builtin.into_iter().map(|b| b.id).collect();
+                problems.push(err(
+                    &format!("{key}.profile"),
+                    format!("no profile {p:?}; built in: {}", known.join(", ")),
+                ));
+            }
         }
     }
 }

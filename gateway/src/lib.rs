@@ -21,7 +21,6 @@ pub mod profile;
 pub mod tls;
 pub mod uplink;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,25 +90,20 @@ pub fn gateway_id(config: &Config) -> Result<String, RunError> {
 }
 
 fn bindings(config: &Config) -> Bindings {
-    let map: HashMap<String, PatientRef> = config
-        .devices
-        .iter()
-        .filter_map(|d| {
-            let patient = match (&d.patient_system, &d.patient_id, &d.patient_reference) {
-                (Some(system), Some(value), _) => PatientRef {
-                    system: system.clone(),
-                    value: value.clone(),
-                },
-                (_, _, Some(reference)) => PatientRef {
-                    system: String::new(),
-                    value: reference.clone(),
-                },
-                _ => return None,
-            };
-            Some((d.id.clone(), patient))
-        })
-        .collect();
-    Bindings::new(map)
+    Bindings::new(config.devices.iter().filter_map(|d| {
+        let patient = match (&d.patient_system, &d.patient_id, &d.patient_reference) {
+            (Some(system), Some(value), _) => PatientRef {
+                system: system.clone(),
+                value: value.clone(),
+            },
+            (_, _, Some(reference)) => PatientRef {
+                system: String::new(),
+                value: reference.clone(),
+            },
+            _ => return None,
+        };
+        Some((d.id.clone(), d.user, patient))
+    }))
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then stops in order: sources stop
@@ -189,6 +183,15 @@ pub async fn run(
             metrics.clone(),
             sources_stop.clone(),
         )));
+    }
+    if let Some(ble) = &config.sources.ble {
+        sources.push(spawn_ble(
+            ble,
+            &ingest_tx,
+            &bindings,
+            &metrics,
+            &sources_stop,
+        )?);
     }
     // Only sources hold ingest handles now: when they end, the writer drains and ends.
     drop(ingest_tx);
@@ -284,6 +287,38 @@ pub async fn run(
         stored: totals.inserted,
         delivered: Metrics::get(&metrics.readings_out),
     })
+}
+
+/// Starts the BLE source over the host's adapter (btleplug), or refuses when the binary was
+/// built without Bluetooth support.
+fn spawn_ble(
+    config: &config::BleSourceConfig,
+    ingest_tx: &tokio::sync::mpsc::Sender<pipeline::Request>,
+    bindings: &Bindings,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, RunError> {
+    let source = ingest::ble::BleSource::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    {
+        let central = ingest::ble::btleplug::BtleplugCentral::new();
+        let ingest = Ingest::new(ingest_tx.clone(), "ble");
+        Ok(tokio::spawn(source.run(
+            central,
+            ingest,
+            bindings.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )))
+    }
+    #[cfg(not(all(feature = "ble", target_os = "linux")))]
+    {
+        let _ = (source, ingest_tx, bindings, metrics, stop);
+        Err(RunError::Setup(format!(
+            "sources.ble: {}",
+            ingest::ble::BleError::NotBuilt
+        )))
+    }
 }
 
 fn spawn_workers<T: Transport>(

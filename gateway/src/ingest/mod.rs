@@ -4,26 +4,149 @@
 //! hold an [`Ingest`](crate::pipeline::Ingest) handle and acknowledge upstream of themselves
 //! only after its `commit` resolved `Ok`.
 
+pub mod ble;
 pub mod mqtt;
 pub mod sim;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::PatientRef;
+use crate::model::{hex_upper, PatientRef};
+use crate::profile::ble::parse_bluetooth_address;
 
-/// Device → patient bindings from config, shared by all sources.
+/// Device → patient bindings from config (`[[devices]]`), shared by all sources.
+///
+/// # Shared devices
+///
+/// A device bound once without `user` belongs to one patient: every reading from it goes to
+/// that patient, whatever user index it reports (the behaviour before shared devices).
+///
+/// A device whose bindings name a `user` is **shared** (a family scale, a cuff with user
+/// buttons): a reading goes to the patient bound to the user index the device reported
+/// ([`crate::model::Reading::device_user`], the BLE User ID). A reading that reports a user
+/// with no binding, or no user at all ("unknown user" 0xFF, or a device that omits the
+/// field), is **not assigned to anyone**: it is stored and forwarded without a subject, so it
+/// is neither lost nor given to the wrong patient, and the source logs the device and user
+/// index (never a value). Config validation refuses mixing bound-with-user and
+/// bound-without-user on one device, so there is no "default patient" to fall back to.
+///
+/// Keys are `DeviceId::key()` strings; a Bluetooth address written with colons in config
+/// (`A1:B2:C3:D4:E5:F6`) is normalised to the key form (`A1B2C3D4E5F6`).
 #[derive(Debug, Clone, Default)]
-pub struct Bindings(Arc<HashMap<String, PatientRef>>);
+pub struct Bindings(Arc<HashMap<String, Binding>>);
+
+/// How one device is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// One patient for every reading of the device.
+    Patient(PatientRef),
+    /// A shared device: one patient per device user index.
+    Shared(HashMap<u8, PatientRef>),
+}
+
+/// The binding key of a config id: Bluetooth addresses normalised to upper-case hex.
+pub fn binding_key(id: &str) -> String {
+    match parse_bluetooth_address(id) {
+        Some(address) => hex_upper(&address),
+        None => id.to_owned(),
+    }
+}
 
 impl Bindings {
-    /// Bindings keyed by `DeviceId::key()`.
-    pub fn new(map: HashMap<String, PatientRef>) -> Self {
+    /// Bindings from `(device id, user index, patient)` entries. Ids are normalised with
+    /// [`binding_key`]. Entries with a user make the device shared (see the type doc).
+    pub fn new(entries: impl IntoIterator<Item = (String, Option<u8>, PatientRef)>) -> Self {
+        let mut map: HashMap<String, Binding> = HashMap::new();
+        for (id, user, patient) in entries {
+            let key = binding_key(&id);
+            match user {
+                None => {
+                    map.insert(key, Binding::Patient(patient));
+                }
+                Some(user) => {
+                    let entry = map
+                        .entry(key)
+                        .or_insert_with(|| Binding::Shared(HashMap::new()));
+                    match entry {
+                        Binding::Shared(users) => {
+                            users.insert(user, patient);
+                        }
+                        // Refused by config validation; keep the single patient rather than
+                        // guess.
+                        Binding::Patient(_) => {}
+                    }
+                }
+            }
+        }
         Self(Arc::new(map))
     }
 
-    /// The patient bound to a device key, if any.
+    /// The patient of a device bound to one patient; `None` for an unbound or a shared
+    /// device (a source that knows the device user calls [`Self::patient_for`]).
     pub fn patient(&self, device_key: &str) -> Option<PatientRef> {
-        self.0.get(device_key).cloned()
+        match self.0.get(device_key)? {
+            Binding::Patient(p) => Some(p.clone()),
+            Binding::Shared(_) => None,
+        }
+    }
+
+    /// The patient a reading from `device_key` reporting device user `user` belongs to (see
+    /// the type doc for shared devices).
+    pub fn patient_for(&self, device_key: &str, user: Option<u8>) -> Option<PatientRef> {
+        match self.0.get(device_key)? {
+            Binding::Patient(p) => Some(p.clone()),
+            Binding::Shared(users) => users.get(&user?).cloned(),
+        }
+    }
+
+    /// Whether the device's bindings name users.
+    pub fn is_shared(&self, device_key: &str) -> bool {
+        matches!(self.0.get(device_key), Some(Binding::Shared(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(v: &str) -> PatientRef {
+        PatientRef {
+            system: "urn:oid:1.2.3".into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn a_device_bound_without_user_gives_every_reading_to_its_patient() {
+        let b = Bindings::new([("SIM-BP-0001".to_owned(), None, p("alice"))]);
+        assert_eq!(b.patient("SIM-BP-0001"), Some(p("alice")));
+        for user in [None, Some(1), Some(7)] {
+            assert_eq!(b.patient_for("SIM-BP-0001", user), Some(p("alice")));
+        }
+        assert_eq!(b.patient("SIM-BP-0002"), None);
+        assert!(!b.is_shared("SIM-BP-0001"));
+    }
+
+    #[test]
+    fn a_shared_scale_gives_each_user_their_own_patient_and_unbound_users_nobody() {
+        let b = Bindings::new([
+            ("a1:b2:c3:d4:e5:f6".to_owned(), Some(1), p("alice")),
+            ("A1B2C3D4E5F6".to_owned(), Some(2), p("bob")),
+        ]);
+        let key = "A1B2C3D4E5F6";
+        assert!(b.is_shared(key));
+        assert_eq!(b.patient_for(key, Some(1)), Some(p("alice")));
+        assert_eq!(b.patient_for(key, Some(2)), Some(p("bob")));
+        assert_eq!(b.patient_for(key, Some(3)), None);
+        assert_eq!(b.patient_for(key, None), None);
+        // Without a user index there is no safe answer for a shared device.
+        assert_eq!(b.patient(key), None);
+    }
+
+    #[test]
+    fn binding_keys_normalise_bluetooth_addresses_only() {
+        assert_eq!(binding_key("a1:b2:c3:d4:e5:f6"), "A1B2C3D4E5F6");
+        assert_eq!(binding_key("A1-B2-C3-D4-E5-F6"), "A1B2C3D4E5F6");
+        assert_eq!(binding_key("SIM-BP-0001"), "SIM-BP-0001");
     }
 }

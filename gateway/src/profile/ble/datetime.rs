@@ -106,6 +106,35 @@ pub fn current_time(bytes: &[u8]) -> Result<Option<OffsetDateTime>, DecodeError>
     Ok(now.map(|t| t + Duration::microseconds(i64::from(fractions) * 1_000_000 / 256)))
 }
 
+/// Current Time "Adjust Reason" bit 1: external reference time update (the gateway's clock,
+/// itself kept by NTP).
+pub const ADJUST_EXTERNAL_REFERENCE: u8 = 0x02;
+
+/// Encodes `now` as a Current Time value (0x2A2B) for writing to a device: its UTC wall-clock
+/// digits (the rule in the module doc), Day of Week 1 = Monday … 7 = Sunday, Fractions256,
+/// and Adjust Reason "external reference time update". `None` outside the years a Date Time
+/// can hold.
+pub fn encode_current_time(now: OffsetDateTime) -> Option<[u8; 10]> {
+    let t = now.to_offset(time::UtcOffset::UTC);
+    let year = u16::try_from(t.year())
+        .ok()
+        .filter(|y| (1582..=9999).contains(y))?;
+    let [y0, y1] = year.to_le_bytes();
+    let fractions = u8::try_from(u32::from(t.millisecond()) * 256 / 1000).unwrap_or(u8::MAX);
+    Some([
+        y0,
+        y1,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.weekday().number_from_monday(),
+        fractions,
+        ADJUST_EXTERNAL_REFERENCE,
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +185,20 @@ mod tests {
             Ok(Some(datetime!(2020-02-29 23:59:58.5 UTC)))
         );
         assert!(current_time(&bytes[..9]).is_err());
+    }
+
+    #[test]
+    fn current_time_encodes_what_it_decodes() {
+        // 2020-02-29 was a Saturday (6); 0.5 s is 128/256.
+        let t = datetime!(2020-02-29 23:59:58.5 UTC);
+        let bytes = encode_current_time(t).unwrap();
+        assert_eq!(bytes, [0xE4, 0x07, 2, 29, 23, 59, 58, 6, 128, 0x02]);
+        assert_eq!(current_time(&bytes), Ok(Some(t)));
+        // Written as UTC digits whatever offset the gateway's time carries.
+        assert_eq!(
+            encode_current_time(datetime!(2020-03-01 00:59:58.5 +01:00)),
+            Some(bytes)
+        );
+        assert_eq!(encode_current_time(datetime!(1500-01-01 0:00 UTC)), None);
     }
 }

@@ -23,7 +23,8 @@
 //! | Body Composition Measurement           | `0x2A9C` | [`body_composition`]  |
 //!
 //! Shared field types live in [`ieee11073`] (SFLOAT, FLOAT and their special values) and
-//! [`datetime`] (Date Time, Current Time). [`profile_file`] loads the `device-profiles/ble-*.toml`
+//! [`datetime`] (Date Time, Current Time). [`racp`] encodes and parses the Record Access
+//! Control Point a glucose meter's stored records are fetched with. [`profile_file`] loads the `device-profiles/ble-*.toml`
 //! files that say which of these a standard service uses.
 //!
 //! # Conventions every decoder follows
@@ -58,6 +59,7 @@ pub mod heart_rate;
 pub mod ieee11073;
 pub mod profile_file;
 pub mod pulse_oximeter;
+pub mod racp;
 pub mod thermometer;
 pub mod weight_scale;
 
@@ -156,6 +158,39 @@ pub fn parse_characteristic(s: &str) -> Result<u16, UuidError> {
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
     hex4(t)
+}
+
+/// Parses a Bluetooth device address written as six hex pairs separated by `:` or `-`
+/// (`A1:B2:C3:D4:E5:F6`, any case) or as twelve hex digits (`A1B2C3D4E5F6`, the device key
+/// the gateway uses). Most significant byte first, as people write it.
+pub fn parse_bluetooth_address(s: &str) -> Option<[u8; 6]> {
+    let s = s.trim();
+    if !s.is_ascii() {
+        return None;
+    }
+    let digits: String = match s.len() {
+        17 => {
+            let sep = s.as_bytes().get(2).copied()?;
+            if !(sep == b':' || sep == b'-') {
+                return None;
+            }
+            let parts: Vec<&str> = s.split(char::from(sep)).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return None;
+            }
+            parts.concat()
+        }
+        12 => s.to_owned(),
+        _ => return None,
+    };
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The full 128-bit form of a 16-bit UUID, lower case.

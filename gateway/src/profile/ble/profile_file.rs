@@ -54,6 +54,16 @@ pub struct CharacteristicEntry {
     pub delivery: Delivery,
     /// Whether the service specification makes the characteristic mandatory.
     pub required: bool,
+    /// Whether the BLE source subscribes to it and stores what it sends (default `true`).
+    /// `false` for transient values such as Intermediate Cuff Pressure, which are listed so
+    /// that `vitalbridge decode ble` knows them but would otherwise flood the buffer with
+    /// in-progress pressures.
+    #[serde(default = "default_subscribe")]
+    pub subscribe: bool,
+}
+
+fn default_subscribe() -> bool {
+    true
 }
 
 /// A metric the profile produces.
@@ -96,6 +106,47 @@ pub struct BleProfile {
     pub metrics: Vec<MetricEntry>,
 }
 
+/// The standard-service profiles shipped in `device-profiles/`, compiled into the binary so a
+/// gateway needs no extra files: `(file name, TOML text)`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "ble-blood-pressure.toml",
+        include_str!("../../../../device-profiles/ble-blood-pressure.toml"),
+    ),
+    (
+        "ble-body-composition.toml",
+        include_str!("../../../../device-profiles/ble-body-composition.toml"),
+    ),
+    (
+        "ble-glucose.toml",
+        include_str!("../../../../device-profiles/ble-glucose.toml"),
+    ),
+    (
+        "ble-heart-rate.toml",
+        include_str!("../../../../device-profiles/ble-heart-rate.toml"),
+    ),
+    (
+        "ble-pulse-oximeter.toml",
+        include_str!("../../../../device-profiles/ble-pulse-oximeter.toml"),
+    ),
+    (
+        "ble-thermometer.toml",
+        include_str!("../../../../device-profiles/ble-thermometer.toml"),
+    ),
+    (
+        "ble-weight-scale.toml",
+        include_str!("../../../../device-profiles/ble-weight-scale.toml"),
+    ),
+];
+
+/// The built-in profiles, parsed and validated (a test checks every one of them does).
+pub fn builtin() -> Vec<BleProfile> {
+    BUILTIN
+        .iter()
+        .filter_map(|(_, text)| BleProfile::from_toml(text).ok())
+        .collect()
+}
+
 /// Why a profile file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -123,6 +174,28 @@ impl BleProfile {
     /// The service UUID as a 16-bit value.
     pub fn service_uuid(&self) -> Option<u16> {
         parse_characteristic(&self.service).ok()
+    }
+
+    /// The characteristics the BLE source subscribes to, with their decoders.
+    pub fn subscriptions(&self) -> Vec<(u16, Decoder)> {
+        self.characteristics
+            .iter()
+            .filter(|c| c.subscribe)
+            .filter_map(|c| {
+                let uuid = parse_characteristic(&c.uuid).ok()?;
+                Some((uuid, Decoder::from_name(&c.decoder)?))
+            })
+            .collect()
+    }
+
+    /// Whether the source reads (and, where it may, sets) the device's Current Time.
+    pub fn uses_current_time(&self) -> bool {
+        self.current_time != Applies::None
+    }
+
+    /// Whether the source fetches stored records through the Record Access Control Point.
+    pub fn uses_racp(&self) -> bool {
+        self.racp != Applies::None
     }
 
     /// The characteristics with their parsed UUIDs and decoders (valid profiles only have
@@ -260,6 +333,41 @@ mod tests {
                 "ble-weight-scale",
             ]
         );
+    }
+
+    #[test]
+    fn the_builtin_profiles_are_exactly_the_files() {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(profiles_dir())
+            .expect("device-profiles/ exists")
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?.to_owned();
+                (name.starts_with("ble-") && name.ends_with(".toml"))
+                    .then(|| Some((name, std::fs::read_to_string(&path).ok()?)))?
+            })
+            .collect();
+        files.sort();
+        let builtin: Vec<(String, String)> = BUILTIN
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        assert_eq!(builtin, files, "add new ble-*.toml files to BUILTIN");
+        assert_eq!(
+            super::builtin().len(),
+            BUILTIN.len(),
+            "every builtin profile is valid"
+        );
+    }
+
+    #[test]
+    fn transient_characteristics_are_listed_but_not_subscribed() {
+        let bp = builtin()
+            .into_iter()
+            .find(|p| p.id == "ble-blood-pressure")
+            .unwrap();
+        let subscribed: Vec<u16> = bp.subscriptions().into_iter().map(|(u, _)| u).collect();
+        assert_eq!(subscribed, [0x2A35]);
+        assert_eq!(bp.decoders().len(), 2);
     }
 
     #[test]

@@ -778,6 +778,33 @@ fn characteristic_uuids_parse_in_every_form() {
 }
 
 #[test]
+fn bluetooth_addresses_parse_with_or_without_separators() {
+    let a = Some([0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6]);
+    for s in [
+        "A1:B2:C3:D4:E5:F6",
+        "a1:b2:c3:d4:e5:f6",
+        "A1-B2-C3-D4-E5-F6",
+        "A1B2C3D4E5F6",
+        " A1:B2:C3:D4:E5:F6 ",
+    ] {
+        assert_eq!(parse_bluetooth_address(s), a, "{s}");
+    }
+    for s in [
+        "",
+        "A1:B2:C3:D4:E5",
+        "A1:B2:C3:D4:E5:G6",
+        "A1:B2-C3:D4:E5:F6",
+        "A1B2C3D4E5F",
+        "A1:B2:C3:D4:E5:F6:07",
+        "SIM-BP-0001",
+        "ÄB:B2:C3:D4:E5:F",
+        "A1:B2:C3:D4:E5::6",
+    ] {
+        assert_eq!(parse_bluetooth_address(s), None, "{s}");
+    }
+}
+
+#[test]
 fn every_truncation_of_every_valid_vector_is_an_error() {
     let ctx = ctx();
     for (uuid, hex) in VALID {
@@ -1033,10 +1060,12 @@ proptest! {
         let _ = decode(uuid, &payload, &ctx());
     }
 
-    /// Arbitrary text never panics the UUID parser (the fuzz-found char-boundary bug).
+    /// Arbitrary text never panics the UUID parser (the fuzz-found char-boundary bug), nor
+    /// the address parser.
     #[test]
     fn arbitrary_text_never_panics_the_uuid_parser(s in "\\PC{0,40}") {
         let _ = parse_characteristic(&s);
+        let _ = parse_bluetooth_address(&s);
     }
 
     /// Random bytes behind every flags value never panic either (the flags byte is where

@@ -1,0 +1,123 @@
+//! The device profiles the BLE source uses: the `device-profiles/ble-*.toml` files compiled
+//! into the binary ([`crate::profile::ble::profile_file::BUILTIN`]), plus those of
+//! `[sources.ble] profiles_dir` when set. A file in the directory replaces the built-in
+//! profile with the same `id` (a field update without a new binary) or adds a new one.
+//!
+//! Only this source reads these files; serial and line-protocol profiles have their own
+//! loader.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::profile::ble::profile_file::{self, BleProfile};
+
+/// The profiles, in a fixed order: built-in ones first (overridden in place), then new ones
+/// from the directory by file name.
+#[derive(Debug, Clone)]
+pub struct Profiles(Vec<Arc<BleProfile>>);
+
+impl Profiles {
+    /// The built-in profiles only.
+    pub fn builtin() -> Self {
+        Self(profile_file::builtin().into_iter().map(Arc::new).collect())
+    }
+
+    /// The built-in profiles overridden and extended by the `ble-*.toml` files in `dir`.
+    /// A file that does not load is an error naming the file.
+    pub fn load(dir: Option<&Path>) -> Result<Self, String> {
+        let mut profiles = Self::builtin();
+        let Some(dir) = dir else {
+            return Ok(profiles);
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("sources.ble.profiles_dir {}: {e}", dir.display()))?;
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ble-") && n.ends_with(".toml"))
+            })
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let profile =
+                BleProfile::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            profiles.insert(profile);
+        }
+        Ok(profiles)
+    }
+
+    /// Adds a profile, replacing one with the same id.
+    pub fn insert(&mut self, profile: BleProfile) {
+        let profile = Arc::new(profile);
+        match self.0.iter_mut().find(|p| p.id == profile.id) {
+            Some(slot) => *slot = profile,
+            None => self.0.push(profile),
+        }
+    }
+
+    /// The profile with this id.
+    pub fn by_id(&self, id: &str) -> Option<Arc<BleProfile>> {
+        self.0.iter().find(|p| p.id == id).cloned()
+    }
+
+    /// The first profile for one of these (advertised or discovered) services.
+    pub fn for_services(&self, services: &[u16]) -> Option<Arc<BleProfile>> {
+        self.0
+            .iter()
+            .find(|p| p.service_uuid().is_some_and(|s| services.contains(&s)))
+            .cloned()
+    }
+
+    /// Every profile.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<BleProfile>> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_cover_every_standard_service() {
+        let p = Profiles::builtin();
+        for (service, id) in [
+            (0x1810, "ble-blood-pressure"),
+            (0x180D, "ble-heart-rate"),
+            (0x1809, "ble-thermometer"),
+            (0x1808, "ble-glucose"),
+            (0x1822, "ble-pulse-oximeter"),
+            (0x181D, "ble-weight-scale"),
+            (0x181B, "ble-body-composition"),
+        ] {
+            assert_eq!(p.for_services(&[0x180F, service]).unwrap().id, id);
+            assert!(p.by_id(id).is_some());
+        }
+        assert!(p.for_services(&[0x180F]).is_none());
+    }
+
+    #[test]
+    fn a_directory_file_replaces_the_builtin_profile_with_its_id_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let hr = profile_file::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == "ble-heart-rate.toml")
+            .unwrap()
+            .1;
+        let renamed = hr.replace("name = \"Heart Rate Service\"", "name = \"Site HR\"");
+        assert_ne!(renamed, hr, "the test edits the profile name");
+        std::fs::write(dir.path().join("ble-heart-rate.toml"), &renamed).unwrap();
+        std::fs::write(dir.path().join("README.txt"), "not a profile").unwrap();
+        let p = Profiles::load(Some(dir.path())).unwrap();
+        assert_eq!(p.by_id("ble-heart-rate").unwrap().name, "Site HR");
+        assert_eq!(p.iter().count(), Profiles::builtin().iter().count());
+
+        std::fs::write(dir.path().join("ble-broken.toml"), "id = 3").unwrap();
+        let err = Profiles::load(Some(dir.path())).unwrap_err();
+        assert!(err.contains("ble-broken.toml"), "{err}");
+    }
+}
