@@ -306,8 +306,8 @@ async fn commit_batch(
     // is identified by it, so a retry must not change it.
     let received = OffsetDateTime::now_utc();
     let decode = |publish: &Publish| {
-        canonical::decode(&publish.payload, received, &|key| {
-            source.bindings.patient(key)
+        canonical::decode(&publish.payload, received, &|key, user| {
+            source.bindings.patient_for(key, user)
         })
     };
     let mut decoded: Vec<(Publish, Option<Vec<Reading>>)> = Vec::new();

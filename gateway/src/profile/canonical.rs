@@ -154,11 +154,12 @@ struct WireComponent {
 }
 
 /// Decodes a canonical JSON message into readings received at `received_at`.
-/// `binding` is the config's patient for a device key, used when the payload names none.
+/// `binding` is the config's patient for a device key and device user index (shared
+/// devices), used when the payload names none.
 pub fn decode(
     payload: &[u8],
     received_at: OffsetDateTime,
-    binding: &dyn Fn(&str) -> Option<PatientRef>,
+    binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
 ) -> Result<Vec<Reading>, DecodeError> {
     // Parse to a `Value` first: serde's untagged enums would lose the exact decimal text
     // that `arbitrary_precision` keeps, so the one-or-many choice is made by hand.
@@ -238,12 +239,12 @@ fn describe_json_error(e: &serde_json::Error) -> String {
 fn convert(
     w: WireReading,
     received_at: OffsetDateTime,
-    binding: &dyn Fn(&str) -> Option<PatientRef>,
+    binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
 ) -> Result<Reading, DecodeError> {
     let device = device(w.device)?;
     let patient = match w.patient {
         Some(p) => Some(patient(p)?),
-        None => binding(&device.id.key()),
+        None => binding(&device.id.key(), w.user),
     };
     let metric = lookup_metric("metric", &w.metric)?;
     let device_time = match &w.time {
@@ -487,7 +488,7 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    fn no_binding(_: &str) -> Option<PatientRef> {
+    fn no_binding(_: &str, _: Option<u8>) -> Option<PatientRef> {
         None
     }
 
@@ -600,8 +601,8 @@ mod tests {
 
     #[test]
     fn the_config_binding_applies_when_the_payload_names_no_patient() {
-        let bind = |key: &str| {
-            (key == "d").then(|| PatientRef {
+        let bind = |key: &str, user: Option<u8>| {
+            (key == "d" && user != Some(2)).then(|| PatientRef {
                 system: "urn:x".into(),
                 value: "p1".into(),
             })
@@ -613,6 +614,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r[0].patient.as_ref().map(|p| p.value.as_str()), Some("p1"));
+        // The device user index reaches the binding (shared scales and cuffs).
+        let r = decode(
+            br#"{"device":"d","metric":"spo2","value":97,"user":2}"#,
+            datetime!(2026-11-25 12:00 UTC),
+            &bind,
+        )
+        .unwrap();
+        assert_eq!(r[0].patient, None);
         let r = decode(
             br#"{"device":"d","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}}"#,
             datetime!(2026-11-25 12:00 UTC),
