@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Bindings;
 use crate::config::MqttSourceConfig;
+use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest};
 use crate::profile::canonical;
@@ -85,11 +86,14 @@ impl MqttSource {
     }
 
     /// Runs until `shutdown`: connects, reconnects with backoff, and stores every message.
+    /// Readings are counted centrally (by the buffer writer); this source reports TLS failures
+    /// and refused connections (counted, and recorded in the audit log).
     pub async fn run(
         self,
         ingest: Ingest,
         bindings: Bindings,
         metrics: Arc<Metrics>,
+        audit: Audit,
         shutdown: CancellationToken,
     ) {
         let (client, mut eventloop) = AsyncClient::new(self.options, REQUEST_CHANNEL_CAPACITY);
@@ -138,11 +142,10 @@ impl MqttSource {
                     // here for a task to finish would deadlock once rumqttc's request
                     // channel is full. Messages waiting for a permit are bounded by the
                     // broker's in-flight window.
-                    let (ingest, client, bindings, metrics, permits) = (
+                    let (ingest, client, bindings, permits) = (
                         ingest.clone(),
                         client.clone(),
                         bindings.clone(),
-                        metrics.clone(),
                         permits.clone(),
                     );
                     let shutdown = shutdown.clone();
@@ -150,14 +153,33 @@ impl MqttSource {
                         let Ok(_permit) = permits.acquire_owned().await else {
                             return;
                         };
-                        handle(publish, &ingest, &client, &bindings, &metrics, &shutdown).await;
+                        handle(publish, &ingest, &client, &bindings, &shutdown).await;
                     });
                 }
                 Ok(_) => {}
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    if matches!(e, rumqttc::ConnectionError::Tls(_)) {
-                        Metrics::add(&metrics.tls_failures, 1);
+                    match &e {
+                        rumqttc::ConnectionError::Tls(tls) => {
+                            Metrics::add(&metrics.tls_failures, 1);
+                            let reason = match tls {
+                                rumqttc::TlsError::Io(io) => crate::tls::explain(io),
+                                other => other.to_string(),
+                            };
+                            audit.record(AuditEvent::TlsFailure {
+                                peer: "source:mqtt",
+                                reason: &reason,
+                            });
+                        }
+                        rumqttc::ConnectionError::ConnectionRefused(code) => {
+                            audit.record(AuditEvent::ConnectionRefused {
+                                endpoint: "source:mqtt",
+                                direction: "outbound",
+                                address: None,
+                                reason: &format!("the broker refused the connection: {code:?}"),
+                            });
+                        }
+                        _ => {}
                     }
                     let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
                         .min(Duration::from_secs(30));
@@ -193,16 +215,13 @@ async fn handle(
     ingest: &Ingest,
     client: &AsyncClient,
     bindings: &Bindings,
-    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) {
     let received = OffsetDateTime::now_utc();
     let decoded = canonical::decode(&publish.payload, received, &|key| bindings.patient(key));
     loop {
         let result = match &decoded {
-            Ok(readings) => ingest.commit(readings.clone()).await.map(|c| {
-                Metrics::add(&metrics.readings_in, c.readings as u64);
-            }),
+            Ok(readings) => ingest.commit(readings.clone()).await.map(|_| ()),
             Err(e) => ingest
                 .reject(
                     format!("mqtt:{}", publish.topic),
@@ -211,7 +230,6 @@ async fn handle(
                 )
                 .await
                 .map(|()| {
-                    Metrics::add(&metrics.payloads_rejected, 1);
                     // The reason names fields only; the topic may name a device, not a patient.
                     tracing::warn!(
                         kind = error_kind(e),
@@ -223,7 +241,6 @@ async fn handle(
             Ok(()) => break,
             Err(CommitError::Closed) => return,
             Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
-                Metrics::add(&metrics.buffer_full, 1);
                 tokio::select! {
                     _ = tokio::time::sleep(COMMIT_RETRY) => {}
                     _ = shutdown.cancelled() => return,
