@@ -665,6 +665,38 @@ key = "{key}"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refusing_the_gateway_is_audited() {
+    let broker = Mosquitto::start(MosquittoOptions {
+        extra_config: vec!["allow_anonymous false".into()],
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = format!(
+        "[gateway]\ndata_dir = \"data\"\n[sources.mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\ntopics = [\"vitals/#\"]\n",
+        broker.port()
+    );
+    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    let refused = wait_until(Duration::from_secs(20), async || {
+        !audit_of_kind(&data, "connection_refused").is_empty()
+    })
+    .await;
+    assert!(refused, "{:?}\n{}", audit_lines(&data), tail(&gw.log()));
+    let line = &audit_of_kind(&data, "connection_refused")[0];
+    assert_eq!(line["endpoint"], "source:mqtt");
+    assert_eq!(line["direction"], "outbound");
+    assert_eq!(line["address"], Value::Null);
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the broker refused the connection: NotAuthorized"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettered_payloads_and_refused_readings_are_audited_without_patient_data() {
     const REFUSED_VALUE: &str = "41.9876";
     let pki = TestPki::generate();
