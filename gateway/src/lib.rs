@@ -208,12 +208,27 @@ fn report_group(metrics: &Metrics, audit: &Audit, report: &GroupReport<'_>) {
     if let Some(at) = report.committed_at {
         metrics.readings_committed(report.readings, at);
     }
+    // One audit line per origin per commit, so a flood of garbage costs a line per group.
+    let mut by_origin: Vec<(&str, &str, usize, usize)> = Vec::new();
     for (source, rejected) in report.rejected {
         metrics.payload_dead_lettered(source);
+        match by_origin
+            .iter_mut()
+            .find(|(_, o, _, _)| *o == rejected.origin)
+        {
+            Some((_, _, count, bytes)) => {
+                *count += 1;
+                *bytes += rejected.payload.len();
+            }
+            None => by_origin.push((source, &rejected.origin, 1, rejected.payload.len())),
+        }
+    }
+    for (source, origin, count, bytes) in by_origin {
         audit.record(Event::PayloadDeadLettered {
             source,
-            origin: &rejected.origin,
-            bytes: rejected.payload.len(),
+            origin,
+            count,
+            bytes,
         });
     }
 }

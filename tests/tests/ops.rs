@@ -736,6 +736,7 @@ async fn dead_lettered_payloads_and_refused_readings_are_audited_without_patient
     assert_eq!(payloads.len(), 1, "{payloads:?}");
     assert_eq!(payloads[0]["source"], "mqtt");
     assert_eq!(payloads[0]["origin"], format!("mqtt:{TOPIC}"));
+    assert_eq!(payloads[0]["count"], 1);
     assert_eq!(payloads[0]["bytes"], 40);
 
     let m = metrics(port).await;

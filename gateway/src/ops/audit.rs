@@ -14,7 +14,7 @@
 //! | `certificate_problem` | `usage` (config key), `path`, `subject`, `not_after`, `problem` (`expired`, `not_yet_valid`, `expires_soon`, `unreadable`) |
 //! | `tls_failure` | `peer` (`uplink:fhir`, `source:mqtt`), `reason`, `count` |
 //! | `connection_refused` | `endpoint` (`ops` or `source:mqtt`), `direction` (`inbound`: this gateway refused a client; `outbound`: a server refused this gateway), `address`, `reason`, `count` |
-//! | `payload_dead_lettered` | `source`, `origin`, `bytes` |
+//! | `payload_dead_lettered` | `source`, `origin`, `count`, `bytes` (total size); one line per origin per buffer commit |
 //! | `readings_dead_lettered` | `uplink`, `count`, `cause` (`http_NNN`, `refused`, `undecodable_row`) |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
@@ -95,13 +95,15 @@ pub enum Event<'a> {
         /// Why.
         reason: &'a str,
     },
-    /// An undecodable payload was dead-lettered.
+    /// Undecodable payloads from one origin were dead-lettered in one buffer commit.
     PayloadDeadLettered {
         /// The source name.
         source: &'a str,
         /// Where in the source (e.g. `mqtt:<topic>`).
         origin: &'a str,
-        /// Payload size.
+        /// How many payloads.
+        count: usize,
+        /// Their total size.
         bytes: usize,
     },
     /// The uplink dead-lettered readings.
@@ -185,8 +187,9 @@ impl Event<'_> {
             Event::PayloadDeadLettered {
                 source,
                 origin,
+                count,
                 bytes,
-            } => json!({"source": source, "origin": origin, "bytes": bytes}),
+            } => json!({"source": source, "origin": origin, "count": count, "bytes": bytes}),
             Event::ReadingsDeadLettered {
                 uplink,
                 count,
@@ -435,10 +438,11 @@ mod tests {
                 Event::PayloadDeadLettered {
                     source: "mqtt",
                     origin: "mqtt:vitals/x",
+                    count: 1,
                     bytes: 8,
                 },
                 "payload_dead_lettered",
-                &["source", "origin", "bytes"],
+                &["source", "origin", "count", "bytes"],
             ),
         ];
         for (event, kind, keys) in cases {
