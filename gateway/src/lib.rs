@@ -29,8 +29,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use time::OffsetDateTime;
-
 use crate::buffer::writer::{GroupReport, WriterConfig};
 use crate::config::{Config, ConfigError, Destination};
 use crate::ingest::Bindings;
@@ -130,72 +128,6 @@ impl ops::QueueProbe for buffer::Store {
     }
 }
 
-/// Opens the audit log and records the start: the configuration's fingerprint (and whether it
-/// changed since the last start) and any problem with a configured certificate.
-fn start_audit(
-    config: &Config,
-    id: &str,
-    certs: &[ops::certs::CertReport],
-) -> Result<Audit, RunError> {
-    let path = config
-        .ops
-        .audit_log
-        .clone()
-        .unwrap_or_else(|| config.gateway.data_dir.join("audit.log"));
-    let audit =
-        Audit::open(&path, id).map_err(|e| RunError::Setup(format!("ops.audit_log: {e}")))?;
-    let fingerprint = ops::config_change::fingerprint(config);
-    audit.record(Event::GatewayStarted {
-        version: env!("CARGO_PKG_VERSION"),
-        config_sha256: &fingerprint.sha256,
-    });
-    let previous = ops::config_change::previous(&config.gateway.data_dir);
-    if previous.as_ref().map(|p| &p.sha256) != Some(&fingerprint.sha256) {
-        let sections = match &previous {
-            Some(p) => fingerprint.changed_sections(p),
-            None => fingerprint.sections.keys().cloned().collect(),
-        };
-        audit.record(Event::ConfigChanged {
-            previous_sha256: previous.as_ref().map(|p| p.sha256.as_str()),
-            sha256: &fingerprint.sha256,
-            sections: &sections,
-        });
-        if let Err(e) = ops::config_change::store(&config.gateway.data_dir, &fingerprint) {
-            tracing::warn!(error = %e, "cannot store the configuration fingerprint");
-        }
-    }
-    let now = OffsetDateTime::now_utc();
-    for report in certs {
-        match &report.certs {
-            Ok(list) => {
-                for c in list {
-                    if let Some(problem) = c.problem(now) {
-                        tracing::warn!(usage = %report.usage, subject = %c.subject, problem = problem.as_str(), "certificate problem");
-                        audit.record(Event::CertificateProblem {
-                            usage: &report.usage,
-                            path: &report.path,
-                            subject: &c.subject,
-                            not_after: Some(c.not_after),
-                            problem: problem.as_str(),
-                        });
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(usage = %report.usage, error = %e, "cannot read certificate");
-                audit.record(Event::CertificateProblem {
-                    usage: &report.usage,
-                    path: &report.path,
-                    subject: "",
-                    not_after: None,
-                    problem: "unreadable",
-                });
-            }
-        }
-    }
-    Ok(audit)
-}
-
 /// Counts and audits what one buffer group commit did.
 fn report_group(metrics: &Metrics, audit: &Audit, report: &GroupReport<'_>) {
     let c = &report.counts;
@@ -233,16 +165,6 @@ fn report_group(metrics: &Metrics, audit: &Audit, report: &GroupReport<'_>) {
     }
 }
 
-fn uplink_description(config: &Config) -> String {
-    match config.uplink.destination() {
-        Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
-        Destination::File(f) => {
-            let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
-            format!("FHIR NDJSON files in {}", dir.display())
-        }
-    }
-}
-
 /// Runs the gateway until `shutdown` is cancelled, then stops in order: sources stop
 /// acknowledging, the buffer writer commits what it has, the uplink finishes its current
 /// batch, the operations server stops. `ready` is called once everything is started.
@@ -269,7 +191,8 @@ pub async fn run(
     );
     let metrics = Arc::new(Metrics::default());
     let certs = ops::certs::inspect(&config);
-    let audit = start_audit(&config, &id, &certs)?;
+    let audit = ops::start_audit(&config, &id, &certs)
+        .map_err(|e| RunError::Setup(format!("ops.audit_log: {e}")))?;
 
     // Operations endpoints, first, so a taken port fails the start and /healthz answers early.
     let ops_stop = CancellationToken::new();
@@ -284,12 +207,7 @@ pub async fn run(
             ))
         })?;
         let state = Arc::new(ops::server::OpsState {
-            info: GatewayInfo {
-                id: id.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                started: OffsetDateTime::now_utc(),
-                uplink: uplink_description(&config),
-            },
+            info: GatewayInfo::new(&id, &config),
             metrics: metrics.clone(),
             queue: store.clone(),
             certs,

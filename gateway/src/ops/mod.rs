@@ -32,6 +32,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::config::{Config, Destination};
+use audit::{Audit, AuditError, Event};
+
 /// Who and what this gateway is, for the status page and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayInfo {
@@ -43,6 +46,94 @@ pub struct GatewayInfo {
     pub started: OffsetDateTime,
     /// Where readings go, in words (e.g. `FHIR server https://fhir.example.org/r4`).
     pub uplink: String,
+}
+
+impl GatewayInfo {
+    /// This process, starting now, with gateway id `id`.
+    pub fn new(id: &str, config: &Config) -> Self {
+        let uplink = match config.uplink.destination() {
+            Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
+            Destination::File(f) => {
+                let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
+                format!("FHIR NDJSON files in {}", dir.display())
+            }
+        };
+        Self {
+            id: id.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: OffsetDateTime::now_utc(),
+            uplink,
+        }
+    }
+}
+
+/// Opens the audit log (`ops.audit_log`, default `<data_dir>/audit.log`) and records the
+/// start: `gateway_started`, `config_changed` when the configuration's fingerprint differs
+/// from the last start's (which is then replaced), and a `certificate_problem` for each
+/// configured certificate that is expired, not yet valid, expiring soon or unreadable.
+pub fn start_audit(
+    config: &Config,
+    gateway_id: &str,
+    certs: &[certs::CertReport],
+) -> Result<Audit, AuditError> {
+    let data_dir = &config.gateway.data_dir;
+    let path = config
+        .ops
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| data_dir.join("audit.log"));
+    let audit = Audit::open(&path, gateway_id)?;
+    let fingerprint = config_change::fingerprint(config);
+    audit.record(Event::GatewayStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        config_sha256: &fingerprint.sha256,
+    });
+    let previous = config_change::previous(data_dir);
+    if previous.as_ref().map(|p| &p.sha256) != Some(&fingerprint.sha256) {
+        let sections = match &previous {
+            Some(p) => fingerprint.changed_sections(p),
+            None => fingerprint.sections.keys().cloned().collect(),
+        };
+        audit.record(Event::ConfigChanged {
+            previous_sha256: previous.as_ref().map(|p| p.sha256.as_str()),
+            sha256: &fingerprint.sha256,
+            sections: &sections,
+        });
+        if let Err(e) = config_change::store(data_dir, &fingerprint) {
+            tracing::warn!(error = %e, "cannot store the configuration fingerprint");
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    for report in certs {
+        match &report.certs {
+            Ok(list) => {
+                for c in list {
+                    let Some(problem) = c.problem(now) else {
+                        continue;
+                    };
+                    tracing::warn!(usage = %report.usage, subject = %c.subject, problem = problem.as_str(), "certificate problem");
+                    audit.record(Event::CertificateProblem {
+                        usage: &report.usage,
+                        path: &report.path,
+                        subject: &c.subject,
+                        not_after: Some(c.not_after),
+                        problem: problem.as_str(),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(usage = %report.usage, error = %e, "cannot read certificate");
+                audit.record(Event::CertificateProblem {
+                    usage: &report.usage,
+                    path: &report.path,
+                    subject: "",
+                    not_after: None,
+                    problem: "unreadable",
+                });
+            }
+        }
+    }
+    Ok(audit)
 }
 
 /// Queue figures, read from the buffer when asked.
