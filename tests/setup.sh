@@ -8,7 +8,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
-for pkg in pkg-config libdbus-1-dev libudev-dev; do
+# chromium: renders the status page headless in tests/tests/ops.rs;
+# python3-prometheus-client: an independent parser for the /metrics text.
+for pkg in pkg-config libdbus-1-dev libudev-dev chromium python3-prometheus-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -9,10 +9,13 @@
 //! `Config::default()` by a test.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::ops::net::Cidr;
 
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
 /// `Config::default()`.
@@ -63,6 +66,9 @@ pub struct Config {
     /// Device → patient bindings.
     #[serde(default)]
     pub devices: Vec<DeviceBinding>,
+    /// Logs, the audit log and the operations HTTP server.
+    #[serde(default)]
+    pub ops: OpsConfig,
 }
 
 impl Default for Config {
@@ -78,6 +84,10 @@ impl Default for Config {
             },
             uplink: UplinkConfig::default(),
             devices: Vec::new(),
+            ops: OpsConfig {
+                http: Some(OpsHttpConfig::default()),
+                ..OpsConfig::default()
+            },
         }
     }
 }
@@ -443,6 +453,72 @@ pub struct DeviceBinding {
     pub user: Option<u8>,
 }
 
+/// `[ops]`: logs, the audit log and the operations HTTP server.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Log format on stderr: `text` or `json` (one JSON object per line). The command line's
+    /// `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The audit log: security-relevant events, one JSON object per line, only ever appended
+    /// to. Default: `<data_dir>/audit.log`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// `[ops.http]`: `/metrics`, `/healthz`, `/readyz` and the status page. Absent: not served
+    /// (the demo defaults serve it on loopback).
+    #[serde(default)]
+    pub http: Option<OpsHttpConfig>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[ops.http]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsHttpConfig {
+    /// Address and port to listen on, e.g. `127.0.0.1:8642`. A non-loopback address is refused
+    /// unless `allow_from` names a non-loopback network (an explicit decision to serve wider).
+    #[serde(default = "default_ops_listen")]
+    pub listen: SocketAddr,
+    /// Client networks allowed to connect, in CIDR notation. A connection from anywhere else is
+    /// closed at once and recorded in the audit log.
+    #[serde(default = "Cidr::loopback")]
+    pub allow_from: Vec<Cidr>,
+    /// `/readyz` reports not ready once the uplink has been failing for longer than this, in
+    /// seconds (short outages are expected and are what the buffer is for).
+    #[serde(default = "default_ready_staleness_s")]
+    pub ready_staleness_s: u64,
+}
+
+/// The operations server's default address: loopback only, on a port outside the range
+/// Prometheus exporters have allocated (9100-9999) and the usual development ports.
+fn default_ops_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8642))
+}
+fn default_ready_staleness_s() -> u64 {
+    300
+}
+
+impl Default for OpsHttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_ops_listen(),
+            allow_from: Cidr::loopback(),
+            ready_staleness_s: default_ready_staleness_s(),
+        }
+    }
+}
+
 impl Config {
     /// Parses TOML, naming the full key path of any unknown key or wrong type.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -591,6 +667,7 @@ impl Config {
                 ));
             }
         }
+        validate_ops(&self.ops, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -677,6 +754,48 @@ fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
                 ));
             }
         }
+    }
+}
+
+fn validate_ops(ops: &OpsConfig, problems: &mut Vec<ConfigError>) {
+    if let Some(path) = &ops.audit_log {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            problems.push(err(
+                "ops.audit_log",
+                "must be a file path (the file is created if missing)",
+            ));
+        }
+    }
+    let Some(http) = &ops.http else { return };
+    if http.listen.port() == 0 {
+        problems.push(err(
+            "ops.http.listen",
+            "must name a port (e.g. 127.0.0.1:8642) so scrapers and technicians can find it",
+        ));
+    }
+    if http.allow_from.is_empty() {
+        problems.push(err(
+            "ops.http.allow_from",
+            "must list at least one network; [\"127.0.0.0/8\", \"::1/128\"] is this machine only",
+        ));
+    }
+    if !http.listen.ip().is_loopback() && http.allow_from.iter().all(Cidr::is_loopback) {
+        problems.push(err(
+            "ops.http.listen",
+            format!(
+                "{} is not a loopback address: the status page and metrics name devices and queue \
+                 state, so serving them beyond this machine must be explicit: list the client \
+                 networks allowed in ops.http.allow_from (e.g. [\"10.20.0.0/16\"]), or listen on \
+                 127.0.0.1",
+                http.listen.ip()
+            ),
+        ));
+    }
+    if http.ready_staleness_s == 0 || http.ready_staleness_s > 7 * 24 * 3600 {
+        problems.push(err(
+            "ops.http.ready_staleness_s",
+            "must be between 1 and 604800 (7 days)",
+        ));
     }
 }
 

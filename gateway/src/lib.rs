@@ -28,11 +28,13 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::writer::WriterConfig;
+use crate::buffer::writer::{GroupReport, WriterConfig};
 use crate::config::{Config, ConfigError, Destination};
 use crate::ingest::Bindings;
 use crate::model::PatientRef;
+use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
+use crate::ops::{GatewayInfo, Phase, QueueGauges};
 use crate::pipeline::Ingest;
 use crate::uplink::batcher::BatcherConfig;
 use crate::uplink::Transport;
@@ -106,9 +108,62 @@ fn bindings(config: &Config) -> Bindings {
     }))
 }
 
+/// The operations endpoints read queue figures from the buffer through this.
+impl ops::QueueProbe for buffer::Store {
+    async fn gauges(&self) -> Result<QueueGauges, String> {
+        let s = self.live_stats().await.map_err(|e| e.to_string())?;
+        Ok(QueueGauges {
+            pending: s.pending,
+            capacity: self.capacity(),
+            leased: s.leased,
+            dead_letters: s.dead_letters,
+            oldest_age: s
+                .oldest_age_ms
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        })
+    }
+}
+
+/// Counts and audits what one buffer group commit did.
+fn report_group(metrics: &Metrics, audit: &Audit, report: &GroupReport<'_>) {
+    let c = &report.counts;
+    Metrics::add(&metrics.commits, c.commits);
+    Metrics::add(&metrics.readings_duplicate, c.duplicates);
+    metrics.buffer_refused_full(c.refused_full);
+    if let Some(e) = report.error {
+        metrics.buffer_commit_failed(e.to_string());
+    }
+    if let Some(at) = report.committed_at {
+        metrics.readings_committed(report.readings, at);
+    }
+    // One audit line per origin per commit, so a flood of garbage costs a line per group.
+    let mut by_origin: Vec<(&str, &str, usize, usize)> = Vec::new();
+    for (source, rejected) in report.rejected {
+        metrics.payload_dead_lettered(source);
+        match by_origin
+            .iter_mut()
+            .find(|(_, o, _, _)| *o == rejected.origin)
+        {
+            Some((_, _, count, bytes)) => {
+                *count += 1;
+                *bytes += rejected.payload.len();
+            }
+            None => by_origin.push((source, &rejected.origin, 1, rejected.payload.len())),
+        }
+    }
+    for (source, origin, count, bytes) in by_origin {
+        audit.record(Event::PayloadDeadLettered {
+            source,
+            origin,
+            count,
+            bytes,
+        });
+    }
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then stops in order: sources stop
 /// acknowledging, the buffer writer commits what it has, the uplink finishes its current
-/// batch. `ready` is called once everything is started.
+/// batch, the operations server stops. `ready` is called once everything is started.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
@@ -131,6 +186,40 @@ pub async fn run(
         "buffer open"
     );
     let metrics = Arc::new(Metrics::default());
+    let certs = ops::certs::inspect(&config);
+    let audit = ops::start_audit(&config, &id, &certs)
+        .map_err(|e| RunError::Setup(format!("ops.audit_log: {e}")))?;
+
+    // Operations endpoints, first, so a taken port fails the start and /healthz answers early.
+    let ops_stop = CancellationToken::new();
+    // Stops the server on an early error return too.
+    let _ops_stop_on_drop = ops_stop.clone().drop_guard();
+    let mut ops_server = None;
+    if let Some(http) = &config.ops.http {
+        let listener = ops::server::bind(http.listen).await.map_err(|e| {
+            RunError::Setup(format!(
+                "ops.http.listen: cannot listen on {}: {e}",
+                http.listen
+            ))
+        })?;
+        let state = Arc::new(ops::server::OpsState {
+            info: GatewayInfo::new(&id, &config),
+            metrics: metrics.clone(),
+            queue: store.clone(),
+            certs,
+            staleness: Duration::from_secs(http.ready_staleness_s),
+            lifecycle: ops::Lifecycle::default(),
+            audit: audit.clone(),
+            allow_from: http.allow_from.clone(),
+        });
+        tracing::info!(url = %format!("http://{}/", http.listen), "operations server: status page, /metrics, /healthz, /readyz");
+        let task = tokio::spawn(ops::server::serve(
+            listener,
+            state.clone(),
+            ops_stop.clone(),
+        ));
+        ops_server = Some((state, task));
+    }
 
     // Sources → buffer writer.
     let (ingest_tx, ingest_rx) = pipeline::channel();
@@ -138,16 +227,12 @@ pub async fn run(
         max_rows: config.buffer.commit_max_rows,
         linger: Duration::from_millis(config.buffer.commit_linger_ms),
     };
-    let writer_metrics = metrics.clone();
+    let (writer_metrics, writer_audit) = (metrics.clone(), audit.clone());
     let writer = tokio::spawn(buffer::writer::run(
         store.clone(),
         ingest_rx,
         writer_config,
-        move |c| {
-            Metrics::add(&writer_metrics.commits, c.commits);
-            Metrics::add(&writer_metrics.readings_duplicate, c.duplicates);
-            Metrics::add(&writer_metrics.buffer_full, c.refused_full);
-        },
+        move |report| report_group(&writer_metrics, &writer_audit, report),
     ));
 
     let sources_stop = CancellationToken::new();
@@ -181,6 +266,7 @@ pub async fn run(
             ingest,
             bindings.clone(),
             metrics.clone(),
+            audit.clone(),
             sources_stop.clone(),
         )));
     }
@@ -218,6 +304,7 @@ pub async fn run(
                 batcher,
                 config.uplink.in_flight,
                 &metrics,
+                &audit,
                 &uplink_stop,
             )
         }
@@ -243,16 +330,23 @@ pub async fn run(
                 batcher,
                 config.uplink.in_flight,
                 &metrics,
+                &audit,
                 &uplink_stop,
             )
         }
     };
 
+    if let Some((state, _)) = &ops_server {
+        state.lifecycle.set(Phase::Running);
+    }
     ready();
     shutdown.cancelled().await;
     tracing::info!(
         "shutting down: sources stop acknowledging, buffer flushes, uplink finishes its batch"
     );
+    if let Some((state, _)) = &ops_server {
+        state.lifecycle.set(Phase::Stopping);
+    }
 
     sources_stop.cancel();
     for s in sources {
@@ -282,7 +376,13 @@ pub async fn run(
             abort.abort();
         }
     }
+    ops_stop.cancel();
+    if let Some((_, task)) = ops_server {
+        let _ = task.await;
+    }
     store.close().await;
+    audit.flush_repeats();
+    audit.record(Event::GatewayStopped);
     Ok(RunSummary {
         stored: totals.inserted,
         delivered: Metrics::get(&metrics.readings_out),
@@ -327,8 +427,10 @@ fn spawn_workers<T: Transport>(
     config: BatcherConfig,
     count: usize,
     metrics: &Arc<Metrics>,
+    audit: &Audit,
     stop: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
+    metrics.uplink_registered(transport.name());
     (0..count)
         .map(|_| {
             tokio::spawn(uplink::batcher::run(
@@ -336,6 +438,7 @@ fn spawn_workers<T: Transport>(
                 transport.clone(),
                 config,
                 metrics.clone(),
+                audit.clone(),
                 stop.clone(),
             ))
         })

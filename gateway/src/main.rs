@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use vitalbridge::config::{Config, DEFAULT_CONFIG_TOML};
+use vitalbridge::config::{Config, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML};
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
@@ -15,9 +15,9 @@ use vitalbridge::config::{Config, DEFAULT_CONFIG_TOML};
 #[derive(Parser)]
 #[command(name = "vitalbridge", version, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format on stderr [default: the config's `ops.log_format`, else text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +26,15 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+impl From<ConfigLogFormat> for LogFormat {
+    fn from(f: ConfigLogFormat) -> Self {
+        match f {
+            ConfigLogFormat::Text => LogFormat::Text,
+            ConfigLogFormat::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -130,8 +139,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, cli.log_format) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -151,7 +159,12 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     vitalbridge::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// Logging starts once the format is known: for `run`, after the config is loaded (the
+/// command line's `--log-format` wins over the config's `ops.log_format`).
+fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+    if !matches!(command, Command::Run { .. }) {
+        init_logging(log_format.unwrap_or(LogFormat::Text));
+    }
     match command {
         Command::PrintDefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
@@ -180,6 +193,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run { config } => {
             let config = load(config.as_deref())?;
+            init_logging(log_format.unwrap_or(config.ops.log_format.into()));
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(wait_for_signal(shutdown.clone()));

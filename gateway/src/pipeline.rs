@@ -60,6 +60,8 @@ pub enum CommitError {
 pub enum Request {
     /// Store these readings durably.
     Commit {
+        /// Name of the source that sent them (for per-source metrics).
+        source: Arc<str>,
         /// The readings, all from one source frame or message.
         readings: Vec<Reading>,
         /// Answered after the transaction committed (or failed).
@@ -67,6 +69,8 @@ pub enum Request {
     },
     /// Store an undecodable payload in the dead-letter table.
     Reject {
+        /// Name of the source that sent it (for per-source metrics and the audit log).
+        source: Arc<str>,
         /// The payload and its reason.
         rejected: Rejected,
         /// Answered after the transaction committed (or failed).
@@ -89,7 +93,8 @@ pub type IngestRx = mpsc::Receiver<Request>;
 #[derive(Debug, Clone)]
 pub struct Ingest {
     tx: mpsc::Sender<Request>,
-    /// Name of the source holding this handle, for metrics and dead-letter origins.
+    /// Name of the source holding this handle; every request carries it, so readings are
+    /// counted per source centrally (by the buffer writer's report), not by each source.
     source: Arc<str>,
 }
 
@@ -116,7 +121,11 @@ impl Ingest {
     pub async fn commit(&self, readings: Vec<Reading>) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Request::Commit { readings, reply })
+            .send(Request::Commit {
+                source: self.source.clone(),
+                readings,
+                reply,
+            })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?
@@ -136,7 +145,11 @@ impl Ingest {
             payload,
         };
         self.tx
-            .send(Request::Reject { rejected, reply })
+            .send(Request::Reject {
+                source: self.source.clone(),
+                rejected,
+                reply,
+            })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?

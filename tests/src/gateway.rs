@@ -38,21 +38,31 @@ pub struct GatewayProcess {
     pub starts: u32,
     config: PathBuf,
     cwd: PathBuf,
+    /// Extra command-line arguments (before `run`), kept for restarts.
+    args: Vec<String>,
 }
 
 impl GatewayProcess {
     /// Writes `config_toml` to `<dir>/gateway.toml` and starts `vitalbridge run -c` in `dir`.
     pub fn start(dir: &Path, config_toml: &str) -> io::Result<Self> {
+        Self::start_with_args(dir, config_toml, &[])
+    }
+
+    /// Like [`GatewayProcess::start`], with global options before `run` (e.g.
+    /// `--log-format json`).
+    pub fn start_with_args(dir: &Path, config_toml: &str, args: &[&str]) -> io::Result<Self> {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml)?;
         let log = dir.join("gateway.log");
-        let child = spawn(dir, &config, &log)?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = spawn(dir, &config, &log, &args)?;
         Ok(Self {
             child,
             log,
             starts: 1,
             config,
             cwd: dir.into(),
+            args,
         })
     }
 
@@ -60,7 +70,7 @@ impl GatewayProcess {
     pub fn restart(&mut self) -> io::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.cwd, &self.config, &self.log)?;
+        self.child = spawn(&self.cwd, &self.config, &self.log, &self.args)?;
         self.starts += 1;
         Ok(())
     }
@@ -115,9 +125,10 @@ impl GatewayProcess {
     }
 }
 
-fn spawn(cwd: &Path, config: &Path, log: &Path) -> io::Result<Child> {
+fn spawn(cwd: &Path, config: &Path, log: &Path, args: &[String]) -> io::Result<Child> {
     let log_file = File::options().create(true).append(true).open(log)?;
     Command::new(binary())
+        .args(args)
         .args(["run", "-c"])
         .arg(config)
         .current_dir(cwd)

@@ -10,6 +10,9 @@
 //!   from tests.
 //! - [`gateway`]: runs the real `vitalbridge` binary as a child process (start, kill -9,
 //!   restart, SIGTERM) and reads its log.
+//! - [`ops`]: requests to the gateway's operations server (also from another loopback
+//!   address), an independent Prometheus text parser, and headless Chromium for the status
+//!   page.
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
@@ -19,6 +22,7 @@
 pub mod client;
 pub mod gateway;
 pub mod mosquitto;
+pub mod ops;
 pub mod pki;
 pub mod scenario;
 pub mod upstream;

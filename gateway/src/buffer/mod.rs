@@ -415,6 +415,28 @@ impl Store {
         })
     }
 
+    /// Queue figures cheap enough to read every few seconds while the gateway runs (the
+    /// operations endpoints): `pending` from this process's exact in-memory count instead of a
+    /// scan, and the oldest age from the head of the queue (the lowest row id, the next row the
+    /// uplink sends) instead of a scan for the minimum receive time.
+    pub async fn live_stats(&self) -> Result<QueueStats, BufferError> {
+        let pool = &self.inner.reader;
+        let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(pool)
+            .await?;
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT received_ms FROM readings ORDER BY id LIMIT 1")
+                .fetch_optional(pool)
+                .await?;
+        let leased = self.inner.lease.lock().await.leased.len() as u64;
+        Ok(QueueStats {
+            pending: self.pending(),
+            leased,
+            dead_letters: dead as u64,
+            oldest_age_ms: head.map(|t| (now_ms() - t).max(0)),
+        })
+    }
+
     /// Dead letters, newest first, at most `limit`.
     pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BufferError> {
         let rows = sqlx::query(

@@ -248,6 +248,96 @@ async fn the_last_sequence_survives_delivery() {
 }
 
 #[tokio::test]
+async fn the_writer_reports_what_each_source_committed_and_dead_lettered() {
+    type Seen = (Vec<(String, usize)>, Vec<(String, String)>, u64, bool);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 3).await.unwrap();
+    let (tx, rx) = pipeline::channel();
+    let config = WriterConfig {
+        max_rows: 1000,
+        linger: Duration::ZERO,
+    };
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
+    let record = seen.clone();
+    let w = tokio::spawn(writer::run(store.clone(), rx, config, move |report| {
+        record.lock().unwrap().push((
+            report
+                .readings
+                .iter()
+                .map(|(source, r)| (source.to_string(), r.len()))
+                .collect(),
+            report
+                .rejected
+                .iter()
+                .map(|(source, r)| (source.to_string(), r.origin.clone()))
+                .collect(),
+            report.counts.refused_full,
+            report.committed_at.is_some() && report.error.is_none(),
+        ));
+    }));
+    let serial = Ingest::new(tx.clone(), "serial");
+    let ble = Ingest::new(tx, "ble");
+    serial
+        .commit(vec![reading("s", 1), reading("s", 2)])
+        .await
+        .unwrap();
+    ble.reject("ble:AABBCC".into(), "bad frame".into(), vec![1, 2])
+        .await
+        .unwrap();
+    let full = ble.commit(vec![reading("b", 1), reading("b", 2)]).await;
+    assert_eq!(full, Err(CommitError::Full { capacity: 3 }));
+    drop((serial, ble));
+    let totals = w.await.unwrap();
+    assert_eq!(
+        (totals.inserted, totals.refused_full, totals.failed),
+        (2, 1, 0)
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        vec![
+            (vec![("serial".to_owned(), 2)], vec![], 0, true),
+            (
+                vec![],
+                vec![("ble".to_owned(), "ble:AABBCC".to_owned())],
+                0,
+                true
+            ),
+            (vec![], vec![], 1, true),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn live_stats_agree_with_the_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ingest, w) = start(dir.path(), 100).await;
+    let empty = store.live_stats().await.unwrap();
+    assert_eq!((empty.pending, empty.oldest_age_ms), (0, None));
+    ingest
+        .commit((0..5).map(|i| reading("l", i)).collect())
+        .await
+        .unwrap();
+    ingest
+        .reject("test:x".into(), "bad".into(), vec![0])
+        .await
+        .unwrap();
+    let _leased = store.lease(2).await.unwrap();
+    let live = store.live_stats().await.unwrap();
+    let full = store.stats().await.unwrap();
+    assert_eq!(
+        (live.pending, live.leased, live.dead_letters),
+        (full.pending, full.leased, full.dead_letters)
+    );
+    assert_eq!((live.pending, live.leased, live.dead_letters), (5, 2, 1));
+    // Every reading here has the same receive time, so the head is also the oldest.
+    let (a, b) = (live.oldest_age_ms.unwrap(), full.oldest_age_ms.unwrap());
+    assert!((a - b).abs() < 1000, "{a} vs {b}");
+    drop(ingest);
+    w.await.unwrap();
+}
+
+#[tokio::test]
 async fn many_concurrent_requests_are_grouped_into_few_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 100_000).await.unwrap();

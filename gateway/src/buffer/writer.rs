@@ -4,12 +4,16 @@
 //! `linger` for more when the group is small, writes them in one transaction, commits
 //! (`synchronous=FULL`: the commit returns after fsync), and only then answers each request.
 //! A request that would take the buffer past its capacity is answered `Full` and not written.
+//! After answering, the writer hands a [`GroupReport`] to its caller (metrics, audit log):
+//! that is where readings are counted per source, once, for every source.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -54,6 +58,25 @@ pub struct WriterCounts {
     pub refused_full: u64,
     /// Transactions committed.
     pub commits: u64,
+    /// Transactions that failed (nothing of their group was stored or acknowledged).
+    pub failed: u64,
+}
+
+/// What one group did; the writer's callback gets it after every request was answered.
+#[derive(Debug)]
+pub struct GroupReport<'a> {
+    /// This group's counts.
+    pub counts: WriterCounts,
+    /// When the transaction committed; `None` when it failed.
+    pub committed_at: Option<OffsetDateTime>,
+    /// The readings now durably held (newly stored or already there), each request with the
+    /// name of the source that sent it. Empty when the transaction failed.
+    pub readings: &'a [(Arc<str>, Vec<Reading>)],
+    /// Undecodable payloads now in the dead-letter table, with their source. Empty when the
+    /// transaction failed.
+    pub rejected: &'a [(Arc<str>, Rejected)],
+    /// Why the transaction failed, if it did.
+    pub error: Option<&'a BufferError>,
 }
 
 type CommitReply = oneshot::Sender<Result<Committed, CommitError>>;
@@ -62,8 +85,8 @@ type SeqReply = oneshot::Sender<Result<Option<u64>, CommitError>>;
 
 #[derive(Default)]
 struct Group {
-    readings: Vec<(Vec<Reading>, CommitReply)>,
-    rejects: Vec<(Rejected, RejectReply)>,
+    readings: Vec<(Arc<str>, Vec<Reading>, CommitReply)>,
+    rejects: Vec<(Arc<str>, Rejected, RejectReply)>,
     seq_queries: Vec<(String, SeqReply)>,
     rows: usize,
 }
@@ -71,13 +94,21 @@ struct Group {
 impl Group {
     fn add(&mut self, req: Request) {
         match req {
-            Request::Commit { readings, reply } => {
+            Request::Commit {
+                source,
+                readings,
+                reply,
+            } => {
                 self.rows += readings.len().max(1);
-                self.readings.push((readings, reply));
+                self.readings.push((source, readings, reply));
             }
-            Request::Reject { rejected, reply } => {
+            Request::Reject {
+                source,
+                rejected,
+                reply,
+            } => {
                 self.rows += 1;
-                self.rejects.push((rejected, reply));
+                self.rejects.push((source, rejected, reply));
             }
             Request::LastSequence { device_key, reply } => {
                 self.seq_queries.push((device_key, reply))
@@ -92,7 +123,7 @@ pub async fn run(
     store: Store,
     mut rx: IngestRx,
     config: WriterConfig,
-    on_commit: impl Fn(&WriterCounts) + Send,
+    on_commit: impl Fn(&GroupReport<'_>) + Send,
 ) -> WriterCounts {
     let mut totals = WriterCounts::default();
     while let Some(first) = rx.recv().await {
@@ -113,38 +144,50 @@ pub async fn run(
                 }
             }
         }
-        let counts = commit_group(&store, group).await;
+        let counts = commit_group(&store, group, &on_commit).await;
         totals.inserted += counts.inserted;
         totals.duplicates += counts.duplicates;
         totals.refused_full += counts.refused_full;
         totals.commits += counts.commits;
-        on_commit(&counts);
+        totals.failed += counts.failed;
     }
     totals
 }
 
-async fn commit_group(store: &Store, group: Group) -> WriterCounts {
+async fn commit_group(
+    store: &Store,
+    group: Group,
+    on_commit: &impl Fn(&GroupReport<'_>),
+) -> WriterCounts {
     let mut counts = WriterCounts::default();
     // Capacity: admit requests in arrival order while they fit.
     let capacity = store.inner.capacity;
     let mut room = capacity.saturating_sub(store.pending());
     let mut admitted = Vec::new();
-    for (readings, reply) in group.readings {
+    let mut replies = Vec::new();
+    for (source, readings, reply) in group.readings {
         let n = readings.len() as u64;
         if n <= room {
             room -= n;
-            admitted.push((readings, reply));
+            admitted.push((source, readings));
+            replies.push(reply);
         } else {
             counts.refused_full += 1;
             let _ = reply.send(Err(CommitError::Full { capacity }));
         }
     }
     let seq_queries = group.seq_queries;
-    let rejects = group.rejects;
+    let (rejects, reject_replies): (Vec<_>, Vec<_>) = group
+        .rejects
+        .into_iter()
+        .map(|(source, rejected, reply)| ((source, rejected), reply))
+        .unzip();
     let result = write(store, &admitted, &rejects).await;
-    match result {
+    let committed_at = OffsetDateTime::now_utc();
+    match &result {
         Ok(inserted) => {
-            let total: u64 = admitted.iter().map(|(r, _)| r.len() as u64).sum();
+            let inserted = *inserted;
+            let total: u64 = admitted.iter().map(|(_, r)| r.len() as u64).sum();
             counts.inserted = inserted;
             counts.duplicates = total - inserted.min(total);
             counts.commits = 1;
@@ -152,26 +195,44 @@ async fn commit_group(store: &Store, group: Group) -> WriterCounts {
             if inserted > 0 {
                 store.inner.committed.send_modify(|n| *n += 1);
             }
-            for (readings, reply) in admitted {
+            for ((_, readings), reply) in admitted.iter().zip(replies) {
                 let _ = reply.send(Ok(Committed {
                     readings: readings.len(),
                 }));
             }
-            for (_, reply) in rejects {
+            for reply in reject_replies {
                 let _ = reply.send(Ok(()));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "buffer commit failed; the readings were not stored and not acknowledged");
+            counts.failed = 1;
             let text = e.to_string();
-            for (_, reply) in admitted {
+            for reply in replies {
                 let _ = reply.send(Err(CommitError::Storage(text.clone())));
             }
-            for (_, reply) in rejects {
+            for reply in reject_replies {
                 let _ = reply.send(Err(CommitError::Storage(text.clone())));
             }
         }
     }
+    let report = match &result {
+        Ok(_) => GroupReport {
+            counts,
+            committed_at: Some(committed_at),
+            readings: &admitted,
+            rejected: &rejects,
+            error: None,
+        },
+        Err(e) => GroupReport {
+            counts,
+            committed_at: None,
+            readings: &[],
+            rejected: &[],
+            error: Some(e),
+        },
+    };
+    on_commit(&report);
     for (key, reply) in seq_queries {
         let answer = last_sequence(store, &key)
             .await
@@ -184,12 +245,12 @@ async fn commit_group(store: &Store, group: Group) -> WriterCounts {
 /// Writes one group in one transaction; returns how many readings were newly inserted.
 async fn write(
     store: &Store,
-    admitted: &[(Vec<Reading>, CommitReply)],
-    rejects: &[(Rejected, RejectReply)],
+    admitted: &[(Arc<str>, Vec<Reading>)],
+    rejects: &[(Arc<str>, Rejected)],
 ) -> Result<u64, BufferError> {
     let mut tx = store.inner.writer.begin().await?;
     let mut inserted = 0;
-    let rows: Vec<&Reading> = admitted.iter().flat_map(|(r, _)| r.iter()).collect();
+    let rows: Vec<&Reading> = admitted.iter().flat_map(|(_, r)| r.iter()).collect();
     let received = now_ms();
     let mut rest = rows.as_slice();
     while !rest.is_empty() {
@@ -225,7 +286,7 @@ async fn write(
         .execute(&mut *tx)
         .await?;
     }
-    for (r, _) in rejects {
+    for (_, r) in rejects {
         sqlx::query(
             "INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) VALUES (?, 'payload', ?, ?, NULL, ?)",
         )

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::Bindings;
 use crate::config::MqttSourceConfig;
 use crate::model::Reading;
+use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest};
 use crate::profile::canonical;
@@ -116,6 +117,7 @@ impl MqttSource {
         ingest: Ingest,
         bindings: Bindings,
         metrics: Arc<Metrics>,
+        audit: Audit,
         shutdown: CancellationToken,
     ) {
         let (client, eventloop) = AsyncClient::new(self.options, REQUEST_CHANNEL_CAPACITY);
@@ -126,7 +128,6 @@ impl MqttSource {
             ack_tx,
             ingest,
             bindings,
-            metrics.clone(),
             shutdown.clone(),
         ));
         let acker = tokio::spawn(ack_task(ack_rx, client.clone(), shutdown.clone()));
@@ -136,6 +137,7 @@ impl MqttSource {
             &self.topics,
             publish_tx,
             &metrics,
+            &audit,
             &shutdown,
         )
         .await;
@@ -154,6 +156,7 @@ async fn poll_task(
     topics: &[String],
     publish_tx: mpsc::Sender<Publish>,
     metrics: &Metrics,
+    audit: &Audit,
     shutdown: &CancellationToken,
 ) -> EventLoop {
     let mut failures: u32 = 0;
@@ -209,8 +212,27 @@ async fn poll_task(
             Ok(_) => {}
             Err(e) => {
                 failures = failures.saturating_add(1);
-                if matches!(e, rumqttc::ConnectionError::Tls(_)) {
-                    Metrics::add(&metrics.tls_failures, 1);
+                match &e {
+                    rumqttc::ConnectionError::Tls(tls) => {
+                        Metrics::add(&metrics.tls_failures, 1);
+                        let reason = match tls {
+                            rumqttc::TlsError::Io(io) => crate::tls::explain(io),
+                            other => other.to_string(),
+                        };
+                        audit.record(AuditEvent::TlsFailure {
+                            peer: "source:mqtt",
+                            reason: &reason,
+                        });
+                    }
+                    rumqttc::ConnectionError::ConnectionRefused(code) => {
+                        audit.record(AuditEvent::ConnectionRefused {
+                            endpoint: "source:mqtt",
+                            direction: "outbound",
+                            address: None,
+                            reason: &format!("the broker refused the connection: {code:?}"),
+                        });
+                    }
+                    _ => {}
                 }
                 let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
                     .min(Duration::from_secs(30));
@@ -259,7 +281,6 @@ async fn commit_task(
     acks: mpsc::UnboundedSender<Publish>,
     ingest: Ingest,
     bindings: Bindings,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
@@ -274,7 +295,6 @@ async fn commit_task(
         let source = Source {
             ingest: &ingest,
             bindings: &bindings,
-            metrics: &metrics,
             shutdown: &shutdown,
         };
         if !commit_batch(batch.drain(..), &source, &acks).await {
@@ -287,7 +307,6 @@ async fn commit_task(
 struct Source<'a> {
     ingest: &'a Ingest,
     bindings: &'a Bindings,
-    metrics: &'a Metrics,
     shutdown: &'a CancellationToken,
 }
 
@@ -335,10 +354,8 @@ async fn commit_batch(
                     .unwrap_or_else(|| decode(publish).unwrap_or_default())
             })
             .collect();
-        let count = readings.len() as u64;
         match source.ingest.commit(readings).await {
             Ok(_) => {
-                Metrics::add(&source.metrics.readings_in, count);
                 for (publish, _) in decoded.drain(..n) {
                     let _ = acks.send(publish);
                 }
@@ -347,7 +364,6 @@ async fn commit_batch(
             Err(CommitError::Closed) => return false,
             Err(CommitError::Full { .. }) if n > 1 => group = n / 2,
             Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
-                Metrics::add(&source.metrics.buffer_full, 1);
                 if !pause(source.shutdown).await {
                     return false;
                 }
@@ -370,7 +386,6 @@ async fn dead_letter(publish: &Publish, e: &canonical::DecodeError, source: &Sou
             .await;
         match stored {
             Ok(()) => {
-                Metrics::add(&source.metrics.payloads_rejected, 1);
                 // The reason names fields only; the topic may name a device, not a patient.
                 tracing::warn!(
                     kind = error_kind(e),

@@ -1,3 +1,210 @@
-//! Operations: metrics (and, later, health endpoints, status page and audit log).
+//! Operations: what monitoring, a technician and an auditor see of a running gateway.
+//!
+//! - [`metrics`]: counters and state every stage reports to (readings in per source and
+//!   profile, uplink outcomes, latency histograms, devices heard from).
+//! - [`server`]: the HTTP server (`[ops.http]`, loopback-only by default): `/metrics`
+//!   ([`prometheus`] text format), `/healthz`, `/readyz`, and a read-only status page for
+//!   technicians (`/`, polling `/status.json`, built by [`status`]).
+//! - [`audit`]: the append-only audit log of security-relevant events; [`config_change`]
+//!   notices a changed configuration between starts, [`certs`] reads certificate validity.
+//! - [`net`]: the client allow-list of the HTTP server.
+//!
+//! Architecture invariant: nothing here shows or writes a patient value or identifier. Devices
+//! appear by their own ids, readings only as counts and times.
+//!
+//! `ops` knows no stage: the buffer is reached through the [`QueueProbe`] trait, which
+//! `lib.rs` implements for the buffer's store.
 
+pub mod audit;
+pub mod certs;
+pub mod config_change;
+pub mod histogram;
 pub mod metrics;
+pub mod net;
+pub mod prometheus;
+pub mod server;
+pub mod status;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::config::{Config, Destination};
+use audit::{Audit, AuditError, Event};
+
+/// Who and what this gateway is, for the status page and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInfo {
+    /// Gateway id.
+    pub id: String,
+    /// Gateway version.
+    pub version: String,
+    /// When this process started.
+    pub started: OffsetDateTime,
+    /// Where readings go, in words (e.g. `FHIR server https://fhir.example.org/r4`).
+    pub uplink: String,
+}
+
+impl GatewayInfo {
+    /// This process, starting now, with gateway id `id`.
+    pub fn new(id: &str, config: &Config) -> Self {
+        let uplink = match config.uplink.destination() {
+            Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
+            Destination::File(f) => {
+                let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
+                format!("FHIR NDJSON files in {}", dir.display())
+            }
+        };
+        Self {
+            id: id.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: OffsetDateTime::now_utc(),
+            uplink,
+        }
+    }
+}
+
+/// Opens the audit log (`ops.audit_log`, default `<data_dir>/audit.log`) and records the
+/// start: `gateway_started`, `config_changed` when the configuration's fingerprint differs
+/// from the last start's (which is then replaced), and a `certificate_problem` for each
+/// configured certificate that is expired, not yet valid, expiring soon or unreadable.
+pub fn start_audit(
+    config: &Config,
+    gateway_id: &str,
+    certs: &[certs::CertReport],
+) -> Result<Audit, AuditError> {
+    let data_dir = &config.gateway.data_dir;
+    let path = config
+        .ops
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| data_dir.join("audit.log"));
+    let audit = Audit::open(&path, gateway_id)?;
+    let fingerprint = config_change::fingerprint(config);
+    audit.record(Event::GatewayStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        config_sha256: &fingerprint.sha256,
+    });
+    let previous = config_change::previous(data_dir);
+    if previous.as_ref().map(|p| &p.sha256) != Some(&fingerprint.sha256) {
+        let sections = match &previous {
+            Some(p) => fingerprint.changed_sections(p),
+            None => fingerprint.sections.keys().cloned().collect(),
+        };
+        audit.record(Event::ConfigChanged {
+            previous_sha256: previous.as_ref().map(|p| p.sha256.as_str()),
+            sha256: &fingerprint.sha256,
+            sections: &sections,
+        });
+        if let Err(e) = config_change::store(data_dir, &fingerprint) {
+            tracing::warn!(error = %e, "cannot store the configuration fingerprint");
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    for report in certs {
+        match &report.certs {
+            Ok(list) => {
+                for c in list {
+                    let Some(problem) = c.problem(now) else {
+                        continue;
+                    };
+                    tracing::warn!(usage = %report.usage, subject = %c.subject, problem = problem.as_str(), "certificate problem");
+                    audit.record(Event::CertificateProblem {
+                        usage: &report.usage,
+                        path: &report.path,
+                        subject: &c.subject,
+                        not_after: Some(c.not_after),
+                        problem: problem.as_str(),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(usage = %report.usage, error = %e, "cannot read certificate");
+                audit.record(Event::CertificateProblem {
+                    usage: &report.usage,
+                    path: &report.path,
+                    subject: "",
+                    not_after: None,
+                    problem: "unreadable",
+                });
+            }
+        }
+    }
+    Ok(audit)
+}
+
+/// Queue figures, read from the buffer when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueGauges {
+    /// Readings waiting for delivery (the queue depth).
+    pub pending: u64,
+    /// `buffer.capacity`.
+    pub capacity: u64,
+    /// Readings handed to the uplink and not yet settled.
+    pub leased: u64,
+    /// Rows in the dead-letter table.
+    pub dead_letters: u64,
+    /// Age of the reading at the head of the queue; `None` when empty.
+    pub oldest_age: Option<Duration>,
+}
+
+/// Reads queue figures; implemented for the buffer in `lib.rs`.
+pub trait QueueProbe: Send + Sync + 'static {
+    /// Current figures, or why they could not be read.
+    fn gauges(&self) -> impl Future<Output = Result<QueueGauges, String>> + Send;
+}
+
+/// Where the gateway is in its life, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Stages are being started.
+    Starting,
+    /// Every stage runs.
+    Running,
+    /// Shutdown has begun: sources no longer acknowledge.
+    Stopping,
+}
+
+/// The current [`Phase`], shared between `lib.rs` and the server.
+#[derive(Debug, Default)]
+pub struct Lifecycle(AtomicU8);
+
+impl Lifecycle {
+    /// Moves to `phase`.
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// The current phase.
+    pub fn get(&self) -> Phase {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            _ => Phase::Stopping,
+        }
+    }
+}
+
+/// Everything one page view or scrape shows, gathered at one moment.
+#[derive(Debug)]
+pub struct View<'a> {
+    /// Who and what this gateway is.
+    pub info: &'a GatewayInfo,
+    /// The phase.
+    pub phase: Phase,
+    /// Counters and state.
+    pub snapshot: &'a metrics::Snapshot,
+    /// Queue figures, or why they could not be read.
+    pub queue: &'a Result<QueueGauges, String>,
+    /// Configured certificates.
+    pub certs: &'a [certs::CertReport],
+    /// What `/readyz` says.
+    pub readiness: &'a status::Readiness,
+    /// The audit log file, if one is written.
+    pub audit_log: Option<&'a Path>,
+    /// Now.
+    pub now: OffsetDateTime,
+}

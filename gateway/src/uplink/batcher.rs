@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use time::OffsetDateTime;
+
 use super::{Backoff, Outcome, SendError, Transport};
 use crate::buffer::{Leased, Store};
 use crate::model::Reading;
+use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
 
 /// Worker settings.
@@ -24,6 +27,43 @@ pub struct BatcherConfig {
 /// How long an idle worker sleeps before looking again even without a commit signal.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Where a worker reports outcomes: counters and health, and the audit log.
+struct Report<'a> {
+    metrics: &'a Metrics,
+    audit: &'a Audit,
+    /// The transport's name.
+    uplink: &'static str,
+    /// `uplink:<name>`: dead-letter origin and audit peer.
+    origin: &'a str,
+}
+
+impl Report<'_> {
+    /// Dead-letters `rows` (id, reason) with a cause for the audit log.
+    async fn dead_letter(&self, store: &Store, rows: &[(i64, String)], cause: &str) {
+        match store.dead_letter(self.origin, rows).await {
+            Ok(()) => {
+                self.metrics
+                    .uplink_dead_lettered(self.uplink, rows.len() as u64);
+                self.audit.record(Event::ReadingsDeadLettered {
+                    uplink: self.origin,
+                    count: rows.len(),
+                    cause,
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot dead-letter rows; they stay queued"),
+        }
+    }
+}
+
+/// The audit cause of a refusal: `http_NNN` from the status the reason starts with (the
+/// transports put it first), else `refused`.
+fn refusal_cause(reason: &str) -> String {
+    reason
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|t| t.len() == 3)
+        .map_or_else(|| "refused".to_owned(), |status| format!("http_{status}"))
+}
+
 /// Runs one worker until `shutdown`. A batch being sent when shutdown comes is finished (its
 /// transport has its own timeout); a batch waiting to retry is released at once.
 pub async fn run<T: Transport>(
@@ -31,10 +71,17 @@ pub async fn run<T: Transport>(
     transport: Arc<T>,
     config: BatcherConfig,
     metrics: Arc<Metrics>,
+    audit: Audit,
     shutdown: CancellationToken,
 ) {
     let mut commits = store.subscribe_commits();
     let origin = format!("uplink:{}", transport.name());
+    let report = Report {
+        metrics: &metrics,
+        audit: &audit,
+        uplink: transport.name(),
+        origin: &origin,
+    };
     while !shutdown.is_cancelled() {
         commits.borrow_and_update();
         let leased = match store.lease(config.batch_size).await {
@@ -73,7 +120,7 @@ pub async fn run<T: Transport>(
                 rows = rows.len(),
                 "stored readings cannot be decoded; dead-lettering them"
             );
-            settle_dead(&store, &origin, &rows, &metrics).await;
+            report.dead_letter(&store, &rows, "undecodable_row").await;
         }
         let rows: Vec<(i64, Reading)> = good
             .into_iter()
@@ -83,8 +130,7 @@ pub async fn run<T: Transport>(
             &store,
             transport.as_ref(),
             &config,
-            &metrics,
-            &origin,
+            &report,
             rows,
             &shutdown,
         )
@@ -99,20 +145,12 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn settle_dead(store: &Store, origin: &str, rows: &[(i64, String)], metrics: &Metrics) {
-    match store.dead_letter(origin, rows).await {
-        Ok(()) => Metrics::add(&metrics.readings_dead_lettered, rows.len() as u64),
-        Err(e) => tracing::error!(error = %e, "cannot dead-letter rows; they stay queued"),
-    }
-}
-
 /// Sends one leased batch until every row is delivered or dead-lettered, or shutdown.
 async fn deliver<T: Transport>(
     store: &Store,
     transport: &T,
     config: &BatcherConfig,
-    metrics: &Metrics,
-    origin: &str,
+    report: &Report<'_>,
     rows: Vec<(i64, Reading)>,
     shutdown: &CancellationToken,
 ) {
@@ -124,13 +162,18 @@ async fn deliver<T: Transport>(
             let refs: Vec<(i64, &Reading)> = batch.iter().map(|(id, r)| (*id, r)).collect();
             let delay = match transport.send(&refs).await {
                 Ok(outcomes) => {
+                    report.metrics.uplink_answered(report.uplink);
                     let mut delivered = Vec::new();
+                    let mut received: Vec<OffsetDateTime> = Vec::new();
                     let mut rejected = Vec::new();
                     let mut again = Vec::new();
                     let mut retry_reason = None;
                     for ((id, reading), outcome) in batch.into_iter().zip(outcomes) {
                         match outcome {
-                            Outcome::Delivered => delivered.push(id),
+                            Outcome::Delivered => {
+                                delivered.push(id);
+                                received.push(reading.received_at);
+                            }
                             Outcome::Rejected(reason) => rejected.push((id, reason)),
                             Outcome::Retry(reason) => {
                                 retry_reason = Some(reason);
@@ -139,7 +182,7 @@ async fn deliver<T: Transport>(
                         }
                     }
                     match store.ack(&delivered).await {
-                        Ok(n) => Metrics::add(&metrics.readings_out, n),
+                        Ok(_) => report.metrics.uplink_delivered(report.uplink, &received),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot delete delivered rows; they will be resent (idempotent)")
                         }
@@ -150,13 +193,24 @@ async fn deliver<T: Transport>(
                             rows = rejected.len(),
                             "destination refused readings; dead-lettered"
                         );
-                        settle_dead(store, origin, &rejected, metrics).await;
+                        // Entries refused one by one may have different statuses.
+                        let mut by_cause: Vec<(String, Vec<(i64, String)>)> = Vec::new();
+                        for row in rejected {
+                            let cause = refusal_cause(&row.1);
+                            match by_cause.iter_mut().find(|(c, _)| *c == cause) {
+                                Some((_, rows)) => rows.push(row),
+                                None => by_cause.push((cause, vec![row])),
+                            }
+                        }
+                        for (cause, rows) in by_cause {
+                            report.dead_letter(store, &rows, &cause).await;
+                        }
                     }
                     batch = again;
                     if batch.is_empty() {
                         break;
                     }
-                    Metrics::add(&metrics.uplink_retries, 1);
+                    report.metrics.uplink_retried(report.uplink);
                     tracing::warn!(
                         transport = transport.name(),
                         rows = batch.len(),
@@ -170,9 +224,17 @@ async fn deliver<T: Transport>(
                     retry_after,
                     tls,
                 }) => {
-                    Metrics::add(&metrics.uplink_retries, 1);
+                    report.metrics.uplink_failed(
+                        report.uplink,
+                        if tls { "tls" } else { "transient" },
+                        &reason,
+                    );
                     if tls {
-                        Metrics::add(&metrics.tls_failures, 1);
+                        Metrics::add(&report.metrics.tls_failures, 1);
+                        report.audit.record(Event::TlsFailure {
+                            peer: report.origin,
+                            reason: &reason,
+                        });
                     }
                     let delay = backoff.next_delay(retry_after);
                     tracing::warn!(
@@ -185,13 +247,15 @@ async fn deliver<T: Transport>(
                     delay
                 }
                 Err(SendError::Refused(reason)) => {
+                    report.metrics.uplink_answered(report.uplink);
                     if batch.len() == 1 {
                         tracing::warn!(
                             transport = transport.name(),
                             "destination refused a reading; dead-lettered"
                         );
                         let (id, _) = batch.remove(0);
-                        settle_dead(store, origin, &[(id, reason)], metrics).await;
+                        let cause = refusal_cause(&reason);
+                        report.dead_letter(store, &[(id, reason)], &cause).await;
                     } else {
                         tracing::info!(
                             transport = transport.name(),
@@ -216,5 +280,21 @@ async fn deliver<T: Transport>(
             store.release(&ids).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_cause;
+
+    #[test]
+    fn the_audit_cause_is_the_http_status_the_reason_starts_with() {
+        assert_eq!(
+            refusal_cause("422 Unprocessable Entity: error: bad unit"),
+            "http_422"
+        );
+        assert_eq!(refusal_cause("HTTP 400 Bad Request: error: x"), "http_400");
+        assert_eq!(refusal_cause("no status here"), "refused");
+        assert_eq!(refusal_cause("12345 is not a status"), "refused");
     }
 }

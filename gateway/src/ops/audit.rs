@@ -1,0 +1,506 @@
+//! The audit log: security-relevant events, one JSON object per line, in a file of its own
+//! that the gateway only ever appends to (`O_APPEND`; never truncated, rewritten or rotated
+//! by the gateway).
+//!
+//! # Format
+//! Every line is one JSON object with, in this order, `time` (RFC 3339, UTC, milliseconds),
+//! `kind`, `gateway` (the gateway id), then the fields of the kind:
+//!
+//! | kind | fields |
+//! | --- | --- |
+//! | `gateway_started` | `version`, `config_sha256` |
+//! | `gateway_stopped` | — |
+//! | `config_changed` | `previous_sha256` (null on the first start with this data directory), `sha256`, `sections` (top-level config tables that differ) |
+//! | `certificate_problem` | `usage` (config key), `path`, `subject`, `not_after`, `problem` (`expired`, `not_yet_valid`, `expires_soon`, `unreadable`) |
+//! | `tls_failure` | `peer` (`uplink:fhir`, `source:mqtt`), `reason`, `count` |
+//! | `connection_refused` | `endpoint` (`ops` or `source:mqtt`), `direction` (`inbound`: this gateway refused a client; `outbound`: a server refused this gateway), `address`, `reason`, `count` |
+//! | `payload_dead_lettered` | `source`, `origin`, `count`, `bytes` (total size); one line per origin per buffer commit |
+//! | `readings_dead_lettered` | `uplink`, `count`, `cause` (`http_NNN`, `refused`, `undecodable_row`) |
+//!
+//! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
+//! address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
+//! counted, and the next line for that key — or a summary at shutdown — carries `count`, the
+//! number of occurrences it stands for. A port scanner or a server down for a day thus costs a
+//! line a minute, and no occurrence goes uncounted.
+//!
+//! No patient data: ids of devices, sources and uplinks, counts, HTTP statuses and TLS
+//! reasons only; never a value, a patient identifier or a reading's identifier (which embeds
+//! the patient's). Rotate with logrotate's `copytruncate` or by moving the file and restarting.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Repeats of a rate-limited event within this window are counted, not written.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(60);
+
+/// One security-relevant event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// The gateway started with this configuration.
+    GatewayStarted {
+        /// Gateway version.
+        version: &'a str,
+        /// SHA-256 of the effective configuration.
+        config_sha256: &'a str,
+    },
+    /// The gateway stopped cleanly.
+    GatewayStopped,
+    /// The effective configuration differs from the last start's.
+    ConfigChanged {
+        /// The last start's hash, `None` on the first start.
+        previous_sha256: Option<&'a str>,
+        /// This start's hash.
+        sha256: &'a str,
+        /// The top-level tables that differ.
+        sections: &'a [String],
+    },
+    /// A configured certificate is expired, not yet valid, expiring soon or unreadable.
+    CertificateProblem {
+        /// The config key naming the file.
+        usage: &'a str,
+        /// The file.
+        path: &'a Path,
+        /// The certificate's subject (empty when unreadable).
+        subject: &'a str,
+        /// Its notAfter, if read.
+        not_after: Option<OffsetDateTime>,
+        /// `expired`, `not_yet_valid`, `expires_soon` or `unreadable`.
+        problem: &'a str,
+    },
+    /// A TLS handshake failed.
+    TlsFailure {
+        /// Who the gateway talked to: `uplink:fhir`, `source:mqtt`.
+        peer: &'a str,
+        /// Why, as `tls::explain` puts it.
+        reason: &'a str,
+    },
+    /// A connection was refused, by this gateway or by a server.
+    ConnectionRefused {
+        /// `ops` (this gateway's server) or `source:mqtt` (the broker refused the gateway).
+        endpoint: &'a str,
+        /// `inbound` or `outbound`.
+        direction: &'a str,
+        /// The client's address, for inbound refusals.
+        address: Option<IpAddr>,
+        /// Why.
+        reason: &'a str,
+    },
+    /// Undecodable payloads from one origin were dead-lettered in one buffer commit.
+    PayloadDeadLettered {
+        /// The source name.
+        source: &'a str,
+        /// Where in the source (e.g. `mqtt:<topic>`).
+        origin: &'a str,
+        /// How many payloads.
+        count: usize,
+        /// Their total size.
+        bytes: usize,
+    },
+    /// The uplink dead-lettered readings.
+    ReadingsDeadLettered {
+        /// The uplink (`uplink:fhir`).
+        uplink: &'a str,
+        /// How many.
+        count: usize,
+        /// `http_NNN`, `refused` or `undecodable_row`.
+        cause: &'a str,
+    },
+}
+
+impl Event<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Event::GatewayStarted { .. } => "gateway_started",
+            Event::GatewayStopped => "gateway_stopped",
+            Event::ConfigChanged { .. } => "config_changed",
+            Event::CertificateProblem { .. } => "certificate_problem",
+            Event::TlsFailure { .. } => "tls_failure",
+            Event::ConnectionRefused { .. } => "connection_refused",
+            Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
+            Event::ReadingsDeadLettered { .. } => "readings_dead_lettered",
+        }
+    }
+
+    /// The key repeats are counted under, for rate-limited kinds.
+    fn repeat_key(&self) -> Option<String> {
+        match self {
+            Event::TlsFailure { peer, .. } => Some(format!("tls {peer}")),
+            Event::ConnectionRefused {
+                endpoint, address, ..
+            } => Some(format!(
+                "refused {endpoint} {}",
+                address.map(|a| a.to_string()).unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
+    fn fields(&self) -> Map<String, Value> {
+        let value = match self {
+            Event::GatewayStarted {
+                version,
+                config_sha256,
+            } => json!({"version": version, "config_sha256": config_sha256}),
+            Event::GatewayStopped => json!({}),
+            Event::ConfigChanged {
+                previous_sha256,
+                sha256,
+                sections,
+            } => {
+                json!({"previous_sha256": previous_sha256, "sha256": sha256, "sections": sections})
+            }
+            Event::CertificateProblem {
+                usage,
+                path,
+                subject,
+                not_after,
+                problem,
+            } => json!({
+                "usage": usage,
+                "path": path.display().to_string(),
+                "subject": subject,
+                "not_after": not_after.and_then(|t| t.format(&Rfc3339).ok()),
+                "problem": problem,
+            }),
+            Event::TlsFailure { peer, reason } => json!({"peer": peer, "reason": reason}),
+            Event::ConnectionRefused {
+                endpoint,
+                direction,
+                address,
+                reason,
+            } => json!({
+                "endpoint": endpoint,
+                "direction": direction,
+                "address": address.map(|a| a.to_string()),
+                "reason": reason,
+            }),
+            Event::PayloadDeadLettered {
+                source,
+                origin,
+                count,
+                bytes,
+            } => json!({"source": source, "origin": origin, "count": count, "bytes": bytes}),
+            Event::ReadingsDeadLettered {
+                uplink,
+                count,
+                cause,
+            } => json!({"uplink": uplink, "count": count, "cause": cause}),
+        };
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+/// Formats one audit line (without the newline).
+pub fn line(
+    time: OffsetDateTime,
+    gateway: &str,
+    kind: &str,
+    fields: Map<String, Value>,
+    count: Option<u64>,
+) -> String {
+    let mut object = Map::new();
+    let time = time
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(time.millisecond() as u32 * 1_000_000)
+        .unwrap_or(time);
+    object.insert(
+        "time".into(),
+        Value::String(time.format(&Rfc3339).unwrap_or_default()),
+    );
+    object.insert("kind".into(), Value::String(kind.to_owned()));
+    object.insert("gateway".into(), Value::String(gateway.to_owned()));
+    object.extend(fields);
+    if let Some(count) = count {
+        object.insert("count".into(), Value::from(count));
+    }
+    Value::Object(object).to_string()
+}
+
+/// Why the audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the audit log {path}: {source}")]
+pub struct AuditError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+#[derive(Debug, Default)]
+struct Repeat {
+    /// When a line for this key was last written.
+    written: Option<Instant>,
+    /// Occurrences since then that were not written.
+    pending: u64,
+    /// The latest of them: its time, kind and fields.
+    latest: Option<(OffsetDateTime, &'static str, Map<String, Value>)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    gateway: String,
+    path: PathBuf,
+    file: Mutex<File>,
+    repeats: Mutex<HashMap<String, Repeat>>,
+}
+
+/// A handle to the audit log; cheap to clone. [`Audit::default`] records nothing (for tests
+/// and tools that run no gateway).
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    inner: Option<Arc<Inner>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Audit {
+    /// Opens (creating, mode 0640, with its directory) the audit log at `path` for appending.
+    pub fn open(path: &Path, gateway: &str) -> Result<Audit, AuditError> {
+        let fail = |source| AuditError {
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(fail)?;
+        Ok(Audit {
+            inner: Some(Arc::new(Inner {
+                gateway: gateway.to_owned(),
+                path: path.into(),
+                file: Mutex::new(file),
+                repeats: Mutex::new(HashMap::new()),
+            })),
+        })
+    }
+
+    /// The file, if this handle writes one.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.as_deref().map(|i| i.path.as_path())
+    }
+
+    /// Records an event (see the module docs for what is written when).
+    pub fn record(&self, event: Event<'_>) {
+        let Some(inner) = &self.inner else { return };
+        let now = OffsetDateTime::now_utc();
+        let (kind, fields) = (event.kind(), event.fields());
+        let Some(key) = event.repeat_key() else {
+            inner.write(&line(now, &inner.gateway, kind, fields, None));
+            return;
+        };
+        let count = {
+            let mut repeats = lock(&inner.repeats);
+            let r = repeats.entry(key).or_default();
+            if r.written.is_some_and(|t| t.elapsed() < REPEAT_WINDOW) {
+                r.pending += 1;
+                r.latest = Some((now, kind, fields));
+                return;
+            }
+            let count = r.pending + 1;
+            *r = Repeat {
+                written: Some(Instant::now()),
+                pending: 0,
+                latest: None,
+            };
+            count
+        };
+        inner.write(&line(now, &inner.gateway, kind, fields, Some(count)));
+    }
+
+    /// Writes the occurrences still being counted (at shutdown).
+    pub fn flush_repeats(&self) {
+        let Some(inner) = &self.inner else { return };
+        let pending: Vec<_> = lock(&inner.repeats)
+            .values_mut()
+            .filter(|r| r.pending > 0)
+            .filter_map(|r| {
+                let count = std::mem::take(&mut r.pending);
+                r.latest.take().map(|latest| (latest, count))
+            })
+            .collect();
+        for ((time, kind, fields), count) in pending {
+            inner.write(&line(time, &inner.gateway, kind, fields, Some(count)));
+        }
+    }
+}
+
+impl Inner {
+    fn write(&self, text: &str) {
+        let mut bytes = Vec::with_capacity(text.len() + 1);
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.push(b'\n');
+        // One write of the whole line on an O_APPEND file: lines never interleave.
+        if let Err(e) = lock(&self.file).write_all(&bytes) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write to the audit log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+            .collect()
+    }
+
+    #[test]
+    fn a_line_starts_with_time_kind_and_gateway_and_carries_the_fields() {
+        let t = time::macros::datetime!(2026-03-04 05:06:07.123456 +02:00);
+        let event = Event::ReadingsDeadLettered {
+            uplink: "uplink:fhir",
+            count: 3,
+            cause: "http_422",
+        };
+        assert_eq!(
+            line(t, "hub-1", event.kind(), event.fields(), None),
+            r#"{"time":"2026-03-04T03:06:07.123Z","kind":"readings_dead_lettered","gateway":"hub-1","uplink":"uplink:fhir","count":3,"cause":"http_422"}"#
+        );
+    }
+
+    #[test]
+    fn every_kind_renders_its_documented_fields() {
+        let path = Path::new("/etc/vitalbridge/gateway.pem");
+        let sections = vec!["uplink".to_owned()];
+        let cases: Vec<(Event<'_>, &str, &[&str])> = vec![
+            (
+                Event::GatewayStarted {
+                    version: "0.1.0",
+                    config_sha256: "ab",
+                },
+                "gateway_started",
+                &["version", "config_sha256"],
+            ),
+            (Event::GatewayStopped, "gateway_stopped", &[]),
+            (
+                Event::ConfigChanged {
+                    previous_sha256: None,
+                    sha256: "cd",
+                    sections: &sections,
+                },
+                "config_changed",
+                &["previous_sha256", "sha256", "sections"],
+            ),
+            (
+                Event::CertificateProblem {
+                    usage: "uplink.fhir.cert",
+                    path,
+                    subject: "CN=hub",
+                    not_after: None,
+                    problem: "expired",
+                },
+                "certificate_problem",
+                &["usage", "path", "subject", "not_after", "problem"],
+            ),
+            (
+                Event::TlsFailure {
+                    peer: "uplink:fhir",
+                    reason: "x",
+                },
+                "tls_failure",
+                &["peer", "reason"],
+            ),
+            (
+                Event::ConnectionRefused {
+                    endpoint: "ops",
+                    direction: "inbound",
+                    address: Some("10.0.0.9".parse().unwrap()),
+                    reason: "not in ops.http.allow_from",
+                },
+                "connection_refused",
+                &["endpoint", "direction", "address", "reason"],
+            ),
+            (
+                Event::PayloadDeadLettered {
+                    source: "mqtt",
+                    origin: "mqtt:vitals/x",
+                    count: 1,
+                    bytes: 8,
+                },
+                "payload_dead_lettered",
+                &["source", "origin", "count", "bytes"],
+            ),
+        ];
+        for (event, kind, keys) in cases {
+            assert_eq!(event.kind(), kind);
+            let fields: Vec<String> = event.fields().keys().cloned().collect();
+            assert_eq!(fields, keys, "{kind}");
+        }
+    }
+
+    #[test]
+    fn events_are_appended_as_json_lines_and_repeats_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.log");
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(&path, "{\"kind\":\"from_an_earlier_run\"}\n").unwrap();
+        let audit = Audit::open(&path, "hub-1").unwrap();
+        audit.record(Event::GatewayStarted {
+            version: "0.1.0",
+            config_sha256: "ab",
+        });
+        for _ in 0..5 {
+            audit.record(Event::TlsFailure {
+                peer: "uplink:fhir",
+                reason: "TLS handshake failed: expired",
+            });
+        }
+        audit.record(Event::TlsFailure {
+            peer: "source:mqtt",
+            reason: "other peer, other key",
+        });
+        audit.flush_repeats();
+        audit.flush_repeats();
+        let got = lines(&path);
+        assert_eq!(
+            got[0]["kind"], "from_an_earlier_run",
+            "appended, not truncated"
+        );
+        assert_eq!(got[1]["kind"], "gateway_started");
+        assert_eq!(got[1]["gateway"], "hub-1");
+        assert_eq!(got[2]["kind"], "tls_failure");
+        assert_eq!(got[2]["count"], 1);
+        assert_eq!(got[3]["peer"], "source:mqtt");
+        assert_eq!(got[4]["peer"], "uplink:fhir");
+        assert_eq!(got[4]["count"], 4, "the four repeats, summarised once");
+        assert_eq!(got.len(), 5);
+
+        let fresh = dir.path().join("new/audit.log");
+        Audit::open(&fresh, "hub-1").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0, "no access for others: {mode:o}");
+    }
+
+    #[test]
+    fn a_default_handle_records_nothing() {
+        let audit = Audit::default();
+        assert!(audit.path().is_none());
+        audit.record(Event::GatewayStopped);
+        audit.flush_repeats();
+    }
+}
