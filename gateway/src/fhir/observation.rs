@@ -277,7 +277,7 @@ impl<'a> Observation<'a> {
             let mut profile = Vec::new();
             if r.patient.is_some() {
                 profile.push(Cow::Borrowed(PHD_BASE_PROFILE));
-                if let Some(vs) = r.metric.vital_sign_profile {
+                if let Some(vs) = vital_signs_profile(r) {
                     profile.push(Cow::Owned(format!(
                         "http://hl7.org/fhir/StructureDefinition/{vs}"
                     )));
@@ -408,6 +408,39 @@ impl<'a> Observation<'a> {
             extension: [gateway],
         }
     }
+}
+
+/// UCUM codes each FHIR R4 vital-signs profile allows for `valueQuantity.code` (its required
+/// unit bindings; blood pressure: its components). `None`: the profile fixes no unit.
+fn vital_signs_units(profile: &str) -> Option<&'static [&'static str]> {
+    Some(match profile {
+        "bp" => &["mm[Hg]"],
+        "heartrate" | "resprate" => &["/min"],
+        "oxygensat" => &["%"],
+        "bodytemp" => &["Cel", "[degF]"],
+        "bodyweight" => &["kg", "g", "[lb_av]"],
+        "bodyheight" | "headcircum" => &["cm", "[in_i]"],
+        "bmi" => &["kg/m2"],
+        _ => return None,
+    })
+}
+
+/// The vital-signs profile the Observation of `r` may claim: the metric's, unless the device
+/// reported a unit that profile does not allow (a kPa cuff, a height in metres). Such a
+/// reading keeps its unit — the value is never converted — and claims only the PHD profile.
+fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
+    let profile = r.metric.vital_sign_profile?;
+    let Some(allowed) = vital_signs_units(profile) else {
+        return Some(profile);
+    };
+    let fits = match &r.value {
+        Value::Quantity(q) => allowed.contains(&q.unit.as_str()),
+        Value::Components(parts) => parts
+            .iter()
+            .all(|c| allowed.contains(&c.quantity.unit.as_str())),
+        Value::Samples(_) | Value::Coded { .. } => false,
+    };
+    fits.then_some(profile)
 }
 
 fn status_display(flag: StatusFlag) -> &'static str {

@@ -191,3 +191,56 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
         "'+' in the offset is percent-encoded"
     );
 }
+
+#[test]
+fn a_unit_the_vital_signs_profile_does_not_allow_drops_the_claim_but_keeps_the_unit() {
+    let kpa = |r: Reading| -> Reading {
+        let Value::Components(parts) = r.value else {
+            unreachable!("blood pressure has components")
+        };
+        Reading {
+            value: Value::Components(
+                parts
+                    .into_iter()
+                    .map(|mut c| {
+                        c.quantity.unit = "kPa".into();
+                        c
+                    })
+                    .collect(),
+            ),
+            ..r
+        }
+    };
+    let o = observation(&kpa(bp_reading()), "urn:uuid:dev", "urn:uuid:gw");
+    let profiles = o["meta"]["profile"].as_array().unwrap();
+    assert_eq!(
+        profiles,
+        &vec![json!(
+            "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation"
+        )],
+        "kPa is not the bp profile's mm[Hg]"
+    );
+    assert_eq!(o["component"][0]["valueQuantity"]["code"], json!("kPa"));
+    assert_eq!(o["category"][0]["coding"][0]["code"], json!("vital-signs"));
+
+    let height = |unit: &str| Reading {
+        metric: catalog::BODY_HEIGHT,
+        value: Value::Quantity(Quantity {
+            value: Measured::Value(Decimal::new(1825, -3)),
+            unit: unit.into(),
+        }),
+        ..bp_reading()
+    };
+    let claims = |r: &Reading| {
+        observation(r, "urn:uuid:dev", "urn:uuid:gw")["meta"]["profile"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("http://hl7.org/fhir/StructureDefinition/bodyheight"))
+    };
+    assert!(
+        !claims(&height("m")),
+        "bodyheight allows cm and [in_i] only"
+    );
+    assert!(claims(&height("cm")));
+    assert!(claims(&height("[in_i]")));
+}
