@@ -138,7 +138,7 @@ fn default_capacity() -> u64 {
     1_000_000
 }
 fn default_commit_max_rows() -> usize {
-    4096
+    1024
 }
 fn default_commit_linger_ms() -> u64 {
     2

@@ -167,7 +167,9 @@ fn options(path: &Path, read_only: bool) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-2048")
+        // 1 MiB page cache per connection: the queue is read in id order from the WAL's
+        // recent pages, so a larger cache buys little and costs a small hub's memory.
+        .pragma("cache_size", "-1024")
 }
 
 impl Store {

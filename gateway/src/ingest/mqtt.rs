@@ -37,6 +37,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
@@ -55,7 +57,7 @@ use crate::profile::canonical;
 /// Messages received and not yet committed: the capacity of the channel from the poll task
 /// to the commit task. When it is full the poll task stops reading from the broker. Also the
 /// largest batch the commit task commits at once.
-const MAX_MESSAGES_IN_PROGRESS: usize = 1024;
+const MAX_MESSAGES_IN_PROGRESS: usize = 512;
 
 /// Capacity of rumqttc's request channel (acks and subscribes travel through it).
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
@@ -197,7 +199,10 @@ async fn poll_task(
                     tracing::info!(topics = topics.len(), "subscribed to MQTT topics");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Event::Incoming(Packet::Publish(mut publish))) => {
+                // The payload is a slice of rumqttc's read buffer, and keeps that whole buffer
+                // allocated while it waits: copy it out so a backlog costs only its own bytes.
+                publish.payload = Bytes::copy_from_slice(&publish.payload);
                 // Waits while the commit task is MAX_MESSAGES_IN_PROGRESS behind: this is
                 // the backpressure. The commit task never waits on this loop, so this ends.
                 tokio::select! {
@@ -249,14 +254,19 @@ async fn poll_task(
 /// Queues PUBACKs into rumqttc for publishes whose readings are durable. The only task that
 /// waits for the poll task; nothing waits for it.
 async fn ack_task(
-    mut acks: mpsc::UnboundedReceiver<Publish>,
+    mut acks: mpsc::UnboundedReceiver<AckId>,
     client: AsyncClient,
     shutdown: CancellationToken,
 ) {
     loop {
         let publish = tokio::select! {
             p = acks.recv() => match p {
-                Some(p) => p,
+                Some(AckId { qos, pkid }) => {
+                    // What rumqttc needs to build the PUBACK: the packet id and QoS.
+                    let mut publish = Publish::new(String::new(), qos, Vec::new());
+                    publish.pkid = pkid;
+                    publish
+                }
                 None => return,
             },
             _ = shutdown.cancelled() => return,
@@ -278,7 +288,7 @@ async fn ack_task(
 /// PUBACKs.
 async fn commit_task(
     mut publishes: mpsc::Receiver<Publish>,
-    acks: mpsc::UnboundedSender<Publish>,
+    acks: mpsc::UnboundedSender<AckId>,
     ingest: Ingest,
     bindings: Bindings,
     shutdown: CancellationToken,
@@ -303,6 +313,23 @@ async fn commit_task(
     }
 }
 
+/// What a PUBACK needs: a publish whose readings are durable, without its payload, so a
+/// backlog of acks waiting for the event loop costs a few bytes each.
+#[derive(Debug, Clone, Copy)]
+struct AckId {
+    qos: QoS,
+    pkid: u16,
+}
+
+impl AckId {
+    fn of(publish: &Publish) -> Self {
+        Self {
+            qos: publish.qos,
+            pkid: publish.pkid,
+        }
+    }
+}
+
 /// What the commit task works with.
 struct Source<'a> {
     ingest: &'a Ingest,
@@ -319,7 +346,7 @@ struct Source<'a> {
 async fn commit_batch(
     batch: impl Iterator<Item = Publish>,
     source: &Source<'_>,
-    acks: &mpsc::UnboundedSender<Publish>,
+    acks: &mpsc::UnboundedSender<AckId>,
 ) -> bool {
     // One receive time for the batch, kept across retries: a reading without a device clock
     // is identified by it, so a retry must not change it.
@@ -338,7 +365,7 @@ async fn commit_batch(
                     return false;
                 }
                 // Only fails once the ack task has ended (shutdown): the broker redelivers.
-                let _ = acks.send(publish);
+                let _ = acks.send(AckId::of(&publish));
             }
         }
     }
@@ -357,7 +384,7 @@ async fn commit_batch(
         match source.ingest.commit(readings).await {
             Ok(_) => {
                 for (publish, _) in decoded.drain(..n) {
-                    let _ = acks.send(publish);
+                    let _ = acks.send(AckId::of(&publish));
                 }
                 group = decoded.len();
             }
