@@ -162,3 +162,17 @@ pub fn run_cli(cwd: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Polls `vitalbridge queue stats -c gateway.toml` in `cwd` until it reports `pending: n`, for
+/// at most `timeout`. Returns the last stats printed (check it contains `pending: n`).
+pub fn wait_for_pending(cwd: &Path, n: u64, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let want = format!("pending: {n}\n");
+    loop {
+        let (_, stats, _) = run_cli(cwd, &["queue", "stats", "-c", "gateway.toml"]);
+        if stats.contains(&want) || Instant::now() >= deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vitalbridge_tests::gateway::{run_cli, GatewayProcess};
+use vitalbridge_tests::gateway::{run_cli, wait_for_pending, GatewayProcess};
 use vitalbridge_tests::mosquitto::{publish_qos1, Mosquitto, MosquittoOptions};
 use vitalbridge_tests::pki::{ServerIdentity, TestPki};
 use vitalbridge_tests::scenario::{self, Expected};
@@ -270,8 +270,8 @@ async fn a_server_with_a_foreign_ca_or_the_wrong_name_gets_nothing_and_the_log_s
             0,
             "{identity:?}: no request got through"
         );
-        // The readings are kept, not dropped.
-        let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
+        // The readings are kept, not dropped (committed a moment after the broker has them).
+        let stats = wait_for_pending(dir.path(), 20, Duration::from_secs(20));
         assert!(stats.contains("pending: 20"), "{identity:?}: {stats}");
     }
 }
@@ -387,10 +387,12 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
     assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
     let (payloads, expected) = stream(0..600);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_pending(dir.path(), 100, Duration::from_secs(20));
+    // Give a would-be overfill time to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     assert!(
-        stats.contains("pending: 100"),
+        stats.contains("pending: 100\n"),
         "the buffer holds exactly its capacity: {stats}"
     );
     assert_eq!(upstream.observation_count(), 0);
