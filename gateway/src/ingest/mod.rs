@@ -5,6 +5,7 @@
 //! only after its `commit` resolved `Ok`.
 
 pub mod mqtt;
+pub mod serial;
 pub mod sim;
 
 use std::collections::HashMap;
