@@ -10,6 +10,9 @@
 //!   from tests.
 //! - [`gateway`]: runs the real `vitalbridge` binary as a child process (start, kill -9,
 //!   restart, SIGTERM) and reads its log.
+//! - [`serial_link`]: a serial cable made of two pseudo-terminals, with noise injection and
+//!   unplug/replug; [`serial_scenario`]: gateway configs and the device simulator process
+//!   for serial tests.
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
@@ -21,5 +24,7 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod pki;
 pub mod scenario;
+pub mod serial_link;
+pub mod serial_scenario;
 pub mod upstream;
 pub mod validator;

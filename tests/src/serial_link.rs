@@ -72,10 +72,7 @@ impl Pty {
 
     /// Raw mode on the slave side (kept while the master is open).
     fn make_raw(&self) -> io::Result<()> {
-        let slave = File::options()
-            .read(true)
-            .write(true)
-            .open(&self.slave)?;
+        let slave = File::options().read(true).write(true).open(&self.slave)?;
         // SAFETY: termios is plain data; tcgetattr fills it before use.
         unsafe {
             let mut t: libc::termios = std::mem::zeroed();
@@ -278,7 +275,8 @@ fn poll_readable(fds: &[RawFd], timeout_ms: i32) {
 fn relay(device: Pty, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
     let mut rng = rand::thread_rng();
     let mut buf = vec![0u8; 8192];
-    // The device frame in progress (bytes since the last 00), for frame-aware noise.
+    // The device frame in progress (bytes since the last 00, without it), for frame-aware
+    // noise.
     let mut frame: Vec<u8> = Vec::new();
     let mut to_gateway: Vec<u8> = Vec::new();
     let mut to_device: Vec<u8> = Vec::new();
@@ -296,17 +294,20 @@ fn relay(device: Pty, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
         let gw = st.gateway.as_ref().map(|p| p.master.as_raw_fd());
         let n = read_some(dev, &mut buf);
         for &b in &buf[..n] {
-            frame.push(b);
+            to_gateway.push(b);
             if b != 0 {
+                // Bytes that are not frames (line devices) pass through untouched.
+                if frame.len() < MAX_BACKLOG {
+                    frame.push(b);
+                }
                 continue;
             }
             let complete = std::mem::take(&mut frame);
-            to_gateway.extend_from_slice(&complete);
-            if complete.len() > 1 {
+            if !complete.is_empty() {
                 st.frames_forwarded += 1;
                 if let Some(noise) = st.noise {
                     if rng.gen_bool(noise.probability.clamp(0.0, 1.0)) {
-                        let bad = bad_frame(&mut rng, &complete[..complete.len() - 1], &mut st.injected);
+                        let bad = bad_frame(&mut rng, &complete, &mut st.injected);
                         to_gateway.extend_from_slice(&bad);
                     }
                 }

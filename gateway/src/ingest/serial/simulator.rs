@@ -108,13 +108,14 @@ pub enum SimError {
 /// Reading number `seq` of the firmware simulator (see the module table), taken at `time`.
 pub fn firmware_reading(seq: u32, time: DeviceTime) -> Reading {
     let unit = |u: &str| Unit::try_from(u).unwrap_or_default();
-    let n = i32::try_from(seq % 1000).unwrap_or(0);
+    // Every operand is below 400, so the conversions cannot fail.
+    let m = |modulus: u32| i32::try_from(seq % modulus).unwrap_or(0);
     let mut reading = match seq % 4 {
-        0 => Reading::new(time, 150_456, Value::decimal(90 + n % 10, 0), unit("%")),
-        1 => Reading::new(time, 149_530, Value::decimal(60 + n % 40, 0), unit("/min")),
-        2 => Reading::new(time, 150_364, Value::decimal(360 + n % 20, -1), unit("Cel")),
+        0 => Reading::new(time, 150_456, Value::decimal(90 + m(10), 0), unit("%")),
+        1 => Reading::new(time, 149_530, Value::decimal(60 + m(40), 0), unit("/min")),
+        2 => Reading::new(time, 150_364, Value::decimal(360 + m(20), -1), unit("Cel")),
         _ => {
-            let (sys, dia) = (110 + n % 30, 70 + n % 20);
+            let (sys, dia) = (110 + m(30), 70 + m(20));
             let mut r = Reading::new(time, 150_020, Value::decimal(0, 0), unit("mm[Hg]"));
             r.value = None;
             r.components = [
