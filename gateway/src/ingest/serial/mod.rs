@@ -51,8 +51,9 @@ pub type BatchId = u64;
 /// What a protocol session asks the port task to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Write this message to the device.
-    Send(Message),
+    /// Write this message to the device (boxed: a message is a fixed-size value of a few
+    /// hundred bytes).
+    Send(Box<Message>),
     /// Store these readings, then tell the session with `committed(batch, …)`.
     Commit {
         /// Echoed back.
@@ -74,6 +75,13 @@ pub enum Action {
         /// As for `Commit`.
         hold: bool,
     },
+}
+
+impl Action {
+    /// [`Action::Send`] of `message`.
+    pub fn send(message: impl Into<Message>) -> Self {
+        Action::Send(Box::new(message.into()))
+    }
 }
 
 /// How a commit ended, as a session needs to know it.

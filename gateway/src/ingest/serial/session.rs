@@ -236,7 +236,7 @@ impl Session {
             Message::TimeRequest(request) => {
                 self.stats.time_requests += 1;
                 self.observe_clock(request.device_time, now);
-                vec![Action::Send(request.respond(unix_millis(now)).into())]
+                vec![Action::send(request.respond(unix_millis(now)))]
             }
             Message::Heartbeat(heartbeat) => {
                 self.observe_clock(heartbeat.device_time, now);
@@ -259,17 +259,14 @@ impl Session {
                 for key in pending.keys {
                     recent.insert(key);
                 }
-                vec![Action::Send(fw::Ack { seqs }.into())]
+                vec![Action::send(fw::Ack { seqs })]
             }
             CommitOutcome::Refused => {
                 self.stats.refused += 1;
-                vec![Action::Send(
-                    Nack {
-                        seqs,
-                        reason: NackReason::BufferFull,
-                    }
-                    .into(),
-                )]
+                vec![Action::send(Nack {
+                    seqs,
+                    reason: NackReason::BufferFull,
+                })]
             }
             CommitOutcome::Closed => Vec::new(),
         }
@@ -289,7 +286,7 @@ impl Session {
     fn readings(&mut self, readings: Readings, now: OffsetDateTime) -> Vec<Action> {
         let Some(device) = self.device.clone() else {
             self.stats.unidentified += 1;
-            return vec![Action::Send(readings.nack(NackReason::Unidentified).into())];
+            return vec![Action::send(readings.nack(NackReason::Unidentified))];
         };
         let key = device.id.key();
         let recent = self.committed.get(&key);
@@ -312,7 +309,7 @@ impl Session {
         let mut actions = Vec::new();
         if !again.is_empty() {
             self.stats.retransmissions += again.len() as u64;
-            actions.push(Action::Send(fw::Ack { seqs: again }.into()));
+            actions.push(Action::send(fw::Ack { seqs: again }));
         }
         if new.is_empty() {
             return actions;
