@@ -164,6 +164,8 @@ pub struct Session {
     committed: HashMap<String, Recent>,
     /// Counters.
     stats: SessionStats,
+    /// The most recent bad frame, for the log.
+    last_error: Option<FrameError>,
 }
 
 impl Session {
@@ -178,12 +180,18 @@ impl Session {
             next_batch: 0,
             committed: HashMap::new(),
             stats: SessionStats::default(),
+            last_error: None,
         }
     }
 
     /// The counters so far.
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// The kind of the most recent bad frame, if any (and forgets it).
+    pub fn take_last_error(&mut self) -> Option<&'static str> {
+        self.last_error.take().map(|e| e.kind())
     }
 
     /// The device identified on this connection, if any.
@@ -223,6 +231,7 @@ impl Session {
             Ok(m) => m,
             Err(e) => {
                 self.stats.count_bad(e);
+                self.last_error = Some(e);
                 return Vec::new();
             }
         };

@@ -98,9 +98,9 @@ impl Driver {
     }
 
     /// The kind of the latest bad input, for a log line.
-    fn last_error(&mut self, before: u64) -> Option<&'static str> {
+    fn last_error(&mut self) -> Option<&'static str> {
         match self {
-            Driver::Firmware(s) => (s.stats().bad_frames > before).then_some("frame"),
+            Driver::Firmware(s) => s.take_last_error(),
             Driver::Line(s) => s.take_last_error(),
         }
     }
@@ -325,7 +325,7 @@ impl SerialSource {
                         let bad = driver.bad() - bad_before;
                         if bad > 0 {
                             Metrics::add(&metrics.payloads_rejected, bad);
-                            if let Some(kind) = driver.last_error(bad_before) {
+                            if let Some(kind) = driver.last_error() {
                                 if warned_bad_input {
                                     tracing::debug!(port = %self.name, kind, "bad serial input");
                                 } else {

@@ -517,6 +517,12 @@ fn noise_between_frames_is_counted_by_kind_and_costs_only_itself() {
     assert_eq!(st.bad_frames, 4);
     assert_eq!(st.oversize, 1);
     assert_eq!(st.bad_crc + st.cobs + st.too_short, 3, "{st:?}");
+    assert_eq!(
+        s.take_last_error(),
+        Some("oversize"),
+        "the latest bad frame's kind"
+    );
+    assert_eq!(s.take_last_error(), None);
 }
 
 #[test]
