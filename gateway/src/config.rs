@@ -79,8 +79,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             sources: SourcesConfig {
                 sim: Some(SimConfig::default()),
-                mqtt: None,
-                ble: None,
+                ..SourcesConfig::default()
             },
             uplink: UplinkConfig::default(),
             devices: Vec::new(),
@@ -167,6 +166,9 @@ pub struct SourcesConfig {
     /// `[sources.ble]`: Bluetooth LE health devices (needs the `ble` build feature).
     #[serde(default)]
     pub ble: Option<BleSourceConfig>,
+    /// `[[sources.serial]]`: serial ports (RS-232, USB-serial), one table per port.
+    #[serde(default)]
+    pub serial: Vec<SerialPortConfig>,
 }
 
 /// `[sources.ble]`
@@ -291,6 +293,103 @@ fn default_keep_alive_s() -> u64 {
 }
 fn default_max_packet_bytes() -> usize {
     256 * 1024
+}
+
+/// `[[sources.serial]]`: one serial port and the device on it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialPortConfig {
+    /// Name of this port in logs and dead-letter origins (`serial:<name>`), e.g.
+    /// `bed-12-oximeter`. Unique among serial ports.
+    pub name: String,
+    /// Device path, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/...` link. Give
+    /// `path` or `usb`, not both.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// USB vendor and product id of the adapter or device, `VVVV:PPPP` in hex (e.g.
+    /// `0403:6001`): the port is found wherever it appears, so a replug that gives it another
+    /// ttyUSB name still works.
+    #[serde(default)]
+    pub usb: Option<String>,
+    /// With `usb`: the USB serial-number string, to tell apart adapters with the same ids.
+    #[serde(default)]
+    pub usb_serial: Option<String>,
+    /// What the device speaks: `firmware` (Vitalbridge frames, acknowledged) or `line`
+    /// (ASCII lines described by a line profile).
+    pub protocol: SerialProtocol,
+    /// With `line`: the line profile id, e.g. `line-nonin-ascii`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// With `line`: a directory of `line-*.toml` profiles that add to or replace the
+    /// built-in ones. Default: built-in profiles only.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
+    /// With `line`: the device's stable id (the serial number on its label), used to bind it
+    /// to a patient. Default: the port `name`.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// With `line`: the fixed UTC offset the device's clock keeps, for profiles whose lines
+    /// carry a local time stamp, e.g. `+01:00`. Default: `+00:00`.
+    #[serde(default)]
+    pub device_utc_offset: Option<String>,
+    /// Baud rate. Default: the line profile's, or 115200 for `firmware`.
+    #[serde(default)]
+    pub baud: Option<u32>,
+    /// Data bits, 5–8. Default: the profile's, or 8.
+    #[serde(default)]
+    pub data_bits: Option<u8>,
+    /// Parity: `none`, `odd` or `even`. Default: the profile's, or `none`.
+    #[serde(default)]
+    pub parity: Option<Parity>,
+    /// Stop bits, 1 or 2. Default: the profile's, or 1.
+    #[serde(default)]
+    pub stop_bits: Option<u8>,
+    /// Flow control: `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS). Default: the
+    /// profile's, or `none`.
+    #[serde(default)]
+    pub flow_control: Option<FlowControl>,
+    /// Longest wait between attempts to (re)open the port, in ms; attempts start at 250 ms
+    /// and double up to this.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+/// What a serial device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialProtocol {
+    /// Vitalbridge firmware frames (`firmware/README.md`): acknowledged after commit.
+    Firmware,
+    /// ASCII lines decoded by a line profile (`device-profiles/line-*.toml`).
+    Line,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Serial flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None.
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
 }
 
 /// PEM files for a TLS client.
@@ -594,6 +693,9 @@ impl Config {
         if let Some(ble) = &self.sources.ble {
             validate_ble(ble, &mut problems);
         }
+        for (i, port) in self.sources.serial.iter().enumerate() {
+            validate_serial(i, port, &self.sources.serial[..i], &mut problems);
+        }
         let u = &self.uplink;
         if !(1..=10_000).contains(&u.batch_size) {
             problems.push(err("uplink.batch_size", "must be between 1 and 10000"));
@@ -851,6 +953,119 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
                 "give both `cert` and `key` for mutual TLS, or neither",
             )),
         }
+    }
+}
+
+fn validate_serial(
+    i: usize,
+    port: &SerialPortConfig,
+    earlier: &[SerialPortConfig],
+    problems: &mut Vec<ConfigError>,
+) {
+    let key = |field: &str| format!("sources.serial[{i}].{field}");
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !valid_name(&port.name) {
+        problems.push(err(
+            &key("name"),
+            "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+        ));
+    } else if earlier.iter().any(|o| o.name == port.name) {
+        problems.push(err(
+            &key("name"),
+            format!("serial port {:?} is configured twice", port.name),
+        ));
+    }
+    match (&port.path, &port.usb) {
+        (Some(_), None) => {
+            if port.usb_serial.is_some() {
+                problems.push(err(&key("usb_serial"), "only with `usb`"));
+            }
+        }
+        (None, Some(usb)) => {
+            if crate::ingest::serial::port::UsbId::parse(usb).is_none() {
+                problems.push(err(
+                    &key("usb"),
+                    "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
+                ));
+            }
+        }
+        _ => problems.push(err(
+            &format!("sources.serial[{i}]"),
+            "give exactly one of `path` or `usb`",
+        )),
+    }
+    match port.protocol {
+        SerialProtocol::Line => match &port.profile {
+            None => problems.push(err(
+                &key("profile"),
+                "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
+            )),
+            Some(id) => {
+                if let Err(e) = crate::profile::line::Registry::load(port.profiles_dir.as_deref())
+                    .and_then(|r| r.get(id).map(|_| ()))
+                {
+                    let field = if port.profiles_dir.is_some()
+                        && !matches!(e, crate::profile::line::ProfileError::Unknown { .. })
+                    {
+                        "profiles_dir"
+                    } else {
+                        "profile"
+                    };
+                    problems.push(err(&key(field), e.to_string()));
+                }
+            }
+        },
+        SerialProtocol::Firmware => {
+            for (field, set) in [
+                ("profile", port.profile.is_some()),
+                ("profiles_dir", port.profiles_dir.is_some()),
+                ("device_id", port.device_id.is_some()),
+                ("device_utc_offset", port.device_utc_offset.is_some()),
+            ] {
+                if set {
+                    problems.push(err(
+                        &key(field),
+                        "only for `line` ports: a firmware device identifies itself and syncs its clock",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(id) = &port.device_id {
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            problems.push(err(
+                &key("device_id"),
+                "must be 1 to 128 printable characters",
+            ));
+        }
+    }
+    if let Some(offset) = &port.device_utc_offset {
+        if crate::profile::line::parse_utc_offset(offset).is_none() {
+            problems.push(err(
+                &key("device_utc_offset"),
+                "must be a UTC offset like +01:00, -05:00 or +00:00",
+            ));
+        }
+    }
+    if port.baud.is_some_and(|b| !(50..=4_000_000).contains(&b)) {
+        problems.push(err(&key("baud"), "must be between 50 and 4000000"));
+    }
+    if port.data_bits.is_some_and(|b| !(5..=8).contains(&b)) {
+        problems.push(err(&key("data_bits"), "must be 5, 6, 7 or 8"));
+    }
+    if port.stop_bits.is_some_and(|b| !(1..=2).contains(&b)) {
+        problems.push(err(&key("stop_bits"), "must be 1 or 2"));
+    }
+    if !(250..=600_000).contains(&port.reconnect_max_ms) {
+        problems.push(err(
+            &key("reconnect_max_ms"),
+            "must be between 250 and 600000",
+        ));
     }
 }
 

@@ -279,6 +279,17 @@ pub async fn run(
             &sources_stop,
         )?);
     }
+    for port in &config.sources.serial {
+        let source =
+            ingest::serial::SerialSource::new(port).map_err(|e| RunError::Setup(e.to_string()))?;
+        let ingest = Ingest::new(ingest_tx.clone(), source.origin());
+        sources.push(tokio::spawn(source.run(
+            ingest,
+            bindings.clone(),
+            metrics.clone(),
+            sources_stop.clone(),
+        )));
+    }
     // Only sources hold ingest handles now: when they end, the writer drains and ends.
     drop(ingest_tx);
 

@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: BleCommand,
     },
+    /// Simulate devices (for tests, and for technicians checking a cable).
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -71,6 +76,53 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// A device on a serial port: Vitalbridge firmware frames (resent until acknowledged)
+    /// or the lines of a line profile. Stops after --count, or on Ctrl-C.
+    Serial(SimSerial),
+}
+
+#[derive(clap::Args)]
+struct SimSerial {
+    /// The port to write to, e.g. /dev/ttyUSB0 (the far end of the gateway's cable).
+    #[arg(long)]
+    port: PathBuf,
+    /// What the device speaks.
+    #[arg(long, value_enum, default_value_t = SimProtocolArg::Firmware)]
+    protocol: SimProtocolArg,
+    /// With `line`: the line profile id (e.g. line-nonin-ascii).
+    #[arg(long)]
+    profile: Option<String>,
+    /// With `line`: a directory of line-*.toml profiles besides the built-in ones.
+    #[arg(long)]
+    profiles_dir: Option<PathBuf>,
+    /// Baud rate (default: the profile's, or 115200 for firmware).
+    #[arg(long)]
+    baud: Option<u32>,
+    /// Readings (firmware) or lines (line) to send; 0 = until Ctrl-C.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Milliseconds between measurements.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Firmware: the device's serial number (its id at the gateway).
+    #[arg(long, default_value = "SIM-SERIAL-0001")]
+    serial: String,
+    /// Firmware: the first sequence number.
+    #[arg(long, default_value_t = 1)]
+    first_seq: u32,
+    /// Firmware: resend a reading after this many ms without an acknowledgement.
+    #[arg(long, default_value_t = 2000)]
+    ack_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimProtocolArg {
+    Firmware,
+    Line,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +279,9 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::Ble {
             command: BleCommand::Scan { seconds, all },
         } => runtime()?.block_on(ble_scan(seconds, all)),
+        Command::Sim {
+            command: SimCommand::Serial(args),
+        } => sim_serial(args),
         Command::Queue { config, command } => {
             let config = load(config.as_deref())?;
             let dir = config.gateway.data_dir.clone();
@@ -425,6 +480,70 @@ async fn ble_scan(seconds: u64, all: bool) -> anyhow::Result<ExitCode> {
             vitalbridge::ingest::ble::BleError::NotBuilt
         ))
     }
+}
+
+fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
+    use vitalbridge::ingest::serial::{simulator, FIRMWARE_SETTINGS};
+    let (protocol, mut settings) = match args.protocol {
+        SimProtocolArg::Firmware => (
+            simulator::SimProtocol::Firmware {
+                serial: args.serial,
+                first_seq: args.first_seq,
+                ack_timeout: std::time::Duration::from_millis(args.ack_timeout_ms),
+            },
+            FIRMWARE_SETTINGS,
+        ),
+        SimProtocolArg::Line => {
+            let id = args
+                .profile
+                .context("--protocol line needs --profile (e.g. line-nonin-ascii)")?;
+            let registry =
+                vitalbridge::profile::line::Registry::load(args.profiles_dir.as_deref())?;
+            let profile = registry.get(&id)?.clone();
+            let s = profile.serial;
+            let settings = vitalbridge::ingest::serial::port::Settings {
+                baud: s.baud,
+                data_bits: s.data_bits,
+                parity: s.parity,
+                stop_bits: s.stop_bits,
+                flow_control: s.flow_control,
+            };
+            (simulator::SimProtocol::Line(Box::new(profile)), settings)
+        }
+    };
+    if let Some(baud) = args.baud {
+        settings.baud = baud;
+    }
+    let firmware = matches!(protocol, simulator::SimProtocol::Firmware { .. });
+    let options = simulator::SimOptions {
+        port: args.port,
+        settings,
+        protocol,
+        count: args.count,
+        interval: std::time::Duration::from_millis(args.interval_ms.max(1)),
+    };
+    runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(wait_for_signal(stop.clone()));
+        let summary = simulator::run(options, stop).await?;
+        if firmware {
+            println!(
+                "readings: {}, acknowledged: {}, frames sent: {}, connections: {}",
+                summary.produced, summary.acknowledged, summary.frames_sent, summary.connections
+            );
+            Ok(if summary.acknowledged == summary.produced {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        } else {
+            println!(
+                "lines: {}, connections: {}",
+                summary.produced, summary.connections
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    })
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

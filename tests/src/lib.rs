@@ -13,6 +13,9 @@
 //! - [`ops`]: requests to the gateway's operations server (also from another loopback
 //!   address), an independent Prometheus text parser, and headless Chromium for the status
 //!   page.
+//! - [`serial_link`]: a serial cable made of two pseudo-terminals, with noise injection and
+//!   unplug/replug; [`serial_scenario`]: gateway configs and the device simulator process
+//!   for serial tests.
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
@@ -25,5 +28,7 @@ pub mod mosquitto;
 pub mod ops;
 pub mod pki;
 pub mod scenario;
+pub mod serial_link;
+pub mod serial_scenario;
 pub mod upstream;
 pub mod validator;

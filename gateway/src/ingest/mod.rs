@@ -6,6 +6,7 @@
 
 pub mod ble;
 pub mod mqtt;
+pub mod serial;
 pub mod sim;
 
 use std::collections::HashMap;

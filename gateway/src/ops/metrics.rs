@@ -84,6 +84,8 @@ struct IngestState {
     readings: BTreeMap<String, BTreeMap<String, u64>>,
     /// source → undecodable payloads dead-lettered.
     rejected: BTreeMap<String, u64>,
+    /// source → input discarded without a dead-letter row (line noise, corrupt frames).
+    discarded: BTreeMap<String, u64>,
     /// Devices heard from, at most [`MAX_TRACKED_DEVICES`].
     devices: HashMap<DeviceId, Seen>,
     /// Devices dropped from `devices` to stay within the bound.
@@ -161,6 +163,8 @@ pub struct Snapshot {
     pub readings_in: Vec<SourceCount>,
     /// Undecodable payloads dead-lettered, per source, sorted.
     pub payloads_rejected: Vec<(String, u64)>,
+    /// Input discarded without a dead-letter row (serial line noise), per source, sorted.
+    pub input_discarded: Vec<(String, u64)>,
     /// Devices heard from, sorted by id.
     pub devices: Vec<DeviceStatus>,
     /// Devices forgotten to stay within [`MAX_TRACKED_DEVICES`].
@@ -254,6 +258,19 @@ impl Metrics {
         }
     }
 
+    /// `n` pieces of input from `source` were discarded as unusable and not dead-lettered:
+    /// frames that fail their CRC or framing on a serial line, which cannot even be
+    /// attributed to a device (the source logs their kinds).
+    pub fn input_discarded(&self, source: &str, n: u64) {
+        let mut state = lock(&self.ingest);
+        match state.discarded.get_mut(source) {
+            Some(c) => *c += n,
+            None => {
+                state.discarded.insert(source.to_owned(), n);
+            }
+        }
+    }
+
     /// The buffer writer refused `requests` commit requests because the buffer was full.
     pub fn buffer_refused_full(&self, requests: u64) {
         self.buffer_refusals.fetch_add(requests, Ordering::Relaxed);
@@ -334,7 +351,7 @@ impl Metrics {
 
     /// A copy of everything, for `/metrics` and the status page.
     pub fn snapshot(&self) -> Snapshot {
-        let (readings_in, payloads_rejected, devices, devices_forgotten) = {
+        let (readings_in, payloads_rejected, input_discarded, devices, devices_forgotten) = {
             let state = lock(&self.ingest);
             let readings_in = state
                 .readings
@@ -352,6 +369,11 @@ impl Metrics {
                 .iter()
                 .map(|(s, n)| (s.clone(), *n))
                 .collect();
+            let discarded = state
+                .discarded
+                .iter()
+                .map(|(s, n)| (s.clone(), *n))
+                .collect();
             let mut devices: Vec<DeviceStatus> = state
                 .devices
                 .iter()
@@ -365,11 +387,12 @@ impl Metrics {
                 })
                 .collect();
             devices.sort_by(|a, b| a.id.cmp(&b.id));
-            (readings_in, rejected, devices, state.forgotten)
+            (readings_in, rejected, discarded, devices, state.forgotten)
         };
         Snapshot {
             readings_in,
             payloads_rejected,
+            input_discarded,
             devices,
             devices_forgotten,
             duplicates: Self::get(&self.readings_duplicate),

@@ -176,6 +176,19 @@ pub fn render(v: &View<'_>) -> String {
         );
     }
 
+    e.family(
+        "vitalbridge_input_discarded_total",
+        Kind::Counter,
+        "Input a source discarded without a dead-letter row (corrupt or truncated serial frames, line noise), by source.",
+    );
+    for (source, n) in &s.input_discarded {
+        e.sample(
+            "vitalbridge_input_discarded_total",
+            &[("source", source)],
+            *n as f64,
+        );
+    }
+
     if let Ok(q) = v.queue {
         e.single(
             "vitalbridge_buffer_pending_readings",
