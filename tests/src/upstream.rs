@@ -1096,7 +1096,7 @@ fn plan_entry(
     planned: &PlannedIndex,
     cfg: &UpstreamConfig,
     index: usize,
-    entry: &Value,
+    entry: Value,
     last_id: &mut u64,
 ) -> Result<Planned, EntryError> {
     let bad = |msg: &str| entry_error(index, StatusCode::BAD_REQUEST, "invalid", msg);
@@ -1192,10 +1192,14 @@ fn plan_entry(
     } else {
         None
     };
+    let resource = match entry {
+        Value::Object(mut fields) => fields.remove("resource").unwrap_or_default(),
+        _ => Value::Null,
+    };
     Ok(Planned {
         index,
         rtype,
-        resource: resource.clone(),
+        resource,
         full_url,
         existing,
         new_id,
@@ -1265,7 +1269,7 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
             },
         )
     };
-    let bundle: Value = match serde_json::from_slice(body) {
+    let mut bundle: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             return fail(
@@ -1301,10 +1305,11 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
             )
         }
     };
-    let empty = Vec::new();
-    let entries = match bundle.get("entry") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
+    // Entries are moved out of the parsed Bundle, so each resource is planned and stored
+    // without a copy.
+    let entries = match bundle.get_mut("entry") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => std::mem::take(a),
         Some(_) => {
             return fail(
                 StatusCode::BAD_REQUEST,
@@ -1316,9 +1321,10 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
             )
         }
     };
+    let entry_count = entries.len();
     let mut handled = Handled {
         bundle_type: Some(btype.clone()),
-        entries: entries.len(),
+        entries: entry_count,
         ..Handled::default()
     };
     let per_entry = is_batch || cfg.transaction_mode == TransactionFailureMode::PerEntry;
@@ -1328,7 +1334,7 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
     let mut planned: Vec<Planned> = Vec::new();
     let mut planned_index = PlannedIndex::new();
     let mut errors: Vec<EntryError> = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         match plan_entry(store, &planned_index, cfg, i, entry, &mut last_id) {
             Ok(p) => {
                 index_planned(&mut planned_index, &p);
@@ -1374,7 +1380,7 @@ fn process_bundle(store: &mut Store, cfg: &UpstreamConfig, body: &[u8]) -> (Resp
     // 3. Commit.
     store.last_id = last_id;
     let now = now_instant();
-    let mut responses: Vec<Option<Value>> = vec![None; entries.len()];
+    let mut responses: Vec<Option<Value>> = vec![None; entry_count];
     for p in kept {
         let (status, id) = match (&p.existing, &p.new_id) {
             (Some(id), _) => {
