@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use vitalbridge::config::{Config, DEFAULT_CONFIG_TOML};
+use vitalbridge::ops::systemd::Notifier;
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
@@ -134,12 +136,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run { config } => {
             let config = load(config.as_deref())?;
+            // Under systemd (Type=notify): READY=1 once running, STOPPING=1 on a signal.
+            let notifier = Arc::new(Notifier::from_env());
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
-                let summary =
-                    vitalbridge::run(config, shutdown, || tracing::info!("gateway running"))
-                        .await?;
+                tokio::spawn(wait_for_signal(shutdown.clone(), notifier.clone()));
+                let ready = || {
+                    tracing::info!("gateway running");
+                    if let Some(n) = notifier.as_ref() {
+                        n.ready("running");
+                    }
+                };
+                let summary = vitalbridge::run(config, shutdown, ready).await?;
                 tracing::info!(
                     stored = summary.stored,
                     delivered = summary.delivered,
@@ -191,7 +199,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+async fn wait_for_signal(shutdown: CancellationToken, notifier: Arc<Option<Notifier>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -203,6 +211,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    if let Some(n) = notifier.as_ref() {
+        n.stopping("stopping: flushing the buffer, finishing the current batch");
     }
     shutdown.cancel();
 }
