@@ -49,8 +49,8 @@ run --version
 run check-config -c "$work/config.toml"
 
 observations() { cat "$work"/data/out/Observation-*.ndjson 2>/dev/null | wc -l; }
-run run -c "$work/config.toml" 2>"$work/gateway.log" &
-pid=$!
+"$QEMU" -L "/usr/$GNU_TRIPLE" "$bin" run -c "$work/config.toml" 2>"$work/gateway.log" &
+pid=$! # qemu itself: it passes SIGTERM on to the gateway
 deadline=$((SECONDS + 180))
 while [ "$(observations)" -lt "$readings" ]; do
     if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
