@@ -7,6 +7,9 @@
 # The scenario: `check-config`, then `run` with the simulator (readings through the SQLite
 # buffer to NDJSON files) and an MQTT source whose broker refuses connections (sockets,
 # connect, retries), the notify socket and the watchdog, until SIGTERM and a clean exit.
+# Run as root, it runs the gateway (and strace) as user nobody, as the service runs
+# unprivileged: some libraries act differently for root (SQLite fchown()s new journal files
+# to the database's owner when it is root).
 # The allow list is the unit's allow groups minus its deny groups, expanded with
 # `systemd-analyze syscall-filter`. Code paths this scenario does not reach (TLS handshakes
 # make no system calls of their own; serial and BLE sources are not here yet) are not covered.
@@ -43,6 +46,11 @@ while IFS= read -r line; do
 done < <(grep '^SystemCallFilter=' "$unit")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+    as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    chown 65534:65534 "$work"
+fi
 expand "${allow[@]}" | sort -u >"$work/allow"
 expand "${deny[@]}" | sort -u >"$work/deny"
 comm -23 "$work/allow" "$work/deny" >"$work/allowed"
@@ -61,9 +69,10 @@ EOF
 
 # The notify socket systemd would provide, and a watchdog that pings every 100 ms.
 python3 - "$work/notify" <<'EOF' &
-import socket, sys
+import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)  # the gateway runs as another user
 s.settimeout(120)
 try:
     while s.recv(4096):
@@ -74,8 +83,8 @@ EOF
 listener=$!
 for _ in $(seq 50); do [ -S "$work/notify" ] && break; sleep 0.1; done
 
-strace -f -qq -o "$work/trace.check" "$bin" check-config -c "$work/config.toml" >/dev/null
-NOTIFY_SOCKET="$work/notify" WATCHDOG_USEC=200000 \
+"${as_user[@]}" strace -f -qq -o "$work/trace.check" "$bin" check-config -c "$work/config.toml" >/dev/null
+NOTIFY_SOCKET="$work/notify" WATCHDOG_USEC=200000 "${as_user[@]}" \
     strace -f -qq -o "$work/trace.run" "$bin" run -c "$work/config.toml" 2>"$work/run.log" &
 tracer=$!
 observations() { cat "$work"/data/out/Observation-*.ndjson 2>/dev/null | wc -l; }
@@ -85,7 +94,8 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 sleep 1 # a few watchdog pings and MQTT reconnect attempts
-gateway="$(pgrep -P "$tracer" | head -1)"
+# The gateway is strace's child (setpriv execs strace in place).
+gateway="$(pgrep -f -n "^$bin run -c $work/config.toml")"
 kill -TERM "$gateway"
 status=0
 wait "$tracer" || status=$?

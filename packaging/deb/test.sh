@@ -43,8 +43,12 @@ tarball="$work/rootfs-$suite-$DEB_ARCH-minbase.tar"
 root="$work/root"
 
 cleanup_root() {
+    # No process may outlive the test inside the root.
+    local p m
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+    done
     # Nothing is mounted by this script; an interrupted debootstrap may have left /proc or /sys.
-    local m
     for m in $(findmnt -rn -o TARGET | grep -F "$root" | sort -r || true); do
         umount -l "$m" 2>/dev/null || true
     done
@@ -86,7 +90,7 @@ check() {
         failed=$((failed + 1)); echo "  FAIL  $what"
     fi
 }
-stat_is() { [ "$(stat -c '%U:%G %a' "$root$1")" = "$2" ]; }
+stat_is() { [ "$(in_root stat -c '%U:%G %a' "$1")" = "$2" ]; }   # names from the root's passwd
 file_absent() { [ ! -e "$root$1" ] && [ ! -L "$root$1" ]; }
 in_groups() { in_root id -nG vitalbridge | tr ' ' '\n' | grep -qx "$1"; }
 installed_version() { [ "$(in_root dpkg-query -W -f='${Version} ${Status}' vitalbridge)" = "$1 install ok installed" ]; }
@@ -96,7 +100,9 @@ enabled_link="/etc/systemd/system/multi-user.target.wants/vitalbridge.service"
 # config and to create the buffer in the state directory. No source is on out of the box, so
 # it only opens the buffer and waits; SIGTERM must give a clean exit 0.
 gateway_runs_as_service_user() {
-    in_root setpriv --reuid=vitalbridge --regid=vitalbridge --init-groups \
+    # Not through in_root: $! must be the gateway itself (chroot, env and setpriv exec it).
+    chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin \
+        setpriv --reuid=vitalbridge --regid=vitalbridge --init-groups \
         /usr/bin/vitalbridge run -c /etc/vitalbridge/config.toml >"$work/run.log" 2>&1 &
     local pid=$! i
     for i in $(seq 1 100); do
@@ -105,6 +111,8 @@ gateway_runs_as_service_user() {
         sleep 0.1
     done
     kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" && grep -q "gateway running" "$work/run.log" \
         && [ -f "$root/var/lib/vitalbridge/buffer.db" ]
 }
