@@ -19,8 +19,9 @@ cargo test --workspace --locked
 
 section "cross: the gateway for aarch64, its library tests and the binary under qemu-user"
 bash cross/test.sh aarch64-unknown-linux-gnu
-section "systemd unit: security exposure and verify"
+section "systemd unit: security exposure, verify, and every system call the gateway makes is allowed"
 bash systemd/check.sh
+bash systemd/syscalls.sh target/debug/vitalbridge
 section "Debian package (amd64): install, upgrade, remove, purge in a minimal Debian root"
 # Packages the binary the tests above built (a release build would double CI's compile
 # time; packaging/deb/build.sh builds release packages, see README).

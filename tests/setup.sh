@@ -16,6 +16,7 @@ apt_needs=(
     libdbus-1-dev             # BLE source (btleplug → D-Bus), host build
     libudev-dev               # serial source, host build
     systemd                   # systemd-analyze: systemd/check.sh (unit security score, verify)
+    strace                    # systemd/syscalls.sh: the gateway's system calls vs SystemCallFilter=
     debootstrap               # packaging/deb/test.sh: the throwaway Debian root
     binutils                  # readelf, strip: packaging/deb/build.sh
 )
