@@ -117,7 +117,10 @@ fn the_man_page_documents_every_option_and_no_other() {
     let (_, options) = cli_surface();
     let man = man_text();
     for option in &options {
-        assert!(man.contains(option.as_str()), "{option} is not in the man page");
+        assert!(
+            man.contains(option.as_str()),
+            "{option} is not in the man page"
+        );
     }
     let long: BTreeSet<&str> = options
         .iter()
@@ -125,7 +128,10 @@ fn the_man_page_documents_every_option_and_no_other() {
         .collect();
     for word in man.split(|c: char| c.is_whitespace() || "[]|,".contains(c)) {
         if let Some(flag) = word.strip_prefix("--") {
-            let flag = format!("--{}", flag.trim_end_matches(|c: char| !c.is_alphanumeric()));
+            let flag = format!(
+                "--{}",
+                flag.trim_end_matches(|c: char| !c.is_alphanumeric())
+            );
             assert!(
                 long.contains(flag.as_str()),
                 "the man page mentions {flag}, which --help does not know"

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 fn vitalbridge() -> Command {
@@ -219,7 +222,12 @@ fn check_config_reads_the_private_key_from_the_credentials_directory() {
     // The directory systemd makes: a root-owned 0400 copy with an ACL for the service user,
     // which `stat` shows as mode 0440. Accepted.
     let creds = tempfile::tempdir().unwrap();
-    let key = file(creds.path(), "gateway.key", "-----BEGIN PRIVATE KEY-----\n", 0o400);
+    let key = file(
+        creds.path(),
+        "gateway.key",
+        "-----BEGIN PRIVATE KEY-----\n",
+        0o400,
+    );
     // SAFETY: geteuid cannot fail.
     add_acl_read(&key, unsafe { libc::geteuid() });
     assert_eq!(
