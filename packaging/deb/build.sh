@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$binary" ]; then
-    bash cross/build.sh "$target" "$@"
+    bash cross/build.sh "$target" "$@" >&2   # stdout carries only the .deb path
     binary="target/$target/release/vitalbridge"
 fi
 [ -x "$binary" ] || { echo "no binary at $binary" >&2; exit 1; }
