@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust: set-up, lint, tests, builds.
+# Each section is independent after set-up; add yours as its own section (or script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
 bash tests/setup.sh
 
-echo "== format"
+section "format"
 cargo fmt --all -- --check
-echo "== clippy"
+section "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== firmware for Cortex-M (no_std)"
-cargo build -p vitalbridge-firmware --no-default-features --target thumbv7em-none-eabihf --examples --locked
-echo "== tests"
+section "firmware for Cortex-M (no_std)"
+bash cross/build.sh thumbv7em-none-eabihf --profile dev
+section "tests"
 cargo test --workspace --locked
+
+section "cross: the gateway for aarch64, its library tests and the binary under qemu-user"
+bash cross/test.sh aarch64-unknown-linux-gnu
+section "systemd unit: security exposure, verify, and every system call the gateway makes is allowed"
+bash systemd/check.sh
+bash systemd/syscalls.sh target/debug/vitalbridge
+section "Debian package (amd64): install, upgrade, remove, purge in a minimal Debian root"
+# Packages the binary the tests above built (a release build would double CI's compile
+# time; packaging/deb/build.sh builds release packages, see README).
+bash packaging/deb/test.sh --binary target/debug/vitalbridge

@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine with Rust (idempotent).
-# Used by tests/run.sh and .ci/run; safe to run again.
+# Used by tests/run.sh and .ci/run; safe to run again. Everything cached stays in the clone.
+#
+# Add a need as one line in the section it belongs to, with a comment saying which test
+# needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# as_root, apt_install (installs only what is missing; apt-get update at most once)
+source cross/targets.sh
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-need_apt=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
-# chromium: renders the status page headless in tests/tests/ops.rs;
-# python3-prometheus-client: an independent parser for the /metrics text.
-for pkg in pkg-config libdbus-1-dev libudev-dev chromium python3-prometheus-client; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ "${#need_apt[@]}" -gt 0 ]; then
-    echo "setup: installing ${need_apt[*]}"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+# --- Debian packages ---------------------------------------------------------------------
+apt_needs=(
+    mosquitto                 # MQTT broker for the end-to-end tests (the harness starts it on a free port)
+    pkg-config                # host builds of -sys crates
+    libdbus-1-dev             # BLE source (btleplug → D-Bus), host build
+    libudev-dev               # serial source, host build
+    systemd                   # systemd-analyze: systemd/check.sh (unit security score, verify)
+    strace                    # systemd/syscalls.sh: the gateway's system calls vs SystemCallFilter=
+    debootstrap               # packaging/deb/test.sh: the throwaway Debian root
+    binutils                  # readelf, strip: packaging/deb/build.sh
+    chromium                  # renders the status page headless in tests/tests/ops.rs
+    python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
+)
+apt_install "${apt_needs[@]}"
 # The broker is started by the test harness on a free port, never as a system service.
 
-# The independent FHIR R4 validator lives in its own virtualenv inside the clone
-# (fhir.resources 6.4.0 is the last R4 release and needs pydantic 1).
+# --- Rust toolchain pieces -----------------------------------------------------------------
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Cross targets: the Rust targets, Debian's cross gcc and qemu-user (cross/setup.sh).
+bash cross/setup.sh thumbv7em-none-eabihf
+bash cross/setup.sh aarch64-unknown-linux-gnu --qemu
+
+# --- Python: the independent FHIR R4 validator ---------------------------------------------
+# In its own virtualenv inside the clone (fhir.resources 6.4.0 is the last R4 release and
+# needs pydantic 1).
 if ! tests/.venv/bin/python3 -c 'import fhir.resources' >/dev/null 2>&1; then
     echo "setup: installing the independent FHIR validator into tests/.venv"
     if ! python3 -m venv tests/.venv >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+        apt_install python3-venv
         python3 -m venv tests/.venv
     fi
     tests/.venv/bin/pip install -q -r tests/requirements.txt
 fi
-
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup target add thumbv7em-none-eabihf >/dev/null

@@ -7,10 +7,17 @@
 //!
 //! `vitalbridge print-default-config` prints [`DEFAULT_CONFIG_TOML`], which is kept equal to
 //! `Config::default()` by a test.
+//!
+//! ## Secrets from systemd
+//!
+//! A TLS file path written as `${CREDENTIALS_DIRECTORY}/NAME` names the credential `NAME`
+//! that systemd passed to the service (`LoadCredential=NAME:…` in the unit, see
+//! `systemd/README.md`). [`Config::load`] puts the value of `$CREDENTIALS_DIRECTORY` in its
+//! place; when the variable is not set (the gateway was not started by such a unit) the path
+//! stays as written and [`Config::validate`] says so. No other variable is expanded.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -20,6 +27,9 @@ use crate::ops::net::Cidr;
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
 /// `Config::default()`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+/// The prefix of a path inside systemd's credentials directory (see the module header).
+pub const CREDENTIALS_PREFIX: &str = "${CREDENTIALS_DIRECTORY}/";
 
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -640,7 +650,8 @@ impl Config {
         })
     }
 
-    /// Reads and parses a config file.
+    /// Reads and parses a config file, then resolves `${CREDENTIALS_DIRECTORY}/…` paths
+    /// against the environment variable of that name, when it is set.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             err(
@@ -648,7 +659,45 @@ impl Config {
                 format!("cannot read config file {}: {e}", path.display()),
             )
         })?;
-        Self::from_toml(&text)
+        let mut config = Self::from_toml(&text)?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
+        config.resolve_credentials(credentials.as_deref().map(Path::new));
+        Ok(config)
+    }
+
+    /// Replaces the `${CREDENTIALS_DIRECTORY}/` prefix of every TLS file path with `dir`.
+    /// With `dir` `None` nothing changes (and `validate()` reports the unresolved paths).
+    pub fn resolve_credentials(&mut self, dir: Option<&Path>) {
+        let Some(dir) = dir else { return };
+        for (_, path) in self.secret_paths_mut() {
+            if let Some(name) = path
+                .to_str()
+                .and_then(|p| p.strip_prefix(CREDENTIALS_PREFIX))
+            {
+                *path = dir.join(name);
+            }
+        }
+    }
+
+    /// Every path that may name a systemd credential, with its key. A new option holding a
+    /// key or certificate file belongs in this list.
+    fn secret_paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+        let mut paths = Vec::new();
+        if let Some(tls) = self.sources.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
+            paths.push(("sources.mqtt.tls.ca", &mut tls.ca));
+            if let Some(cert) = tls.cert.as_mut() {
+                paths.push(("sources.mqtt.tls.cert", cert));
+            }
+            if let Some(key) = tls.key.as_mut() {
+                paths.push(("sources.mqtt.tls.key", key));
+            }
+        }
+        if let Some(fhir) = self.uplink.fhir.as_mut() {
+            paths.push(("uplink.fhir.ca", &mut fhir.ca));
+            paths.push(("uplink.fhir.cert", &mut fhir.cert));
+            paths.push(("uplink.fhir.key", &mut fhir.key));
+        }
+        paths
     }
 
     /// Checks what the types cannot. Returns every problem, each naming its key.
@@ -1101,31 +1150,44 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     }
 }
 
+/// A path still starting with `${CREDENTIALS_DIRECTORY}/` after [`Config::load`]: the
+/// variable was not set.
+fn unresolved_credential(key: &str, path: &Path, problems: &mut Vec<ConfigError>) -> bool {
+    let unresolved = path
+        .to_str()
+        .is_some_and(|p| p.starts_with(CREDENTIALS_PREFIX));
+    if unresolved {
+        problems.push(err(
+            key,
+            format!(
+                "{} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set: \
+                 start the gateway with its systemd unit (LoadCredential=), or, to check the \
+                 file by hand, set CREDENTIALS_DIRECTORY to the directory holding the files",
+                path.display()
+            ),
+        ));
+    }
+    unresolved
+}
+
 fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+    if unresolved_credential(key, path, problems) {
+        return;
+    }
     if let Err(e) = std::fs::File::open(path) {
         problems.push(err(key, format!("cannot read {}: {e}", path.display())));
     }
 }
 
-/// Private keys must exist and be readable by their owner only (mode 0600 or stricter).
+/// Private keys must exist and be accessible to nobody but their owner and the gateway's
+/// own user (see [`crate::keyfile`]: mode 0600 or stricter, or an equivalent POSIX ACL such as
+/// the one systemd puts on a credential).
 pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
-    match std::fs::metadata(path) {
-        Err(e) => problems.push(err(key, format!("cannot read {}: {e}", path.display()))),
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                problems.push(err(
-                    key,
-                    format!(
-                        "private key {} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
-                        path.display(),
-                        path.display()
-                    ),
-                ));
-            } else if let Err(e) = std::fs::File::open(path) {
-                problems.push(err(key, format!("cannot read {}: {e}", path.display())));
-            }
-        }
+    if unresolved_credential(key, path, problems) {
+        return;
+    }
+    if let Err(e) = crate::keyfile::check_private(path) {
+        problems.push(err(key, e.to_string()));
     }
 }
 
@@ -1138,6 +1200,57 @@ mod tests {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default config parses");
         assert_eq!(parsed, Config::default());
         parsed.validate().expect("default config validates");
+    }
+
+    #[test]
+    fn credential_paths_resolve_against_the_credentials_directory_only_when_given() {
+        let text = r#"
+[sources.mqtt]
+url = "mqtts://broker:8883"
+[sources.mqtt.tls]
+ca = "/etc/vitalbridge/broker-ca.pem"
+cert = "${CREDENTIALS_DIRECTORY}/gateway.pem"
+key = "${CREDENTIALS_DIRECTORY}/gateway.key"
+[uplink.fhir]
+base_url = "https://fhir.example.org/r4"
+ca = "fhir-ca.pem"
+cert = "${CREDENTIALS_DIRECTORY}/gateway.pem"
+key = "${CREDENTIALS_DIRECTORY}/gateway.key"
+"#;
+        let parsed = Config::from_toml(text).unwrap();
+
+        let mut unresolved = parsed.clone();
+        unresolved.resolve_credentials(None);
+        assert_eq!(unresolved, parsed);
+        let problems = unresolved.validate().unwrap_err();
+        for key in [
+            "sources.mqtt.tls.cert",
+            "sources.mqtt.tls.key",
+            "uplink.fhir.cert",
+            "uplink.fhir.key",
+        ] {
+            assert!(
+                problems.iter().any(
+                    |p| p.key == key && p.message.contains("$CREDENTIALS_DIRECTORY is not set")
+                ),
+                "{key}: {problems:?}"
+            );
+        }
+
+        let mut resolved = parsed;
+        resolved.resolve_credentials(Some(Path::new("/run/credentials/vitalbridge.service")));
+        let tls = resolved.sources.mqtt.unwrap().tls.unwrap();
+        assert_eq!(tls.ca, Path::new("/etc/vitalbridge/broker-ca.pem"));
+        assert_eq!(
+            tls.key.unwrap(),
+            Path::new("/run/credentials/vitalbridge.service/gateway.key")
+        );
+        let fhir = resolved.uplink.fhir.unwrap();
+        assert_eq!(fhir.ca, Path::new("fhir-ca.pem"));
+        assert_eq!(
+            fhir.cert,
+            Path::new("/run/credentials/vitalbridge.service/gateway.pem")
+        );
     }
 
     #[test]

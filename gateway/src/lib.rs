@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod config;
 pub mod fhir;
 pub mod ingest;
+pub mod keyfile;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
@@ -290,6 +291,9 @@ pub async fn run(
             sources_stop.clone(),
         )));
     }
+    if sources.is_empty() {
+        tracing::warn!("no source is configured: nothing will be read until a [sources.*] table is added to the config");
+    }
     // Only sources hold ingest handles now: when they end, the writer drains and ends.
     drop(ingest_tx);
 
@@ -351,7 +355,18 @@ pub async fn run(
         state.lifecycle.set(Phase::Running);
     }
     ready();
-    shutdown.cancelled().await;
+    match ops::systemd::Watchdog::from_env() {
+        Some(watchdog) => {
+            tracing::info!(
+                interval_ms = watchdog.interval().as_millis() as u64,
+                "systemd watchdog on"
+            );
+            watchdog
+                .keep_alive(&shutdown, || stages_alive(&writer, &sources, &workers))
+                .await
+        }
+        None => shutdown.cancelled().await,
+    }
     tracing::info!(
         "shutting down: sources stop acknowledging, buffer flushes, uplink finishes its batch"
     );
@@ -430,6 +445,30 @@ fn spawn_ble(
             ingest::ble::BleError::NotBuilt
         )))
     }
+}
+
+/// The watchdog's health check: the stages that must run for the whole life of the gateway
+/// are still running. The buffer writer may end only once every source has ended (it drains
+/// and stops when the last `Ingest` handle is dropped, e.g. after a simulator with
+/// `max_readings`); uplink workers end only at shutdown. A finished task here means it
+/// panicked, and only a restart brings it back. Sources themselves are not checked: they
+/// reconnect on their own, and some end by design.
+fn stages_alive(
+    writer: &JoinHandle<buffer::writer::WriterCounts>,
+    sources: &[JoinHandle<()>],
+    workers: &[JoinHandle<()>],
+) -> Result<(), String> {
+    if writer.is_finished() && sources.iter().any(|s| !s.is_finished()) {
+        return Err("the buffer writer stopped while sources are running".to_owned());
+    }
+    let stopped = workers.iter().filter(|w| w.is_finished()).count();
+    if stopped > 0 {
+        return Err(format!(
+            "{stopped} of {} uplink workers stopped",
+            workers.len()
+        ));
+    }
+    Ok(())
 }
 
 fn spawn_workers<T: Transport>(

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use vitalbridge::config::{Config, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML};
+use vitalbridge::ops::systemd::Notifier;
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
@@ -246,12 +248,18 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::Run { config } => {
             let config = load(config.as_deref())?;
             init_logging(log_format.unwrap_or(config.ops.log_format.into()));
+            // Under systemd (Type=notify): READY=1 once running, STOPPING=1 on a signal.
+            let notifier = Arc::new(Notifier::from_env());
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
-                let summary =
-                    vitalbridge::run(config, shutdown, || tracing::info!("gateway running"))
-                        .await?;
+                tokio::spawn(wait_for_signal(shutdown.clone(), notifier.clone()));
+                let ready = || {
+                    tracing::info!("gateway running");
+                    if let Some(n) = notifier.as_ref() {
+                        n.ready("running");
+                    }
+                };
+                let summary = vitalbridge::run(config, shutdown, ready).await?;
                 tracing::info!(
                     stored = summary.stored,
                     delivered = summary.delivered,
@@ -524,7 +532,7 @@ fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async {
         let stop = CancellationToken::new();
-        tokio::spawn(wait_for_signal(stop.clone()));
+        tokio::spawn(wait_for_signal(stop.clone(), Arc::new(None)));
         let summary = simulator::run(options, stop).await?;
         if firmware {
             println!(
@@ -546,7 +554,7 @@ fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+async fn wait_for_signal(shutdown: CancellationToken, notifier: Arc<Option<Notifier>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -558,6 +566,9 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    if let Some(n) = notifier.as_ref() {
+        n.stopping("stopping: flushing the buffer, finishing the current batch");
     }
     shutdown.cancel();
 }

@@ -8,6 +8,7 @@
 //! - [`audit`]: the append-only audit log of security-relevant events; [`config_change`]
 //!   notices a changed configuration between starts, [`certs`] reads certificate validity.
 //! - [`net`]: the client allow-list of the HTTP server.
+//! - [`systemd`]: `sd_notify` readiness, watchdog and stopping notifications.
 //!
 //! Architecture invariant: nothing here shows or writes a patient value or identifier. Devices
 //! appear by their own ids, readings only as counts and times.
@@ -24,6 +25,7 @@ pub mod net;
 pub mod prometheus;
 pub mod server;
 pub mod status;
+pub mod systemd;
 
 use std::future::Future;
 use std::path::Path;

@@ -1,0 +1,295 @@
+//! The `vitalbridge` binary as systemd runs it: `Type=notify` notifications and the watchdog
+//! over a real Unix datagram socket standing in for systemd's, secrets from a credentials
+//! directory laid out as `LoadCredential=` lays it out, and the unit's own command lines
+//! against the packaged configuration.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+fn vitalbridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vitalbridge"));
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Kills the gateway if a test fails half-way.
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Receives notifications until one starts with `prefix`; panics after 60 s.
+fn until(sock: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 1024];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no {prefix:?} notification; got {seen:?}"
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(m.clone());
+            if m.starts_with(prefix) {
+                return m;
+            }
+        }
+    }
+}
+
+#[test]
+fn under_systemd_the_gateway_reports_ready_pings_the_watchdog_and_reports_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ndata_dir = \"{}\"\n[sources.sim]\ndevices = 2\ninterval_ms = 50\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+
+    let child = vitalbridge()
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000") // pings every 200 ms
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gateway = Gateway(child);
+    let mut seen = Vec::new();
+
+    let ready = until(&manager, "READY=1", &mut seen);
+    assert_eq!(ready, "READY=1\nSTATUS=running");
+    assert_eq!(seen.len(), 1, "READY is the first notification: {seen:?}");
+    for _ in 0..3 {
+        assert_eq!(until(&manager, "WATCHDOG", &mut seen), "WATCHDOG=1");
+    }
+
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(gateway.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let stopping = until(&manager, "STOPPING=1", &mut seen);
+    assert!(stopping.starts_with("STOPPING=1\nSTATUS="), "{stopping:?}");
+    let status = gateway.0.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+}
+
+#[test]
+fn the_watchdog_is_left_alone_when_it_belongs_to_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = vitalbridge()
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_PID", "1") // the variables were inherited from another service
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gateway = Gateway(child);
+    let mut seen = Vec::new();
+    until(&manager, "READY=1", &mut seen);
+    // Twenty watchdog intervals: a gateway that pinged would have done so by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = manager.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(!seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(gateway.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(gateway.0.wait().unwrap().success());
+}
+
+/// Writes `text` to `dir/name` with `mode`.
+fn file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// Gives `uid` read access to `path` through a POSIX ACL, as systemd does for a credential
+/// (`user:<service uid>:r--`, mask `r--`), so that `stat` shows the mask as group bits.
+fn add_acl_read(path: &Path, uid: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 4u16, u32::MAX),
+        (0x02, 4, uid),
+        (0x04, 0, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&id.to_le_bytes());
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a valid buffer of value.len() bytes.
+    let r = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn check_config_reads_the_private_key_from_the_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    file(etc, "fhir-ca.pem", "-----BEGIN CERTIFICATE-----\n", 0o644);
+    file(etc, "gateway.pem", "-----BEGIN CERTIFICATE-----\n", 0o644);
+    let config = file(
+        etc,
+        "config.toml",
+        &format!(
+            "[gateway]\ndata_dir = \"{0}/data\"\n[uplink.fhir]\nbase_url = \"https://fhir.example.org/r4\"\n\
+             ca = \"{0}/fhir-ca.pem\"\ncert = \"{0}/gateway.pem\"\nkey = \"${{CREDENTIALS_DIRECTORY}}/gateway.key\"\n",
+            etc.display()
+        ),
+        0o644,
+    );
+    let check = |credentials: Option<&Path>| {
+        let mut c = vitalbridge();
+        c.args(["check-config", "-c", config.to_str().unwrap()]);
+        if let Some(d) = credentials {
+            c.env("CREDENTIALS_DIRECTORY", d);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Not started by systemd: the operator is told what the path means.
+    let (code, stderr) = check(None);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("uplink.fhir.key: ${CREDENTIALS_DIRECTORY}/gateway.key names a systemd credential, but $CREDENTIALS_DIRECTORY is not set"),
+        "{stderr}"
+    );
+
+    // The directory systemd makes: a root-owned 0400 copy with an ACL for the service user,
+    // which `stat` shows as mode 0440. Accepted.
+    let creds = tempfile::tempdir().unwrap();
+    let key = file(
+        creds.path(),
+        "gateway.key",
+        "-----BEGIN PRIVATE KEY-----\n",
+        0o400,
+    );
+    // SAFETY: geteuid cannot fail.
+    add_acl_read(&key, unsafe { libc::geteuid() });
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o440
+    );
+    let (code, stderr) = check(Some(creds.path()));
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The same ACL for somebody else, and a plainly group-readable key: refused.
+    // SAFETY: as above.
+    add_acl_read(&key, unsafe { libc::geteuid() } + 1);
+    let (code, stderr) = check(Some(creds.path()));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("through its POSIX ACL"), "{stderr}");
+    std::fs::remove_file(&key).unwrap();
+    file(creds.path(), "gateway.key", "x", 0o640);
+    let (code, stderr) = check(Some(creds.path()));
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("is readable by group or others (mode 0640)"),
+        "{stderr}"
+    );
+}
+
+/// The `vitalbridge …` part of the unit's `KEY=` command lines.
+fn unit_command(key: &str) -> Vec<String> {
+    let unit = std::fs::read_to_string(repo().join("systemd/vitalbridge.service")).unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"));
+    let mut words = line.split_whitespace().map(str::to_owned);
+    assert_eq!(words.next().as_deref(), Some("/usr/bin/vitalbridge"));
+    words.collect()
+}
+
+#[test]
+fn the_units_commands_accept_the_packaged_config() {
+    let packaged = repo().join("packaging/deb/config.toml");
+    let pre = unit_command("ExecStartPre");
+    assert_eq!(pre, ["check-config", "-c", "/etc/vitalbridge/config.toml"]);
+    let start = unit_command("ExecStart");
+    assert_eq!(start, ["run", "-c", "/etc/vitalbridge/config.toml"]);
+
+    let out = vitalbridge()
+        .args(["check-config", "-c", packaged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The packaged config keeps its data in the unit's StateDirectory, reads nothing and
+    // sends nothing off the machine until a technician configures it.
+    let config = vitalbridge::config::Config::load(&packaged).unwrap();
+    assert_eq!(
+        config.gateway.data_dir,
+        Path::new("/var/lib/vitalbridge"),
+        "StateDirectory=vitalbridge"
+    );
+    assert!(config.sources.sim.is_none() && config.sources.mqtt.is_none());
+    assert!(config.uplink.fhir.is_none());
+}
