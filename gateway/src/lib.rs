@@ -20,6 +20,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod profile;
 pub mod tls;
+pub mod tools;
 pub mod uplink;
 
 use std::path::Path;

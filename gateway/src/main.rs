@@ -277,16 +277,33 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
                     device,
                     patient,
                 },
-        } => Ok(decode_ble(
-            &characteristic,
-            &hex,
-            fhir,
-            device.as_deref(),
-            patient.as_deref(),
-        )),
+        } => {
+            let request = vitalbridge::tools::decode::DecodeBle {
+                characteristic: &characteristic,
+                hex: &hex,
+                fhir,
+                device: device.as_deref(),
+                patient: patient.as_deref(),
+            };
+            Ok(match vitalbridge::tools::decode::decode_ble(&request) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            })
+        }
         Command::Ble {
             command: BleCommand::Scan { seconds, all },
-        } => runtime()?.block_on(ble_scan(seconds, all)),
+        } => {
+            let report = runtime()?.block_on(vitalbridge::tools::scan::ble_scan(seconds, all))?;
+            println!("{}", report.table);
+            eprintln!("{}", report.summary);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sim {
             command: SimCommand::Serial(args),
         } => sim_serial(args),
@@ -333,163 +350,6 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
     }
 }
 
-/// `decode ble`: prints the report or the Observations; exit code 2 for malformed input.
-fn decode_ble(
-    characteristic: &str,
-    hex: &str,
-    fhir: bool,
-    device: Option<&str>,
-    patient: Option<&str>,
-) -> ExitCode {
-    use vitalbridge::model::{DeviceId, DeviceRef, PatientRef};
-    use vitalbridge::profile::{ble, report, FrameContext};
-    let malformed = |what: String| {
-        eprintln!("error: {what}");
-        ExitCode::from(2)
-    };
-    let uuid = match ble::parse_characteristic(characteristic) {
-        Ok(u) => u,
-        Err(e) => return malformed(format!("--characteristic: {e}")),
-    };
-    let Some(decoder) = ble::Decoder::from_uuid(uuid) else {
-        return malformed(format!("--characteristic: no decoder for 0x{uuid:04X}"));
-    };
-    let bytes = match parse_hex(hex) {
-        Ok(b) => b,
-        Err(e) => return malformed(format!("HEX: {e}")),
-    };
-    let id = match device {
-        None => DeviceId::Other("vitalbridge-decode".into()),
-        Some(d) => match ble::parse_bluetooth_address(d) {
-            Some(a) => DeviceId::Bluetooth(a),
-            None => return malformed("--device: not a Bluetooth address".into()),
-        },
-    };
-    let patient = patient.map(|p| match p.split_once('|') {
-        Some((system, value)) => PatientRef {
-            system: system.into(),
-            value: value.into(),
-        },
-        None => PatientRef {
-            system: String::new(),
-            value: p.into(),
-        },
-    });
-    let ctx = FrameContext {
-        device: DeviceRef {
-            id,
-            profile: decoder.name().into(),
-            model: None,
-            manufacturer: None,
-        },
-        patient,
-        received_at: time::OffsetDateTime::now_utc(),
-        clock_offset: None,
-    };
-    let readings = match decoder.decode(&bytes, &ctx) {
-        Ok(r) => r,
-        Err(e) => return malformed(format!("0x{uuid:04X} ({}): {e}", decoder.name())),
-    };
-    if fhir {
-        let gateway = vitalbridge::fhir::Gateway {
-            id: "vitalbridge-decode".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let gateway_url = vitalbridge::fhir::gateway_device(&gateway).full_url;
-        for r in &readings {
-            let device_url = vitalbridge::fhir::device(&r.device).full_url;
-            println!(
-                "{}",
-                vitalbridge::fhir::observation(r, &device_url, &gateway_url)
-            );
-        }
-    } else {
-        match serde_json::to_string_pretty(&report::readings_to_json(&readings)) {
-            Ok(text) => println!("{text}"),
-            Err(e) => return malformed(format!("cannot print the report: {e}")),
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// Hex bytes, optionally separated by spaces, `:` or `-`, optionally prefixed `0x`.
-fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let text = text.trim();
-    let text = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|b| !matches!(b, b' ' | b'\t' | b':' | b'-'))
-        .collect();
-    if let Some(bad) = digits.iter().find(|b| !b.is_ascii_hexdigit()) {
-        return Err(format!("not a hex digit: {:?}", char::from(*bad)));
-    }
-    if !digits.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
-    }
-    Ok(digits
-        .chunks(2)
-        .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
-        .collect())
-}
-
-/// `ble scan`: the adapter's advertisements for `seconds`; a clear error without an adapter.
-async fn ble_scan(seconds: u64, all: bool) -> anyhow::Result<ExitCode> {
-    #[cfg(all(feature = "ble", target_os = "linux"))]
-    {
-        use std::time::Duration;
-        use vitalbridge::ingest::ble::{self, btleplug::BtleplugCentral, Profiles};
-        let central = BtleplugCentral::new();
-        let profiles = Profiles::builtin();
-        let listen = Duration::from_secs(seconds.max(1));
-        // Opening the adapter goes through D-Bus; never wait on it forever.
-        let entries = tokio::time::timeout(
-            listen + Duration::from_secs(15),
-            ble::scan(&central, &profiles, listen),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("the Bluetooth adapter did not answer in time"))?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!(
-            "{:<17}  {:>5}  {:<24}  {:<24}  profiles",
-            "address", "rssi", "name", "services"
-        );
-        let mut shown = 0;
-        for e in entries.iter().filter(|e| all || !e.profiles.is_empty()) {
-            let services: Vec<String> = e.services.iter().map(|s| format!("{s:04X}")).collect();
-            println!(
-                "{:<17}  {:>5}  {:<24}  {:<24}  {}",
-                ble::format_address(&e.address),
-                e.rssi.map_or("-".into(), |r| r.to_string()),
-                e.name.as_deref().unwrap_or("-"),
-                services.join(" "),
-                if e.profiles.is_empty() {
-                    "-".into()
-                } else {
-                    e.profiles.join(" ")
-                }
-            );
-            shown += 1;
-        }
-        eprintln!(
-            "{shown} device(s) shown, {} seen in {}s",
-            entries.len(),
-            listen.as_secs()
-        );
-        Ok(ExitCode::SUCCESS)
-    }
-    #[cfg(not(all(feature = "ble", target_os = "linux")))]
-    {
-        let _ = (seconds, all);
-        Err(anyhow::anyhow!(
-            "{}",
-            vitalbridge::ingest::ble::BleError::NotBuilt
-        ))
-    }
-}
-
 fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
     use vitalbridge::ingest::serial::{simulator, FIRMWARE_SETTINGS};
     let (protocol, mut settings) = match args.protocol {
@@ -508,14 +368,7 @@ fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
             let registry =
                 vitalbridge::profile::line::Registry::load(args.profiles_dir.as_deref())?;
             let profile = registry.get(&id)?.clone();
-            let s = profile.serial;
-            let settings = vitalbridge::ingest::serial::port::Settings {
-                baud: s.baud,
-                data_bits: s.data_bits,
-                parity: s.parity,
-                stop_bits: s.stop_bits,
-                flow_control: s.flow_control,
-            };
+            let settings = vitalbridge::ingest::serial::port::Settings::from(profile.serial);
             (simulator::SimProtocol::Line(Box::new(profile)), settings)
         }
     };

@@ -193,14 +193,7 @@ impl SerialSource {
                     model: Some(profile.model.clone()),
                     manufacturer: Some(profile.manufacturer.clone()),
                 };
-                let s = profile.serial;
-                let defaults = Settings {
-                    baud: s.baud,
-                    data_bits: s.data_bits,
-                    parity: s.parity,
-                    stop_bits: s.stop_bits,
-                    flow_control: s.flow_control,
-                };
+                let defaults = Settings::from(profile.serial);
                 (
                     Protocol::Line {
                         profile: Box::new(profile),

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use crate::config::{FlowControl, Parity};
+use crate::profile::line::SerialSettings;
 
 /// How far up from a tty's `device` directory the USB device directory may be (usb-serial:
 /// tty → port → interface → device; cdc-acm: interface → device).
@@ -111,6 +112,19 @@ pub struct Settings {
     pub stop_bits: u8,
     /// Flow control.
     pub flow_control: FlowControl,
+}
+
+impl From<SerialSettings> for Settings {
+    /// The settings a line profile documents for its device.
+    fn from(s: SerialSettings) -> Self {
+        Self {
+            baud: s.baud,
+            data_bits: s.data_bits,
+            parity: s.parity,
+            stop_bits: s.stop_bits,
+            flow_control: s.flow_control,
+        }
+    }
 }
 
 impl fmt::Display for Settings {

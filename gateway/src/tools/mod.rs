@@ -1,0 +1,6 @@
+//! The technician commands besides `run`: decode a device's bytes (`decode ble`) and list the
+//! Bluetooth devices in range (`ble scan`). Each returns the text to print or a typed error;
+//! `main.rs` only parses arguments, prints, and picks the exit code.
+
+pub mod decode;
+pub mod scan;
