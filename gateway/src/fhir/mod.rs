@@ -114,7 +114,16 @@ struct EntryRequest<'a> {
     if_none_exist: &'a str,
 }
 
-/// Appends `,` (unless first) and one entry to a Bundle being written.
+/// Bytes a Bundle needs besides its Observation entries (the gateway's Device, a few
+/// measuring Devices).
+const BUNDLE_OVERHEAD: usize = 8 * 1024;
+/// A typical Observation entry, serialized (a blood pressure with three components is
+/// about 3 KiB, a single quantity about 2 KiB).
+const ENTRY_ESTIMATE: usize = 2560;
+
+/// Appends `,` (unless first) and one entry to a Bundle being written. When the body is
+/// nearly full it grows by a quarter, not by doubling: a Bundle is the uplink's largest
+/// buffer, and a doubled one would be half empty.
 fn write_entry<R: Serialize>(
     body: &mut Vec<u8>,
     first: bool,
@@ -123,6 +132,9 @@ fn write_entry<R: Serialize>(
     kind: &'static str,
     if_none_exist: &str,
 ) {
+    if body.capacity() - body.len() < ENTRY_ESTIMATE * 2 {
+        body.reserve_exact(body.len() / 4 + ENTRY_ESTIMATE * 2);
+    }
     if !first {
         body.push(b',');
     }
@@ -147,7 +159,7 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
         BundleType::Transaction => "transaction",
         BundleType::Batch => "batch",
     };
-    let mut body = Vec::with_capacity(256 + rows.len() * 2048);
+    let mut body = Vec::with_capacity(BUNDLE_OVERHEAD + rows.len() * ENTRY_ESTIMATE);
     body.extend_from_slice(br#"{"resourceType":"Bundle","type":""#);
     body.extend_from_slice(kind.as_bytes());
     body.extend_from_slice(br#"","entry":["#);
