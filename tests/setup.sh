@@ -12,9 +12,8 @@ source cross/targets.sh
 # --- Debian packages ---------------------------------------------------------------------
 apt_needs=(
     mosquitto                 # MQTT broker for the end-to-end tests (the harness starts it on a free port)
-    pkg-config                # host builds of -sys crates
-    libdbus-1-dev             # BLE source (btleplug → D-Bus), host build
-    libudev-dev               # serial source, host build
+    pkg-config                # host builds of -sys crates (libdbus itself is built from source:
+                              # libdbus-sys `vendored`; serial needs no libudev)
     systemd                   # systemd-analyze: systemd/check.sh (unit security score, verify)
     strace                    # systemd/syscalls.sh: the gateway's system calls vs SystemCallFilter=
     debootstrap               # packaging/deb/test.sh: the throwaway Debian root
