@@ -1,0 +1,499 @@
+//! [`Config::validate`]: what the types cannot check (URLs, ranges, file permissions, ids
+//! that must agree between tables). Every problem names its dotted key; all problems are
+//! returned at once so one `check-config` run lists them all.
+
+use std::path::Path;
+
+use super::*;
+
+impl Config {
+    /// Checks what the types cannot. Returns every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut problems = Vec::new();
+        let b = &self.buffer;
+        if b.capacity == 0 {
+            problems.push(err("buffer.capacity", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&b.commit_max_rows) {
+            problems.push(err(
+                "buffer.commit_max_rows",
+                "must be between 1 and 100000",
+            ));
+        }
+        if b.commit_linger_ms > 1000 {
+            problems.push(err("buffer.commit_linger_ms", "must be at most 1000 ms"));
+        }
+        if let Some(id) = &self.gateway.id {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                problems.push(err(
+                    "gateway.id",
+                    "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        if let Some(sim) = &self.sources.sim {
+            if sim.devices == 0 || sim.devices > 10_000 {
+                problems.push(err("sources.sim.devices", "must be between 1 and 10000"));
+            }
+            if sim.interval_ms == 0 {
+                problems.push(err("sources.sim.interval_ms", "must be at least 1"));
+            }
+        }
+        if let Some(mqtt) = &self.sources.mqtt {
+            validate_mqtt(mqtt, &mut problems);
+        }
+        if let Some(ble) = &self.sources.ble {
+            validate_ble(ble, &mut problems);
+        }
+        for (i, port) in self.sources.serial.iter().enumerate() {
+            validate_serial(i, port, &self.sources.serial[..i], &mut problems);
+        }
+        let u = &self.uplink;
+        if !(1..=10_000).contains(&u.batch_size) {
+            problems.push(err("uplink.batch_size", "must be between 1 and 10000"));
+        }
+        if !(1..=64).contains(&u.in_flight) {
+            problems.push(err("uplink.in_flight", "must be between 1 and 64"));
+        }
+        if u.retry_initial_ms == 0 || u.retry_initial_ms > u.retry_max_ms {
+            problems.push(err(
+                "uplink.retry_initial_ms",
+                "must be at least 1 and at most uplink.retry_max_ms",
+            ));
+        }
+        if u.file.is_some() && u.fhir.is_some() {
+            problems.push(err(
+                "uplink",
+                "configure exactly one of [uplink.file] or [uplink.fhir]",
+            ));
+        }
+        if let Some(file) = &u.file {
+            if file.rotate_bytes < 4096 {
+                problems.push(err("uplink.file.rotate_bytes", "must be at least 4096"));
+            }
+        }
+        if let Some(fhir) = &u.fhir {
+            validate_fhir(fhir, &mut problems);
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("devices[{i}]");
+            if d.id.is_empty() {
+                problems.push(err(&format!("{key}.id"), "must not be empty"));
+            }
+            match (&d.patient_system, &d.patient_id, &d.patient_reference) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => problems.push(err(
+                    &key,
+                    "give either patient_system and patient_id, or patient_reference",
+                )),
+            }
+            if d.user == Some(0xFF) {
+                problems.push(err(
+                    &format!("{key}.user"),
+                    "255 means \"unknown user\" in BLE; use 0-254",
+                ));
+            }
+            let same_device = |o: &&DeviceBinding| same_device_id(&o.id, &d.id);
+            if self.devices[..i]
+                .iter()
+                .filter(same_device)
+                .any(|o| o.user == d.user)
+            {
+                problems.push(err(
+                    &format!("{key}.id"),
+                    match d.user {
+                        Some(u) => format!("device {:?} user {u} is bound twice", d.id),
+                        None => format!("device {:?} is bound twice", d.id),
+                    },
+                ));
+            } else if self.devices[..i]
+                .iter()
+                .filter(same_device)
+                .any(|o| o.user.is_some() != d.user.is_some())
+            {
+                problems.push(err(
+                    &format!("{key}.user"),
+                    format!(
+                        "device {:?} has bindings with and without `user`: on a shared device \
+                         every binding names its user",
+                        d.id
+                    ),
+                ));
+            }
+        }
+        validate_ops(&self.ops, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Whether two `[[devices]]` ids name the same device (a Bluetooth address may be written
+/// with or without colons, in either case).
+fn same_device_id(a: &str, b: &str) -> bool {
+    use crate::profile::ble::parse_bluetooth_address as addr;
+    match (addr(a), addr(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
+    if ble.connect_timeout_s == 0 || ble.connect_timeout_s > 300 {
+        problems.push(err(
+            "sources.ble.connect_timeout_s",
+            "must be between 1 and 300",
+        ));
+    }
+    if ble.reconnect_initial_ms == 0 || ble.reconnect_initial_ms > ble.reconnect_max_ms {
+        problems.push(err(
+            "sources.ble.reconnect_initial_ms",
+            "must be at least 1 and at most sources.ble.reconnect_max_ms",
+        ));
+    }
+    if let Some(dir) = &ble.profiles_dir {
+        if let Err(e) = std::fs::read_dir(dir) {
+            problems.push(err(
+                "sources.ble.profiles_dir",
+                format!("cannot read directory {}: {e}", dir.display()),
+            ));
+        }
+    }
+    if ble.devices.is_empty() {
+        problems.push(err(
+            "sources.ble.devices",
+            "list at least one [[sources.ble.devices]] (an address or a service)",
+        ));
+    }
+    for (i, d) in ble.devices.iter().enumerate() {
+        let key = format!("sources.ble.devices[{i}]");
+        match (&d.address, &d.service) {
+            (Some(_), Some(_)) | (None, None) => {
+                problems.push(err(&key, "give exactly one of `address` or `service`"))
+            }
+            _ => {}
+        }
+        if let Some(a) = &d.address {
+            if crate::profile::ble::parse_bluetooth_address(a).is_none() {
+                problems.push(err(
+                    &format!("{key}.address"),
+                    "not a Bluetooth address: expected six hex pairs like A1:B2:C3:D4:E5:F6",
+                ));
+            } else if ble.devices[..i].iter().any(|o| {
+                o.address
+                    .as_deref()
+                    .and_then(crate::profile::ble::parse_bluetooth_address)
+                    == crate::profile::ble::parse_bluetooth_address(a)
+            }) {
+                problems.push(err(&format!("{key}.address"), "listed twice"));
+            }
+        }
+        if let Some(svc) = &d.service {
+            if crate::profile::ble::parse_characteristic(svc).is_err() {
+                problems.push(err(
+                    &format!("{key}.service"),
+                    "not a 16-bit service UUID: expected e.g. 1810, 0x1810 or the 128-bit form",
+                ));
+            }
+        }
+        if let Some(p) = &d.profile {
+            let builtin = crate::profile::ble::profile_file::builtin();
+            if ble.profiles_dir.is_none() && !builtin.iter().any(|b| &b.id == p) {
+                let known: Vec<String> = builtin.into_iter().map(|b| b.id).collect();
+                problems.push(err(
+                    &format!("{key}.profile"),
+                    format!("no profile {p:?}; built in: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+}
+
+fn validate_ops(ops: &OpsConfig, problems: &mut Vec<ConfigError>) {
+    if let Some(path) = &ops.audit_log {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            problems.push(err(
+                "ops.audit_log",
+                "must be a file path (the file is created if missing)",
+            ));
+        }
+    }
+    let Some(http) = &ops.http else { return };
+    if http.listen.port() == 0 {
+        problems.push(err(
+            "ops.http.listen",
+            "must name a port (e.g. 127.0.0.1:8642) so scrapers and technicians can find it",
+        ));
+    }
+    if http.allow_from.is_empty() {
+        problems.push(err(
+            "ops.http.allow_from",
+            "must list at least one network; [\"127.0.0.0/8\", \"::1/128\"] is this machine only",
+        ));
+    }
+    if !http.listen.ip().is_loopback() && http.allow_from.iter().all(Cidr::is_loopback) {
+        problems.push(err(
+            "ops.http.listen",
+            format!(
+                "{} is not a loopback address: the status page and metrics name devices and queue \
+                 state, so serving them beyond this machine must be explicit: list the client \
+                 networks allowed in ops.http.allow_from (e.g. [\"10.20.0.0/16\"]), or listen on \
+                 127.0.0.1",
+                http.listen.ip()
+            ),
+        ));
+    }
+    if http.ready_staleness_s == 0 || http.ready_staleness_s > 7 * 24 * 3600 {
+        problems.push(err(
+            "ops.http.ready_staleness_s",
+            "must be between 1 and 604800 (7 days)",
+        ));
+    }
+}
+
+fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
+    match url::Url::parse(&mqtt.url) {
+        Err(e) => problems.push(err(
+            "sources.mqtt.url",
+            format!("not a valid URL ({e}): expected mqtt://host:port or mqtts://host:port"),
+        )),
+        Ok(u) => {
+            match u.scheme() {
+                "mqtt" => {}
+                "mqtts" => {
+                    if mqtt.tls.is_none() {
+                        problems.push(err(
+                            "sources.mqtt.tls",
+                            "mqtts:// needs a [sources.mqtt.tls] table with at least `ca`",
+                        ));
+                    }
+                }
+                other => problems.push(err(
+                    "sources.mqtt.url",
+                    format!("scheme {other:?} is not mqtt or mqtts"),
+                )),
+            }
+            if u.host_str().is_none_or(str::is_empty) {
+                problems.push(err("sources.mqtt.url", "has no host"));
+            }
+        }
+    }
+    if mqtt.topics.is_empty() || mqtt.topics.iter().any(String::is_empty) {
+        problems.push(err(
+            "sources.mqtt.topics",
+            "needs at least one non-empty topic filter",
+        ));
+    }
+    if mqtt.keep_alive_s < 5 {
+        problems.push(err(
+            "sources.mqtt.keep_alive_s",
+            "must be at least 5 seconds",
+        ));
+    }
+    if let Some(tls) = &mqtt.tls {
+        check_readable("sources.mqtt.tls.ca", &tls.ca, problems);
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                check_readable("sources.mqtt.tls.cert", cert, problems);
+                check_private_key("sources.mqtt.tls.key", key, problems);
+            }
+            (None, None) => {}
+            _ => problems.push(err(
+                "sources.mqtt.tls",
+                "give both `cert` and `key` for mutual TLS, or neither",
+            )),
+        }
+    }
+}
+
+fn validate_serial(
+    i: usize,
+    port: &SerialPortConfig,
+    earlier: &[SerialPortConfig],
+    problems: &mut Vec<ConfigError>,
+) {
+    let key = |field: &str| format!("sources.serial[{i}].{field}");
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !valid_name(&port.name) {
+        problems.push(err(
+            &key("name"),
+            "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+        ));
+    } else if earlier.iter().any(|o| o.name == port.name) {
+        problems.push(err(
+            &key("name"),
+            format!("serial port {:?} is configured twice", port.name),
+        ));
+    }
+    match (&port.path, &port.usb) {
+        (Some(_), None) => {
+            if port.usb_serial.is_some() {
+                problems.push(err(&key("usb_serial"), "only with `usb`"));
+            }
+        }
+        (None, Some(usb)) => {
+            if crate::ingest::serial::port::UsbId::parse(usb).is_none() {
+                problems.push(err(
+                    &key("usb"),
+                    "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
+                ));
+            }
+        }
+        _ => problems.push(err(
+            &format!("sources.serial[{i}]"),
+            "give exactly one of `path` or `usb`",
+        )),
+    }
+    match port.protocol {
+        SerialProtocol::Line => match &port.profile {
+            None => problems.push(err(
+                &key("profile"),
+                "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
+            )),
+            Some(id) => {
+                if let Err(e) = crate::profile::line::Registry::load(port.profiles_dir.as_deref())
+                    .and_then(|r| r.get(id).map(|_| ()))
+                {
+                    let field = if port.profiles_dir.is_some()
+                        && !matches!(e, crate::profile::line::ProfileError::Unknown { .. })
+                    {
+                        "profiles_dir"
+                    } else {
+                        "profile"
+                    };
+                    problems.push(err(&key(field), e.to_string()));
+                }
+            }
+        },
+        SerialProtocol::Firmware => {
+            for (field, set) in [
+                ("profile", port.profile.is_some()),
+                ("profiles_dir", port.profiles_dir.is_some()),
+                ("device_id", port.device_id.is_some()),
+                ("device_utc_offset", port.device_utc_offset.is_some()),
+            ] {
+                if set {
+                    problems.push(err(
+                        &key(field),
+                        "only for `line` ports: a firmware device identifies itself and syncs its clock",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(id) = &port.device_id {
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            problems.push(err(
+                &key("device_id"),
+                "must be 1 to 128 printable characters",
+            ));
+        }
+    }
+    if let Some(offset) = &port.device_utc_offset {
+        if crate::profile::line::parse_utc_offset(offset).is_none() {
+            problems.push(err(
+                &key("device_utc_offset"),
+                "must be a UTC offset like +01:00, -05:00 or +00:00",
+            ));
+        }
+    }
+    if port.baud.is_some_and(|b| !(50..=4_000_000).contains(&b)) {
+        problems.push(err(&key("baud"), "must be between 50 and 4000000"));
+    }
+    if port.data_bits.is_some_and(|b| !(5..=8).contains(&b)) {
+        problems.push(err(&key("data_bits"), "must be 5, 6, 7 or 8"));
+    }
+    if port.stop_bits.is_some_and(|b| !(1..=2).contains(&b)) {
+        problems.push(err(&key("stop_bits"), "must be 1 or 2"));
+    }
+    if !(250..=600_000).contains(&port.reconnect_max_ms) {
+        problems.push(err(
+            &key("reconnect_max_ms"),
+            "must be between 250 and 600000",
+        ));
+    }
+}
+
+fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
+    match url::Url::parse(&fhir.base_url) {
+        Err(e) => problems.push(err(
+            "uplink.fhir.base_url",
+            format!("not a valid URL ({e})"),
+        )),
+        Ok(u) if u.scheme() != "https" => problems.push(err(
+            "uplink.fhir.base_url",
+            format!(
+                "scheme {:?} is not https: the uplink only speaks mutual TLS",
+                u.scheme()
+            ),
+        )),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+            problems.push(err("uplink.fhir.base_url", "has no host"))
+        }
+        Ok(_) => {}
+    }
+    check_readable("uplink.fhir.ca", &fhir.ca, problems);
+    check_readable("uplink.fhir.cert", &fhir.cert, problems);
+    check_private_key("uplink.fhir.key", &fhir.key, problems);
+    if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
+        problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
+    }
+    if fhir.bundle_type != "transaction" && fhir.bundle_type != "batch" {
+        problems.push(err(
+            "uplink.fhir.bundle_type",
+            "must be \"transaction\" or \"batch\"",
+        ));
+    }
+}
+
+/// A path still starting with `${CREDENTIALS_DIRECTORY}/` after [`Config::load`]: the
+/// variable was not set.
+fn unresolved_credential(key: &str, path: &Path, problems: &mut Vec<ConfigError>) -> bool {
+    let unresolved = path
+        .to_str()
+        .is_some_and(|p| p.starts_with(CREDENTIALS_PREFIX));
+    if unresolved {
+        problems.push(err(
+            key,
+            format!(
+                "{} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set: \
+                 start the gateway with its systemd unit (LoadCredential=), or, to check the \
+                 file by hand, set CREDENTIALS_DIRECTORY to the directory holding the files",
+                path.display()
+            ),
+        ));
+    }
+    unresolved
+}
+
+fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+    if unresolved_credential(key, path, problems) {
+        return;
+    }
+    if let Err(e) = std::fs::File::open(path) {
+        problems.push(err(key, format!("cannot read {}: {e}", path.display())));
+    }
+}
+
+/// Private keys must exist and be accessible to nobody but their owner and the gateway's
+/// own user (see [`crate::keyfile`]: mode 0600 or stricter, or an equivalent POSIX ACL such as
+/// the one systemd puts on a credential).
+pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+    if unresolved_credential(key, path, problems) {
+        return;
+    }
+    if let Err(e) = crate::keyfile::check_private(path) {
+        problems.push(err(key, e.to_string()));
+    }
+}
