@@ -551,15 +551,14 @@ fn glucose_sequences(readings: &[Reading]) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() {
+/// The meter's first connection drops after `values` notifications; runs until the second
+/// session ends and returns what the central saw and what the gateway buffered.
+async fn meter_reconnecting_after(values: usize) -> (Vec<Op>, Vec<Reading>, Arc<Metrics>) {
     let central = FakeCentral::default();
     let mut script = meter_script();
-    // The first connection drops after records 1 (1 value), 2 (2), 3 (1): 4 values.
-    script.drop_after.insert(0, 4);
+    script.drop_after.insert(0, values);
     central.add(METER, script);
     let h = Harness::start(central.clone(), METER_TOML).await;
-
     central
         .advertise_until(METER, "the second session to end", |ops| {
             sessions_over(ops) >= 2
@@ -567,6 +566,13 @@ async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() 
         .await;
     let ops = central.ops();
     let (_, readings, metrics) = h.finish().await;
+    (ops, readings, metrics)
+}
+
+#[tokio::test]
+async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() {
+    // The first connection drops after records 1 (1 value), 2 (2), 3 (1): 4 values.
+    let (ops, readings, metrics) = meter_reconnecting_after(4).await;
 
     // First everything, then only what the buffer did not hold.
     assert_eq!(
@@ -612,19 +618,8 @@ async fn a_glucose_meter_reconnecting_mid_transfer_delivers_every_record_once() 
 
 #[tokio::test]
 async fn a_record_whose_context_was_cut_off_is_asked_for_again_and_stored_once_with_it() {
-    let central = FakeCentral::default();
-    let mut script = meter_script();
     // Records 1, then 2's measurement but not its context: 2 is not committed.
-    script.drop_after.insert(0, 2);
-    central.add(METER, script);
-    let h = Harness::start(central.clone(), METER_TOML).await;
-    central
-        .advertise_until(METER, "the second session to end", |ops| {
-            sessions_over(ops) >= 2
-        })
-        .await;
-    let ops = central.ops();
-    let (_, readings, _) = h.finish().await;
+    let (ops, readings, _) = meter_reconnecting_after(2).await;
     assert_eq!(
         racp_requests(&ops),
         [

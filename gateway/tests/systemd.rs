@@ -58,32 +58,41 @@ fn until(sock: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) -> String {
     }
 }
 
-#[test]
-fn under_systemd_the_gateway_reports_ready_pings_the_watchdog_and_reports_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify");
+/// A stand-in for systemd's notification socket and a config with `data_dir` under `dir`
+/// plus `extra` TOML, spawned as `vitalbridge run` with `NOTIFY_SOCKET` and `env` set.
+fn start_notified(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (UnixDatagram, Gateway) {
+    let socket_path = dir.join("notify");
     let manager = UnixDatagram::bind(&socket_path).unwrap();
     manager
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let config = dir.path().join("config.toml");
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[gateway]\ndata_dir = \"{}\"\n[sources.sim]\ndevices = 2\ninterval_ms = 50\n",
-            dir.path().join("data").display()
+            "[gateway]\ndata_dir = \"{}\"\n{extra}",
+            dir.join("data").display()
         ),
     )
     .unwrap();
-
     let child = vitalbridge()
         .args(["run", "-c", config.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000") // pings every 200 ms
+        .envs(env.iter().copied())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut gateway = Gateway(child);
+    (manager, Gateway(child))
+}
+
+#[test]
+fn under_systemd_the_gateway_reports_ready_pings_the_watchdog_and_reports_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, mut gateway) = start_notified(
+        dir.path(),
+        "[sources.sim]\ndevices = 2\ninterval_ms = 50\n",
+        &[("WATCHDOG_USEC", "400000")], // pings every 200 ms
+    );
     let mut seen = Vec::new();
 
     let ready = until(&manager, "READY=1", &mut seen);
@@ -107,29 +116,12 @@ fn under_systemd_the_gateway_reports_ready_pings_the_watchdog_and_reports_stoppi
 #[test]
 fn the_watchdog_is_left_alone_when_it_belongs_to_another_process() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify");
-    let manager = UnixDatagram::bind(&socket_path).unwrap();
-    manager
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\ndata_dir = \"{}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = vitalbridge()
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "100000")
-        .env("WATCHDOG_PID", "1") // the variables were inherited from another service
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gateway = Gateway(child);
+    // The variables were inherited from another service.
+    let (manager, mut gateway) = start_notified(
+        dir.path(),
+        "",
+        &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")],
+    );
     let mut seen = Vec::new();
     until(&manager, "READY=1", &mut seen);
     // Twenty watchdog intervals: a gateway that pinged would have done so by now.

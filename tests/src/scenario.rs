@@ -16,7 +16,6 @@ pub fn mqtt_to_fhir(
     pki: &TestPki,
     extra: &str,
 ) -> String {
-    let client = pki.client_files();
     format!(
         r#"[gateway]
 id = "e2e-gateway"
@@ -27,8 +26,20 @@ url = "mqtt://127.0.0.1:{mqtt_port}"
 client_id = "vitalbridge-e2e-{mqtt_port}"
 topics = ["vitals/#"]
 
-[uplink]
-batch_size = 500
+{uplink}{extra}
+"#,
+        data = data_dir.display(),
+        uplink = fhir_uplink(upstream_url, pki, 500),
+    )
+}
+
+/// The `[uplink]` and `[uplink.fhir]` tables of the test configs: `batch_size` readings per
+/// Bundle, two in flight, quick retries, the test PKI's client certificate.
+pub fn fhir_uplink(upstream_url: &str, pki: &TestPki, batch_size: usize) -> String {
+    let client = pki.client_files();
+    format!(
+        r#"[uplink]
+batch_size = {batch_size}
 in_flight = 2
 retry_initial_ms = 50
 retry_max_ms = 2000
@@ -39,9 +50,7 @@ ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
 timeout_s = 10
-{extra}
 "#,
-        data = data_dir.display(),
         ca = pki.ca_cert_path().display(),
         cert = client.cert.display(),
         key = client.key.display(),

@@ -26,7 +26,6 @@ pub fn serial_to_fhir(
     upstream_url: &str,
     pki: &TestPki,
 ) -> String {
-    let client = pki.client_files();
     format!(
         r#"[gateway]
 id = "e2e-serial"
@@ -38,19 +37,7 @@ path = "{port}"
 reconnect_max_ms = 1000
 {extra_port}
 
-[uplink]
-batch_size = 200
-in_flight = 2
-retry_initial_ms = 50
-retry_max_ms = 2000
-
-[uplink.fhir]
-base_url = "{upstream_url}"
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-timeout_s = 10
-
+{uplink}
 [[devices]]
 id = "{SIM_SERIAL}"
 patient_system = "urn:oid:1.2.3"
@@ -58,9 +45,7 @@ patient_id = "p-serial"
 "#,
         data = data_dir.display(),
         port = port.display(),
-        ca = pki.ca_cert_path().display(),
-        cert = client.cert.display(),
-        key = client.key.display(),
+        uplink = crate::scenario::fhir_uplink(upstream_url, pki, 200),
     )
 }
 
