@@ -19,6 +19,8 @@ cargo test --workspace --locked
 
 section "cross: the gateway for aarch64, its library tests and the binary under qemu-user"
 bash cross/test.sh aarch64-unknown-linux-gnu
+section "cross: the gateway for armv7 (32-bit hubs), its library tests and the binary under qemu-user"
+bash cross/test.sh armv7-unknown-linux-gnueabihf
 section "systemd unit: security exposure, verify, and every system call the gateway makes is allowed"
 bash systemd/check.sh
 bash systemd/syscalls.sh target/debug/vitalbridge

@@ -29,6 +29,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # Cross targets: the Rust targets, Debian's cross gcc and qemu-user (cross/setup.sh).
 bash cross/setup.sh thumbv7em-none-eabihf
 bash cross/setup.sh aarch64-unknown-linux-gnu --qemu
+bash cross/setup.sh armv7-unknown-linux-gnueabihf --qemu
 
 # --- Python: the independent FHIR R4 validator ---------------------------------------------
 # In its own virtualenv inside the clone (fhir.resources 6.4.0 is the last R4 release and
