@@ -12,6 +12,11 @@ section "format"
 cargo fmt --all -- --check
 section "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+section "fuzz targets: type-check and lint on stable (running them needs nightly, see gateway/fuzz/README.md)"
+for fuzz in gateway/fuzz firmware/fuzz; do
+    (cd "$fuzz" && cargo fmt -- --check \
+        && CARGO_TARGET_DIR="$PWD/../../target" cargo clippy --locked -- -D warnings)
+done
 section "firmware for Cortex-M (no_std)"
 bash cross/build.sh thumbv7em-none-eabihf --profile dev
 section "tests"

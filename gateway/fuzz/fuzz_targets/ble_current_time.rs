@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some(bytes) = datetime::encode_current_time(t) {
             let again = datetime::current_time(&bytes).ok().flatten();
             let diff = again.map(|a| (a - t).abs());
-            assert!(diff.is_some_and(|d| d < time::Duration::milliseconds(8)), "{t} {again:?}");
+            assert!(
+                diff.is_some_and(|d| d < time::Duration::milliseconds(8)),
+                "{t} {again:?}"
+            );
         }
     }
 });

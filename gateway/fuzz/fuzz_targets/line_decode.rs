@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let ctx = common::ctx();
     // The whole input as one line, with a fixed and a strange offset.
     for profile in PROFILES.iter() {
-        for offset in [UtcOffset::UTC, UtcOffset::from_hms(-12, -30, 0).expect("offset")] {
+        for offset in [
+            UtcOffset::UTC,
+            UtcOffset::from_hms(-12, -30, 0).expect("offset"),
+        ] {
             let _ = profile.decode(data, &ctx, offset);
         }
     }

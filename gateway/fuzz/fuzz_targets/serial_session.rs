@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         firmware: Default::default(),
         profile: Default::default(),
     };
-    let _ = session.receive(&encode_to_vec(&Message::Hello(hello)).expect("encodes"), now);
+    let _ = session.receive(
+        &encode_to_vec(&Message::Hello(hello)).expect("encodes"),
+        now,
+    );
     let Some((&chunk, stream)) = data.split_first() else {
         return;
     };
