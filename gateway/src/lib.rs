@@ -199,8 +199,14 @@ pub async fn run(
     let mut ops_server = None;
     if let Some(http) = &config.ops.http {
         let listener = ops::server::bind(http.listen).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another program, perhaps another gateway, has this port: set \
+                 [ops.http] listen to a free one)"
+            } else {
+                ""
+            };
             RunError::Setup(format!(
-                "ops.http.listen: cannot listen on {}: {e}",
+                "ops.http.listen: cannot listen on {}: {e}{hint}",
                 http.listen
             ))
         })?;

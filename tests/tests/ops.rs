@@ -537,6 +537,11 @@ fn listening_beyond_loopback_must_be_explicit_and_a_taken_port_fails_the_start()
         "{}",
         gw.log()
     );
+    assert!(
+        gw.log().contains("set [ops.http] listen to a free one"),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]
