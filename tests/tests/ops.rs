@@ -18,7 +18,8 @@ use vitalbridge_tests::scenario;
 use vitalbridge_tests::upstream::{Fault, Upstream, UpstreamConfig};
 
 const TOPIC: &str = "vitals/ops";
-/// A patient identifier that must never appear on the page, in metrics or in the audit log.
+/// A patient identifier that must never appear on the page, in metrics, in the audit log or
+/// in the gateway's log.
 const PATIENT: &str = "PATIENT-SECRET-4711";
 /// A measured value (body temperature) that must never appear either.
 const VALUE: &str = "36.4321";
@@ -265,6 +266,8 @@ async fn metrics_health_and_readiness_answer_real_http_requests() {
         ops_http::get(addr(port), "/healthz").await.is_err(),
         "the server stops with the gateway"
     );
+    // The whole run, including two rejected payloads, logged ids and counts only.
+    assert_no_patient_data("the gateway's log", &gw.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
