@@ -44,7 +44,6 @@ use vitalbridge_firmware::outbox::{Outbox, RetryPolicy};
 
 use super::port::{self, PortError, Settings};
 use crate::profile::line::{Decoded, LineProfile};
-use crate::profile::FrameContext;
 
 /// Readings the simulated device holds while the gateway is away.
 const OUTBOX_CAPACITY: usize = 256;
@@ -344,23 +343,12 @@ async fn run_line(
 
 /// Example lines that decode to readings with no status flags: the shapes to imitate.
 pub fn line_templates(profile: &LineProfile) -> Vec<String> {
-    let ctx = FrameContext {
-        device: crate::model::DeviceRef {
-            id: crate::model::DeviceId::Other("sim".into()),
-            profile: profile.id.clone(),
-            model: None,
-            manufacturer: None,
-        },
-        patient: None,
-        received_at: OffsetDateTime::UNIX_EPOCH,
-        clock_offset: None,
-    };
     profile
         .examples
         .iter()
         .filter(|e| {
             matches!(
-                profile.decode(e.line.as_bytes(), &ctx, time::UtcOffset::UTC),
+                profile.decode_example(&e.line),
                 Ok(Decoded::Readings(r)) if !r.is_empty() && r.iter().all(|r| r.status.is_empty())
             )
         })

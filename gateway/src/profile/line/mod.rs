@@ -231,6 +231,23 @@ pub fn parse_utc_offset(text: &str) -> Option<UtcOffset> {
 pub type Fields<'l> = Vec<(&'l str, Range<usize>)>;
 
 impl LineProfile {
+    /// Decodes `line` outside any connection, as the profile's examples are checked and the
+    /// simulator picks its templates: device `example`, no patient, a UTC device clock.
+    pub fn decode_example(&self, line: &str) -> Result<Decoded, DecodeError> {
+        let ctx = FrameContext {
+            device: crate::model::DeviceRef {
+                id: crate::model::DeviceId::Other("example".into()),
+                profile: self.id.clone(),
+                model: None,
+                manufacturer: None,
+            },
+            patient: None,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            clock_offset: None,
+        };
+        self.decode(line.as_bytes(), &ctx, UtcOffset::UTC)
+    }
+
     /// Decodes one line (without its terminator) received in `ctx`, whose device clock keeps
     /// `utc_offset`.
     pub fn decode(

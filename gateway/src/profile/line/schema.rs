@@ -18,15 +18,14 @@
 //! Errors name the key; they may quote the profile (it is configuration, not patient data).
 
 use serde::Deserialize;
-use time::{OffsetDateTime, UtcOffset};
 
 use super::{
     Decoded, Delimiter, LineProfile, MetricRule, SerialSettings, Split, StatusRule, TimeFormat,
     TimeSpec, MAX_LINE_LENGTH,
 };
 use crate::config::{FlowControl, Parity};
-use crate::model::{DeviceId, DeviceRef, Measured, Reading, Value};
-use crate::profile::{canonical, catalog, FrameContext};
+use crate::model::{Measured, Reading, Value};
+use crate::profile::{canonical, catalog};
 
 /// Largest compiled regex a profile may declare, in bytes (the regex crate's size limit).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -477,19 +476,8 @@ pub fn describe(reading: &Reading) -> String {
 }
 
 fn check_example(profile: &LineProfile, example: &Example) -> Result<(), String> {
-    let ctx = FrameContext {
-        device: DeviceRef {
-            id: DeviceId::Other("example".into()),
-            profile: profile.id.clone(),
-            model: None,
-            manufacturer: None,
-        },
-        patient: None,
-        received_at: OffsetDateTime::UNIX_EPOCH,
-        clock_offset: None,
-    };
     let decoded = profile
-        .decode(example.line.as_bytes(), &ctx, UtcOffset::UTC)
+        .decode_example(&example.line)
         .map_err(|e| format!("does not decode: {e}"))?;
     let readings = match decoded {
         Decoded::Ignored if example.ignored => return Ok(()),
