@@ -370,7 +370,13 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
     let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    // A broker window wider than what the source holds in progress (512 + 512), so the
+    // source's own queue fills and it has to wait for room while staying connected.
+    let broker = Mosquitto::start(MosquittoOptions {
+        max_inflight_messages: 2000,
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
     let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
     let faults = upstream.faults();
     faults.push_n(Fault::ServiceUnavailable, 10_000);
@@ -382,25 +388,35 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
         &pki,
         "",
     )
-    .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n");
+    .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n")
+    // A short keep-alive, so that a source which stopped talking to the broker while it
+    // waits for room would be disconnected (and sent everything again) within the test.
+    .replace("topics = [\"vitals/#\"]\n", "topics = [\"vitals/#\"]\nkeep_alive_s = 5\n");
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
-    let (payloads, expected) = stream(0..600);
+    // More than the broker's in-flight window and the source's own queue together.
+    let (payloads, expected) = stream(0..2000);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
     wait_for_pending(dir.path(), 100, Duration::from_secs(20));
-    // Give a would-be overfill time to show.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Full for longer than 1.5 keep-alive periods: the broker would drop a silent client.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     assert!(
         stats.contains("pending: 100\n"),
         "the buffer holds exactly its capacity: {stats}"
     );
     assert_eq!(upstream.observation_count(), 0);
+    assert_eq!(
+        gw.log().matches("connected to MQTT broker").count(),
+        1,
+        "a full buffer must not cost the broker connection\n{}",
+        tail(&gw.log())
+    );
     // The server recovers: everything, including what waited at the broker, arrives once.
     faults.clear();
     assert!(
         upstream
-            .wait_for_observations(600, Duration::from_secs(120))
+            .wait_for_observations(2000, Duration::from_secs(120))
             .await,
         "only {}\n{}",
         upstream.observation_count(),
