@@ -185,7 +185,7 @@ fn check_config_reads_the_private_key_from_the_credentials_directory() {
         "config.toml",
         &format!(
             "[gateway]\ndata_dir = \"{0}/data\"\n[uplink.fhir]\nbase_url = \"https://fhir.example.org/r4\"\n\
-             ca = \"{0}/fhir-ca.pem\"\ncert = \"{0}/gateway.pem\"\nkey = \"${{CREDENTIALS_DIRECTORY}}/gateway.key\"\n",
+             ca = \"{0}/fhir-ca.pem\"\ncert = \"{0}/gateway.pem\"\nkey = \"${{CREDENTIALS_DIRECTORY}}/vitalbridge.key\"\n",
             etc.display()
         ),
         0o644,
@@ -207,7 +207,7 @@ fn check_config_reads_the_private_key_from_the_credentials_directory() {
     let (code, stderr) = check(None);
     assert_eq!(code, Some(2));
     assert!(
-        stderr.contains("uplink.fhir.key: ${CREDENTIALS_DIRECTORY}/gateway.key names a systemd credential, but $CREDENTIALS_DIRECTORY is not set"),
+        stderr.contains("uplink.fhir.key: ${CREDENTIALS_DIRECTORY}/vitalbridge.key names a systemd credential, but $CREDENTIALS_DIRECTORY is not set"),
         "{stderr}"
     );
 
@@ -216,7 +216,7 @@ fn check_config_reads_the_private_key_from_the_credentials_directory() {
     let creds = tempfile::tempdir().unwrap();
     let key = file(
         creds.path(),
-        "gateway.key",
+        "vitalbridge.key",
         "-----BEGIN PRIVATE KEY-----\n",
         0o400,
     );
@@ -236,7 +236,7 @@ fn check_config_reads_the_private_key_from_the_credentials_directory() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("through its POSIX ACL"), "{stderr}");
     std::fs::remove_file(&key).unwrap();
-    file(creds.path(), "gateway.key", "x", 0o640);
+    file(creds.path(), "vitalbridge.key", "x", 0o640);
     let (code, stderr) = check(Some(creds.path()));
     assert_eq!(code, Some(2));
     assert!(
@@ -284,4 +284,36 @@ fn the_units_commands_accept_the_packaged_config() {
     );
     assert!(config.sources.sim.is_none() && config.sources.mqtt.is_none());
     assert!(config.uplink.fhir.is_none());
+}
+
+/// The credential the unit loads has the name of its file in `/etc/credstore`, and the
+/// packaged config and the README name it so: the README's check by hand
+/// (`CREDENTIALS_DIRECTORY=/etc/credstore vitalbridge check-config`) then reads the very file
+/// the service will get a copy of.
+#[test]
+fn the_key_credential_has_one_name_in_the_unit_the_config_and_the_readme() {
+    let unit = std::fs::read_to_string(repo().join("systemd/vitalbridge.service")).unwrap();
+    let (id, source) = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LoadCredential="))
+        .and_then(|v| v.split_once(':'))
+        .expect("LoadCredential=ID:PATH in the unit");
+    assert_eq!(
+        Path::new(source),
+        Path::new("/etc/credstore").join(id),
+        "the credential's id must be its file name in /etc/credstore"
+    );
+    let in_config = format!("${{CREDENTIALS_DIRECTORY}}/{id}");
+    let packaged = std::fs::read_to_string(repo().join("packaging/deb/config.toml")).unwrap();
+    assert!(
+        packaged.contains(&in_config),
+        "packaged config: {in_config}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(readme.contains(&in_config), "README: {in_config}");
+    assert!(
+        readme.contains(&format!("gateway.key {source}")),
+        "README: install to {source}"
+    );
+    assert!(readme.contains("CREDENTIALS_DIRECTORY=/etc/credstore vitalbridge check-config"));
 }

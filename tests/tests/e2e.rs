@@ -391,7 +391,10 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
     .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n")
     // A short keep-alive, so that a source which stopped talking to the broker while it
     // waits for room would be disconnected (and sent everything again) within the test.
-    .replace("topics = [\"vitals/#\"]\n", "topics = [\"vitals/#\"]\nkeep_alive_s = 5\n");
+    .replace(
+        "topics = [\"vitals/#\"]\n",
+        "topics = [\"vitals/#\"]\nkeep_alive_s = 5\n",
+    );
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
     // More than the broker's in-flight window and the source's own queue together.
