@@ -56,12 +56,18 @@ impl Report<'_> {
 }
 
 /// The audit cause of a refusal: `http_NNN` from the status the reason starts with (the
-/// transports put it first), else `refused`.
+/// transports put it first, optionally after `HTTP `), else `refused`. Only that leading
+/// token is read: the rest is the server's OperationOutcome text, which may quote a value.
 fn refusal_cause(reason: &str) -> String {
-    reason
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|t| t.len() == 3)
-        .map_or_else(|| "refused".to_owned(), |status| format!("http_{status}"))
+    let first = reason.strip_prefix("HTTP ").unwrap_or(reason);
+    let token = first
+        .split(|c: char| c.is_whitespace() || c == ':')
+        .next()
+        .unwrap_or("");
+    match token.parse::<u16>() {
+        Ok(status @ 100..=599) if token.len() == 3 => format!("http_{status}"),
+        _ => "refused".to_owned(),
+    }
 }
 
 /// Runs one worker until `shutdown`. A batch being sent when shutdown comes is finished (its
@@ -296,5 +302,12 @@ mod tests {
         assert_eq!(refusal_cause("HTTP 400 Bad Request: error: x"), "http_400");
         assert_eq!(refusal_cause("no status here"), "refused");
         assert_eq!(refusal_cause("12345 is not a status"), "refused");
+        // A status that is not one: nothing from the diagnostics that follow.
+        assert_eq!(
+            refusal_cause("4220: error: heart rate 180 out of range"),
+            "refused"
+        );
+        assert_eq!(refusal_cause("42: value 37.5 too high"), "refused");
+        assert_eq!(refusal_cause("error: value 120 refused"), "refused");
     }
 }
