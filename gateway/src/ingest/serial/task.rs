@@ -97,6 +97,12 @@ impl Driver {
         }
     }
 
+    /// Whether bad input is kept as a dead-letter row (a line that does not decode), so it is
+    /// counted there and not again as discarded.
+    fn dead_letters_bad_input(&self) -> bool {
+        matches!(self, Driver::Line(_))
+    }
+
     /// The kind of the latest bad input, for a log line.
     fn last_error(&mut self) -> Option<&'static str> {
         match self {
@@ -320,7 +326,9 @@ impl SerialSource {
                         let actions = driver.receive(&buf[..n], OffsetDateTime::now_utc());
                         let bad = driver.bad() - bad_before;
                         if bad > 0 {
-                            metrics.input_discarded(committer.ingest.source(), bad);
+                            if !driver.dead_letters_bad_input() {
+                                metrics.input_discarded(committer.ingest.source(), bad);
+                            }
                             if let Some(kind) = driver.last_error() {
                                 if warned_bad_input {
                                     tracing::debug!(port = %self.name, kind, "bad serial input");
