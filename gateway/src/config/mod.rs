@@ -628,6 +628,22 @@ impl Default for OpsHttpConfig {
     }
 }
 
+/// A serde message about a `[[devices]]` key without the value it quotes (`invalid type:
+/// string "…", expected …`): the value may be a patient identifier, and config errors go to
+/// the journal.
+fn without_value(message: &str) -> String {
+    for kind in ["invalid type", "invalid value"] {
+        if message.starts_with(kind) {
+            let expected = message
+                .split_once(", expected ")
+                .map(|(_, e)| format!(", expected {e}"))
+                .unwrap_or_default();
+            return format!("{kind} (not shown: it may identify a patient){expected}");
+        }
+    }
+    message.to_owned()
+}
+
 impl Config {
     /// Parses TOML, naming the full key path of any unknown key or wrong type.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -636,15 +652,23 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             if key == "." || key.is_empty() {
-                // A syntax error: the full text has the line, column and a snippet.
+                // A syntax error: where it is and what is wrong, without the snippet of the
+                // line (it may be a patient binding).
+                let full = inner.to_string();
+                let at = full.lines().next().unwrap_or("TOML parse error").trim();
                 ConfigError {
                     key: String::new(),
-                    message: inner.to_string().trim().to_owned(),
+                    message: format!("{at}: {}", inner.message().trim()),
                 }
             } else {
+                let message = inner.message().trim();
                 ConfigError {
+                    message: if key.starts_with("devices") {
+                        without_value(message)
+                    } else {
+                        message.to_owned()
+                    },
                     key,
-                    message: inner.message().trim().to_owned(),
                 }
             }
         })
@@ -707,6 +731,26 @@ pub use validate::check_private_key;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_about_patient_bindings_and_syntax_errors_do_not_quote_the_file() {
+        let e = Config::from_toml(
+            "[[devices]]\nid = \"d\"\npatient_system = \"urn:oid:1\"\npatient_id = 770123\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "devices[0].patient_id");
+        assert!(!e.message.contains("770123"), "{e}");
+        assert!(e.message.starts_with("invalid type"), "{e}");
+        assert!(e.message.contains("expected a string"), "{e}");
+
+        let e = Config::from_toml("[[devices]]\nid = \"d\"\npatient_id = \"P-4711\n").unwrap_err();
+        assert!(e.message.starts_with("TOML parse error at line 3"), "{e}");
+        assert!(!e.message.contains("P-4711"), "{e}");
+
+        // Elsewhere the value helps and is shown.
+        let e = Config::from_toml("[buffer]\ncapacity = \"lots\"\n").unwrap_err();
+        assert!(e.message.contains("lots"), "{e}");
+    }
 
     #[test]
     fn default_config_toml_is_the_default_config() {
