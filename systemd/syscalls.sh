@@ -12,7 +12,7 @@
 # to the database's owner when it is root).
 # The allow list is the unit's allow groups minus its deny groups, expanded with
 # `systemd-analyze syscall-filter`. Code paths this scenario does not reach (TLS handshakes
-# make no system calls of their own; serial and BLE sources are not here yet) are not covered.
+# make no system calls of their own; and the serial and BLE sources, which this scenario does not run) are not covered.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -eq 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }

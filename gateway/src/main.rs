@@ -12,7 +12,8 @@ use vitalbridge::ops::systemd::Notifier;
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
-/// Reads devices (simulator, MQTT), keeps every reading in a durable local buffer, and
+/// Reads devices (simulator, MQTT, Bluetooth LE, serial), keeps every reading in a durable
+/// local buffer, and
 /// forwards FHIR R4 Observations (NDJSON files, or a FHIR server over mutual TLS).
 #[derive(Parser)]
 #[command(name = "vitalbridge", version, propagate_version = true)]
