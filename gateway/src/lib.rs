@@ -24,6 +24,7 @@ pub mod tools;
 pub mod uplink;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,12 +127,31 @@ impl ops::QueueProbe for buffer::Store {
     }
 }
 
+/// Whether the buffer is full, so the log says when that starts and when it ends, not once
+/// per refused request. Full: a request was refused with the buffer at 90 % of its capacity
+/// or more (a refusal below that is a source's group too big for the room left, which it
+/// splits); over: back at 80 % or less.
+struct FullState<'a> {
+    store: &'a buffer::Store,
+    full: &'a AtomicBool,
+}
+
 /// Counts and audits what one buffer group commit did.
-fn report_group(metrics: &Metrics, audit: &Audit, report: &GroupReport<'_>) {
+fn report_group(metrics: &Metrics, audit: &Audit, state: &FullState<'_>, report: &GroupReport<'_>) {
     let c = &report.counts;
     Metrics::add(&metrics.commits, c.commits);
     Metrics::add(&metrics.readings_duplicate, c.duplicates);
     metrics.buffer_refused_full(c.refused_full);
+    let (pending, capacity) = (state.store.pending(), state.store.capacity());
+    if c.refused_full > 0 && pending >= capacity * 9 / 10 {
+        if !state.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "buffer full: sources stop acknowledging and devices keep their readings until the uplink makes room"
+            );
+        }
+    } else if pending <= capacity * 8 / 10 && state.full.swap(false, Ordering::Relaxed) {
+        tracing::info!("buffer has room again: sources acknowledge again");
+    }
     if let Some(e) = report.error {
         metrics.buffer_commit_failed(e.to_string());
     }
@@ -236,11 +256,18 @@ pub async fn run(
         linger: Duration::from_millis(config.buffer.commit_linger_ms),
     };
     let (writer_metrics, writer_audit) = (metrics.clone(), audit.clone());
+    let (writer_store, full) = (store.clone(), AtomicBool::new(false));
     let writer = tokio::spawn(buffer::writer::run(
         store.clone(),
         ingest_rx,
         writer_config,
-        move |report| report_group(&writer_metrics, &writer_audit, report),
+        move |report| {
+            let state = FullState {
+                store: &writer_store,
+                full: &full,
+            };
+            report_group(&writer_metrics, &writer_audit, &state, report)
+        },
     ));
 
     let sources_stop = CancellationToken::new();

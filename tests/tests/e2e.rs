@@ -415,6 +415,14 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
         "a full buffer must not cost the broker connection\n{}",
         tail(&gw.log())
     );
+    assert_eq!(
+        gw.log()
+            .matches("buffer full: sources stop acknowledging")
+            .count(),
+        1,
+        "the log says so, once\n{}",
+        tail(&gw.log())
+    );
     // The server recovers: everything, including what waited at the broker, arrives once.
     faults.clear();
     assert!(
@@ -427,6 +435,11 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_delivered_exactly(&upstream, &expected, &gw);
+    assert!(
+        gw.log().contains("buffer has room again"),
+        "{}",
+        tail(&gw.log())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
