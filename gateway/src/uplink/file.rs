@@ -83,18 +83,31 @@ impl FileTransport {
             }
         };
         new_device(gw, &mut devices);
+        // The batch's distinct devices and their references (a batch holds a handful).
+        let mut refs: Vec<(&crate::model::DeviceRef, String)> = Vec::new();
         for (_, r) in rows {
-            let d = fhir::device(&r.device);
-            let dev_ref = format!("Device/{}", uuid_of(&d.full_url));
-            new_device(d, &mut devices);
-            line(&mut observations, &fhir::observation(r, &dev_ref, &gw_ref));
+            let dev_ref = match refs.iter().find(|(d, _)| *d == &r.device) {
+                Some((_, dev_ref)) => dev_ref,
+                None => {
+                    let d = fhir::device(&r.device);
+                    let dev_ref = format!("Device/{}", uuid_of(&d.full_url));
+                    new_device(d, &mut devices);
+                    refs.push((&r.device, dev_ref));
+                    &refs[refs.len() - 1].1
+                }
+            };
+            let identifier = r.identifier();
+            line(
+                &mut observations,
+                &fhir::Observation::new(r, &identifier, dev_ref, &gw_ref),
+            );
         }
         (devices, observations)
     }
 }
 
-fn line(out: &mut Vec<u8>, value: &Json) {
-    // Serializing a serde_json::Value cannot fail.
+fn line(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    // Serializing these types cannot fail: every map key is a string.
     let _ = serde_json::to_writer(&mut *out, value);
     out.push(b'\n');
 }
