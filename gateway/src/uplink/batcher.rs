@@ -188,7 +188,14 @@ async fn deliver<T: Transport>(
                         }
                     }
                     match store.ack(&delivered).await {
-                        Ok(_) => report.metrics.uplink_delivered(report.uplink, &received),
+                        // Count the rows this ack removed: a row another worker already
+                        // delivered (after its lease ran out) is not counted twice.
+                        Ok(n) => {
+                            let n = usize::try_from(n).unwrap_or(usize::MAX).min(received.len());
+                            report
+                                .metrics
+                                .uplink_delivered(report.uplink, &received[..n]);
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot delete delivered rows; they will be resent (idempotent)")
                         }
