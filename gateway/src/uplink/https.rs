@@ -258,8 +258,9 @@ fn status_code(text: &str) -> Option<u16> {
 /// else (echoed resources, links) is skipped without being built.
 #[derive(Deserialize)]
 struct ResponseBundle<'a> {
+    /// Each entry is read on its own, so one malformed entry costs only its own row.
     #[serde(default, borrow)]
-    entry: Vec<ResponseEntry<'a>>,
+    entry: Vec<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -296,8 +297,9 @@ fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Out
         .iter()
         .zip(entries)
         .filter(|(role, _)| matches!(role, EntryRole::Observation(_)))
-        .map(|(_, entry)| {
-            let response = entry.response.as_ref();
+        .map(|(_, raw)| {
+            let entry = serde_json::from_str::<ResponseEntry>(raw.get()).ok();
+            let response = entry.as_ref().and_then(|e| e.response.as_ref());
             let status = response.map(|r| r.status.as_ref()).unwrap_or("");
             match status_code(status) {
                 Some(200..=299) => Outcome::Delivered,
@@ -371,6 +373,28 @@ mod tests {
             Outcome::Rejected("422 Unprocessable Entity: error: bad unit".into())
         );
         assert!(matches!(out[2], Outcome::Retry(_)));
+    }
+
+    #[test]
+    fn a_malformed_entry_is_retried_alone() {
+        let roles = [
+            EntryRole::Observation(1),
+            EntryRole::Observation(2),
+            EntryRole::Observation(3),
+        ];
+        let body = serde_json::json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "201 Created"}},
+            {"response": {"status": 201}},
+            null,
+        ]});
+        let out = entry_outcomes(
+            &roles,
+            &serde_json::to_vec(&body).unwrap(),
+            BundleType::Batch,
+        );
+        assert_eq!(out[0], Outcome::Delivered);
+        assert!(matches!(out[1], Outcome::Retry(_)), "{out:?}");
+        assert!(matches!(out[2], Outcome::Retry(_)), "{out:?}");
     }
 
     #[test]
