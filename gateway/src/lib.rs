@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::writer::{GroupReport, WriterConfig};
+use crate::buffer::writer::{GroupReport, Transition, WriterConfig};
 use crate::config::{Config, ConfigError, Destination};
 use crate::ingest::Bindings;
 use crate::model::PatientRef;
@@ -115,6 +115,7 @@ fn bindings(config: &Config) -> Bindings {
 impl ops::QueueProbe for buffer::Store {
     async fn gauges(&self) -> Result<QueueGauges, String> {
         let s = self.live_stats().await.map_err(|e| e.to_string())?;
+        let h = self.health();
         Ok(QueueGauges {
             pending: s.pending,
             capacity: self.capacity(),
@@ -123,7 +124,38 @@ impl ops::QueueProbe for buffer::Store {
             oldest_age: s
                 .oldest_age_ms
                 .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            storage: ops::StorageGauges {
+                failing: h.failing.map(|p| ops::StorageFailing {
+                    since: p.since,
+                    during: p.during,
+                    kind: p.failure.kind.as_str(),
+                    message: p.failure.message.to_string(),
+                }),
+                free_bytes: h.free_bytes,
+                floor_bytes: h.floor_bytes,
+                low_space: h.low_space,
+                quarantined: h.quarantined,
+            },
         })
+    }
+}
+
+/// Logs and audits what opening the buffer found.
+fn report_open(report: &buffer::OpenReport, audit: &Audit) {
+    if let Some(q) = &report.quarantined {
+        audit.record(Event::BufferQuarantined {
+            path: &q.path,
+            reason: &q.reason,
+        });
+    }
+    if let Some(path) = &report.key_created {
+        audit.record(Event::BufferKeyCreated { path });
+    }
+    if let Some(rows) = report.rotated {
+        audit.record(Event::BufferKeyRotated { rows });
+    }
+    for message in &report.warnings {
+        audit.record(Event::BufferWarning { message });
     }
 }
 
@@ -142,6 +174,28 @@ fn report_group(metrics: &Metrics, audit: &Audit, state: &FullState<'_>, report:
     Metrics::add(&metrics.commits, c.commits);
     Metrics::add(&metrics.readings_duplicate, c.duplicates);
     metrics.buffer_refused_full(c.refused_full);
+    metrics.buffer_refused_space(c.refused_space);
+    for t in report.transitions {
+        match t {
+            Transition::Failed(p) => audit.record(Event::StorageFailed {
+                during: p.during,
+                error: p.failure.kind.as_str(),
+            }),
+            Transition::Recovered { after } => audit.record(Event::StorageRecovered {
+                after_s: after.as_secs(),
+            }),
+            Transition::LowSpace {
+                free_bytes,
+                floor_bytes,
+            } => audit.record(Event::LowSpace {
+                free_bytes: *free_bytes,
+                floor_bytes: *floor_bytes,
+            }),
+            Transition::SpaceOk { free_bytes } => audit.record(Event::SpaceOk {
+                free_bytes: *free_bytes,
+            }),
+        }
+    }
     let (pending, capacity) = (state.store.pending(), state.store.capacity());
     if c.refused_full > 0 && pending >= capacity * 9 / 10 {
         if !state.full.swap(true, Ordering::Relaxed) {
@@ -192,8 +246,8 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<RunSummary, RunError> {
     config.validate().map_err(RunError::Config)?;
-    let store = buffer::Store::open(&config.gateway.data_dir, config.buffer.capacity).await?;
-    let (durable_mode, durable_sync) = store.durability().await?;
+    let (store, writer, opened) =
+        buffer::open(&config.gateway.data_dir, &buffer_options(&config)).await?;
     let id = gateway_id(&config)?;
     let gateway = fhir::Gateway {
         id: id.clone(),
@@ -203,14 +257,13 @@ pub async fn run(
         gateway = %id,
         data_dir = %config.gateway.data_dir.display(),
         pending = store.pending(),
-        journal_mode = %durable_mode,
-        synchronous = durable_sync,
-        "buffer open"
+        "buffer open (WAL, synchronous=FULL, sealed)"
     );
     let metrics = Arc::new(Metrics::default());
     let certs = ops::certs::inspect(&config);
     let audit = ops::start_audit(&config, &id, &certs)
         .map_err(|e| RunError::Setup(format!("ops.audit_log: {e}")))?;
+    report_open(&opened, &audit);
 
     // Operations endpoints, first, so a taken port fails the start and /healthz answers early.
     let ops_stop = CancellationToken::new();
@@ -257,17 +310,18 @@ pub async fn run(
     };
     let (writer_metrics, writer_audit) = (metrics.clone(), audit.clone());
     let (writer_store, full) = (store.clone(), AtomicBool::new(false));
-    let writer = tokio::spawn(buffer::writer::run(
-        store.clone(),
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(writer.run(
         ingest_rx,
         writer_config,
-        move |report| {
+        writer_stop.clone(),
+        Box::new(move |report| {
             let state = FullState {
                 store: &writer_store,
                 full: &full,
             };
             report_group(&writer_metrics, &writer_audit, &state, report)
-        },
+        }),
     ));
 
     let sources_stop = CancellationToken::new();
@@ -419,6 +473,16 @@ pub async fn run(
             abort.abort();
         }
     }
+    // The writer also records the uplink's deliveries: stop it after the uplink.
+    uplink_stop.cancel();
+    for w in workers {
+        let abort = w.abort_handle();
+        if tokio::time::timeout(UPLINK_STOP_GRACE, w).await.is_err() {
+            tracing::warn!("uplink did not finish its batch in time; it stays queued");
+            abort.abort();
+        }
+    }
+    writer_stop.cancel();
     let totals = match tokio::time::timeout(WRITER_STOP_GRACE, writer).await {
         Ok(totals) => totals.unwrap_or_default(),
         Err(_) => {
@@ -428,14 +492,6 @@ pub async fn run(
             Default::default()
         }
     };
-    uplink_stop.cancel();
-    for w in workers {
-        let abort = w.abort_handle();
-        if tokio::time::timeout(UPLINK_STOP_GRACE, w).await.is_err() {
-            tracing::warn!("uplink did not finish its batch in time; it stays queued");
-            abort.abort();
-        }
-    }
     ops_stop.cancel();
     if let Some((_, task)) = ops_server {
         let _ = task.await;
@@ -527,6 +583,19 @@ fn spawn_workers<T: Transport>(
             ))
         })
         .collect()
+}
+
+/// How to open the buffer, from the config.
+pub fn buffer_options(config: &Config) -> buffer::OpenOptions {
+    buffer::OpenOptions {
+        capacity: config.buffer.capacity,
+        key_file: config.buffer.key_file.clone(),
+        previous_key_files: config.buffer.previous_key_files.clone(),
+        min_free_bytes: config
+            .buffer
+            .min_free_mb
+            .map(|mb| mb.saturating_mul(1024 * 1024)),
+    }
 }
 
 /// Loads the config file, or the demo defaults when `path` is `None`.

@@ -324,45 +324,87 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         } => sim_serial(args),
         Command::Queue { config, command } => {
             let config = load(config.as_deref())?;
-            let dir = config.gateway.data_dir.clone();
-            runtime()?.block_on(async move {
-                match command {
-                    QueueCommand::Stats => {
-                        let store = vitalbridge::buffer::Store::open_read_only(&dir).await?;
-                        let s = store.stats().await?;
-                        println!("pending: {}", s.pending);
-                        println!("leased: {}", s.leased);
-                        println!("dead_lettered: {}", s.dead_letters);
-                        match s.oldest_age_ms {
-                            Some(ms) => println!("oldest_age_s: {:.1}", ms as f64 / 1000.0),
-                            None => println!("oldest_age_s: -"),
-                        }
-                    }
-                    QueueCommand::DeadLetters { limit } => {
-                        let store = vitalbridge::buffer::Store::open_read_only(&dir).await?;
-                        for d in store.dead_letters(limit).await? {
-                            println!(
-                                "{}\t{}\t{}\t{}\t{}\t{}",
-                                d.id,
-                                d.created_ms,
-                                d.kind,
-                                d.origin,
-                                d.identifier.as_deref().unwrap_or("-"),
-                                d.reason
-                            );
-                        }
-                    }
-                    QueueCommand::RetryDeadLetters => {
-                        let store = vitalbridge::buffer::Store::open(&dir, u64::MAX).await?;
-                        let moved = store.retry_dead_letters().await?;
-                        println!("requeued: {moved}");
-                        store.close().await;
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            })
+            runtime()?.block_on(queue_command(&config, command))
         }
     }
+}
+
+/// The `queue` commands.
+async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result<ExitCode> {
+    use vitalbridge::buffer;
+    let dir = &config.gateway.data_dir;
+    match command {
+        QueueCommand::Stats => {
+            let store = buffer::open_read_only(dir, None).await?;
+            let s = store.stats().await?;
+            println!("pending: {}", s.pending);
+            println!("leased: {}", s.leased);
+            println!("dead_lettered: {}", s.dead_letters);
+            match s.oldest_age_ms {
+                Some(ms) => println!("oldest_age_s: {:.1}", ms as f64 / 1000.0),
+                None => println!("oldest_age_s: -"),
+            }
+            println!("quarantined: {}", store.health().quarantined);
+        }
+        QueueCommand::DeadLetters { limit } => {
+            let key = buffer::seal::BufferKey::load(&config.buffer.key_file)
+                .map_err(|e| eprintln!("warning: {e}; the details stay sealed"))
+                .ok();
+            let store = buffer::open_read_only(dir, key).await?;
+            let rows = store.dead_letters(limit).await?;
+            if rows.is_empty() {
+                println!("no dead letters");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("id\ttime (UTC)\tkind\tseen\torigin\tidentifier\treason");
+            for d in rows {
+                let time = d
+                    .created
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                let (origin, identifier, reason) = match &d.details {
+                    Ok(e) => (
+                        e.origin.as_str(),
+                        e.identifier.as_deref().unwrap_or("-"),
+                        e.reason.as_str(),
+                    ),
+                    Err(_) => (
+                        d.source.as_str(),
+                        "(sealed)",
+                        "(sealed: no key or another key)",
+                    ),
+                };
+                println!(
+                    "{}\t{time}\t{}\t{}\t{}\t{}\t{}",
+                    d.id,
+                    d.kind,
+                    d.seen,
+                    printable(origin),
+                    printable(identifier),
+                    printable(reason)
+                );
+            }
+        }
+        QueueCommand::RetryDeadLetters => {
+            let mut options = vitalbridge::buffer_options(config);
+            options.capacity = u64::MAX;
+            let (_store, mut writer, _) = buffer::open(dir, &options).await?;
+            let moved = writer.retry_dead_letters().await?;
+            println!("requeued: {moved}");
+            writer.close().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Text from outside (a topic, a server's error) made safe for a terminal: control
+/// characters (escape sequences, newlines that would forge a row) are shown escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(char::escape_default)
+        .collect::<String>()
+        .replace("\\'", "'")
+        .replace("\\\"", "\"")
 }
 
 fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,11 @@ use crate::model::Reading;
 /// readings; a full channel makes sources wait, which is the first stage of backpressure.
 pub const INGEST_CHANNEL_CAPACITY: usize = 1024;
 
+/// The most bytes of an undecodable payload kept in the dead-letter table; the rest is
+/// represented by the whole payload's size and SHA-256, so an oversized or hostile payload
+/// costs the buffer a bounded row however large it was.
+pub const MAX_KEPT_PAYLOAD: usize = 16 * 1024;
+
 /// A payload a source could not decode: kept in the dead-letter table with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -26,8 +31,30 @@ pub struct Rejected {
     pub origin: String,
     /// Why it was rejected; must not contain patient values.
     pub reason: String,
-    /// The raw bytes, kept for a technician to inspect (encrypted at rest like all PHI).
+    /// The payload's first [`MAX_KEPT_PAYLOAD`] bytes, kept for a technician to inspect
+    /// (sealed at rest like all PHI, see `buffer::seal`).
     pub payload: Vec<u8>,
+    /// The size of the whole payload, in bytes.
+    pub size: u64,
+    /// The SHA-256 of the whole payload: what identifies it (the same payload redelivered
+    /// is dead-lettered once) and lets a technician match it to the sender's copy.
+    pub sha256: [u8; 32],
+}
+
+impl Rejected {
+    /// A rejected payload, keeping at most [`MAX_KEPT_PAYLOAD`] of its bytes.
+    pub fn new(origin: String, reason: String, payload: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, payload);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.as_ref());
+        Self {
+            origin,
+            reason,
+            payload: payload[..payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
+            size: payload.len() as u64,
+            sha256,
+        }
+    }
 }
 
 /// What a successful commit did.
@@ -47,34 +74,83 @@ pub enum CommitError {
         /// The configured capacity.
         capacity: u64,
     },
+    /// The file system holding the buffer has less free space than `buffer.min_free_mb`:
+    /// new readings are refused (backpressure) so that deliveries can still be recorded.
+    #[error(
+        "buffer refuses new readings: {free_bytes} bytes free, below the floor of {floor_bytes}"
+    )]
+    LowSpace {
+        /// Free bytes on the buffer's file system.
+        free_bytes: u64,
+        /// The configured floor.
+        floor_bytes: u64,
+    },
     /// The gateway is shutting down.
     #[error("buffer closed")]
     Closed,
     /// The database failed; the data was not stored.
     #[error("buffer storage error: {0}")]
-    Storage(String),
+    Storage(StorageFailure),
+}
+
+impl CommitError {
+    /// Whether the source should hold its data and try again later (backpressure), as
+    /// opposed to stopping (`Closed`).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, CommitError::Closed)
+    }
+}
+
+/// What kind of storage failure happened, for metrics and the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The disk (or its quota) is full.
+    DiskFull,
+    /// The operating system reported an I/O error.
+    Io,
+    /// The database file is damaged.
+    Corrupt,
+    /// Anything else SQLite refused.
+    Other,
+}
+
+impl StorageKind {
+    /// A short name for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::DiskFull => "disk_full",
+            StorageKind::Io => "io",
+            StorageKind::Corrupt => "corrupt",
+            StorageKind::Other => "other",
+        }
+    }
+}
+
+/// A storage failure, cheap to clone to every request of a failed group. Its message is the
+/// database's error text (no patient data: SQLite reports no values).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StorageFailure {
+    /// The kind.
+    pub kind: StorageKind,
+    /// What the database said.
+    pub message: Arc<str>,
 }
 
 /// A request to the buffer writer.
 #[derive(Debug)]
 pub enum Request {
-    /// Store these readings durably.
+    /// Store these readings, and dead-letter these undecodable payloads, durably and
+    /// together: all of it is committed, or none.
     Commit {
         /// Name of the source that sent them (for per-source metrics).
         source: Arc<str>,
-        /// The readings, all from one source frame or message.
+        /// The readings.
         readings: Vec<Reading>,
+        /// Payloads that did not decode, with their reasons.
+        rejected: Vec<Rejected>,
         /// Answered after the transaction committed (or failed).
         reply: oneshot::Sender<Result<Committed, CommitError>>,
-    },
-    /// Store an undecodable payload in the dead-letter table.
-    Reject {
-        /// Name of the source that sent it (for per-source metrics and the audit log).
-        source: Arc<str>,
-        /// The payload and its reason.
-        rejected: Rejected,
-        /// Answered after the transaction committed (or failed).
-        reply: oneshot::Sender<Result<(), CommitError>>,
     },
     /// The highest device sequence number ever committed for a device (survives delivery), so
     /// a source can ask a device only for newer records (BLE glucose RACP, firmware outbox).
@@ -117,13 +193,29 @@ impl Ingest {
         &self.source
     }
 
+    /// A handle to the same buffer for another source.
+    pub fn for_source(&self, source: impl Into<Arc<str>>) -> Self {
+        Self::new(self.tx.clone(), source)
+    }
+
     /// Stores `readings` durably; resolves after the commit.
     pub async fn commit(&self, readings: Vec<Reading>) -> Result<Committed, CommitError> {
+        self.store(readings, Vec::new()).await
+    }
+
+    /// Stores `readings` and dead-letters `rejected` in one transaction; resolves after the
+    /// commit. A batch of messages with some bad ones among them costs one commit.
+    pub async fn store(
+        &self,
+        readings: Vec<Reading>,
+        rejected: Vec<Rejected>,
+    ) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request::Commit {
                 source: self.source.clone(),
                 readings,
+                rejected,
                 reply,
             })
             .await
@@ -136,23 +228,10 @@ impl Ingest {
         &self,
         origin: String,
         reason: String,
-        payload: Vec<u8>,
+        payload: &[u8],
     ) -> Result<(), CommitError> {
-        let (reply, answer) = oneshot::channel();
-        let rejected = Rejected {
-            origin,
-            reason,
-            payload,
-        };
-        self.tx
-            .send(Request::Reject {
-                source: self.source.clone(),
-                rejected,
-                reply,
-            })
-            .await
-            .map_err(|_| CommitError::Closed)?;
-        answer.await.map_err(|_| CommitError::Closed)?
+        let rejected = Rejected::new(origin, reason, payload);
+        self.store(Vec::new(), vec![rejected]).await.map(|_| ())
     }
 
     /// The highest sequence number ever committed for the device with key `device_key`.

@@ -424,13 +424,24 @@ impl Harness {
 
     async fn with_capacity(central: FakeCentral, toml: &str, capacity: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), capacity).await.unwrap();
+        let options = vitalbridge::buffer::OpenOptions {
+            capacity,
+            key_file: dir.path().join("buffer.key"),
+            previous_key_files: Vec::new(),
+            min_free_bytes: Some(0),
+        };
+        let (store, writer, _) = vitalbridge::buffer::open(&dir.path().join("data"), &options)
+            .await
+            .unwrap();
         let (tx, rx) = pipeline::channel();
         let config = WriterConfig {
             max_rows: 1000,
             linger: Duration::from_millis(1),
         };
-        let writer = tokio::spawn(writer::run(store.clone(), rx, config, |_| {}));
+        // Stopped already: the writer ends when the source drops its handle.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let writer = tokio::spawn(writer.run(rx, config, stop, Box::new(|_| {})));
         let (ble, bindings) = ble_config(toml);
         let source = BleSource::new(&ble).unwrap().with_timing(timing());
         let shutdown = CancellationToken::new();
@@ -756,8 +767,10 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
     // The malformed value is dead-lettered, with a reason that names the field.
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].origin, "ble:C0:FF:EE:00:00:02/2A35");
-    assert!(dead[0].reason.contains("`diastolic`"), "{}", dead[0].reason);
+    let details = dead[0].details.as_ref().unwrap();
+    assert_eq!(details.origin, "ble:C0:FF:EE:00:00:02/2A35");
+    assert!(details.reason.contains("`diastolic`"), "{}", details.reason);
+    assert_eq!(dead[0].source, "ble");
     assert_eq!(Metrics::get(&metrics.payloads_rejected), 1);
 }
 

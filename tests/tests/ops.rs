@@ -570,6 +570,7 @@ fn a_configuration_change_is_audited_once_with_the_tables_that_changed() {
         [
             "gateway_started",
             "config_changed",
+            "buffer_key_created",
             "gateway_stopped",
             "gateway_started",
             "gateway_stopped",
@@ -578,12 +579,12 @@ fn a_configuration_change_is_audited_once_with_the_tables_that_changed() {
             "gateway_stopped"
         ]
     );
-    let (first, second) = (&lines[1], &lines[6]);
+    let (first, second) = (&lines[1], &lines[7]);
     assert_eq!(first["previous_sha256"], Value::Null);
     assert_eq!(second["previous_sha256"], first["sha256"]);
     assert_ne!(second["sha256"], first["sha256"]);
     assert_eq!(second["sections"], json!(["uplink"]));
-    assert_eq!(lines[5]["config_sha256"], second["sha256"]);
+    assert_eq!(lines[6]["config_sha256"], second["sha256"]);
     assert!(lines.iter().all(|l| l["gateway"] == lines[0]["gateway"]));
 }
 

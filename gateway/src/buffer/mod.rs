@@ -1,28 +1,45 @@
 //! The durable store-and-forward buffer (SQLite through sqlx).
 //!
-//! # On disk
-//! `<data_dir>/buffer.db` (+ `-wal`, `-shm`), schema in `gateway/migrations/` (tables
-//! `readings`, `dead_letters`, `device_state`), row bodies as in [`codec`].
-//! `<data_dir>/vitalbridge.lock` is held (advisory `flock`) by the one process that may write.
+//! # On disk (`data_dir`)
+//! - `buffer.db` (+ `-wal`, `-shm`): schema in `gateway/migrations/` (tables `readings`,
+//!   `dead_letters`, `device_state`, `meta`). Reading bodies and dead letters are sealed
+//!   ([`seal`], [`rows`]); reading bodies are [`codec`] bytes inside.
+//! - `buffer.state`: this directory's own record of its buffer (`db_id`, and the highest row
+//!   id it committed), so a database that was replaced, emptied or went back in time is
+//!   noticed at open ([`open`](mod@open)).
+//! - `quarantine/<UTC time>/`: damaged databases moved aside at open, with a `README.txt`
+//!   saying why; `vitalbridge queue salvage DIR` brings their readings back ([`salvage`]).
+//! - `vitalbridge.lock`: held (advisory `flock`) by the one process that may write.
 //!
 //! # Guarantees
-//! - **Durable before acknowledged.** Every connection runs `journal_mode=WAL` and
-//!   `synchronous=FULL`, checked on the live connection at open ([`Store::open`] fails
-//!   otherwise). The writer answers a source only after its transaction committed.
-//! - **Group commit.** One writer task ([`writer::run`]) takes every queued request, up to
-//!   `commit_max_rows` readings, into one transaction; when the queue is nearly empty it waits
-//!   at most `commit_linger_ms` for company.
-//! - **Delete after acknowledged.** Rows leave `readings` only through [`Store::ack`] (the
-//!   destination acknowledged them) or [`Store::dead_letter`] (moved, with a reason, in the
-//!   same transaction).
+//! - **Durable before acknowledged.** The writer's connection runs `journal_mode=WAL` and
+//!   `synchronous=FULL`, checked on the live connection at open (and at every reconnect). The
+//!   writer answers a source only after its transaction committed.
+//! - **A storage error stops acknowledgements.** A failed statement or commit rolls the
+//!   transaction back and the writer drops its connection and opens a fresh one, so no
+//!   transaction survives a failure half-open (see [`writer`]); nothing of the group is
+//!   acknowledged; the buffer reports itself failing ([`Store::health`]) until a commit
+//!   succeeds again.
+//! - **Headroom.** Below a free-space floor ([`space`]) new readings are refused, so that
+//!   deliveries can still be recorded on a nearly full disk.
+//! - **One writer.** Only the writer task ([`Writer`]) writes: inserts, dead letters, and the
+//!   deletes of delivered rows ([`Store::ack`], [`Store::dead_letter`] send it requests),
+//!   each group in one transaction. A second process on the same data directory fails at
+//!   open with [`BufferError::Locked`].
+//! - **Delete after acknowledged.** Rows leave `readings` only when a destination
+//!   acknowledged them, or moved (with a reason) to `dead_letters`, in the same transaction.
 //! - **Leases are memory only.** [`Store::lease`] hands rows to the uplink without writing;
 //!   after a crash every undelivered row is simply there again.
 //! - **Bounded.** At `capacity` pending readings new commits are refused with
 //!   [`CommitError::Full`]; nothing stored is ever deleted to make room.
-//! - **One writer.** A second process on the same data directory fails at open with
-//!   [`BufferError::Locked`].
+//! - **Sealed at rest.** No patient identifier or value is written in clear ([`seal`]).
+//! - **Damage is quarantined, never silently replaced** ([`open`](mod@open)).
 
 pub mod codec;
+mod open;
+pub mod rows;
+pub mod seal;
+pub mod space;
 pub mod writer;
 
 #[cfg(test)]
@@ -31,18 +48,20 @@ mod tests;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use crate::model::Reading;
 pub use crate::pipeline::CommitError;
+use crate::pipeline::{StorageFailure, StorageKind};
+pub use open::{open, open_read_only, OpenOptions, OpenReport, Quarantine};
+use seal::BufferKey;
+pub use writer::Writer;
 
 /// Errors of the buffer layer.
 #[derive(Debug, thiserror::Error)]
@@ -53,32 +72,118 @@ pub enum BufferError {
          stop it first, or give this one its own data_dir"
     )]
     Locked(PathBuf),
-    /// The data directory or lock file could not be used.
-    #[error("cannot use data directory {path}: {source}")]
+    /// The data directory or a file in it could not be used.
+    #[error("cannot use {}", .path.display())]
     Dir {
-        /// The directory.
+        /// The directory or file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
+    /// There is no buffer in the data directory (read-only commands).
+    #[error("there is no buffer in {}: no buffer.db (has the gateway run with this data_dir?)", .0.display())]
+    NoBuffer(PathBuf),
+    /// The buffer file is damaged or empty (read-only commands; the gateway itself
+    /// quarantines it at start).
+    #[error("the buffer {} cannot be read: {reason}; start the gateway to quarantine it, then `vitalbridge queue salvage`", .path.display())]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// SQLite refused.
-    #[error("buffer database error: {0}")]
+    #[error("buffer database error")]
     Sql(#[from] sqlx::Error),
     /// A migration failed.
-    #[error("buffer migration failed: {0}")]
+    #[error("buffer migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The live connection does not have the durability settings we require.
-    #[error("buffer database is not durable: {0}")]
-    NotDurable(String),
+    #[error("buffer database is not durable: journal_mode={mode}, synchronous={synchronous} (need wal, 2=FULL)")]
+    NotDurable {
+        /// The journal mode SQLite reports.
+        mode: String,
+        /// The synchronous level SQLite reports.
+        synchronous: i64,
+    },
+    /// The key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] seal::KeyError),
+    /// The key file is gone, but the buffer is sealed with a key.
+    #[error(
+        "buffer.key_file {} does not exist, but the buffer in {} is sealed with a key: restore \
+         the key file (nothing was read or deleted)",
+        .file.display(), .dir.display()
+    )]
+    KeyMissing {
+        /// The configured key file.
+        file: PathBuf,
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The key is not the one the buffer's rows are sealed with.
+    #[error(
+        "buffer.key_file {} (key id {given}) is not the key this buffer is sealed with (key id {expected}); \
+         nothing was read or deleted. Configure the right key, or list the old one in \
+         buffer.previous_key_files to rotate to the new one",
+        .file.display()
+    )]
+    WrongKey {
+        /// The configured key file.
+        file: PathBuf,
+        /// The id of the key the rows are sealed with.
+        expected: String,
+        /// The id of the configured key.
+        given: String,
+    },
+    /// A storage failure the writer met (it is also reported through [`Store::health`]).
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    /// The writer has stopped.
+    #[error("the buffer writer has stopped")]
+    Closed,
 }
 
-/// A leased row: its id, identifier and the decoded reading (or why it cannot be decoded).
+impl From<CommitError> for BufferError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Storage(f) => BufferError::Storage(f),
+            _ => BufferError::Closed,
+        }
+    }
+}
+
+/// Classifies a database error for operators and metrics.
+pub(crate) fn storage_failure(e: &sqlx::Error) -> StorageFailure {
+    let kind = match e {
+        sqlx::Error::Database(db) => {
+            // SQLite primary result codes (the low byte of an extended code).
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .map(|c| c & 0xff);
+            match code {
+                Some(13) => StorageKind::DiskFull,
+                Some(10) => StorageKind::Io,
+                Some(11) | Some(26) => StorageKind::Corrupt,
+                _ => StorageKind::Other,
+            }
+        }
+        sqlx::Error::Io(_) => StorageKind::Io,
+        _ => StorageKind::Other,
+    };
+    StorageFailure {
+        kind,
+        message: e.to_string().into(),
+    }
+}
+
+/// A leased row: its id and the decoded reading (or why it cannot be decoded).
 #[derive(Debug)]
 pub struct Leased {
     /// Row id, for ack / dead-letter / release.
     pub id: i64,
-    /// The reading's identifier.
-    pub identifier: String,
     /// The reading, or a codec error (a row that must be dead-lettered).
     pub reading: Result<Reading, codec::CodecError>,
 }
@@ -88,16 +193,16 @@ pub struct Leased {
 pub struct DeadLetter {
     /// Row id.
     pub id: i64,
-    /// When, Unix ms.
-    pub created_ms: i64,
+    /// When it was first dead-lettered.
+    pub created: OffsetDateTime,
     /// `payload` or `reading`.
     pub kind: String,
-    /// Who gave up on it.
-    pub origin: String,
-    /// Why.
-    pub reason: String,
-    /// The reading identifier, for `reading` rows.
-    pub identifier: Option<String>,
+    /// The source or uplink that gave up on it.
+    pub source: String,
+    /// How many times the same payload arrived.
+    pub seen: u64,
+    /// The sealed details, or why they cannot be opened.
+    pub details: Result<rows::Envelope, codec::CodecError>,
 }
 
 /// Queue figures.
@@ -113,6 +218,32 @@ pub struct QueueStats {
     pub oldest_age_ms: Option<i64>,
 }
 
+/// What went wrong with storage, while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageProblem {
+    /// Since when (the first failure of this episode).
+    pub since: OffsetDateTime,
+    /// What the writer was doing: `commit`, `delete`, `lease`, `reopen`.
+    pub during: &'static str,
+    /// The last failure.
+    pub failure: StorageFailure,
+}
+
+/// The buffer's health, for `/readyz`, the status page and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Health {
+    /// Set while writes fail; cleared by the next successful commit.
+    pub failing: Option<StorageProblem>,
+    /// Free bytes on the buffer's file system at the last check.
+    pub free_bytes: Option<u64>,
+    /// The free-space floor.
+    pub floor_bytes: u64,
+    /// Whether new readings are refused for lack of space.
+    pub low_space: bool,
+    /// Damaged databases waiting in `quarantine/` (counted at open).
+    pub quarantined: u32,
+}
+
 struct LeaseState {
     /// Highest row id handed out (or skipped); rows above it have not been seen.
     cursor: i64,
@@ -120,20 +251,41 @@ struct LeaseState {
     leased: HashSet<i64>,
 }
 
+/// A request from the uplink side to the writer.
+pub(crate) enum Settle {
+    /// Delete these delivered rows.
+    Ack {
+        ids: Vec<i64>,
+        reply: oneshot::Sender<Result<u64, CommitError>>,
+    },
+    /// Move these rows to the dead-letter table with their reasons.
+    DeadLetter {
+        origin: String,
+        rows: Vec<(i64, String)>,
+        reply: oneshot::Sender<Result<u64, CommitError>>,
+    },
+}
+
+/// Capacity of the channel from the uplink workers to the writer.
+const SETTLE_CHANNEL_CAPACITY: usize = 64;
+
 struct Inner {
     dir: PathBuf,
-    writer: SqlitePool,
     reader: SqlitePool,
+    key: Arc<BufferKey>,
     capacity: u64,
     pending: AtomicU64,
     lease: Mutex<LeaseState>,
     /// Bumped after every commit that stored readings; the uplink waits on it when idle.
     committed: watch::Sender<u64>,
+    health: StdMutex<Health>,
+    /// Requests to the writer (acks and dead letters); `None` for a read-only store.
+    settle: Option<mpsc::Sender<Settle>>,
     /// Held for the life of the store: the one-writer lock.
     _lock: Option<File>,
 }
 
-/// The buffer. Cheap to clone.
+/// The buffer's read side and the uplink's handle to the writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -158,116 +310,12 @@ fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn options(path: &Path, read_only: bool) -> SqliteConnectOptions {
-    SqliteConnectOptions::from_str("sqlite://")
-        .unwrap_or_default()
-        .filename(path)
-        .create_if_missing(!read_only)
-        .read_only(read_only)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        // 1 MiB page cache per connection: the queue is read in id order from the WAL's
-        // recent pages, so a larger cache buys little and costs a small hub's memory.
-        .pragma("cache_size", "-1024")
+fn time_of_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl Store {
-    /// Opens (creating if needed) the buffer in `dir` for writing, taking the one-writer lock.
-    pub async fn open(dir: &Path, capacity: u64) -> Result<Self, BufferError> {
-        std::fs::create_dir_all(dir).map_err(|source| BufferError::Dir {
-            path: dir.into(),
-            source,
-        })?;
-        let lock_path = dir.join("vitalbridge.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| BufferError::Dir {
-                path: dir.into(),
-                source,
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(BufferError::Locked(dir.into())),
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(BufferError::Dir {
-                    path: dir.into(),
-                    source,
-                })
-            }
-        }
-        let db = dir.join("buffer.db");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options(&db, false))
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options(&db, false))
-            .await?;
-        verify_durable(&writer).await?;
-        verify_durable(&reader).await?;
-        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM readings")
-            .fetch_one(&reader)
-            .await?;
-        let (committed, _) = watch::channel(0);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                dir: dir.into(),
-                writer,
-                reader,
-                capacity,
-                pending: AtomicU64::new(pending as u64),
-                lease: Mutex::new(LeaseState {
-                    cursor: 0,
-                    leased: HashSet::new(),
-                }),
-                committed,
-                _lock: Some(lock),
-            }),
-        })
-    }
-
-    /// Opens an existing buffer for reading only (the `queue` CLI while the gateway runs).
-    pub async fn open_read_only(dir: &Path) -> Result<Self, BufferError> {
-        let db = dir.join("buffer.db");
-        if !db.exists() {
-            return Err(BufferError::Dir {
-                path: dir.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no buffer.db here"),
-            });
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options(&db, true))
-            .await?;
-        let (committed, _) = watch::channel(0);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                dir: dir.into(),
-                writer: pool.clone(),
-                reader: pool,
-                capacity: 0,
-                pending: AtomicU64::new(0),
-                lease: Mutex::new(LeaseState {
-                    cursor: 0,
-                    leased: HashSet::new(),
-                }),
-                committed,
-                _lock: None,
-            }),
-        })
-    }
-
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -283,6 +331,15 @@ impl Store {
         self.inner.pending.load(Ordering::Relaxed)
     }
 
+    /// The buffer's health.
+    pub fn health(&self) -> Health {
+        lock(&self.inner.health).clone()
+    }
+
+    fn update_health(&self, f: impl FnOnce(&mut Health)) {
+        f(&mut lock(&self.inner.health));
+    }
+
     /// A receiver that changes after every commit that stored readings.
     pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
         self.inner.committed.subscribe()
@@ -295,7 +352,7 @@ impl Store {
         loop {
             let want = max - out.len();
             let rows = sqlx::query(
-                "SELECT id, identifier, body FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, dedup, body FROM readings WHERE id > ? ORDER BY id LIMIT ?",
             )
             .bind(state.cursor)
             .bind(want as i64)
@@ -306,11 +363,11 @@ impl Store {
                 let id: i64 = row.get(0);
                 state.cursor = state.cursor.max(id);
                 if state.leased.insert(id) {
-                    let body: Vec<u8> = row.get(2);
+                    let dedup: &[u8] = row.get(1);
+                    let body: &[u8] = row.get(2);
                     out.push(Leased {
                         id,
-                        identifier: row.get(1),
-                        reading: codec::decode(&body),
+                        reading: rows::open_reading(&self.inner.key, dedup, body),
                     });
                 }
             }
@@ -330,28 +387,40 @@ impl Store {
         }
     }
 
-    /// Deletes rows the destination acknowledged. Returns how many were deleted.
+    /// Forgets leases of rows the writer deleted.
+    async fn settled(&self, ids: impl Iterator<Item = i64>) {
+        let mut state = self.inner.lease.lock().await;
+        for id in ids {
+            state.leased.remove(&id);
+        }
+    }
+
+    async fn settle(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<u64, CommitError>>) -> Settle,
+    ) -> Result<u64, BufferError> {
+        let tx = self.inner.settle.as_ref().ok_or(BufferError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(make(reply))
+            .await
+            .map_err(|_| BufferError::Closed)?;
+        Ok(answer.await.map_err(|_| BufferError::Closed)??)
+    }
+
+    /// Deletes rows the destination acknowledged, in the writer's next transaction; returns
+    /// how many were deleted. On a storage error the rows stay leased (not sent again) and
+    /// the writer keeps trying to delete them; after a restart they would be sent again,
+    /// which conditional creates make harmless.
     pub async fn ack(&self, ids: &[i64]) -> Result<u64, BufferError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let deleted =
-            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
-                .bind(id_list(ids))
-                .execute(&self.inner.writer)
-                .await?
-                .rows_affected();
-        self.inner
-            .pending
-            .fetch_sub(deleted.min(self.pending()), Ordering::Relaxed);
-        let mut state = self.inner.lease.lock().await;
-        for id in ids {
-            state.leased.remove(id);
-        }
-        Ok(deleted)
+        let ids = ids.to_vec();
+        self.settle(|reply| Settle::Ack { ids, reply }).await
     }
 
-    /// Moves rows to the dead-letter table with their reasons, in one transaction.
+    /// Moves rows to the dead-letter table with their reasons, in the writer's next
+    /// transaction (kept and retried like [`Store::ack`] on a storage error).
     pub async fn dead_letter(
         &self,
         origin: &str,
@@ -360,40 +429,14 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        // One statement shape for any number of rows: `[[id, reason], …]` as a JSON parameter.
-        let list = serde_json::Value::Array(
-            rows.iter()
-                .map(|(id, reason)| serde_json::json!([id, reason]))
-                .collect(),
-        )
-        .to_string();
-        let mut tx = self.inner.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) \
-             SELECT ?, 'reading', ?, j.value->>1, r.identifier, r.body \
-             FROM json_each(?) AS j JOIN readings AS r ON r.id = j.value->>0",
-        )
-        .bind(now)
-        .bind(origin)
-        .bind(&list)
-        .execute(&mut *tx)
-        .await?;
-        let moved =
-            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value->>0 FROM json_each(?))")
-                .bind(&list)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        tx.commit().await?;
-        self.inner
-            .pending
-            .fetch_sub(moved.min(self.pending()), Ordering::Relaxed);
-        let mut state = self.inner.lease.lock().await;
-        for (id, _) in rows {
-            state.leased.remove(id);
-        }
-        Ok(())
+        let (origin, rows) = (origin.to_owned(), rows.to_vec());
+        self.settle(|reply| Settle::DeadLetter {
+            origin,
+            rows,
+            reply,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Queue figures from the database (and this process's leases).
@@ -439,10 +482,10 @@ impl Store {
         })
     }
 
-    /// Dead letters, newest first, at most `limit`.
+    /// Dead letters, newest first, at most `limit`, with their sealed details opened.
     pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BufferError> {
         let rows = sqlx::query(
-            "SELECT id, created_ms, kind, origin, reason, identifier FROM dead_letters ORDER BY id DESC LIMIT ?",
+            "SELECT id, created_ms, kind, source, seen, body FROM dead_letters ORDER BY id DESC LIMIT ?",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.inner.reader)
@@ -451,67 +494,36 @@ impl Store {
             .into_iter()
             .map(|r| DeadLetter {
                 id: r.get(0),
-                created_ms: r.get(1),
+                created: time_of_ms(r.get(1)),
                 kind: r.get(2),
-                origin: r.get(3),
-                reason: r.get(4),
-                identifier: r.get(5),
+                source: r.get(3),
+                seen: r.get::<i64, _>(4).max(0) as u64,
+                details: rows::Envelope::open(&self.inner.key, r.get(5)),
             })
             .collect())
     }
 
-    /// Moves `reading` dead letters back into the queue (after the cause was fixed).
-    /// Undecodable `payload` rows stay: there is no reading to retry. Returns how many moved.
-    pub async fn retry_dead_letters(&self) -> Result<u64, BufferError> {
-        let now = now_ms();
-        let mut tx = self.inner.writer.begin().await?;
-        let moved = sqlx::query(
-            "INSERT OR IGNORE INTO readings (identifier, device_key, received_ms, body) \
-             SELECT identifier, '', ?, body FROM dead_letters WHERE kind = 'reading' AND identifier IS NOT NULL",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM dead_letters WHERE kind = 'reading' AND identifier IS NOT NULL")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.inner.pending.fetch_add(moved, Ordering::Relaxed);
-        self.inner.committed.send_modify(|n| *n += 1);
-        Ok(moved)
+    /// The highest sequence number ever committed for the device with key `key`.
+    pub(crate) async fn last_sequence(&self, key: &str) -> Result<Option<u64>, BufferError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_sequence FROM device_state WHERE device_key = ?")
+                .bind(key)
+                .fetch_optional(&self.inner.reader)
+                .await?;
+        Ok(seq.map(|s| s as u64))
     }
 
-    /// The `(journal_mode, synchronous)` of the live writer connection, for tests and
-    /// diagnostics. `synchronous` 2 is FULL.
-    pub async fn durability(&self) -> Result<(String, i64), BufferError> {
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&self.inner.writer)
-            .await?;
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&self.inner.writer)
-            .await?;
-        Ok((mode, sync))
-    }
-
-    /// Closes the pools (checkpointing the WAL).
+    /// Closes the read side.
     pub async fn close(&self) {
         self.inner.reader.close().await;
-        self.inner.writer.close().await;
     }
 }
 
-async fn verify_durable(pool: &SqlitePool) -> Result<(), BufferError> {
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(pool)
-        .await?;
-    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(pool)
-        .await?;
-    if !mode.eq_ignore_ascii_case("wal") || sync != 2 {
-        return Err(BufferError::NotDurable(format!(
-            "journal_mode={mode}, synchronous={sync} (need wal, 2=FULL)"
-        )));
-    }
-    Ok(())
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long to wait before a writer that failed tries again, after `attempts` failures.
+fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempts.min(6))).min(Duration::from_secs(5))
 }

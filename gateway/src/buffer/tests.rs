@@ -1,11 +1,13 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
-use super::writer::{self, WriterConfig};
+use super::open::TEST_MAX_PAGES;
+use super::writer::{GroupReport, OnCommit, WriterConfig, WriterCounts};
 use super::*;
-use crate::model::{Decimal, DeviceId, DeviceRef, Measured, Quantity, Value};
-use crate::pipeline::{self, Ingest};
+use crate::model::{Decimal, DeviceId, DeviceRef, Measured, PatientRef, Quantity, Value};
+use crate::pipeline::{self, Ingest, Rejected};
 use crate::profile::catalog;
 
 fn reading(device: &str, seq: u64) -> Reading {
@@ -33,33 +35,114 @@ fn reading(device: &str, seq: u64) -> Reading {
     }
 }
 
-/// A store with a running writer; drop the `Ingest` and await the handle to stop it.
-async fn start(
-    dir: &Path,
-    capacity: u64,
-) -> (Store, Ingest, tokio::task::JoinHandle<writer::WriterCounts>) {
-    let store = Store::open(dir, capacity).await.unwrap();
-    let (tx, rx) = pipeline::channel();
-    let config = WriterConfig {
-        max_rows: 1000,
-        linger: Duration::from_millis(1),
-    };
-    let handle = tokio::spawn(writer::run(store.clone(), rx, config, |_| {}));
-    (store, Ingest::new(tx, "test"), handle)
+/// Where a test keeps its buffer (`<root>/data`) and key (`<root>/buffer.key`).
+fn options(root: &Path, capacity: u64) -> OpenOptions {
+    OpenOptions {
+        capacity,
+        key_file: root.join("buffer.key"),
+        previous_key_files: Vec::new(),
+        min_free_bytes: Some(0),
+    }
+}
+
+fn data(root: &Path) -> PathBuf {
+    root.join("data")
+}
+
+/// A store with a running writer.
+struct Running {
+    store: Store,
+    ingest: Ingest,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<WriterCounts>,
+}
+
+impl Running {
+    async fn start(root: &Path, capacity: u64) -> Self {
+        Self::start_with(root, &options(root, capacity), Box::new(|_| {})).await
+    }
+
+    async fn start_with(root: &Path, options: &OpenOptions, on_commit: OnCommit) -> Self {
+        let (store, writer, _) = open(&data(root), options).await.unwrap();
+        let (tx, rx) = pipeline::channel();
+        let config = WriterConfig {
+            max_rows: 1000,
+            linger: Duration::from_millis(1),
+        };
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(writer.run(rx, config, stop.clone(), on_commit));
+        Self {
+            store,
+            ingest: Ingest::new(tx, "test"),
+            stop,
+            writer,
+        }
+    }
+
+    /// Stops the writer (after what is queued) and returns its totals.
+    async fn stop(self) -> (Store, WriterCounts) {
+        drop(self.ingest);
+        self.stop.cancel();
+        let totals = self.writer.await.unwrap();
+        self.store.close().await;
+        (self.store, totals)
+    }
+
+    /// Kills the writer mid-flight, as `kill -9` would: nothing is closed or flushed.
+    async fn crash(self) {
+        self.writer.abort();
+        let _ = self.writer.await;
+        self.store.close().await;
+    }
+}
+
+/// Every byte of every file under `dir`.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test]
 async fn the_live_connection_is_wal_and_synchronous_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 10).await.unwrap();
-    assert_eq!(store.durability().await.unwrap(), ("wal".to_owned(), 2));
+    let root = tempfile::tempdir().unwrap();
+    let (_store, writer, report) = open(&data(root.path()), &options(root.path(), 10))
+        .await
+        .unwrap();
+    let mut conn = open::connect(&data(root.path()).join(open::DB_FILE))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((mode.as_str(), sync), ("wal", 2));
+    assert_eq!(report.key_created, Some(root.path().join("buffer.key")));
+    writer.close().await;
 }
 
 #[tokio::test]
 async fn a_second_store_on_the_same_directory_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let _first = Store::open(dir.path(), 10).await.unwrap();
-    let err = Store::open(dir.path(), 10)
+    let root = tempfile::tempdir().unwrap();
+    let _first = open(&data(root.path()), &options(root.path(), 10))
+        .await
+        .unwrap();
+    let err = open(&data(root.path()), &options(root.path(), 10))
         .await
         .err()
         .expect("second open must fail");
@@ -73,39 +156,40 @@ async fn a_second_store_on_the_same_directory_is_refused_with_a_clear_error() {
 
 #[tokio::test]
 async fn committed_readings_are_leased_acked_and_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 100).await;
-    ingest
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
         .commit(vec![reading("a", 1), reading("a", 2)])
         .await
         .unwrap();
-    assert_eq!(store.pending(), 2);
-    let leased = store.lease(10).await.unwrap();
+    assert_eq!(r.store.pending(), 2);
+    let leased = r.store.lease(10).await.unwrap();
     assert_eq!(leased.len(), 2);
     assert_eq!(leased[0].reading.as_ref().unwrap(), &reading("a", 1));
     assert!(
-        store.lease(10).await.unwrap().is_empty(),
+        r.store.lease(10).await.unwrap().is_empty(),
         "leased rows are not handed out twice"
     );
-    store.ack(&[leased[0].id]).await.unwrap();
-    let stats = store.stats().await.unwrap();
+    assert_eq!(r.store.ack(&[leased[0].id]).await.unwrap(), 1);
+    let stats = r.store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.leased), (1, 1));
+    assert_eq!(r.store.pending(), 1);
 }
 
 #[tokio::test]
 async fn groups_of_any_size_are_stored_whole_and_acked_in_one_statement() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 10_000).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 10_000).await;
     // 1 + 4 + 16 + 64 + 256 + 3 (every chunk shape, and a remainder) in one request.
     let sizes = [1, 347, 999];
     let mut next = 0;
     for n in sizes {
         let batch: Vec<Reading> = (next..next + n).map(|s| reading("g", s)).collect();
         next += n;
-        assert_eq!(ingest.commit(batch).await.unwrap().readings, n as usize);
+        assert_eq!(r.ingest.commit(batch).await.unwrap().readings, n as usize);
     }
-    assert_eq!(store.stats().await.unwrap().pending, next);
-    let leased = store.lease(2000).await.unwrap();
+    assert_eq!(r.store.stats().await.unwrap().pending, next);
+    let leased = r.store.lease(2000).await.unwrap();
     let mut seqs: Vec<u64> = leased
         .iter()
         .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
@@ -113,37 +197,35 @@ async fn groups_of_any_size_are_stored_whole_and_acked_in_one_statement() {
     seqs.sort_unstable();
     assert_eq!(seqs, (0..next).collect::<Vec<_>>(), "every reading, once");
     let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
-    assert_eq!(store.ack(&ids).await.unwrap(), next);
-    assert_eq!(store.stats().await.unwrap().pending, 0);
+    assert_eq!(r.store.ack(&ids).await.unwrap(), next);
+    assert_eq!(r.store.stats().await.unwrap().pending, 0);
 }
 
 #[tokio::test]
 async fn a_retransmission_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 100).await;
-    ingest.commit(vec![reading("a", 1)]).await.unwrap();
-    ingest.commit(vec![reading("a", 1)]).await.unwrap();
-    assert_eq!(store.stats().await.unwrap().pending, 1);
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+    r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+    assert_eq!(r.store.stats().await.unwrap().pending, 1);
+    assert_eq!(r.store.pending(), 1);
 }
 
 #[tokio::test]
 async fn leased_but_unacked_rows_come_back_after_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let (store, ingest, w) = start(dir.path(), 100).await;
-        ingest
-            .commit(vec![reading("a", 1), reading("a", 2), reading("a", 3)])
-            .await
-            .unwrap();
-        let leased = store.lease(2).await.unwrap();
-        store.ack(&[leased[0].id]).await.unwrap();
-        drop(ingest);
-        w.await.unwrap();
-        store.close().await;
-        // "Crash": the lease of row 2 was never settled.
-    }
-    let store = Store::open(dir.path(), 100).await.unwrap();
-    let again: Vec<u64> = store
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit(vec![reading("a", 1), reading("a", 2), reading("a", 3)])
+        .await
+        .unwrap();
+    let leased = r.store.lease(2).await.unwrap();
+    r.store.ack(&[leased[0].id]).await.unwrap();
+    // "Crash": the lease of row 2 was never settled.
+    r.crash().await;
+    let r = Running::start(root.path(), 100).await;
+    let again: Vec<u64> = r
+        .store
         .lease(10)
         .await
         .unwrap()
@@ -155,16 +237,16 @@ async fn leased_but_unacked_rows_come_back_after_a_crash() {
 
 #[tokio::test]
 async fn released_rows_are_leased_again_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 100).await;
-    ingest
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
         .commit((1..=4).map(|s| reading("a", s)).collect())
         .await
         .unwrap();
-    let first = store.lease(2).await.unwrap();
-    let second = store.lease(2).await.unwrap();
-    store.release(&[first[1].id]).await;
-    let third = store.lease(10).await.unwrap();
+    let first = r.store.lease(2).await.unwrap();
+    let second = r.store.lease(2).await.unwrap();
+    r.store.release(&[first[1].id]).await;
+    let third = r.store.lease(10).await.unwrap();
     assert_eq!(
         third.iter().map(|l| l.id).collect::<Vec<_>>(),
         vec![first[1].id]
@@ -174,92 +256,251 @@ async fn released_rows_are_leased_again_in_order() {
 
 #[tokio::test]
 async fn a_full_buffer_refuses_new_readings_and_keeps_the_old_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 3).await;
-    ingest
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 3).await;
+    r.ingest
         .commit(vec![reading("a", 1), reading("a", 2)])
         .await
         .unwrap();
-    let refused = ingest.commit(vec![reading("a", 3), reading("a", 4)]).await;
+    let refused = r
+        .ingest
+        .commit(vec![reading("a", 3), reading("a", 4)])
+        .await;
     assert_eq!(refused, Err(CommitError::Full { capacity: 3 }));
-    ingest.commit(vec![reading("a", 3)]).await.unwrap();
-    assert_eq!(store.stats().await.unwrap().pending, 3);
-    let leased = store.lease(1).await.unwrap();
-    store.ack(&[leased[0].id]).await.unwrap();
-    ingest
+    r.ingest.commit(vec![reading("a", 3)]).await.unwrap();
+    assert_eq!(r.store.stats().await.unwrap().pending, 3);
+    let leased = r.store.lease(1).await.unwrap();
+    r.store.ack(&[leased[0].id]).await.unwrap();
+    r.ingest
         .commit(vec![reading("a", 4)])
         .await
         .expect("room again after a delivery");
 }
 
 #[tokio::test]
-async fn dead_letters_keep_their_reason_and_can_be_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, w) = start(dir.path(), 100).await;
-    ingest.commit(vec![reading("a", 1)]).await.unwrap();
-    ingest
-        .reject(
-            "mqtt:t".into(),
-            "field `metric`: unknown".into(),
-            b"{}".to_vec(),
-        )
-        .await
-        .unwrap();
-    let leased = store.lease(1).await.unwrap();
-    store
-        .dead_letter("uplink:fhir", &[(leased[0].id, "422: bad unit".into())])
-        .await
-        .unwrap();
-    let stats = store.stats().await.unwrap();
-    assert_eq!((stats.pending, stats.dead_letters), (0, 2));
-    let letters = store.dead_letters(10).await.unwrap();
-    assert_eq!(letters[0].reason, "422: bad unit");
-    assert_eq!(letters[1].kind, "payload");
-    drop(ingest);
-    w.await.unwrap();
-    assert_eq!(store.retry_dead_letters().await.unwrap(), 1);
-    let back = store.lease(10).await.unwrap();
-    assert_eq!(back[0].reading.as_ref().unwrap(), &reading("a", 1));
+async fn below_the_free_space_floor_new_readings_are_refused_but_deliveries_are_recorded() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+    let (store, _) = r.stop().await;
+    drop(store);
+    let mut opts = options(root.path(), 100);
+    opts.min_free_bytes = Some(u64::MAX);
+    let r = Running::start_with(root.path(), &opts, Box::new(|_| {})).await;
+    let refused = r.ingest.commit(vec![reading("a", 2)]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommitError::LowSpace {
+                floor_bytes: u64::MAX,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let refused = r.ingest.reject("t:x".into(), "bad".into(), b"x").await;
+    assert!(
+        matches!(refused, Err(CommitError::LowSpace { .. })),
+        "{refused:?}"
+    );
+    let health = r.store.health();
+    assert!(
+        health.low_space && health.free_bytes.is_some(),
+        "{health:?}"
+    );
+    let leased = r.store.lease(10).await.unwrap();
     assert_eq!(
-        store.stats().await.unwrap().dead_letters,
+        r.store.ack(&[leased[0].id]).await.unwrap(),
         1,
-        "undecodable payloads stay dead-lettered"
+        "a delivery is recorded below the floor"
+    );
+    assert_eq!(r.store.stats().await.unwrap().pending, 0);
+}
+
+/// The regression behind this module's error handling: after SQLite failed a commit with
+/// `SQLITE_FULL`, later "commits" were acknowledged but never reached the disk.
+#[tokio::test]
+async fn a_full_disk_is_never_acknowledged_and_the_writer_recovers_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let db = data(root.path()).join(open::DB_FILE);
+    // Room for the schema and a few hundred readings.
+    lock(&TEST_MAX_PAGES).push((db.clone(), 40));
+    let transitions: Arc<StdMutex<Vec<writer::Transition>>> = Default::default();
+    let seen = transitions.clone();
+    let on_commit: OnCommit = Box::new(move |report: &GroupReport<'_>| {
+        seen.lock()
+            .unwrap()
+            .extend(report.transitions.iter().cloned());
+    });
+    let r = Running::start_with(root.path(), &options(root.path(), 1_000_000), on_commit).await;
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for batch in 0..200u64 {
+        let readings: Vec<Reading> = (0..10).map(|i| reading("f", batch * 10 + i)).collect();
+        match r.ingest.commit(readings).await {
+            Ok(_) => acknowledged.extend((0..10).map(|i| batch * 10 + i)),
+            Err(CommitError::Storage(f)) => {
+                assert_eq!(f.kind, pipeline::StorageKind::DiskFull, "{f}");
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        if refused >= 5 {
+            break;
+        }
+    }
+    assert!(refused >= 5, "the small database never filled");
+    assert!(!acknowledged.is_empty());
+    let health = r.store.health();
+    let failing = health.failing.expect("the buffer reports itself failing");
+    assert_eq!(failing.during, "commit");
+    // Space comes back: the next commit succeeds and is durable.
+    lock(&TEST_MAX_PAGES).retain(|(p, _)| p != &db);
+    r.ingest.commit(vec![reading("f", 99_999)]).await.unwrap();
+    acknowledged.push(99_999);
+    assert!(r.store.health().failing.is_none());
+    {
+        let t = transitions.lock().unwrap();
+        assert!(
+            matches!(t.first(), Some(writer::Transition::Failed(_))),
+            "{t:?}"
+        );
+        assert!(
+            matches!(t.last(), Some(writer::Transition::Recovered { .. })),
+            "{t:?}"
+        );
+        assert_eq!(t.len(), 2, "one episode, reported once: {t:?}");
+    }
+    r.crash().await;
+    // After a crash, exactly what was acknowledged is there.
+    let r = Running::start(root.path(), 1_000_000).await;
+    let mut stored: Vec<u64> = r
+        .store
+        .lease(100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.reading.unwrap().sequence.unwrap())
+        .collect();
+    stored.sort_unstable();
+    acknowledged.sort_unstable();
+    assert_eq!(stored, acknowledged);
+}
+
+#[tokio::test]
+async fn the_same_bad_payload_is_one_dead_letter_however_often_it_arrives() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    for _ in 0..3 {
+        r.ingest
+            .reject("mqtt:t".into(), "not JSON".into(), b"\x00garbage")
+            .await
+            .unwrap();
+    }
+    r.ingest
+        .reject("mqtt:t".into(), "not JSON".into(), b"other garbage")
+        .await
+        .unwrap();
+    let letters = r.store.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[1].seen, 3);
+    assert_eq!(letters[0].seen, 1);
+    assert_eq!(letters[1].source, "mqtt");
+    assert_eq!(letters[1].details.as_ref().unwrap().origin, "mqtt:t");
+}
+
+#[tokio::test]
+async fn an_oversized_payload_keeps_a_bounded_prefix_its_size_and_hash() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    let huge = vec![b'x'; 10 * 1024 * 1024];
+    let rejected = Rejected::new("mqtt:big".into(), "too large".into(), &huge);
+    assert_eq!(rejected.payload.len(), pipeline::MAX_KEPT_PAYLOAD);
+    r.ingest
+        .store(vec![reading("a", 1)], vec![rejected.clone()])
+        .await
+        .unwrap();
+    let letter = r.store.dead_letters(1).await.unwrap().remove(0);
+    let details = letter.details.unwrap();
+    assert_eq!(details.size, huge.len() as u64);
+    assert_eq!(details.sha256, rejected.sha256);
+    assert_eq!(details.content.len(), pipeline::MAX_KEPT_PAYLOAD);
+    assert_eq!(
+        r.store.pending(),
+        1,
+        "the good reading of the same commit is stored"
     );
 }
 
 #[tokio::test]
+async fn dead_letters_keep_their_reason_and_can_be_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+    r.ingest
+        .reject("mqtt:t".into(), "field `metric`: unknown".into(), b"{}")
+        .await
+        .unwrap();
+    let leased = r.store.lease(1).await.unwrap();
+    r.store
+        .dead_letter("uplink:fhir", &[(leased[0].id, "422: bad unit".into())])
+        .await
+        .unwrap();
+    let stats = r.store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead_letters), (0, 2));
+    assert_eq!(r.store.pending(), 0);
+    let letters = r.store.dead_letters(10).await.unwrap();
+    let refused = letters[0].details.as_ref().unwrap();
+    assert_eq!(refused.reason, "422: bad unit");
+    assert_eq!(refused.identifier, Some(reading("a", 1).identifier()));
+    assert_eq!(letters[0].source, "uplink:fhir");
+    assert_eq!(letters[1].kind, "payload");
+    let (_, _) = r.stop().await;
+    let (_store, mut writer, _) = open(&data(root.path()), &options(root.path(), 100))
+        .await
+        .unwrap();
+    assert_eq!(writer.retry_dead_letters().await.unwrap(), 1);
+    let back = writer.store().lease(10).await.unwrap();
+    assert_eq!(back[0].reading.as_ref().unwrap(), &reading("a", 1));
+    assert_eq!(
+        writer.store().stats().await.unwrap().dead_letters,
+        1,
+        "undecodable payloads stay dead-lettered"
+    );
+    writer.close().await;
+}
+
+#[tokio::test]
 async fn the_last_sequence_survives_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, _w) = start(dir.path(), 100).await;
-    ingest
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
         .commit(vec![reading("a", 7), reading("a", 5), reading("b", 1)])
         .await
         .unwrap();
-    let ids: Vec<i64> = store
+    let ids: Vec<i64> = r
+        .store
         .lease(10)
         .await
         .unwrap()
         .iter()
         .map(|l| l.id)
         .collect();
-    store.ack(&ids).await.unwrap();
-    assert_eq!(ingest.last_sequence("a").await.unwrap(), Some(7));
-    assert_eq!(ingest.last_sequence("c").await.unwrap(), None);
+    r.store.ack(&ids).await.unwrap();
+    assert_eq!(r.ingest.last_sequence("a").await.unwrap(), Some(7));
+    assert_eq!(r.ingest.last_sequence("c").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn the_writer_reports_what_each_source_committed_and_dead_lettered() {
     type Seen = (Vec<(String, usize)>, Vec<(String, String)>, u64, bool);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 3).await.unwrap();
-    let (tx, rx) = pipeline::channel();
-    let config = WriterConfig {
-        max_rows: 1000,
-        linger: Duration::ZERO,
-    };
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
+    let root = tempfile::tempdir().unwrap();
+    let seen: Arc<StdMutex<Vec<Seen>>> = Default::default();
     let record = seen.clone();
-    let w = tokio::spawn(writer::run(store.clone(), rx, config, move |report| {
+    let on_commit: OnCommit = Box::new(move |report| {
+        if report.committed_at.is_none() && report.counts.refused_full == 0 {
+            return; // housekeeping rounds
+        }
         record.lock().unwrap().push((
             report
                 .readings
@@ -274,20 +515,20 @@ async fn the_writer_reports_what_each_source_committed_and_dead_lettered() {
             report.counts.refused_full,
             report.committed_at.is_some() && report.error.is_none(),
         ));
-    }));
-    let serial = Ingest::new(tx.clone(), "serial");
-    let ble = Ingest::new(tx, "ble");
+    });
+    let r = Running::start_with(root.path(), &options(root.path(), 3), on_commit).await;
+    let (serial, ble) = (r.ingest.for_source("serial"), r.ingest.for_source("ble"));
     serial
         .commit(vec![reading("s", 1), reading("s", 2)])
         .await
         .unwrap();
-    ble.reject("ble:AABBCC".into(), "bad frame".into(), vec![1, 2])
+    ble.reject("ble:AABBCC".into(), "bad frame".into(), &[1, 2])
         .await
         .unwrap();
     let full = ble.commit(vec![reading("b", 1), reading("b", 2)]).await;
     assert_eq!(full, Err(CommitError::Full { capacity: 3 }));
     drop((serial, ble));
-    let totals = w.await.unwrap();
+    let (_, totals) = r.stop().await;
     assert_eq!(
         (totals.inserted, totals.refused_full, totals.failed),
         (2, 1, 0)
@@ -298,33 +539,33 @@ async fn the_writer_reports_what_each_source_committed_and_dead_lettered() {
         vec![
             (vec![("serial".to_owned(), 2)], vec![], 0, true),
             (
-                vec![],
+                vec![("ble".to_owned(), 0)],
                 vec![("ble".to_owned(), "ble:AABBCC".to_owned())],
                 0,
                 true
             ),
-            (vec![], vec![], 1, true),
+            (vec![], vec![], 1, false),
         ]
     );
 }
 
 #[tokio::test]
 async fn live_stats_agree_with_the_full_scan() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ingest, w) = start(dir.path(), 100).await;
-    let empty = store.live_stats().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    let empty = r.store.live_stats().await.unwrap();
     assert_eq!((empty.pending, empty.oldest_age_ms), (0, None));
-    ingest
+    r.ingest
         .commit((0..5).map(|i| reading("l", i)).collect())
         .await
         .unwrap();
-    ingest
-        .reject("test:x".into(), "bad".into(), vec![0])
+    r.ingest
+        .reject("test:x".into(), "bad".into(), &[0])
         .await
         .unwrap();
-    let _leased = store.lease(2).await.unwrap();
-    let live = store.live_stats().await.unwrap();
-    let full = store.stats().await.unwrap();
+    let _leased = r.store.lease(2).await.unwrap();
+    let live = r.store.live_stats().await.unwrap();
+    let full = r.store.stats().await.unwrap();
     assert_eq!(
         (live.pending, live.leased, live.dead_letters),
         (full.pending, full.leased, full.dead_letters)
@@ -333,20 +574,22 @@ async fn live_stats_agree_with_the_full_scan() {
     // Every reading here has the same receive time, so the head is also the oldest.
     let (a, b) = (live.oldest_age_ms.unwrap(), full.oldest_age_ms.unwrap());
     assert!((a - b).abs() < 1000, "{a} vs {b}");
-    drop(ingest);
-    w.await.unwrap();
 }
 
 #[tokio::test]
 async fn many_concurrent_requests_are_grouped_into_few_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 100_000).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (store, writer, _) = open(&data(root.path()), &options(root.path(), 100_000))
+        .await
+        .unwrap();
     let (tx, rx) = pipeline::channel();
     let config = WriterConfig {
         max_rows: 4096,
         linger: Duration::from_millis(2),
     };
-    let w = tokio::spawn(writer::run(store.clone(), rx, config, |_| {}));
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let w = tokio::spawn(writer.run(rx, config, stop, Box::new(|_| {})));
     let ingest = Ingest::new(tx, "test");
     let tasks: Vec<_> = (0..2000)
         .map(|i| {
@@ -365,11 +608,315 @@ async fn many_concurrent_requests_are_grouped_into_few_commits() {
         "2000 readings took {} commits",
         totals.commits
     );
+    drop(store);
+}
+
+mod at_rest {
+    //! Encryption at rest, keys, quarantine, the schema-1 conversion.
+
+    use super::*;
+
+    fn patient_reading(seq: u64) -> Reading {
+        let mut r = reading("DEV-SECRET-1", seq);
+        r.patient = Some(PatientRef {
+            system: "urn:oid:1.2.3.4.5".into(),
+            value: "PATIENT-4711".into(),
+        });
+        r.value = Value::Quantity(Quantity {
+            value: Measured::Value(Decimal::new(98_765, -3)),
+            unit: "%".into(),
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn no_patient_identifier_or_value_is_in_clear_anywhere_under_data_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1000).await;
+        r.ingest
+            .commit((0..50).map(patient_reading).collect())
+            .await
+            .unwrap();
+        r.ingest
+            .reject(
+                "mqtt:ward/PATIENT-4711".into(),
+                "value 98.765 out of range".into(),
+                b"{\"patient\":\"PATIENT-4711\",\"value\":98.765}",
+            )
+            .await
+            .unwrap();
+        // A delivered row and one the server refused: both leave plaintext nowhere.
+        let leased = r.store.lease(2).await.unwrap();
+        r.store.ack(&[leased[0].id]).await.unwrap();
+        r.store
+            .dead_letter(
+                "uplink:fhir",
+                &[(leased[1].id, "PATIENT-4711 98.765".into())],
+            )
+            .await
+            .unwrap();
+        // Checked while running (WAL not yet checkpointed) and after a crash.
+        for when in ["running", "after a crash"] {
+            let bytes = all_bytes(&data(root.path()));
+            for secret in ["PATIENT-4711", "98.765", "1.2.3.4.5", "ward/"] {
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{secret:?} found in clear under data_dir ({when})"
+                );
+            }
+            if when == "running" {
+                assert!(contains(&bytes, b"SQLite format 3"), "the files were read");
+            }
+        }
+        r.crash().await;
+        let bytes = all_bytes(&data(root.path()));
+        assert!(!contains(&bytes, b"PATIENT-4711"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_or_missing_key_stops_the_open_and_deletes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 100).await;
+        r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+        r.stop().await;
+        let before = std::fs::read(data(root.path()).join(open::DB_FILE)).unwrap();
+
+        let mut wrong = options(root.path(), 100);
+        wrong.key_file = root.path().join("other.key");
+        seal::BufferKey::create(&wrong.key_file).unwrap();
+        let e = open(&data(root.path()), &wrong).await.err().unwrap();
+        assert!(matches!(e, BufferError::WrongKey { .. }), "{e}");
+        assert!(e.to_string().contains("nothing was read or deleted"), "{e}");
+
+        let mut missing = options(root.path(), 100);
+        missing.key_file = root.path().join("gone.key");
+        let e = open(&data(root.path()), &missing).await.err().unwrap();
+        assert!(matches!(e, BufferError::KeyMissing { .. }), "{e}");
+        assert!(
+            !missing.key_file.exists(),
+            "no key is made up for a sealed buffer"
+        );
+
+        assert_eq!(
+            std::fs::read(data(root.path()).join(open::DB_FILE)).unwrap(),
+            before
+        );
+        let r = Running::start(root.path(), 100).await;
+        assert_eq!(r.store.stats().await.unwrap().pending, 1);
+    }
+
+    #[tokio::test]
+    async fn rotating_the_key_keeps_every_buffered_reading_and_dead_letter() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 100).await;
+        r.ingest
+            .commit((0..30).map(patient_reading).collect())
+            .await
+            .unwrap();
+        r.ingest
+            .reject("mqtt:t".into(), "bad".into(), b"payload")
+            .await
+            .unwrap();
+        r.stop().await;
+        let old = root.path().join("buffer.key");
+        let new = root.path().join("new.key");
+        seal::BufferKey::create(&new).unwrap();
+        let rotated = OpenOptions {
+            key_file: new.clone(),
+            previous_key_files: vec![old.clone()],
+            ..options(root.path(), 100)
+        };
+        let (store, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
+        assert_eq!(report.rotated, Some(31));
+        let leased = store.lease(100).await.unwrap();
+        assert_eq!(leased.len(), 30);
+        assert!(leased.iter().all(|l| l.reading.is_ok()));
+        assert_eq!(
+            store.dead_letters(10).await.unwrap()[0]
+                .details
+                .as_ref()
+                .unwrap()
+                .content,
+            b"payload"
+        );
+        writer.close().await;
+        drop(store);
+        // The old key alone no longer opens it.
+        let e = open(&data(root.path()), &options(root.path(), 100))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, BufferError::WrongKey { .. }), "{e}");
+        let (store, _w, report) = open(
+            &data(root.path()),
+            &OpenOptions {
+                key_file: new,
+                ..options(root.path(), 100)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.rotated, None);
+        assert_eq!(store.stats().await.unwrap().pending, 30);
+    }
+
+    async fn with_pending(root: &Path, n: u64) {
+        let r = Running::start(root, 1000).await;
+        r.ingest
+            .commit((0..n).map(|i| reading("q", i)).collect())
+            .await
+            .unwrap();
+        r.stop().await;
+    }
+
+    /// Damages `buffer.db` one way, opens, and checks the quarantine.
+    async fn quarantined_after(kind: &str, damage: impl FnOnce(&Path)) -> Quarantine {
+        let root = tempfile::tempdir().unwrap();
+        with_pending(root.path(), 20).await;
+        let db = data(root.path()).join(open::DB_FILE);
+        damage(&db);
+        let (store, writer, report) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let q = report
+            .quarantined
+            .clone()
+            .unwrap_or_else(|| panic!("{kind}: not quarantined: {report:?}"));
+        assert!(q.path.join("buffer.db").exists(), "{kind}");
+        assert!(
+            std::fs::read_to_string(q.path.join("README.txt"))
+                .unwrap()
+                .contains("vitalbridge queue salvage"),
+            "{kind}"
+        );
+        assert_eq!(
+            store.stats().await.unwrap().pending,
+            0,
+            "{kind}: a fresh buffer"
+        );
+        assert_eq!(store.health().quarantined, 1, "{kind}");
+        writer.close().await;
+        q
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_damaged_database_is_quarantined_and_a_fresh_one_started() {
+        let q = quarantined_after("0 bytes", |db| {
+            std::fs::write(db, b"").unwrap();
+        })
+        .await;
+        assert!(q.reason.contains("empty"), "{}", q.reason);
+        quarantined_after("truncated header", |db| {
+            let bytes = std::fs::read(db).unwrap();
+            std::fs::write(db, &bytes[..50]).unwrap();
+        })
+        .await;
+        quarantined_after("zeroed header", |db| {
+            let mut bytes = std::fs::read(db).unwrap();
+            bytes[..100].fill(0);
+            std::fs::write(db, bytes).unwrap();
+        })
+        .await;
+        quarantined_after("random", |db| {
+            let len = std::fs::metadata(db).unwrap().len() as usize;
+            let noise: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+            std::fs::write(db, noise).unwrap();
+        })
+        .await;
+        let q = quarantined_after("scribbled b-tree pages", |db| {
+            let mut bytes = std::fs::read(db).unwrap();
+            let (page, len) = (4096, bytes.len());
+            // Every page after the first: the schema survives, the tables do not.
+            for p in (page..len).step_by(page) {
+                for b in &mut bytes[p + 8..(p + 200).min(len)] {
+                    *b = 0xA5;
+                }
+            }
+            std::fs::write(db, bytes).unwrap();
+        })
+        .await;
+        assert!(!q.reason.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_replaced_database_is_reported_not_silently_accepted() {
+        let root = tempfile::tempdir().unwrap();
+        with_pending(root.path(), 5).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(data(root.path()).join(format!("buffer.db{suffix}")));
+        }
+        let (_store, writer, report) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        assert!(
+            report.warnings.iter().any(|w| w.contains("is missing")),
+            "{report:?}"
+        );
+        writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_buffer_is_sealed_at_its_first_open_and_its_plaintext_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data(root.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        let migrations = root.path().join("v1");
+        std::fs::create_dir_all(&migrations).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_buffer.sql"),
+            migrations.join("0001_buffer.sql"),
+        )
+        .unwrap();
+        {
+            let mut conn = open::connect(&dir.join(open::DB_FILE)).await.unwrap();
+            sqlx::migrate::Migrator::new(migrations.as_path())
+                .await
+                .unwrap()
+                .run(&mut conn)
+                .await
+                .unwrap();
+            for i in 0..10 {
+                let r = patient_reading(i);
+                sqlx::query("INSERT INTO readings (identifier, device_key, received_ms, body) VALUES (?, ?, ?, ?)")
+                    .bind(r.identifier())
+                    .bind(r.device.id.key())
+                    .bind(1_780_000_000_000i64)
+                    .bind(codec::encode(&r))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) VALUES (1, 'payload', 'mqtt:x', 'bad', NULL, ?)")
+                .bind(b"PATIENT-4711 garbage".to_vec())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::Connection::close(conn).await.unwrap();
+        }
+        assert!(contains(&all_bytes(&dir), b"PATIENT-4711"));
+        let (store, writer, report) = open(&dir, &options(root.path(), 1000)).await.unwrap();
+        assert_eq!(report.converted, Some(11));
+        let leased = store.lease(100).await.unwrap();
+        let mut seqs: Vec<u64> = leased
+            .into_iter()
+            .map(|l| l.reading.unwrap().sequence.unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        let letter = store.dead_letters(1).await.unwrap().remove(0);
+        assert_eq!(letter.details.unwrap().content, b"PATIENT-4711 garbage");
+        writer.close().await;
+        store.close().await;
+        assert!(
+            !contains(&all_bytes(&dir), b"PATIENT-4711"),
+            "no plaintext page survives the conversion"
+        );
+    }
 }
 
 mod model {
-    //! Model-based test: random commits, leases, acks, releases, dead-letters and crashes
-    //! against a plain in-memory model of what must be pending.
+    //! Model-based test: random commits, leases, acks, releases, dead letters, crashes and a
+    //! disk that fills and frees, against a plain in-memory model of what must be pending.
 
     use std::collections::BTreeSet;
 
@@ -385,48 +932,64 @@ mod model {
         ReleaseFirst(usize),
         DeadLetterFirst,
         Crash,
+        DiskFull,
+        DiskFreed,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => proptest::collection::vec(0u64..40, 1..5).prop_map(Op::Commit),
+            4 => proptest::collection::vec(0u64..60, 1..8).prop_map(Op::Commit),
             3 => (1usize..6).prop_map(Op::Lease),
             3 => (1usize..6).prop_map(Op::AckFirst),
             1 => (1usize..4).prop_map(Op::ReleaseFirst),
             1 => Just(Op::DeadLetterFirst),
             1 => Just(Op::Crash),
+            1 => Just(Op::DiskFull),
+            1 => Just(Op::DiskFreed),
         ]
     }
+
+    const CAPACITY: u64 = 20;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
         #[test]
-        fn the_buffer_never_loses_or_duplicates(ops in proptest::collection::vec(op(), 1..40)) {
+        fn the_buffer_never_loses_duplicates_or_acknowledges_what_it_did_not_store(
+            ops in proptest::collection::vec(op(), 1..40)
+        ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let dir = tempfile::tempdir().unwrap();
-                let (mut store, mut ingest, mut w) = start(dir.path(), 20).await;
+                let root = tempfile::tempdir().unwrap();
+                let db = data(root.path()).join(open::DB_FILE);
+                let mut r = Running::start(root.path(), CAPACITY).await;
                 let mut pending: BTreeSet<u64> = BTreeSet::new();
-                // A retransmission of a dead-lettered reading can be stored and dead-lettered again:
-                // every dead-lettering is its own row.
-                let mut dead: Vec<u64> = Vec::new();
+                // Acks the writer could not record yet (it retries them): still on disk.
+                let mut settling: BTreeSet<u64> = BTreeSet::new();
+                let mut dead: u64 = 0;
                 let mut held: Vec<(i64, u64)> = Vec::new();
+                let mut full = false;
                 for op in ops {
                     match op {
                         Op::Commit(seqs) => {
-                            // A retransmission of a delivered or dead-lettered reading is stored again (the
-                            // destination de-duplicates by identifier); one still pending is not.
-                            let fresh: BTreeSet<u64> = seqs.iter().copied().filter(|s| !pending.contains(s)).collect();
-                            let result = ingest.commit(seqs.iter().map(|s| reading("m", *s)).collect()).await;
-                            if pending.len() as u64 + seqs.len() as u64 <= 20 {
-                                prop_assert!(result.is_ok());
-                                pending.extend(fresh);
-                            } else {
-                                prop_assert_eq!(result, Err(CommitError::Full { capacity: 20 }));
+                            let result = r.ingest.commit(seqs.iter().map(|s| reading("m", *s)).collect()).await;
+                            let on_disk = pending.len() as u64 + settling.len() as u64;
+                            match result {
+                                Ok(_) => {
+                                    prop_assert!(on_disk + seqs.len() as u64 <= CAPACITY, "over capacity");
+                                    // A retransmission of one still buffered is stored once.
+                                    pending.extend(seqs.iter().filter(|s| !settling.contains(s)));
+                                }
+                                Err(CommitError::Full { .. }) => {
+                                    prop_assert!(on_disk + seqs.len() as u64 > CAPACITY);
+                                }
+                                Err(CommitError::Storage(f)) => {
+                                    prop_assert!(full, "a storage error without a full disk: {}", f);
+                                }
+                                Err(e) => prop_assert!(false, "unexpected {}", e),
                             }
                         }
                         Op::Lease(n) => {
-                            for l in store.lease(n).await.unwrap() {
+                            for l in r.store.lease(n).await.unwrap() {
                                 let seq = l.reading.unwrap().sequence.unwrap();
                                 prop_assert!(pending.contains(&seq));
                                 prop_assert!(!held.iter().any(|(_, s)| *s == seq), "leased twice");
@@ -435,40 +998,69 @@ mod model {
                         }
                         Op::AckFirst(n) => {
                             let acked: Vec<(i64, u64)> = held.drain(..n.min(held.len())).collect();
-                            store.ack(&acked.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await.unwrap();
-                            for (_, s) in acked { pending.remove(&s); }
+                            let ids: Vec<i64> = acked.iter().map(|(id, _)| *id).collect();
+                            let ok = r.store.ack(&ids).await.is_ok();
+                            for (_, s) in acked {
+                                pending.remove(&s);
+                                if !ok {
+                                    settling.insert(s);
+                                }
+                            }
                         }
                         Op::ReleaseFirst(n) => {
                             let released: Vec<(i64, u64)> = held.drain(..n.min(held.len())).collect();
-                            store.release(&released.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await;
+                            r.store.release(&released.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await;
                         }
                         Op::DeadLetterFirst => {
-                            if !held.is_empty() {
+                            if !held.is_empty() && !full {
                                 let (id, s) = held.remove(0);
-                                store.dead_letter("test", &[(id, "why".into())]).await.unwrap();
+                                r.store.dead_letter("test", &[(id, "why".into())]).await.unwrap();
                                 pending.remove(&s);
-                                dead.push(s);
+                                dead += 1;
                             }
                         }
                         Op::Crash => {
-                            drop(ingest);
-                            w.await.unwrap();
-                            store.close().await;
-                            drop(store);
+                            r.crash().await;
                             held.clear();
-                            (store, ingest, w) = start(dir.path(), 20).await;
+                            // Deletes that never happened: those rows are there again.
+                            pending.append(&mut settling);
+                            r = Running::start(root.path(), CAPACITY).await;
+                        }
+                        Op::DiskFull => {
+                            if !full {
+                                let pages: u64 = sqlx::query_scalar::<_, i64>("PRAGMA page_count")
+                                    .fetch_one(&r.store.inner.reader).await.unwrap() as u64;
+                                lock(&TEST_MAX_PAGES).push((db.clone(), pages));
+                                // The writer's connection takes the limit when it reconnects.
+                                r.crash().await;
+                                held.clear();
+                                pending.append(&mut settling);
+                                r = Running::start(root.path(), CAPACITY).await;
+                                full = true;
+                            }
+                        }
+                        Op::DiskFreed => {
+                            lock(&TEST_MAX_PAGES).retain(|(p, _)| p != &db);
+                            full = false;
                         }
                     }
-                    let stats = store.stats().await.unwrap();
-                    prop_assert_eq!(stats.pending, pending.len() as u64);
-                    prop_assert_eq!(stats.dead_letters, dead.len() as u64);
-                    prop_assert_eq!(store.pending(), pending.len() as u64);
+                    let stats = r.store.stats().await.unwrap();
+                    let on_disk = pending.len() as u64 + settling.len() as u64;
+                    // Kept deletes may have been recorded since: between the two.
+                    prop_assert!(
+                        stats.pending >= pending.len() as u64 && stats.pending <= on_disk,
+                        "{} on disk, model {}..={}", stats.pending, pending.len(), on_disk
+                    );
+                    prop_assert_eq!(stats.dead_letters, dead);
                 }
+                lock(&TEST_MAX_PAGES).retain(|(p, _)| p != &db);
                 // Everything pending can still be leased, exactly once.
                 let mut all: BTreeSet<u64> = held.iter().map(|(_, s)| *s).collect();
-                for l in store.lease(1000).await.unwrap() {
-                    prop_assert!(all.insert(l.reading.unwrap().sequence.unwrap()));
+                for l in r.store.lease(1000).await.unwrap() {
+                    let seq = l.reading.unwrap().sequence.unwrap();
+                    prop_assert!(all.insert(seq) || settling.contains(&seq));
                 }
+                all.retain(|s| !settling.contains(s));
                 prop_assert_eq!(all, pending);
                 Ok(())
             })?;

@@ -1,25 +1,51 @@
-//! The buffer's single writer task: group commit of everything the sources send.
+//! The buffer's single writer: group commit of everything that changes the database.
 //!
-//! Each round takes every request already queued (up to `max_rows` readings), waits at most
-//! `linger` for more when the group is small, writes them in one transaction, commits
+//! Each round takes every request already queued — readings and bad payloads from the
+//! sources, deletes and dead letters from the uplink — up to `max_rows` readings, waits at
+//! most `linger` for more when the group is small, writes them in one transaction, commits
 //! (`synchronous=FULL`: the commit returns after fsync), and only then answers each request.
-//! A request that would take the buffer past its capacity is answered `Full` and not written.
-//! After answering, the writer hands a [`GroupReport`] to its caller (metrics, audit log):
-//! that is where readings are counted per source, once, for every source.
+//! A request that would take the buffer past its capacity is answered `Full`, and while the
+//! file system has less free space than the floor, new readings are answered `LowSpace`;
+//! neither is written. After answering, the writer hands a [`GroupReport`] to its caller
+//! (metrics, audit log): that is where readings are counted per source, once, for every source.
+//!
+//! # When storage fails
+//! A failed statement or commit (a full disk, an I/O error) is rolled back with a plain
+//! `ROLLBACK`, and the connection is closed and opened afresh before the next attempt. The
+//! writer never uses sqlx's transaction manager: after SQLite rolled a transaction back by
+//! itself (as it may on `SQLITE_FULL`), sqlx still counted it as open, turned the next
+//! `BEGIN` into a `SAVEPOINT`, a later failure into a `ROLLBACK TO` that left an outer
+//! transaction open, and every later "commit" into the `RELEASE` of a nested savepoint:
+//! sources were acknowledged for readings that never reached the disk. Here `BEGIN
+//! IMMEDIATE`, `COMMIT` and `ROLLBACK` are plain statements on a connection that is
+//! replaced after any error, so no transaction outlives a failure.
+//!
+//! While failing, nothing is acknowledged: every source's request of a failed group is
+//! answered with the error (sources keep their data and retry), and the next attempt waits a
+//! growing delay (100 ms to 5 s). Deletes and dead letters of delivered rows that failed are
+//! kept and retried with every following group (their rows stay leased, so they are not sent
+//! again meanwhile). The first success ends the episode ([`Transition::Recovered`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::QueryBuilder;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, QueryBuilder, Row};
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, BufferError, Store};
+use super::open::{self, DirRecord};
+use super::rows::{self, Envelope, SealedReading};
+use super::space;
+use super::{
+    id_list, now_ms, retry_delay, storage_failure, BufferError, Settle, StorageProblem, Store,
+};
 use crate::model::Reading;
-use crate::pipeline::{CommitError, Committed, IngestRx, Rejected, Request};
+use crate::pipeline::{CommitError, Committed, IngestRx, Rejected, Request, StorageFailure};
 
 /// Group-commit tuning.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +65,12 @@ const SMALL_GROUP: usize = 64;
 /// chunk sizes would cache one large prepared statement per distinct group size.
 const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
 
+/// How often the writer looks at kept deletes and the directory record when idle.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// How often the directory record (`buffer.state`) is brought up to date.
+const RECORD_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The size of the next chunk for `remaining` rows.
 fn insert_chunk_len(remaining: usize) -> usize {
     INSERT_CHUNKS
@@ -56,10 +88,53 @@ pub struct WriterCounts {
     pub duplicates: u64,
     /// Requests refused because the buffer was full.
     pub refused_full: u64,
+    /// Requests refused because free space was below the floor.
+    pub refused_space: u64,
     /// Transactions committed.
     pub commits: u64,
     /// Transactions that failed (nothing of their group was stored or acknowledged).
     pub failed: u64,
+    /// Delivered rows deleted.
+    pub deleted: u64,
+    /// Rows moved to the dead-letter table by the uplink.
+    pub dead_lettered: u64,
+}
+
+impl WriterCounts {
+    fn add(&mut self, o: &WriterCounts) {
+        self.inserted += o.inserted;
+        self.duplicates += o.duplicates;
+        self.refused_full += o.refused_full;
+        self.refused_space += o.refused_space;
+        self.commits += o.commits;
+        self.failed += o.failed;
+        self.deleted += o.deleted;
+        self.dead_lettered += o.dead_lettered;
+    }
+}
+
+/// A change in the buffer's health, reported once when it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Writes started failing.
+    Failed(StorageProblem),
+    /// A commit succeeded after failures.
+    Recovered {
+        /// How long the episode lasted.
+        after: Duration,
+    },
+    /// Free space fell below the floor: new readings are refused.
+    LowSpace {
+        /// Free bytes.
+        free_bytes: u64,
+        /// The floor.
+        floor_bytes: u64,
+    },
+    /// Free space is above the floor again.
+    SpaceOk {
+        /// Free bytes.
+        free_bytes: u64,
+    },
 }
 
 /// What one group did; the writer's callback gets it after every request was answered.
@@ -67,7 +142,7 @@ pub struct WriterCounts {
 pub struct GroupReport<'a> {
     /// This group's counts.
     pub counts: WriterCounts,
-    /// When the transaction committed; `None` when it failed.
+    /// When the transaction committed; `None` when it failed or there was nothing to write.
     pub committed_at: Option<OffsetDateTime>,
     /// The readings now durably held (newly stored or already there), each request with the
     /// name of the source that sent it. Empty when the transaction failed.
@@ -76,18 +151,35 @@ pub struct GroupReport<'a> {
     /// transaction failed.
     pub rejected: &'a [(Arc<str>, Rejected)],
     /// Why the transaction failed, if it did.
-    pub error: Option<&'a BufferError>,
+    pub error: Option<&'a StorageFailure>,
+    /// Health changes this group brought.
+    pub transitions: &'a [Transition],
 }
 
+/// What the writer calls after each group (metrics, audit log).
+pub type OnCommit = Box<dyn Fn(&GroupReport<'_>) + Send + Sync>;
+
 type CommitReply = oneshot::Sender<Result<Committed, CommitError>>;
-type RejectReply = oneshot::Sender<Result<(), CommitError>>;
 type SeqReply = oneshot::Sender<Result<Option<u64>, CommitError>>;
+type SettleReply = oneshot::Sender<Result<u64, CommitError>>;
+
+/// A source's request: its readings and bad payloads, stored together.
+struct CommitRequest {
+    source: Arc<str>,
+    readings: Vec<Reading>,
+    rejected: Vec<Rejected>,
+    reply: CommitReply,
+}
+
+/// Rows an uplink gave up on, with their reasons.
+type DeadRows = (String, Vec<(i64, String)>);
 
 #[derive(Default)]
 struct Group {
-    readings: Vec<(Arc<str>, Vec<Reading>, CommitReply)>,
-    rejects: Vec<(Arc<str>, Rejected, RejectReply)>,
+    commits: Vec<CommitRequest>,
     seq_queries: Vec<(String, SeqReply)>,
+    acks: Vec<(Vec<i64>, SettleReply)>,
+    dead: Vec<(DeadRows, SettleReply)>,
     rows: usize,
 }
 
@@ -97,215 +189,642 @@ impl Group {
             Request::Commit {
                 source,
                 readings,
-                reply,
-            } => {
-                self.rows += readings.len().max(1);
-                self.readings.push((source, readings, reply));
-            }
-            Request::Reject {
-                source,
                 rejected,
                 reply,
             } => {
-                self.rows += 1;
-                self.rejects.push((source, rejected, reply));
+                self.rows += (readings.len() + rejected.len()).max(1);
+                self.commits.push(CommitRequest {
+                    source,
+                    readings,
+                    rejected,
+                    reply,
+                });
             }
             Request::LastSequence { device_key, reply } => {
                 self.seq_queries.push((device_key, reply))
             }
         }
     }
-}
 
-/// Runs until every `Ingest` handle is dropped and the queue is drained, then returns the
-/// totals. Storage errors are answered to the requests of that group and the task goes on.
-pub async fn run(
-    store: Store,
-    mut rx: IngestRx,
-    config: WriterConfig,
-    on_commit: impl Fn(&GroupReport<'_>) + Send,
-) -> WriterCounts {
-    let mut totals = WriterCounts::default();
-    while let Some(first) = rx.recv().await {
-        let mut group = Group::default();
-        group.add(first);
-        while group.rows < config.max_rows {
-            match rx.try_recv() {
-                Ok(req) => group.add(req),
-                Err(_) => break,
+    fn settle(&mut self, s: Settle) {
+        match s {
+            Settle::Ack { ids, reply } => {
+                self.rows += 1;
+                self.acks.push((ids, reply));
+            }
+            Settle::DeadLetter {
+                origin,
+                rows,
+                reply,
+            } => {
+                self.rows += 1;
+                self.dead.push(((origin, rows), reply));
             }
         }
-        if group.rows < SMALL_GROUP && !config.linger.is_zero() {
-            let deadline = Instant::now() + config.linger;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.commits.is_empty()
+            && self.seq_queries.is_empty()
+            && self.acks.is_empty()
+            && self.dead.is_empty()
+    }
+}
+
+/// The one task that writes to the buffer (see the module docs).
+pub struct Writer {
+    store: Store,
+    db: PathBuf,
+    /// The write connection; `None` after a failure, until reopened.
+    conn: Option<SqliteConnection>,
+    settle_rx: mpsc::Receiver<Settle>,
+    /// The free-space floor, in bytes.
+    floor: u64,
+    /// The directory record, and when it was last written.
+    record: DirRecord,
+    record_written: Instant,
+    /// Deletes whose transaction failed: retried with every group until they succeed.
+    unsettled_acks: Vec<i64>,
+    /// Dead letters whose transaction failed: retried likewise.
+    unsettled_dead: Vec<DeadRows>,
+    /// Consecutive failed attempts, and when the next may start.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Whether new readings are refused for lack of space.
+    low_space: bool,
+}
+
+/// What a group writes, prepared (sealed) before the transaction starts.
+struct Prepared<'a> {
+    readings: Vec<(SealedReading, i64, &'a Reading)>,
+    acks: Vec<Vec<i64>>,
+    dead: Vec<DeadRows>,
+}
+
+/// What a committed group did.
+#[derive(Default)]
+struct Written {
+    inserted: u64,
+    deleted: Vec<u64>,
+    dead_lettered: u64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Store,
+        db: PathBuf,
+        conn: SqliteConnection,
+        settle_rx: mpsc::Receiver<Settle>,
+        floor: u64,
+        record: DirRecord,
+    ) -> Self {
+        Self {
+            store,
+            db,
+            conn: Some(conn),
+            settle_rx,
+            floor,
+            record,
+            record_written: Instant::now(),
+            unsettled_acks: Vec::new(),
+            unsettled_dead: Vec::new(),
+            failures: 0,
+            retry_at: None,
+            low_space: false,
+        }
+    }
+
+    /// The read side of the buffer this writer writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs until `stop` is cancelled and every `Ingest` handle is dropped (the queue
+    /// drained), then returns the totals. Until then it also serves the uplink's deletes and
+    /// dead letters, so stop it after the uplink. Storage errors are answered to the requests
+    /// of their group and the task goes on (see the module docs).
+    pub async fn run(
+        mut self,
+        mut ingest: IngestRx,
+        config: WriterConfig,
+        stop: CancellationToken,
+        on_commit: OnCommit,
+    ) -> WriterCounts {
+        let mut totals = WriterCounts::default();
+        let mut ingest_open = true;
+        loop {
+            let mut group = Group::default();
+            tokio::select! {
+                req = ingest.recv(), if ingest_open => match req {
+                    Some(r) => group.add(r),
+                    None => ingest_open = false,
+                },
+                Some(s) = self.settle_rx.recv() => group.settle(s),
+                _ = stop.cancelled(), if !ingest_open => {
+                    while let Ok(s) = self.settle_rx.try_recv() {
+                        group.settle(s);
+                    }
+                    let counts = self.commit_group(group, &on_commit).await;
+                    totals.add(&counts);
+                    break;
+                }
+                _ = tokio::time::sleep(HOUSEKEEPING) => {}
+            }
             while group.rows < config.max_rows {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(req)) => group.add(req),
-                    _ => break,
+                if let Ok(s) = self.settle_rx.try_recv() {
+                    group.settle(s);
+                } else if let Ok(req) = ingest.try_recv() {
+                    group.add(req);
+                } else {
+                    break;
+                }
+            }
+            if !group.commits.is_empty() && group.rows < SMALL_GROUP && !config.linger.is_zero() {
+                let deadline = Instant::now() + config.linger;
+                while group.rows < config.max_rows {
+                    match tokio::time::timeout_at(deadline, ingest.recv()).await {
+                        Ok(Some(req)) => group.add(req),
+                        _ => break,
+                    }
+                }
+            }
+            if group.is_empty() && !self.has_unsettled() {
+                self.keep_record().await;
+                continue;
+            }
+            let counts = self.commit_group(group, &on_commit).await;
+            totals.add(&counts);
+            self.keep_record().await;
+        }
+        self.close().await;
+        totals
+    }
+
+    fn has_unsettled(&self) -> bool {
+        !self.unsettled_acks.is_empty() || !self.unsettled_dead.is_empty()
+    }
+
+    /// Brings `buffer.state` up to date every [`RECORD_INTERVAL`].
+    async fn keep_record(&mut self) {
+        if self.record_written.elapsed() < RECORD_INTERVAL || self.failures > 0 {
+            return;
+        }
+        self.write_record().await;
+    }
+
+    async fn write_record(&mut self) {
+        self.record_written = Instant::now();
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let Ok(high) = open::high_water(conn).await else {
+            return;
+        };
+        if high != self.record.high_water {
+            self.record.high_water = high;
+            if let Err(e) = self.record.write(self.store.dir()) {
+                tracing::warn!(error = %e, "cannot update buffer.state");
+            }
+        }
+    }
+
+    /// Writes the directory record and closes the connection.
+    pub async fn close(mut self) {
+        self.write_record().await;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// The write connection, reopened after a failure.
+    async fn connection(&mut self) -> Result<&mut SqliteConnection, StorageFailure> {
+        if self.conn.is_none() {
+            let conn = open::connect(&self.db).await.map_err(|e| match e {
+                BufferError::Sql(sql) => storage_failure(&sql),
+                other => StorageFailure {
+                    kind: crate::pipeline::StorageKind::Other,
+                    message: other.to_string().into(),
+                },
+            })?;
+            self.conn = Some(conn);
+            // Exact again after whatever happened.
+            if let Some(conn) = self.conn.as_mut() {
+                if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM readings")
+                    .fetch_one(&mut *conn)
+                    .await
+                {
+                    self.store
+                        .inner
+                        .pending
+                        .store(n.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
-        let counts = commit_group(&store, group, &on_commit).await;
-        totals.inserted += counts.inserted;
-        totals.duplicates += counts.duplicates;
-        totals.refused_full += counts.refused_full;
-        totals.commits += counts.commits;
-        totals.failed += counts.failed;
+        Ok(self.conn.as_mut().expect("connection just opened"))
     }
-    totals
-}
 
-async fn commit_group(
-    store: &Store,
-    group: Group,
-    on_commit: &impl Fn(&GroupReport<'_>),
-) -> WriterCounts {
-    let mut counts = WriterCounts::default();
-    // Capacity: admit requests in arrival order while they fit.
-    let capacity = store.inner.capacity;
-    let mut room = capacity.saturating_sub(store.pending());
-    let mut admitted = Vec::new();
-    let mut replies = Vec::new();
-    for (source, readings, reply) in group.readings {
-        let n = readings.len() as u64;
-        if n <= room {
-            room -= n;
-            admitted.push((source, readings));
-            replies.push(reply);
+    /// Whether new readings must be refused for lack of space (and the health change).
+    fn check_space(&mut self, transitions: &mut Vec<Transition>) -> Option<CommitError> {
+        let free = match space::space(self.store.dir()) {
+            Ok(s) => s.free,
+            // Cannot tell: let SQLite decide.
+            Err(_) => return None,
+        };
+        let low = free < self.floor;
+        self.store.update_health(|h| {
+            h.free_bytes = Some(free);
+            h.low_space = low;
+        });
+        if low != self.low_space {
+            self.low_space = low;
+            if low {
+                tracing::warn!(
+                    free_bytes = free,
+                    floor_bytes = self.floor,
+                    "buffer: free space below buffer.min_free_mb; new readings are refused (sources hold them) until space is freed"
+                );
+                transitions.push(Transition::LowSpace {
+                    free_bytes: free,
+                    floor_bytes: self.floor,
+                });
+            } else {
+                tracing::info!(
+                    free_bytes = free,
+                    "buffer: free space above the floor again; new readings are accepted"
+                );
+                transitions.push(Transition::SpaceOk { free_bytes: free });
+            }
+        }
+        low.then_some(CommitError::LowSpace {
+            free_bytes: free,
+            floor_bytes: self.floor,
+        })
+    }
+
+    async fn commit_group(&mut self, group: Group, on_commit: &OnCommit) -> WriterCounts {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+        let mut counts = WriterCounts::default();
+        let mut transitions = Vec::new();
+
+        // Admission: space first, then capacity, in arrival order.
+        let needs_space = group
+            .commits
+            .iter()
+            .any(|c| !c.readings.is_empty() || !c.rejected.is_empty());
+        let refusal = if needs_space {
+            self.check_space(&mut transitions)
         } else {
-            counts.refused_full += 1;
-            let _ = reply.send(Err(CommitError::Full { capacity }));
+            None
+        };
+        let capacity = self.store.capacity();
+        let mut room = capacity.saturating_sub(self.store.pending());
+        let mut admitted: Vec<(Arc<str>, Vec<Reading>)> = Vec::new();
+        let mut rejected: Vec<(Arc<str>, Rejected)> = Vec::new();
+        let mut replies = Vec::new();
+        for CommitRequest {
+            source,
+            readings,
+            rejected: rejects,
+            reply,
+        } in group.commits
+        {
+            if let Some(e) = &refusal {
+                counts.refused_space += 1;
+                let _ = reply.send(Err(e.clone()));
+                continue;
+            }
+            let n = readings.len() as u64;
+            if n > room {
+                counts.refused_full += 1;
+                let _ = reply.send(Err(CommitError::Full { capacity }));
+                continue;
+            }
+            room -= n;
+            replies.push((reply, readings.len()));
+            rejected.extend(rejects.into_iter().map(|r| (source.clone(), r)));
+            admitted.push((source, readings));
         }
-    }
-    let seq_queries = group.seq_queries;
-    let (rejects, reject_replies): (Vec<_>, Vec<_>) = group
-        .rejects
-        .into_iter()
-        .map(|(source, rejected, reply)| ((source, rejected), reply))
-        .unzip();
-    let result = write(store, &admitted, &rejects).await;
-    let committed_at = OffsetDateTime::now_utc();
-    match &result {
-        Ok(inserted) => {
-            let inserted = *inserted;
-            let total: u64 = admitted.iter().map(|(_, r)| r.len() as u64).sum();
-            counts.inserted = inserted;
-            counts.duplicates = total - inserted.min(total);
-            counts.commits = 1;
-            store.inner.pending.fetch_add(inserted, Ordering::Relaxed);
-            if inserted > 0 {
-                store.inner.committed.send_modify(|n| *n += 1);
-            }
-            for ((_, readings), reply) in admitted.iter().zip(replies) {
-                let _ = reply.send(Ok(Committed {
-                    readings: readings.len(),
-                }));
-            }
-            for reply in reject_replies {
-                let _ = reply.send(Ok(()));
-            }
+
+        // Settles: those kept from failed groups, then this group's.
+        let mut acks = Vec::new();
+        if !self.unsettled_acks.is_empty() {
+            acks.push(std::mem::take(&mut self.unsettled_acks));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "buffer commit failed; the readings were not stored and not acknowledged");
-            counts.failed = 1;
-            let text = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(CommitError::Storage(text.clone())));
-            }
-            for reply in reject_replies {
-                let _ = reply.send(Err(CommitError::Storage(text.clone())));
-            }
+        let mut ack_replies = Vec::new();
+        for (ids, reply) in group.acks {
+            acks.push(ids);
+            ack_replies.push(reply);
         }
-    }
-    let report = match &result {
-        Ok(_) => GroupReport {
+        let mut dead = std::mem::take(&mut self.unsettled_dead);
+        let mut dead_replies = Vec::new();
+        for (rows, reply) in group.dead {
+            dead.push(rows);
+            dead_replies.push(reply);
+        }
+
+        let key = self.store.inner.key.clone();
+        let prepared = Prepared {
+            readings: admitted
+                .iter()
+                .flat_map(|(_, r)| r.iter())
+                .map(|r| {
+                    let received = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                    (rows::seal_reading(&key, r), received, r)
+                })
+                .collect(),
+            acks,
+            dead,
+        };
+        let has_writes = !prepared.readings.is_empty()
+            || !rejected.is_empty()
+            || !prepared.acks.is_empty()
+            || !prepared.dead.is_empty()
+            || !replies.is_empty();
+        let during = if replies.is_empty() {
+            "delete"
+        } else {
+            "commit"
+        };
+        let result = if has_writes {
+            self.transaction(&prepared, &rejected).await
+        } else {
+            Ok(Written::default())
+        };
+        let committed_at = OffsetDateTime::now_utc();
+        let error = match result {
+            Ok(written) => {
+                let total: u64 = admitted.iter().map(|(_, r)| r.len() as u64).sum();
+                counts.inserted = written.inserted;
+                counts.duplicates = total - written.inserted.min(total);
+                counts.commits = u64::from(has_writes);
+                counts.deleted = written.deleted.iter().sum();
+                counts.dead_lettered = written.dead_lettered;
+                let pending = &self.store.inner.pending;
+                let gone = counts.deleted + counts.dead_lettered;
+                let now = self.store.pending() + written.inserted;
+                pending.store(
+                    now.saturating_sub(gone),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if written.inserted > 0 {
+                    self.store.inner.committed.send_modify(|n| *n += 1);
+                }
+                let mut settled: Vec<i64> = prepared.acks.iter().flatten().copied().collect();
+                for (_, rows) in &prepared.dead {
+                    settled.extend(rows.iter().map(|(id, _)| *id));
+                }
+                self.store.settled(settled.into_iter()).await;
+                for (reply, n) in replies {
+                    let _ = reply.send(Ok(Committed { readings: n }));
+                }
+                // The kept deletes come first; answer this group's requests with theirs.
+                let skip = written.deleted.len() - ack_replies.len();
+                for (reply, n) in ack_replies.into_iter().zip(&written.deleted[skip..]) {
+                    let _ = reply.send(Ok(*n));
+                }
+                for reply in dead_replies {
+                    let _ = reply.send(Ok(0));
+                }
+                if self.failures > 0 {
+                    let since = self.store.health().failing.map(|p| p.since);
+                    let after = since
+                        .map(|s| (committed_at - s).unsigned_abs())
+                        .unwrap_or_default();
+                    tracing::info!(
+                        failed_attempts = self.failures,
+                        after_s = after.as_secs(),
+                        "buffer: writes succeed again; sources are acknowledged again"
+                    );
+                    transitions.push(Transition::Recovered { after });
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                self.store.update_health(|h| h.failing = None);
+                None
+            }
+            Err(failure) => {
+                counts.failed = 1;
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(Instant::now() + retry_delay(self.failures));
+                let previous = self.store.health().failing;
+                let problem = StorageProblem {
+                    since: previous.as_ref().map_or(committed_at, |p| p.since),
+                    during,
+                    failure: failure.clone(),
+                };
+                self.store
+                    .update_health(|h| h.failing = Some(problem.clone()));
+                if previous.is_none() {
+                    tracing::error!(
+                        error = %failure,
+                        kind = failure.kind.as_str(),
+                        during,
+                        "buffer: write failed; nothing of it was stored, sources are not acknowledged, \
+                         delivered rows stay queued until writes succeed again"
+                    );
+                    transitions.push(Transition::Failed(problem));
+                } else {
+                    tracing::debug!(error = %failure, attempts = self.failures, "buffer: write failed again");
+                }
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(CommitError::Storage(failure.clone())));
+                }
+                for reply in ack_replies.into_iter().chain(dead_replies) {
+                    let _ = reply.send(Err(CommitError::Storage(failure.clone())));
+                }
+                self.unsettled_acks = prepared.acks.into_iter().flatten().collect();
+                self.unsettled_dead = prepared.dead;
+                Some(failure)
+            }
+        };
+        let ok = error.is_none();
+        on_commit(&GroupReport {
             counts,
-            committed_at: Some(committed_at),
-            readings: &admitted,
-            rejected: &rejects,
-            error: None,
-        },
-        Err(e) => GroupReport {
-            counts,
-            committed_at: None,
-            readings: &[],
-            rejected: &[],
-            error: Some(e),
-        },
-    };
-    on_commit(&report);
-    for (key, reply) in seq_queries {
-        let answer = last_sequence(store, &key)
-            .await
-            .map_err(|e| CommitError::Storage(e.to_string()));
-        let _ = reply.send(answer);
+            committed_at: (ok && has_writes).then_some(committed_at),
+            readings: if ok { &admitted } else { &[] },
+            rejected: if ok { &rejected } else { &[] },
+            error: error.as_ref(),
+            transitions: &transitions,
+        });
+        for (key, reply) in group.seq_queries {
+            let answer = self.store.last_sequence(&key).await.map_err(|e| match e {
+                BufferError::Sql(sql) => CommitError::Storage(storage_failure(&sql)),
+                _ => CommitError::Closed,
+            });
+            let _ = reply.send(answer);
+        }
+        counts
     }
-    counts
+
+    /// Writes one group in one transaction. On any error the transaction is rolled back and
+    /// the connection dropped (see the module docs).
+    async fn transaction(
+        &mut self,
+        prepared: &Prepared<'_>,
+        rejected: &[(Arc<str>, Rejected)],
+    ) -> Result<Written, StorageFailure> {
+        let key = self.store.inner.key.clone();
+        let conn = self.connection().await?;
+        let mut written = Written::default();
+        let result = match open::begin(conn).await {
+            Ok(()) => {
+                let body = write(conn, &key, prepared, rejected, &mut written).await;
+                open::commit_or_rollback(conn, body).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                let failure = storage_failure(&e);
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.close().await;
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Puts `reading` dead letters back in the queue (after the cause was fixed); payload
+    /// rows stay (there is no reading to retry). Returns how many were queued again.
+    pub async fn retry_dead_letters(&mut self) -> Result<u64, BufferError> {
+        let key = self.store.inner.key.clone();
+        let conn = self.connection().await?;
+        open::begin(conn).await?;
+        let body = requeue(conn, &key).await;
+        let moved = match body {
+            Ok(n) => {
+                open::commit_or_rollback(conn, Ok(())).await?;
+                n
+            }
+            Err(e) => {
+                open::commit_or_rollback(conn, Err(e)).await?;
+                0
+            }
+        };
+        self.store
+            .inner
+            .pending
+            .fetch_add(moved, std::sync::atomic::Ordering::Relaxed);
+        Ok(moved)
+    }
 }
 
-/// Writes one group in one transaction; returns how many readings were newly inserted.
+async fn requeue(
+    conn: &mut SqliteConnection,
+    key: &super::seal::BufferKey,
+) -> Result<u64, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, body FROM dead_letters WHERE kind = 'reading'")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut moved = 0;
+    for row in rows {
+        let (id, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
+        let Ok(envelope) = Envelope::open(key, &body) else {
+            continue;
+        };
+        let Ok(reading) = super::codec::decode(&envelope.content) else {
+            continue;
+        };
+        let sealed = rows::seal_reading(key, &reading);
+        moved += sqlx::query(
+            "INSERT OR IGNORE INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)",
+        )
+        .bind(&sealed.dedup[..])
+        .bind(now_ms())
+        .bind(&sealed.body)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(moved)
+}
+
+/// The statements of one group, inside its transaction.
 async fn write(
-    store: &Store,
-    admitted: &[(Arc<str>, Vec<Reading>)],
-    rejects: &[(Arc<str>, Rejected)],
-) -> Result<u64, BufferError> {
-    let mut tx = store.inner.writer.begin().await?;
-    let mut inserted = 0;
-    let rows: Vec<&Reading> = admitted.iter().flat_map(|(_, r)| r.iter()).collect();
-    let received = now_ms();
-    let mut rest = rows.as_slice();
+    conn: &mut SqliteConnection,
+    key: &super::seal::BufferKey,
+    prepared: &Prepared<'_>,
+    rejected: &[(Arc<str>, Rejected)],
+    written: &mut Written,
+) -> Result<(), sqlx::Error> {
+    let mut rest = prepared.readings.as_slice();
     while !rest.is_empty() {
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = QueryBuilder::new(
-            "INSERT OR IGNORE INTO readings (identifier, device_key, received_ms, body) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.identifier())
-                .push_bind(r.device.id.key())
-                .push_bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
-                .push_bind(super::codec::encode(r));
+        let mut q = QueryBuilder::new("INSERT OR IGNORE INTO readings (dedup, received_ms, body) ");
+        q.push_values(chunk, |mut b, (sealed, received, _)| {
+            b.push_bind(&sealed.dedup[..])
+                .push_bind(*received)
+                .push_bind(&sealed.body[..]);
         });
-        inserted += q.build().execute(&mut *tx).await?.rows_affected();
+        written.inserted += q.build().execute(&mut *conn).await?.rows_affected();
     }
     // The highest sequence number per device, kept after delivery.
     let mut max_seq: HashMap<String, u64> = HashMap::new();
-    for r in &rows {
+    for (_, _, r) in &prepared.readings {
         if let Some(seq) = r.sequence {
             let e = max_seq.entry(r.device.id.key()).or_insert(seq);
             *e = (*e).max(seq);
         }
     }
-    for (key, seq) in max_seq {
+    for (device, seq) in max_seq {
         sqlx::query(
             "INSERT INTO device_state (device_key, last_sequence) VALUES (?, ?) \
              ON CONFLICT(device_key) DO UPDATE SET last_sequence = max(last_sequence, excluded.last_sequence)",
         )
-        .bind(key)
+        .bind(device)
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    for (_, r) in rejects {
-        sqlx::query(
-            "INSERT INTO dead_letters (created_ms, kind, origin, reason, identifier, body) VALUES (?, 'payload', ?, ?, NULL, ?)",
+    let now = now_ms();
+    for (_, r) in rejected {
+        open::insert_dead_letter(conn, key, now, "payload", &Envelope::of_payload(r)).await?;
+    }
+    for ids in &prepared.acks {
+        let n = sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(id_list(ids))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        written.deleted.push(n);
+    }
+    for (origin, rows) in &prepared.dead {
+        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        let reasons: HashMap<i64, String> = rows.iter().map(|(id, r)| (*id, r.clone())).collect();
+        let found = sqlx::query(
+            "SELECT id, dedup, body FROM readings WHERE id IN (SELECT value FROM json_each(?))",
         )
-        .bind(received)
-        .bind(&r.origin)
-        .bind(&r.reason)
-        .bind(&r.payload)
-        .execute(&mut *tx)
+        .bind(id_list(&ids))
+        .fetch_all(&mut *conn)
         .await?;
+        for row in found {
+            let (id, dedup, body): (i64, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            let reason = reasons.get(&id).map(String::as_str).unwrap_or_default();
+            // A row that cannot be opened keeps its sealed bytes, for a person to look at.
+            let envelope = match rows::open_reading_bytes(key, &dedup, &body) {
+                Ok(plain) => {
+                    let identifier = super::codec::decode(&plain).ok().map(|r| r.identifier());
+                    Envelope::of_reading(origin, reason, identifier, plain)
+                }
+                Err(_) => Envelope::of_reading(origin, reason, None, body),
+            };
+            open::insert_dead_letter(conn, key, now, "reading", &envelope).await?;
+        }
+        written.dead_lettered +=
+            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(id_list(&ids))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
     }
-    tx.commit().await?;
-    Ok(inserted)
-}
-
-async fn last_sequence(store: &Store, key: &str) -> Result<Option<u64>, BufferError> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT last_sequence FROM device_state WHERE device_key = ?")
-            .bind(key)
-            .fetch_optional(&store.inner.reader)
-            .await?;
-    Ok(seq.map(|s| s as u64))
+    Ok(())
 }

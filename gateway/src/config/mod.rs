@@ -141,6 +141,23 @@ pub struct BufferConfig {
     /// How long the writer waits for more readings before committing a small group, in ms.
     #[serde(default = "default_commit_linger_ms")]
     pub commit_linger_ms: u64,
+    /// The key that seals buffered readings at rest (32 random bytes, or 64 hex digits):
+    /// must be readable by the gateway's user only, and must not be under `gateway.data_dir`.
+    /// Created (mode 0600) at the very first start if it does not exist; after that a
+    /// missing or different key stops the gateway without touching the buffer. Under systemd:
+    /// `${CREDENTIALS_DIRECTORY}/vitalbridge-buffer.key`.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Keys the buffer may still be sealed with. Rotating: put the new key in `key_file`,
+    /// the old one here, start the gateway once (every row is sealed again under the new
+    /// key), then remove it from here.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+    /// Refuse new readings while the file system holding `data_dir` has less free space than
+    /// this, in MiB, so that deliveries can still be recorded on a nearly full disk. Unset:
+    /// 5 % of the file system, at least 1 and at most 64 MiB.
+    #[serde(default)]
+    pub min_free_mb: Option<u64>,
 }
 
 fn default_capacity() -> u64 {
@@ -152,6 +169,9 @@ fn default_commit_max_rows() -> usize {
 fn default_commit_linger_ms() -> u64 {
     2
 }
+fn default_key_file() -> PathBuf {
+    PathBuf::from("./vitalbridge-buffer.key")
+}
 
 impl Default for BufferConfig {
     fn default() -> Self {
@@ -159,6 +179,9 @@ impl Default for BufferConfig {
             capacity: default_capacity(),
             commit_max_rows: default_commit_max_rows(),
             commit_linger_ms: default_commit_linger_ms(),
+            key_file: default_key_file(),
+            previous_key_files: Vec::new(),
+            min_free_mb: None,
         }
     }
 }
@@ -707,6 +730,10 @@ impl Config {
     /// key or certificate file belongs in this list.
     fn secret_paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
         let mut paths = Vec::new();
+        paths.push(("buffer.key_file", &mut self.buffer.key_file));
+        for path in &mut self.buffer.previous_key_files {
+            paths.push(("buffer.previous_key_files", path));
+        }
         if let Some(tls) = self.sources.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             paths.push(("sources.mqtt.tls.ca", &mut tls.ca));
             if let Some(cert) = tls.cert.as_mut() {

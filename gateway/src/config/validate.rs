@@ -23,6 +23,7 @@ impl Config {
         if b.commit_linger_ms > 1000 {
             problems.push(err("buffer.commit_linger_ms", "must be at most 1000 ms"));
         }
+        validate_key_files(b, &self.gateway.data_dir, &mut problems);
         if let Some(id) = &self.gateway.id {
             if id.is_empty()
                 || !id
@@ -484,6 +485,47 @@ fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if let Err(e) = std::fs::File::open(path) {
         problems.push(err(key, format!("cannot read {}: {e}", path.display())));
     }
+}
+
+/// The buffer key: outside `data_dir`; private when it exists (it is created at the first
+/// start); the previous keys must exist and be private.
+fn validate_key_files(b: &BufferConfig, data_dir: &Path, problems: &mut Vec<ConfigError>) {
+    if is_within(&b.key_file, data_dir) {
+        problems.push(err(
+            "buffer.key_file",
+            format!(
+                "must not be under gateway.data_dir ({}): a key kept beside the data it seals protects nothing",
+                data_dir.display()
+            ),
+        ));
+    }
+    if !unresolved_credential("buffer.key_file", &b.key_file, problems) && b.key_file.exists() {
+        check_private_key("buffer.key_file", &b.key_file, problems);
+    }
+    for (i, path) in b.previous_key_files.iter().enumerate() {
+        check_private_key(&format!("buffer.previous_key_files[{i}]"), path, problems);
+    }
+}
+
+/// Whether `path` is `dir` or inside it (both made absolute against the working
+/// directory, and resolved through links where they exist).
+fn is_within(path: &Path, dir: &Path) -> bool {
+    let absolute = |p: &Path| {
+        let p = std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .unwrap_or_else(|_| p.to_path_buf());
+        // Resolve what exists (the directory, or the file's directory) through links.
+        match (
+            p.canonicalize(),
+            p.parent().and_then(|d| d.canonicalize().ok()),
+            p.file_name(),
+        ) {
+            (Ok(c), _, _) => c,
+            (Err(_), Some(parent), Some(name)) => parent.join(name),
+            _ => p,
+        }
+    };
+    absolute(path).starts_with(absolute(dir))
 }
 
 /// Private keys must exist and be accessible to nobody but their owner and the gateway's

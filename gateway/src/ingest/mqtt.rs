@@ -33,6 +33,16 @@
 //! fills, the poll task stops reading, and backpressure reaches the publishers. Nothing is
 //! dropped. The broker must keep an offline persistent session's queue without a limit
 //! (mosquitto: `max_queued_messages 0`), see README.
+//!
+//! # Bad and oversized payloads never block the topic
+//! A payload that does not decode is dead-lettered in the same commit as the good readings of
+//! its batch, then acknowledged; the buffer keeps one row per distinct payload (by content
+//! hash), so a broker redelivering it after a reconnect adds nothing. A payload larger than
+//! `max_packet_bytes` is not decoded at all: its first bytes, size and SHA-256 are
+//! dead-lettered. The client accepts packets up to MQTT's own limit (256 MiB), so no message
+//! the broker delivers can make the connection fail and the broker resend it forever; to
+//! bound the gateway's memory, make the *broker* refuse large messages at publish time
+//! (mosquitto: `message_size_limit`, see docs/mqtt.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +61,7 @@ use crate::config::MqttSourceConfig;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
-use crate::pipeline::{CommitError, Ingest};
+use crate::pipeline::{CommitError, Ingest, Rejected};
 use crate::profile::canonical;
 
 /// Messages received and not yet committed: the capacity of the channel from the poll task
@@ -65,6 +75,10 @@ const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 /// Delay before retrying a commit the buffer refused (full or failing).
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
 
+/// The largest packet MQTT can carry (a 4-byte remaining length, plus the fixed header):
+/// what the client accepts, so that no packet the broker sends can fail the connection.
+const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -77,8 +91,16 @@ pub enum MqttError {
 pub struct MqttSource {
     /// Parsed broker options.
     options: MqttOptions,
+    /// What to subscribe to and take.
+    subscription: Subscription,
+}
+
+/// What the poll task subscribes to and takes.
+struct Subscription {
     /// Topic filters.
     topics: Vec<String>,
+    /// Payloads larger than this are dead-lettered without being decoded.
+    max_payload: usize,
 }
 
 impl MqttSource {
@@ -100,7 +122,7 @@ impl MqttSource {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(config.keep_alive_s))
-            .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
+            .set_max_packet_size(MQTT_MAX_PACKET, config.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         if secure {
             let tls =
@@ -109,7 +131,10 @@ impl MqttSource {
         }
         Ok(Self {
             options,
-            topics: config.topics.clone(),
+            subscription: Subscription {
+                topics: config.topics.clone(),
+                max_payload: config.max_packet_bytes,
+            },
         })
     }
 
@@ -136,7 +161,7 @@ impl MqttSource {
         let eventloop = poll_task(
             eventloop,
             &client,
-            &self.topics,
+            &self.subscription,
             publish_tx,
             &metrics,
             &audit,
@@ -155,8 +180,8 @@ impl MqttSource {
 async fn poll_task(
     mut eventloop: EventLoop,
     client: &AsyncClient,
-    topics: &[String],
-    publish_tx: mpsc::Sender<Publish>,
+    subscription: &Subscription,
+    publish_tx: mpsc::Sender<Message>,
     metrics: &Metrics,
     audit: &Audit,
     shutdown: &CancellationToken,
@@ -176,7 +201,7 @@ async fn poll_task(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
                 );
-                for topic in topics {
+                for topic in &subscription.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot queue MQTT subscribe");
                     }
@@ -196,17 +221,18 @@ async fn poll_task(
                 } else {
                     // Only from here on does the broker route (and, for this persistent
                     // session, queue) messages for the gateway.
-                    tracing::info!(topics = topics.len(), "subscribed to MQTT topics");
+                    tracing::info!(
+                        topics = subscription.topics.len(),
+                        "subscribed to MQTT topics"
+                    );
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(mut publish))) => {
-                // The payload is a slice of rumqttc's read buffer, and keeps that whole buffer
-                // allocated while it waits: copy it out so a backlog costs only its own bytes.
-                publish.payload = Bytes::copy_from_slice(&publish.payload);
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let message = Message::of(publish, subscription.max_payload);
                 // Waits while the commit task is MAX_MESSAGES_IN_PROGRESS behind: this is
                 // the backpressure. The commit task never waits on this loop, so this ends.
                 tokio::select! {
-                    sent = publish_tx.send(publish) => {
+                    sent = publish_tx.send(message) => {
                         if sent.is_err() {
                             return eventloop;
                         }
@@ -287,7 +313,7 @@ async fn ack_task(
 /// Takes every publish waiting and commits it (see [`commit_batch`]); the ack task sends the
 /// PUBACKs.
 async fn commit_task(
-    mut publishes: mpsc::Receiver<Publish>,
+    mut publishes: mpsc::Receiver<Message>,
     acks: mpsc::UnboundedSender<AckId>,
     ingest: Ingest,
     bindings: Bindings,
@@ -321,11 +347,54 @@ struct AckId {
     pkid: u16,
 }
 
-impl AckId {
-    fn of(publish: &Publish) -> Self {
-        Self {
+/// A received message, as the commit task needs it.
+struct Message {
+    /// What its PUBACK needs.
+    ack: AckId,
+    /// `mqtt:<topic>`: the dead-letter origin.
+    origin: String,
+    /// The payload, or for one over the limit, what is kept of it.
+    payload: Payload,
+}
+
+enum Payload {
+    /// A payload to decode.
+    Bytes(Bytes),
+    /// A payload over `max_packet_bytes`, already made a dead letter.
+    Oversized(Rejected),
+}
+
+impl Message {
+    fn of(publish: Publish, max_payload: usize) -> Self {
+        let origin = format!("mqtt:{}", publish.topic);
+        let ack = AckId {
             qos: publish.qos,
             pkid: publish.pkid,
+        };
+        let payload = if publish.payload.len() > max_payload {
+            tracing::warn!(
+                bytes = publish.payload.len(),
+                max_packet_bytes = max_payload,
+                "MQTT payload larger than sources.mqtt.max_packet_bytes: dead-lettered without decoding"
+            );
+            Payload::Oversized(Rejected::new(
+                origin.clone(),
+                format!(
+                    "payload of {} bytes is larger than sources.mqtt.max_packet_bytes ({max_payload}); \
+                     kept: its first bytes, size and SHA-256",
+                    publish.payload.len()
+                ),
+                &publish.payload,
+            ))
+        } else {
+            // The payload is a slice of rumqttc's read buffer, and keeps that whole buffer
+            // allocated while it waits: copy it out so a backlog costs only its own bytes.
+            Payload::Bytes(Bytes::copy_from_slice(&publish.payload))
+        };
+        Self {
+            ack,
+            origin,
+            payload,
         }
     }
 }
@@ -337,96 +406,74 @@ struct Source<'a> {
     shutdown: &'a CancellationToken,
 }
 
-/// Stores a batch of publishes and hands each to `acks` once what it carried is durable:
-/// undecodable payloads go to the dead-letter table one by one; the readings of the others are
-/// committed together, in as few requests as fit. When the buffer refuses a group as full, the
-/// group is halved (down to one message) so that what fits goes in, and a single message that
-/// does not fit waits and retries: backpressure, never a drop. Returns `false` if shutdown or
-/// a closed buffer came first.
+/// Stores a batch of messages and hands each to `acks` once what it carried is durable: the
+/// readings of the good ones and the dead letters of the bad ones go in one commit. When the
+/// buffer refuses a group as full, the group is halved (down to one message) so that what
+/// fits goes in, and a single message that does not fit waits and retries: backpressure,
+/// never a drop. Returns `false` if shutdown or a closed buffer came first.
 async fn commit_batch(
-    batch: impl Iterator<Item = Publish>,
+    batch: impl Iterator<Item = Message>,
     source: &Source<'_>,
     acks: &mpsc::UnboundedSender<AckId>,
 ) -> bool {
     // One receive time for the batch, kept across retries: a reading without a device clock
     // is identified by it, so a retry must not change it.
     let received = OffsetDateTime::now_utc();
-    let decode = |publish: &Publish| {
-        canonical::decode(&publish.payload, received, &|key, user| {
-            source.bindings.patient_for(key, user)
-        })
-    };
-    let mut decoded: Vec<(Publish, Option<Vec<Reading>>)> = Vec::new();
-    for publish in batch {
-        match decode(&publish) {
-            Ok(readings) => decoded.push((publish, Some(readings))),
-            Err(e) => {
-                if !dead_letter(&publish, &e, source).await {
-                    return false;
-                }
-                // Only fails once the ack task has ended (shutdown): the broker redelivers.
-                let _ = acks.send(AckId::of(&publish));
+    let messages: Vec<Message> = batch.collect();
+    let mut bad = 0;
+    let mut start = 0;
+    let mut group = messages.len();
+    while start < messages.len() {
+        let end = (start + group).min(messages.len());
+        // Decoded afresh for each attempt, rather than keeping a copy of every batch for the
+        // rare retry.
+        let mut readings = Vec::new();
+        let mut rejected = Vec::new();
+        for m in &messages[start..end] {
+            match decode(m, received, source) {
+                Ok(r) => readings.extend(r),
+                Err(r) => rejected.push(r),
             }
         }
-    }
-    let mut group = decoded.len();
-    while !decoded.is_empty() {
-        let n = group.min(decoded.len());
-        // Take the readings of the first `n` messages (decoded again after a refusal,
-        // rather than keeping a copy of every batch for the rare retry).
-        let readings: Vec<Reading> = decoded[..n]
-            .iter_mut()
-            .flat_map(|(publish, r)| {
-                r.take()
-                    .unwrap_or_else(|| decode(publish).unwrap_or_default())
-            })
-            .collect();
-        match source.ingest.commit(readings).await {
+        let n_rejected = rejected.len();
+        match source.ingest.store(readings, rejected).await {
             Ok(_) => {
-                for (publish, _) in decoded.drain(..n) {
-                    let _ = acks.send(AckId::of(&publish));
+                bad += n_rejected;
+                for m in &messages[start..end] {
+                    // Only fails once the ack task has ended (shutdown): the broker redelivers.
+                    let _ = acks.send(m.ack);
                 }
-                group = decoded.len();
+                start = end;
+                group = messages.len() - start;
             }
             Err(CommitError::Closed) => return false,
-            Err(CommitError::Full { .. }) if n > 1 => group = n / 2,
-            Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+            Err(CommitError::Full { .. }) if end - start > 1 => group = (end - start) / 2,
+            Err(_) => {
                 if !pause(source.shutdown).await {
                     return false;
                 }
             }
         }
+    }
+    if bad > 0 {
+        // The reasons name fields only; the topic may name a device, not a patient.
+        tracing::warn!(payloads = bad, "MQTT payloads rejected and dead-lettered");
     }
     true
 }
 
-/// Stores an undecodable payload in the dead-letter table, retrying while the buffer fails.
-async fn dead_letter(publish: &Publish, e: &canonical::DecodeError, source: &Source<'_>) -> bool {
-    loop {
-        let stored = source
-            .ingest
-            .reject(
-                format!("mqtt:{}", publish.topic),
-                e.to_string(),
-                publish.payload.to_vec(),
-            )
-            .await;
-        match stored {
-            Ok(()) => {
-                // The reason names fields only; the topic may name a device, not a patient.
-                tracing::warn!(
-                    kind = error_kind(e),
-                    "MQTT payload rejected and dead-lettered"
-                );
-                return true;
-            }
-            Err(CommitError::Closed) => return false,
-            Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
-                if !pause(source.shutdown).await {
-                    return false;
-                }
-            }
-        }
+/// The readings of a message, or the dead letter it becomes.
+fn decode(
+    m: &Message,
+    received: OffsetDateTime,
+    source: &Source<'_>,
+) -> Result<Vec<Reading>, Rejected> {
+    match &m.payload {
+        Payload::Bytes(bytes) => canonical::decode(bytes, received, &|key, user| {
+            source.bindings.patient_for(key, user)
+        })
+        .map_err(|e| Rejected::new(m.origin.clone(), e.to_string(), bytes)),
+        Payload::Oversized(r) => Err(r.clone()),
     }
 }
 
@@ -449,12 +496,5 @@ async fn disconnect(client: AsyncClient, mut eventloop: EventLoop) {
             }
         })
         .await;
-    }
-}
-
-fn error_kind(e: &canonical::DecodeError) -> &'static str {
-    match e {
-        canonical::DecodeError::Json(_) => "json",
-        canonical::DecodeError::Field { .. } => "field",
     }
 }

@@ -208,7 +208,11 @@ pub async fn run(
             loop {
                 match ingest.commit(readings.clone()).await {
                     Ok(_) => break,
-                    Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+                    Err(
+                        CommitError::Full { .. }
+                        | CommitError::LowSpace { .. }
+                        | CommitError::Storage(_),
+                    ) => {
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                             _ = shutdown.cancelled() => return,

@@ -16,6 +16,15 @@
 //! | `connection_refused` | `endpoint` (`ops` or `source:mqtt`), `direction` (`inbound`: this gateway refused a client; `outbound`: a server refused this gateway), `address`, `reason`, `count` |
 //! | `payload_dead_lettered` | `source`, `origin`, `count`, `bytes` (total size); one line per origin per buffer commit |
 //! | `readings_dead_lettered` | `uplink`, `count`, `cause` (`http_NNN`, `refused`, `undecodable_row`) |
+//! | `buffer_quarantined` | `path` (where the damaged database was moved), `reason` |
+//! | `buffer_warning` | `message` (a replaced, missing or older database found at start) |
+//! | `buffer_key_created` | `path` |
+//! | `buffer_key_rotated` | `rows` (sealed again under the new key) |
+//! | `buffer_salvaged` | `from`, `found` (readings read), `queued` (of them, not yet in the buffer) |
+//! | `storage_failed` | `during` (`commit`, `delete`), `error` (`disk_full`, `io`, `corrupt`, `other`) |
+//! | `storage_recovered` | `after_s` |
+//! | `low_space` | `free_bytes`, `floor_bytes`: new readings refused |
+//! | `space_ok` | `free_bytes`: new readings accepted again |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
 //! address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
@@ -115,6 +124,61 @@ pub enum Event<'a> {
         /// `http_NNN`, `refused` or `undecodable_row`.
         cause: &'a str,
     },
+    /// A damaged buffer database was moved aside at start.
+    BufferQuarantined {
+        /// Where it was moved.
+        path: &'a Path,
+        /// What was wrong.
+        reason: &'a str,
+    },
+    /// Something about the buffer at start that an operator must hear about.
+    BufferWarning {
+        /// What (no patient data: paths, ids and counts).
+        message: &'a str,
+    },
+    /// The buffer key file was created.
+    BufferKeyCreated {
+        /// The key file.
+        path: &'a Path,
+    },
+    /// The buffer was sealed again under a new key.
+    BufferKeyRotated {
+        /// How many rows.
+        rows: u64,
+    },
+    /// Readings were recovered from a quarantined database.
+    BufferSalvaged {
+        /// The quarantined database.
+        from: &'a Path,
+        /// Readings read from it.
+        found: u64,
+        /// Of them, put back in the queue (the others were still there).
+        queued: u64,
+    },
+    /// Buffer writes started failing: sources are no longer acknowledged.
+    StorageFailed {
+        /// `commit` or `delete`.
+        during: &'a str,
+        /// `disk_full`, `io`, `corrupt` or `other`.
+        error: &'a str,
+    },
+    /// Buffer writes succeed again.
+    StorageRecovered {
+        /// How long the failure lasted, in seconds.
+        after_s: u64,
+    },
+    /// Free space fell below the floor: new readings are refused.
+    LowSpace {
+        /// Free bytes.
+        free_bytes: u64,
+        /// The floor.
+        floor_bytes: u64,
+    },
+    /// Free space is above the floor again.
+    SpaceOk {
+        /// Free bytes.
+        free_bytes: u64,
+    },
 }
 
 impl Event<'_> {
@@ -128,6 +192,15 @@ impl Event<'_> {
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
             Event::ReadingsDeadLettered { .. } => "readings_dead_lettered",
+            Event::BufferQuarantined { .. } => "buffer_quarantined",
+            Event::BufferWarning { .. } => "buffer_warning",
+            Event::BufferKeyCreated { .. } => "buffer_key_created",
+            Event::BufferKeyRotated { .. } => "buffer_key_rotated",
+            Event::BufferSalvaged { .. } => "buffer_salvaged",
+            Event::StorageFailed { .. } => "storage_failed",
+            Event::StorageRecovered { .. } => "storage_recovered",
+            Event::LowSpace { .. } => "low_space",
+            Event::SpaceOk { .. } => "space_ok",
         }
     }
 
@@ -195,6 +268,24 @@ impl Event<'_> {
                 count,
                 cause,
             } => json!({"uplink": uplink, "count": count, "cause": cause}),
+            Event::BufferQuarantined { path, reason } => {
+                json!({"path": path.display().to_string(), "reason": reason})
+            }
+            Event::BufferWarning { message } => json!({ "message": message }),
+            Event::BufferKeyCreated { path } => json!({"path": path.display().to_string()}),
+            Event::BufferKeyRotated { rows } => json!({ "rows": rows }),
+            Event::BufferSalvaged {
+                from,
+                found,
+                queued,
+            } => json!({"from": from.display().to_string(), "found": found, "queued": queued}),
+            Event::StorageFailed { during, error } => json!({"during": during, "error": error}),
+            Event::StorageRecovered { after_s } => json!({ "after_s": after_s }),
+            Event::LowSpace {
+                free_bytes,
+                floor_bytes,
+            } => json!({"free_bytes": free_bytes, "floor_bytes": floor_bytes}),
+            Event::SpaceOk { free_bytes } => json!({ "free_bytes": free_bytes }),
         };
         match value {
             Value::Object(map) => map,

@@ -62,6 +62,8 @@ pub struct Metrics {
 
     /// Commit requests the buffer writer refused because the buffer was full.
     buffer_refusals: AtomicU64,
+    /// Commit requests refused for lack of free space.
+    space_refusals: AtomicU64,
     /// Buffer transactions that failed.
     commit_failures: AtomicU64,
     /// Connections the operations server refused (client not in `ops.http.allow_from`).
@@ -173,6 +175,8 @@ pub struct Snapshot {
     pub duplicates: u64,
     /// Commit requests refused because the buffer was full.
     pub buffer_refusals: u64,
+    /// Commit requests refused for lack of free space.
+    pub space_refusals: u64,
     /// Buffer transactions committed.
     pub commits: u64,
     /// Buffer transactions that failed.
@@ -274,6 +278,11 @@ impl Metrics {
     /// The buffer writer refused `requests` commit requests because the buffer was full.
     pub fn buffer_refused_full(&self, requests: u64) {
         self.buffer_refusals.fetch_add(requests, Ordering::Relaxed);
+    }
+
+    /// The buffer refused `requests` commit requests for lack of free space.
+    pub fn buffer_refused_space(&self, requests: u64) {
+        self.space_refusals.fetch_add(requests, Ordering::Relaxed);
     }
 
     /// A buffer transaction failed: nothing of its group was stored.
@@ -397,6 +406,7 @@ impl Metrics {
             devices_forgotten,
             duplicates: Self::get(&self.readings_duplicate),
             buffer_refusals: Self::get(&self.buffer_refusals),
+            space_refusals: Self::get(&self.space_refusals),
             commits: Self::get(&self.commits),
             commit_failures: Self::get(&self.commit_failures),
             buffer_error: lock(&self.buffer_error).clone(),

@@ -138,8 +138,36 @@ pub fn start_audit(
     Ok(audit)
 }
 
+/// The buffer's storage, as the operator needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StorageGauges {
+    /// While writes fail: since when, what the writer was doing, and the error kind.
+    pub failing: Option<StorageFailing>,
+    /// Free bytes on the buffer's file system at the last check.
+    pub free_bytes: Option<u64>,
+    /// The floor below which new readings are refused.
+    pub floor_bytes: u64,
+    /// Whether new readings are refused for lack of space.
+    pub low_space: bool,
+    /// Damaged databases waiting in `<data_dir>/quarantine/`.
+    pub quarantined: u32,
+}
+
+/// A storage failure in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFailing {
+    /// The first failure of this episode.
+    pub since: OffsetDateTime,
+    /// `commit` or `delete`.
+    pub during: &'static str,
+    /// `disk_full`, `io`, `corrupt` or `other`.
+    pub kind: &'static str,
+    /// The last error, as the database said it.
+    pub message: String,
+}
+
 /// Queue figures, read from the buffer when asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueGauges {
     /// Readings waiting for delivery (the queue depth).
     pub pending: u64,
@@ -151,6 +179,8 @@ pub struct QueueGauges {
     pub dead_letters: u64,
     /// Age of the reading at the head of the queue; `None` when empty.
     pub oldest_age: Option<Duration>,
+    /// The storage under the queue.
+    pub storage: StorageGauges,
 }
 
 /// Reads queue figures; implemented for the buffer in `lib.rs`.

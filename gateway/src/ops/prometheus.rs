@@ -220,12 +220,49 @@ pub fn render(v: &View<'_>) -> String {
             "Rows in the dead-letter table (undecodable payloads and refused readings).",
             q.dead_letters as f64,
         );
+        let st = &q.storage;
+        e.single(
+            "vitalbridge_buffer_storage_failing",
+            Kind::Gauge,
+            "1 while buffer writes fail (sources are not acknowledged), else 0.",
+            if st.failing.is_some() { 1.0 } else { 0.0 },
+        );
+        e.single(
+            "vitalbridge_buffer_free_bytes",
+            Kind::Gauge,
+            "Free bytes on the buffer's file system at the last check (absent before one).",
+            st.free_bytes.map_or(f64::NAN, |b| b as f64),
+        );
+        e.single(
+            "vitalbridge_buffer_free_floor_bytes",
+            Kind::Gauge,
+            "buffer.min_free_mb in bytes: below it new readings are refused.",
+            st.floor_bytes as f64,
+        );
+        e.single(
+            "vitalbridge_buffer_low_space",
+            Kind::Gauge,
+            "1 while new readings are refused for lack of free space, else 0.",
+            if st.low_space { 1.0 } else { 0.0 },
+        );
+        e.single(
+            "vitalbridge_buffer_quarantined_databases",
+            Kind::Gauge,
+            "Damaged buffer databases moved to <data_dir>/quarantine/ (salvage them with `vitalbridge queue salvage`).",
+            f64::from(st.quarantined),
+        );
     }
     e.single(
         "vitalbridge_buffer_full_refusals_total",
         Kind::Counter,
         "Commit requests refused because the buffer was at capacity.",
         s.buffer_refusals as f64,
+    );
+    e.single(
+        "vitalbridge_buffer_low_space_refusals_total",
+        Kind::Counter,
+        "Commit requests refused because free space was below buffer.min_free_mb.",
+        s.space_refusals as f64,
     );
     e.single(
         "vitalbridge_buffer_commits_total",
@@ -236,7 +273,7 @@ pub fn render(v: &View<'_>) -> String {
     e.single(
         "vitalbridge_buffer_commit_failures_total",
         Kind::Counter,
-        "Buffer transactions that failed; their readings were not acknowledged.",
+        "Buffer transactions that failed (a full disk, an I/O error); nothing of them was acknowledged.",
         s.commit_failures as f64,
     );
 

@@ -4,8 +4,9 @@
 //! Ready means the gateway can take readings and is getting them out:
 //! - it has finished starting and is not shutting down;
 //! - **the buffer is writable**: its figures can be read, it is below capacity (at capacity
-//!   sources are refused), and the last commit did not fail (a failed commit is cleared by the
-//!   next successful one);
+//!   sources are refused), its writes do not fail (a failure is cleared by the next
+//!   successful write), and its file system has more free space than the floor
+//!   (`buffer.min_free_mb`);
 //! - **the uplink is reachable within the staleness**: no uplink has been failing
 //!   continuously (no answer, TLS failure, 408/429/5xx for whole batches) for longer than
 //!   `ops.http.ready_staleness_s`. An idle uplink with nothing to send is not failing.
@@ -17,7 +18,9 @@
 //! {"time": "...", "gateway": {"id", "version", "started", "uptime_s", "phase", "uplink"},
 //!  "ready": {"ready": true, "reasons": []},
 //!  "queue": {"pending", "capacity", "leased", "dead_letters", "oldest_age_s"} | {"error"},
-//!  "buffer": {"commits", "commit_failures", "full_refusals", "duplicates", "last_error"},
+//!  "buffer": {"commits", "commit_failures", "full_refusals", "duplicates", "last_error",
+//!             "storage": {"failing": {"since", "during", "kind", "message"} | null,
+//!                         "free_bytes", "floor_bytes", "low_space", "quarantined"}},
 //!  "sources": [{"source", "profile", "readings"}],
 //!  "payloads_dead_lettered": [{"source", "count"}],
 //!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings"}],
@@ -70,15 +73,37 @@ pub fn readiness(
     }
     match queue {
         Err(e) => reasons.push(format!("buffer: cannot read the queue: {e}")),
-        Ok(q) if q.pending >= q.capacity => reasons.push(format!(
-            "buffer: full ({} of {} readings); sources are refused until the uplink drains it",
-            q.pending, q.capacity
-        )),
-        Ok(_) => {}
+        Ok(q) => {
+            if q.pending >= q.capacity {
+                reasons.push(format!(
+                    "buffer: full ({} of {} readings); sources are refused until the uplink drains it",
+                    q.pending, q.capacity
+                ));
+            }
+            if let Some(f) = &q.storage.failing {
+                reasons.push(format!(
+                    "buffer: writes failing for {} s ({}, during {}: {}); sources are not \
+                     acknowledged and delivered rows are not deleted until a write succeeds",
+                    seconds(now - f.since),
+                    f.kind,
+                    f.during,
+                    f.message
+                ));
+            }
+            if q.storage.low_space {
+                reasons.push(format!(
+                    "buffer: {} MiB free on data_dir's file system, below the floor of {} MiB \
+                     (buffer.min_free_mb); new readings are refused until space is freed",
+                    q.storage.free_bytes.unwrap_or(0) / (1024 * 1024),
+                    q.storage.floor_bytes / (1024 * 1024)
+                ));
+            }
+        }
     }
-    if let Some((at, message)) = &snapshot.buffer_error {
+    let failing_now = matches!(queue, Ok(q) if q.storage.failing.is_some());
+    if let Some((at, message)) = snapshot.buffer_error.as_ref().filter(|_| !failing_now) {
         reasons.push(format!(
-            "buffer: the last commit failed {} s ago: {message}",
+            "buffer: the last write failed {} s ago: {message}",
             seconds(now - *at)
         ));
     }
@@ -120,6 +145,21 @@ fn phase_name(phase: Phase) -> &'static str {
 /// The `/status.json` document (see the module docs).
 pub fn status_json(v: &View<'_>) -> Value {
     let s = v.snapshot;
+    let storage = match v.queue {
+        Ok(q) => {
+            let st = &q.storage;
+            json!({
+                "failing": st.failing.as_ref().map(|f| json!({
+                    "since": rfc3339(f.since), "during": f.during, "kind": f.kind, "message": f.message,
+                })),
+                "free_bytes": st.free_bytes,
+                "floor_bytes": st.floor_bytes,
+                "low_space": st.low_space,
+                "quarantined": st.quarantined,
+            })
+        }
+        Err(_) => Value::Null,
+    };
     let queue = match v.queue {
         Ok(q) => json!({
             "pending": q.pending,
@@ -173,6 +213,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "full_refusals": s.buffer_refusals,
             "duplicates": s.duplicates,
             "last_error": s.buffer_error.as_ref().map(|(at, m)| json!({"at": rfc3339(*at), "message": m})),
+            "storage": storage,
         },
         "sources": s.readings_in.iter().map(|c| json!({
             "source": c.source, "profile": c.profile, "readings": c.readings,
@@ -219,6 +260,7 @@ mod tests {
             leased: 0,
             dead_letters: 0,
             oldest_age: None,
+            storage: Default::default(),
         })
     }
 
@@ -254,6 +296,7 @@ mod tests {
         assert!(!r.ready);
         assert_eq!(r.reasons.len(), 3, "{:?}", r.reasons);
         assert!(r.reasons[0].starts_with("buffer: full (10 of 10 readings)"));
+        assert!(r.reasons[1].contains("the last write failed"));
         assert!(r.reasons[1].contains("database or disk is full"));
         assert!(
             r.reasons[2].starts_with("uplink fhir: failing for 61 s")
@@ -271,6 +314,39 @@ mod tests {
         assert_eq!(
             r.reasons,
             ["shutting down", "buffer: cannot read the queue: closed"]
+        );
+    }
+
+    #[test]
+    fn failing_writes_and_low_space_each_give_their_reason() {
+        let m = Metrics::default();
+        m.buffer_commit_failed("database or disk is full".into());
+        let now = OffsetDateTime::now_utc();
+        let mut q = queue(1, 10).unwrap();
+        q.storage = crate::ops::StorageGauges {
+            failing: Some(crate::ops::StorageFailing {
+                since: now - Duration::from_secs(42),
+                during: "commit",
+                kind: "disk_full",
+                message: "database or disk is full".into(),
+            }),
+            free_bytes: Some(512 * 1024),
+            floor_bytes: 1024 * 1024,
+            low_space: true,
+            quarantined: 0,
+        };
+        let r = readiness(Phase::Running, &Ok(q), &m.snapshot(), STALE, now);
+        assert_eq!(r.reasons.len(), 2, "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].starts_with("buffer: writes failing for 42 s (disk_full, during commit"),
+            "{}",
+            r.reasons[0]
+        );
+        assert!(r.reasons[1].contains("0 MiB free"), "{}", r.reasons[1]);
+        assert!(
+            r.reasons[1].contains("buffer.min_free_mb"),
+            "{}",
+            r.reasons[1]
         );
     }
 

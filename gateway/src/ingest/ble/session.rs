@@ -482,7 +482,11 @@ impl State<'_> {
                     Metrics::add(&self.env.metrics.readings_in, c.readings as u64);
                     return Ok(());
                 }
-                Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+                Err(
+                    CommitError::Full { .. }
+                    | CommitError::LowSpace { .. }
+                    | CommitError::Storage(_),
+                ) => {
                     Metrics::add(&self.env.metrics.buffer_full, 1);
                     tokio::select! {
                         _ = tokio::time::sleep(self.env.timing.commit_retry) => {}
@@ -508,7 +512,7 @@ impl State<'_> {
             match self
                 .env
                 .ingest
-                .reject(origin.clone(), e.to_string(), n.value.clone())
+                .reject(origin.clone(), e.to_string(), &n.value)
                 .await
             {
                 Ok(()) => {
@@ -521,7 +525,11 @@ impl State<'_> {
                     );
                     return Ok(());
                 }
-                Err(CommitError::Full { .. }) | Err(CommitError::Storage(_)) => {
+                Err(
+                    CommitError::Full { .. }
+                    | CommitError::LowSpace { .. }
+                    | CommitError::Storage(_),
+                ) => {
                     tokio::select! {
                         _ = tokio::time::sleep(self.env.timing.commit_retry) => {}
                         _ = self.env.shutdown.cancelled() => return Err(CommitError::Closed),

@@ -175,7 +175,7 @@ impl Committer {
                     reason, payload, ..
                 } => {
                     self.ingest
-                        .reject(self.origin.clone(), reason.clone(), payload.clone())
+                        .reject(self.origin.clone(), reason.clone(), payload)
                         .await
                 }
                 Action::Send(_) => Ok(()),
@@ -183,9 +183,11 @@ impl Committer {
             match result {
                 Ok(()) => return (batch, CommitOutcome::Stored),
                 Err(CommitError::Closed) => return (batch, CommitOutcome::Closed),
-                Err(CommitError::Full { .. }) | Err(CommitError::Storage(_))
-                    if hold && !self.shutdown.is_cancelled() =>
-                {
+                Err(
+                    CommitError::Full { .. }
+                    | CommitError::LowSpace { .. }
+                    | CommitError::Storage(_),
+                ) if hold && !self.shutdown.is_cancelled() => {
                     tokio::select! {
                         _ = tokio::time::sleep(COMMIT_RETRY) => {}
                         _ = self.shutdown.cancelled() => {}

@@ -1,0 +1,952 @@
+//! Opening the buffer: check what is on disk, quarantine what is damaged, key, migrate.
+//!
+//! # Checks at open, in order
+//! 1. **The file.** `buffer.db` must be empty of nothing: a 0-byte file, a file shorter than
+//!    SQLite's 100-byte header or one without the `SQLite format 3` magic is damaged.
+//! 2. **SQLite's own check.** The database must open and pass `PRAGMA quick_check`.
+//! 3. **This directory's record** (`buffer.state`, JSON `{"db_id", "high_water"}`). A
+//!    missing `buffer.db` where the record says there was one, a database with another
+//!    `db_id` (replaced) or whose row ids went backwards (restored from an old copy) is
+//!    reported loudly ([`OpenReport::warnings`]): readings committed since may be lost.
+//!
+//! A database that fails 1 or 2 is **quarantined**: `buffer.db` and its `-wal`/`-shm` are
+//! moved to `quarantine/<UTC time>/` with a `README.txt` saying why and what to do, and the
+//! gateway starts with a new, empty buffer. Nothing is deleted; `vitalbridge queue salvage
+//! DIR` recovers every readable reading from it ([`super::salvage`]).
+//!
+//! # The key
+//! `buffer.key_file` must exist, except at the very first start (no `buffer.db` yet), when
+//! the gateway creates it (mode 0600) and says where. Its id must match the `key_id` the
+//! database records; a different key stops the open before anything is read or deleted,
+//! unless it is listed in `buffer.previous_key_files`, in which case every row is sealed
+//! again under the new key in one transaction (key rotation).
+//!
+//! # Schema 1
+//! A database written before encryption at rest (schema 1, plaintext) is sealed at its first
+//! open: rows move into the sealed tables in one transaction, then the file is vacuumed and
+//! its WAL truncated so no plaintext page survives.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use super::rows::{self, Envelope};
+use super::seal::{BufferKey, KeyError};
+use super::{
+    codec, space, BufferError, Health, Inner, LeaseState, Store, Writer, SETTLE_CHANNEL_CAPACITY,
+};
+
+/// The database file in the data directory.
+pub const DB_FILE: &str = "buffer.db";
+/// This directory's record of its buffer.
+pub const STATE_FILE: &str = "buffer.state";
+/// Where damaged databases are moved.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// SQLite's file magic.
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// Rows sealed per statement batch during a schema-1 conversion or a key rotation.
+const RESEAL_CHUNK: i64 = 500;
+
+/// How to open the buffer.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Most readings held undelivered.
+    pub capacity: u64,
+    /// The key file (`buffer.key_file`).
+    pub key_file: PathBuf,
+    /// Older keys the buffer may still be sealed with (`buffer.previous_key_files`).
+    pub previous_key_files: Vec<PathBuf>,
+    /// The free-space floor in bytes (`buffer.min_free_mb`); `None`: the default ([`space`]).
+    pub min_free_bytes: Option<u64>,
+}
+
+/// A damaged database moved aside at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The folder it was moved to.
+    pub path: PathBuf,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What happened at open that an operator must hear about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// A damaged database was moved aside and a new one started.
+    pub quarantined: Option<Quarantine>,
+    /// The key file was created (first start).
+    pub key_created: Option<PathBuf>,
+    /// Rows sealed again under a new key (key rotation).
+    pub rotated: Option<u64>,
+    /// Rows of a schema-1 (plaintext) database sealed.
+    pub converted: Option<u64>,
+    /// Things that look wrong but did not stop the open (replaced, emptied, older database).
+    pub warnings: Vec<String>,
+}
+
+/// `buffer.state`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct DirRecord {
+    /// The `db_id` of the database this directory holds.
+    pub db_id: String,
+    /// The highest reading row id committed, as last recorded.
+    pub high_water: i64,
+}
+
+impl DirRecord {
+    fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Replaces the record atomically (write, fsync, rename, fsync the directory).
+    pub(super) fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Tests make a database "full" at a given size (`PRAGMA max_page_count`): SQLite then
+/// fails writes with `SQLITE_FULL` exactly as on a full disk, without needing one.
+#[cfg(test)]
+pub(super) static TEST_MAX_PAGES: StdMutex<Vec<(PathBuf, u64)>> = StdMutex::new(Vec::new());
+
+/// The connection settings of every buffer connection.
+pub(super) fn connect_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
+    let options = base_options(path, read_only);
+    #[cfg(test)]
+    let options = match super::lock(&TEST_MAX_PAGES).iter().find(|(p, _)| p == path) {
+        Some((_, pages)) => options.pragma("max_page_count", pages.to_string()),
+        None => options,
+    };
+    options
+}
+
+fn base_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
+    SqliteConnectOptions::from_str("sqlite://")
+        .unwrap_or_default()
+        .filename(path)
+        .create_if_missing(!read_only)
+        .read_only(read_only)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        // 1 MiB page cache per connection: the queue is read in id order from the WAL's
+        // recent pages, so a larger cache buys little and costs a small hub's memory.
+        .pragma("cache_size", "-1024")
+        // Give the disk back after a checkpoint: the WAL is truncated to this size, so a
+        // burst (or a disk-full episode) does not keep its peak size forever.
+        .pragma("journal_size_limit", "8388608")
+        // Zero deleted content where it costs no extra I/O.
+        .pragma("secure_delete", "FAST")
+}
+
+/// Opens a connection and checks that it is durable (WAL, synchronous=FULL).
+pub(super) async fn connect(path: &Path) -> Result<SqliteConnection, BufferError> {
+    let mut conn = SqliteConnection::connect_with(&connect_options(path, false)).await?;
+    verify_durable(&mut conn).await?;
+    Ok(conn)
+}
+
+async fn verify_durable(conn: &mut SqliteConnection) -> Result<(), BufferError> {
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") || synchronous != 2 {
+        return Err(BufferError::NotDurable { mode, synchronous });
+    }
+    Ok(())
+}
+
+/// What the file itself says, before SQLite reads it.
+enum FileState {
+    Missing,
+    Damaged(String),
+    Present,
+}
+
+fn file_state(db: &Path) -> Result<FileState, BufferError> {
+    let mut file = match File::open(db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Missing),
+        Err(source) => {
+            return Err(BufferError::Dir {
+                path: db.into(),
+                source,
+            })
+        }
+    };
+    let len = file
+        .metadata()
+        .map_err(|source| BufferError::Dir {
+            path: db.into(),
+            source,
+        })?
+        .len();
+    if len == 0 {
+        return Ok(FileState::Damaged(
+            "the database file is empty (0 bytes)".into(),
+        ));
+    }
+    let mut header = [0u8; 16];
+    use std::io::Read as _;
+    if len < 100 || file.read_exact(&mut header).is_err() {
+        return Ok(FileState::Damaged(format!(
+            "the database file is truncated ({len} bytes, shorter than its header)"
+        )));
+    }
+    if &header != MAGIC {
+        return Ok(FileState::Damaged(
+            "the database file does not start with the SQLite header".into(),
+        ));
+    }
+    Ok(FileState::Present)
+}
+
+/// Moves `buffer.db` and its companions to `quarantine/<now>/` with a README.
+fn quarantine(dir: &Path, reason: &str) -> Result<Quarantine, BufferError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BufferError::Dir { path, source }
+    };
+    let stamp = OffsetDateTime::now_utc();
+    let name = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second(),
+        stamp.millisecond()
+    );
+    let target = dir.join(QUARANTINE_DIR).join(name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&target)
+        .map_err(io(&target))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = dir.join(format!("{DB_FILE}{suffix}"));
+        if from.exists() {
+            std::fs::rename(&from, target.join(format!("{DB_FILE}{suffix}"))).map_err(io(&from))?;
+        }
+    }
+    let readme = format!(
+        "This buffer database was moved here by the gateway at start because it could not be used:\n\
+         \n    {reason}\n\n\
+         The gateway started with a new, empty buffer. The readings in this copy are not lost:\n\
+         stop the gateway, run\n\n    vitalbridge queue salvage -c <your config> {}\n\n\
+         and start it again; every readable reading is put back in the queue and delivered\n\
+         (a reading that was already delivered is recognised by its identifier, not duplicated).\n",
+        target.display()
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target.join("README.txt"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, readme.as_bytes()))
+        .map_err(io(&target))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    tracing::error!(
+        reason,
+        moved_to = %target.display(),
+        "the buffer database is damaged: moved to quarantine, starting with a new, empty buffer; \
+         recover its readings with `vitalbridge queue salvage`"
+    );
+    Ok(Quarantine {
+        path: target,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Quarantine folders present in the data directory.
+pub(super) fn quarantined_count(dir: &Path) -> u32 {
+    std::fs::read_dir(dir.join(QUARANTINE_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().join("README.txt").exists())
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+/// Whether an error means the database file is damaged (quarantine) rather than the
+/// environment failing (report and stop).
+fn is_damage(e: &BufferError) -> bool {
+    match e {
+        BufferError::Sql(sql) => {
+            super::storage_failure(sql).kind == crate::pipeline::StorageKind::Corrupt
+        }
+        BufferError::Migrate(sqlx::migrate::MigrateError::Execute(sql)) => {
+            super::storage_failure(sql).kind == crate::pipeline::StorageKind::Corrupt
+        }
+        _ => false,
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, BufferError> {
+    let io = |source| BufferError::Dir {
+        path: dir.into(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join("vitalbridge.lock"))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BufferError::Locked(dir.into())),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
+/// Creates `buffer.db` owner-only before SQLite does, so its `-wal` and `-shm` (which SQLite
+/// creates with the main file's mode) are owner-only too, whatever the process umask.
+fn precreate(db: &Path) -> Result<(), BufferError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(BufferError::Dir {
+            path: db.into(),
+            source,
+        }),
+    }
+}
+
+/// Why [`open_checked`] failed.
+enum Checked {
+    /// The database is damaged: quarantine it.
+    Damaged(String),
+    /// Something else failed (permissions, a full disk at open…): report and stop.
+    Failed(BufferError),
+}
+
+impl Checked {
+    fn of(e: BufferError) -> Self {
+        if is_damage(&e) {
+            Checked::Damaged(error_chain(&e))
+        } else {
+            Checked::Failed(e)
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+/// Opens the database, checks it (`quick_check`) and brings its schema up to date.
+async fn open_checked(db: &Path) -> Result<SqliteConnection, Checked> {
+    let mut conn = connect(db).await.map_err(Checked::of)?;
+    let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| Checked::of(e.into()))?;
+    if check.first().map(String::as_str) != Some("ok") {
+        let first = check.first().cloned().unwrap_or_default();
+        let _ = conn.close().await;
+        return Err(Checked::Damaged(format!(
+            "SQLite's integrity check failed ({} problems; the first: {first})",
+            check.len()
+        )));
+    }
+    sqlx::migrate!("./migrations")
+        .run(&mut conn)
+        .await
+        .map_err(|e| Checked::of(e.into()))?;
+    Ok(conn)
+}
+
+async fn meta(conn: &mut SqliteConnection, name: &str) -> Result<Option<String>, BufferError> {
+    Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+async fn set_meta(conn: &mut SqliteConnection, name: &str, value: &str) -> Result<(), BufferError> {
+    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+        .bind(name)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The buffer's key: the configured key file, checked against the `key_id` the database
+/// records (rotating from a previous key if needed). The key file is created only for a
+/// database that has never been sealed (new, or written before encryption at rest).
+async fn key_for(
+    conn: &mut SqliteConnection,
+    dir: &Path,
+    options: &OpenOptions,
+    report: &mut OpenReport,
+) -> Result<BufferKey, BufferError> {
+    let expected = meta(conn, "key_id").await?;
+    let key = match BufferKey::load(&options.key_file) {
+        Ok(key) => key,
+        Err(KeyError::Missing(path)) if expected.is_none() => {
+            let key = BufferKey::create(&path)?;
+            tracing::warn!(
+                key_file = %path.display(),
+                "created a new buffer key: buffered readings are sealed with it; keep it, and a \
+                 copy somewhere safe: without it they cannot be read"
+            );
+            report.key_created = Some(path);
+            key
+        }
+        Err(KeyError::Missing(path)) => {
+            return Err(BufferError::KeyMissing {
+                file: path,
+                dir: dir.into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let given = key.id().to_string();
+    let Some(expected) = expected else {
+        set_meta(conn, "key_id", &given).await?;
+        return Ok(key);
+    };
+    if expected == given {
+        return Ok(key);
+    }
+    for path in &options.previous_key_files {
+        let old = BufferKey::load(path)?;
+        if old.id().to_string() == expected {
+            let n = reseal(conn, &old, &key).await?;
+            tracing::warn!(
+                rows = n,
+                "buffer key rotated: every buffered row is sealed with the new key"
+            );
+            report.rotated = Some(n);
+            return Ok(key);
+        }
+    }
+    Err(BufferError::WrongKey {
+        file: options.key_file.clone(),
+        expected,
+        given,
+    })
+}
+
+/// Begins an immediate transaction with a plain statement (never sqlx's transaction
+/// manager: see `writer.rs` for why).
+pub(super) async fn begin(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+}
+
+/// Commits; on error, rolls back (ignoring a second error) so no transaction stays open.
+pub(super) async fn commit_or_rollback(
+    conn: &mut SqliteConnection,
+    result: Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let result = match result {
+        Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    result
+}
+
+/// Removes freed pages (which may hold what was just replaced) and truncates the WAL.
+async fn compact(conn: &mut SqliteConnection) -> Result<(), BufferError> {
+    sqlx::query("VACUUM").execute(&mut *conn).await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Seals every row again under `new` (it was sealed under `old`), in one transaction.
+async fn reseal(
+    conn: &mut SqliteConnection,
+    old: &BufferKey,
+    new: &BufferKey,
+) -> Result<u64, BufferError> {
+    begin(conn).await?;
+    let result = reseal_rows(conn, old, new).await;
+    let n = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(e);
+        }
+    };
+    let set = set_meta_sql(conn, "key_id", &new.id().to_string()).await;
+    commit_or_rollback(conn, set).await?;
+    compact(conn).await?;
+    Ok(n)
+}
+
+async fn set_meta_sql(
+    conn: &mut SqliteConnection,
+    name: &str,
+    value: &str,
+) -> Result<(), sqlx::Error> {
+    match set_meta(conn, name, value).await {
+        Ok(()) => Ok(()),
+        Err(BufferError::Sql(e)) => Err(e),
+        Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
+    }
+}
+
+async fn reseal_rows(
+    conn: &mut SqliteConnection,
+    old: &BufferKey,
+    new: &BufferKey,
+) -> Result<u64, BufferError> {
+    let mut n = 0;
+    let mut after = 0i64;
+    loop {
+        let batch =
+            sqlx::query("SELECT id, dedup, body FROM readings WHERE id > ? ORDER BY id LIMIT ?")
+                .bind(after)
+                .bind(RESEAL_CHUNK)
+                .fetch_all(&mut *conn)
+                .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.get(0);
+        for row in &batch {
+            let (id, dedup, body): (i64, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            // A row the old key cannot open stays as it is: it will be dead-lettered as
+            // undecodable when leased, with its bytes kept for a person to look at.
+            let Ok(plain) = old.open(&dedup, &body) else {
+                continue;
+            };
+            let Ok(reading) = codec::decode(&plain) else {
+                continue;
+            };
+            let sealed = rows::seal_reading(new, &reading);
+            sqlx::query("UPDATE readings SET dedup = ?, body = ? WHERE id = ?")
+                .bind(&sealed.dedup[..])
+                .bind(&sealed.body)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            n += 1;
+        }
+    }
+    let mut after = 0i64;
+    loop {
+        let batch =
+            sqlx::query("SELECT id, kind, body FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?")
+                .bind(after)
+                .bind(RESEAL_CHUNK)
+                .fetch_all(&mut *conn)
+                .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.get(0);
+        for row in &batch {
+            let (id, kind, body): (i64, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            let Ok(envelope) = Envelope::open(old, &body) else {
+                continue;
+            };
+            let dedup = envelope_dedup(new, &kind, &envelope);
+            sqlx::query("UPDATE OR IGNORE dead_letters SET dedup = ?, body = ? WHERE id = ?")
+                .bind(&dedup[..])
+                .bind(envelope.seal(new))
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The dedup hash of a dead letter from its envelope.
+pub(super) fn envelope_dedup(
+    key: &BufferKey,
+    kind: &str,
+    e: &Envelope,
+) -> [u8; super::seal::DEDUP_LEN] {
+    match (kind, &e.identifier) {
+        ("reading", Some(identifier)) => rows::reading_dedup(key, identifier),
+        _ => rows::payload_dedup(
+            key,
+            &crate::pipeline::Rejected {
+                origin: e.origin.clone(),
+                reason: String::new(),
+                payload: Vec::new(),
+                size: e.size,
+                sha256: e.sha256,
+            },
+        ),
+    }
+}
+
+/// The source name of an origin (`mqtt:topic/x` → `mqtt`; `uplink:fhir` stays whole).
+pub(super) fn source_of(origin: &str) -> &str {
+    match origin.split_once(':') {
+        Some(("uplink", _)) | Some(("serial", _)) => origin,
+        Some((source, _)) => source,
+        None => origin,
+    }
+}
+
+/// Seals the rows of a schema-1 (plaintext) database, if there are any; returns how many.
+async fn convert_schema1(
+    conn: &mut SqliteConnection,
+    key: &BufferKey,
+) -> Result<Option<u64>, BufferError> {
+    let old: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'readings_v1'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if old.is_none() {
+        return Ok(None);
+    }
+    begin(conn).await?;
+    let result = convert_rows(conn, key).await;
+    let n = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(e);
+        }
+    };
+    let drop = async {
+        sqlx::query("DROP TABLE readings_v1")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DROP TABLE dead_letters_v1")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+    .await;
+    commit_or_rollback(conn, drop).await?;
+    compact(conn).await?;
+    tracing::info!(
+        rows = n,
+        "buffer converted: every row written before encryption at rest is sealed now"
+    );
+    Ok(Some(n))
+}
+
+async fn convert_rows(conn: &mut SqliteConnection, key: &BufferKey) -> Result<u64, BufferError> {
+    let mut n = 0;
+    let mut after = 0i64;
+    loop {
+        let batch = sqlx::query(
+            "SELECT id, identifier, received_ms, body FROM readings_v1 WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(RESEAL_CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.get(0);
+        for row in &batch {
+            let (identifier, received, body): (String, i64, Vec<u8>) =
+                (row.get(1), row.get(2), row.get(3));
+            match codec::decode(&body) {
+                Ok(reading) => {
+                    let sealed = rows::seal_reading(key, &reading);
+                    sqlx::query("INSERT OR IGNORE INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)")
+                        .bind(&sealed.dedup[..])
+                        .bind(received)
+                        .bind(&sealed.body)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Err(e) => {
+                    let envelope = Envelope::of_reading(
+                        "buffer:schema1",
+                        &e.to_string(),
+                        Some(identifier),
+                        body,
+                    );
+                    insert_dead_letter(conn, key, received, "reading", &envelope).await?;
+                }
+            }
+            n += 1;
+        }
+    }
+    let mut after = 0i64;
+    loop {
+        let batch = sqlx::query(
+            "SELECT id, created_ms, kind, origin, reason, identifier, body FROM dead_letters_v1 WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(RESEAL_CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.get(0);
+        for row in &batch {
+            let (created, kind, origin, reason): (i64, String, String, String) =
+                (row.get(1), row.get(2), row.get(3), row.get(4));
+            let identifier: Option<String> = row.get(5);
+            let body: Vec<u8> = row.get(6);
+            let envelope = if kind == "payload" {
+                Envelope::of_payload(&crate::pipeline::Rejected::new(origin, reason, &body))
+            } else {
+                Envelope::of_reading(&origin, &reason, identifier, body)
+            };
+            insert_dead_letter(conn, key, created, &kind, &envelope).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Inserts a dead letter (a payload seen before only counts up).
+pub(super) async fn insert_dead_letter(
+    conn: &mut SqliteConnection,
+    key: &BufferKey,
+    created_ms: i64,
+    kind: &str,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
+    let dedup = envelope_dedup(key, kind, envelope);
+    sqlx::query(
+        "INSERT INTO dead_letters (created_ms, kind, source, dedup, body) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT(dedup) WHERE kind = 'payload' DO UPDATE SET seen = seen + 1",
+    )
+    .bind(created_ms)
+    .bind(kind)
+    .bind(source_of(&envelope.origin))
+    .bind(&dedup[..])
+    .bind(envelope.seal(key))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The highest reading id this database ever used.
+pub(super) async fn high_water(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Checks the database against this directory's record and updates the record.
+async fn check_identity(
+    conn: &mut SqliteConnection,
+    dir: &Path,
+    record: Option<DirRecord>,
+    report: &mut OpenReport,
+) -> Result<DirRecord, BufferError> {
+    let db_id = match meta(conn, "db_id").await? {
+        Some(id) => id,
+        None => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            set_meta(conn, "db_id", &id).await?;
+            id
+        }
+    };
+    let seq = high_water(conn).await?;
+    if let Some(r) = &record {
+        if r.db_id != db_id && report.quarantined.is_none() && report.warnings.is_empty() {
+            report.warnings.push(format!(
+                "the buffer database is not the one this data directory held (db_id {} instead of {}): \
+                 it was replaced; readings that were waiting in the other one are not here",
+                db_id, r.db_id
+            ));
+        } else if r.db_id == db_id && seq < r.high_water {
+            report.warnings.push(format!(
+                "the buffer database went back in time (its newest row is {seq}, this directory \
+                 recorded {}): it was restored from an older copy; readings committed since may be lost",
+                r.high_water
+            ));
+        }
+    }
+    let record = DirRecord {
+        db_id,
+        high_water: seq,
+    };
+    record.write(dir).map_err(|source| BufferError::Dir {
+        path: dir.join(STATE_FILE),
+        source,
+    })?;
+    Ok(record)
+}
+
+/// Opens an existing buffer for reading only (the `queue` commands while the gateway runs).
+/// `key` opens dead letters' details; without it they show as sealed.
+pub async fn open_read_only(dir: &Path, key: Option<BufferKey>) -> Result<Store, BufferError> {
+    let db = dir.join(DB_FILE);
+    match file_state(&db)? {
+        FileState::Missing => return Err(BufferError::NoBuffer(dir.into())),
+        FileState::Damaged(reason) => return Err(BufferError::Damaged { path: db, reason }),
+        FileState::Present => {}
+    }
+    let reader = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect_options(&db, true))
+        .await?;
+    let (committed, _) = watch::channel(0);
+    let key = key.unwrap_or_else(|| BufferKey::from_bytes(&rand::random()));
+    Ok(Store {
+        inner: Arc::new(Inner {
+            dir: dir.into(),
+            reader,
+            key: Arc::new(key),
+            capacity: 0,
+            pending: AtomicU64::new(0),
+            lease: Mutex::new(LeaseState {
+                cursor: 0,
+                leased: Default::default(),
+            }),
+            committed,
+            health: StdMutex::new(Health {
+                quarantined: quarantined_count(dir),
+                ..Health::default()
+            }),
+            settle: None,
+            _lock: None,
+        }),
+    })
+}
+
+/// Opens (creating if needed) the buffer in `dir` for writing, taking the one-writer lock.
+/// Returns the read side, the writer (which the caller runs, see [`Writer::run`]) and what
+/// an operator must hear about.
+pub async fn open(
+    dir: &Path,
+    options: &OpenOptions,
+) -> Result<(Store, Writer, OpenReport), BufferError> {
+    let lock = lock_dir(dir)?;
+    let db = dir.join(DB_FILE);
+    let record = DirRecord::read(dir);
+    let mut report = OpenReport::default();
+    let mut retried = false;
+    let mut conn = loop {
+        let fresh = match file_state(&db)? {
+            FileState::Present => false,
+            FileState::Missing => {
+                if let Some(r) = record.as_ref().filter(|_| report.quarantined.is_none()) {
+                    report.warnings.push(format!(
+                        "{} is missing, but this data directory held a buffer (db_id {}): \
+                         readings that were waiting in it are not here",
+                        db.display(),
+                        r.db_id
+                    ));
+                }
+                true
+            }
+            FileState::Damaged(reason) => {
+                report.quarantined = Some(quarantine(dir, &reason)?);
+                true
+            }
+        };
+        if fresh {
+            precreate(&db)?;
+        }
+        match open_checked(&db).await {
+            Ok(conn) => break conn,
+            Err(Checked::Damaged(reason)) if !retried => {
+                retried = true;
+                report.quarantined = Some(quarantine(dir, &reason)?);
+            }
+            Err(Checked::Damaged(reason)) => return Err(BufferError::Damaged { path: db, reason }),
+            Err(Checked::Failed(e)) => return Err(e),
+        }
+    };
+    let key = Arc::new(key_for(&mut conn, dir, options, &mut report).await?);
+    report.converted = convert_schema1(&mut conn, &key).await?;
+    let record = check_identity(&mut conn, dir, record, &mut report).await?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM readings")
+        .fetch_one(&mut conn)
+        .await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(connect_options(&db, false))
+        .await?;
+    let total = space::space(dir).map(|s| s.total).unwrap_or(0);
+    let floor = space::floor(options.min_free_bytes, total);
+    let (settle_tx, settle_rx) = mpsc::channel(SETTLE_CHANNEL_CAPACITY);
+    let (committed, _) = watch::channel(0);
+    let store = Store {
+        inner: Arc::new(Inner {
+            dir: dir.into(),
+            reader,
+            key,
+            capacity: options.capacity,
+            pending: AtomicU64::new(pending as u64),
+            lease: Mutex::new(LeaseState {
+                cursor: 0,
+                leased: Default::default(),
+            }),
+            committed,
+            health: StdMutex::new(Health {
+                floor_bytes: floor,
+                quarantined: quarantined_count(dir),
+                ..Health::default()
+            }),
+            settle: Some(settle_tx),
+            _lock: Some(lock),
+        }),
+    };
+    let writer = Writer::new(store.clone(), db, conn, settle_rx, floor, record);
+    Ok((store, writer, report))
+}
