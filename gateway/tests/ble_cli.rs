@@ -215,6 +215,8 @@ fn a_gateway_without_a_bluetooth_adapter_keeps_running_its_other_sources() {
     let log = dir.path().join("gateway.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
         .args(["run", "-c", config.to_str().unwrap()])
+        // The buffer key (./vitalbridge-buffer.key by default) is made here, not in the repo.
+        .current_dir(dir.path())
         .stderr(std::fs::File::create(&log).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -77,6 +77,8 @@ fn start_notified(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (UnixDatagra
     .unwrap();
     let child = vitalbridge()
         .args(["run", "-c", config.to_str().unwrap()])
+        // The buffer key (./vitalbridge-buffer.key by default) is made here, not in the repo.
+        .current_dir(dir)
         .env("NOTIFY_SOCKET", &socket_path)
         .envs(env.iter().copied())
         .stderr(Stdio::null())
