@@ -71,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// The key that seals buffered readings at rest.
+    BufferKey {
+        #[command(subcommand)]
+        command: BufferKeyCommand,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -126,6 +131,16 @@ struct SimSerial {
 enum SimProtocolArg {
     Firmware,
     Line,
+}
+
+#[derive(Subcommand)]
+enum BufferKeyCommand {
+    /// Create a new random key file (mode 0600; refuses to overwrite one). Put it outside the
+    /// data directory; under systemd, seal it with `systemd-creds encrypt`.
+    New {
+        /// The key file to create.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,6 +337,17 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::Sim {
             command: SimCommand::Serial(args),
         } => sim_serial(args),
+        Command::BufferKey {
+            command: BufferKeyCommand::New { file },
+        } => {
+            let key = vitalbridge::buffer::seal::BufferKey::create(&file)?;
+            println!(
+                "created {} (key id {}): keep a copy somewhere safe; without it the buffered readings cannot be read",
+                file.display(),
+                key.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Queue { config, command } => {
             let config = load(config.as_deref())?;
             runtime()?.block_on(queue_command(&config, command))
