@@ -15,6 +15,7 @@ pub mod config;
 pub mod fhir;
 pub mod ingest;
 pub mod keyfile;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
