@@ -13,6 +13,7 @@
 pub mod buffer;
 pub mod config;
 pub mod fhir;
+pub mod fsmode;
 pub mod ingest;
 pub mod keyfile;
 pub mod limits;
@@ -76,21 +77,30 @@ pub struct RunSummary {
     pub delivered: u64,
 }
 
-/// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`.
+/// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`
+/// (owner only). A kept id that is not a valid gateway id stops the start rather than be
+/// replaced: the gateway's identity must not change behind the operator's back.
 pub fn gateway_id(config: &Config) -> Result<String, RunError> {
     if let Some(id) = &config.gateway.id {
         return Ok(id.clone());
     }
     let path = config.gateway.data_dir.join("gateway-id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    if let Ok(text) = limits::read_capped(&path, limits::MAX_STATE_FILE_BYTES) {
         let id = text.trim().to_owned();
         if !id.is_empty() {
+            config::check_gateway_id(&id).map_err(|e| {
+                RunError::Setup(format!(
+                    "{}: the kept gateway id {e}; fix the file, or remove it for a new id",
+                    path.display()
+                ))
+            })?;
+            let _ = fsmode::restrict_path(&path);
             return Ok(id);
         }
     }
     let id = format!("vb-{:016x}", rand::random::<u64>());
-    std::fs::create_dir_all(&config.gateway.data_dir)
-        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+    fsmode::create_private_dir_all(&config.gateway.data_dir)
+        .and_then(|()| fsmode::write_private_file(&path, format!("{id}\n").as_bytes()))
         .map_err(|e| RunError::Setup(format!("cannot write {}: {e}", path.display())))?;
     Ok(id)
 }
@@ -193,6 +203,13 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<RunSummary, RunError> {
     config.validate().map_err(RunError::Config)?;
+    // The data directory is the gateway's own: created owner-only before anything in it.
+    fsmode::create_private_dir_all(&config.gateway.data_dir).map_err(|e| {
+        RunError::Setup(format!(
+            "gateway.data_dir {}: {e}",
+            config.gateway.data_dir.display()
+        ))
+    })?;
     let store = buffer::Store::open(&config.gateway.data_dir, config.buffer.capacity).await?;
     let (durable_mode, durable_sync) = store.durability().await?;
     let id = gateway_id(&config)?;
