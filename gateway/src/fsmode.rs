@@ -169,6 +169,36 @@ mod tests {
         assert_eq!(std::fs::metadata(&precreated).unwrap().len(), 0);
     }
 
+    /// The contract [`precreate_private_file`] offers the buffer: SQLite takes the empty
+    /// file as a new database and gives its write-ahead log and shared-memory files the
+    /// database file's mode.
+    #[tokio::test]
+    async fn sqlite_gives_its_wal_and_shm_files_the_mode_of_a_precreated_database() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        with_umask_0022(|| precreate_private_file(&db).unwrap());
+        // SAFETY: umask has no memory-safety preconditions.
+        let old = unsafe { libc::umask(0o022) };
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&db)
+            .journal_mode(SqliteJournalMode::Wal)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        for name in ["buffer.db", "buffer.db-wal", "buffer.db-shm"] {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+        drop(conn);
+    }
+
     #[test]
     fn existing_files_are_restricted_and_keep_their_content_existing_directories_their_mode() {
         let root = tempfile::tempdir().unwrap();
