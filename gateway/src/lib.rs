@@ -340,6 +340,7 @@ pub async fn run(
             ingest,
             bindings.clone(),
             metrics.clone(),
+            audit.clone(),
             sources_stop.clone(),
         )));
     }

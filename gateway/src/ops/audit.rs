@@ -18,6 +18,7 @@
 //! | `connection_refused` | `endpoint` (`ops` or `source:mqtt`), `direction` (`inbound`: this gateway refused a client; `outbound`: a server refused this gateway), `address`, `reason`, `count` |
 //! | `payload_dead_lettered` | `source`, `origin`, `count`, `bytes` (total size); one line per origin per buffer commit |
 //! | `readings_dead_lettered` | `uplink`, `count`, `cause` (`http_NNN`, `refused`, `undecodable_row`) |
+//! | `input_lost` | `source`, `origin`, `readings`, `payloads` (undecodable ones that were to be dead-lettered): not stored, and the device cannot resend them (a line device's, still waiting for room in the buffer when the gateway stopped) |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
 //! address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
@@ -107,6 +108,17 @@ pub enum Event<'a> {
         /// Their total size.
         bytes: usize,
     },
+    /// A source could not store input that its device cannot send again.
+    InputLost {
+        /// The source name.
+        source: &'a str,
+        /// Where in the source (e.g. `serial:<port>`).
+        origin: &'a str,
+        /// Readings lost.
+        readings: u64,
+        /// Undecodable payloads lost (they were to be dead-lettered).
+        payloads: u64,
+    },
     /// The uplink dead-lettered readings.
     ReadingsDeadLettered {
         /// The uplink (`uplink:fhir`).
@@ -128,6 +140,7 @@ impl Event<'_> {
             Event::TlsFailure { .. } => "tls_failure",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
+            Event::InputLost { .. } => "input_lost",
             Event::ReadingsDeadLettered { .. } => "readings_dead_lettered",
         }
     }
@@ -191,6 +204,14 @@ impl Event<'_> {
                 count,
                 bytes,
             } => json!({"source": source, "origin": origin, "count": count, "bytes": bytes}),
+            Event::InputLost {
+                source,
+                origin,
+                readings,
+                payloads,
+            } => {
+                json!({"source": source, "origin": origin, "readings": readings, "payloads": payloads})
+            }
             Event::ReadingsDeadLettered {
                 uplink,
                 count,
@@ -440,6 +461,16 @@ mod tests {
                 },
                 "payload_dead_lettered",
                 &["source", "origin", "count", "bytes"],
+            ),
+            (
+                Event::InputLost {
+                    source: "serial",
+                    origin: "serial:bed-1",
+                    readings: 6,
+                    payloads: 1,
+                },
+                "input_lost",
+                &["source", "origin", "readings", "payloads"],
             ),
         ];
         for (event, kind, keys) in cases {
