@@ -78,14 +78,25 @@ pub struct RunSummary {
 }
 
 /// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`
-/// (owner only). A kept id that is not a valid gateway id stops the start rather than be
-/// replaced: the gateway's identity must not change behind the operator's back.
+/// (owner only). A kept id that cannot be read or is not a valid gateway id stops the start
+/// rather than be replaced: the gateway's identity must not change behind the operator's
+/// back.
 pub fn gateway_id(config: &Config) -> Result<String, RunError> {
     if let Some(id) = &config.gateway.id {
         return Ok(id.clone());
     }
     let path = config.gateway.data_dir.join("gateway-id");
-    if let Ok(text) = limits::read_capped(&path, limits::MAX_STATE_FILE_BYTES) {
+    let kept = match limits::read_capped(&path, limits::MAX_STATE_FILE_BYTES) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(RunError::Setup(format!(
+                "cannot read the kept gateway id {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    if let Some(text) = kept {
         let id = text.trim().to_owned();
         if !id.is_empty() {
             config::check_gateway_id(&id).map_err(|e| {

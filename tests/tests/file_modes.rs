@@ -86,17 +86,31 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// The output file the simulator's readings go to.
+const OBSERVATIONS: &str = "out/Observation-000001.ndjson";
+
+/// Starts the gateway in `dir` under umask 0022 and waits until the output holds `readings`
+/// lines.
+fn start(dir: &Path, readings: usize) -> GatewayProcess {
+    let gw = GatewayProcess::start_with_umask(dir, CONFIG, 0o022).unwrap();
+    wait_for_output(&gw, dir, readings);
+    gw
+}
+
+fn wait_for_output(gw: &GatewayProcess, dir: &Path, readings: usize) {
+    let observations = dir.join("data").join(OBSERVATIONS);
+    assert!(
+        wait_until(Duration::from_secs(60), || lines(&observations) >= readings),
+        "the readings did not reach the output\n{}",
+        tail(&gw.log())
+    );
+}
+
 #[test]
 fn everything_under_the_data_directory_is_owner_only_under_a_permissive_umask() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let observations = data.join("out/Observation-000001.ndjson");
-    let mut gw = GatewayProcess::start_with_umask(dir.path(), CONFIG, 0o022).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || lines(&observations) >= 10),
-        "the readings did not reach the output\n{}",
-        tail(&gw.log())
-    );
+    let mut gw = start(dir.path(), 10);
     // While it runs: the buffer's write-ahead log and shared memory exist now.
     let running = not_private(&data);
     assert!(gw
@@ -108,7 +122,7 @@ fn everything_under_the_data_directory_is_owner_only_under_a_permissive_umask() 
         "gateway-id",
         "config-fingerprint.json",
         "out/Device.ndjson",
-        "out/Observation-000001.ndjson",
+        OBSERVATIONS,
     ] {
         assert!(data.join(expected).is_file(), "{expected} was written");
     }
@@ -124,13 +138,7 @@ fn everything_under_the_data_directory_is_owner_only_under_a_permissive_umask() 
 fn files_an_older_version_left_open_to_others_are_restricted_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let observations = data.join("out/Observation-000001.ndjson");
-    let mut gw = GatewayProcess::start_with_umask(dir.path(), CONFIG, 0o022).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || lines(&observations) >= 10),
-        "{}",
-        tail(&gw.log())
-    );
+    let mut gw = start(dir.path(), 10);
     assert!(gw
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
@@ -141,17 +149,13 @@ fn files_an_older_version_left_open_to_others_are_restricted_at_the_next_start()
         "gateway-id",
         "config-fingerprint.json",
         "out/Device.ndjson",
-        "out/Observation-000001.ndjson",
+        OBSERVATIONS,
     ];
     for name in loose {
         std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     gw.restart().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || lines(&observations) >= 20),
-        "{}",
-        tail(&gw.log())
-    );
+    wait_for_output(&gw, dir.path(), 20);
     assert!(gw
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
@@ -159,7 +163,7 @@ fn files_an_older_version_left_open_to_others_are_restricted_at_the_next_start()
     for name in loose {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
     }
-    for name in ["audit.log", "out/Observation-000001.ndjson"] {
+    for name in ["audit.log", OBSERVATIONS] {
         // The configured data directory is relative to the gateway's working directory.
         let path = format!("path=data/{name} ");
         assert!(

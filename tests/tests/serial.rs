@@ -75,6 +75,34 @@ async fn setup_with(protocol_toml: &str, extra: &str) -> Setup {
 
 const FIRMWARE: &str = "protocol = \"firmware\"";
 
+/// Runs the simulator as a Masimo Rad-8 printing `count` trend lines into `link`, to the end;
+/// returns its log.
+async fn send_rad8_lines(dir: &std::path::Path, link: &SerialLink, count: usize) -> String {
+    let count = count.to_string();
+    let mut sim = SimProcess::start(
+        dir,
+        link.device_path(),
+        &[
+            "--protocol",
+            "line",
+            "--profile",
+            "line-masimo-rad8",
+            "--count",
+            &count,
+            "--interval-ms",
+            "10",
+        ],
+    )
+    .unwrap();
+    let (status, summary) = sim
+        .wait(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("simulator did not finish\n{}", sim.log()));
+    assert!(status.success(), "{summary}");
+    assert!(summary.contains(&format!("lines: {count}")), "{summary}");
+    sim.log()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firmware_readings_over_a_serial_cable_arrive_exactly_once_and_right() {
     let s = setup(FIRMWARE).await;
@@ -337,27 +365,7 @@ async fn a_line_protocol_device_is_decoded_by_its_profile_with_its_clock_offset(
         "protocol = \"line\"\nprofile = \"line-masimo-rad8\"\ndevice_id = \"R8-0001\"\ndevice_utc_offset = \"+01:00\"",
     )
     .await;
-    let mut sim = SimProcess::start(
-        s.dir.path(),
-        s.link.device_path(),
-        &[
-            "--protocol",
-            "line",
-            "--profile",
-            "line-masimo-rad8",
-            "--count",
-            "40",
-            "--interval-ms",
-            "10",
-        ],
-    )
-    .unwrap();
-    let (status, summary) = sim
-        .wait(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("simulator did not finish\n{}", sim.log()));
-    assert!(status.success(), "{summary}");
-    assert!(summary.contains("lines: 40"), "{summary}");
+    let sim = send_rad8_lines(s.dir.path(), &s.link, 40).await;
     // Every simulated line is a normal one: SpO2, pulse rate and perfusion index.
     assert!(
         s.upstream
@@ -366,7 +374,7 @@ async fn a_line_protocol_device_is_decoded_by_its_profile_with_its_clock_offset(
         "only {}\n{}\n{}",
         s.upstream.observation_count(),
         tail(&s.gw.log()),
-        sim.log()
+        sim
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.upstream.assert_no_duplicate_identifiers();
@@ -432,29 +440,7 @@ async fn stop_with_a_line_device_waiting_for_room(recover: bool) -> (String, u64
         "{}",
         tail(&gw.log())
     );
-    let mut sim = SimProcess::start(
-        dir.path(),
-        link.device_path(),
-        &[
-            "--protocol",
-            "line",
-            "--profile",
-            "line-masimo-rad8",
-            "--count",
-            "20",
-            "--interval-ms",
-            "10",
-        ],
-    )
-    .unwrap();
-    let (status, summary) = sim
-        .wait(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("simulator did not finish\n{}", sim.log()));
-    assert!(
-        status.success() && summary.contains("lines: 20"),
-        "{summary}"
-    );
+    send_rad8_lines(dir.path(), &link, 20).await;
     assert!(
         wait_log(&gw, "buffer full", 1, Duration::from_secs(30)).await,
         "{}",

@@ -30,6 +30,7 @@
 //!
 //! Logs carry the port name, path, counters and error kinds; never a value.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,6 @@ use tokio::task::JoinSet;
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 use vitalbridge_firmware::gateway::encode_to_vec;
-
-use std::collections::HashMap;
 
 use super::lines::LineSession;
 use super::port;
