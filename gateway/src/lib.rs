@@ -13,8 +13,10 @@
 pub mod buffer;
 pub mod config;
 pub mod fhir;
+pub mod fsmode;
 pub mod ingest;
 pub mod keyfile;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
@@ -75,21 +77,41 @@ pub struct RunSummary {
     pub delivered: u64,
 }
 
-/// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`.
+/// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`
+/// (owner only). A kept id that cannot be read or is not a valid gateway id stops the start
+/// rather than be replaced: the gateway's identity must not change behind the operator's
+/// back.
 pub fn gateway_id(config: &Config) -> Result<String, RunError> {
     if let Some(id) = &config.gateway.id {
         return Ok(id.clone());
     }
     let path = config.gateway.data_dir.join("gateway-id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    let kept = match limits::read_capped(&path, limits::MAX_STATE_FILE_BYTES) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(RunError::Setup(format!(
+                "cannot read the kept gateway id {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    if let Some(text) = kept {
         let id = text.trim().to_owned();
         if !id.is_empty() {
+            config::check_gateway_id(&id).map_err(|e| {
+                RunError::Setup(format!(
+                    "{}: the kept gateway id {e}; fix the file, or remove it for a new id",
+                    path.display()
+                ))
+            })?;
+            let _ = fsmode::restrict_path(&path);
             return Ok(id);
         }
     }
     let id = format!("vb-{:016x}", rand::random::<u64>());
-    std::fs::create_dir_all(&config.gateway.data_dir)
-        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+    fsmode::create_private_dir_all(&config.gateway.data_dir)
+        .and_then(|()| fsmode::write_private_file(&path, format!("{id}\n").as_bytes()))
         .map_err(|e| RunError::Setup(format!("cannot write {}: {e}", path.display())))?;
     Ok(id)
 }
@@ -376,6 +398,7 @@ pub async fn run(
             ingest,
             bindings.clone(),
             metrics.clone(),
+            audit.clone(),
             sources_stop.clone(),
         )));
     }

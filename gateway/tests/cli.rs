@@ -112,3 +112,40 @@ fn version_is_printed() {
         format!("vitalbridge {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The bug report: `check-config` accepted a 50 MB `gateway.id`. A file that large is refused
+/// unread; a huge value in a file under the cap is refused by its key; neither is quoted.
+#[test]
+fn check_config_refuses_huge_files_and_huge_values_without_quoting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "g".repeat(50 * 1024 * 1024);
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, format!("[gateway]\nid = \"{id}\"\n")).unwrap();
+    let (code, _, stderr) = vitalbridge(&["check-config", "-c", "huge.toml"], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("larger than 4194304 bytes"), "{stderr}");
+    assert!(stderr.len() < 500, "{} bytes of errors", stderr.len());
+
+    for (text, expected) in [
+        (
+            format!("[gateway]\nid = \"{}\"\n", &id[..1024 * 1024]),
+            "gateway.id: longer than 128 bytes",
+        ),
+        (
+            format!(
+                "[[devices]]\nid = \"d\"\npatient_system = \"urn:x\"\npatient_id = \"{}\"\n",
+                "Jane Doe ".repeat(100)
+            ),
+            "devices[0].patient_id: longer than 128 bytes",
+        ),
+    ] {
+        std::fs::write(dir.path().join("long.toml"), text).unwrap();
+        let (code, _, stderr) = vitalbridge(&["check-config", "-c", "long.toml"], dir.path());
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(
+            !stderr.contains("ggg") && !stderr.contains("Jane"),
+            "{stderr}"
+        );
+    }
+}

@@ -40,6 +40,8 @@ pub struct GatewayProcess {
     cwd: PathBuf,
     /// Extra command-line arguments (before `run`), kept for restarts.
     args: Vec<String>,
+    /// The file-creation mask the gateway runs with; `None`: the test process's.
+    umask: Option<u32>,
 }
 
 impl GatewayProcess {
@@ -51,11 +53,26 @@ impl GatewayProcess {
     /// Like [`GatewayProcess::start`], with global options before `run` (e.g.
     /// `--log-format json`).
     pub fn start_with_args(dir: &Path, config_toml: &str, args: &[&str]) -> io::Result<Self> {
+        Self::start_inner(dir, config_toml, args, None)
+    }
+
+    /// Like [`GatewayProcess::start`], with the process's file-creation mask set to `umask`
+    /// (e.g. the permissive 0o022 of a shell outside systemd), kept for restarts.
+    pub fn start_with_umask(dir: &Path, config_toml: &str, umask: u32) -> io::Result<Self> {
+        Self::start_inner(dir, config_toml, &[], Some(umask))
+    }
+
+    fn start_inner(
+        dir: &Path,
+        config_toml: &str,
+        args: &[&str],
+        umask: Option<u32>,
+    ) -> io::Result<Self> {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml)?;
         let log = dir.join("gateway.log");
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let child = spawn(dir, &config, &log, &args)?;
+        let child = spawn(dir, &config, &log, &args, umask)?;
         Ok(Self {
             child,
             log,
@@ -63,6 +80,7 @@ impl GatewayProcess {
             config,
             cwd: dir.into(),
             args,
+            umask,
         })
     }
 
@@ -70,7 +88,7 @@ impl GatewayProcess {
     pub fn restart(&mut self) -> io::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.cwd, &self.config, &self.log, &self.args)?;
+        self.child = spawn(&self.cwd, &self.config, &self.log, &self.args, self.umask)?;
         self.starts += 1;
         Ok(())
     }
@@ -125,9 +143,27 @@ impl GatewayProcess {
     }
 }
 
-fn spawn(cwd: &Path, config: &Path, log: &Path, args: &[String]) -> io::Result<Child> {
+fn spawn(
+    cwd: &Path,
+    config: &Path,
+    log: &Path,
+    args: &[String],
+    umask: Option<u32>,
+) -> io::Result<Child> {
     let log_file = File::options().create(true).append(true).open(log)?;
-    Command::new(binary())
+    let mut command = Command::new(binary());
+    if let Some(mask) = umask {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask(2) is async-signal-safe and touches no memory, as required between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+    }
+    command
         .args(args)
         .args(["run", "-c"])
         .arg(config)

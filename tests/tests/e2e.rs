@@ -342,9 +342,15 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
     let (good, expected) = stream(0..10);
+    // The bug report: a 100,000-character model became a 250 KB line of Device.ndjson.
+    let huge_model = format!(
+        r#"{{"device":{{"id":"x","model":"{}"}},"metric":"spo2","value":97}}"#,
+        "M".repeat(100_000)
+    );
     let mut payloads = vec![
         b"not json".to_vec(),
         br#"{"device":"x","metric":"nope","value":1}"#.to_vec(),
+        huge_model.into_bytes(),
     ];
     payloads.extend(good);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
@@ -357,10 +363,17 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
     );
     assert_delivered_exactly(&upstream, &expected, &gw);
     let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
-    assert!(stats.contains("dead_lettered: 2"), "{stats}");
+    assert!(stats.contains("dead_lettered: 3"), "{stats}");
     let (_, letters, _) = run_cli(dir.path(), &["queue", "dead-letters", "-c", "gateway.toml"]);
     assert!(letters.contains("unknown metric"), "{letters}");
     assert!(letters.contains("syntax error"), "{letters}");
+    assert!(
+        letters.contains("field `device.model`: longer than 128 bytes"),
+        "{letters}"
+    );
+    for device in upstream.devices() {
+        assert!(device.to_string().len() < 2000, "{device}");
+    }
     assert!(
         !gw.log().contains("nope"),
         "logs must not echo payload contents"

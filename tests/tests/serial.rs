@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use vitalbridge_tests::gateway::GatewayProcess;
+use vitalbridge_tests::gateway::{run_cli, GatewayProcess};
 use vitalbridge_tests::mosquitto::free_port;
 use vitalbridge_tests::ops::{self as ops_http, ops_table, parse_prometheus};
 use vitalbridge_tests::pki::TestPki;
@@ -12,7 +12,7 @@ use vitalbridge_tests::serial_link::{Noise, SerialLink};
 use vitalbridge_tests::serial_scenario::{
     check_firmware_readings, final_stat, serial_to_fhir, SimProcess,
 };
-use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
+use vitalbridge_tests::upstream::{Fault, Upstream, UpstreamConfig};
 use vitalbridge_tests::validator;
 
 fn tail(log: &str) -> String {
@@ -74,6 +74,34 @@ async fn setup_with(protocol_toml: &str, extra: &str) -> Setup {
 }
 
 const FIRMWARE: &str = "protocol = \"firmware\"";
+
+/// Runs the simulator as a Masimo Rad-8 printing `count` trend lines into `link`, to the end;
+/// returns its log.
+async fn send_rad8_lines(dir: &std::path::Path, link: &SerialLink, count: usize) -> String {
+    let count = count.to_string();
+    let mut sim = SimProcess::start(
+        dir,
+        link.device_path(),
+        &[
+            "--protocol",
+            "line",
+            "--profile",
+            "line-masimo-rad8",
+            "--count",
+            &count,
+            "--interval-ms",
+            "10",
+        ],
+    )
+    .unwrap();
+    let (status, summary) = sim
+        .wait(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("simulator did not finish\n{}", sim.log()));
+    assert!(status.success(), "{summary}");
+    assert!(summary.contains(&format!("lines: {count}")), "{summary}");
+    sim.log()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firmware_readings_over_a_serial_cable_arrive_exactly_once_and_right() {
@@ -337,27 +365,7 @@ async fn a_line_protocol_device_is_decoded_by_its_profile_with_its_clock_offset(
         "protocol = \"line\"\nprofile = \"line-masimo-rad8\"\ndevice_id = \"R8-0001\"\ndevice_utc_offset = \"+01:00\"",
     )
     .await;
-    let mut sim = SimProcess::start(
-        s.dir.path(),
-        s.link.device_path(),
-        &[
-            "--protocol",
-            "line",
-            "--profile",
-            "line-masimo-rad8",
-            "--count",
-            "40",
-            "--interval-ms",
-            "10",
-        ],
-    )
-    .unwrap();
-    let (status, summary) = sim
-        .wait(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("simulator did not finish\n{}", sim.log()));
-    assert!(status.success(), "{summary}");
-    assert!(summary.contains("lines: 40"), "{summary}");
+    let sim = send_rad8_lines(s.dir.path(), &s.link, 40).await;
     // Every simulated line is a normal one: SpO2, pulse rate and perfusion index.
     assert!(
         s.upstream
@@ -366,7 +374,7 @@ async fn a_line_protocol_device_is_decoded_by_its_profile_with_its_clock_offset(
         "only {}\n{}\n{}",
         s.upstream.observation_count(),
         tail(&s.gw.log()),
-        sim.log()
+        sim
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.upstream.assert_no_duplicate_identifiers();
@@ -402,6 +410,95 @@ async fn a_line_protocol_device_is_decoded_by_its_profile_with_its_clock_offset(
     assert_eq!(codes, ["150448", "2708-6", "8867-4"]);
     assert!(per_code.values().all(|times| times.len() == 40));
     validator::assert_valid_fhir(&observations[..6]);
+}
+
+/// A line device on a gateway whose buffer (30 readings) fills because the upstream answers
+/// 503: 20 lines of 3 readings, so 10 lines are stored and 10 wait for room when SIGTERM
+/// comes. `recover` lets the upstream answer again at that moment. Returns the gateway's
+/// log, the readings stored (pending plus delivered), and the audit log.
+async fn stop_with_a_line_device_waiting_for_room(recover: bool) -> (String, u64, String) {
+    let pki = TestPki::generate();
+    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    upstream
+        .faults()
+        .push_n(Fault::ServiceUnavailable, 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let link = SerialLink::new(dir.path()).unwrap();
+    let config = serial_to_fhir(
+        &dir.path().join("data"),
+        link.gateway_path(),
+        "protocol = \"line\"\nprofile = \"line-masimo-rad8\"\ndevice_id = \"R8-0002\"",
+        &upstream.url(),
+        &pki,
+    )
+    // Retry the upstream often, so a recovered upstream makes room at once.
+    .replace("retry_max_ms = 2000", "retry_max_ms = 200")
+        + "\n[buffer]\ncapacity = 30\n";
+    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    assert!(
+        wait_log(&gw, "serial port open", 1, Duration::from_secs(30)).await,
+        "{}",
+        tail(&gw.log())
+    );
+    send_rad8_lines(dir.path(), &link, 20).await;
+    assert!(
+        wait_log(&gw, "buffer full", 1, Duration::from_secs(30)).await,
+        "{}",
+        tail(&gw.log())
+    );
+    // Every line has been read: 10 stored, 10 waiting for room.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.observation_count(), 0);
+    if recover {
+        upstream.faults().clear();
+    }
+    let status = gw
+        .terminate(Duration::from_secs(30))
+        .expect("the gateway stops");
+    assert!(status.success(), "{}", tail(&gw.log()));
+    let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
+    let pending: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("pending: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    upstream.assert_no_duplicate_identifiers();
+    let stored = pending + upstream.observation_count() as u64;
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
+    (gw.log(), stored, audit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_readings_waiting_for_room_at_shutdown_are_stored_before_the_port_stops() {
+    let (log, stored, audit) = stop_with_a_line_device_waiting_for_room(true).await;
+    assert_eq!(
+        stored,
+        60,
+        "every reading of the 20 lines is stored or delivered\n{}",
+        tail(&log)
+    );
+    assert!(!audit.contains("input_lost"), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_readings_that_find_no_room_by_the_shutdown_deadline_are_counted_and_audited() {
+    let (log, stored, audit) = stop_with_a_line_device_waiting_for_room(false).await;
+    assert_eq!(stored, 30, "{}", tail(&log));
+    let lost: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["kind"] == "input_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{audit}");
+    assert_eq!(lost[0]["origin"], "serial:bed-1");
+    assert_eq!(lost[0]["readings"], 30, "the 10 waiting lines");
+    assert_eq!(lost[0]["payloads"], 0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("they are lost") && l.contains("readings=30")),
+        "{}",
+        tail(&log)
+    );
 }
 
 #[test]

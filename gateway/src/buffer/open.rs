@@ -27,7 +27,7 @@
 //! its WAL truncated so no plaintext page survives.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
@@ -47,6 +47,7 @@ use super::seal::{BufferKey, KeyError};
 use super::{
     codec, space, BufferError, Health, Inner, LeaseState, Store, Writer, SETTLE_CHANNEL_CAPACITY,
 };
+use crate::fsmode;
 
 /// The database file in the data directory.
 pub const DB_FILE: &str = "buffer.db";
@@ -249,11 +250,7 @@ fn quarantine(dir: &Path, reason: &str) -> Result<Quarantine, BufferError> {
         stamp.millisecond()
     );
     let target = dir.join(QUARANTINE_DIR).join(name);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&target)
-        .map_err(io(&target))?;
+    fsmode::create_private_dir_all(&target).map_err(io(&target))?;
     for suffix in ["", "-wal", "-shm"] {
         let from = dir.join(format!("{DB_FILE}{suffix}"));
         if from.exists() {
@@ -322,18 +319,15 @@ fn lock_dir(dir: &Path) -> Result<File, BufferError> {
         path: dir.into(),
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io)?;
-    let lock = std::fs::OpenOptions::new()
+    fsmode::create_private_dir_all(dir).map_err(io)?;
+    let lock_path = dir.join("vitalbridge.lock");
+    let lock = fsmode::private_file_options()
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o600)
-        .open(dir.join("vitalbridge.lock"))
+        .open(&lock_path)
         .map_err(io)?;
+    fsmode::restrict(&lock, &lock_path).map_err(io)?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
         Err(std::fs::TryLockError::WouldBlock) => Err(BufferError::Locked(dir.into())),
@@ -341,22 +335,22 @@ fn lock_dir(dir: &Path) -> Result<File, BufferError> {
     }
 }
 
-/// Creates `buffer.db` owner-only before SQLite does, so its `-wal` and `-shm` (which SQLite
-/// creates with the main file's mode) are owner-only too, whatever the process umask.
-fn precreate(db: &Path) -> Result<(), BufferError> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(db)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(BufferError::Dir {
-            path: db.into(),
-            source,
-        }),
+/// Makes `buffer.db` and its companions owner-only before SQLite opens them: a new
+/// `buffer.db` is created empty with mode 0600 (SQLite gives `-wal` and `-shm` the mode of
+/// the main file), existing ones an older version left open are restricted.
+fn make_private(db: &Path) -> Result<(), BufferError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BufferError::Dir { path, source }
+    };
+    fsmode::precreate_private_file(db).map_err(io(db))?;
+    for suffix in ["-wal", "-shm"] {
+        let companion = PathBuf::from(format!("{}{suffix}", db.display()));
+        if companion.exists() {
+            fsmode::restrict_path(&companion).map_err(io(&companion))?;
+        }
     }
+    Ok(())
 }
 
 /// Why [`open_checked`] failed.
@@ -876,8 +870,8 @@ pub async fn open(
     let mut report = OpenReport::default();
     let mut retried = false;
     let mut conn = loop {
-        let fresh = match file_state(&db)? {
-            FileState::Present => false,
+        match file_state(&db)? {
+            FileState::Present => {}
             FileState::Missing => {
                 if let Some(r) = record.as_ref().filter(|_| report.quarantined.is_none()) {
                     report.warnings.push(format!(
@@ -887,16 +881,12 @@ pub async fn open(
                         r.db_id
                     ));
                 }
-                true
             }
             FileState::Damaged(reason) => {
                 report.quarantined = Some(quarantine(dir, &reason)?);
-                true
             }
-        };
-        if fresh {
-            precreate(&db)?;
         }
+        make_private(&db)?;
         match open_checked(&db).await {
             Ok(conn) => break conn,
             Err(Checked::Damaged(reason)) if !retried => {

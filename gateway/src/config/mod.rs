@@ -651,6 +651,23 @@ impl Default for OpsHttpConfig {
     }
 }
 
+/// Longest key path and message of a parse error, in bytes: a parse error can quote an
+/// unknown key or a value (`unknown variant `…``), which may be megabytes long.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked with `…` when cut.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// A serde message about a `[[devices]]` key without the value it quotes (`invalid type:
 /// string "…", expected …`): the value may be a patient identifier, and config errors go to
 /// the journal.
@@ -668,42 +685,59 @@ fn without_value(message: &str) -> String {
 }
 
 impl Config {
-    /// Parses TOML, naming the full key path of any unknown key or wrong type.
+    /// Parses TOML, naming the full key path of any unknown key or wrong type. The key and
+    /// message of an error are cut at [`MAX_ERROR_TEXT`] bytes.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            if key == "." || key.is_empty() {
-                // A syntax error: where it is and what is wrong, without the snippet of the
-                // line (it may be a patient binding).
-                let full = inner.to_string();
-                let at = full.lines().next().unwrap_or("TOML parse error").trim();
-                ConfigError {
-                    key: String::new(),
-                    message: format!("{at}: {}", inner.message().trim()),
-                }
-            } else {
-                let message = inner.message().trim();
-                ConfigError {
-                    message: if key.starts_with("devices") {
-                        without_value(message)
-                    } else {
-                        message.to_owned()
-                    },
-                    key,
-                }
+            let e = Self::parse_error(e);
+            ConfigError {
+                key: clip(e.key, MAX_ERROR_TEXT),
+                message: clip(e.message, MAX_ERROR_TEXT),
             }
         })
     }
 
-    /// Reads and parses a config file, then resolves `${CREDENTIALS_DIRECTORY}/…` paths
+    /// A parse error as a [`ConfigError`], quoting nothing of a patient binding.
+    fn parse_error(e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." || key.is_empty() {
+            // A syntax error: where it is and what is wrong, without the snippet of the
+            // line (it may be a patient binding).
+            let full = inner.to_string();
+            let at = full.lines().next().unwrap_or("TOML parse error").trim();
+            ConfigError {
+                key: String::new(),
+                message: format!("{at}: {}", inner.message().trim()),
+            }
+        } else {
+            let message = inner.message().trim();
+            ConfigError {
+                message: if key.starts_with("devices") {
+                    without_value(message)
+                } else {
+                    message.to_owned()
+                },
+                key,
+            }
+        }
+    }
+
+    /// Reads and parses a config file of at most [`crate::limits::MAX_CONFIG_FILE_BYTES`]
+    /// (a larger one is refused unread), then resolves `${CREDENTIALS_DIRECTORY}/…` paths
     /// against the environment variable of that name, when it is set.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let max = crate::limits::MAX_CONFIG_FILE_BYTES;
+        let text = crate::limits::read_capped(path, max).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::InvalidData {
+                format!(" (a config file may be at most {max} bytes of UTF-8 text)")
+            } else {
+                String::new()
+            };
             err(
                 "",
-                format!("cannot read config file {}: {e}", path.display()),
+                format!("cannot read config file {}: {e}{hint}", path.display()),
             )
         })?;
         let mut config = Self::from_toml(&text)?;
@@ -753,7 +787,7 @@ impl Config {
 }
 
 mod validate;
-pub use validate::check_private_key;
+pub use validate::{check_gateway_id, check_private_key};
 
 #[cfg(test)]
 mod tests {
@@ -835,6 +869,161 @@ key = "${CREDENTIALS_DIRECTORY}/gateway.key"
             fhir.cert,
             Path::new("/run/credentials/vitalbridge.service/gateway.pem")
         );
+    }
+
+    /// A config with every string option set: `@key@` stands for the value of `key`.
+    const EVERY_STRING: &str = r#"
+[gateway]
+id = "@gateway.id@"
+data_dir = "@gateway.data_dir@"
+[sources.ble]
+profiles_dir = "@sources.ble.profiles_dir@"
+[[sources.ble.devices]]
+address = "@sources.ble.devices[0].address@"
+profile = "@sources.ble.devices[0].profile@"
+[[sources.ble.devices]]
+service = "@sources.ble.devices[1].service@"
+[sources.mqtt]
+url = "@sources.mqtt.url@"
+client_id = "@sources.mqtt.client_id@"
+topics = ["@sources.mqtt.topics[0]@"]
+[sources.mqtt.tls]
+ca = "@sources.mqtt.tls.ca@"
+cert = "@sources.mqtt.tls.cert@"
+key = "@sources.mqtt.tls.key@"
+[[sources.serial]]
+name = "@sources.serial[0].name@"
+path = "@sources.serial[0].path@"
+protocol = "line"
+profile = "@sources.serial[0].profile@"
+profiles_dir = "@sources.serial[0].profiles_dir@"
+device_id = "@sources.serial[0].device_id@"
+device_utc_offset = "@sources.serial[0].device_utc_offset@"
+[[sources.serial]]
+name = "@sources.serial[1].name@"
+usb = "@sources.serial[1].usb@"
+usb_serial = "@sources.serial[1].usb_serial@"
+protocol = "firmware"
+[uplink.file]
+dir = "@uplink.file.dir@"
+[uplink.fhir]
+base_url = "@uplink.fhir.base_url@"
+ca = "@uplink.fhir.ca@"
+cert = "@uplink.fhir.cert@"
+key = "@uplink.fhir.key@"
+bundle_type = "@uplink.fhir.bundle_type@"
+[[devices]]
+id = "@devices[0].id@"
+patient_system = "@devices[0].patient_system@"
+patient_id = "@devices[0].patient_id@"
+[[devices]]
+id = "@devices[1].id@"
+patient_reference = "@devices[1].patient_reference@"
+[ops]
+audit_log = "@ops.audit_log@"
+"#;
+
+    #[test]
+    fn every_string_of_the_config_has_a_length_limit_named_with_its_key() {
+        use crate::limits::*;
+        let cases: &[(&str, usize)] = &[
+            ("gateway.id", MAX_ID_LEN),
+            ("gateway.data_dir", MAX_PATH_LEN),
+            ("sources.ble.profiles_dir", MAX_PATH_LEN),
+            ("sources.ble.devices[0].address", MAX_CODE_LEN),
+            ("sources.ble.devices[0].profile", MAX_CODE_LEN),
+            ("sources.ble.devices[1].service", MAX_CODE_LEN),
+            ("sources.mqtt.url", MAX_URL_LEN),
+            ("sources.mqtt.client_id", MAX_ID_LEN),
+            ("sources.mqtt.topics[0]", MAX_TOPIC_LEN),
+            ("sources.mqtt.tls.ca", MAX_PATH_LEN),
+            ("sources.mqtt.tls.cert", MAX_PATH_LEN),
+            ("sources.mqtt.tls.key", MAX_PATH_LEN),
+            ("sources.serial[0].name", MAX_CODE_LEN),
+            ("sources.serial[0].path", MAX_PATH_LEN),
+            ("sources.serial[0].profile", MAX_CODE_LEN),
+            ("sources.serial[0].profiles_dir", MAX_PATH_LEN),
+            ("sources.serial[0].device_id", MAX_ID_LEN),
+            ("sources.serial[0].device_utc_offset", MAX_CODE_LEN),
+            ("sources.serial[1].name", MAX_CODE_LEN),
+            ("sources.serial[1].usb", MAX_CODE_LEN),
+            ("sources.serial[1].usb_serial", MAX_ID_LEN),
+            ("uplink.file.dir", MAX_PATH_LEN),
+            ("uplink.fhir.base_url", MAX_URL_LEN),
+            ("uplink.fhir.ca", MAX_PATH_LEN),
+            ("uplink.fhir.cert", MAX_PATH_LEN),
+            ("uplink.fhir.key", MAX_PATH_LEN),
+            ("uplink.fhir.bundle_type", MAX_CODE_LEN),
+            ("devices[0].id", MAX_ID_LEN),
+            ("devices[0].patient_system", MAX_SYSTEM_LEN),
+            ("devices[0].patient_id", MAX_ID_LEN),
+            ("devices[1].id", MAX_ID_LEN),
+            ("devices[1].patient_reference", MAX_SYSTEM_LEN),
+            ("ops.audit_log", MAX_PATH_LEN),
+        ];
+        let with = |long_key: &str, long: &str| {
+            let mut text = EVERY_STRING.to_owned();
+            for (key, _) in cases {
+                let value = if *key == long_key { long } else { "x" };
+                text = text.replace(&format!("@{key}@"), value);
+            }
+            assert!(!text.contains('@'), "every placeholder is a case");
+            Config::from_toml(&text).unwrap()
+        };
+        // The table is every string the length check knows.
+        let mut known: Vec<String> = with("", "").texts().into_iter().map(|t| t.0).collect();
+        let mut listed: Vec<String> = cases.iter().map(|(k, _)| (*k).to_owned()).collect();
+        known.sort();
+        listed.sort();
+        assert_eq!(known, listed);
+        for (key, limit) in cases {
+            let at_limit = with(key, &"P".repeat(*limit));
+            if let Err(problems) = at_limit.validate() {
+                assert!(
+                    problems.iter().all(|p| !p.message.contains("longer than")),
+                    "{key}: {problems:?}"
+                );
+            }
+            let long = "Jane Doe ".repeat(limit / 9 + 1);
+            let problems = with(key, &long).validate().unwrap_err();
+            assert_eq!(
+                problems,
+                [err(key, format!("longer than {limit} bytes"))],
+                "{key}: only the length problem is reported, without the value"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_config_file_is_refused_unread_and_a_huge_gateway_id_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(50 * 1024 * 1024).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.message.contains("larger than 4194304 bytes"), "{e}");
+        assert!(e.message.len() < 300, "{e}");
+
+        let id = "g".repeat(3 * 1024 * 1024);
+        std::fs::write(&path, format!("[gateway]\nid = \"{id}\"\n")).unwrap();
+        let problems = Config::load(&path).unwrap().validate().unwrap_err();
+        assert_eq!(problems, [err("gateway.id", "longer than 128 bytes")]);
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_megabytes() {
+        let long = "q".repeat(1024 * 1024);
+        for text in [
+            format!("[gateway]\n{long} = 1\n"),
+            format!("[sources.mqtt]\nurl = \"mqtt://b\"\n[ops]\nlog_format = \"{long}\"\n"),
+            format!("[buffer]\ncapacity = \"{long}\"\n"),
+        ] {
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.key.len() <= MAX_ERROR_TEXT + 3, "{}", e.key.len());
+            assert!(e.message.len() <= MAX_ERROR_TEXT + 3, "{}", e.message.len());
+        }
+        assert_eq!(clip("ab€".into(), 3), "ab…");
+        assert_eq!(clip("abc".into(), 3), "abc");
     }
 
     #[test]

@@ -1,14 +1,153 @@
 //! [`Config::validate`]: what the types cannot check (URLs, ranges, file permissions, ids
 //! that must agree between tables). Every problem names its dotted key; all problems are
 //! returned at once so one `check-config` run lists them all.
+//!
+//! Every string and path first gets its length checked against [`crate::limits`] (ids 128
+//! bytes, patient systems and references 256, codes and names 64, URLs 2048, MQTT topics
+//! 256, paths 4096). When one is too long only those problems are reported: the other checks
+//! may quote a value, open a path or compile a profile, none of which should see megabytes.
 
 use std::path::Path;
 
 use super::*;
+use crate::limits::{
+    MAX_CODE_LEN, MAX_ID_LEN, MAX_PATH_LEN, MAX_SYSTEM_LEN, MAX_TOPIC_LEN, MAX_URL_LEN,
+};
+
+/// Why a gateway id (`gateway.id`, or the generated one kept in `<data_dir>/gateway-id`) is
+/// not usable, if it is not.
+pub fn check_gateway_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "must be 1 to {MAX_ID_LEN} ASCII letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// One string of the configuration, for the length check: its key, its length in bytes and
+/// its limit.
+pub(super) type Text = (String, usize, usize);
+
+fn text(key: impl Into<String>, value: &str, limit: usize) -> Text {
+    (key.into(), value.len(), limit)
+}
+
+fn path(key: impl Into<String>, value: &Path) -> Text {
+    (key.into(), value.as_os_str().len(), MAX_PATH_LEN)
+}
 
 impl Config {
+    /// Every string and path of the configuration with its key and length limit. A new
+    /// string option belongs in this list (a test sets each one too long).
+    pub(super) fn texts(&self) -> Vec<Text> {
+        let mut all = vec![path("gateway.data_dir", &self.gateway.data_dir)];
+        if let Some(id) = &self.gateway.id {
+            all.push(text("gateway.id", id, MAX_ID_LEN));
+        }
+        let sources = &self.sources;
+        if let Some(ble) = &sources.ble {
+            if let Some(dir) = &ble.profiles_dir {
+                all.push(path("sources.ble.profiles_dir", dir));
+            }
+            for (i, d) in ble.devices.iter().enumerate() {
+                let key = |field: &str| format!("sources.ble.devices[{i}].{field}");
+                for (field, value) in [
+                    ("address", &d.address),
+                    ("service", &d.service),
+                    ("profile", &d.profile),
+                ] {
+                    if let Some(value) = value {
+                        all.push(text(key(field), value, MAX_CODE_LEN));
+                    }
+                }
+            }
+        }
+        if let Some(mqtt) = &sources.mqtt {
+            all.push(text("sources.mqtt.url", &mqtt.url, MAX_URL_LEN));
+            if let Some(id) = &mqtt.client_id {
+                all.push(text("sources.mqtt.client_id", id, MAX_ID_LEN));
+            }
+            for (i, topic) in mqtt.topics.iter().enumerate() {
+                all.push(text(
+                    format!("sources.mqtt.topics[{i}]"),
+                    topic,
+                    MAX_TOPIC_LEN,
+                ));
+            }
+            if let Some(tls) = &mqtt.tls {
+                tls_paths("sources.mqtt.tls", tls, &mut all);
+            }
+        }
+        for (i, port) in sources.serial.iter().enumerate() {
+            let key = |field: &str| format!("sources.serial[{i}].{field}");
+            all.push(text(key("name"), &port.name, MAX_CODE_LEN));
+            for (field, value) in [("path", &port.path), ("profiles_dir", &port.profiles_dir)] {
+                if let Some(value) = value {
+                    all.push(path(key(field), value));
+                }
+            }
+            for (field, value, limit) in [
+                ("usb", &port.usb, MAX_CODE_LEN),
+                ("usb_serial", &port.usb_serial, MAX_ID_LEN),
+                ("profile", &port.profile, MAX_CODE_LEN),
+                ("device_id", &port.device_id, MAX_ID_LEN),
+                ("device_utc_offset", &port.device_utc_offset, MAX_CODE_LEN),
+            ] {
+                if let Some(value) = value {
+                    all.push(text(key(field), value, limit));
+                }
+            }
+        }
+        if let Some(dir) = self.uplink.file.as_ref().and_then(|f| f.dir.as_ref()) {
+            all.push(path("uplink.file.dir", dir));
+        }
+        if let Some(fhir) = &self.uplink.fhir {
+            all.push(text("uplink.fhir.base_url", &fhir.base_url, MAX_URL_LEN));
+            all.push(path("uplink.fhir.ca", &fhir.ca));
+            all.push(path("uplink.fhir.cert", &fhir.cert));
+            all.push(path("uplink.fhir.key", &fhir.key));
+            all.push(text(
+                "uplink.fhir.bundle_type",
+                &fhir.bundle_type,
+                MAX_CODE_LEN,
+            ));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |field: &str| format!("devices[{i}].{field}");
+            all.push(text(key("id"), &d.id, MAX_ID_LEN));
+            for (field, value, limit) in [
+                ("patient_system", &d.patient_system, MAX_SYSTEM_LEN),
+                ("patient_id", &d.patient_id, MAX_ID_LEN),
+                ("patient_reference", &d.patient_reference, MAX_SYSTEM_LEN),
+            ] {
+                if let Some(value) = value {
+                    all.push(text(key(field), value, limit));
+                }
+            }
+        }
+        if let Some(audit) = &self.ops.audit_log {
+            all.push(path("ops.audit_log", audit));
+        }
+        all
+    }
+
     /// Checks what the types cannot. Returns every problem, each naming its key.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let too_long: Vec<ConfigError> = self
+            .texts()
+            .into_iter()
+            .filter(|(_, len, limit)| len > limit)
+            .map(|(key, _, limit)| err(&key, crate::limits::too_long_message(limit)))
+            .collect();
+        if !too_long.is_empty() {
+            return Err(too_long);
+        }
         let mut problems = Vec::new();
         let b = &self.buffer;
         if b.capacity == 0 {
@@ -25,15 +164,8 @@ impl Config {
         }
         validate_key_files(b, &self.gateway.data_dir, &mut problems);
         if let Some(id) = &self.gateway.id {
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                problems.push(err(
-                    "gateway.id",
-                    "must be non-empty ASCII letters, digits, '-', '_' or '.'",
-                ));
+            if let Err(message) = check_gateway_id(id) {
+                problems.push(err("gateway.id", message));
             }
         }
         if let Some(sim) = &self.sources.sim {
@@ -131,6 +263,15 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+}
+
+fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
+    all.push(path(format!("{key}.ca"), &tls.ca));
+    for (field, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+        if let Some(value) = value {
+            all.push(path(format!("{key}.{field}"), value));
         }
     }
 }
@@ -394,10 +535,10 @@ fn validate_serial(
         }
     }
     if let Some(id) = &port.device_id {
-        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        if id.is_empty() || id.chars().any(char::is_control) {
             problems.push(err(
                 &key("device_id"),
-                "must be 1 to 128 printable characters",
+                format!("must be 1 to {MAX_ID_LEN} bytes of printable characters"),
             ));
         }
     }

@@ -1,6 +1,8 @@
 //! The audit log: security-relevant events, one JSON object per line, in a file of its own
 //! that the gateway only ever appends to (`O_APPEND`; never truncated, rewritten or rotated
-//! by the gateway).
+//! by the gateway). The file is its user's alone: created with mode 0600 (and its directory
+//! 0700), and an existing one open to group or others is restricted when it is opened
+//! ([`crate::fsmode`]), which the log says.
 //!
 //! # Format
 //! Every line is one JSON object with, in this order, `time` (RFC 3339, UTC, milliseconds),
@@ -25,6 +27,7 @@
 //! | `storage_recovered` | `after_s` |
 //! | `low_space` | `free_bytes`, `floor_bytes`: new readings refused |
 //! | `space_ok` | `free_bytes`: new readings accepted again |
+//! | `input_lost` | `source`, `origin`, `readings`, `payloads` (undecodable ones that were to be dead-lettered): not stored, and the device cannot resend them (a line device's, still waiting for room in the buffer when the gateway stopped) |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
 //! address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
@@ -40,7 +43,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -114,6 +116,17 @@ pub enum Event<'a> {
         count: usize,
         /// Their total size.
         bytes: usize,
+    },
+    /// A source could not store input that its device cannot send again.
+    InputLost {
+        /// The source name.
+        source: &'a str,
+        /// Where in the source (e.g. `serial:<port>`).
+        origin: &'a str,
+        /// Readings lost.
+        readings: u64,
+        /// Undecodable payloads lost (they were to be dead-lettered).
+        payloads: u64,
     },
     /// The uplink dead-lettered readings.
     ReadingsDeadLettered {
@@ -191,6 +204,7 @@ impl Event<'_> {
             Event::TlsFailure { .. } => "tls_failure",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
+            Event::InputLost { .. } => "input_lost",
             Event::ReadingsDeadLettered { .. } => "readings_dead_lettered",
             Event::BufferQuarantined { .. } => "buffer_quarantined",
             Event::BufferWarning { .. } => "buffer_warning",
@@ -263,6 +277,14 @@ impl Event<'_> {
                 count,
                 bytes,
             } => json!({"source": source, "origin": origin, "count": count, "bytes": bytes}),
+            Event::InputLost {
+                source,
+                origin,
+                readings,
+                payloads,
+            } => {
+                json!({"source": source, "origin": origin, "readings": readings, "payloads": payloads})
+            }
             Event::ReadingsDeadLettered {
                 uplink,
                 count,
@@ -360,21 +382,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Audit {
-    /// Opens (creating, mode 0640, with its directory) the audit log at `path` for appending.
+    /// Opens (creating, mode 0600, with its directory, 0700) the audit log at `path` for
+    /// appending; an existing file open to group or others is restricted to its owner.
     pub fn open(path: &Path, gateway: &str) -> Result<Audit, AuditError> {
         let fail = |source| AuditError {
             path: path.into(),
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(fail)?;
+            crate::fsmode::create_private_dir_all(dir).map_err(fail)?;
         }
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(fail)?;
+        let file = crate::fsmode::open_private_append(path).map_err(fail)?;
         Ok(Audit {
             inner: Some(Arc::new(Inner {
                 gateway: gateway.to_owned(),
@@ -535,6 +553,16 @@ mod tests {
                 "payload_dead_lettered",
                 &["source", "origin", "count", "bytes"],
             ),
+            (
+                Event::InputLost {
+                    source: "serial",
+                    origin: "serial:bed-1",
+                    readings: 6,
+                    payloads: 1,
+                },
+                "input_lost",
+                &["source", "origin", "readings", "payloads"],
+            ),
         ];
         for (event, kind, keys) in cases {
             assert_eq!(event.kind(), kind);
@@ -549,6 +577,9 @@ mod tests {
         let path = dir.path().join("sub/audit.log");
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
         std::fs::write(&path, "{\"kind\":\"from_an_earlier_run\"}\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let loose = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&path, loose).unwrap();
         let audit = Audit::open(&path, "hub-1").unwrap();
         audit.record(Event::GatewayStarted {
             version: "0.1.0",
@@ -580,11 +611,12 @@ mod tests {
         assert_eq!(got[4]["count"], 4, "the four repeats, summarised once");
         assert_eq!(got.len(), 5);
 
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "the earlier run's file is restricted");
         let fresh = dir.path().join("new/audit.log");
         Audit::open(&fresh, "hub-1").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
-        assert_eq!(mode & 0o007, 0, "no access for others: {mode:o}");
+        assert_eq!(mode(&fresh), 0o600, "owner only");
+        assert_eq!(mode(&dir.path().join("new")), 0o700, "owner only");
     }
 
     #[test]

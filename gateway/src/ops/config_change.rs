@@ -73,18 +73,22 @@ impl Fingerprint {
     }
 }
 
-/// The fingerprint the last start stored in `data_dir`, if any (an unreadable file counts as
-/// none: the change is then reported as a first start).
+/// The fingerprint the last start stored in `data_dir`, if any (an unreadable or oversized
+/// file counts as none: the change is then reported as a first start). A file an older
+/// version left open to group or others is restricted to its owner.
 pub fn previous(data_dir: &Path) -> Option<Fingerprint> {
-    let text = std::fs::read_to_string(data_dir.join(STATE_FILE)).ok()?;
+    let path = data_dir.join(STATE_FILE);
+    let text = crate::limits::read_capped(&path, crate::limits::MAX_STATE_FILE_BYTES).ok()?;
+    let _ = crate::fsmode::restrict_path(&path);
     serde_json::from_str(&text).ok()
 }
 
-/// Stores `fingerprint` as this start's (written to a temporary file, then renamed).
+/// Stores `fingerprint` as this start's (written to a temporary file, owner only, then
+/// renamed).
 pub fn store(data_dir: &Path, fingerprint: &Fingerprint) -> std::io::Result<()> {
     let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
     let text = serde_json::to_string(fingerprint).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text + "\n")?;
+    crate::fsmode::write_private_file(&tmp, (text + "\n").as_bytes())?;
     std::fs::rename(&tmp, data_dir.join(STATE_FILE))
 }
 
@@ -113,5 +117,8 @@ mod tests {
         let f = fingerprint(&Config::default());
         store(dir.path(), &f).unwrap();
         assert_eq!(previous(dir.path()), Some(f));
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 }

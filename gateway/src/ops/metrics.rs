@@ -88,6 +88,9 @@ struct IngestState {
     rejected: BTreeMap<String, u64>,
     /// source → input discarded without a dead-letter row (line noise, corrupt frames).
     discarded: BTreeMap<String, u64>,
+    /// source → (readings, undecodable payloads) a source could not store and nobody will
+    /// resend (a line device's, at shutdown).
+    lost: BTreeMap<String, (u64, u64)>,
     /// Devices heard from, at most [`MAX_TRACKED_DEVICES`].
     devices: HashMap<DeviceId, Seen>,
     /// Devices dropped from `devices` to stay within the bound.
@@ -167,6 +170,9 @@ pub struct Snapshot {
     pub payloads_rejected: Vec<(String, u64)>,
     /// Input discarded without a dead-letter row (serial line noise), per source, sorted.
     pub input_discarded: Vec<(String, u64)>,
+    /// Readings and undecodable payloads lost (not stored, and the device cannot resend
+    /// them), per source, sorted: `(source, readings, payloads)`.
+    pub lost: Vec<(String, u64, u64)>,
     /// Devices heard from, sorted by id.
     pub devices: Vec<DeviceStatus>,
     /// Devices forgotten to stay within [`MAX_TRACKED_DEVICES`].
@@ -275,6 +281,16 @@ impl Metrics {
         }
     }
 
+    /// `readings` readings and `payloads` undecodable payloads from `source` were never
+    /// stored and cannot be sent again by their device (a line device's, still waiting for
+    /// room in the buffer when the gateway stopped). The source also audits them.
+    pub fn input_lost(&self, source: &str, readings: u64, payloads: u64) {
+        let mut state = lock(&self.ingest);
+        let entry = state.lost.entry(source.to_owned()).or_default();
+        entry.0 += readings;
+        entry.1 += payloads;
+    }
+
     /// The buffer writer refused `requests` commit requests because the buffer was full.
     pub fn buffer_refused_full(&self, requests: u64) {
         self.buffer_refusals.fetch_add(requests, Ordering::Relaxed);
@@ -360,7 +376,7 @@ impl Metrics {
 
     /// A copy of everything, for `/metrics` and the status page.
     pub fn snapshot(&self) -> Snapshot {
-        let (readings_in, payloads_rejected, input_discarded, devices, devices_forgotten) = {
+        let (readings_in, payloads_rejected, input_discarded, lost, devices, devices_forgotten) = {
             let state = lock(&self.ingest);
             let readings_in = state
                 .readings
@@ -383,6 +399,11 @@ impl Metrics {
                 .iter()
                 .map(|(s, n)| (s.clone(), *n))
                 .collect();
+            let lost = state
+                .lost
+                .iter()
+                .map(|(s, (r, p))| (s.clone(), *r, *p))
+                .collect();
             let mut devices: Vec<DeviceStatus> = state
                 .devices
                 .iter()
@@ -396,12 +417,20 @@ impl Metrics {
                 })
                 .collect();
             devices.sort_by(|a, b| a.id.cmp(&b.id));
-            (readings_in, rejected, discarded, devices, state.forgotten)
+            (
+                readings_in,
+                rejected,
+                discarded,
+                lost,
+                devices,
+                state.forgotten,
+            )
         };
         Snapshot {
             readings_in,
             payloads_rejected,
             input_discarded,
+            lost,
             devices,
             devices_forgotten,
             duplicates: Self::get(&self.readings_duplicate),
@@ -595,6 +624,18 @@ mod tests {
         assert_eq!(s.ack_latency.count, 3);
         assert_eq!(Metrics::get(&m.readings_out), 3);
         assert_eq!(Metrics::get(&m.uplink_retries), 2);
+    }
+
+    #[test]
+    fn lost_input_is_counted_per_source() {
+        let m = Metrics::default();
+        m.input_lost("serial", 6, 0);
+        m.input_lost("serial", 3, 1);
+        m.input_lost("ble", 0, 2);
+        assert_eq!(
+            m.snapshot().lost,
+            [("ble".to_owned(), 0, 2), ("serial".to_owned(), 9, 1)]
+        );
     }
 
     #[test]

@@ -189,6 +189,31 @@ pub fn render(v: &View<'_>) -> String {
         );
     }
 
+    e.family(
+        "vitalbridge_readings_lost_total",
+        Kind::Counter,
+        "Readings a source could not store and its device cannot resend (a line device's, still waiting for room in the buffer when the gateway stopped), by source. Also in the audit log.",
+    );
+    for (source, readings, _) in &s.lost {
+        e.sample(
+            "vitalbridge_readings_lost_total",
+            &[("source", source)],
+            *readings as f64,
+        );
+    }
+    e.family(
+        "vitalbridge_payloads_lost_total",
+        Kind::Counter,
+        "Undecodable payloads a source could not dead-letter and its device cannot resend, by source. Also in the audit log.",
+    );
+    for (source, _, payloads) in &s.lost {
+        e.sample(
+            "vitalbridge_payloads_lost_total",
+            &[("source", source)],
+            *payloads as f64,
+        );
+    }
+
     if let Ok(q) = v.queue {
         e.single(
             "vitalbridge_buffer_pending_readings",

@@ -34,6 +34,13 @@
 //! | `status` | no | list of `body-movement`, `cuff-loose`, `irregular-pulse`, `pulse-rate-out-of-range`, `improper-position`, `questionable`, `calibrating`, `test-data`, `low-battery`, `sensor-fault`, `invalid` |
 //! | `user` | no | device user index (0–255) on shared devices |
 //!
+//! Every string has a length limit (bytes of UTF-8, from [`crate::limits`]): `device.id` and
+//! `patient.value` 128, `device.model` and `device.manufacturer` 128, `patient.system` and
+//! `patient.reference` 256, `metric`, `id_type`, `data_absent_reason` and each `status` 64,
+//! `unit` 32, `time` 64. A longer one makes the message a dead letter naming the field and
+//! the limit. Ids, names and patient fields must not contain control characters; a blank
+//! `model` or `manufacturer` counts as absent. A status flag given twice counts once.
+//!
 //! Unknown keys are refused, so a typo is a dead letter with a reason rather than a silently
 //! dropped field. The two readings that differ only in a key the gateway ignores would
 //! otherwise share an identifier.
@@ -45,6 +52,10 @@ use serde_json::Number;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
+use crate::limits::{
+    too_long_message, MAX_CODE_LEN, MAX_ID_LEN, MAX_NAME_LEN, MAX_SYSTEM_LEN, MAX_TIME_LEN,
+    MAX_UNIT_LEN,
+};
 use crate::model::{
     AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef, Quantity,
     Reading, StatusFlag, Value,
@@ -78,6 +89,14 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> DecodeError {
         field: field.into(),
         problem: problem.into(),
     }
+}
+
+/// Refuses `value` when it is longer than `limit` bytes.
+fn limit(name: &str, value: &str, limit: usize) -> Result<(), DecodeError> {
+    if value.len() > limit {
+        return Err(field(name, too_long_message(limit)));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -249,11 +268,15 @@ fn convert(
     let metric = lookup_metric("metric", &w.metric)?;
     let device_time = match &w.time {
         None => None,
-        Some(t) => Some(
+        Some(t) => Some({
+            limit("time", t, MAX_TIME_LEN)?;
             OffsetDateTime::parse(t, &Rfc3339)
-                .map_err(|_| field("time", "not an RFC 3339 date-time with an offset"))?,
-        ),
+                .map_err(|_| field("time", "not an RFC 3339 date-time with an offset"))?
+        }),
     };
+    if let Some(reason) = &w.data_absent_reason {
+        limit("data_absent_reason", reason, MAX_CODE_LEN)?;
+    }
     let value = match (w.value, w.components) {
         (Some(_), Some(_)) => {
             return Err(field(
@@ -288,11 +311,15 @@ fn convert(
             Value::Components(parts)
         }
     };
-    let status = w
-        .status
-        .iter()
-        .map(|s| status_flag(s).ok_or_else(|| field("status", "unknown status flag")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut status = Vec::new();
+    for (i, s) in w.status.iter().enumerate() {
+        let name = format!("status[{i}]");
+        limit(&name, s, MAX_CODE_LEN)?;
+        let flag = status_flag(s).ok_or_else(|| field(name, "unknown status flag"))?;
+        if !status.contains(&flag) {
+            status.push(flag);
+        }
+    }
     let duration = match w.duration_ms {
         Some(ms) => Some(Duration::milliseconds(
             i64::try_from(ms).map_err(|_| field("duration_ms", "too large"))?,
@@ -324,9 +351,17 @@ fn device(w: WireDevice) -> Result<DeviceRef, DecodeError> {
         },
         WireDevice::Full(f) => f,
     };
-    if full.id.is_empty() || full.id.len() > 128 || full.id.chars().any(char::is_control) {
-        return Err(field("device.id", "must be 1 to 128 printable characters"));
+    if full.id.is_empty() || full.id.len() > MAX_ID_LEN || full.id.chars().any(char::is_control) {
+        return Err(field(
+            "device.id",
+            format!("must be 1 to {MAX_ID_LEN} bytes of printable characters"),
+        ));
     }
+    if let Some(id_type) = &full.id_type {
+        limit("device.id_type", id_type, MAX_CODE_LEN)?;
+    }
+    let model = display_name("device.model", full.model)?;
+    let manufacturer = display_name("device.manufacturer", full.manufacturer)?;
     let id = match full.id_type.as_deref().unwrap_or("other") {
         "eui64" => DeviceId::Eui64(
             hex_array(&full.id).ok_or_else(|| field("device.id", "eui64 needs 16 hex digits"))?,
@@ -350,9 +385,21 @@ fn device(w: WireDevice) -> Result<DeviceRef, DecodeError> {
     Ok(DeviceRef {
         id,
         profile: PROFILE_ID.to_owned(),
-        model: full.model,
-        manufacturer: full.manufacturer,
+        model,
+        manufacturer,
     })
+}
+
+/// A model or manufacturer name: at most [`MAX_NAME_LEN`] bytes, no control characters; a
+/// blank one is absent.
+fn display_name(name: &str, text: Option<String>) -> Result<Option<String>, DecodeError> {
+    let Some(text) = text else { return Ok(None) };
+    limit(name, &text, MAX_NAME_LEN)?;
+    if text.chars().any(char::is_control) {
+        return Err(field(name, "must not contain control characters"));
+    }
+    let trimmed = text.trim();
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
 }
 
 fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -367,6 +414,17 @@ fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
+    for (name, text, max) in [
+        ("patient.system", &p.system, MAX_SYSTEM_LEN),
+        ("patient.value", &p.value, MAX_ID_LEN),
+        ("patient.reference", &p.reference, MAX_SYSTEM_LEN),
+    ] {
+        let Some(text) = text else { continue };
+        limit(name, text, max)?;
+        if text.chars().any(char::is_control) {
+            return Err(field(name, "must not contain control characters"));
+        }
+    }
     match (p.system, p.value, p.reference) {
         (Some(system), Some(value), None) if !system.is_empty() && !value.is_empty() => {
             Ok(PatientRef { system, value })
@@ -387,6 +445,7 @@ fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
 }
 
 fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
+    limit(name, key, MAX_CODE_LEN)?;
     catalog::lookup(key).ok_or_else(|| {
         field(
             name,
@@ -396,10 +455,10 @@ fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
 }
 
 fn check_unit(name: &str, unit: &str) -> Result<(), DecodeError> {
-    if unit.is_empty() || unit.len() > 32 || !unit.chars().all(|c| c.is_ascii_graphic()) {
+    if unit.is_empty() || unit.len() > MAX_UNIT_LEN || !unit.chars().all(|c| c.is_ascii_graphic()) {
         return Err(field(
             name,
-            "must be a UCUM code (printable ASCII, up to 32 characters)",
+            format!("must be a UCUM code (printable ASCII, up to {MAX_UNIT_LEN} characters)"),
         ));
     }
     Ok(())
@@ -430,6 +489,9 @@ fn component(i: usize, c: WireComponent) -> Result<Component, DecodeError> {
     let metric = lookup_metric(&format!("{name}.metric"), &c.metric)?;
     let unit = c.unit.unwrap_or_else(|| metric.unit.to_owned());
     check_unit(&format!("{name}.unit"), &unit)?;
+    if let Some(reason) = &c.data_absent_reason {
+        limit(&format!("{name}.data_absent_reason"), reason, MAX_CODE_LEN)?;
+    }
     let value = measured(
         &format!("{name}.value"),
         c.value,
@@ -631,6 +693,158 @@ mod tests {
         assert_eq!(
             r[0].patient.as_ref().map(|p| p.value.as_str()),
             Some("Patient/9")
+        );
+    }
+
+    /// Every string of the format, one over its limit at a time: the message is refused,
+    /// naming the field and the limit, never the value.
+    #[test]
+    fn every_string_has_a_length_limit() {
+        let long = |n: usize| "Jane Doe ".repeat(n / 9 + 1)[..n].to_owned();
+        // (field in the error, limit, payload with `{}` where the long string goes)
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "device.id",
+                MAX_ID_LEN,
+                r#"{"device":"{}","metric":"spo2","value":97}"#,
+            ),
+            (
+                "device.id",
+                MAX_ID_LEN,
+                r#"{"device":{"id":"{}","id_type":"serial"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "device.id_type",
+                MAX_CODE_LEN,
+                r#"{"device":{"id":"d","id_type":"{}"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "device.model",
+                MAX_NAME_LEN,
+                r#"{"device":{"id":"d","model":"{}"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "device.manufacturer",
+                MAX_NAME_LEN,
+                r#"{"device":{"id":"d","manufacturer":"{}"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "patient.system",
+                MAX_SYSTEM_LEN,
+                r#"{"device":"d","patient":{"system":"{}","value":"p"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "patient.value",
+                MAX_ID_LEN,
+                r#"{"device":"d","patient":{"system":"urn:x","value":"{}"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "patient.reference",
+                MAX_SYSTEM_LEN,
+                r#"{"device":"d","patient":{"reference":"{}"},"metric":"spo2","value":97}"#,
+            ),
+            (
+                "time",
+                MAX_TIME_LEN,
+                r#"{"device":"d","time":"{}","metric":"spo2","value":97}"#,
+            ),
+            (
+                "metric",
+                MAX_CODE_LEN,
+                r#"{"device":"d","metric":"{}","value":97}"#,
+            ),
+            (
+                "unit",
+                MAX_UNIT_LEN,
+                r#"{"device":"d","metric":"spo2","value":97,"unit":"{}"}"#,
+            ),
+            (
+                "data_absent_reason",
+                MAX_CODE_LEN,
+                r#"{"device":"d","metric":"spo2","value":null,"data_absent_reason":"{}"}"#,
+            ),
+            (
+                "status[1]",
+                MAX_CODE_LEN,
+                r#"{"device":"d","metric":"spo2","value":97,"status":["questionable","{}"]}"#,
+            ),
+            (
+                "components[0].metric",
+                MAX_CODE_LEN,
+                r#"{"device":"d","metric":"blood-pressure","components":[{"metric":"{}","value":1}]}"#,
+            ),
+            (
+                "components[0].unit",
+                MAX_UNIT_LEN,
+                r#"{"device":"d","metric":"blood-pressure","components":[{"metric":"systolic","value":1,"unit":"{}"}]}"#,
+            ),
+            (
+                "components[0].data_absent_reason",
+                MAX_CODE_LEN,
+                r#"{"device":"d","metric":"blood-pressure","components":[{"metric":"systolic","value":null,"data_absent_reason":"{}"}]}"#,
+            ),
+            (
+                "[1].device.model",
+                MAX_NAME_LEN,
+                r#"[{"device":"d","metric":"spo2","value":97},{"device":{"id":"d","model":"{}"},"metric":"spo2","value":97}]"#,
+            ),
+        ];
+        for (name, max, template) in cases {
+            // At the limit the string passes the length check (it may fail another one).
+            let at_limit = check(&template.replace("{}", &long(*max)));
+            if let Err(e) = &at_limit {
+                assert!(!e.to_string().contains("longer than"), "{name}: {e}");
+            }
+            let payload = template.replace("{}", &long(max + 1));
+            let e = check(&payload).expect_err(name).to_string();
+            let expected = format!("field `{name}`:");
+            assert!(e.contains(&expected), "{name}: {e}");
+            assert!(
+                e.contains(&format!("{max} bytes")) || e.contains(&format!("{max} characters")),
+                "{name}: the limit is named: {e}"
+            );
+            assert!(!e.contains("Jane"), "{name}: echoes the value: {e}");
+        }
+    }
+
+    #[test]
+    fn the_100000_character_model_of_the_bug_report_is_refused() {
+        let payload = format!(
+            r#"{{"device":{{"id":"d","model":"{}"}},"metric":"spo2","value":97}}"#,
+            "M".repeat(100_000)
+        );
+        assert_eq!(
+            check(&payload).unwrap_err(),
+            field("device.model", "longer than 128 bytes")
+        );
+    }
+
+    #[test]
+    fn names_are_printable_blank_ones_absent_and_flags_counted_once() {
+        let e = check(r#"{"device":{"id":"d","model":"BP\u001b[2J"},"metric":"spo2","value":97}"#)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            field("device.model", "must not contain control characters")
+        );
+        let e = check(
+            r#"{"device":"d","patient":{"system":"urn:x","value":"p\n1"},"metric":"spo2","value":97}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            field("patient.value", "must not contain control characters")
+        );
+        let r = check(
+            r#"{"device":{"id":"d","model":"  ","manufacturer":" Acme "},"metric":"spo2","value":97,
+                "status":["questionable","questionable","invalid","questionable"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r[0].device.model, None);
+        assert_eq!(r[0].device.manufacturer.as_deref(), Some("Acme"));
+        assert_eq!(
+            r[0].status,
+            vec![StatusFlag::Questionable, StatusFlag::Invalid]
         );
     }
 

@@ -7,12 +7,16 @@
 //! - `Device.ndjson`: each measuring Device and the gateway Device, written the first time
 //!   this process sees it. Observations reference them as `Device/<id>`.
 //!
+//! The directory is created with mode 0700 and every file with 0600 ([`crate::fsmode`]): they
+//! hold patient data. Existing files of the directory open to group or others are restricted
+//! to their owner when the transport starts, and the log says so.
+//!
 //! A batch is acknowledged only after its lines are written and `fsync`ed. A crash between the
 //! fsync and the buffer delete writes those lines again on restart; consumers de-duplicate by
 //! `Observation.identifier`, which is the same for both copies.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use serde_json::Value as Json;
 
 use super::{Outcome, SendError, Transport};
 use crate::fhir::{self, Gateway};
+use crate::fsmode;
 use crate::model::Reading;
 
 struct State {
@@ -42,13 +47,18 @@ fn uuid_of(full_url: &str) -> &str {
 }
 
 impl FileTransport {
-    /// Creates the directory if needed and continues after the highest existing file number.
+    /// Creates the directory if needed (owner only), restricts existing output files to
+    /// their owner, and continues after the highest existing file number.
     pub fn new(dir: &Path, rotate_bytes: u64, gateway: Gateway) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        fsmode::create_private_dir_all(dir)?;
         let mut index = 0;
         for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name();
+            let entry = entry?;
+            let name = entry.file_name();
             let name = name.to_string_lossy();
+            if name.ends_with(".ndjson") && entry.file_type()?.is_file() {
+                fsmode::restrict_path(&entry.path())?;
+            }
             if let Some(n) = name
                 .strip_prefix("Observation-")
                 .and_then(|s| s.strip_suffix(".ndjson"))
@@ -113,7 +123,7 @@ fn line(out: &mut Vec<u8>, value: &impl serde::Serialize) {
 }
 
 fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = fsmode::open_private_append(path)?;
     f.write_all(bytes)?;
     f.sync_data()
 }
@@ -132,7 +142,7 @@ fn write_batch(state: &mut State, devices: &[u8], observations: &[u8]) -> std::i
         let path = state
             .dir
             .join(format!("Observation-{:06}.ndjson", state.index));
-        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let f = fsmode::open_private_append(&path)?;
         let size = f.metadata()?.len();
         state.file = Some((f, size));
     }
@@ -184,5 +194,58 @@ fn transient(reason: &str) -> SendError {
         reason: reason.to_owned(),
         retry_after: None,
         tls: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn gateway() -> Gateway {
+        Gateway {
+            id: "gw".into(),
+            version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn output_is_owner_only_and_earlier_files_open_to_others_are_restricted() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        let t = FileTransport::new(&dir, 4096, gateway()).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        {
+            let mut state = t.state.lock().unwrap();
+            write_batch(&mut state, b"{}\n", b"{}\n").unwrap();
+        }
+        for name in ["Device.ndjson", "Observation-000001.ndjson"] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+
+        // Files an older version left readable by everyone: restricted at start, kept whole.
+        let loose = std::fs::Permissions::from_mode(0o644);
+        for name in ["Device.ndjson", "Observation-000001.ndjson"] {
+            std::fs::set_permissions(dir.join(name), loose.clone()).unwrap();
+        }
+        std::fs::write(dir.join("Observation-000007.ndjson"), "{}\n").unwrap();
+        std::fs::set_permissions(dir.join("Observation-000007.ndjson"), loose).unwrap();
+        let t = FileTransport::new(&dir, 4096, gateway()).unwrap();
+        for name in [
+            "Device.ndjson",
+            "Observation-000001.ndjson",
+            "Observation-000007.ndjson",
+        ] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        assert_eq!(t.state.lock().unwrap().index, 7);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("Observation-000001.ndjson")).unwrap(),
+            "{}\n"
+        );
     }
 }

@@ -41,8 +41,8 @@ impl Profiles {
             .collect();
         paths.sort();
         for path in paths {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let profile =
                 BleProfile::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             profiles.insert(profile);
@@ -119,5 +119,18 @@ mod tests {
         std::fs::write(dir.path().join("ble-broken.toml"), "id = 3").unwrap();
         let err = Profiles::load(Some(dir.path())).unwrap_err();
         assert!(err.contains("ble-broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_file_in_the_directory_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("ble-huge.toml")).unwrap();
+        file.set_len(crate::limits::MAX_PROFILE_FILE_BYTES + 1)
+            .unwrap();
+        let err = Profiles::load(Some(dir.path())).unwrap_err();
+        assert!(
+            err.contains("ble-huge.toml") && err.contains("larger than 1048576 bytes"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! # Order of a session
 //!
 //! 1. Discover; pick the profile (configured, else by advertised or discovered service).
-//! 2. Read Device Information model and manufacturer names (0x2A24, 0x2A29) if present.
+//! 2. Read Device Information model and manufacturer names (0x2A24, 0x2A29) if present
+//!    (printable, at most [`crate::limits::MAX_NAME_LEN`] bytes; a longer one is not used).
 //! 3. **Clock.** If the profile uses Current Time and the device has 0x2A2B, read it: the
 //!    difference to the gateway's clock is the session's clock offset, put on every reading as
 //!    [`crate::model::Reading::clock_offset`] (the raw device time stays the reading's
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::central::{format_address, Address, BleError, GattCharacteristic, Link, Notification};
 use super::profiles::Profiles;
 use super::SessionEnv;
+use crate::limits::MAX_NAME_LEN;
 use crate::model::{hex_upper, DeviceId, DeviceRef, Reading};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::CommitError;
@@ -123,8 +125,8 @@ pub(super) async fn run<L: Link>(
     let key = hex_upper(&address);
     let find = |uuid: u16| chars.iter().find(|c| c.uuid == uuid).copied();
 
-    let model = read_text(link, find(MODEL_NUMBER)).await;
-    let manufacturer = read_text(link, find(MANUFACTURER_NAME)).await;
+    let model = read_text(link, find(MODEL_NUMBER), "model number", &key).await;
+    let manufacturer = read_text(link, find(MANUFACTURER_NAME), "manufacturer name", &key).await;
     let device = DeviceRef {
         id: DeviceId::Bluetooth(address),
         profile: profile.id.clone(),
@@ -283,17 +285,43 @@ async fn bounded<T>(
         .map_err(|_| BleError::Timeout(what))?
 }
 
-/// A Device Information string: printable characters only, at most 64.
-async fn read_text<L: Link>(link: &L, c: Option<GattCharacteristic>) -> Option<String> {
+/// A Device Information string (`what`, e.g. "model number") of device `key`.
+async fn read_text<L: Link>(
+    link: &L,
+    c: Option<GattCharacteristic>,
+    what: &'static str,
+    key: &str,
+) -> Option<String> {
     let c = c.filter(|c| c.properties.read)?;
     let bytes = link.read(c.uuid).await.ok()?;
-    let text: String = String::from_utf8_lossy(&bytes)
+    match device_text(&bytes) {
+        Ok(text) => text,
+        Err(limit) => {
+            tracing::warn!(
+                device = %key,
+                characteristic = what,
+                limit,
+                "device information string longer than its limit; not used"
+            );
+            None
+        }
+    }
+}
+
+/// A Device Information string as the FHIR Device gets it: control characters (such as the
+/// NUL padding of fixed-size fields) removed, trimmed; `None` when blank. Longer than
+/// [`MAX_NAME_LEN`] bytes it is refused (`Err` with the limit) rather than cut, since a cut
+/// name would be another name.
+fn device_text(bytes: &[u8]) -> Result<Option<String>, usize> {
+    let text: String = String::from_utf8_lossy(bytes)
         .chars()
         .filter(|c| !c.is_control())
-        .take(64)
         .collect();
-    let text = text.trim().to_owned();
-    (!text.is_empty()).then_some(text)
+    let text = text.trim();
+    if text.len() > MAX_NAME_LEN {
+        return Err(MAX_NAME_LEN);
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
 /// What reading a device's Current Time told.
@@ -545,5 +573,23 @@ fn format_address_key(d: &DeviceRef) -> String {
     match &d.id {
         DeviceId::Bluetooth(a) => format_address(a),
         other => other.key(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_information_strings_are_cleaned_and_over_long_ones_refused() {
+        assert_eq!(device_text(b"BP-100\0\0\0"), Ok(Some("BP-100".into())));
+        assert_eq!(device_text(b"  Acme\r\n"), Ok(Some("Acme".into())));
+        assert_eq!(device_text(b"\0\0"), Ok(None));
+        assert_eq!(
+            device_text(&[b'M'; MAX_NAME_LEN]),
+            Ok(Some("M".repeat(MAX_NAME_LEN)))
+        );
+        // A BLE attribute may hold 512 bytes.
+        assert_eq!(device_text(&[b'M'; 512]), Err(MAX_NAME_LEN));
     }
 }

@@ -31,6 +31,10 @@
 //!   and carry the offset in `clock_offset`, so the FHIR time is corrected and says so.
 //! - **Bad frames** are counted by kind and never answered: the device's retransmission
 //!   covers them.
+//! - **Device strings** of a `Hello` are bounded by the firmware crate's `heapless` types
+//!   (32 bytes for ids and names, 16 for units), within the gateway's own
+//!   [`crate::limits`] (checked at compile time below). A name or profile with control
+//!   characters is treated as absent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -48,6 +52,12 @@ use crate::model::{
     Value,
 };
 use crate::profile::catalog;
+
+// The firmware's bounded strings fit the gateway's limits for the same kinds of text.
+const _: () = assert!(fw::MAX_ID_LEN <= crate::limits::MAX_ID_LEN);
+const _: () = assert!(fw::MAX_ID_LEN <= crate::limits::MAX_NAME_LEN);
+const _: () = assert!(fw::MAX_ID_LEN <= crate::limits::MAX_CODE_LEN);
+const _: () = assert!(fw::MAX_UNIT_LEN <= crate::limits::MAX_UNIT_LEN);
 
 /// Profile id recorded for firmware devices whose `Hello` names none.
 pub const DEFAULT_PROFILE: &str = "vitalbridge-firmware-v1";
@@ -382,7 +392,10 @@ fn identify(hello: &Hello) -> Option<DeviceRef> {
         }
         None => return None,
     };
-    let text = |s: &str| (!s.trim().is_empty()).then(|| s.to_owned());
+    let text = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && !s.chars().any(char::is_control)).then(|| s.to_owned())
+    };
     Some(DeviceRef {
         id,
         profile: text(&hello.profile).unwrap_or_else(|| DEFAULT_PROFILE.to_owned()),

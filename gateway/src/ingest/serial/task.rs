@@ -19,12 +19,18 @@
 //!   exponential backoff from [`RECONNECT_INITIAL`] to the configured maximum, resolving a
 //!   USB id afresh each time. Commits in flight keep running and their results still reach
 //!   the session.
-//! - On shutdown the task stops reading and answering, gives commits in flight
-//!   [`SHUTDOWN_DRAIN`] to finish (a line device's readings exist nowhere else), and logs its
-//!   counters.
+//! - On shutdown the task stops reading and answering, and gives commits in flight
+//!   [`SHUTDOWN_DRAIN`] to finish: a line device's readings exist nowhere else, so its held
+//!   commits keep retrying meanwhile (the buffer writer runs until every source has ended,
+//!   and the uplink until the writer has, so a full buffer can still make room). Then held
+//!   work gets one last attempt, answered within [`SHUTDOWN_LAST_TRY`]; whatever is still
+//!   not stored is lost, and each lost reading and undecodable line is counted
+//!   ([`Metrics::input_lost`]), audited (`input_lost`) and logged by count. The whole drain
+//!   stays within the time `lib.rs` gives a source to stop. Then the task logs its counters.
 //!
 //! Logs carry the port name, path, counters and error kinds; never a value.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,7 @@ use super::port;
 use super::session::Session;
 use super::{Action, BatchId, CommitOutcome, Protocol, SerialSource};
 use crate::ingest::Bindings;
+use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest};
 
@@ -56,8 +63,11 @@ pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Delay before retrying a held commit the buffer refused.
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
-/// How long commits in flight may finish after shutdown begins.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+/// How long commits in flight may finish after shutdown begins (held ones retrying).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+/// After the drain, how long held work's last attempt may take to be answered. The drain
+/// and this stay within `lib.rs`'s grace for a source to stop (5 s).
+pub const SHUTDOWN_LAST_TRY: Duration = Duration::from_secs(1);
 /// How often counters are logged while they change.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -153,8 +163,63 @@ impl Driver {
 #[derive(Clone)]
 struct Committer {
     ingest: Ingest,
-    shutdown: CancellationToken,
+    /// Cancelled at the end of the shutdown drain: held work stops retrying after one last
+    /// attempt.
+    give_up: CancellationToken,
     origin: String,
+}
+
+/// Held work (a line device's: it cannot be sent again) whose commit has not ended, by
+/// batch, and what of it was lost.
+#[derive(Debug, Default)]
+struct Held {
+    /// Batch → (readings, undecodable payloads) in flight.
+    in_flight: HashMap<BatchId, (u64, u64)>,
+    /// Readings that ended without being stored.
+    lost_readings: u64,
+    /// Undecodable payloads that ended without being dead-lettered.
+    lost_payloads: u64,
+}
+
+impl Held {
+    /// A commit task for `action` is starting.
+    fn started(&mut self, action: &Action) {
+        match action {
+            Action::Commit {
+                batch,
+                readings,
+                hold: true,
+            } => {
+                self.in_flight.insert(*batch, (readings.len() as u64, 0));
+            }
+            Action::Reject {
+                batch, hold: true, ..
+            } => {
+                self.in_flight.insert(*batch, (0, 1));
+            }
+            _ => {}
+        }
+    }
+
+    /// Batch `batch` ended with `outcome`.
+    fn ended(&mut self, batch: BatchId, outcome: CommitOutcome) {
+        if let Some((readings, payloads)) = self.in_flight.remove(&batch) {
+            if outcome != CommitOutcome::Stored {
+                self.lost_readings += readings;
+                self.lost_payloads += payloads;
+            }
+        }
+    }
+
+    /// Everything still in flight is lost: its task is being dropped without an answer a
+    /// full second after its last attempt began. (Should the writer, stuck that long, still
+    /// store one later, it is stored once and counted as lost too: never the other way.)
+    fn abandon(&mut self) {
+        for (_, (readings, payloads)) in self.in_flight.drain() {
+            self.lost_readings += readings;
+            self.lost_payloads += payloads;
+        }
+    }
 }
 
 impl Committer {
@@ -183,14 +248,16 @@ impl Committer {
             match result {
                 Ok(()) => return (batch, CommitOutcome::Stored),
                 Err(CommitError::Closed) => return (batch, CommitOutcome::Closed),
+                // Held work retries through shutdown too: the writer keeps running until
+                // every source has ended.
                 Err(
                     CommitError::Full { .. }
                     | CommitError::LowSpace { .. }
                     | CommitError::Storage(_),
-                ) if hold && !self.shutdown.is_cancelled() => {
+                ) if hold && !self.give_up.is_cancelled() => {
                     tokio::select! {
                         _ = tokio::time::sleep(COMMIT_RETRY) => {}
-                        _ = self.shutdown.cancelled() => {}
+                        _ = self.give_up.cancelled() => {}
                     }
                 }
                 Err(_) => return (batch, CommitOutcome::Refused),
@@ -206,12 +273,13 @@ enum End {
 }
 
 impl SerialSource {
-    /// Serves the port until `shutdown`.
+    /// Serves the port until `shutdown`, then drains its commits (see the module doc).
     pub async fn run(
         self,
         ingest: Ingest,
         bindings: Bindings,
         metrics: Arc<Metrics>,
+        audit: Audit,
         shutdown: CancellationToken,
     ) {
         let mut driver = match &self.protocol {
@@ -229,10 +297,11 @@ impl SerialSource {
         };
         let committer = Committer {
             ingest,
-            shutdown: shutdown.clone(),
+            give_up: CancellationToken::new(),
             origin: self.origin(),
         };
         let mut commits: JoinSet<(BatchId, CommitOutcome)> = JoinSet::new();
+        let mut held = Held::default();
         let mut backoff = RECONNECT_INITIAL;
         let mut reported_unavailable = false;
         tracing::info!(port = %self.name, target = %self.target, settings = %self.settings, "serial source started");
@@ -246,7 +315,13 @@ impl SerialSource {
                     driver.reconnected();
                     let opened_at = Instant::now();
                     let end = self
-                        .connection(stream, &mut driver, &mut commits, &committer, &metrics)
+                        .connection(
+                            stream,
+                            &mut driver,
+                            (&mut commits, &mut held),
+                            &committer,
+                            (&metrics, &shutdown),
+                        )
                         .await;
                     match end {
                         End::Shutdown => break,
@@ -278,6 +353,7 @@ impl SerialSource {
                     _ = shutdown.cancelled() => break,
                     Some(done) = commits.join_next() => {
                         if let Ok((batch, outcome)) = done {
+                            held.ended(batch, outcome);
                             let _ = driver.committed(batch, outcome);
                         }
                     }
@@ -289,15 +365,36 @@ impl SerialSource {
             backoff = (backoff * 2).min(self.reconnect_max);
         }
         // Let commits in flight finish: for a line device they are the only copy.
-        let _ = tokio::time::timeout(SHUTDOWN_DRAIN, async {
-            while let Some(done) = commits.join_next().await {
-                if let Ok((batch, outcome)) = done {
-                    let _ = driver.committed(batch, outcome);
-                }
-            }
-        })
-        .await;
+        if !drain(&mut commits, &mut held, &mut driver, SHUTDOWN_DRAIN).await {
+            committer.give_up.cancel();
+            drain(&mut commits, &mut held, &mut driver, SHUTDOWN_LAST_TRY).await;
+        }
+        // Dropping the set aborts what is left: it was never answered.
+        commits.abort_all();
+        held.abandon();
+        self.report_lost(&held, committer.ingest.source(), &metrics, &audit);
         driver.log_stats(&self.name, "serial port statistics (final)");
+    }
+
+    /// Counts, audits and logs what the port could not store (by count only).
+    fn report_lost(&self, held: &Held, source: &str, metrics: &Metrics, audit: &Audit) {
+        let (readings, payloads) = (held.lost_readings, held.lost_payloads);
+        if readings == 0 && payloads == 0 {
+            return;
+        }
+        metrics.input_lost(source, readings, payloads);
+        audit.record(Event::InputLost {
+            source,
+            origin: &self.origin(),
+            readings,
+            payloads,
+        });
+        tracing::error!(
+            port = %self.name,
+            readings,
+            undecodable_lines = payloads,
+            "readings from this port were not stored before the gateway stopped (the buffer stayed full or failing) and the device cannot send them again: they are lost"
+        );
     }
 
     /// Serves one open connection until the device is lost or shutdown begins.
@@ -305,9 +402,9 @@ impl SerialSource {
         &self,
         stream: SerialStream,
         driver: &mut Driver,
-        commits: &mut JoinSet<(BatchId, CommitOutcome)>,
+        (commits, held): (&mut JoinSet<(BatchId, CommitOutcome)>, &mut Held),
         committer: &Committer,
-        metrics: &Metrics,
+        (metrics, shutdown): (&Metrics, &CancellationToken),
     ) -> End {
         let (mut reader, writer) = tokio::io::split(stream);
         let (answers, queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -319,7 +416,7 @@ impl SerialSource {
         let mut bad_at_last_log = driver.bad();
         let end = loop {
             let actions = tokio::select! {
-                _ = committer.shutdown.cancelled() => break End::Shutdown,
+                _ = shutdown.cancelled() => break End::Shutdown,
                 read = reader.read(&mut buf), if commits.len() < MAX_IN_FLIGHT => match read {
                     Ok(0) => break End::Lost("end of stream".into()),
                     Err(e) => break End::Lost(e.to_string()),
@@ -344,7 +441,10 @@ impl SerialSource {
                     }
                 },
                 Some(done) = commits.join_next() => match done {
-                    Ok((batch, outcome)) => driver.committed(batch, outcome),
+                    Ok((batch, outcome)) => {
+                        held.ended(batch, outcome);
+                        driver.committed(batch, outcome)
+                    }
                     Err(_) => Vec::new(),
                 },
                 _ = stats_tick.tick() => {
@@ -366,6 +466,7 @@ impl SerialSource {
                         }
                     }
                     work => {
+                        held.started(&work);
                         commits.spawn(committer.clone().run(work));
                     }
                 }
@@ -386,11 +487,74 @@ impl SerialSource {
     }
 }
 
+/// Takes the results of commits in flight until none is left (`true`) or `limit` passed.
+async fn drain(
+    commits: &mut JoinSet<(BatchId, CommitOutcome)>,
+    held: &mut Held,
+    driver: &mut Driver,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(done) = commits.join_next().await {
+            if let Ok((batch, outcome)) = done {
+                held.ended(batch, outcome);
+                let _ = driver.committed(batch, outcome);
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 async fn write_loop(mut port: WriteHalf<SerialStream>, mut queue: mpsc::Receiver<Vec<u8>>) {
     while let Some(bytes) = queue.recv().await {
         if port.write_all(&bytes).await.is_err() {
             // The read side sees the same failure and reconnects.
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(batch: BatchId, readings: usize, hold: bool) -> Action {
+        let reading = crate::profile::canonical::decode(
+            br#"{"device":"d","metric":"spo2","value":97}"#,
+            OffsetDateTime::UNIX_EPOCH,
+            &|_, _| None,
+        )
+        .unwrap()
+        .remove(0);
+        Action::Commit {
+            batch,
+            readings: vec![reading; readings],
+            hold,
+        }
+    }
+
+    #[test]
+    fn held_work_that_ends_unstored_or_unanswered_is_counted_as_lost() {
+        let mut held = Held::default();
+        held.started(&commit(1, 3, true));
+        held.started(&commit(2, 3, true));
+        held.started(&commit(3, 2, false));
+        held.started(&Action::Reject {
+            batch: 4,
+            reason: "r".into(),
+            payload: vec![1],
+            hold: true,
+        });
+        held.started(&commit(5, 3, true));
+        held.ended(1, CommitOutcome::Stored);
+        held.ended(2, CommitOutcome::Refused);
+        // Not held: the device sends it again.
+        held.ended(3, CommitOutcome::Refused);
+        held.ended(4, CommitOutcome::Closed);
+        assert_eq!((held.lost_readings, held.lost_payloads), (3, 1));
+        held.abandon();
+        assert_eq!((held.lost_readings, held.lost_payloads), (6, 1));
+        assert!(held.in_flight.is_empty());
     }
 }

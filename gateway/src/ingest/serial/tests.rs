@@ -457,6 +457,17 @@ fn a_hello_without_any_id_identifies_nobody_and_serials_are_used_without_an_eui6
     let device = s.device().unwrap();
     assert_eq!(device.id, DeviceId::Serial("SN0042".into()));
     assert_eq!(device.profile, super::session::DEFAULT_PROFILE);
+    // Names with control characters are not used; the rest is trimmed.
+    let mut odd = hello();
+    odd.model = "M-1\u{1b}[2J".try_into().unwrap();
+    odd.manufacturer = " Acme ".try_into().unwrap();
+    odd.profile = "x\ny".try_into().unwrap();
+    s.reconnected();
+    s.receive(&bytes(odd), NOW);
+    let device = s.device().unwrap();
+    assert_eq!(device.model, None);
+    assert_eq!(device.manufacturer.as_deref(), Some("Acme"));
+    assert_eq!(device.profile, super::session::DEFAULT_PROFILE);
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! - each characteristic's `decoder` exists and decodes that UUID;
 //! - at least one characteristic is required, and UUIDs are not repeated;
 //! - every metric names a characteristic of the profile whose decoder produces that exact
-//!   metric (MDC code and LOINC code), and lists at least one unit.
+//!   metric (MDC code and LOINC code), and lists at least one unit;
+//! - every string is within its limit ([`crate::limits`]): names and the specification 128
+//!   bytes, units 32, the id and every other code 64.
 
 use serde::Deserialize;
 
@@ -212,6 +214,47 @@ impl BleProfile {
 
     /// Checks the profile against the decoders and the catalog (see the module doc).
     pub fn validate(&self) -> Result<(), ProfileError> {
+        use crate::limits::{MAX_CODE_LEN, MAX_NAME_LEN, MAX_UNIT_LEN};
+        let mut strings: Vec<(String, &str, usize)> = vec![
+            ("id".into(), &self.id, MAX_CODE_LEN),
+            ("name".into(), &self.name, MAX_NAME_LEN),
+            ("specification".into(), &self.specification, MAX_NAME_LEN),
+            ("service".into(), &self.service, MAX_CODE_LEN),
+        ];
+        for (i, c) in self.characteristics.iter().enumerate() {
+            strings.push((format!("characteristics[{i}].uuid"), &c.uuid, MAX_CODE_LEN));
+            strings.push((format!("characteristics[{i}].name"), &c.name, MAX_NAME_LEN));
+            strings.push((
+                format!("characteristics[{i}].decoder"),
+                &c.decoder,
+                MAX_CODE_LEN,
+            ));
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            strings.push((format!("metrics[{i}].mdc_ref"), &m.mdc_ref, MAX_CODE_LEN));
+            if let Some(loinc) = &m.loinc {
+                strings.push((format!("metrics[{i}].loinc"), loinc, MAX_CODE_LEN));
+            }
+            for (j, u) in m.units.iter().enumerate() {
+                strings.push((format!("metrics[{i}].units[{j}]"), u, MAX_UNIT_LEN));
+            }
+            strings.push((
+                format!("metrics[{i}].characteristic"),
+                &m.characteristic,
+                MAX_CODE_LEN,
+            ));
+        }
+        if let Some((key, _, max)) = strings.iter().find(|(_, text, max)| text.len() > *max) {
+            // The id itself may be the long string: name the profile by nothing else.
+            return Err(ProfileError::Invalid {
+                profile: if key == "id" {
+                    "(id not shown)".to_owned()
+                } else {
+                    self.id.clone()
+                },
+                reason: format!("`{key}` is longer than {max} bytes"),
+            });
+        }
         let invalid = |reason: String| ProfileError::Invalid {
             profile: self.id.clone(),
             reason,
@@ -440,6 +483,90 @@ characteristic = "2A37"
         ];
         for text in cases {
             assert!(BleProfile::from_toml(&text).is_err(), "accepted:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_string_has_a_length_limit() {
+        use crate::limits::{MAX_CODE_LEN, MAX_NAME_LEN, MAX_UNIT_LEN};
+        let long = |n: usize| "q".repeat(n + 1);
+        let cases = [
+            (
+                "id = \"ble-test\"",
+                format!("id = \"ble-{}\"", long(MAX_CODE_LEN)),
+                "id",
+                MAX_CODE_LEN,
+            ),
+            (
+                "name = \"Test\"",
+                format!("name = \"{}\"", long(MAX_NAME_LEN)),
+                "name",
+                MAX_NAME_LEN,
+            ),
+            (
+                "specification = \"HRS 1.0\"",
+                format!("specification = \"{}\"", long(MAX_NAME_LEN)),
+                "specification",
+                MAX_NAME_LEN,
+            ),
+            (
+                "service = \"180D\"",
+                format!("service = \"{}\"", long(MAX_CODE_LEN)),
+                "service",
+                MAX_CODE_LEN,
+            ),
+            (
+                "uuid = \"2A37\"",
+                format!("uuid = \"{}\"", long(MAX_CODE_LEN)),
+                "characteristics[0].uuid",
+                MAX_CODE_LEN,
+            ),
+            (
+                "name = \"Heart Rate Measurement\"",
+                format!("name = \"{}\"", long(MAX_NAME_LEN)),
+                "characteristics[0].name",
+                MAX_NAME_LEN,
+            ),
+            (
+                "decoder = \"heart-rate-measurement\"",
+                format!("decoder = \"{}\"", long(MAX_CODE_LEN)),
+                "characteristics[0].decoder",
+                MAX_CODE_LEN,
+            ),
+            (
+                "mdc_ref = \"MDC_ECG_HEART_RATE\"",
+                format!("mdc_ref = \"{}\"", long(MAX_CODE_LEN)),
+                "metrics[0].mdc_ref",
+                MAX_CODE_LEN,
+            ),
+            (
+                "loinc = \"8867-4\"",
+                format!("loinc = \"{}\"", long(MAX_CODE_LEN)),
+                "metrics[0].loinc",
+                MAX_CODE_LEN,
+            ),
+            (
+                "units = [\"/min\"]",
+                format!("units = [\"/min\", \"{}\"]", long(MAX_UNIT_LEN)),
+                "metrics[0].units[1]",
+                MAX_UNIT_LEN,
+            ),
+            (
+                "characteristic = \"2A37\"",
+                format!("characteristic = \"{}\"", long(MAX_CODE_LEN)),
+                "metrics[0].characteristic",
+                MAX_CODE_LEN,
+            ),
+        ];
+        for (from, to, key, max) in cases {
+            assert!(MINIMAL.contains(from), "{from}");
+            let text = MINIMAL.replacen(from, &to, 1);
+            let err = BleProfile::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.ends_with(&format!("`{key}` is longer than {max} bytes")),
+                "{key}: {err}"
+            );
+            assert!(!err.contains("qqq"), "{key}: quotes the value: {err}");
         }
     }
 }

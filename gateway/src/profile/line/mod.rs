@@ -18,7 +18,8 @@
 //! 2. a line matching an `ignore` pattern, or not matching `only`, is [`Decoded::Ignored`]
 //!    (headers, banners, blank lines);
 //! 3. the line splits into fields (the pattern must match the whole line; a delimited line
-//!    must have exactly the declared columns) — otherwise an error;
+//!    must have exactly the declared columns) — otherwise an error; a field the profile
+//!    uses (time stamp, metric, status) longer than [`MAX_LINE_FIELD_LEN`] bytes is an error;
 //! 4. the time stamp fields, joined by one space, parse in the profile's layout
 //!    ([`timefmt`]) with the port's configured UTC offset; a profile without `[time]` gives
 //!    readings with no device time (the gateway's receive time is used, and recorded so);
@@ -43,6 +44,7 @@ use regex::Regex;
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::config::{FlowControl, Parity};
+use crate::limits::MAX_LINE_FIELD_LEN;
 use crate::model::{Decimal, Measured, Metric, Quantity, Reading, StatusFlag, Value};
 use crate::profile::FrameContext;
 
@@ -272,6 +274,14 @@ impl LineProfile {
             return Ok(Decoded::Ignored);
         }
         let fields = self.fields(text)?;
+        for (name, range) in &fields {
+            if range.len() > MAX_LINE_FIELD_LEN && self.uses_field(name) {
+                return Err(field_error(
+                    name,
+                    format_args!("is longer than {MAX_LINE_FIELD_LEN} bytes"),
+                ));
+            }
+        }
         let get = |name: &str| -> Option<&str> {
             fields
                 .iter()
@@ -381,6 +391,16 @@ impl LineProfile {
                     .collect())
             }
         }
+    }
+
+    /// Whether decoding reads field `name` (for a time stamp, a metric or status bits).
+    fn uses_field(&self, name: &str) -> bool {
+        self.metrics.iter().any(|m| m.field == name)
+            || self.status.iter().any(|s| s.field == name)
+            || self
+                .time
+                .as_ref()
+                .is_some_and(|t| t.fields.iter().any(|f| f == name))
     }
 
     /// The time-stamp layout and the fields it spans, if the lines carry a device time.

@@ -5,8 +5,9 @@
 //! ([`BUILT_IN`]), so a gateway needs no extra files to read those devices. A directory
 //! (`sources.serial[].profiles_dir`) adds profiles, and a file there whose id equals a
 //! built-in one replaces it — how a site fixes or adapts a profile without a new release.
-//! Only `line-*.toml` files in the directory are read; each must be valid, and its id must
-//! equal its file name.
+//! Only `line-*.toml` files in the directory are read, each of at most
+//! [`crate::limits::MAX_PROFILE_FILE_BYTES`]; each must be valid, and its id must equal its
+//! file name.
 
 use std::path::Path;
 
@@ -65,7 +66,8 @@ impl Registry {
             .collect();
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
+                .map_err(|e| io(&path, e))?;
             let name = path.display().to_string();
             let profile = load(&text, &name)?;
             let stem = path

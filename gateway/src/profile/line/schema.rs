@@ -13,7 +13,11 @@
 //!   and its unit is a UCUM code;
 //! - status radixes are 10 or 16, masks non-zero, flags known;
 //! - the time layout is valid ([`TimeFormat::new`]);
-//! - every `[[examples]]` line decodes to exactly the readings, time and status it states.
+//! - every `[[examples]]` line decodes to exactly the readings, time and status it states;
+//! - every string is within its limit ([`crate::limits`]): the id, field and column names
+//!   (named groups too), metric names, flags and the time layout 64 bytes, `name`,
+//!   `manufacturer` and `model` (which reach the FHIR Device) 128, units 32, absent
+//!   markers 64, patterns and other free text 4096.
 //!
 //! Errors name the key; they may quote the profile (it is configuration, not patient data).
 
@@ -24,6 +28,9 @@ use super::{
     TimeSpec, MAX_LINE_LENGTH,
 };
 use crate::config::{FlowControl, Parity};
+use crate::limits::{
+    MAX_CODE_LEN, MAX_LINE_FIELD_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_TIME_LEN, MAX_UNIT_LEN,
+};
 use crate::model::{Measured, Reading, Value};
 use crate::profile::{canonical, catalog};
 
@@ -227,6 +234,69 @@ impl ProfileFile {
         })
     }
 
+    /// Every string of the file with its key and length limit.
+    fn strings(&self) -> Vec<(String, &str, usize)> {
+        let mut all: Vec<(String, &str, usize)> = vec![
+            ("id".into(), &self.id, MAX_CODE_LEN),
+            ("name".into(), &self.name, MAX_NAME_LEN),
+            ("manufacturer".into(), &self.manufacturer, MAX_NAME_LEN),
+            ("model".into(), &self.model, MAX_NAME_LEN),
+            ("documentation".into(), &self.documentation, MAX_TEXT_LEN),
+        ];
+        let l = &self.line;
+        for (i, p) in l.ignore.iter().enumerate() {
+            all.push((format!("line.ignore[{i}]"), p, MAX_TEXT_LEN));
+        }
+        for (key, text, max) in [
+            ("line.only", &l.only, MAX_TEXT_LEN),
+            ("line.pattern", &l.pattern, MAX_TEXT_LEN),
+            ("line.delimiter", &l.delimiter, MAX_CODE_LEN),
+        ] {
+            if let Some(text) = text {
+                all.push((key.into(), text, max));
+            }
+        }
+        for (i, c) in l.columns.iter().flatten().enumerate() {
+            all.push((format!("line.columns[{i}]"), c, MAX_CODE_LEN));
+        }
+        if let Some(t) = &self.time {
+            for (i, f) in t.fields.iter().enumerate() {
+                all.push((format!("time.fields[{i}]"), f, MAX_CODE_LEN));
+            }
+            all.push(("time.format".into(), &t.format, MAX_CODE_LEN));
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            all.push((format!("metrics[{i}].field"), &m.field, MAX_CODE_LEN));
+            all.push((format!("metrics[{i}].metric"), &m.metric, MAX_CODE_LEN));
+            if let Some(unit) = &m.unit {
+                all.push((format!("metrics[{i}].unit"), unit, MAX_UNIT_LEN));
+            }
+            for (j, a) in m.absent.iter().enumerate() {
+                all.push((format!("metrics[{i}].absent[{j}]"), a, MAX_LINE_FIELD_LEN));
+            }
+        }
+        for (i, st) in self.status.iter().enumerate() {
+            all.push((format!("status[{i}].field"), &st.field, MAX_CODE_LEN));
+            for (j, b) in st.bits.iter().enumerate() {
+                all.push((format!("status[{i}].bits[{j}].flag"), &b.flag, MAX_CODE_LEN));
+            }
+        }
+        for (i, e) in self.examples.iter().enumerate() {
+            all.push((format!("examples[{i}].source"), &e.source, MAX_TEXT_LEN));
+            all.push((format!("examples[{i}].line"), &e.line, MAX_LINE_LENGTH));
+            if let Some(t) = &e.time {
+                all.push((format!("examples[{i}].time"), t, MAX_TIME_LEN));
+            }
+            for (j, r) in e.readings.iter().enumerate() {
+                all.push((format!("examples[{i}].readings[{j}]"), r, MAX_TEXT_LEN));
+            }
+            for (j, f) in e.status.iter().enumerate() {
+                all.push((format!("examples[{i}].status[{j}]"), f, MAX_CODE_LEN));
+            }
+        }
+        all
+    }
+
     /// Checks the file and builds the profile.
     pub fn compile(self, source_name: &str) -> Result<LineProfile, ProfileError> {
         let invalid = |key: &str, message: String| ProfileError::Invalid {
@@ -234,6 +304,13 @@ impl ProfileFile {
             key: key.to_owned(),
             message,
         };
+        if let Some((key, _, max)) = self
+            .strings()
+            .into_iter()
+            .find(|(_, text, max)| text.len() > *max)
+        {
+            return Err(invalid(&key, format!("is longer than {max} bytes")));
+        }
         let valid_id = self.id.strip_prefix("line-").is_some_and(|rest| {
             !rest.is_empty()
                 && rest
@@ -348,6 +425,12 @@ impl ProfileFile {
             Split::Pattern(re) => re.capture_names().flatten().map(str::to_owned).collect(),
             Split::Delimited { columns, .. } => columns.clone(),
         };
+        if field_names.iter().any(|n| n.len() > MAX_CODE_LEN) {
+            return Err(invalid(
+                "line.pattern",
+                format!("names a group longer than {MAX_CODE_LEN} bytes"),
+            ));
+        }
         let check_field = |key: &str, field: &str| {
             if field.is_empty() || !field_names.iter().any(|n| n == field) {
                 Err(invalid(
@@ -392,10 +475,15 @@ impl ProfileFile {
                 )
             })?;
             let unit = m.unit.clone().unwrap_or_else(|| metric.unit.to_owned());
-            if unit.is_empty() || unit.len() > 32 || !unit.bytes().all(|b| b.is_ascii_graphic()) {
+            if unit.is_empty()
+                || unit.len() > MAX_UNIT_LEN
+                || !unit.bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Err(invalid(
                     &format!("{key}.unit"),
-                    "must be a UCUM code (printable ASCII, up to 32 characters)".into(),
+                    format!(
+                        "must be a UCUM code (printable ASCII, up to {MAX_UNIT_LEN} characters)"
+                    ),
                 ));
             }
             metrics.push(MetricRule {

@@ -267,6 +267,179 @@ fn bad_lines_are_errors_that_name_fields_and_never_echo_values() {
     }
 }
 
+#[test]
+fn a_field_the_profile_uses_has_a_length_limit_and_others_do_not() {
+    let p = ProfileFile::from_toml(
+        &CSV_PROFILE.replace("max_length = 80", "max_length = 400"),
+        "csv",
+    )
+    .unwrap()
+    .compile("csv")
+    .unwrap();
+    // Leading zeros: a number of any length that still parses.
+    let digits = |n: usize| format!("{}1", "0".repeat(n - 1));
+    // An unused column may be long; a used one may be up to the limit.
+    let ok = format!(
+        "2026-11-25T08:30:00,{},{},0",
+        "x".repeat(300),
+        digits(MAX_LINE_FIELD_LEN)
+    );
+    assert!(p.decode(ok.as_bytes(), &ctx(), UtcOffset::UTC).is_ok());
+    for (line, field) in [
+        (
+            format!("2026-11-25T08:30:00,x,{},0", digits(MAX_LINE_FIELD_LEN + 1)),
+            "temp",
+        ),
+        (
+            format!(
+                "2026-11-25T08:30:00,x,36.6,{}",
+                digits(MAX_LINE_FIELD_LEN + 1)
+            ),
+            "flags",
+        ),
+        (
+            format!(
+                "2026-11-25T08:30:00{},x,36.6,0",
+                " ".repeat(MAX_LINE_FIELD_LEN)
+            ),
+            "stamp",
+        ),
+    ] {
+        assert_eq!(
+            p.decode(line.as_bytes(), &ctx(), UtcOffset::UTC),
+            Err(DecodeError::Field {
+                field: field.into(),
+                problem: format!("is longer than {MAX_LINE_FIELD_LEN} bytes"),
+            }),
+            "{field}"
+        );
+    }
+}
+
+#[test]
+fn every_string_of_a_profile_file_has_a_length_limit() {
+    use crate::limits::{MAX_CODE_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_UNIT_LEN};
+    let long = |n: usize| "q".repeat(n + 1);
+    let cases: Vec<(&str, String, &str, usize)> = vec![
+        (
+            "id = \"line-test-csv\"",
+            format!("id = \"line-{}\"", long(MAX_CODE_LEN)),
+            "id",
+            MAX_CODE_LEN,
+        ),
+        (
+            "name = \"A CSV thermometer\"",
+            format!("name = \"{}\"", long(MAX_NAME_LEN)),
+            "name",
+            MAX_NAME_LEN,
+        ),
+        (
+            "manufacturer = \"Test\"",
+            format!("manufacturer = \"{}\"", long(MAX_NAME_LEN)),
+            "manufacturer",
+            MAX_NAME_LEN,
+        ),
+        (
+            "model = \"T-1\"",
+            format!("model = \"{}\"", long(MAX_NAME_LEN)),
+            "model",
+            MAX_NAME_LEN,
+        ),
+        (
+            "documentation = \"this test\"",
+            format!("documentation = \"{}\"", long(MAX_TEXT_LEN)),
+            "documentation",
+            MAX_TEXT_LEN,
+        ),
+        (
+            "ignore = ['^#']",
+            format!("ignore = ['^#', '{}']", long(MAX_TEXT_LEN)),
+            "line.ignore[1]",
+            MAX_TEXT_LEN,
+        ),
+        (
+            "columns = [\"stamp\", \"\"",
+            format!("columns = [\"stamp\", \"{}\"", long(MAX_CODE_LEN)),
+            "line.columns[1]",
+            MAX_CODE_LEN,
+        ),
+        (
+            "format = \"YYYY-MM-DDThh:mm:ss\"",
+            format!("format = \"{}\"", long(MAX_CODE_LEN)),
+            "time.format",
+            MAX_CODE_LEN,
+        ),
+        (
+            "metric = \"body-temperature\"",
+            format!("metric = \"{}\"", long(MAX_CODE_LEN)),
+            "metrics[0].metric",
+            MAX_CODE_LEN,
+        ),
+        (
+            "metric = \"body-temperature\"",
+            format!(
+                "metric = \"body-temperature\"\nunit = \"{}\"",
+                long(MAX_UNIT_LEN)
+            ),
+            "metrics[0].unit",
+            MAX_UNIT_LEN,
+        ),
+        (
+            "absent = [\"\", \"NaN\"]",
+            format!("absent = [\"{}\"]", long(MAX_LINE_FIELD_LEN)),
+            "metrics[0].absent[0]",
+            MAX_LINE_FIELD_LEN,
+        ),
+        (
+            "flag = \"low-battery\"",
+            format!("flag = \"{}\"", long(MAX_CODE_LEN)),
+            "status[0].bits[0].flag",
+            MAX_CODE_LEN,
+        ),
+    ];
+    for (from, to, key, max) in cases {
+        assert!(CSV_PROFILE.contains(from), "{from}");
+        let text = CSV_PROFILE.replacen(from, &to, 1);
+        let err = ProfileFile::from_toml(&text, "csv")
+            .and_then(|f| f.compile("csv"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, format!("csv: `{key}` is longer than {max} bytes"));
+    }
+    let pattern = CSV_PROFILE
+        .replace(
+            "delimiter = \",\"",
+            &format!(
+                "pattern = '(?<{}>.*),(?<temp>.*),(?<flags>.*)'",
+                long(MAX_CODE_LEN)
+            ),
+        )
+        .replace("columns = [\"stamp\", \"\", \"temp\", \"flags\"]", "")
+        .replace("fields = [\"stamp\"]", "fields = [\"temp\"]");
+    let err = ProfileFile::from_toml(&pattern, "csv")
+        .and_then(|f| f.compile("csv"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`line.pattern` names a group longer than 64 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_profile_file_in_the_directory_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("line-huge.toml");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(crate::limits::MAX_PROFILE_FILE_BYTES + 1)
+        .unwrap();
+    let err = Registry::load(Some(dir.path())).unwrap_err().to_string();
+    assert!(
+        err.contains("line-huge.toml") && err.contains("larger than 1048576 bytes"),
+        "{err}"
+    );
+}
+
 const CSV_PROFILE: &str = r#"
 id = "line-test-csv"
 name = "A CSV thermometer"
