@@ -61,6 +61,7 @@ use crate::config::MqttSourceConfig;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
+use crate::limits;
 use crate::pipeline::{CommitError, Ingest, Rejected};
 use crate::profile::canonical;
 
@@ -366,7 +367,7 @@ enum Payload {
 
 impl Message {
     fn of(publish: Publish, max_payload: usize) -> Self {
-        let origin = format!("mqtt:{}", publish.topic);
+        let origin = format!("mqtt:{}", bounded_topic(&publish.topic));
         let ack = AckId {
             qos: publish.qos,
             pkid: publish.pkid,
@@ -477,6 +478,19 @@ fn decode(
     }
 }
 
+/// A topic as a dead-letter origin: at most [`limits::MAX_TOPIC_LEN`] bytes (a publisher
+/// chooses it; MQTT allows 64 KiB), cut at a character boundary and marked when cut.
+fn bounded_topic(topic: &str) -> std::borrow::Cow<'_, str> {
+    if topic.len() <= limits::MAX_TOPIC_LEN {
+        return topic.into();
+    }
+    let mut end = limits::MAX_TOPIC_LEN;
+    while !topic.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &topic[..end]).into()
+}
+
 /// Waits [`COMMIT_RETRY`]; `false` if shutdown came first.
 async fn pause(shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -496,5 +510,20 @@ async fn disconnect(client: AsyncClient, mut eventloop: EventLoop) {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_topic_is_cut_to_the_limit_at_a_character_boundary() {
+        assert_eq!(bounded_topic("vitals/a"), "vitals/a");
+        let long = "é".repeat(limits::MAX_TOPIC_LEN);
+        let cut = bounded_topic(&long);
+        assert!(cut.ends_with('…'));
+        assert!(cut.len() <= limits::MAX_TOPIC_LEN + '…'.len_utf8());
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }
