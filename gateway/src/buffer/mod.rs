@@ -23,6 +23,7 @@
 //!   [`BufferError::Locked`].
 
 pub mod codec;
+pub mod salvage;
 pub mod writer;
 
 #[cfg(test)]
