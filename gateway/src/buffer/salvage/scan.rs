@@ -57,8 +57,10 @@
 //!   carved out.
 //! - An `INTEGER PRIMARY KEY` column (such as the buffer's `id`) is not stored in the
 //!   record: its column holds NULL and its value is the [`FoundRecord::rowid`].
-//! - Text is returned as the stored bytes; [`ScanReport::text_encoding`] tells their
-//!   encoding when the database header was readable.
+//! - Values come back as stored: SQLite stores a whole-number value of a REAL column as an
+//!   integer (and converts it back when it reads it), so it comes back as
+//!   [`SqlValue::Integer`]. Text comes back as the stored bytes, in the encoding
+//!   [`ScanReport::text_encoding`] names when the database header was readable.
 //! - A read error on one page counts it in `unreadable_pages` and the scan goes on.
 
 #![deny(

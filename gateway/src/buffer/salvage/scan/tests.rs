@@ -109,12 +109,14 @@ struct Spec {
     wal_only: i64,
 }
 
-/// The `extra` table's rows: reals, extreme integers, empty and NULL values.
+/// The `extra` table's rows: reals, extreme integers, empty and NULL values, and a blob that
+/// spills past 512- and 1024-byte pages.
 const EXTRA_SQL: &str = "INSERT INTO extra (k, r, n, b) VALUES \
     ('pi', 3.141592653589793, -9223372036854775808, NULL), \
     ('neg', -0.5, 9223372036854775807, x''), \
     ('big', 1e300, 255, x'00ff'), \
-    ('tiny', 5e-324, -129, x'01')";
+    ('tiny', 5e-324, -129, x'01'), \
+    ('long', 0.0, 0, zeroblob(1200))";
 
 fn extra_values() -> Vec<Vec<SqlValue>> {
     use SqlValue::*;
@@ -142,6 +144,13 @@ fn extra_values() -> Vec<Vec<SqlValue>> {
             Real(5e-324),
             Integer(-129),
             Blob(vec![1]),
+        ],
+        // A whole-number REAL is stored as an integer (SQLite converts it back when read).
+        vec![
+            Text(b"long".to_vec()),
+            Integer(0),
+            Integer(0),
+            Blob(vec![0; 1200]),
         ],
     ]
 }
