@@ -53,8 +53,10 @@
 //!   older generations past its valid end. The same row may therefore be found several
 //!   times, in the database and in WAL frames; the caller dedupes (by rowid or by a unique
 //!   column).
-//! - Rows deleted from a page that is still in use (free blocks inside a live page) are not
-//!   carved out.
+//! - Nothing is carved: a leaf page is recognised by its 8-byte b-tree header and its cells
+//!   are found through its cell-pointer array, so a leaf whose header or pointer array is
+//!   damaged loses its cells, and rows deleted from a page still in use (free blocks inside
+//!   a live page) are not found.
 //! - An `INTEGER PRIMARY KEY` column (such as the buffer's `id`) is not stored in the
 //!   record: its column holds NULL and its value is the [`FoundRecord::rowid`].
 //! - Values come back as stored: SQLite stores a whole-number value of a REAL column as an
@@ -273,12 +275,12 @@ where
         (h.page_size, PageSizeFrom::Header)
     } else if let Some(h) = wal_header {
         (h.page_size, PageSizeFrom::Wal)
-    } else if let Some(size) = guess_page_size(db, db_len, Layout::Database)? {
+    } else if let Some(size) = guess_page_size(db, db_len, Layout::Database) {
         (size, PageSizeFrom::Guess)
-    } else if let Some(size) = match wal.as_deref_mut() {
-        Some(w) => guess_page_size(w, wal_len, Layout::Wal)?,
-        None => None,
-    } {
+    } else if let Some(size) = wal
+        .as_deref_mut()
+        .and_then(|w| guess_page_size(w, wal_len, Layout::Wal))
+    {
         (size, PageSizeFrom::Guess)
     } else {
         (DEFAULT_PAGE_SIZE, PageSizeFrom::Default)
@@ -469,11 +471,12 @@ impl WalIndex {
     fn frame_of_page(&self, page: u32, of: usize) -> Option<u32> {
         let info = self.frames.get(of)?;
         let end = *self.txn_end.get(of)?;
-        self.by_page
-            .get(&page)?
+        let frames = self.by_page.get(&page)?;
+        let upto = frames.partition_point(|&j| j <= end);
+        frames
+            .get(..upto)?
             .iter()
             .rev()
-            .filter(|&&j| j <= end)
             .find(|&&j| {
                 self.frames
                     .get(j as usize)
@@ -535,7 +538,7 @@ fn index_wal<W: Read + Seek>(
                         wal_checksum(h.big_endian, head, running),
                     )
                 });
-            if whole && salt == h.salt && computed == Some(stored) {
+            if whole && page != 0 && salt == h.salt && computed == Some(stored) {
                 running = stored;
                 if db_size != 0 {
                     last_commit = Some(i);
@@ -587,7 +590,7 @@ enum Layout {
 }
 
 /// Guesses the page size of a file whose header is unreadable: see the module docs.
-fn guess_page_size<R: Read + Seek>(r: &mut R, len: u64, layout: Layout) -> io::Result<Option<u32>> {
+fn guess_page_size<R: Read + Seek>(r: &mut R, len: u64, layout: Layout) -> Option<u32> {
     let mut best: Option<(u64, u64, u32)> = None;
     let mut buf = vec![0u8; MAX_PAGE_SIZE as usize];
     let mut size = MIN_PAGE_SIZE;
@@ -628,7 +631,7 @@ fn guess_page_size<R: Read + Seek>(r: &mut R, len: u64, layout: Layout) -> io::R
         }
         size *= 2;
     }
-    Ok(best.map(|(_, _, size)| size))
+    best.map(|(_, _, size)| size)
 }
 
 /// Where the b-tree header of a page starts: after the database header on page 1 (or on
@@ -966,7 +969,7 @@ impl<D: Read + Seek, W: Read + Seek> Scanner<'_, D, W> {
             if u64::from(page) > self.db_pages {
                 return None;
             }
-            let offset = u64::from(page - 1) * page_len;
+            let offset = u64::from(page.checked_sub(1)?) * page_len;
             let got = read_at(self.db, offset, &mut self.overflow_buf).ok()?;
             self.chain.push(Location::Page(page));
             got
@@ -997,7 +1000,8 @@ fn decode_record(payload: &[u8]) -> Option<Vec<SqlValue>> {
             return None;
         }
     }
-    if header_len.checked_add(body_len)? != payload.len() {
+    // SQLite writes no record without columns; random bytes often look like one.
+    if columns == 0 || header_len.checked_add(body_len)? != payload.len() {
         return None;
     }
     // Second pass: the values.
