@@ -20,15 +20,16 @@
 //!   lies in the WAL's checksum-valid prefix, up to that prefix's last commit frame: the
 //!   frames SQLite itself would have read.
 //! - **The page size** comes from the database header (bytes 16–17; 1 means 65536) when the
-//!   header is readable; else from the WAL header; else it is guessed: each power of two
-//!   from 512 to 65536 is tried on the database file (then, if that finds nothing, on the
-//!   WAL's frame layout) and the one under which the most sampled pages parse as table-leaf
-//!   pages with at least one decodable cell wins (ties: more such cells, then the smaller
-//!   size). A size twice the true one sees only every other true page as a leaf (its cells
-//!   all lie in the first half), a size half the true one sees almost none (a leaf's cells
-//!   are packed from the end of the page), so the true size scores highest. At most
-//!   [`GUESS_SAMPLE_BYTES`] are read per candidate, as pages spread evenly over the file.
-//!   When nothing parses under any size, 4096 (SQLite's default) is used.
+//!   header is readable (its magic string and the fixed payload fractions at 21–23 intact);
+//!   else from the WAL header; else it is guessed: each power of two from 512 to 65536 is
+//!   tried on the database file (then, if that finds nothing, on the WAL's frame layout) and
+//!   the one under which the most sampled pages parse as table-leaf pages with at least one
+//!   decodable cell wins (ties: more such cells, then the smaller size). A size twice the
+//!   true one sees only every other true page as a leaf (its cells all lie in the first
+//!   half), a size half the true one sees almost none (a leaf's cells are packed from the
+//!   end of the page), so the true size scores highest. At most [`GUESS_SAMPLE_BYTES`] are
+//!   read per candidate, as pages spread evenly over the file. When nothing parses under
+//!   any size, 4096 (SQLite's default) is used.
 //!
 //! # What it trusts
 //! Nothing. Every length, offset, count, page number and varint is bounds-checked against
@@ -181,7 +182,8 @@ pub struct ScanReport {
     pub page_size: u32,
     /// Where it came from.
     pub page_size_from: PageSizeFrom,
-    /// The database header was readable (magic string and a valid page size).
+    /// The database header was readable (magic string, a valid page size, the fixed payload
+    /// fractions).
     pub header_valid: bool,
     /// The text encoding the readable header names.
     pub text_encoding: Option<TextEncoding>,
@@ -369,7 +371,9 @@ struct DbHeader {
 }
 
 fn parse_db_header(b: &[u8]) -> Option<DbHeader> {
-    if b.get(..16)? != DB_MAGIC {
+    // The magic string, and the payload fractions the format fixes at 64, 32, 32: a
+    // scribble over the page-size bytes most likely hits these too.
+    if b.get(..16)? != DB_MAGIC || b.get(21..24)? != [64, 32, 32] {
         return None;
     }
     let raw = u32::from(be16(b, 16)?);

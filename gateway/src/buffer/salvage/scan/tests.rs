@@ -855,6 +855,7 @@ fn pages(list: &[Vec<u8>]) -> Vec<u8> {
 fn with_header(mut db: Vec<u8>) -> Vec<u8> {
     db[..16].copy_from_slice(DB_MAGIC);
     db[16..18].copy_from_slice(&512u16.to_be_bytes());
+    db[21..24].copy_from_slice(&[64, 32, 32]);
     db
 }
 
