@@ -38,6 +38,7 @@
 pub mod codec;
 mod open;
 pub mod rows;
+pub mod salvage;
 pub mod seal;
 pub mod space;
 pub mod writer;

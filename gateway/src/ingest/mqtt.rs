@@ -58,10 +58,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Bindings;
 use crate::config::MqttSourceConfig;
+use crate::limits;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
-use crate::limits;
 use crate::pipeline::{CommitError, Ingest, Rejected};
 use crate::profile::canonical;
 

@@ -1,0 +1,3 @@
+//! Recovery of readings from a damaged buffer database.
+
+pub mod scan;
