@@ -155,6 +155,15 @@ enum QueueCommand {
     },
     /// Put dead-lettered readings back in the queue (stop the gateway first).
     RetryDeadLetters,
+    /// Recover every readable reading from a damaged buffer the gateway moved to
+    /// `<data_dir>/quarantine/` into the queue (stop the gateway first).
+    Salvage {
+        /// The quarantine folder (or a damaged buffer.db; its -wal beside it is read too).
+        path: PathBuf,
+        /// Another key the damaged buffer may be sealed with (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +418,34 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                     printable(identifier),
                     printable(reason)
                 );
+            }
+        }
+        QueueCommand::Salvage { path, keys } => {
+            let extra = keys
+                .iter()
+                .map(|k| buffer::seal::BufferKey::load(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (_store, mut writer, _) =
+                buffer::open(dir, &vitalbridge::buffer_options(config)).await?;
+            let report = buffer::salvage::salvage(&mut writer, &path, extra).await?;
+            writer.close().await;
+            println!(
+                "read {}{}: {} readings found, {} queued ({} already in the buffer), {} damaged or sealed with another key",
+                report.database.display(),
+                report.wal.as_ref().map(|w| format!(" and {}", w.display())).unwrap_or_default(),
+                report.found,
+                report.queued,
+                report.found - report.queued,
+                report.unreadable
+            );
+            if let Ok(id) = vitalbridge::gateway_id(config) {
+                if let Ok(audit) = vitalbridge::ops::start_cli_audit(config, &id) {
+                    audit.record(vitalbridge::ops::audit::Event::BufferSalvaged {
+                        from: &report.database,
+                        found: report.found,
+                        queued: report.queued,
+                    });
+                }
             }
         }
         QueueCommand::RetryDeadLetters => {

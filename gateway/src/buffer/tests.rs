@@ -839,6 +839,104 @@ mod at_rest {
     }
 
     #[tokio::test]
+    async fn salvage_brings_back_every_reading_of_a_quarantined_database_once() {
+        let root = tempfile::tempdir().unwrap();
+        // Half checkpointed into buffer.db by a clean stop, half only in the WAL: the files as
+        // a crash leaves them (copied while running; a closing connection checkpoints).
+        with_pending(root.path(), 150).await;
+        let r = Running::start(root.path(), 1000).await;
+        r.ingest
+            .commit((150..300).map(|i| reading("q", i)).collect())
+            .await
+            .unwrap();
+        let db = data(root.path()).join(open::DB_FILE);
+        let wal = data(root.path()).join("buffer.db-wal");
+        let (db_bytes, wal_bytes) = (std::fs::read(&db).unwrap(), std::fs::read(&wal).unwrap());
+        r.stop().await;
+        std::fs::write(&db, db_bytes).unwrap();
+        std::fs::write(&wal, wal_bytes).unwrap();
+        let _ = std::fs::remove_file(data(root.path()).join("buffer.db-shm"));
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[..100].fill(0);
+        std::fs::write(&db, bytes).unwrap();
+
+        let (store, mut writer, report) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        let q = report.quarantined.expect("quarantined");
+        assert!(
+            q.path.join("buffer.db-wal").exists(),
+            "the WAL went with it"
+        );
+        assert_eq!(store.stats().await.unwrap().pending, 0);
+        let salvaged = salvage::salvage(&mut writer, &q.path, vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            (salvaged.found, salvaged.queued),
+            (300, 300),
+            "{salvaged:?}"
+        );
+        assert!(salvaged.wal.is_some());
+        let mut seqs: Vec<u64> = store
+            .lease(1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.reading.unwrap().sequence.unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..300).collect::<Vec<_>>());
+        // Twice is harmless.
+        let again = salvage::salvage(&mut writer, &q.path, vec![])
+            .await
+            .unwrap();
+        assert_eq!((again.found, again.queued), (300, 0));
+        assert_eq!(store.stats().await.unwrap().pending, 300);
+        writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn salvage_needs_the_key_the_readings_were_sealed_with() {
+        let root = tempfile::tempdir().unwrap();
+        with_pending(root.path(), 20).await;
+        let db = data(root.path()).join(open::DB_FILE);
+        std::fs::write(&db, b"").unwrap();
+        // Another data directory, with another key, does the salvaging.
+        let other = tempfile::tempdir().unwrap();
+        let (_store, mut writer, _) = open(&data(other.path()), &options(other.path(), 1000))
+            .await
+            .unwrap();
+        let quarantined = {
+            let (_s, w, report) = open(&data(root.path()), &options(root.path(), 1000))
+                .await
+                .unwrap();
+            w.close().await;
+            report.quarantined
+        };
+        // The damaged file was quarantined with 0 bytes: nothing to find, no error.
+        let q = quarantined.expect("quarantined");
+        let none = salvage::salvage(&mut writer, &q.path, vec![])
+            .await
+            .unwrap();
+        assert_eq!((none.found, none.unreadable), (0, 0));
+
+        // A readable file sealed with another key: unreadable until the key is given.
+        let sealed_elsewhere = root.path().join("elsewhere");
+        with_pending(&sealed_elsewhere, 25).await;
+        let file = data(&sealed_elsewhere).join(open::DB_FILE);
+        let without = salvage::salvage(&mut writer, &file, vec![]).await.unwrap();
+        assert_eq!(without.found, 0);
+        assert!(without.unreadable >= 25, "{without:?}");
+        let key = seal::BufferKey::load(&sealed_elsewhere.join("buffer.key")).unwrap();
+        let with = salvage::salvage(&mut writer, &file, vec![key])
+            .await
+            .unwrap();
+        assert_eq!((with.found, with.queued), (25, 25));
+        writer.close().await;
+    }
+
+    #[tokio::test]
     async fn a_missing_or_replaced_database_is_reported_not_silently_accepted() {
         let root = tempfile::tempdir().unwrap();
         with_pending(root.path(), 5).await;

@@ -710,6 +710,32 @@ impl Writer {
             .fetch_add(moved, std::sync::atomic::Ordering::Relaxed);
         Ok(moved)
     }
+
+    /// Inserts salvaged readings in one transaction (those already in the buffer are
+    /// ignored); returns how many were new.
+    pub(crate) async fn insert_salvaged(
+        &mut self,
+        readings: &[Reading],
+    ) -> Result<u64, BufferError> {
+        let key = self.store.inner.key.clone();
+        let prepared = Prepared {
+            readings: readings
+                .iter()
+                .map(|r| {
+                    let received = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                    (rows::seal_reading(&key, r), received, r)
+                })
+                .collect(),
+            acks: Vec::new(),
+            dead: Vec::new(),
+        };
+        let written = self.transaction(&prepared, &[]).await?;
+        self.store
+            .inner
+            .pending
+            .fetch_add(written.inserted, std::sync::atomic::Ordering::Relaxed);
+        Ok(written.inserted)
+    }
 }
 
 async fn requeue(

@@ -79,12 +79,7 @@ pub fn start_audit(
     certs: &[certs::CertReport],
 ) -> Result<Audit, AuditError> {
     let data_dir = &config.gateway.data_dir;
-    let path = config
-        .ops
-        .audit_log
-        .clone()
-        .unwrap_or_else(|| data_dir.join("audit.log"));
-    let audit = Audit::open(&path, gateway_id)?;
+    let audit = Audit::open(&audit_path(config), gateway_id)?;
     let fingerprint = config_change::fingerprint(config);
     audit.record(Event::GatewayStarted {
         version: env!("CARGO_PKG_VERSION"),
@@ -164,6 +159,21 @@ pub struct StorageFailing {
     pub kind: &'static str,
     /// The last error, as the database said it.
     pub message: String,
+}
+
+/// Opens the audit log for a maintenance command (`queue salvage`): the same file as
+/// [`start_audit`], without recording a start.
+pub fn start_cli_audit(config: &Config, gateway_id: &str) -> Result<Audit, AuditError> {
+    Audit::open(&audit_path(config), gateway_id)
+}
+
+/// `ops.audit_log`, default `<data_dir>/audit.log`.
+fn audit_path(config: &Config) -> std::path::PathBuf {
+    config
+        .ops
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| config.gateway.data_dir.join("audit.log"))
 }
 
 /// Queue figures, read from the buffer when asked.
