@@ -397,6 +397,16 @@ async fn the_status_page_renders_in_headless_chromium_with_the_live_queue_depth(
         "{dom}"
     );
     assert_eq!(element_text(&dom, "queue-capacity").as_deref(), Some("40"));
+    assert_eq!(element_text(&dom, "buffer-storage").as_deref(), Some("ok"));
+    assert_eq!(
+        element_text(&dom, "buffer-quarantined").as_deref(),
+        Some("none")
+    );
+    assert!(
+        element_text(&dom, "buffer-free")
+            .is_some_and(|t| t.contains("MiB (floor ")),
+        "{dom}"
+    );
     assert_eq!(
         element_text(&dom, "readiness").as_deref(),
         Some("Not ready")

@@ -88,6 +88,18 @@ function render(s) {
     setText("queue-leased", s.queue.leased);
     setText("queue-dead-letters", s.queue.dead_letters);
   }
+  const storage = s.buffer.storage;
+  if (storage) {
+    setText("buffer-storage", storage.failing
+      ? "writes failing since " + when(storage.failing.since, now) + " (" + storage.failing.kind + "): nothing is acknowledged"
+      : "ok");
+    const mib = (b) => (b === null || b === undefined ? "–" : (b / 1048576).toFixed(1) + " MiB");
+    setText("buffer-free", mib(storage.free_bytes) + " (floor " + mib(storage.floor_bytes) + ")"
+      + (storage.low_space ? ": new readings refused" : ""));
+    setText("buffer-quarantined", storage.quarantined === 0
+      ? "none"
+      : storage.quarantined + " in data_dir/quarantine: recover with `vitalbridge queue salvage`");
+  }
 
   fillTable("uplinks", s.uplinks, (u) => [
     u.name,
