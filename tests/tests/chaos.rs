@@ -63,6 +63,9 @@ fn round() -> Vec<Event> {
 /// How long a disk-full episode may take to reach the gateway.
 const FULL_WITHIN: Duration = Duration::from_secs(20);
 
+/// How long the disk stays full once the gateway has noticed.
+const FULL_HOLD: Duration = Duration::from_secs(2);
+
 /// How long after a failed commit `/readyz` may still say ready.
 const READYZ_GRACE: Duration = Duration::from_secs(2);
 
@@ -82,8 +85,12 @@ async fn disk_full_episode(
         let answer = rig.readyz().await.map(|(code, _)| code);
         answers.push(answer);
         if answers.len() >= 2 && answers[answers.len() - 2..] == [Some(503), Some(503)] {
+            let noticed = started.elapsed();
+            // Stay full a while longer: sources keep retrying against it.
+            tokio::time::sleep(FULL_HOLD).await;
             return Ok(format!(
-                "/readyz 503 after {:.1} s",
+                "/readyz 503 after {:.1} s, full for {:.1} s",
+                noticed.as_secs_f64(),
                 started.elapsed().as_secs_f64()
             ));
         }
