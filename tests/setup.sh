@@ -20,6 +20,8 @@ apt_needs=(
     binutils                  # readelf, strip: packaging/deb/build.sh
     chromium                  # renders the status page headless in tests/tests/ops.rs
     python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
+    python3-pyfuse3           # the power-loss FUSE layer tests/powerloss_fs.py (tests/tests/powerloss.rs,
+                              # run with /usr/bin/python3: the FUSE bindings are Debian's, not the venv's)
 )
 apt_install "${apt_needs[@]}"
 # The broker is started by the test harness on a free port, never as a system service.

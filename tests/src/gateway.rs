@@ -99,6 +99,14 @@ impl GatewayProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGKILL without waiting for the process to go. For a process blocked on a
+    /// file system that no longer answers (see [`crate::powerloss`]): it cannot run again,
+    /// but it is reaped only once that file system lets go; [`GatewayProcess::kill9`] (or
+    /// [`GatewayProcess::restart`]) waits for that.
+    pub fn send_sigkill(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// SIGTERM, then wait up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         // SAFETY: sending a signal to our own child's pid.

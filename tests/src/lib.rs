@@ -19,16 +19,25 @@
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
+//! - [`powerloss`]: a FUSE layer that keeps unsynced writes in memory and loses them on a
+//!   simulated power cut (`tests/powerloss_fs.py`), mounted for a test.
+//! - [`tmpfs`]: a small tmpfs of a test's own, to fill and grow (disk-full tests).
+//! - [`fixture`]: broker + upstream + gateway directory for the fault tests, a publisher
+//!   that retries until the broker acknowledges, and an exact reconciliation.
+//!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod fixture;
 pub mod gateway;
 pub mod mosquitto;
 pub mod ops;
 pub mod pki;
+pub mod powerloss;
 pub mod scenario;
 pub mod serial_link;
 pub mod serial_scenario;
+pub mod tmpfs;
 pub mod upstream;
 pub mod validator;
