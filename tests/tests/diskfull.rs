@@ -26,15 +26,29 @@ const READINGS: u64 = 40_000;
 /// group commit).
 const FULL_BELOW: u64 = 256 << 10;
 
+/// With the default free-space floor the gateway refuses readings before SQLite runs out
+/// of room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_readings_says_not_ready_and_loses_nothing() {
+    disk_full("", "low_space").await;
+}
+
+/// With no floor the disk really fills: SQLite's commits fail with SQLITE_FULL, and the
+/// gateway must neither acknowledge nor lose a reading, and recover by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_floor_failed_commits_are_never_acknowledged_and_the_gateway_recovers() {
+    disk_full("[buffer]\nmin_free_mb = 0\n", "storage_failed").await;
+}
+
+/// The run: `extra` config, and the audit kind the full disk must leave.
+async fn disk_full(extra: &str, audit_kind: &str) {
     let started = Instant::now();
     let mut rig = Rig::start().await;
     // The upstream is down from the start: everything has to stay in the buffer.
     rig.upstream.stop().await;
     let mut tmpfs = Tmpfs::mount(SMALL).expect("mount the small tmpfs");
     let data_dir = tmpfs.path().join("data");
-    let config = rig.config(&data_dir, "");
+    let config = rig.config(&data_dir, extra);
     let mut gw = rig.start_gateway(&config);
     assert!(
         fixture::wait_subscribed(&gw, 1, Duration::from_secs(20)),
@@ -144,6 +158,10 @@ async fn a_full_disk_refuses_readings_says_not_ready_and_loses_nothing() {
     }
     if let Err(e) = fixture::reconcile(&rig.upstream, READINGS, "") {
         problems.push(e);
+    }
+    let audit = std::fs::read_to_string(data_dir.join("audit.log")).unwrap_or_default();
+    if !audit.contains(&format!("\"kind\":\"{audit_kind}\"")) {
+        problems.push(format!("the audit log has no {audit_kind} event"));
     }
     let (_, stats, stats_err) = run_cli(rig.dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     let log = gw.log();

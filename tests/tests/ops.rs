@@ -403,8 +403,7 @@ async fn the_status_page_renders_in_headless_chromium_with_the_live_queue_depth(
         Some("none")
     );
     assert!(
-        element_text(&dom, "buffer-free")
-            .is_some_and(|t| t.contains("MiB (floor ")),
+        element_text(&dom, "buffer-free").is_some_and(|t| t.contains("MiB (floor ")),
         "{dom}"
     );
     assert_eq!(
