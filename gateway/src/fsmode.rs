@@ -103,6 +103,22 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Replaces the whole content of `path` atomically and durably: writes `<path>.tmp`
+/// ([`write_private_file`], which syncs it), renames it over `path`, then syncs the
+/// directory, so a crash or power cut leaves the old content or the new one, never an empty
+/// or partial file.
+pub fn replace_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    write_private_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => File::open(".")?.sync_all(),
+    }
+}
+
 /// Makes sure `path` exists as an owner-only file before a library creates or opens it:
 /// creates it empty with mode [`PRIVATE_FILE_MODE`] when missing, [`restrict`]s it when it
 /// exists, and never changes its content.

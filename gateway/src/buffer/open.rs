@@ -112,23 +112,10 @@ impl DirRecord {
         serde_json::from_str(&text).ok()
     }
 
-    /// Replaces the record atomically (write, fsync, rename, fsync the directory).
+    /// Replaces the record atomically and durably.
     pub(super) fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
         let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-        File::open(dir)?.sync_all()
+        fsmode::replace_private_file(&dir.join(STATE_FILE), text.as_bytes())
     }
 }
 

@@ -86,10 +86,8 @@ pub fn previous(data_dir: &Path) -> Option<Fingerprint> {
 /// Stores `fingerprint` as this start's (written to a temporary file, owner only, then
 /// renamed).
 pub fn store(data_dir: &Path, fingerprint: &Fingerprint) -> std::io::Result<()> {
-    let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
     let text = serde_json::to_string(fingerprint).map_err(std::io::Error::other)?;
-    crate::fsmode::write_private_file(&tmp, (text + "\n").as_bytes())?;
-    std::fs::rename(&tmp, data_dir.join(STATE_FILE))
+    crate::fsmode::replace_private_file(&data_dir.join(STATE_FILE), (text + "\n").as_bytes())
 }
 
 #[cfg(test)]
