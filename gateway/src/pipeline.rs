@@ -1,8 +1,12 @@
-//! The seam between sources and the buffer.
+//! The seams around the buffer.
 //!
-//! Sources never see the buffer; they hold an [`Ingest`] handle and `await` its answers. The
-//! buffer's writer task holds the other end ([`IngestRx`]). Both sides depend only on this
-//! module and on the model, so stages stay apart (see ARCHITECTURE.md).
+//! - **Sources → buffer.** Sources never see the buffer; they hold an [`Ingest`] handle and
+//!   `await` its answers. The buffer's writer task holds the other end ([`IngestRx`]).
+//! - **Buffer → operations.** After each group commit the writer hands a [`GroupReport`] to
+//!   whoever the wiring gave it (`ops::BufferReporter`: metrics and the audit log).
+//!
+//! Both sides depend only on this module and on the model, so stages stay apart (see
+//! ARCHITECTURE.md).
 //!
 //! Architecture invariant (acknowledge after durable): [`Ingest::commit`] and
 //! [`Ingest::reject`] resolve `Ok` only after the SQLite transaction holding the data has
@@ -10,7 +14,9 @@
 //! firmware ACK, MLLP ACK) only after that `Ok`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::Reading;
@@ -247,3 +253,99 @@ impl Ingest {
         answer.await.map_err(|_| CommitError::Closed)?
     }
 }
+
+/// What went wrong with storage, while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageProblem {
+    /// Since when (the first failure of this episode).
+    pub since: OffsetDateTime,
+    /// What the writer was doing: `commit`, `delete`, `lease`, `reopen`.
+    pub during: &'static str,
+    /// The last failure.
+    pub failure: StorageFailure,
+}
+
+/// Counters the writer reports, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriterCounts {
+    /// Readings stored.
+    pub inserted: u64,
+    /// Readings already present (retransmissions).
+    pub duplicates: u64,
+    /// Requests refused because the buffer was full.
+    pub refused_full: u64,
+    /// Requests refused because free space was below the floor.
+    pub refused_space: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that failed (nothing of their group was stored or acknowledged).
+    pub failed: u64,
+    /// Delivered rows deleted.
+    pub deleted: u64,
+    /// Rows moved to the dead-letter table by the uplink.
+    pub dead_lettered: u64,
+}
+
+impl WriterCounts {
+    /// Adds another group's counts.
+    pub fn add(&mut self, o: &WriterCounts) {
+        self.inserted += o.inserted;
+        self.duplicates += o.duplicates;
+        self.refused_full += o.refused_full;
+        self.refused_space += o.refused_space;
+        self.commits += o.commits;
+        self.failed += o.failed;
+        self.deleted += o.deleted;
+        self.dead_lettered += o.dead_lettered;
+    }
+}
+
+/// A change in the buffer's health, reported once when it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Writes started failing.
+    Failed(StorageProblem),
+    /// A commit succeeded after failures.
+    Recovered {
+        /// How long the episode lasted.
+        after: Duration,
+    },
+    /// Free space fell below the floor: new readings are refused.
+    LowSpace {
+        /// Free bytes.
+        free_bytes: u64,
+        /// The floor.
+        floor_bytes: u64,
+    },
+    /// Free space is above the floor again.
+    SpaceOk {
+        /// Free bytes.
+        free_bytes: u64,
+    },
+}
+
+/// What one group did; the writer's callback gets it after every request was answered.
+#[derive(Debug)]
+pub struct GroupReport<'a> {
+    /// This group's counts.
+    pub counts: WriterCounts,
+    /// When the transaction committed; `None` when it failed or there was nothing to write.
+    pub committed_at: Option<OffsetDateTime>,
+    /// The readings now durably held (newly stored or already there), each request with the
+    /// name of the source that sent it. Empty when the transaction failed.
+    pub readings: &'a [(Arc<str>, Vec<Reading>)],
+    /// Undecodable payloads now in the dead-letter table, with their source. Empty when the
+    /// transaction failed.
+    pub rejected: &'a [(Arc<str>, Rejected)],
+    /// Why the transaction failed, if it did.
+    pub error: Option<&'a StorageFailure>,
+    /// Health changes this group brought.
+    pub transitions: &'a [Transition],
+    /// Readings pending after this group, and the buffer's capacity.
+    pub pending: u64,
+    /// `buffer.capacity`.
+    pub capacity: u64,
+}
+
+/// What the writer calls after each group (metrics, audit log).
+pub type OnCommit = Box<dyn Fn(&GroupReport<'_>) + Send + Sync>;

@@ -446,13 +446,14 @@ impl Harness {
         let source = BleSource::new(&ble).unwrap().with_timing(timing());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(source.run(
-            central,
-            Ingest::new(tx, "ble"),
+        let ctx = vitalbridge::ingest::SourceContext {
+            ingest: Ingest::new(tx, "ble"),
             bindings,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+            metrics: metrics.clone(),
+            audit: vitalbridge::ops::audit::Audit::default(),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(source.run(central, ctx));
         Self {
             _dir: dir,
             store,

@@ -39,6 +39,7 @@ fn figure(out: &str, label: &str) -> u64 {
     out.split(label)
         .next()
         .and_then(|before| before.split_whitespace().last())
+        .map(|n| n.trim_start_matches('('))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no `{label}` figure in {out:?}"))
 }
@@ -102,7 +103,13 @@ async fn damaged_case(damage: impl FnOnce(&Path), expect: Expect) {
         Expect::AtLeast(n) => assert!((n..=READINGS).contains(&found), "{out}"),
         Expect::Nothing => assert_eq!(found, 0, "{out}"),
     }
-    assert_eq!(figure(&out, "queued"), found, "{out}");
+    // A reading the broker redelivered after the restart (its PUBACK had not gone out) is in
+    // the new buffer already: salvage does not queue it twice.
+    assert_eq!(
+        figure(&out, "queued") + figure(&out, "already in the buffer"),
+        found,
+        "{out}"
+    );
 
     upstream.faults().clear();
     gw.restart().unwrap();
@@ -119,7 +126,13 @@ async fn damaged_case(damage: impl FnOnce(&Path), expect: Expect) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     upstream.assert_no_duplicate_identifiers();
     let observations = upstream.observations();
-    assert_eq!(observations.len() as u64, found);
+    // The salvaged readings, and any the broker redelivered because their PUBACK had not
+    // gone out when the gateway stopped (those are stored again after the quarantine).
+    assert!(
+        observations.len() as u64 >= found,
+        "{} < {found}",
+        observations.len()
+    );
     // What arrived is what was sent: every Observation matches one published reading.
     for o in &observations {
         let seen = scenario::observed(o);

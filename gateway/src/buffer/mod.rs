@@ -59,6 +59,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use crate::model::Reading;
 pub use crate::pipeline::CommitError;
+pub use crate::pipeline::StorageProblem;
 use crate::pipeline::{StorageFailure, StorageKind};
 pub use open::{open, open_read_only, OpenOptions, OpenReport, Quarantine};
 use seal::BufferKey;
@@ -217,17 +218,6 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// Age of the oldest pending reading, in ms (by receive time).
     pub oldest_age_ms: Option<i64>,
-}
-
-/// What went wrong with storage, while it lasts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageProblem {
-    /// Since when (the first failure of this episode).
-    pub since: OffsetDateTime,
-    /// What the writer was doing: `commit`, `delete`, `lease`, `reopen`.
-    pub during: &'static str,
-    /// The last failure.
-    pub failure: StorageFailure,
 }
 
 /// The buffer's health, for `/readyz`, the status page and `/metrics`.
@@ -517,6 +507,38 @@ impl Store {
     /// Closes the read side.
     pub async fn close(&self) {
         self.inner.reader.close().await;
+    }
+}
+
+/// The operations endpoints read queue figures from the buffer through this.
+impl crate::ops::QueueProbe for Store {
+    async fn gauges(&self) -> Result<crate::ops::QueueGauges, crate::ops::ProbeError> {
+        let s = self
+            .live_stats()
+            .await
+            .map_err(|e| crate::ops::ProbeError(Box::new(e)))?;
+        let h = self.health();
+        Ok(crate::ops::QueueGauges {
+            pending: s.pending,
+            capacity: self.capacity(),
+            leased: s.leased,
+            dead_letters: s.dead_letters,
+            oldest_age: s
+                .oldest_age_ms
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            storage: crate::ops::StorageGauges {
+                failing: h.failing.map(|p| crate::ops::StorageFailing {
+                    since: p.since,
+                    during: p.during,
+                    kind: p.failure.kind.as_str(),
+                    message: p.failure.message.to_string(),
+                }),
+                free_bytes: h.free_bytes,
+                floor_bytes: h.floor_bytes,
+                low_space: h.low_space,
+                quarantined: h.quarantined,
+            },
+        })
     }
 }
 

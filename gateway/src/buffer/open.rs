@@ -333,8 +333,11 @@ fn make_private(db: &Path) -> Result<(), BufferError> {
     fsmode::precreate_private_file(db).map_err(io(db))?;
     for suffix in ["-wal", "-shm"] {
         let companion = PathBuf::from(format!("{}{suffix}", db.display()));
-        if companion.exists() {
-            fsmode::restrict_path(&companion).map_err(io(&companion))?;
+        match fsmode::restrict_path(&companion) {
+            Ok(_) => {}
+            // None, or SQLite removed it meanwhile (a connection closing checkpoints it away).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&companion)(e)),
         }
     }
     Ok(())

@@ -41,11 +41,12 @@ use tokio_util::sync::CancellationToken;
 use super::open::{self, DirRecord};
 use super::rows::{self, Envelope, SealedReading};
 use super::space;
-use super::{
-    id_list, now_ms, retry_delay, storage_failure, BufferError, Settle, StorageProblem, Store,
-};
+use super::{id_list, now_ms, retry_delay, storage_failure, BufferError, Settle, Store};
 use crate::model::Reading;
-use crate::pipeline::{CommitError, Committed, IngestRx, Rejected, Request, StorageFailure};
+use crate::pipeline::{
+    CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,
+};
+pub use crate::pipeline::{GroupReport, OnCommit, Transition, WriterCounts};
 
 /// Group-commit tuning.
 #[derive(Debug, Clone, Copy)]
@@ -78,86 +79,6 @@ fn insert_chunk_len(remaining: usize) -> usize {
         .find(|&n| n <= remaining)
         .unwrap_or(1)
 }
-
-/// Counters the writer reports, for metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WriterCounts {
-    /// Readings stored.
-    pub inserted: u64,
-    /// Readings already present (retransmissions).
-    pub duplicates: u64,
-    /// Requests refused because the buffer was full.
-    pub refused_full: u64,
-    /// Requests refused because free space was below the floor.
-    pub refused_space: u64,
-    /// Transactions committed.
-    pub commits: u64,
-    /// Transactions that failed (nothing of their group was stored or acknowledged).
-    pub failed: u64,
-    /// Delivered rows deleted.
-    pub deleted: u64,
-    /// Rows moved to the dead-letter table by the uplink.
-    pub dead_lettered: u64,
-}
-
-impl WriterCounts {
-    fn add(&mut self, o: &WriterCounts) {
-        self.inserted += o.inserted;
-        self.duplicates += o.duplicates;
-        self.refused_full += o.refused_full;
-        self.refused_space += o.refused_space;
-        self.commits += o.commits;
-        self.failed += o.failed;
-        self.deleted += o.deleted;
-        self.dead_lettered += o.dead_lettered;
-    }
-}
-
-/// A change in the buffer's health, reported once when it happens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transition {
-    /// Writes started failing.
-    Failed(StorageProblem),
-    /// A commit succeeded after failures.
-    Recovered {
-        /// How long the episode lasted.
-        after: Duration,
-    },
-    /// Free space fell below the floor: new readings are refused.
-    LowSpace {
-        /// Free bytes.
-        free_bytes: u64,
-        /// The floor.
-        floor_bytes: u64,
-    },
-    /// Free space is above the floor again.
-    SpaceOk {
-        /// Free bytes.
-        free_bytes: u64,
-    },
-}
-
-/// What one group did; the writer's callback gets it after every request was answered.
-#[derive(Debug)]
-pub struct GroupReport<'a> {
-    /// This group's counts.
-    pub counts: WriterCounts,
-    /// When the transaction committed; `None` when it failed or there was nothing to write.
-    pub committed_at: Option<OffsetDateTime>,
-    /// The readings now durably held (newly stored or already there), each request with the
-    /// name of the source that sent it. Empty when the transaction failed.
-    pub readings: &'a [(Arc<str>, Vec<Reading>)],
-    /// Undecodable payloads now in the dead-letter table, with their source. Empty when the
-    /// transaction failed.
-    pub rejected: &'a [(Arc<str>, Rejected)],
-    /// Why the transaction failed, if it did.
-    pub error: Option<&'a StorageFailure>,
-    /// Health changes this group brought.
-    pub transitions: &'a [Transition],
-}
-
-/// What the writer calls after each group (metrics, audit log).
-pub type OnCommit = Box<dyn Fn(&GroupReport<'_>) + Send + Sync>;
 
 type CommitReply = oneshot::Sender<Result<Committed, CommitError>>;
 type SeqReply = oneshot::Sender<Result<Option<u64>, CommitError>>;
@@ -647,6 +568,8 @@ impl Writer {
             rejected: if ok { &rejected } else { &[] },
             error: error.as_ref(),
             transitions: &transitions,
+            pending: self.store.pending(),
+            capacity,
         });
         for (key, reply) in group.seq_queries {
             let answer = self.store.last_sequence(&key).await.map_err(|e| match e {

@@ -3,6 +3,12 @@
 //! Architecture invariant: sources never import each other, the buffer or the uplink. They
 //! hold an [`Ingest`](crate::pipeline::Ingest) handle and acknowledge upstream of themselves
 //! only after its `commit` resolved `Ok`.
+//!
+//! # Adding a source
+//! A source is one module here with a config table under `[sources]`, and one arm in
+//! [`prepare`]: it gets a [`SourceContext`] (its buffer handle, the patient bindings, metrics,
+//! the audit log, the shutdown signal) and returns the future that runs it. Everything that
+//! can fail at start (a URL, a profile, TLS files) fails in `prepare`, before any source runs.
 
 pub mod ble;
 pub mod mqtt;
@@ -10,10 +16,113 @@ pub mod serial;
 pub mod sim;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DeviceBinding, SourcesConfig};
 use crate::model::{hex_upper, PatientRef};
+use crate::ops::audit::Audit;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::Ingest;
 use crate::profile::ble::parse_bluetooth_address;
+
+/// What every source gets from the wiring.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The buffer, under this source's name (readings are counted per source by it).
+    pub ingest: Ingest,
+    /// Device → patient bindings from `[[devices]]`.
+    pub bindings: Bindings,
+    /// Counters and state for `/metrics` and the status page.
+    pub metrics: Arc<Metrics>,
+    /// The audit log (refused connections, TLS failures, lost input).
+    pub audit: Audit,
+    /// Cancelled when the gateway stops: stop acknowledging and return.
+    pub shutdown: CancellationToken,
+}
+
+impl SourceContext {
+    /// The same context for the source called `name`.
+    pub fn named(&self, name: impl Into<Arc<str>>) -> Self {
+        Self {
+            ingest: self.ingest.for_source(name),
+            ..self.clone()
+        }
+    }
+}
+
+/// Why a configured source cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// `[sources.mqtt]`.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
+    /// `[sources.ble]`.
+    #[error("sources.ble")]
+    Ble(#[source] ble::BleError),
+    /// `[[sources.serial]]`.
+    #[error(transparent)]
+    Serial(#[from] serial::SerialError),
+}
+
+/// A source ready to run: its name and the future that runs it until shutdown.
+pub struct Prepared {
+    /// The source's name (`sim`, `mqtt`, `ble`, `serial:<port>`).
+    pub name: String,
+    /// Runs the source.
+    pub task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn prepared(name: String, task: impl Future<Output = ()> + Send + 'static) -> Prepared {
+    Prepared {
+        name,
+        task: Box::pin(task),
+    }
+}
+
+/// Every configured source, prepared with its own view of `ctx`: one arm per kind of
+/// source. `gateway_id` names the MQTT client when the config does not.
+pub fn prepare(
+    config: &SourcesConfig,
+    gateway_id: &str,
+    ctx: &SourceContext,
+) -> Result<Vec<Prepared>, SourceError> {
+    let mut sources = Vec::new();
+    if let Some(sim) = &config.sim {
+        sources.push(prepared(
+            "sim".into(),
+            sim::run(sim.clone(), ctx.named("sim")),
+        ));
+    }
+    if let Some(mqtt) = &config.mqtt {
+        let source = mqtt::MqttSource::new(mqtt, gateway_id)?;
+        sources.push(prepared("mqtt".into(), source.run(ctx.named("mqtt"))));
+    }
+    if let Some(config) = &config.ble {
+        let source = ble::BleSource::new(config).map_err(SourceError::Ble)?;
+        sources.push(prepared(
+            "ble".into(),
+            ble::run_on_host_adapter(source, ctx.named("ble")).map_err(SourceError::Ble)?,
+        ));
+    }
+    for port in &config.serial {
+        let source = serial::SerialSource::new(port)?;
+        let name = source.origin();
+        sources.push(prepared(name.clone(), source.run(ctx.named(name))));
+    }
+    Ok(sources)
+}
 
 /// Device → patient bindings from config (`[[devices]]`), shared by all sources.
 ///
@@ -54,6 +163,24 @@ pub fn binding_key(id: &str) -> String {
 }
 
 impl Bindings {
+    /// The bindings of the config's `[[devices]]` tables.
+    pub fn from_config(devices: &[DeviceBinding]) -> Self {
+        Self::new(devices.iter().filter_map(|d| {
+            let patient = match (&d.patient_system, &d.patient_id, &d.patient_reference) {
+                (Some(system), Some(value), _) => PatientRef {
+                    system: system.clone(),
+                    value: value.clone(),
+                },
+                (_, _, Some(reference)) => PatientRef {
+                    system: String::new(),
+                    value: reference.clone(),
+                },
+                _ => return None,
+            };
+            Some((d.id.clone(), d.user, patient))
+        }))
+    }
+
     /// Bindings from `(device id, user index, patient)` entries. Ids are normalised with
     /// [`binding_key`]. Entries with a user make the device shared (see the type doc).
     pub fn new(entries: impl IntoIterator<Item = (String, Option<u8>, PatientRef)>) -> Self {

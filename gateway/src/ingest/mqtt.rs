@@ -44,7 +44,6 @@
 //! bound the gateway's memory, make the *broker* refuse large messages at publish time
 //! (mosquitto: `message_size_limit`, see docs/mqtt.md).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,7 +55,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Bindings;
+use super::{Bindings, SourceContext};
 use crate::config::MqttSourceConfig;
 use crate::limits;
 use crate::model::Reading;
@@ -86,6 +85,9 @@ pub enum MqttError {
     /// The URL is unusable.
     #[error("sources.mqtt.url: {0}")]
     Url(String),
+    /// The TLS files of `[sources.mqtt.tls]` cannot be used.
+    #[error("sources.mqtt.tls")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// Everything the source needs besides the config.
@@ -105,12 +107,20 @@ struct Subscription {
 }
 
 impl MqttSource {
-    /// Prepares options from config. `tls` is required for `mqtts://`.
-    pub fn new(
-        config: &MqttSourceConfig,
-        client_id: String,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Result<Self, MqttError> {
+    /// Prepares options from config (TLS files are read here; `tls` is required for
+    /// `mqtts://`). The client id defaults to `vitalbridge-<gateway id>`.
+    pub fn new(config: &MqttSourceConfig, gateway_id: &str) -> Result<Self, MqttError> {
+        let tls = match &config.tls {
+            Some(t) => {
+                let identity = t.cert.as_deref().zip(t.key.as_deref());
+                Some(crate::tls::client_config(&t.ca, identity).map_err(MqttError::Tls)?)
+            }
+            None => None,
+        };
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("vitalbridge-{gateway_id}"));
         let url = url::Url::parse(&config.url).map_err(|e| MqttError::Url(e.to_string()))?;
         let host = url
             .host_str()
@@ -140,14 +150,14 @@ impl MqttSource {
     }
 
     /// Runs until `shutdown`: connects, reconnects with backoff, and stores every message.
-    pub async fn run(
-        self,
-        ingest: Ingest,
-        bindings: Bindings,
-        metrics: Arc<Metrics>,
-        audit: Audit,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, ctx: SourceContext) {
+        let SourceContext {
+            ingest,
+            bindings,
+            metrics,
+            audit,
+            shutdown,
+        } = ctx;
         let (client, eventloop) = AsyncClient::new(self.options, REQUEST_CHANNEL_CAPACITY);
         let (publish_tx, publish_rx) = mpsc::channel(MAX_MESSAGES_IN_PROGRESS);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();

@@ -11,15 +11,14 @@ use std::time::Duration;
 
 use rand::Rng;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
-use super::Bindings;
+use super::{Bindings, SourceContext};
 use crate::config::SimConfig;
 use crate::model::{
     Component, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef, Quantity, Reading,
     StatusFlag, Value,
 };
-use crate::pipeline::{CommitError, Ingest};
+use crate::pipeline::CommitError;
 use crate::profile::catalog;
 
 /// Profile id of simulated devices.
@@ -156,12 +155,13 @@ fn devices(count: u32, bindings: &Bindings) -> Vec<SimDevice> {
 }
 
 /// Runs the simulator until `shutdown` or until `max_readings` were stored.
-pub async fn run(
-    config: SimConfig,
-    ingest: Ingest,
-    bindings: Bindings,
-    shutdown: CancellationToken,
-) {
+pub async fn run(config: SimConfig, ctx: SourceContext) {
+    let SourceContext {
+        ingest,
+        bindings,
+        shutdown,
+        ..
+    } = ctx;
     let mut devices = devices(config.devices, &bindings);
     for d in &mut devices {
         if let Ok(Some(last)) = ingest.last_sequence(&d.device.id.key()).await {

@@ -5,6 +5,8 @@
 //! - [`server`]: the HTTP server (`[ops.http]`, loopback-only by default): `/metrics`
 //!   ([`prometheus`] text format), `/healthz`, `/readyz`, and a read-only status page for
 //!   technicians (`/`, polling `/status.json`, built by [`status`]).
+//! - [`buffer_report`]: the buffer writer's report of each group commit, into metrics, log
+//!   lines and audit events.
 //! - [`audit`]: the append-only audit log of security-relevant events; [`config_change`]
 //!   notices a changed configuration between starts, [`certs`] reads certificate validity.
 //! - [`net`]: the client allow-list of the HTTP server.
@@ -13,10 +15,11 @@
 //! Architecture invariant: nothing here shows or writes a patient value or identifier. Devices
 //! appear by their own ids, readings only as counts and times.
 //!
-//! `ops` knows no stage: the buffer is reached through the [`QueueProbe`] trait, which
-//! `lib.rs` implements for the buffer's store.
+//! `ops` knows no stage: the buffer is reached through the [`QueueProbe`] trait, which the
+//! buffer implements, and reports its commits through `pipeline::GroupReport`.
 
 pub mod audit;
+pub mod buffer_report;
 pub mod certs;
 pub mod config_change;
 pub mod histogram;
@@ -193,10 +196,15 @@ pub struct QueueGauges {
     pub storage: StorageGauges,
 }
 
-/// Reads queue figures; implemented for the buffer in `lib.rs`.
+/// Why queue figures could not be read: the buffer's own error, kept whole.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ProbeError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Reads queue figures; implemented by the buffer (`buffer::Store`).
 pub trait QueueProbe: Send + Sync + 'static {
     /// Current figures, or why they could not be read.
-    fn gauges(&self) -> impl Future<Output = Result<QueueGauges, String>> + Send;
+    fn gauges(&self) -> impl Future<Output = Result<QueueGauges, ProbeError>> + Send;
 }
 
 /// Where the gateway is in its life, for `/readyz`.
@@ -240,7 +248,7 @@ pub struct View<'a> {
     /// Counters and state.
     pub snapshot: &'a metrics::Snapshot,
     /// Queue figures, or why they could not be read.
-    pub queue: &'a Result<QueueGauges, String>,
+    pub queue: &'a Result<QueueGauges, ProbeError>,
     /// Configured certificates.
     pub certs: &'a [certs::CertReport],
     /// What `/readyz` says.

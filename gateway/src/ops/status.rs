@@ -42,7 +42,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::metrics::Snapshot;
-use super::{Phase, QueueGauges, View};
+use super::{Phase, ProbeError, QueueGauges, View};
 
 /// What `/readyz` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ fn seconds(d: time::Duration) -> i64 {
 /// Evaluates readiness (see the module docs).
 pub fn readiness(
     phase: Phase,
-    queue: &Result<QueueGauges, String>,
+    queue: &Result<QueueGauges, ProbeError>,
     snapshot: &Snapshot,
     staleness: Duration,
     now: OffsetDateTime,
@@ -168,7 +168,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "dead_letters": q.dead_letters,
             "oldest_age_s": q.oldest_age.map(|d| d.as_secs()),
         }),
-        Err(e) => json!({ "error": e }),
+        Err(e) => json!({ "error": e.to_string() }),
     };
     let certificates: Vec<Value> = v
         .certs
@@ -253,7 +253,7 @@ mod tests {
     use super::*;
     use crate::ops::metrics::Metrics;
 
-    fn queue(pending: u64, capacity: u64) -> Result<QueueGauges, String> {
+    fn queue(pending: u64, capacity: u64) -> Result<QueueGauges, ProbeError> {
         Ok(QueueGauges {
             pending,
             capacity,
@@ -306,7 +306,7 @@ mod tests {
         );
         let r = readiness(
             Phase::Stopping,
-            &Err("closed".into()),
+            &Err(ProbeError("closed".into())),
             &Metrics::default().snapshot(),
             STALE,
             later,

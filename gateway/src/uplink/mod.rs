@@ -1,6 +1,11 @@
 //! The uplink: leases batches from the buffer, hands them to a transport, and settles every
 //! row by the destination's answer.
 //!
+//! # Adding a destination
+//! A destination is one transport module implementing [`Transport`], one variant of
+//! [`AnyTransport`] (and its arm in [`prepare`]), and its config table under `[uplink]`.
+//! [`start`] runs `in_flight` batcher workers over it.
+//!
 //! Architecture invariant (delete after acknowledged): a row is acked (deleted) only for an
 //! entry the destination accepted, and dead-lettered only for a permanent refusal, with the
 //! destination's reason. Everything else is retried with exponential backoff and full jitter,
@@ -14,9 +19,19 @@ pub mod https;
 mod retry;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::Store;
+use crate::config::{Destination, UplinkConfig};
+use crate::fhir::{self, Gateway};
 use crate::model::Reading;
+use crate::ops::audit::Audit;
+use crate::ops::metrics::Metrics;
 
 pub use retry::{parse_retry_after, Backoff};
 
@@ -59,4 +74,124 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         rows: &[(i64, &Reading)],
     ) -> impl Future<Output = Result<Vec<Outcome>, SendError>> + Send;
+}
+
+/// Why the configured destination cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The output directory of `[uplink.file]` cannot be used.
+    #[error("uplink.file.dir {}", .dir.display())]
+    FileDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `[uplink.fhir]` is unusable.
+    #[error(transparent)]
+    Fhir(#[from] https::SetupError),
+    /// The TLS files of `[uplink.fhir]` cannot be used.
+    #[error("uplink.fhir")]
+    Tls(#[source] crate::tls::TlsError),
+}
+
+/// The transport of one destination, whatever its kind.
+pub enum AnyTransport {
+    /// FHIR NDJSON files.
+    File(file::FileTransport),
+    /// A FHIR server over HTTPS.
+    Fhir(https::FhirTransport),
+}
+
+impl Transport for AnyTransport {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyTransport::File(t) => t.name(),
+            AnyTransport::Fhir(t) => t.name(),
+        }
+    }
+
+    async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
+        match self {
+            AnyTransport::File(t) => t.send(rows).await,
+            AnyTransport::Fhir(t) => t.send(rows).await,
+        }
+    }
+}
+
+/// The configured destination's transport, ready (output directory made, TLS files read),
+/// with a line describing it for the log.
+pub fn prepare(
+    config: &UplinkConfig,
+    data_dir: &Path,
+    gateway: Gateway,
+) -> Result<AnyTransport, UplinkError> {
+    match config.destination() {
+        Destination::File(file) => {
+            let dir = file.dir.clone().unwrap_or_else(|| data_dir.join("out"));
+            let transport =
+                file::FileTransport::new(&dir, file.rotate_bytes, gateway).map_err(|source| {
+                    UplinkError::FileDir {
+                        dir: dir.clone(),
+                        source,
+                    }
+                })?;
+            tracing::info!(dir = %dir.display(), "uplink: FHIR NDJSON files");
+            Ok(AnyTransport::File(transport))
+        }
+        Destination::Fhir(f) => {
+            let tls = crate::tls::client_config(&f.ca, Some((&f.cert, &f.key)))
+                .map_err(UplinkError::Tls)?;
+            let kind = if f.bundle_type == "batch" {
+                fhir::BundleType::Batch
+            } else {
+                fhir::BundleType::Transaction
+            };
+            let timeout = Duration::from_secs(f.timeout_s);
+            let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?;
+            tracing::info!(base_url = %f.base_url, "uplink: FHIR server over mutual TLS");
+            Ok(AnyTransport::Fhir(transport))
+        }
+    }
+}
+
+/// What every uplink worker gets from the wiring.
+#[derive(Clone)]
+pub struct UplinkContext {
+    /// The buffer: leases, acknowledgements, dead letters.
+    pub store: Store,
+    /// Counters and health for `/metrics` and the status page.
+    pub metrics: Arc<Metrics>,
+    /// The audit log (TLS failures, dead-lettered readings).
+    pub audit: Audit,
+    /// Cancelled when the gateway stops: finish the batch in hand and return.
+    pub shutdown: CancellationToken,
+}
+
+/// Starts `config.in_flight` workers sending through `transport`.
+pub fn start<T: Transport>(
+    transport: T,
+    config: &UplinkConfig,
+    ctx: &UplinkContext,
+) -> Vec<JoinHandle<()>> {
+    let batcher = batcher::BatcherConfig {
+        batch_size: config.batch_size,
+        retry_initial: Duration::from_millis(config.retry_initial_ms),
+        retry_max: Duration::from_millis(config.retry_max_ms),
+    };
+    ctx.metrics.uplink_registered(transport.name());
+    let transport = Arc::new(transport);
+    (0..config.in_flight)
+        .map(|_| {
+            tokio::spawn(batcher::run(
+                ctx.store.clone(),
+                transport.clone(),
+                batcher,
+                ctx.metrics.clone(),
+                ctx.audit.clone(),
+                ctx.shutdown.clone(),
+            ))
+        })
+        .collect()
 }

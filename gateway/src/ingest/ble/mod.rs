@@ -57,7 +57,7 @@ pub use central::{
 pub use profiles::Profiles;
 pub use session::SessionEnd;
 
-use super::Bindings;
+use super::{Bindings, SourceContext};
 use crate::config::BleSourceConfig;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::Ingest;
@@ -217,14 +217,14 @@ impl BleSource {
 
     /// Runs until `shutdown`: scans, connects to listed devices when they advertise, one
     /// session per device at a time, with backoff after failures.
-    pub async fn run<C: Central>(
-        self,
-        central: C,
-        ingest: Ingest,
-        bindings: Bindings,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run<C: Central>(self, central: C, ctx: SourceContext) {
+        let SourceContext {
+            ingest,
+            bindings,
+            metrics,
+            shutdown,
+            ..
+        } = ctx;
         let central = Arc::new(central);
         let source = Arc::new(self);
         let env = Arc::new(SessionEnv {
@@ -416,6 +416,23 @@ pub async fn scan<C: Central>(
         .collect();
     out.sort_by_key(|e| (e.profiles.is_empty(), e.address));
     Ok(out)
+}
+
+/// The BLE source over the host's adapter (btleplug, BlueZ), or [`BleError::NotBuilt`] when
+/// this binary was built without Bluetooth support.
+pub fn run_on_host_adapter(
+    source: BleSource,
+    ctx: SourceContext,
+) -> Result<impl std::future::Future<Output = ()> + Send, BleError> {
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    {
+        Ok(source.run(btleplug::BtleplugCentral::new(), ctx))
+    }
+    #[cfg(not(all(feature = "ble", target_os = "linux")))]
+    {
+        let _ = (source, ctx);
+        Err::<std::future::Ready<()>, _>(BleError::NotBuilt)
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,6 @@
 //! Logs carry the port name, path, counters and error kinds; never a value.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -46,7 +45,7 @@ use super::lines::LineSession;
 use super::port;
 use super::session::Session;
 use super::{Action, BatchId, CommitOutcome, Protocol, SerialSource};
-use crate::ingest::Bindings;
+use crate::ingest::SourceContext;
 use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest};
@@ -274,14 +273,14 @@ enum End {
 
 impl SerialSource {
     /// Serves the port until `shutdown`, then drains its commits (see the module doc).
-    pub async fn run(
-        self,
-        ingest: Ingest,
-        bindings: Bindings,
-        metrics: Arc<Metrics>,
-        audit: Audit,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, ctx: SourceContext) {
+        let SourceContext {
+            ingest,
+            bindings,
+            metrics,
+            audit,
+            shutdown,
+        } = ctx;
         let mut driver = match &self.protocol {
             Protocol::Firmware => Driver::Firmware(Box::new(Session::new(bindings))),
             Protocol::Line {
