@@ -229,8 +229,15 @@ fn one_malloc_arena() {
     }
 }
 
+#[cfg(feature = "alloc-counter")]
+#[global_allocator]
+static ALLOCATOR: vitalbridge::ops::alloc::CountingAllocator =
+    vitalbridge::ops::alloc::CountingAllocator;
+
 fn main() -> ExitCode {
     one_malloc_arena();
+    #[cfg(feature = "alloc-counter")]
+    vitalbridge::ops::alloc::CountingAllocator::enable();
     let cli = Cli::parse();
     match dispatch(cli.command, cli.log_format) {
         Ok(code) => code,

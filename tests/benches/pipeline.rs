@@ -2,23 +2,41 @@
 //! gateway binary. Prints figures; asserts nothing about speed.
 //!
 //! ```sh
-//! cargo build --release -p vitalbridge
-//! cargo bench -p vitalbridge-tests --bench pipeline            # 100k readings
-//! BENCH_READINGS=20000 cargo bench -p vitalbridge-tests --bench pipeline
+//! cargo build --release -p vitalbridge --features alloc-counter   # counts allocations
+//! cargo bench -p vitalbridge-tests --bench pipeline
+//! # the same run beside another build (e.g. before a change), scenario by scenario:
+//! BENCH_BASELINE=/path/to/old/vitalbridge cargo bench -p vitalbridge-tests --bench pipeline
 //! ```
 //!
+//! Scenarios:
+//! - **full speed**: `BENCH_READINGS` (100,000) readings published as fast as the broker takes
+//!   them; the gateway's CPU per reading, throughput, peak RSS.
+//! - **steady**: `BENCH_STEADY_RATE` (1,000) readings/s for `BENCH_STEADY_SECONDS` (30), as a
+//!   busy ward or a fleet of hubs would send them; CPU per reading, FHIR requests per 10k
+//!   readings, and publish → stored-at-the-server latency (p50, p99).
+//!
+//! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
+//! `BENCH_SCENARIOS=full,steady`, `BENCH_VERBOSE=1`.
+//!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
-//! process) and the gateway. The gateway's own CPU time and peak RSS are read from
-//! `/proc/<pid>` just before it is stopped.
+//! process) and the gateway. The gateway's CPU time and peak RSS are read from `/proc/<pid>`;
+//! allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
+//! `alloc-counter` feature).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use vitalbridge_tests::gateway::GatewayProcess;
-use vitalbridge_tests::mosquitto::{publish_qos1, Mosquitto, MosquittoOptions};
+use vitalbridge_tests::mosquitto::{free_port, publish_qos1, Mosquitto, MosquittoOptions};
 use vitalbridge_tests::pki::TestPki;
 use vitalbridge_tests::scenario;
 use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
 
+/// CPU seconds and peak RSS (KiB) of a process.
 fn proc_figures(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
@@ -42,82 +60,286 @@ fn proc_figures(pid: u32) -> (f64, u64) {
     (cpu, hwm_kib)
 }
 
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one scenario measured.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    readings: u64,
+    elapsed: f64,
+    cpu: f64,
+    rss_kib: u64,
+    allocations: Option<u64>,
+    requests: usize,
+    latency_ms: Option<(f64, f64)>,
+    broker_cpu: f64,
+    harness_cpu: f64,
+}
+
+impl Figures {
+    fn cpu_ms_per_reading(&self) -> f64 {
+        self.cpu * 1000.0 / self.readings as f64
+    }
+}
+
+/// A gateway under test, with its broker and upstream.
+struct Rig {
+    _pki: TestPki,
+    broker: Mosquitto,
+    upstream: Upstream,
+    _dir: tempfile::TempDir,
+    gw: GatewayProcess,
+    ops_port: u16,
+}
+
+impl Rig {
+    async fn start(binary: &PathBuf) -> Rig {
+        let batch_size = env("BENCH_BATCH", 500);
+        let in_flight = env("BENCH_IN_FLIGHT", 2);
+        let pki = TestPki::generate();
+        let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+        let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ops_port = free_port().unwrap();
+        let ops = vitalbridge_tests::ops::ops_table(ops_port, "");
+        let config = scenario::mqtt_to_fhir(
+            &dir.path().join("data"),
+            broker.port(),
+            &upstream.url(),
+            &pki,
+            &ops,
+        )
+        .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
+        .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
+        std::env::set_var("VITALBRIDGE_BIN", binary);
+        let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+        assert!(
+            gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)),
+            "{}",
+            gw.log()
+        );
+        Rig {
+            _pki: pki,
+            broker,
+            upstream,
+            _dir: dir,
+            gw,
+            ops_port,
+        }
+    }
+
+    async fn allocations(&self) -> Option<u64> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.ops_port));
+        let metrics = vitalbridge_tests::ops::get(addr, "/metrics").await.ok()?;
+        let text = String::from_utf8(metrics.body.to_vec()).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("vitalbridge_allocations_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
+    /// CPU of the gateway, the broker and this process; the gateway's allocations.
+    async fn sample(&self) -> (f64, f64, f64, Option<u64>) {
+        let (gw, _) = proc_figures(self.gw.pid());
+        let (broker, _) = proc_figures(self.broker.pid().unwrap_or(0));
+        let (harness, _) = proc_figures(std::process::id());
+        (gw, broker, harness, self.allocations().await)
+    }
+
+    async fn wait_delivered(&self, n: u64, start: Instant) {
+        let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+        let mut last_report = Instant::now();
+        while self.upstream.observation_count() < n as usize {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if verbose && last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                eprintln!(
+                    "  t={:>5.1}s delivered={}",
+                    start.elapsed().as_secs_f64(),
+                    self.upstream.observation_count()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(1800),
+                "not all readings arrived"
+            );
+        }
+    }
+
+    fn finish(&self, f: &mut Figures, before: (f64, f64, f64, Option<u64>), after: (f64, f64, f64, Option<u64>)) {
+        self.upstream.assert_no_duplicate_identifiers();
+        f.cpu = after.0 - before.0;
+        f.broker_cpu = after.1 - before.1;
+        f.harness_cpu = after.2 - before.2;
+        f.allocations = after.3.zip(before.3).map(|(a, b)| a - b);
+        f.rss_kib = proc_figures(self.gw.pid()).1;
+    }
+}
+
+/// Everything as fast as the broker takes it.
+async fn full_speed(binary: &PathBuf) -> Figures {
+    let n = env("BENCH_READINGS", 100_000);
+    let rig = Rig::start(binary).await;
+    let (payloads, _): (Vec<_>, Vec<_>) = (0..n).map(|i| scenario::reading(i, 100)).unzip();
+    let before = rig.sample().await;
+    let requests_before = rig.upstream.request_count();
+    let start = Instant::now();
+    let publish = tokio::spawn(publish_qos1(rig.broker.port(), "vitals/bench", payloads));
+    rig.wait_delivered(n, start).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    publish.await.unwrap().expect("published");
+    let after = rig.sample().await;
+    let mut f = Figures {
+        readings: n,
+        elapsed,
+        requests: rig.upstream.request_count() - requests_before,
+        ..Figures::default()
+    };
+    rig.finish(&mut f, before, after);
+    f
+}
+
+/// A steady rate, one reading at a time, with each reading's publish time kept.
+async fn steady(binary: &PathBuf) -> Figures {
+    let rate = env("BENCH_STEADY_RATE", 1_000);
+    let seconds = env("BENCH_STEADY_SECONDS", 30);
+    let n = rate * seconds;
+    let rig = Rig::start(binary).await;
+    let readings: Vec<(Vec<u8>, scenario::Expected)> =
+        (0..n).map(|i| scenario::reading(i, 100)).collect();
+    let mut options = MqttOptions::new("bench-steady", "127.0.0.1", rig.broker.port());
+    options.set_inflight(1000).set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => return,
+                _ => {}
+            }
+        }
+    });
+    let before = rig.sample().await;
+    let requests_before = rig.upstream.request_count();
+    let start = Instant::now();
+    let mut published_at: HashMap<String, OffsetDateTime> = HashMap::with_capacity(n as usize);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    for (i, (payload, expected)) in readings.into_iter().enumerate() {
+        tokio::time::sleep_until((start + period * i as u32).into()).await;
+        published_at.insert(expected.time, OffsetDateTime::now_utc());
+        client
+            .publish("vitals/bench", QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+    rig.wait_delivered(n, start).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = rig.sample().await;
+    let _ = client.disconnect().await;
+    poller.abort();
+    let mut latencies: Vec<f64> = rig
+        .upstream
+        .observations()
+        .iter()
+        .filter_map(|o| {
+            let stored = o["meta"]["lastUpdated"].as_str()?;
+            let stored = OffsetDateTime::parse(stored, &Rfc3339).ok()?;
+            let sent = published_at.get(&scenario::observed(o).time)?;
+            Some((stored - *sent).as_seconds_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let mut f = Figures {
+        readings: n,
+        elapsed,
+        requests: rig.upstream.request_count() - requests_before,
+        latency_ms: (!latencies.is_empty()).then(|| (pick(0.5), pick(0.99))),
+        ..Figures::default()
+    };
+    rig.finish(&mut f, before, after);
+    f
+}
+
+fn print(title: &str, runs: &[(&str, Figures)]) {
+    println!("\n{title}");
+    let row = |label: &str, value: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = runs.iter().map(|(_, f)| format!("{:>16}", value(f))).collect();
+        println!("  {label:<34}{}", cells.join(""));
+    };
+    let names: Vec<String> = runs.iter().map(|(n, _)| format!("{n:>16}")).collect();
+    println!("  {:<34}{}", "", names.join(""));
+    row("readings", &|f| f.readings.to_string());
+    row("end-to-end time (s)", &|f| format!("{:.2}", f.elapsed));
+    row("throughput (readings/s)", &|f| format!("{:.0}", f.readings as f64 / f.elapsed));
+    row("gateway CPU (s)", &|f| format!("{:.2}", f.cpu));
+    row("gateway CPU-ms per reading", &|f| format!("{:.4}", f.cpu_ms_per_reading()));
+    row("allocations per reading", &|f| {
+        f.allocations
+            .map_or("n/a".into(), |a| format!("{:.1}", a as f64 / f.readings as f64))
+    });
+    row("gateway peak RSS (MiB)", &|f| format!("{:.1}", f.rss_kib as f64 / 1024.0));
+    row("FHIR requests per 10k readings", &|f| {
+        format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
+    });
+    row("latency p50 / p99 (ms)", &|f| {
+        f.latency_ms
+            .map_or("-".into(), |(p50, p99)| format!("{p50:.0} / {p99:.0}"))
+    });
+    row("mosquitto CPU (s)", &|f| format!("{:.2}", f.broker_cpu));
+    row("publisher+upstream CPU (s)", &|f| format!("{:.2}", f.harness_cpu));
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks benches to list their tests
     }
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let n = env("BENCH_READINGS", 100_000);
-    // The gateway's defaults unless overridden.
-    let batch_size = env("BENCH_BATCH", 500);
-    let in_flight = env("BENCH_IN_FLIGHT", 2);
+    let current = vitalbridge_tests::gateway::binary();
+    let mut binaries = vec![("this build", current)];
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE") {
+        binaries.insert(0, ("baseline", PathBuf::from(baseline)));
+    }
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "full,steady".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
-        let pki = TestPki::generate();
-        let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-        let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let config = scenario::mqtt_to_fhir(&dir.path().join("data"), broker.port(), &upstream.url(), &pki, "")
-            .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
-        .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
-        let (payloads, _) = (0..n).map(|i| scenario::reading(i, 100)).unzip::<_, _, Vec<_>, Vec<_>>();
-
-        let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-        assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)), "{}", gw.log());
-        let pid = gw.pid();
-        let (cpu_before, _) = proc_figures(pid);
-        let broker_pid = broker.pid().unwrap_or(0);
-        let (broker_before, _) = proc_figures(broker_pid);
-        let (harness_before, _) = proc_figures(std::process::id());
-
-        let start = Instant::now();
-        let publish = tokio::spawn(publish_qos1(broker.port(), "vitals/bench", payloads));
-        // Progress every second: where the backlog sits tells ingest from uplink limits.
-        // Polled every 10 ms so the end-to-end time is not rounded up to a whole second.
-        let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
-        let mut last = 0;
-        let mut last_report = Instant::now();
-        while upstream.observation_count() < n as usize {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if verbose && last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
-                let delivered = upstream.observation_count();
-                let (_, stats, _) = vitalbridge_tests::gateway::run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
-                let pending = stats.lines().next().unwrap_or_default().to_owned();
-                eprintln!("  t={:>5.1}s delivered={delivered} (+{}/s) buffer {pending}", start.elapsed().as_secs_f64(), delivered - last);
-                last = delivered;
+    println!(
+        "vitalbridge pipeline benchmark (MQTT QoS1 -> SQLite synchronous=FULL, sealed -> HTTPS mTLS FHIR transaction Bundles); \
+         batch_size {} / in_flight {}; {} cores shared by broker, publisher, upstream and gateway",
+        env("BENCH_BATCH", 500),
+        env("BENCH_IN_FLIGHT", 2),
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0)
+    );
+    for (label, bin) in &binaries {
+        println!("  {label}: {}", bin.display());
+    }
+    rt.block_on(async {
+        if scenarios.contains("full") {
+            let mut runs = Vec::new();
+            for (label, bin) in &binaries {
+                runs.push((*label, full_speed(bin).await));
             }
-            assert!(start.elapsed() < Duration::from_secs(1800), "not all readings arrived");
+            print("full speed", &runs);
         }
-        let elapsed = start.elapsed();
-        let published_in = publish.await.unwrap().map(|_| ()).map_err(|e| e.to_string());
-        let (cpu_after, rss_kib) = proc_figures(pid);
-        let (broker_after, _) = proc_figures(broker_pid);
-        let (harness_after, _) = proc_figures(std::process::id());
-        upstream.assert_no_duplicate_identifiers();
-
-        let rate = n as f64 / elapsed.as_secs_f64();
-        let cpu = cpu_after - cpu_before;
-        println!("vitalbridge pipeline benchmark (MQTT QoS1 -> SQLite synchronous=FULL -> HTTPS mTLS FHIR transaction Bundles)");
-        println!("  readings:                 {n}");
-        println!("  publisher:                {published_in:?}");
-        println!("  end-to-end time:          {:.2} s", elapsed.as_secs_f64());
-        println!("  throughput:               {rate:.0} readings/s");
-        println!("  gateway CPU:              {cpu:.2} s ({:.2} CPU-s per 100k readings)", cpu * 100_000.0 / n as f64);
-        println!("  gateway peak RSS (VmHWM): {:.1} MiB", rss_kib as f64 / 1024.0);
-        println!("  gateway alone, per core:  {:.0} readings/s (readings / gateway CPU-s)", n as f64 / cpu);
-        println!("  mosquitto CPU:            {:.2} s", broker_after - broker_before);
-        println!("  publisher+upstream CPU:   {:.2} s (this process)", harness_after - harness_before);
-        println!("  batch_size / in_flight:   {batch_size} / {in_flight}");
-        println!("  machine:                  {} cores; broker, publisher and upstream share them", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0));
+        if scenarios.contains("steady") {
+            let mut runs = Vec::new();
+            for (label, bin) in &binaries {
+                runs.push((*label, steady(bin).await));
+            }
+            print(
+                &format!(
+                    "steady {} readings/s for {} s",
+                    env("BENCH_STEADY_RATE", 1_000),
+                    env("BENCH_STEADY_SECONDS", 30)
+                ),
+                &runs,
+            );
+        }
     });
 }

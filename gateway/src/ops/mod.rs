@@ -18,6 +18,7 @@
 //! `ops` knows no stage: the buffer is reached through the [`QueueProbe`] trait, which the
 //! buffer implements, and reports its commits through `pipeline::GroupReport`.
 
+pub mod alloc;
 pub mod audit;
 pub mod buffer_report;
 pub mod certs;

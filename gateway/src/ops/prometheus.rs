@@ -277,6 +277,14 @@ pub fn render(v: &View<'_>) -> String {
             f64::from(st.quarantined),
         );
     }
+    if let Some(n) = super::alloc::allocations() {
+        e.single(
+            "vitalbridge_allocations_total",
+            Kind::Counter,
+            "Heap allocations since start (only in builds with the alloc-counter feature, for benchmarks).",
+            n as f64,
+        );
+    }
     e.single(
         "vitalbridge_buffer_full_refusals_total",
         Kind::Counter,
