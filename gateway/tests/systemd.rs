@@ -1,7 +1,7 @@
 //! The `vitalbridge` binary as systemd runs it: `Type=notify` notifications and the watchdog
 //! over a real Unix datagram socket standing in for systemd's, secrets from a credentials
-//! directory laid out as `LoadCredential=` lays it out, and the unit's own command lines
-//! against the packaged configuration.
+//! directory laid out as `LoadCredential=` lays it out, the buffer key as the credential the
+//! unit decrypts, and the unit's own command lines against the packaged configuration.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -267,8 +267,26 @@ fn the_units_commands_accept_the_packaged_config() {
     let start = unit_command("ExecStart");
     assert_eq!(start, ["run", "-c", "/etc/vitalbridge/config.toml"]);
 
+    // Run by hand, the check cannot find the buffer key and says why ...
     let out = vitalbridge()
         .args(["check-config", "-c", packaged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "buffer.key_file: ${{CREDENTIALS_DIRECTORY}}/{BUFFER_KEY} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set"
+        )),
+        "{stderr}"
+    );
+    // ... and, as the unit runs it (the buffer key decrypted into its credentials directory),
+    // passes.
+    let creds = tempfile::tempdir().unwrap();
+    buffer_key_credential(creds.path());
+    let out = vitalbridge()
+        .args(["check-config", "-c", packaged.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
         .output()
         .unwrap();
     assert!(
@@ -278,7 +296,9 @@ fn the_units_commands_accept_the_packaged_config() {
     );
     // The packaged config keeps its data in the unit's StateDirectory, reads nothing and
     // sends nothing off the machine until a technician configures it.
-    let config = vitalbridge::config::Config::load(&packaged).unwrap();
+    let config =
+        vitalbridge::config::Config::from_toml(&std::fs::read_to_string(&packaged).unwrap())
+            .unwrap();
     assert_eq!(
         config.gateway.data_dir,
         Path::new("/var/lib/vitalbridge"),
@@ -322,4 +342,26 @@ fn the_key_credential_has_one_name_in_the_unit_the_config_and_the_readme() {
         "README: install to {source}"
     );
     assert!(readme.contains("CREDENTIALS_DIRECTORY=/etc/credstore vitalbridge check-config"));
+}
+
+/// The buffer key's credential name.
+const BUFFER_KEY: &str = "vitalbridge-buffer.key";
+
+/// A new buffer key in `dir` as systemd gives a credential to the unit: mode 0400, readable by
+/// the service's user through a POSIX ACL (here: the user running the tests).
+fn buffer_key_credential(dir: &Path) -> PathBuf {
+    let key = dir.join(BUFFER_KEY);
+    let out = vitalbridge()
+        .args(["buffer-key", "new", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    // SAFETY: geteuid cannot fail.
+    add_acl_read(&key, unsafe { libc::geteuid() });
+    key
 }
