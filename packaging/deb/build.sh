@@ -16,11 +16,13 @@
 #   /usr/bin/vitalbridge                          stripped binary
 #   /usr/lib/systemd/system/vitalbridge.service   systemd/vitalbridge.service
 #   /usr/share/vitalbridge/ble.conf               drop-in for the BLE source (systemd/ble.conf)
+#   /usr/share/vitalbridge/buffer-key-plain.conf  drop-in for an unsealed buffer key (systemd/)
 #   /etc/vitalbridge/config.toml                  conffile (packaging/deb/config.toml)
 #   /usr/share/man/man1/vitalbridge.1.gz          gateway/man/vitalbridge.1
 #   /usr/share/doc/vitalbridge/{copyright,README.md}
+#   /usr/share/doc/vitalbridge/README.systemd.md  systemd/README.md (the unit, the buffer key)
 # and maintainer scripts that create the system user (in dialout, and bluetooth where that
-# group exists), /var/lib/vitalbridge and /etc/credstore, and enable the unit.
+# group exists), /var/lib/vitalbridge, /etc/credstore and the buffer key, and enable the unit.
 set -euo pipefail
 umask 022
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -29,7 +31,7 @@ cd "$root"
 # shellcheck source=cross/targets.sh
 source "$root/cross/targets.sh"
 
-[ $# -ge 1 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 target="$1"; shift
 target_info "$target"
 [ -n "$DEB_ARCH" ] || { echo "no Debian architecture for $target" >&2; exit 2; }
@@ -64,10 +66,11 @@ command -v "$strip_tool" >/dev/null || strip_tool=strip
 "$strip_tool" -o "$stage/usr/bin/vitalbridge" "$binary"
 chmod 0755 "$stage/usr/bin/vitalbridge"
 install -m 0644 systemd/vitalbridge.service "$stage/usr/lib/systemd/system/"
-install -m 0644 systemd/ble.conf "$stage/usr/share/vitalbridge/"
+install -m 0644 systemd/ble.conf systemd/buffer-key-plain.conf "$stage/usr/share/vitalbridge/"
 install -m 0644 packaging/deb/config.toml "$stage/etc/vitalbridge/config.toml"
 gzip -9n -c gateway/man/vitalbridge.1 >"$stage/usr/share/man/man1/vitalbridge.1.gz"
 install -m 0644 packaging/deb/copyright README.md "$stage/usr/share/doc/vitalbridge/"
+install -m 0644 systemd/README.md "$stage/usr/share/doc/vitalbridge/README.systemd.md"
 
 # Depends: from the shared libraries the binary needs (readelf works for every architecture).
 # An unknown library fails the build: map it here and say why it is needed.
