@@ -171,7 +171,12 @@ impl Rig {
         }
     }
 
-    fn finish(&self, f: &mut Figures, before: (f64, f64, f64, Option<u64>), after: (f64, f64, f64, Option<u64>)) {
+    fn finish(
+        &self,
+        f: &mut Figures,
+        before: (f64, f64, f64, Option<u64>),
+        after: (f64, f64, f64, Option<u64>),
+    ) {
         self.upstream.assert_no_duplicate_identifiers();
         f.cpu = after.0 - before.0;
         f.broker_cpu = after.1 - before.1;
@@ -213,7 +218,9 @@ async fn steady(binary: &PathBuf) -> Figures {
     let readings: Vec<(Vec<u8>, scenario::Expected)> =
         (0..n).map(|i| scenario::reading(i, 100)).collect();
     let mut options = MqttOptions::new("bench-steady", "127.0.0.1", rig.broker.port());
-    options.set_inflight(1000).set_max_packet_size(1 << 20, 1 << 20);
+    options
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let poller = tokio::spawn(async move {
         loop {
@@ -268,21 +275,31 @@ async fn steady(binary: &PathBuf) -> Figures {
 fn print(title: &str, runs: &[(&str, Figures)]) {
     println!("\n{title}");
     let row = |label: &str, value: &dyn Fn(&Figures) -> String| {
-        let cells: Vec<String> = runs.iter().map(|(_, f)| format!("{:>16}", value(f))).collect();
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, f)| format!("{:>16}", value(f)))
+            .collect();
         println!("  {label:<34}{}", cells.join(""));
     };
     let names: Vec<String> = runs.iter().map(|(n, _)| format!("{n:>16}")).collect();
     println!("  {:<34}{}", "", names.join(""));
     row("readings", &|f| f.readings.to_string());
     row("end-to-end time (s)", &|f| format!("{:.2}", f.elapsed));
-    row("throughput (readings/s)", &|f| format!("{:.0}", f.readings as f64 / f.elapsed));
-    row("gateway CPU (s)", &|f| format!("{:.2}", f.cpu));
-    row("gateway CPU-ms per reading", &|f| format!("{:.4}", f.cpu_ms_per_reading()));
-    row("allocations per reading", &|f| {
-        f.allocations
-            .map_or("n/a".into(), |a| format!("{:.1}", a as f64 / f.readings as f64))
+    row("throughput (readings/s)", &|f| {
+        format!("{:.0}", f.readings as f64 / f.elapsed)
     });
-    row("gateway peak RSS (MiB)", &|f| format!("{:.1}", f.rss_kib as f64 / 1024.0));
+    row("gateway CPU (s)", &|f| format!("{:.2}", f.cpu));
+    row("gateway CPU-ms per reading", &|f| {
+        format!("{:.4}", f.cpu_ms_per_reading())
+    });
+    row("allocations per reading", &|f| {
+        f.allocations.map_or("n/a".into(), |a| {
+            format!("{:.1}", a as f64 / f.readings as f64)
+        })
+    });
+    row("gateway peak RSS (MiB)", &|f| {
+        format!("{:.1}", f.rss_kib as f64 / 1024.0)
+    });
     row("FHIR requests per 10k readings", &|f| {
         format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
     });
@@ -291,7 +308,9 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
             .map_or("-".into(), |(p50, p99)| format!("{p50:.0} / {p99:.0}"))
     });
     row("mosquitto CPU (s)", &|f| format!("{:.2}", f.broker_cpu));
-    row("publisher+upstream CPU (s)", &|f| format!("{:.2}", f.harness_cpu));
+    row("publisher+upstream CPU (s)", &|f| {
+        format!("{:.2}", f.harness_cpu)
+    });
 }
 
 fn main() {

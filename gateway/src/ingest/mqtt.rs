@@ -72,6 +72,9 @@ const MAX_MESSAGES_IN_PROGRESS: usize = 512;
 /// Capacity of rumqttc's request channel (acks and subscribes travel through it).
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
+/// How long shutdown waits for the acknowledgements of what was committed to go out.
+const ACK_DRAIN: Duration = Duration::from_secs(3);
+
 /// Delay before retrying a commit the buffer refused (full or failing).
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
 
@@ -168,7 +171,7 @@ impl MqttSource {
             bindings,
             shutdown.clone(),
         ));
-        let acker = tokio::spawn(ack_task(ack_rx, client.clone(), shutdown.clone()));
+        let acker = tokio::spawn(ack_task(ack_rx, client.clone()));
         let eventloop = poll_task(
             eventloop,
             &client,
@@ -179,9 +182,9 @@ impl MqttSource {
             &shutdown,
         )
         .await;
-        // The poll task returns on shutdown; the others see it too and end.
-        let _ = committer.await;
-        let _ = acker.await;
+        // The poll task returns on shutdown; the commit task finishes its batch and ends, and
+        // the acknowledgements of everything committed go out before the DISCONNECT.
+        let eventloop = drain_acks(eventloop, committer, acker).await;
         disconnect(client, eventloop).await;
     }
 }
@@ -289,36 +292,44 @@ async fn poll_task(
 }
 
 /// Queues PUBACKs into rumqttc for publishes whose readings are durable. The only task that
-/// waits for the poll task; nothing waits for it.
-async fn ack_task(
-    mut acks: mpsc::UnboundedReceiver<AckId>,
-    client: AsyncClient,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let publish = tokio::select! {
-            p = acks.recv() => match p {
-                Some(AckId { qos, pkid }) => {
-                    // What rumqttc needs to build the PUBACK: the packet id and QoS.
-                    let mut publish = Publish::new(String::new(), qos, Vec::new());
-                    publish.pkid = pkid;
-                    publish
-                }
-                None => return,
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        // After shutdown the poll task no longer drains the channel: give up, the broker
-        // redelivers and the identifier dedupes.
-        tokio::select! {
-            sent = client.ack(&publish) => {
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, "PUBACK not sent (connection closing); the broker will redeliver");
-                }
-            }
-            _ = shutdown.cancelled() => return,
+/// waits for the poll task (or, at shutdown, [`drain_acks`]); nothing waits for it. It ends
+/// when the commit task has ended and every PUBACK is queued.
+async fn ack_task(mut acks: mpsc::UnboundedReceiver<AckId>, client: AsyncClient) {
+    while let Some(AckId { qos, pkid }) = acks.recv().await {
+        // What rumqttc needs to build the PUBACK: the packet id and QoS.
+        let mut publish = Publish::new(String::new(), qos, Vec::new());
+        publish.pkid = pkid;
+        if let Err(e) = client.ack(&publish).await {
+            // The event loop is gone (shutdown took longer than ACK_DRAIN).
+            tracing::debug!(error = %e, "PUBACK not sent (connection closed); the broker will redeliver");
+            return;
         }
     }
+}
+
+/// At shutdown: keeps the event loop turning until the commit task has finished its batch
+/// and every PUBACK of what it committed is sent (at most [`ACK_DRAIN`]), so the broker
+/// redelivers only what was never stored. Publishes arriving meanwhile are not taken: they
+/// are not acknowledged, and the broker keeps them for the next session.
+async fn drain_acks(
+    mut eventloop: EventLoop,
+    committer: tokio::task::JoinHandle<()>,
+    mut acker: tokio::task::JoinHandle<()>,
+) -> EventLoop {
+    let deadline = tokio::time::sleep(ACK_DRAIN);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut acker => break,
+            _ = &mut deadline => {
+                tracing::warn!("MQTT: not every acknowledgement went out before the stop; the broker redelivers those (stored once)");
+                break;
+            }
+            event = eventloop.poll() => if event.is_err() { break },
+        }
+    }
+    drop(committer);
+    eventloop
 }
 
 /// Takes every publish waiting and commits it (see [`commit_batch`]); the ack task sends the

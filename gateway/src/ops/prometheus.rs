@@ -252,12 +252,14 @@ pub fn render(v: &View<'_>) -> String {
             "1 while buffer writes fail (sources are not acknowledged), else 0.",
             if st.failing.is_some() { 1.0 } else { 0.0 },
         );
-        e.single(
-            "vitalbridge_buffer_free_bytes",
-            Kind::Gauge,
-            "Free bytes on the buffer's file system at the last check (absent before one).",
-            st.free_bytes.map_or(f64::NAN, |b| b as f64),
-        );
+        if let Some(free) = st.free_bytes {
+            e.single(
+                "vitalbridge_buffer_free_bytes",
+                Kind::Gauge,
+                "Free bytes on the buffer's file system at the last check (absent before one).",
+                free as f64,
+            );
+        }
         e.single(
             "vitalbridge_buffer_free_floor_bytes",
             Kind::Gauge,
