@@ -179,6 +179,12 @@ pub fn buffer_options(config: &Config) -> buffer::OpenOptions {
             .buffer
             .min_free_mb
             .map(|mb| mb.saturating_mul(1024 * 1024)),
+        destinations: config
+            .uplink
+            .destinations()
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect(),
     }
 }
 

@@ -152,9 +152,17 @@ enum QueueCommand {
         /// Most rows to show.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only readings this destination (uplink) gave up on.
+        #[arg(long)]
+        destination: Option<String>,
     },
-    /// Put dead-lettered readings back in the queue (stop the gateway first).
-    RetryDeadLetters,
+    /// Put dead-lettered readings back in the queue, each for the destination that gave up
+    /// on it (stop the gateway first).
+    RetryDeadLetters {
+        /// Only those of this destination (uplink).
+        #[arg(long)]
+        destination: Option<String>,
+    },
     /// Recover every readable reading from a damaged buffer the gateway moved to
     /// `<data_dir>/quarantine/` into the queue (stop the gateway first).
     Salvage {
@@ -387,13 +395,16 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 None => println!("oldest_age_s: -"),
             }
             println!("quarantined: {}", store.health().quarantined);
+            for d in store.destinations() {
+                println!("pending[{}]: {}", d.name(), store.pending_for(d).await?);
+            }
         }
-        QueueCommand::DeadLetters { limit } => {
+        QueueCommand::DeadLetters { limit, destination } => {
             let key = buffer::seal::BufferKey::load(&config.buffer.key_file)
                 .map_err(|e| eprintln!("warning: {e}; the details stay sealed"))
                 .ok();
             let store = buffer::open_read_only(dir, key).await?;
-            let rows = store.dead_letters(limit).await?;
+            let rows = store.dead_letters(limit, destination.as_deref()).await?;
             if rows.is_empty() {
                 println!("no dead letters");
                 return Ok(ExitCode::SUCCESS);
@@ -455,11 +466,23 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 }
             }
         }
-        QueueCommand::RetryDeadLetters => {
+        QueueCommand::RetryDeadLetters { destination } => {
             let mut options = vitalbridge::buffer_options(config);
             options.capacity = u64::MAX;
-            let (_store, mut writer, _) = buffer::open(dir, &options).await?;
-            let moved = writer.retry_dead_letters().await?;
+            let (store, mut writer, _) = buffer::open(dir, &options).await?;
+            let only =
+                match destination.as_deref() {
+                    Some(name) => {
+                        Some(store.destination(name).ok_or_else(|| {
+                            anyhow::anyhow!(
+                        "--destination {name}: not a configured destination (configured: {})",
+                        store.destinations().iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                    )
+                        })?)
+                    }
+                    None => None,
+                };
+            let moved = writer.retry_dead_letters(only.as_ref()).await?;
             println!("requeued: {moved}");
             writer.close().await;
         }

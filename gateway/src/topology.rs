@@ -145,7 +145,12 @@ impl Topology {
             id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let transport = uplink::prepare(&config.uplink, &config.gateway.data_dir, gateway)?;
+        let transports = config
+            .uplink
+            .destinations()
+            .iter()
+            .map(|d| uplink::prepare(d, &config.gateway.data_dir, gateway.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let writer_stop = CancellationToken::new();
         let reporter = BufferReporter::new(metrics.clone(), audit.clone());
@@ -176,9 +181,14 @@ impl Topology {
             audit: audit.clone(),
             shutdown: uplink_stop.clone(),
         };
-        let uplink = uplink::start(transport, &config.uplink, &uplink_ctx)
+        let uplink = transports
             .into_iter()
-            .map(|task| Stage::new("uplink worker", task))
+            .flat_map(|transport| {
+                let name = format!("uplink {} worker", uplink::Transport::name(&transport));
+                uplink::start(transport, &config.uplink, &uplink_ctx)
+                    .into_iter()
+                    .map(move |task| Stage::new(name.clone(), task))
+            })
             .collect();
         if let Some(ops) = &ops {
             ops.state.lifecycle.set(Phase::Running);

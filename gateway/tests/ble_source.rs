@@ -429,6 +429,7 @@ impl Harness {
             key_file: dir.path().join("buffer.key"),
             previous_key_files: Vec::new(),
             min_free_bytes: Some(0),
+            destinations: vec!["test".into()],
         };
         let (store, writer, _) = vitalbridge::buffer::open(&dir.path().join("data"), &options)
             .await
@@ -471,7 +472,7 @@ impl Harness {
         self.writer.await.unwrap();
         let readings = self
             .store
-            .lease(10_000)
+            .lease(&self.store.destination("test").unwrap(), 10_000)
             .await
             .unwrap()
             .into_iter()
@@ -766,7 +767,7 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
         assert_eq!(r.device_time.unwrap().hour(), 7);
     }
     // The malformed value is dead-lettered, with a reason that names the field.
-    let dead = store.dead_letters(10).await.unwrap();
+    let dead = store.dead_letters(10, None).await.unwrap();
     assert_eq!(dead.len(), 1);
     let details = dead[0].details.as_ref().unwrap();
     assert_eq!(details.origin, "ble:C0:FF:EE:00:00:02/2A35");
@@ -911,10 +912,11 @@ async fn a_full_buffer_holds_the_transfer_back_without_losing_or_repeating_a_rec
         tokio::spawn(async move {
             let mut delivered: Vec<Reading> = Vec::new();
             loop {
-                let leased = store.lease(2).await.unwrap();
+                let dest = store.destination("test").unwrap();
+                let leased = store.lease(&dest, 2).await.unwrap();
                 let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
                 delivered.extend(leased.into_iter().map(|l| l.reading.unwrap()));
-                store.ack(&ids).await.unwrap();
+                store.ack(&dest, &ids).await.unwrap();
                 if stop.is_cancelled() && ids.is_empty() {
                     return delivered;
                 }

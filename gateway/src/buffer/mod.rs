@@ -26,8 +26,12 @@
 //!   deletes of delivered rows ([`Store::ack`], [`Store::dead_letter`] send it requests),
 //!   each group in one transaction. A second process on the same data directory fails at
 //!   open with [`BufferError::Locked`].
-//! - **Delete after acknowledged.** Rows leave `readings` only when a destination
-//!   acknowledged them, or moved (with a reason) to `dead_letters`, in the same transaction.
+//! - **Every destination gets every reading.** Each row carries a bit per configured
+//!   destination that still needs it (`readings.todo`, bits in table `destinations`); each
+//!   destination leases, acknowledges and dead-letters on its own ([`Destination`]), so a
+//!   slow or dead one never blocks or duplicates delivery to the others.
+//! - **Delete after acknowledged.** A row leaves `readings` only when every destination
+//!   acknowledged it or moved it (with a reason) to `dead_letters`, in the same transaction.
 //! - **Leases are memory only.** [`Store::lease`] hands rows to the uplink without writing;
 //!   after a crash every undelivered row is simply there again.
 //! - **Bounded.** At `capacity` pending readings new commits are refused with
@@ -195,6 +199,8 @@ pub struct Leased {
 pub struct DeadLetter {
     /// Row id.
     pub id: i64,
+    /// For `reading` rows, the destination that gave up on it.
+    pub destination: Option<String>,
     /// When it was first dead-lettered.
     pub created: OffsetDateTime,
     /// `payload` or `reading`.
@@ -235,6 +241,26 @@ pub struct Health {
     pub quarantined: u32,
 }
 
+/// A destination the buffer keeps readings for (an uplink: `file`, `fhir`, …): its name and
+/// its bit in `readings.todo`. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    name: Arc<str>,
+    bit: u8,
+}
+
+impl Destination {
+    /// Its name (the uplink's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mask(&self) -> i64 {
+        1 << self.bit
+    }
+}
+
+#[derive(Default)]
 struct LeaseState {
     /// Highest row id handed out (or skipped); rows above it have not been seen.
     cursor: i64,
@@ -244,13 +270,15 @@ struct LeaseState {
 
 /// A request from the uplink side to the writer.
 pub(crate) enum Settle {
-    /// Delete these delivered rows.
+    /// These rows were delivered to `destination`: clear its bit, delete what no one needs.
     Ack {
+        destination: Destination,
         ids: Vec<i64>,
         reply: oneshot::Sender<Result<u64, CommitError>>,
     },
-    /// Move these rows to the dead-letter table with their reasons.
+    /// `destination` gave up on these rows: dead-letter them with their reasons for it.
     DeadLetter {
+        destination: Destination,
         origin: String,
         rows: Vec<(i64, String)>,
         reply: oneshot::Sender<Result<u64, CommitError>>,
@@ -266,7 +294,12 @@ struct Inner {
     key: Arc<BufferKey>,
     capacity: u64,
     pending: AtomicU64,
-    lease: Mutex<LeaseState>,
+    /// The configured destinations.
+    destinations: Vec<Destination>,
+    /// Their bits together: what a new reading is owed to.
+    all_destinations: i64,
+    /// Each destination's leases, by bit.
+    lease: Mutex<std::collections::HashMap<u8, LeaseState>>,
     /// Bumped after every commit that stored readings; the uplink waits on it when idle.
     committed: watch::Sender<u64>,
     health: StdMutex<Health>,
@@ -336,16 +369,37 @@ impl Store {
         self.inner.committed.subscribe()
     }
 
-    /// Leases up to `max` undelivered readings, oldest first, that no one else holds.
-    pub async fn lease(&self, max: usize) -> Result<Vec<Leased>, BufferError> {
-        let mut state = self.inner.lease.lock().await;
+    /// The destinations this buffer keeps readings for.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.inner.destinations
+    }
+
+    /// The destination called `name`, if it is configured.
+    pub fn destination(&self, name: &str) -> Option<Destination> {
+        self.inner
+            .destinations
+            .iter()
+            .find(|d| &*d.name == name)
+            .cloned()
+    }
+
+    /// Leases up to `max` readings `destination` still needs, oldest first, that it does not
+    /// hold already.
+    pub async fn lease(
+        &self,
+        destination: &Destination,
+        max: usize,
+    ) -> Result<Vec<Leased>, BufferError> {
+        let mut leases = self.inner.lease.lock().await;
+        let state = leases.entry(destination.bit).or_default();
         let mut out = Vec::with_capacity(max);
         loop {
             let want = max - out.len();
             let rows = sqlx::query(
-                "SELECT id, dedup, body FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, dedup, body FROM readings WHERE id > ? AND todo & ? != 0 ORDER BY id LIMIT ?",
             )
             .bind(state.cursor)
+            .bind(destination.mask())
             .bind(want as i64)
             .fetch_all(&self.inner.reader)
             .await?;
@@ -369,8 +423,9 @@ impl Store {
     }
 
     /// Gives leased rows back without delivering them (they will be leased again).
-    pub async fn release(&self, ids: &[i64]) {
-        let mut state = self.inner.lease.lock().await;
+    pub async fn release(&self, destination: &Destination, ids: &[i64]) {
+        let mut leases = self.inner.lease.lock().await;
+        let state = leases.entry(destination.bit).or_default();
         for id in ids {
             if state.leased.remove(id) {
                 state.cursor = state.cursor.min(id - 1);
@@ -378,9 +433,10 @@ impl Store {
         }
     }
 
-    /// Forgets leases of rows the writer deleted.
-    async fn settled(&self, ids: impl Iterator<Item = i64>) {
-        let mut state = self.inner.lease.lock().await;
+    /// Forgets `destination`'s leases of rows the writer settled for it.
+    async fn settled(&self, destination: &Destination, ids: impl Iterator<Item = i64>) {
+        let mut leases = self.inner.lease.lock().await;
+        let state = leases.entry(destination.bit).or_default();
         for id in ids {
             state.leased.remove(&id);
         }
@@ -398,36 +454,53 @@ impl Store {
         Ok(answer.await.map_err(|_| BufferError::Closed)??)
     }
 
-    /// Deletes rows the destination acknowledged, in the writer's next transaction; returns
-    /// how many were deleted. On a storage error the rows stay leased (not sent again) and
-    /// the writer keeps trying to delete them; after a restart they would be sent again,
-    /// which conditional creates make harmless.
-    pub async fn ack(&self, ids: &[i64]) -> Result<u64, BufferError> {
+    /// Records that `destination` has these rows, in the writer's next transaction; a row no
+    /// destination needs any more is deleted. Returns how many rows it had still needed. On
+    /// a storage error the rows stay leased (not sent again) and the writer keeps trying;
+    /// after a restart they would be sent again, which conditional creates make harmless.
+    pub async fn ack(&self, destination: &Destination, ids: &[i64]) -> Result<u64, BufferError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let ids = ids.to_vec();
-        self.settle(|reply| Settle::Ack { ids, reply }).await
+        let (destination, ids) = (destination.clone(), ids.to_vec());
+        self.settle(|reply| Settle::Ack {
+            destination,
+            ids,
+            reply,
+        })
+        .await
     }
 
-    /// Moves rows to the dead-letter table with their reasons, in the writer's next
-    /// transaction (kept and retried like [`Store::ack`] on a storage error).
+    /// `destination` gave up on these rows: they are dead-lettered for it with their reasons,
+    /// in the writer's next transaction (kept and retried like [`Store::ack`] on a storage
+    /// error). Other destinations still get them.
     pub async fn dead_letter(
         &self,
+        destination: &Destination,
         origin: &str,
         rows: &[(i64, String)],
     ) -> Result<(), BufferError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let (origin, rows) = (origin.to_owned(), rows.to_vec());
+        let (destination, origin, rows) = (destination.clone(), origin.to_owned(), rows.to_vec());
         self.settle(|reply| Settle::DeadLetter {
+            destination,
             origin,
             rows,
             reply,
         })
         .await
         .map(|_| ())
+    }
+
+    /// Readings `destination` still needs (a scan: for the CLI and the status page).
+    pub async fn pending_for(&self, destination: &Destination) -> Result<u64, BufferError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM readings WHERE todo & ? != 0")
+            .bind(destination.mask())
+            .fetch_one(&self.inner.reader)
+            .await?;
+        Ok(n.max(0) as u64)
     }
 
     /// Queue figures from the database (and this process's leases).
@@ -442,7 +515,7 @@ impl Store {
         let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_ms) FROM readings")
             .fetch_one(pool)
             .await?;
-        let leased = self.inner.lease.lock().await.leased.len() as u64;
+        let leased = self.leased().await;
         Ok(QueueStats {
             pending: pending as u64,
             leased,
@@ -464,7 +537,7 @@ impl Store {
             sqlx::query_scalar("SELECT received_ms FROM readings ORDER BY id LIMIT 1")
                 .fetch_optional(pool)
                 .await?;
-        let leased = self.inner.lease.lock().await.leased.len() as u64;
+        let leased = self.leased().await;
         Ok(QueueStats {
             pending: self.pending(),
             leased,
@@ -473,11 +546,29 @@ impl Store {
         })
     }
 
-    /// Dead letters, newest first, at most `limit`, with their sealed details opened.
-    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BufferError> {
+    /// Rows leased by any destination (a row two destinations hold counts once).
+    async fn leased(&self) -> u64 {
+        let leases = self.inner.lease.lock().await;
+        let all: HashSet<i64> = leases
+            .values()
+            .flat_map(|s| s.leased.iter().copied())
+            .collect();
+        all.len() as u64
+    }
+
+    /// Dead letters, newest first, at most `limit`, with their sealed details opened; with
+    /// `destination`, only the readings that destination gave up on.
+    pub async fn dead_letters(
+        &self,
+        limit: u32,
+        destination: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, BufferError> {
         let rows = sqlx::query(
-            "SELECT id, created_ms, kind, source, seen, body FROM dead_letters ORDER BY id DESC LIMIT ?",
+            "SELECT id, created_ms, kind, source, seen, body, destination FROM dead_letters \
+             WHERE ? IS NULL OR destination = ? ORDER BY id DESC LIMIT ?",
         )
+        .bind(destination)
+        .bind(destination)
         .bind(i64::from(limit))
         .fetch_all(&self.inner.reader)
         .await?;
@@ -490,6 +581,7 @@ impl Store {
                 source: r.get(3),
                 seen: r.get::<i64, _>(4).max(0) as u64,
                 details: rows::Envelope::open(&self.inner.key, r.get(5)),
+                destination: r.get(6),
             })
             .collect())
     }

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use super::rows::{self, Envelope};
 use super::seal::{BufferKey, KeyError};
 use super::{
-    codec, space, BufferError, Health, Inner, LeaseState, Store, Writer, SETTLE_CHANNEL_CAPACITY,
+    codec, space, BufferError, Destination, Health, Inner, Store, Writer, SETTLE_CHANNEL_CAPACITY,
 };
 use crate::fsmode;
 
@@ -71,6 +71,9 @@ pub struct OpenOptions {
     pub previous_key_files: Vec<PathBuf>,
     /// The free-space floor in bytes (`buffer.min_free_mb`); `None`: the default ([`space`]).
     pub min_free_bytes: Option<u64>,
+    /// The configured destinations (uplink names), at least one: every new reading is kept
+    /// until each of them has it.
+    pub destinations: Vec<String>,
 }
 
 /// A damaged database moved aside at open.
@@ -702,7 +705,7 @@ async fn convert_rows(conn: &mut SqliteConnection, key: &BufferKey) -> Result<u6
                         Some(identifier),
                         body,
                     );
-                    insert_dead_letter(conn, key, received, "reading", &envelope).await?;
+                    insert_dead_letter(conn, key, received, "reading", None, &envelope).await?;
                 }
             }
             n += 1;
@@ -729,11 +732,120 @@ async fn convert_rows(conn: &mut SqliteConnection, key: &BufferKey) -> Result<u6
             } else {
                 Envelope::of_reading(&origin, &reason, identifier, body)
             };
-            insert_dead_letter(conn, key, created, &kind, &envelope).await?;
+            insert_dead_letter(conn, key, created, &kind, None, &envelope).await?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// The configured destinations with their bits (see migration 0003): known ones keep theirs,
+/// one taken out of the configuration is settled (the readings only it still needed are
+/// dead-lettered for it, with a reason, and its bit is freed), new ones get the lowest free
+/// bits. Readings of schema 2, owed to the one destination there was, carry bit 0, which goes
+/// to the first configured destination.
+async fn assign_destinations(
+    conn: &mut SqliteConnection,
+    key: &BufferKey,
+    names: &[String],
+    report: &mut OpenReport,
+) -> Result<Vec<Destination>, BufferError> {
+    let known: Vec<(i64, String)> =
+        sqlx::query_as("SELECT bit, name FROM destinations ORDER BY bit")
+            .fetch_all(&mut *conn)
+            .await?;
+    for (bit, name) in known.iter().filter(|(_, n)| !names.contains(n)) {
+        let mask = 1i64 << bit;
+        begin(conn).await?;
+        let settled = settle_removed(conn, key, name, mask).await;
+        let moved = match settled {
+            Ok(n) => {
+                commit_or_rollback(conn, Ok(())).await?;
+                n
+            }
+            Err(e) => {
+                let _ = commit_or_rollback(conn, Err(e)).await;
+                return Err(BufferError::Sql(sqlx::Error::Protocol(format!(
+                    "cannot settle the removed destination {name}"
+                ))));
+            }
+        };
+        report.warnings.push(format!(
+            "destination {name} was taken out of the configuration: {moved} readings only it still \
+             needed were dead-lettered for it (`vitalbridge queue retry-dead-letters --destination {name}` \
+             puts them back if it returns)"
+        ));
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let bit = match known.iter().find(|(_, n)| n == name) {
+            Some((bit, _)) => *bit as u8,
+            None => {
+                let taken: Vec<u8> = known
+                    .iter()
+                    .filter(|(_, n)| names.contains(n))
+                    .map(|(b, _)| *b as u8)
+                    .chain(out.iter().map(|d: &Destination| d.bit))
+                    .collect();
+                let bit = (0u8..63).find(|b| !taken.contains(b)).ok_or_else(|| {
+                    BufferError::Sql(sqlx::Error::Protocol("more than 63 destinations".into()))
+                })?;
+                sqlx::query("INSERT INTO destinations (bit, name) VALUES (?, ?)")
+                    .bind(i64::from(bit))
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?;
+                bit
+            }
+        };
+        out.push(Destination {
+            name: name.as_str().into(),
+            bit,
+        });
+    }
+    Ok(out)
+}
+
+/// Dead-letters the readings only `mask`'s destination still needed, clears its bit from the
+/// others, and forgets the destination. Returns how many were dead-lettered.
+async fn settle_removed(
+    conn: &mut SqliteConnection,
+    key: &BufferKey,
+    name: &str,
+    mask: i64,
+) -> Result<u64, sqlx::Error> {
+    let origin = format!("uplink:{name}");
+    let reason = format!("the destination {name} was taken out of the configuration");
+    let only: Vec<(i64, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT id, dedup, body FROM readings WHERE todo = ?")
+            .bind(mask)
+            .fetch_all(&mut *conn)
+            .await?;
+    let now = super::now_ms();
+    for (_, dedup, body) in &only {
+        let envelope = match rows::open_reading_bytes(key, dedup, body) {
+            Ok(plain) => {
+                let identifier = codec::decode(&plain).ok().map(|r| r.identifier());
+                Envelope::of_reading(&origin, &reason, identifier, plain)
+            }
+            Err(_) => Envelope::of_reading(&origin, &reason, None, body.clone()),
+        };
+        insert_dead_letter(conn, key, now, "reading", Some(name), &envelope).await?;
+    }
+    sqlx::query("DELETE FROM readings WHERE todo = ?")
+        .bind(mask)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE readings SET todo = todo & ? WHERE todo & ? != 0")
+        .bind(!mask)
+        .bind(mask)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM destinations WHERE name = ?")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(only.len() as u64)
 }
 
 /// Inserts a dead letter (a payload seen before only counts up).
@@ -742,11 +854,12 @@ pub(super) async fn insert_dead_letter(
     key: &BufferKey,
     created_ms: i64,
     kind: &str,
+    destination: Option<&str>,
     envelope: &Envelope,
 ) -> Result<(), sqlx::Error> {
     let dedup = envelope_dedup(key, kind, envelope);
     sqlx::query(
-        "INSERT INTO dead_letters (created_ms, kind, source, dedup, body) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO dead_letters (created_ms, kind, source, dedup, body, destination) VALUES (?, ?, ?, ?, ?, ?) \
          ON CONFLICT(dedup) WHERE kind = 'payload' DO UPDATE SET seen = seen + 1",
     )
     .bind(created_ms)
@@ -754,6 +867,7 @@ pub(super) async fn insert_dead_letter(
     .bind(source_of(&envelope.origin))
     .bind(&dedup[..])
     .bind(envelope.seal(key))
+    .bind(destination)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -825,6 +939,18 @@ pub async fn open_read_only(dir: &Path, key: Option<BufferKey>) -> Result<Store,
         .await?;
     let (committed, _) = watch::channel(0);
     let key = key.unwrap_or_else(|| BufferKey::from_bytes(&rand::random()));
+    // A buffer of schema 2 has no destinations table yet: nothing to list per destination.
+    let destinations: Vec<Destination> =
+        sqlx::query_as::<_, (i64, String)>("SELECT bit, name FROM destinations ORDER BY bit")
+            .fetch_all(&reader)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(bit, name)| Destination {
+                name: name.into(),
+                bit: bit as u8,
+            })
+            .collect();
     Ok(Store {
         inner: Arc::new(Inner {
             dir: dir.into(),
@@ -832,10 +958,9 @@ pub async fn open_read_only(dir: &Path, key: Option<BufferKey>) -> Result<Store,
             key: Arc::new(key),
             capacity: 0,
             pending: AtomicU64::new(0),
-            lease: Mutex::new(LeaseState {
-                cursor: 0,
-                leased: Default::default(),
-            }),
+            all_destinations: destinations.iter().fold(0, |m, d| m | d.mask()),
+            destinations,
+            lease: Mutex::new(Default::default()),
             committed,
             health: StdMutex::new(Health {
                 quarantined: quarantined_count(dir),
@@ -889,6 +1014,8 @@ pub async fn open(
     };
     let key = Arc::new(key_for(&mut conn, dir, options, &mut report).await?);
     report.converted = convert_schema1(&mut conn, &key).await?;
+    let destinations =
+        assign_destinations(&mut conn, &key, &options.destinations, &mut report).await?;
     let record = check_identity(&mut conn, dir, record, &mut report).await?;
     for w in &report.warnings {
         tracing::warn!("{w}");
@@ -913,10 +1040,9 @@ pub async fn open(
             key,
             capacity: options.capacity,
             pending: AtomicU64::new(pending as u64),
-            lease: Mutex::new(LeaseState {
-                cursor: 0,
-                leased: Default::default(),
-            }),
+            all_destinations: destinations.iter().fold(0, |m, d| m | d.mask()),
+            destinations,
+            lease: Mutex::new(Default::default()),
             committed,
             health: StdMutex::new(Health {
                 floor_bytes: floor,

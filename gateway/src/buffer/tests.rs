@@ -42,7 +42,13 @@ fn options(root: &Path, capacity: u64) -> OpenOptions {
         key_file: root.join("buffer.key"),
         previous_key_files: Vec::new(),
         min_free_bytes: Some(0),
+        destinations: vec!["test".into()],
     }
+}
+
+/// The tests' one destination.
+fn dest(store: &Store) -> Destination {
+    store.destination("test").expect("configured")
 }
 
 fn data(root: &Path) -> PathBuf {
@@ -163,14 +169,17 @@ async fn committed_readings_are_leased_acked_and_gone() {
         .await
         .unwrap();
     assert_eq!(r.store.pending(), 2);
-    let leased = r.store.lease(10).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
     assert_eq!(leased.len(), 2);
     assert_eq!(leased[0].reading.as_ref().unwrap(), &reading("a", 1));
     assert!(
-        r.store.lease(10).await.unwrap().is_empty(),
+        r.store.lease(&dest(&r.store), 10).await.unwrap().is_empty(),
         "leased rows are not handed out twice"
     );
-    assert_eq!(r.store.ack(&[leased[0].id]).await.unwrap(), 1);
+    assert_eq!(
+        r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap(),
+        1
+    );
     let stats = r.store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.leased), (1, 1));
     assert_eq!(r.store.pending(), 1);
@@ -189,7 +198,7 @@ async fn groups_of_any_size_are_stored_whole_and_acked_in_one_statement() {
         assert_eq!(r.ingest.commit(batch).await.unwrap().readings, n as usize);
     }
     assert_eq!(r.store.stats().await.unwrap().pending, next);
-    let leased = r.store.lease(2000).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 2000).await.unwrap();
     let mut seqs: Vec<u64> = leased
         .iter()
         .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
@@ -197,7 +206,7 @@ async fn groups_of_any_size_are_stored_whole_and_acked_in_one_statement() {
     seqs.sort_unstable();
     assert_eq!(seqs, (0..next).collect::<Vec<_>>(), "every reading, once");
     let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
-    assert_eq!(r.store.ack(&ids).await.unwrap(), next);
+    assert_eq!(r.store.ack(&dest(&r.store), &ids).await.unwrap(), next);
     assert_eq!(r.store.stats().await.unwrap().pending, 0);
 }
 
@@ -219,14 +228,14 @@ async fn leased_but_unacked_rows_come_back_after_a_crash() {
         .commit(vec![reading("a", 1), reading("a", 2), reading("a", 3)])
         .await
         .unwrap();
-    let leased = r.store.lease(2).await.unwrap();
-    r.store.ack(&[leased[0].id]).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 2).await.unwrap();
+    r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap();
     // "Crash": the lease of row 2 was never settled.
     r.crash().await;
     let r = Running::start(root.path(), 100).await;
     let again: Vec<u64> = r
         .store
-        .lease(10)
+        .lease(&dest(&r.store), 10)
         .await
         .unwrap()
         .into_iter()
@@ -243,10 +252,10 @@ async fn released_rows_are_leased_again_in_order() {
         .commit((1..=4).map(|s| reading("a", s)).collect())
         .await
         .unwrap();
-    let first = r.store.lease(2).await.unwrap();
-    let second = r.store.lease(2).await.unwrap();
-    r.store.release(&[first[1].id]).await;
-    let third = r.store.lease(10).await.unwrap();
+    let first = r.store.lease(&dest(&r.store), 2).await.unwrap();
+    let second = r.store.lease(&dest(&r.store), 2).await.unwrap();
+    r.store.release(&dest(&r.store), &[first[1].id]).await;
+    let third = r.store.lease(&dest(&r.store), 10).await.unwrap();
     assert_eq!(
         third.iter().map(|l| l.id).collect::<Vec<_>>(),
         vec![first[1].id]
@@ -269,8 +278,8 @@ async fn a_full_buffer_refuses_new_readings_and_keeps_the_old_ones() {
     assert_eq!(refused, Err(CommitError::Full { capacity: 3 }));
     r.ingest.commit(vec![reading("a", 3)]).await.unwrap();
     assert_eq!(r.store.stats().await.unwrap().pending, 3);
-    let leased = r.store.lease(1).await.unwrap();
-    r.store.ack(&[leased[0].id]).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 1).await.unwrap();
+    r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap();
     r.ingest
         .commit(vec![reading("a", 4)])
         .await
@@ -308,9 +317,9 @@ async fn below_the_free_space_floor_new_readings_are_refused_but_deliveries_are_
         health.low_space && health.free_bytes.is_some(),
         "{health:?}"
     );
-    let leased = r.store.lease(10).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
     assert_eq!(
-        r.store.ack(&[leased[0].id]).await.unwrap(),
+        r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap(),
         1,
         "a delivery is recorded below the floor"
     );
@@ -376,7 +385,7 @@ async fn a_full_disk_is_never_acknowledged_and_the_writer_recovers_by_itself() {
     let r = Running::start(root.path(), 1_000_000).await;
     let mut stored: Vec<u64> = r
         .store
-        .lease(100_000)
+        .lease(&dest(&r.store), 100_000)
         .await
         .unwrap()
         .into_iter()
@@ -401,7 +410,7 @@ async fn the_same_bad_payload_is_one_dead_letter_however_often_it_arrives() {
         .reject("mqtt:t".into(), "not JSON".into(), b"other garbage")
         .await
         .unwrap();
-    let letters = r.store.dead_letters(10).await.unwrap();
+    let letters = r.store.dead_letters(10, None).await.unwrap();
     assert_eq!(letters.len(), 2);
     assert_eq!(letters[1].seen, 3);
     assert_eq!(letters[0].seen, 1);
@@ -420,7 +429,7 @@ async fn an_oversized_payload_keeps_a_bounded_prefix_its_size_and_hash() {
         .store(vec![reading("a", 1)], vec![rejected.clone()])
         .await
         .unwrap();
-    let letter = r.store.dead_letters(1).await.unwrap().remove(0);
+    let letter = r.store.dead_letters(1, None).await.unwrap().remove(0);
     let details = letter.details.unwrap();
     assert_eq!(details.size, huge.len() as u64);
     assert_eq!(details.sha256, rejected.sha256);
@@ -441,15 +450,19 @@ async fn dead_letters_keep_their_reason_and_can_be_retried() {
         .reject("mqtt:t".into(), "field `metric`: unknown".into(), b"{}")
         .await
         .unwrap();
-    let leased = r.store.lease(1).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 1).await.unwrap();
     r.store
-        .dead_letter("uplink:fhir", &[(leased[0].id, "422: bad unit".into())])
+        .dead_letter(
+            &dest(&r.store),
+            "uplink:fhir",
+            &[(leased[0].id, "422: bad unit".into())],
+        )
         .await
         .unwrap();
     let stats = r.store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead_letters), (0, 2));
     assert_eq!(r.store.pending(), 0);
-    let letters = r.store.dead_letters(10).await.unwrap();
+    let letters = r.store.dead_letters(10, None).await.unwrap();
     let refused = letters[0].details.as_ref().unwrap();
     assert_eq!(refused.reason, "422: bad unit");
     assert_eq!(refused.identifier, Some(reading("a", 1).identifier()));
@@ -459,8 +472,12 @@ async fn dead_letters_keep_their_reason_and_can_be_retried() {
     let (_store, mut writer, _) = open(&data(root.path()), &options(root.path(), 100))
         .await
         .unwrap();
-    assert_eq!(writer.retry_dead_letters().await.unwrap(), 1);
-    let back = writer.store().lease(10).await.unwrap();
+    assert_eq!(writer.retry_dead_letters(None).await.unwrap(), 1);
+    let back = writer
+        .store()
+        .lease(&dest(writer.store()), 10)
+        .await
+        .unwrap();
     assert_eq!(back[0].reading.as_ref().unwrap(), &reading("a", 1));
     assert_eq!(
         writer.store().stats().await.unwrap().dead_letters,
@@ -480,13 +497,13 @@ async fn the_last_sequence_survives_delivery() {
         .unwrap();
     let ids: Vec<i64> = r
         .store
-        .lease(10)
+        .lease(&dest(&r.store), 10)
         .await
         .unwrap()
         .iter()
         .map(|l| l.id)
         .collect();
-    r.store.ack(&ids).await.unwrap();
+    r.store.ack(&dest(&r.store), &ids).await.unwrap();
     assert_eq!(r.ingest.last_sequence("a").await.unwrap(), Some(7));
     assert_eq!(r.ingest.last_sequence("c").await.unwrap(), None);
 }
@@ -563,7 +580,7 @@ async fn live_stats_agree_with_the_full_scan() {
         .reject("test:x".into(), "bad".into(), &[0])
         .await
         .unwrap();
-    let _leased = r.store.lease(2).await.unwrap();
+    let _leased = r.store.lease(&dest(&r.store), 2).await.unwrap();
     let live = r.store.live_stats().await.unwrap();
     let full = r.store.stats().await.unwrap();
     assert_eq!(
@@ -611,6 +628,144 @@ async fn many_concurrent_requests_are_grouped_into_few_commits() {
     drop(store);
 }
 
+mod destinations {
+    //! Several destinations at once: each gets every reading, on its own.
+
+    use super::*;
+
+    fn two(root: &Path) -> OpenOptions {
+        OpenOptions {
+            destinations: vec!["fhir".into(), "mqtt".into()],
+            ..options(root, 1000)
+        }
+    }
+
+    fn seqs(leased: &[Leased]) -> Vec<u64> {
+        leased
+            .iter()
+            .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reading_leaves_the_buffer_only_when_every_destination_has_it() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start_with(root.path(), &two(root.path()), Box::new(|_| {})).await;
+        let (fhir, mqtt) = (
+            r.store.destination("fhir").unwrap(),
+            r.store.destination("mqtt").unwrap(),
+        );
+        r.ingest
+            .commit((1..=4).map(|i| reading("d", i)).collect())
+            .await
+            .unwrap();
+        // Each destination leases everything, independently.
+        let to_fhir = r.store.lease(&fhir, 10).await.unwrap();
+        let to_mqtt = r.store.lease(&mqtt, 2).await.unwrap();
+        assert_eq!(seqs(&to_fhir), [1, 2, 3, 4]);
+        assert_eq!(seqs(&to_mqtt), [1, 2]);
+        let ids = |l: &[Leased]| l.iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(r.store.ack(&fhir, &ids(&to_fhir)).await.unwrap(), 4);
+        assert_eq!(
+            r.store.stats().await.unwrap().pending,
+            4,
+            "mqtt still needs them"
+        );
+        assert_eq!(r.store.pending_for(&fhir).await.unwrap(), 0);
+        assert_eq!(r.store.pending_for(&mqtt).await.unwrap(), 4);
+        assert_eq!(r.store.ack(&mqtt, &ids(&to_mqtt)).await.unwrap(), 2);
+        assert_eq!(r.store.stats().await.unwrap().pending, 2);
+        assert_eq!(r.store.pending(), 2);
+        // An acknowledgement repeated (after a resend) changes nothing.
+        assert_eq!(r.store.ack(&fhir, &ids(&to_fhir)).await.unwrap(), 0);
+        let rest = r.store.lease(&mqtt, 10).await.unwrap();
+        assert_eq!(seqs(&rest), [3, 4]);
+        r.store.ack(&mqtt, &ids(&rest)).await.unwrap();
+        assert_eq!(r.store.stats().await.unwrap().pending, 0);
+        assert_eq!(r.store.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_of_one_destination_does_not_keep_it_from_the_others() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start_with(root.path(), &two(root.path()), Box::new(|_| {})).await;
+        let (fhir, mqtt) = (
+            r.store.destination("fhir").unwrap(),
+            r.store.destination("mqtt").unwrap(),
+        );
+        r.ingest.commit(vec![reading("d", 1)]).await.unwrap();
+        let leased = r.store.lease(&fhir, 10).await.unwrap();
+        r.store
+            .dead_letter(&fhir, "uplink:fhir", &[(leased[0].id, "422".into())])
+            .await
+            .unwrap();
+        assert_eq!(r.store.pending_for(&fhir).await.unwrap(), 0);
+        assert_eq!(r.store.pending_for(&mqtt).await.unwrap(), 1);
+        let letters = r.store.dead_letters(10, Some("fhir")).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].destination.as_deref(), Some("fhir"));
+        assert!(r
+            .store
+            .dead_letters(10, Some("mqtt"))
+            .await
+            .unwrap()
+            .is_empty());
+        r.stop().await;
+        // Retried for fhir: owed to it again, still owed to mqtt, stored once.
+        let (store, mut writer, _) = open(&data(root.path()), &two(root.path())).await.unwrap();
+        let fhir = store.destination("fhir").unwrap();
+        assert_eq!(writer.retry_dead_letters(Some(&fhir)).await.unwrap(), 1);
+        assert_eq!(store.stats().await.unwrap().pending, 1);
+        assert_eq!(store.pending_for(&fhir).await.unwrap(), 1);
+        writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_destination_taken_out_of_the_configuration_gets_its_readings_dead_lettered() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start_with(root.path(), &two(root.path()), Box::new(|_| {})).await;
+        let fhir = r.store.destination("fhir").unwrap();
+        r.ingest
+            .commit((1..=3).map(|i| reading("d", i)).collect())
+            .await
+            .unwrap();
+        // fhir has 1 and 2; mqtt has none.
+        let leased = r.store.lease(&fhir, 2).await.unwrap();
+        let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+        r.store.ack(&fhir, &ids).await.unwrap();
+        r.stop().await;
+        // mqtt is removed: 1 and 2 (only it still needed them) become its dead letters; 3 stays
+        // for fhir only.
+        let only_fhir = OpenOptions {
+            destinations: vec!["fhir".into()],
+            ..options(root.path(), 1000)
+        };
+        let (store, writer, report) = open(&data(root.path()), &only_fhir).await.unwrap();
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("destination mqtt was taken out")),
+            "{report:?}"
+        );
+        assert_eq!(store.stats().await.unwrap().pending, 1);
+        let letters = store.dead_letters(10, Some("mqtt")).await.unwrap();
+        assert_eq!(letters.len(), 2);
+        writer.close().await;
+        drop(store);
+        // A new destination gets what comes from now on, not what was taken before it.
+        let with_file = OpenOptions {
+            destinations: vec!["fhir".into(), "file".into()],
+            ..options(root.path(), 1000)
+        };
+        let r = Running::start_with(root.path(), &with_file, Box::new(|_| {})).await;
+        let file = r.store.destination("file").unwrap();
+        assert_eq!(r.store.pending_for(&file).await.unwrap(), 0);
+        r.ingest.commit(vec![reading("d", 9)]).await.unwrap();
+        assert_eq!(seqs(&r.store.lease(&file, 10).await.unwrap()), [9]);
+    }
+}
+
 mod at_rest {
     //! Encryption at rest, keys, quarantine, the schema-1 conversion.
 
@@ -646,10 +801,11 @@ mod at_rest {
             .await
             .unwrap();
         // A delivered row and one the server refused: both leave plaintext nowhere.
-        let leased = r.store.lease(2).await.unwrap();
-        r.store.ack(&[leased[0].id]).await.unwrap();
+        let leased = r.store.lease(&dest(&r.store), 2).await.unwrap();
+        r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap();
         r.store
             .dead_letter(
+                &dest(&r.store),
                 "uplink:fhir",
                 &[(leased[1].id, "PATIENT-4711 98.765".into())],
             )
@@ -728,11 +884,11 @@ mod at_rest {
         };
         let (store, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
         assert_eq!(report.rotated, Some(31));
-        let leased = store.lease(100).await.unwrap();
+        let leased = store.lease(&dest(&store), 100).await.unwrap();
         assert_eq!(leased.len(), 30);
         assert!(leased.iter().all(|l| l.reading.is_ok()));
         assert_eq!(
-            store.dead_letters(10).await.unwrap()[0]
+            store.dead_letters(10, None).await.unwrap()[0]
                 .details
                 .as_ref()
                 .unwrap()
@@ -879,7 +1035,7 @@ mod at_rest {
         );
         assert!(salvaged.wal.is_some());
         let mut seqs: Vec<u64> = store
-            .lease(1000)
+            .lease(&dest(&store), 1000)
             .await
             .unwrap()
             .into_iter()
@@ -994,14 +1150,14 @@ mod at_rest {
         assert!(contains(&all_bytes(&dir), b"PATIENT-4711"));
         let (store, writer, report) = open(&dir, &options(root.path(), 1000)).await.unwrap();
         assert_eq!(report.converted, Some(11));
-        let leased = store.lease(100).await.unwrap();
+        let leased = store.lease(&dest(&store), 100).await.unwrap();
         let mut seqs: Vec<u64> = leased
             .into_iter()
             .map(|l| l.reading.unwrap().sequence.unwrap())
             .collect();
         seqs.sort_unstable();
         assert_eq!(seqs, (0..10).collect::<Vec<_>>());
-        let letter = store.dead_letters(1).await.unwrap().remove(0);
+        let letter = store.dead_letters(1, None).await.unwrap().remove(0);
         assert_eq!(letter.details.unwrap().content, b"PATIENT-4711 garbage");
         writer.close().await;
         store.close().await;
@@ -1092,7 +1248,7 @@ mod model {
                             }
                         }
                         Op::Lease(n) => {
-                            for l in r.store.lease(n).await.unwrap() {
+                            for l in r.store.lease(&dest(&r.store), n).await.unwrap() {
                                 let seq = l.reading.unwrap().sequence.unwrap();
                                 prop_assert!(pending.contains(&seq));
                                 prop_assert!(!held.iter().any(|(_, s)| *s == seq), "leased twice");
@@ -1102,7 +1258,7 @@ mod model {
                         Op::AckFirst(n) => {
                             let acked: Vec<(i64, u64)> = held.drain(..n.min(held.len())).collect();
                             let ids: Vec<i64> = acked.iter().map(|(id, _)| *id).collect();
-                            let ok = r.store.ack(&ids).await.is_ok();
+                            let ok = r.store.ack(&dest(&r.store), &ids).await.is_ok();
                             for (_, s) in acked {
                                 pending.remove(&s);
                                 if !ok {
@@ -1112,12 +1268,12 @@ mod model {
                         }
                         Op::ReleaseFirst(n) => {
                             let released: Vec<(i64, u64)> = held.drain(..n.min(held.len())).collect();
-                            r.store.release(&released.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await;
+                            r.store.release(&dest(&r.store), &released.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await;
                         }
                         Op::DeadLetterFirst => {
                             if !held.is_empty() && !full {
                                 let (id, s) = held.remove(0);
-                                r.store.dead_letter("test", &[(id, "why".into())]).await.unwrap();
+                                r.store.dead_letter(&dest(&r.store), "test", &[(id, "why".into())]).await.unwrap();
                                 pending.remove(&s);
                                 dead += 1;
                             }
@@ -1160,7 +1316,7 @@ mod model {
                 lock(&TEST_MAX_PAGES).retain(|(p, _)| p != &db);
                 // Everything pending can still be leased, exactly once.
                 let mut all: BTreeSet<u64> = held.iter().map(|(_, s)| *s).collect();
-                for l in r.store.lease(1000).await.unwrap() {
+                for l in r.store.lease(&dest(&r.store), 1000).await.unwrap() {
                     let seq = l.reading.unwrap().sequence.unwrap();
                     prop_assert!(all.insert(seq) || settling.contains(&seq));
                 }

@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use super::open::{self, DirRecord};
 use super::rows::{self, Envelope, SealedReading};
 use super::space;
-use super::{id_list, now_ms, retry_delay, storage_failure, BufferError, Settle, Store};
+use super::{
+    id_list, now_ms, retry_delay, storage_failure, BufferError, Destination, Settle, Store,
+};
 use crate::model::Reading;
 use crate::pipeline::{
     CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,
@@ -92,14 +94,17 @@ struct CommitRequest {
     reply: CommitReply,
 }
 
-/// Rows an uplink gave up on, with their reasons.
-type DeadRows = (String, Vec<(i64, String)>);
+/// Rows a destination has now.
+type AckRows = (Destination, Vec<i64>);
+
+/// Rows a destination gave up on, with the origin and their reasons.
+type DeadRows = (Destination, String, Vec<(i64, String)>);
 
 #[derive(Default)]
 struct Group {
     commits: Vec<CommitRequest>,
     seq_queries: Vec<(String, SeqReply)>,
-    acks: Vec<(Vec<i64>, SettleReply)>,
+    acks: Vec<(AckRows, SettleReply)>,
     dead: Vec<(DeadRows, SettleReply)>,
     rows: usize,
 }
@@ -129,17 +134,22 @@ impl Group {
 
     fn settle(&mut self, s: Settle) {
         match s {
-            Settle::Ack { ids, reply } => {
+            Settle::Ack {
+                destination,
+                ids,
+                reply,
+            } => {
                 self.rows += 1;
-                self.acks.push((ids, reply));
+                self.acks.push(((destination, ids), reply));
             }
             Settle::DeadLetter {
+                destination,
                 origin,
                 rows,
                 reply,
             } => {
                 self.rows += 1;
-                self.dead.push(((origin, rows), reply));
+                self.dead.push(((destination, origin, rows), reply));
             }
         }
     }
@@ -164,8 +174,8 @@ pub struct Writer {
     /// The directory record, and when it was last written.
     record: DirRecord,
     record_written: Instant,
-    /// Deletes whose transaction failed: retried with every group until they succeed.
-    unsettled_acks: Vec<i64>,
+    /// Acknowledgements whose transaction failed: retried with every group until they succeed.
+    unsettled_acks: Vec<AckRows>,
     /// Dead letters whose transaction failed: retried likewise.
     unsettled_dead: Vec<DeadRows>,
     /// Consecutive failed attempts, and when the next may start.
@@ -178,7 +188,9 @@ pub struct Writer {
 /// What a group writes, prepared (sealed) before the transaction starts.
 struct Prepared<'a> {
     readings: Vec<(SealedReading, i64, &'a Reading)>,
-    acks: Vec<Vec<i64>>,
+    /// What a new reading is owed to: every configured destination's bit.
+    todo: i64,
+    acks: Vec<AckRows>,
     dead: Vec<DeadRows>,
 }
 
@@ -186,7 +198,10 @@ struct Prepared<'a> {
 #[derive(Default)]
 struct Written {
     inserted: u64,
-    deleted: Vec<u64>,
+    /// Per acknowledgement: rows its destination still needed.
+    acked: Vec<u64>,
+    /// Rows no destination needs any more, deleted.
+    removed: u64,
     dead_lettered: u64,
 }
 
@@ -429,13 +444,10 @@ impl Writer {
         }
 
         // Settles: those kept from failed groups, then this group's.
-        let mut acks = Vec::new();
-        if !self.unsettled_acks.is_empty() {
-            acks.push(std::mem::take(&mut self.unsettled_acks));
-        }
+        let mut acks = std::mem::take(&mut self.unsettled_acks);
         let mut ack_replies = Vec::new();
-        for (ids, reply) in group.acks {
-            acks.push(ids);
+        for (ack, reply) in group.acks {
+            acks.push(ack);
             ack_replies.push(reply);
         }
         let mut dead = std::mem::take(&mut self.unsettled_dead);
@@ -455,6 +467,7 @@ impl Writer {
                     (rows::seal_reading(&key, r), received, r)
                 })
                 .collect(),
+            todo: self.store.inner.all_destinations,
             acks,
             dead,
         };
@@ -480,10 +493,10 @@ impl Writer {
                 counts.inserted = written.inserted;
                 counts.duplicates = total - written.inserted.min(total);
                 counts.commits = u64::from(has_writes);
-                counts.deleted = written.deleted.iter().sum();
+                counts.deleted = written.removed;
                 counts.dead_lettered = written.dead_lettered;
                 let pending = &self.store.inner.pending;
-                let gone = counts.deleted + counts.dead_lettered;
+                let gone = written.removed;
                 let now = self.store.pending() + written.inserted;
                 pending.store(
                     now.saturating_sub(gone),
@@ -492,17 +505,20 @@ impl Writer {
                 if written.inserted > 0 {
                     self.store.inner.committed.send_modify(|n| *n += 1);
                 }
-                let mut settled: Vec<i64> = prepared.acks.iter().flatten().copied().collect();
-                for (_, rows) in &prepared.dead {
-                    settled.extend(rows.iter().map(|(id, _)| *id));
+                for (destination, ids) in &prepared.acks {
+                    self.store.settled(destination, ids.iter().copied()).await;
                 }
-                self.store.settled(settled.into_iter()).await;
+                for (destination, _, rows) in &prepared.dead {
+                    self.store
+                        .settled(destination, rows.iter().map(|(id, _)| *id))
+                        .await;
+                }
                 for (reply, n) in replies {
                     let _ = reply.send(Ok(Committed { readings: n }));
                 }
                 // The kept deletes come first; answer this group's requests with theirs.
-                let skip = written.deleted.len() - ack_replies.len();
-                for (reply, n) in ack_replies.into_iter().zip(&written.deleted[skip..]) {
+                let skip = written.acked.len() - ack_replies.len();
+                for (reply, n) in ack_replies.into_iter().zip(&written.acked[skip..]) {
                     let _ = reply.send(Ok(*n));
                 }
                 for reply in dead_replies {
@@ -555,7 +571,7 @@ impl Writer {
                 for reply in ack_replies.into_iter().chain(dead_replies) {
                     let _ = reply.send(Err(CommitError::Storage(failure.clone())));
                 }
-                self.unsettled_acks = prepared.acks.into_iter().flatten().collect();
+                self.unsettled_acks = prepared.acks;
                 self.unsettled_dead = prepared.dead;
                 Some(failure)
             }
@@ -610,27 +626,34 @@ impl Writer {
         }
     }
 
-    /// Puts `reading` dead letters back in the queue (after the cause was fixed); payload
-    /// rows stay (there is no reading to retry). Returns how many were queued again.
-    pub async fn retry_dead_letters(&mut self) -> Result<u64, BufferError> {
+    /// Puts `reading` dead letters back in the queue (after the cause was fixed), each for the
+    /// destination that gave up on it (all destinations for rows from before there were
+    /// several); with `only`, just those of that destination. Payload rows stay (there is no
+    /// reading to retry). Returns how many were queued again.
+    pub async fn retry_dead_letters(
+        &mut self,
+        only: Option<&Destination>,
+    ) -> Result<u64, BufferError> {
         let key = self.store.inner.key.clone();
+        let destinations = self.store.inner.destinations.clone();
+        let all = self.store.inner.all_destinations;
         let conn = self.connection().await?;
         open::begin(conn).await?;
-        let body = requeue(conn, &key).await;
-        let moved = match body {
+        let body = requeue(conn, &key, &destinations, all, only).await;
+        let (moved, inserted) = match body {
             Ok(n) => {
                 open::commit_or_rollback(conn, Ok(())).await?;
                 n
             }
             Err(e) => {
                 open::commit_or_rollback(conn, Err(e)).await?;
-                0
+                (0, 0)
             }
         };
         self.store
             .inner
             .pending
-            .fetch_add(moved, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(inserted, std::sync::atomic::Ordering::Relaxed);
         Ok(moved)
     }
 
@@ -649,6 +672,7 @@ impl Writer {
                     (rows::seal_reading(&key, r), received, r)
                 })
                 .collect(),
+            todo: self.store.inner.all_destinations,
             acks: Vec::new(),
             dead: Vec::new(),
         };
@@ -661,38 +685,71 @@ impl Writer {
     }
 }
 
+/// Deletes the rows among `ids` (a JSON list) that no destination needs any more.
+async fn delete_settled(conn: &mut SqliteConnection, ids: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = 0",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// [`Writer::retry_dead_letters`]: returns (queued again, newly inserted rows).
 async fn requeue(
     conn: &mut SqliteConnection,
     key: &super::seal::BufferKey,
-) -> Result<u64, sqlx::Error> {
-    let rows = sqlx::query("SELECT id, body FROM dead_letters WHERE kind = 'reading'")
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut moved = 0;
-    for row in rows {
-        let (id, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
+    destinations: &[Destination],
+    all: i64,
+    only: Option<&Destination>,
+) -> Result<(u64, u64), sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>, Option<String>)> = sqlx::query_as(
+        "SELECT id, body, destination FROM dead_letters WHERE kind = 'reading' AND (? IS NULL OR destination = ?)",
+    )
+    .bind(only.map(Destination::name))
+    .bind(only.map(Destination::name))
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut moved, mut inserted) = (0, 0);
+    for (id, body, destination) in rows {
         let Ok(envelope) = Envelope::open(key, &body) else {
             continue;
         };
         let Ok(reading) = super::codec::decode(&envelope.content) else {
             continue;
         };
+        // For the destination that gave up on it if it is still configured, else for all.
+        let mask = destination
+            .and_then(|name| destinations.iter().find(|d| d.name() == name))
+            .map_or(all, Destination::mask);
         let sealed = rows::seal_reading(key, &reading);
-        moved += sqlx::query(
-            "INSERT OR IGNORE INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)",
+        let new = sqlx::query(
+            "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) VALUES (?, ?, ?, ?)",
         )
         .bind(&sealed.dedup[..])
         .bind(now_ms())
         .bind(&sealed.body)
+        .bind(mask)
         .execute(&mut *conn)
         .await?
         .rows_affected();
+        if new == 0 {
+            // Still buffered for other destinations: owe it to this one again too.
+            sqlx::query("UPDATE readings SET todo = todo | ? WHERE dedup = ?")
+                .bind(mask)
+                .bind(&sealed.dedup[..])
+                .execute(&mut *conn)
+                .await?;
+        }
+        inserted += new;
+        moved += 1;
         sqlx::query("DELETE FROM dead_letters WHERE id = ?")
             .bind(id)
             .execute(&mut *conn)
             .await?;
     }
-    Ok(moved)
+    Ok((moved, inserted))
 }
 
 /// The statements of one group, inside its transaction.
@@ -708,11 +765,13 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = QueryBuilder::new("INSERT OR IGNORE INTO readings (dedup, received_ms, body) ");
+        let mut q =
+            QueryBuilder::new("INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) ");
         q.push_values(chunk, |mut b, (sealed, received, _)| {
             b.push_bind(&sealed.dedup[..])
                 .push_bind(*received)
-                .push_bind(&sealed.body[..]);
+                .push_bind(&sealed.body[..])
+                .push_bind(prepared.todo);
         });
         written.inserted += q.build().execute(&mut *conn).await?.rows_affected();
     }
@@ -736,23 +795,30 @@ async fn write(
     }
     let now = now_ms();
     for (_, r) in rejected {
-        open::insert_dead_letter(conn, key, now, "payload", &Envelope::of_payload(r)).await?;
+        open::insert_dead_letter(conn, key, now, "payload", None, &Envelope::of_payload(r)).await?;
     }
-    for ids in &prepared.acks {
-        let n = sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
-            .bind(id_list(ids))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        written.deleted.push(n);
+    for (destination, ids) in &prepared.acks {
+        let ids = id_list(ids);
+        let n = sqlx::query(
+            "UPDATE readings SET todo = todo & ? WHERE id IN (SELECT value FROM json_each(?)) AND todo & ? != 0",
+        )
+        .bind(!destination.mask())
+        .bind(&ids)
+        .bind(destination.mask())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        written.acked.push(n);
+        written.removed += delete_settled(conn, &ids).await?;
     }
-    for (origin, rows) in &prepared.dead {
-        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    for (destination, origin, rows) in &prepared.dead {
+        let ids = id_list(&rows.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         let reasons: HashMap<i64, String> = rows.iter().map(|(id, r)| (*id, r.clone())).collect();
         let found = sqlx::query(
-            "SELECT id, dedup, body FROM readings WHERE id IN (SELECT value FROM json_each(?))",
+            "SELECT id, dedup, body FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo & ? != 0",
         )
-        .bind(id_list(&ids))
+        .bind(&ids)
+        .bind(destination.mask())
         .fetch_all(&mut *conn)
         .await?;
         for row in found {
@@ -766,14 +832,25 @@ async fn write(
                 }
                 Err(_) => Envelope::of_reading(origin, reason, None, body),
             };
-            open::insert_dead_letter(conn, key, now, "reading", &envelope).await?;
+            open::insert_dead_letter(
+                conn,
+                key,
+                now,
+                "reading",
+                Some(destination.name()),
+                &envelope,
+            )
+            .await?;
+            written.dead_lettered += 1;
         }
-        written.dead_lettered +=
-            sqlx::query("DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?))")
-                .bind(id_list(&ids))
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+        sqlx::query(
+            "UPDATE readings SET todo = todo & ? WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(!destination.mask())
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        written.removed += delete_settled(conn, &ids).await?;
     }
     Ok(())
 }

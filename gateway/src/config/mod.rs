@@ -507,6 +507,21 @@ impl UplinkConfig {
             (None, None) => Destination::File(FileUplinkConfig::default()),
         }
     }
+
+    /// Every configured destination (`file` with defaults when none is configured).
+    pub fn destinations(&self) -> Vec<Destination> {
+        vec![self.destination()]
+    }
+}
+
+impl Destination {
+    /// The destination's name: its uplink's, as in metrics, dead letters and the buffer.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Destination::File(_) => "file",
+            Destination::Fhir(_) => "fhir",
+        }
+    }
 }
 
 /// `[uplink.file]`

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use time::OffsetDateTime;
 
 use super::{Backoff, Outcome, SendError, Transport};
-use crate::buffer::{Leased, Store};
+use crate::buffer::{Destination, Leased, Store};
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
@@ -29,6 +29,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Where a worker reports outcomes: counters and health, and the audit log.
 struct Report<'a> {
+    /// The destination in the buffer this worker delivers to.
+    destination: &'a Destination,
     metrics: &'a Metrics,
     audit: &'a Audit,
     /// The transport's name.
@@ -40,7 +42,7 @@ struct Report<'a> {
 impl Report<'_> {
     /// Dead-letters `rows` (id, reason) with a cause for the audit log.
     async fn dead_letter(&self, store: &Store, rows: &[(i64, String)], cause: &str) {
-        match store.dead_letter(self.origin, rows).await {
+        match store.dead_letter(self.destination, self.origin, rows).await {
             Ok(()) => {
                 self.metrics
                     .uplink_dead_lettered(self.uplink, rows.len() as u64);
@@ -74,6 +76,7 @@ fn refusal_cause(reason: &str) -> String {
 /// transport has its own timeout); a batch waiting to retry is released at once.
 pub async fn run<T: Transport>(
     store: Store,
+    destination: Destination,
     transport: Arc<T>,
     config: BatcherConfig,
     metrics: Arc<Metrics>,
@@ -83,6 +86,7 @@ pub async fn run<T: Transport>(
     let mut commits = store.subscribe_commits();
     let origin = format!("uplink:{}", transport.name());
     let report = Report {
+        destination: &destination,
         metrics: &metrics,
         audit: &audit,
         uplink: transport.name(),
@@ -90,7 +94,7 @@ pub async fn run<T: Transport>(
     };
     while !shutdown.is_cancelled() {
         commits.borrow_and_update();
-        let leased = match store.lease(config.batch_size).await {
+        let leased = match store.lease(&destination, config.batch_size).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot lease from buffer");
@@ -187,7 +191,7 @@ async fn deliver<T: Transport>(
                             }
                         }
                     }
-                    match store.ack(&delivered).await {
+                    match store.ack(report.destination, &delivered).await {
                         // Count the rows this ack removed: a row another worker already
                         // delivered (after its lease ran out) is not counted twice.
                         Ok(n) => {
@@ -284,13 +288,13 @@ async fn deliver<T: Transport>(
             };
             if !sleep_or_cancel(delay, shutdown).await {
                 let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-                store.release(&ids).await;
+                store.release(report.destination, &ids).await;
                 break;
             }
         }
         if shutdown.is_cancelled() {
             let ids: Vec<i64> = work.iter().flatten().map(|(id, _)| *id).collect();
-            store.release(&ids).await;
+            store.release(report.destination, &ids).await;
             return;
         }
     }

@@ -120,14 +120,13 @@ impl Transport for AnyTransport {
     }
 }
 
-/// The configured destination's transport, ready (output directory made, TLS files read),
-/// with a line describing it for the log.
+/// A configured destination's transport, ready (output directory made, TLS files read).
 pub fn prepare(
-    config: &UplinkConfig,
+    destination: &Destination,
     data_dir: &Path,
     gateway: Gateway,
 ) -> Result<AnyTransport, UplinkError> {
-    match config.destination() {
+    match destination {
         Destination::File(file) => {
             let dir = file.dir.clone().unwrap_or_else(|| data_dir.join("out"));
             let transport =
@@ -181,11 +180,16 @@ pub fn start<T: Transport>(
         retry_max: Duration::from_millis(config.retry_max_ms),
     };
     ctx.metrics.uplink_registered(transport.name());
+    let destination = ctx
+        .store
+        .destination(transport.name())
+        .expect("the buffer was opened with every configured destination");
     let transport = Arc::new(transport);
     (0..config.in_flight)
         .map(|_| {
             tokio::spawn(batcher::run(
                 ctx.store.clone(),
+                destination.clone(),
                 transport.clone(),
                 batcher,
                 ctx.metrics.clone(),

@@ -3,7 +3,9 @@
 //! SQLite refuses a damaged database, so [`scan`] reads its file format directly, page by
 //! page, database and WAL. Of the rows it finds, a **reading** is a record shaped like a row
 //! of the `readings` table:
-//! - schema 2: `[id, dedup (16-byte blob), received_ms, body (blob)]`, whose sealed body
+//! - schema 2 and 3: `[id, dedup (16-byte blob), received_ms, body (blob)]` (schema 3 adds
+//!   `todo`, the destinations that still needed it; a salvaged reading is owed to every
+//!   destination configured now), whose sealed body
 //!   opens with the buffer's key (or one given with `--key`) and whose reading hashes to the
 //!   row's `dedup`. The AEAD seal is what makes a salvaged reading trustworthy: SQLite pages
 //!   carry no checksum, and a damaged cell whose sizes still add up comes back with wrong
@@ -102,6 +104,7 @@ enum Candidate {
 fn candidate(record: &FoundRecord, keys: &[Arc<BufferKey>], live: &BufferKey) -> Candidate {
     match record.values.as_slice() {
         [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Integer(_), SqlValue::Blob(body)]
+        | [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Integer(_), SqlValue::Blob(body), SqlValue::Integer(_)]
             if dedup.len() == DEDUP_LEN =>
         {
             for key in keys {
