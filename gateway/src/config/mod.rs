@@ -449,6 +449,11 @@ pub struct UplinkConfig {
     /// Batches in flight at once.
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
+    /// How long a batch that is not full may wait for more readings, in ms, counted from
+    /// its oldest reading's arrival: at steady rates fewer, fuller requests (servers charge
+    /// per request, and so does the CPU) for at most this much added latency. 0: send at once.
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
     /// First retry delay, in ms; doubles per attempt, with jitter.
     #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
@@ -469,6 +474,9 @@ fn default_batch_size() -> usize {
 fn default_in_flight() -> usize {
     2
 }
+fn default_batch_linger_ms() -> u64 {
+    20
+}
 fn default_retry_initial_ms() -> u64 {
     500
 }
@@ -481,6 +489,7 @@ impl Default for UplinkConfig {
         Self {
             batch_size: default_batch_size(),
             in_flight: default_in_flight(),
+            batch_linger_ms: default_batch_linger_ms(),
             retry_initial_ms: default_retry_initial_ms(),
             retry_max_ms: default_retry_max_ms(),
             file: None,

@@ -192,6 +192,9 @@ impl Config {
         if !(1..=64).contains(&u.in_flight) {
             problems.push(err("uplink.in_flight", "must be between 1 and 64"));
         }
+        if u.batch_linger_ms > 10_000 {
+            problems.push(err("uplink.batch_linger_ms", "must be at most 10000 ms"));
+        }
         if u.retry_initial_ms == 0 || u.retry_initial_ms > u.retry_max_ms {
             problems.push(err(
                 "uplink.retry_initial_ms",

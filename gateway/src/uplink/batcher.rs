@@ -18,6 +18,10 @@ use crate::ops::metrics::Metrics;
 pub struct BatcherConfig {
     /// Readings per batch.
     pub batch_size: usize,
+    /// How long a batch that is not full waits for company, counted from its oldest
+    /// reading's arrival at the gateway: fewer, fuller requests at steady rates, for at most
+    /// this much added latency. Zero: send whatever is there at once.
+    pub linger: Duration,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Longest retry delay.
@@ -72,17 +76,40 @@ fn refusal_cause(reason: &str) -> String {
     }
 }
 
+/// What one worker works with.
+pub struct Worker<T> {
+    /// The buffer.
+    pub store: Store,
+    /// The destination in the buffer this worker delivers to.
+    pub destination: Destination,
+    /// How it delivers.
+    pub transport: Arc<T>,
+    /// Batch size, linger, retry delays.
+    pub config: BatcherConfig,
+    /// Counters and health.
+    pub metrics: Arc<Metrics>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Shared by the destination's workers: one fills a batch at a time, so that at steady
+    /// rates the batches are full rather than split between workers.
+    pub collecting: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when the gateway stops.
+    pub shutdown: CancellationToken,
+}
+
 /// Runs one worker until `shutdown`. A batch being sent when shutdown comes is finished (its
 /// transport has its own timeout); a batch waiting to retry is released at once.
-pub async fn run<T: Transport>(
-    store: Store,
-    destination: Destination,
-    transport: Arc<T>,
-    config: BatcherConfig,
-    metrics: Arc<Metrics>,
-    audit: Audit,
-    shutdown: CancellationToken,
-) {
+pub async fn run<T: Transport>(worker: Worker<T>) {
+    let Worker {
+        store,
+        destination,
+        transport,
+        config,
+        metrics,
+        audit,
+        collecting,
+        shutdown,
+    } = worker;
     let mut commits = store.subscribe_commits();
     let origin = format!("uplink:{}", transport.name());
     let report = Report {
@@ -93,21 +120,11 @@ pub async fn run<T: Transport>(
         origin: &origin,
     };
     while !shutdown.is_cancelled() {
-        commits.borrow_and_update();
-        let leased = match store.lease(&destination, config.batch_size).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot lease from buffer");
-                sleep_or_cancel(IDLE_POLL, &shutdown).await;
-                continue;
-            }
+        let leased = {
+            let _turn = collecting.lock().await;
+            collect(&store, &destination, &config, &mut commits, &shutdown).await
         };
         if leased.is_empty() {
-            tokio::select! {
-                _ = commits.changed() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-                _ = shutdown.cancelled() => {}
-            }
             continue;
         }
         let (good, broken): (Vec<Leased>, Vec<Leased>) =
@@ -145,6 +162,59 @@ pub async fn run<T: Transport>(
             &shutdown,
         )
         .await;
+    }
+}
+
+/// Leases a batch for `destination`: what is there, and while the batch is not full and its
+/// oldest reading arrived less than `config.linger` ago, what comes next. Empty when there is
+/// nothing to send (after waiting a little for a commit), or on shutdown.
+async fn collect(
+    store: &Store,
+    destination: &Destination,
+    config: &BatcherConfig,
+    commits: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> Vec<Leased> {
+    let mut batch: Vec<Leased> = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        commits.borrow_and_update();
+        match store.lease(destination, config.batch_size - batch.len()).await {
+            Ok(more) => batch.extend(more),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lease from buffer");
+                if batch.is_empty() {
+                    sleep_or_cancel(IDLE_POLL, shutdown).await;
+                }
+                return batch;
+            }
+        }
+        if batch.len() >= config.batch_size || (config.linger.is_zero() && !batch.is_empty()) {
+            return batch;
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return batch;
+        }
+        let deadline = *deadline.get_or_insert_with(|| {
+            let now = OffsetDateTime::now_utc();
+            let oldest = batch
+                .iter()
+                .filter_map(|l| l.reading.as_ref().ok().map(|r| r.received_at))
+                .min()
+                .unwrap_or(now);
+            let waited = (now - oldest).unsigned_abs();
+            tokio::time::Instant::now() + config.linger.saturating_sub(waited)
+        });
+        tokio::select! {
+            _ = commits.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return batch,
+            _ = shutdown.cancelled() => return batch,
+        }
     }
 }
 

@@ -176,6 +176,7 @@ pub fn start<T: Transport>(
 ) -> Vec<JoinHandle<()>> {
     let batcher = batcher::BatcherConfig {
         batch_size: config.batch_size,
+        linger: Duration::from_millis(config.batch_linger_ms),
         retry_initial: Duration::from_millis(config.retry_initial_ms),
         retry_max: Duration::from_millis(config.retry_max_ms),
     };
@@ -185,17 +186,19 @@ pub fn start<T: Transport>(
         .destination(transport.name())
         .expect("the buffer was opened with every configured destination");
     let transport = Arc::new(transport);
+    let collecting = Arc::new(tokio::sync::Mutex::new(()));
     (0..config.in_flight)
         .map(|_| {
-            tokio::spawn(batcher::run(
-                ctx.store.clone(),
-                destination.clone(),
-                transport.clone(),
-                batcher,
-                ctx.metrics.clone(),
-                ctx.audit.clone(),
-                ctx.shutdown.clone(),
-            ))
+            tokio::spawn(batcher::run(batcher::Worker {
+                store: ctx.store.clone(),
+                destination: destination.clone(),
+                transport: transport.clone(),
+                config: batcher,
+                metrics: ctx.metrics.clone(),
+                audit: ctx.audit.clone(),
+                collecting: collecting.clone(),
+                shutdown: ctx.shutdown.clone(),
+            }))
         })
         .collect()
 }
