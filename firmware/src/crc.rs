@@ -20,74 +20,19 @@
 //! the CRC itself. A useful property for receivers: running the same CRC over the body
 //! *including* its little-endian CRC gives the constant residue `0x2144DF1C`.
 //!
-//! The implementation is a 256-entry table built at compile time (1 KiB of flash), one
-//! table lookup per byte.
+//! The implementation is the [`crc`](::crc) crate's, with the catalogue entry
+//! `CRC_32_ISO_HDLC` (the parameters above): a 256-entry table built at compile time
+//! (1 KiB of flash), one table lookup per byte. For data that arrives in pieces, use
+//! [`CRC32`]`.digest()`.
 
-/// The reflected form of the CRC-32/ISO-HDLC polynomial `0x04C11DB7`.
-const POLY_REFLECTED: u32 = 0xEDB8_8320;
+use ::crc::{Crc, CRC_32_ISO_HDLC};
 
-/// One entry per byte value: the CRC register after shifting that byte through.
-static TABLE: [u32; 256] = build_table();
-
-const fn build_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ POLY_REFLECTED
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-}
-
-/// An incremental CRC-32/ISO-HDLC computation, for data that arrives in pieces.
-#[derive(Debug, Clone, Copy)]
-pub struct Crc32 {
-    /// The running register, before the final xor.
-    state: u32,
-}
-
-impl Crc32 {
-    /// A fresh computation (register = init `0xFFFFFFFF`).
-    pub const fn new() -> Self {
-        Self { state: 0xFFFF_FFFF }
-    }
-
-    /// Feeds more bytes.
-    pub fn update(&mut self, bytes: &[u8]) {
-        let mut c = self.state;
-        for &b in bytes {
-            c = TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8);
-        }
-        self.state = c;
-    }
-
-    /// The CRC of everything fed so far (after xorout).
-    pub const fn finish(&self) -> u32 {
-        self.state ^ 0xFFFF_FFFF
-    }
-}
-
-impl Default for Crc32 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// CRC-32/ISO-HDLC, with its lookup table. A `static`, so the table exists once in flash.
+pub static CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 /// CRC-32/ISO-HDLC of `bytes` in one call.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = Crc32::new();
-    crc.update(bytes);
-    crc.finish()
+    CRC32.checksum(bytes)
 }
 
 #[cfg(test)]
@@ -98,6 +43,17 @@ mod tests {
     #[test]
     fn check_value_matches_the_catalogue() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(
+            (
+                CRC_32_ISO_HDLC.width,
+                CRC_32_ISO_HDLC.poly,
+                CRC_32_ISO_HDLC.init,
+                CRC_32_ISO_HDLC.refin,
+                CRC_32_ISO_HDLC.refout,
+                CRC_32_ISO_HDLC.xorout,
+            ),
+            (32, 0x04C1_1DB7, 0xFFFF_FFFF, true, true, 0xFFFF_FFFF)
+        );
     }
 
     #[test]
@@ -114,20 +70,35 @@ mod tests {
         assert_eq!(crc32(&body), 0x2144_DF1C);
     }
 
+    /// Bit by bit, straight from the parameters: what the table must agree with.
+    fn bitwise(data: &[u8]) -> u32 {
+        let mut register = 0xFFFF_FFFFu32;
+        for &byte in data {
+            register ^= u32::from(byte);
+            for _ in 0..8 {
+                let lsb = register & 1;
+                register >>= 1;
+                if lsb != 0 {
+                    register ^= 0xEDB8_8320;
+                }
+            }
+        }
+        register ^ 0xFFFF_FFFF
+    }
+
     proptest! {
         #[test]
-        fn agrees_with_an_independent_implementation(data in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let reference = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-            prop_assert_eq!(crc32(&data), reference.checksum(&data));
+        fn agrees_with_the_definition_bit_by_bit(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            prop_assert_eq!(crc32(&data), bitwise(&data));
         }
 
         #[test]
         fn incremental_equals_one_shot(data in proptest::collection::vec(any::<u8>(), 0..300), split in 0usize..300) {
             let split = split.min(data.len());
-            let mut crc = Crc32::new();
-            crc.update(&data[..split]);
-            crc.update(&data[split..]);
-            prop_assert_eq!(crc.finish(), crc32(&data));
+            let mut digest = CRC32.digest();
+            digest.update(&data[..split]);
+            digest.update(&data[split..]);
+            prop_assert_eq!(digest.finalize(), crc32(&data));
         }
     }
 }

@@ -32,7 +32,7 @@
 //! device that only receives small gateway messages may use a smaller one.
 
 use crate::cobs;
-use crate::crc::{crc32, Crc32};
+use crate::crc::crc32;
 use crate::message::{Message, MAX_PAYLOAD_LEN, PROTOCOL_VERSION};
 use core::fmt;
 
@@ -154,9 +154,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
     let (covered, crc_bytes) = body.split_at(body.len() - CRC_LEN);
     let mut received = [0u8; CRC_LEN];
     received.copy_from_slice(crc_bytes);
-    let mut crc = Crc32::new();
-    crc.update(covered);
-    if crc.finish() != u32::from_le_bytes(received) {
+    if crc32(covered) != u32::from_le_bytes(received) {
         return Err(FrameError::BadCrc);
     }
     let (&version, payload) = covered.split_first().ok_or(FrameError::TooShort)?;
