@@ -59,6 +59,8 @@ cat >"$work/config.toml" <<EOF
 [gateway]
 id = "syscall-check"
 data_dir = "$work/data"
+[buffer]
+key_file = "$work/buffer.key"
 [sources.sim]
 devices = 5
 interval_ms = 20
