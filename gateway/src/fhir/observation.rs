@@ -13,7 +13,6 @@ use crate::model::{
     format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, Quantity, Reading,
     StatusFlag, TimeSource, Value,
 };
-use crate::profile::canonical;
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
 pub const EUI64_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
@@ -103,13 +102,7 @@ impl<'a> Concept<'a> {
     }
 
     fn absent(r: AbsentReason) -> Self {
-        let code = match r {
-            AbsentReason::NotANumber => "not-a-number",
-            AbsentReason::NotAtResolution | AbsentReason::Error => "error",
-            AbsentReason::PositiveInfinity => "positive-infinity",
-            AbsentReason::NegativeInfinity => "negative-infinity",
-        };
-        Self::one(Coding::new(DATA_ABSENT_REASON, code, None))
+        Self::one(Coding::new(DATA_ABSENT_REASON, r.as_str(), None))
     }
 }
 
@@ -344,7 +337,7 @@ impl<'a> Observation<'a> {
             .map(|f| {
                 Concept::one(Coding::new(
                     STATUS_SYSTEM,
-                    canonical::status_name(*f),
+                    f.as_str(),
                     Some(status_display(*f)),
                 ))
             })

@@ -48,11 +48,7 @@ fn render(decoded: &Decoded) -> Vec<String> {
                     .device_time
                     .map(crate::model::format_time)
                     .unwrap_or_else(|| "receive-time".into());
-                let flags: Vec<&str> = r
-                    .status
-                    .iter()
-                    .map(|f| crate::profile::canonical::status_name(*f))
-                    .collect();
+                let flags: Vec<&str> = r.status.iter().map(|f| f.as_str()).collect();
                 format!("{} @{time} {flags:?}", describe(r))
             })
             .collect(),
