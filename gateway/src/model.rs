@@ -362,11 +362,27 @@ fn push_hex_upper(s: &mut String, bytes: &[u8]) {
 
 /// The patient a reading belongs to, as a FHIR identifier or a literal reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PatientRef {
-    /// Identifier system (e.g. an MRN namespace URI); empty for a literal reference only.
-    pub system: String,
-    /// Identifier value, or the literal reference (`Patient/123`) when `system` is empty.
-    pub value: String,
+pub enum PatientRef {
+    /// A business identifier: FHIR `subject.identifier`.
+    Identifier {
+        /// The identifier system, e.g. an MRN namespace URI.
+        system: String,
+        /// The identifier value in that system.
+        value: String,
+    },
+    /// A literal reference to the Patient resource, e.g. `Patient/123`: FHIR
+    /// `subject.reference`.
+    Reference(String),
+}
+
+impl PatientRef {
+    /// A business identifier.
+    pub fn identifier(system: impl Into<String>, value: impl Into<String>) -> Self {
+        PatientRef::Identifier {
+            system: system.into(),
+            value: value.into(),
+        }
+    }
 }
 
 /// Where the effective time of a reading came from.
@@ -507,13 +523,18 @@ impl Reading {
             DeviceId::Bluetooth(b) => push_hex_upper(&mut id, b),
             DeviceId::Serial(s) | DeviceId::Other(s) => id.push_str(s),
         }
-        if let Some(p) = &self.patient {
-            id.push('-');
-            id.push_str(&p.value);
-            if !p.system.is_empty() {
+        match &self.patient {
+            Some(PatientRef::Identifier { system, value }) => {
                 id.push('-');
-                id.push_str(&p.system);
+                id.push_str(value);
+                id.push('-');
+                id.push_str(system);
             }
+            Some(PatientRef::Reference(reference)) => {
+                id.push('-');
+                id.push_str(reference);
+            }
+            None => {}
         }
         // Writing into a String cannot fail.
         let _ = write!(id, "-{}-", self.metric.mdc);
@@ -597,10 +618,7 @@ mod tests {
                 model: None,
                 manufacturer: None,
             },
-            patient: Some(PatientRef {
-                system: "urn:oid:1.2.3".into(),
-                value: "p42".into(),
-            }),
+            patient: Some(PatientRef::identifier("urn:oid:1.2.3", "p42")),
             metric: Metric {
                 mdc: 150456,
                 mdc_ref: "MDC_PULS_OXIM_SAT_O2",
@@ -641,6 +659,18 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(resent.identifier(), r.identifier());
+    }
+
+    #[test]
+    fn a_literal_patient_reference_is_in_the_identifier_alone() {
+        let r = Reading {
+            patient: Some(PatientRef::Reference("Patient/123".into())),
+            ..reading()
+        };
+        assert_eq!(
+            r.identifier(),
+            "FEEDABEEDEADBEEF-Patient/123-150456-2026-11-25T10:00:00.5+01:00-seq7"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `v` | 1 | format version; a newer version is refused, never guessed |
 //! | `dev` | `{t, id, p, model?, mfr?}` | device: `t` = the id's kind (`DeviceIdKind::as_str`, but `bt` for `bluetooth`), `id` = key, `p` = profile |
-//! | `pat` | `[system, value]`? | patient |
+//! | `pat` | `[system, value]`? | patient: an identifier, or `["", reference]` for a literal reference |
 //! | `mdc` | u32 | metric MDC code; the rest of the metric comes from the catalog |
 //! | `val` | value | `{"q":[number\|null, unit, absent?]}`, `{"c":[[mdc, number\|null, unit, absent?], …]}`, `{"s":{…}}`, `{"k":[system, code, display?]}`; `absent` is `AbsentReason::as_str`, but `nres` for NRes, kept apart from `error` |
 //! | `dt` | RFC 3339? | device time as reported |
@@ -199,10 +199,10 @@ pub fn encode(r: &Reading) -> Vec<u8> {
             model: r.device.model.clone(),
             mfr: r.device.manufacturer.clone(),
         },
-        pat: r
-            .patient
-            .as_ref()
-            .map(|p| (p.system.clone(), p.value.clone())),
+        pat: r.patient.as_ref().map(|p| match p {
+            PatientRef::Identifier { system, value } => (system.clone(), value.clone()),
+            PatientRef::Reference(reference) => (String::new(), reference.clone()),
+        }),
         mdc: r.metric.mdc,
         val,
         dt: r.device_time.map(time_text),
@@ -278,7 +278,13 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             model: b.dev.model,
             manufacturer: b.dev.mfr,
         },
-        patient: b.pat.map(|(system, value)| PatientRef { system, value }),
+        patient: b.pat.map(|(system, value)| {
+            if system.is_empty() {
+                PatientRef::Reference(value)
+            } else {
+                PatientRef::Identifier { system, value }
+            }
+        }),
         metric: metric(b.mdc)?,
         value,
         device_time: b.dt.as_deref().map(time_parse).transpose()?,
@@ -325,10 +331,7 @@ mod tests {
                 model: Some("BP-1".into()),
                 manufacturer: None,
             },
-            patient: Some(PatientRef {
-                system: "urn:x".into(),
-                value: "p".into(),
-            }),
+            patient: Some(PatientRef::identifier("urn:x", "p")),
             metric: catalog::BLOOD_PRESSURE,
             value: Value::Components(vec![
                 Component {
@@ -373,6 +376,45 @@ mod tests {
         };
         assert_eq!(decode(&encode(&q)).unwrap(), q);
         assert!(String::from_utf8(encode(&q)).unwrap().contains("2.00"));
+    }
+
+    /// Bodies as the buffer stores them, byte for byte: rows written by earlier versions must
+    /// keep decoding, and encoding must keep writing the same bytes (an older gateway may
+    /// have to read them after a downgrade).
+    #[test]
+    fn stored_version_1_bodies_decode_and_encode_to_the_same_bytes() {
+        let stored = [
+            (
+                sample(),
+                r#"{"v":1,"dev":{"t":"bt","id":"010203040506","p":"ble-blood-pressure","model":"BP-1"},"pat":["urn:x","p"],"mdc":150020,"val":{"c":[[150021,120.0,"mm[Hg]",null],[150023,null,"mm[Hg]","nres"]]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","dur":40000,"seq":99,"st":["cuff-loose","test-data"],"usr":2}"#,
+            ),
+            (
+                Reading {
+                    patient: Some(PatientRef::Reference("Patient/123".into())),
+                    device: DeviceRef {
+                        id: DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]),
+                        profile: "canonical-json-v1".into(),
+                        model: None,
+                        manufacturer: Some("Acme".into()),
+                    },
+                    value: Value::Quantity(Quantity {
+                        value: Measured::Absent(AbsentReason::PositiveInfinity),
+                        unit: "%".into(),
+                    }),
+                    metric: catalog::SPO2,
+                    duration: None,
+                    sequence: None,
+                    device_user: None,
+                    status: vec![StatusFlag::SensorFault],
+                    ..sample()
+                },
+                r#"{"v":1,"dev":{"t":"eui64","id":"FEEDABEEDEADBEEF","p":"canonical-json-v1","mfr":"Acme"},"pat":["","Patient/123"],"mdc":150456,"val":{"q":[null,"%","positive-infinity"]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","st":["sensor-fault"]}"#,
+            ),
+        ];
+        for (reading, body) in stored {
+            assert_eq!(String::from_utf8(encode(&reading)).unwrap(), body);
+            assert_eq!(decode(body.as_bytes()).as_ref(), Ok(&reading), "{body}");
+        }
     }
 
     #[test]

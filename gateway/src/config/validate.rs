@@ -224,6 +224,15 @@ impl Config {
                     "give either patient_system and patient_id, or patient_reference",
                 )),
             }
+            for (field, value) in [
+                ("patient_system", &d.patient_system),
+                ("patient_id", &d.patient_id),
+                ("patient_reference", &d.patient_reference),
+            ] {
+                if value.as_deref() == Some("") {
+                    problems.push(err(&format!("{key}.{field}"), "must not be empty"));
+                }
+            }
             if d.user == Some(0xFF) {
                 problems.push(err(
                     &format!("{key}.user"),

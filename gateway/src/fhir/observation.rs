@@ -10,8 +10,8 @@ use super::{
     TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, Quantity, Reading,
-    StatusFlag, TimeSource, Value,
+    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
+    Quantity, Reading, StatusFlag, TimeSource, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -298,19 +298,11 @@ impl<'a> Observation<'a> {
             "phd",
             Some("PHD generated Observation"),
         )));
-        let subject = r.patient.as_ref().map(|p| {
-            if p.system.is_empty() {
-                Subject::Reference(Reference {
-                    reference: &p.value,
-                })
-            } else {
-                Subject::Identifier {
-                    identifier: Identifier {
-                        system: &p.system,
-                        value: &p.value,
-                    },
-                }
-            }
+        let subject = r.patient.as_ref().map(|p| match p {
+            PatientRef::Reference(reference) => Subject::Reference(Reference { reference }),
+            PatientRef::Identifier { system, value } => Subject::Identifier {
+                identifier: Identifier { system, value },
+            },
         });
         let (when, source) = r.effective_time();
         let time_ext = time_source_extension(r, source);

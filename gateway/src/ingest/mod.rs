@@ -167,14 +167,8 @@ impl Bindings {
     pub fn from_config(devices: &[DeviceBinding]) -> Self {
         Self::new(devices.iter().filter_map(|d| {
             let patient = match (&d.patient_system, &d.patient_id, &d.patient_reference) {
-                (Some(system), Some(value), _) => PatientRef {
-                    system: system.clone(),
-                    value: value.clone(),
-                },
-                (_, _, Some(reference)) => PatientRef {
-                    system: String::new(),
-                    value: reference.clone(),
-                },
+                (Some(system), Some(value), _) => PatientRef::identifier(system, value),
+                (_, _, Some(reference)) => PatientRef::Reference(reference.clone()),
                 _ => return None,
             };
             Some((d.id.clone(), d.user, patient))
@@ -238,10 +232,7 @@ mod tests {
     use super::*;
 
     fn p(v: &str) -> PatientRef {
-        PatientRef {
-            system: "urn:oid:1.2.3".into(),
-            value: v.into(),
-        }
+        PatientRef::identifier("urn:oid:1.2.3", v)
     }
 
     #[test]

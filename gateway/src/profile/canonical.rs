@@ -413,15 +413,12 @@ fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
     }
     match (p.system, p.value, p.reference) {
         (Some(system), Some(value), None) if !system.is_empty() && !value.is_empty() => {
-            Ok(PatientRef { system, value })
+            Ok(PatientRef::Identifier { system, value })
         }
         (None, None, Some(reference))
             if reference.starts_with("Patient/") && reference.len() > 8 =>
         {
-            Ok(PatientRef {
-                system: String::new(),
-                value: reference,
-            })
+            Ok(PatientRef::Reference(reference))
         }
         _ => Err(field(
             "patient",
@@ -608,10 +605,7 @@ mod tests {
     #[test]
     fn the_config_binding_applies_when_the_payload_names_no_patient() {
         let bind = |key: &str, user: Option<u8>| {
-            (key == "d" && user != Some(2)).then(|| PatientRef {
-                system: "urn:x".into(),
-                value: "p1".into(),
-            })
+            (key == "d" && user != Some(2)).then(|| PatientRef::identifier("urn:x", "p1"))
         };
         let r = decode(
             br#"{"device":"d","metric":"spo2","value":97}"#,
@@ -619,7 +613,7 @@ mod tests {
             &bind,
         )
         .unwrap();
-        assert_eq!(r[0].patient.as_ref().map(|p| p.value.as_str()), Some("p1"));
+        assert_eq!(r[0].patient, Some(PatientRef::identifier("urn:x", "p1")));
         // The device user index reaches the binding (shared scales and cuffs).
         let r = decode(
             br#"{"device":"d","metric":"spo2","value":97,"user":2}"#,
@@ -635,8 +629,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r[0].patient.as_ref().map(|p| p.value.as_str()),
-            Some("Patient/9")
+            r[0].patient,
+            Some(PatientRef::Reference("Patient/9".into()))
         );
     }
 

@@ -24,10 +24,7 @@ fn ctx() -> FrameContext {
             model: None,
             manufacturer: None,
         },
-        patient: Some(PatientRef {
-            system: "urn:oid:1.2.3".into(),
-            value: "p-1".into(),
-        }),
+        patient: Some(PatientRef::identifier("urn:oid:1.2.3", "p-1")),
         received_at: datetime!(2026-11-25 10:00:00.123 UTC),
         clock_offset: None,
     }
