@@ -22,6 +22,7 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod serial_settings;
 pub mod tls;
 pub mod tools;
 mod topology;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ops::net::Cidr;
+use crate::serial_settings::{FlowControl, Parity};
 
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
 /// `Config::default()`.
@@ -399,30 +400,6 @@ pub enum SerialProtocol {
     Firmware,
     /// ASCII lines decoded by a line profile (`device-profiles/line-*.toml`).
     Line,
-}
-
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    /// No parity bit.
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Serial flow control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowControl {
-    /// None.
-    None,
-    /// XON/XOFF.
-    Software,
-    /// RTS/CTS.
-    Hardware,
 }
 
 /// PEM files for a TLS client.

@@ -494,11 +494,8 @@ fn validate_serial(
             }
         }
         (None, Some(usb)) => {
-            if crate::ingest::serial::port::UsbId::parse(usb).is_none() {
-                problems.push(err(
-                    &key("usb"),
-                    "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
-                ));
+            if let Err(e) = crate::serial_settings::UsbId::try_from(usb.clone()) {
+                problems.push(err(&key("usb"), e.to_string()));
             }
         }
         _ => problems.push(err(

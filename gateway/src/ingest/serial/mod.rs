@@ -30,10 +30,12 @@ mod tests;
 use time::UtcOffset;
 use vitalbridge_firmware::message::Message;
 
-use crate::config::{FlowControl, Parity, SerialPortConfig, SerialProtocol};
+use crate::config::{SerialPortConfig, SerialProtocol};
 use crate::model::{DeviceId, DeviceRef, Reading};
 use crate::profile::line::{self, LineProfile, ProfileError, Registry};
-use port::{PortTarget, Settings, SysRoots, UsbId};
+use crate::serial_settings::UsbId;
+use crate::serial_settings::{FlowControl, Parity};
+use port::{PortTarget, Settings, SysRoots};
 
 /// Port settings for firmware devices unless configured otherwise: 115200 8N1, no flow
 /// control.

@@ -43,10 +43,10 @@ use std::ops::Range;
 use regex::Regex;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::config::{FlowControl, Parity};
 use crate::limits::MAX_LINE_FIELD_LEN;
 use crate::model::{Decimal, Measured, Metric, Quantity, Reading, StatusFlag, Value};
 use crate::profile::FrameContext;
+use crate::serial_settings::{FlowControl, Parity};
 
 pub use registry::Registry;
 pub use schema::ProfileError;

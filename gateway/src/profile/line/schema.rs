@@ -27,12 +27,12 @@ use super::{
     Decoded, Delimiter, LineProfile, MetricRule, SerialSettings, Split, StatusRule, TimeFormat,
     TimeSpec, MAX_LINE_LENGTH,
 };
-use crate::config::{FlowControl, Parity};
 use crate::limits::{
     MAX_CODE_LEN, MAX_LINE_FIELD_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_TIME_LEN, MAX_UNIT_LEN,
 };
 use crate::model::{Measured, Reading, StatusFlag, Value};
 use crate::profile::catalog;
+use crate::serial_settings::{FlowControl, Parity};
 
 /// Largest compiled regex a profile may declare, in bytes (the regex crate's size limit).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
