@@ -764,7 +764,7 @@ impl Config {
 }
 
 mod validate;
-pub use validate::{check_gateway_id, check_private_key};
+pub use validate::check_gateway_id;
 
 #[cfg(test)]
 mod tests {

@@ -678,7 +678,7 @@ fn is_within(path: &Path, dir: &Path) -> bool {
 /// Private keys must exist and be accessible to nobody but their owner and the gateway's
 /// own user (see [`crate::keyfile`]: mode 0600 or stricter, or an equivalent POSIX ACL such as
 /// the one systemd puts on a credential).
-pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
     }
