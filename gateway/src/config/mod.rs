@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ops::net::Cidr;
 use crate::serial_settings::{FlowControl, Parity};
 
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
@@ -763,7 +762,9 @@ impl Config {
     }
 }
 
+mod net;
 mod validate;
+pub use net::{Cidr, CidrError};
 pub use validate::check_gateway_id;
 
 #[cfg(test)]
@@ -1001,6 +1002,17 @@ audit_log = "@ops.audit_log@"
         }
         assert_eq!(clip("ab€".into(), 3), "ab…");
         assert_eq!(clip("abc".into(), 3), "abc");
+    }
+
+    #[test]
+    fn a_bad_allow_from_network_is_named_by_its_key_and_index() {
+        let e = Config::from_toml("[ops.http]\nallow_from = [\"127.0.0.0/8\", \"10.20.1.0/16\"]\n")
+            .unwrap_err();
+        assert_eq!(e.key, "ops.http.allow_from[1]");
+        assert_eq!(
+            e.message,
+            "10.20.1.0/16 has host bits set below the prefix; did you mean 10.20.0.0/16?"
+        );
     }
 
     #[test]
