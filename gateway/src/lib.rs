@@ -128,13 +128,28 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> Result<RunSummary, RunError> {
-    config.validate().map_err(RunError::Config)?;
+    validate_config(&config).map_err(RunError::Config)?;
     let mut topology = topology::Topology::start(&config).await?;
     ready();
     let waited = topology.wait(&shutdown).await;
     let stopped = topology.stop().await;
     waited?;
     stopped
+}
+
+/// Checks a configuration: what it can tell by itself ([`Config::validate`]), then what the
+/// sources know (profiles, Bluetooth addresses, which `[[devices]]` name the same device:
+/// [`ingest::check_config`]). Every problem, each naming its key; when a string is over its
+/// length limit, only those problems.
+pub fn validate_config(config: &Config) -> Result<(), Vec<ConfigError>> {
+    config.check_lengths()?;
+    let mut problems = config.validate().err().unwrap_or_default();
+    problems.extend(ingest::check_config(&config.sources, &config.devices));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`

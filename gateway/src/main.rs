@@ -271,7 +271,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
                     return Ok(ExitCode::from(2));
                 }
             };
-            match parsed.validate() {
+            match vitalbridge::validate_config(&parsed) {
                 Ok(()) => {
                     println!("{}: ok", config.display());
                     Ok(ExitCode::SUCCESS)

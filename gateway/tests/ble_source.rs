@@ -403,7 +403,7 @@ fn timing() -> Timing {
 
 fn ble_config(toml: &str) -> (BleSourceConfig, Bindings) {
     let config = Config::from_toml(toml).expect("config parses");
-    config.validate().expect("config validates");
+    vitalbridge::validate_config(&config).expect("config validates");
     let bindings = Bindings::from_config(&config.devices);
     (config.sources.ble.expect("[sources.ble]"), bindings)
 }

@@ -50,11 +50,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        message: message.into(),
+impl ConfigError {
+    /// A problem with the key `key` (dotted path, empty for the whole file).
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
     }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(key, message)
 }
 
 /// The whole configuration.
@@ -389,6 +396,27 @@ pub struct SerialPortConfig {
 
 fn default_reconnect_max_ms() -> u64 {
     10_000
+}
+
+/// Parses a fixed UTC offset written `+HH:MM`, `-HH:MM` or `Z` (`device_utc_offset`).
+pub fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
+    if text == "Z" {
+        return Some(time::UtcOffset::UTC);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1i8, &text[1..]),
+        b'-' => (-1i8, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 18 || m > 59 {
+        return None;
+    }
+    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
 }
 
 /// What a serial device speaks.
@@ -1013,6 +1041,19 @@ audit_log = "@ops.audit_log@"
             e.message,
             "10.20.1.0/16 has host bits set below the prefix; did you mean 10.20.0.0/16?"
         );
+    }
+
+    #[test]
+    fn utc_offsets_parse_strictly() {
+        use time::macros::offset;
+        assert_eq!(parse_utc_offset("+01:00"), Some(offset!(+1)));
+        assert_eq!(parse_utc_offset("-05:30"), Some(offset!(-5:30)));
+        assert_eq!(parse_utc_offset("Z"), Some(time::UtcOffset::UTC));
+        for bad in [
+            "", "+1", "01:00", "+01:60", "+19:00", "+1:00", "+01-00", "+0a:00",
+        ] {
+            assert_eq!(parse_utc_offset(bad), None, "{bad}");
+        }
     }
 
     #[test]

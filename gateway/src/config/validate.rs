@@ -2,11 +2,17 @@
 //! that must agree between tables). Every problem names its dotted key; all problems are
 //! returned at once so one `check-config` run lists them all.
 //!
+//! What only the sources know — profile ids, Bluetooth addresses and services, line
+//! profiles, which `[[devices]]` ids name the same device — they check themselves
+//! (`ingest::check_config`); `crate::validate_config` runs both. This module imports
+//! nothing of the crate but leaf modules.
+//!
 //! Every string and path first gets its length checked against [`crate::limits`] (ids 128
 //! bytes, patient systems and references 256, codes and names 64, URLs 2048, MQTT topics
 //! 256, paths 4096). When one is too long only those problems are reported: the other checks
 //! may quote a value, open a path or compile a profile, none of which should see megabytes.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::*;
@@ -137,17 +143,28 @@ impl Config {
         all
     }
 
-    /// Checks what the types cannot. Returns every problem, each naming its key.
-    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+    /// Every string or path longer than its limit. Nothing else should look at a
+    /// configuration that has one: other checks may quote a value, open a path or compile
+    /// a profile.
+    pub fn check_lengths(&self) -> Result<(), Vec<ConfigError>> {
         let too_long: Vec<ConfigError> = self
             .texts()
             .into_iter()
             .filter(|(_, len, limit)| len > limit)
             .map(|(key, _, limit)| err(&key, crate::limits::too_long_message(limit)))
             .collect();
-        if !too_long.is_empty() {
-            return Err(too_long);
+        if too_long.is_empty() {
+            Ok(())
+        } else {
+            Err(too_long)
         }
+    }
+
+    /// Checks what the types cannot, as far as the configuration alone can tell (see the
+    /// module header for the rest). Returns every problem, each naming its key; when a
+    /// string is too long, only those problems.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        self.check_lengths()?;
         let mut problems = Vec::new();
         let b = &self.buffer;
         if b.capacity == 0 {
@@ -182,8 +199,9 @@ impl Config {
         if let Some(ble) = &self.sources.ble {
             validate_ble(ble, &mut problems);
         }
+        let mut port_names = HashSet::new();
         for (i, port) in self.sources.serial.iter().enumerate() {
-            validate_serial(i, port, &self.sources.serial[..i], &mut problems);
+            validate_serial(i, port, &mut port_names, &mut problems);
         }
         let u = &self.uplink;
         if !(1..=10_000).contains(&u.batch_size) {
@@ -239,33 +257,6 @@ impl Config {
                     "255 means \"unknown user\" in BLE; use 0-254",
                 ));
             }
-            let same_device = |o: &&DeviceBinding| same_device_id(&o.id, &d.id);
-            if self.devices[..i]
-                .iter()
-                .filter(same_device)
-                .any(|o| o.user == d.user)
-            {
-                problems.push(err(
-                    &format!("{key}.id"),
-                    match d.user {
-                        Some(u) => format!("device {:?} user {u} is bound twice", d.id),
-                        None => format!("device {:?} is bound twice", d.id),
-                    },
-                ));
-            } else if self.devices[..i]
-                .iter()
-                .filter(same_device)
-                .any(|o| o.user.is_some() != d.user.is_some())
-            {
-                problems.push(err(
-                    &format!("{key}.user"),
-                    format!(
-                        "device {:?} has bindings with and without `user`: on a shared device \
-                         every binding names its user",
-                        d.id
-                    ),
-                ));
-            }
         }
         validate_ops(&self.ops, &mut problems);
         if problems.is_empty() {
@@ -282,16 +273,6 @@ fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
         if let Some(value) = value {
             all.push(path(format!("{key}.{field}"), value));
         }
-    }
-}
-
-/// Whether two `[[devices]]` ids name the same device (a Bluetooth address may be written
-/// with or without colons, in either case).
-fn same_device_id(a: &str, b: &str) -> bool {
-    use crate::profile::ble::parse_bluetooth_address as addr;
-    match (addr(a), addr(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
     }
 }
 
@@ -323,45 +304,11 @@ fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
         ));
     }
     for (i, d) in ble.devices.iter().enumerate() {
-        let key = format!("sources.ble.devices[{i}]");
-        match (&d.address, &d.service) {
-            (Some(_), Some(_)) | (None, None) => {
-                problems.push(err(&key, "give exactly one of `address` or `service`"))
-            }
-            _ => {}
-        }
-        if let Some(a) = &d.address {
-            if crate::profile::ble::parse_bluetooth_address(a).is_none() {
-                problems.push(err(
-                    &format!("{key}.address"),
-                    "not a Bluetooth address: expected six hex pairs like A1:B2:C3:D4:E5:F6",
-                ));
-            } else if ble.devices[..i].iter().any(|o| {
-                o.address
-                    .as_deref()
-                    .and_then(crate::profile::ble::parse_bluetooth_address)
-                    == crate::profile::ble::parse_bluetooth_address(a)
-            }) {
-                problems.push(err(&format!("{key}.address"), "listed twice"));
-            }
-        }
-        if let Some(svc) = &d.service {
-            if crate::profile::ble::parse_characteristic(svc).is_err() {
-                problems.push(err(
-                    &format!("{key}.service"),
-                    "not a 16-bit service UUID: expected e.g. 1810, 0x1810 or the 128-bit form",
-                ));
-            }
-        }
-        if let Some(p) = &d.profile {
-            let builtin = crate::profile::ble::profile_file::builtin();
-            if ble.profiles_dir.is_none() && !builtin.iter().any(|b| &b.id == p) {
-                let known: Vec<String> = builtin.into_iter().map(|b| b.id).collect();
-                problems.push(err(
-                    &format!("{key}.profile"),
-                    format!("no profile {p:?}; built in: {}", known.join(", ")),
-                ));
-            }
+        if d.address.is_some() == d.service.is_some() {
+            problems.push(err(
+                &format!("sources.ble.devices[{i}]"),
+                "give exactly one of `address` or `service`",
+            ));
         }
     }
 }
@@ -463,10 +410,10 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
     }
 }
 
-fn validate_serial(
+fn validate_serial<'a>(
     i: usize,
-    port: &SerialPortConfig,
-    earlier: &[SerialPortConfig],
+    port: &'a SerialPortConfig,
+    earlier_names: &mut HashSet<&'a str>,
     problems: &mut Vec<ConfigError>,
 ) {
     let key = |field: &str| format!("sources.serial[{i}].{field}");
@@ -481,7 +428,7 @@ fn validate_serial(
             &key("name"),
             "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
         ));
-    } else if earlier.iter().any(|o| o.name == port.name) {
+    } else if !earlier_names.insert(&port.name) {
         problems.push(err(
             &key("name"),
             format!("serial port {:?} is configured twice", port.name),
@@ -504,26 +451,14 @@ fn validate_serial(
         )),
     }
     match port.protocol {
-        SerialProtocol::Line => match &port.profile {
-            None => problems.push(err(
-                &key("profile"),
-                "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
-            )),
-            Some(id) => {
-                if let Err(e) = crate::profile::line::Registry::load(port.profiles_dir.as_deref())
-                    .and_then(|r| r.get(id).map(|_| ()))
-                {
-                    let field = if port.profiles_dir.is_some()
-                        && !matches!(e, crate::profile::line::ProfileError::Unknown { .. })
-                    {
-                        "profiles_dir"
-                    } else {
-                        "profile"
-                    };
-                    problems.push(err(&key(field), e.to_string()));
-                }
+        SerialProtocol::Line => {
+            if port.profile.is_none() {
+                problems.push(err(
+                    &key("profile"),
+                    "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
+                ));
             }
-        },
+        }
         SerialProtocol::Firmware => {
             for (field, set) in [
                 ("profile", port.profile.is_some()),
@@ -549,7 +484,7 @@ fn validate_serial(
         }
     }
     if let Some(offset) = &port.device_utc_offset {
-        if crate::profile::line::parse_utc_offset(offset).is_none() {
+        if parse_utc_offset(offset).is_none() {
             problems.push(err(
                 &key("device_utc_offset"),
                 "must be a UTC offset like +01:00, -05:00 or +00:00",

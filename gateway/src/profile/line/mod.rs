@@ -208,27 +208,6 @@ fn field_error(field: &str, problem: impl fmt::Display) -> DecodeError {
     }
 }
 
-/// Parses a fixed UTC offset written `+HH:MM`, `-HH:MM` or `Z`.
-pub fn parse_utc_offset(text: &str) -> Option<UtcOffset> {
-    if text == "Z" {
-        return Some(UtcOffset::UTC);
-    }
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1i8, &text[1..]),
-        b'-' => (-1i8, &text[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
-    if h > 18 || m > 59 {
-        return None;
-    }
-    UtcOffset::from_hms(sign * h, sign * m, 0).ok()
-}
-
 /// The named fields of one line and where each is in it.
 pub type Fields<'l> = Vec<(&'l str, Range<usize>)>;
 
