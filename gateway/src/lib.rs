@@ -198,8 +198,19 @@ pub fn buffer_options(config: &Config) -> buffer::OpenOptions {
     }
 }
 
+/// Every problem of a config file, for `check-config`: what reading it found (every unknown
+/// key, wrong type and bad value, not only the first), then what [`validate_config`] finds
+/// in the rest; each with its line where the file holds its key. Empty when it is good.
+pub fn check_config_file(path: &Path) -> Vec<ConfigError> {
+    let mut parsed = config::Parsed::read(path);
+    if let Some(Err(problems)) = parsed.config().map(validate_config) {
+        parsed.add_checked(problems);
+    }
+    parsed.problems()
+}
+
 /// Loads the config file, or the demo defaults when `path` is `None`.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+pub fn load_config(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
     match path {
         Some(p) => Config::load(p),
         None => Ok(Config::default()),

@@ -34,14 +34,21 @@ pub const CREDENTIALS_PREFIX: &str = "${CREDENTIALS_DIRECTORY}/";
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
-    /// Dotted path of the key (e.g. `uplink.fhir.key`), or empty for the whole file.
+    /// Dotted path of the key (e.g. `uplink.fhir.key`, `devices[3].id`), or empty for the
+    /// whole file.
     pub key: String,
     /// What is wrong and, where possible, how to fix it.
     pub message: String,
+    /// The line of the file (from 1) holding the key, when the problem came from reading a
+    /// file that holds it.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
         if self.key.is_empty() {
             write!(f, "{}", self.message)
         } else {
@@ -56,6 +63,7 @@ impl ConfigError {
         ConfigError {
             key: key.into(),
             message: message.into(),
+            line: None,
         }
     }
 }
@@ -655,99 +663,17 @@ impl Default for OpsHttpConfig {
     }
 }
 
-/// Longest key path and message of a parse error, in bytes: a parse error can quote an
-/// unknown key or a value (`unknown variant `…``), which may be megabytes long.
-const MAX_ERROR_TEXT: usize = 512;
-
-/// `text` cut to at most `max` bytes (at a character boundary), marked with `…` when cut.
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-/// A serde message about a `[[devices]]` key without the value it quotes (`invalid type:
-/// string "…", expected …`): the value may be a patient identifier, and config errors go to
-/// the journal.
-fn without_value(message: &str) -> String {
-    for kind in ["invalid type", "invalid value"] {
-        if message.starts_with(kind) {
-            let expected = message
-                .split_once(", expected ")
-                .map(|(_, e)| format!(", expected {e}"))
-                .unwrap_or_default();
-            return format!("{kind} (not shown: it may identify a patient){expected}");
-        }
-    }
-    message.to_owned()
-}
-
 impl Config {
-    /// Parses TOML, naming the full key path of any unknown key or wrong type. The key and
-    /// message of an error are cut at [`MAX_ERROR_TEXT`] bytes.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let e = Self::parse_error(e);
-            ConfigError {
-                key: clip(e.key, MAX_ERROR_TEXT),
-                message: clip(e.message, MAX_ERROR_TEXT),
-            }
-        })
+    /// Parses TOML: the configuration, or every unknown key, wrong type and bad value, each
+    /// naming its full key path and line (see [`Parsed`]).
+    pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {
+        Parsed::from_toml(text).into_result()
     }
 
-    /// A parse error as a [`ConfigError`], quoting nothing of a patient binding.
-    fn parse_error(e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        if key == "." || key.is_empty() {
-            // A syntax error: where it is and what is wrong, without the snippet of the
-            // line (it may be a patient binding).
-            let full = inner.to_string();
-            let at = full.lines().next().unwrap_or("TOML parse error").trim();
-            ConfigError {
-                key: String::new(),
-                message: format!("{at}: {}", inner.message().trim()),
-            }
-        } else {
-            let message = inner.message().trim();
-            ConfigError {
-                message: if key.starts_with("devices") {
-                    without_value(message)
-                } else {
-                    message.to_owned()
-                },
-                key,
-            }
-        }
-    }
-
-    /// Reads and parses a config file of at most [`crate::limits::MAX_CONFIG_FILE_BYTES`]
-    /// (a larger one is refused unread), then resolves `${CREDENTIALS_DIRECTORY}/…` paths
-    /// against the environment variable of that name, when it is set.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let max = crate::limits::MAX_CONFIG_FILE_BYTES;
-        let text = crate::limits::read_capped(path, max).map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::InvalidData {
-                format!(" (a config file may be at most {max} bytes of UTF-8 text)")
-            } else {
-                String::new()
-            };
-            err(
-                "",
-                format!("cannot read config file {}: {e}{hint}", path.display()),
-            )
-        })?;
-        let mut config = Self::from_toml(&text)?;
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
-        config.resolve_credentials(credentials.as_deref().map(Path::new));
-        Ok(config)
+    /// Reads and parses a config file (see [`Parsed::read`]): the configuration, or every
+    /// problem with reading it.
+    pub fn load(path: &Path) -> Result<Self, Vec<ConfigError>> {
+        Parsed::read(path).into_result()
     }
 
     /// Replaces the `${CREDENTIALS_DIRECTORY}/` prefix of every TLS file path with `dir`.
@@ -790,32 +716,45 @@ impl Config {
     }
 }
 
+mod load;
 mod net;
 mod validate;
+pub use load::{Parsed, MAX_ERROR_TEXT, MAX_PARSE_PROBLEMS};
 pub use net::{Cidr, CidrError};
 pub use validate::check_gateway_id;
 
 #[cfg(test)]
 mod tests {
+    use super::load::clip;
     use super::*;
+
+    /// The one problem of a file that has exactly one.
+    #[track_caller]
+    fn the_problem<T: std::fmt::Debug>(result: Result<T, Vec<ConfigError>>) -> ConfigError {
+        match result {
+            Err(mut problems) if problems.len() == 1 => problems.remove(0),
+            other => panic!("expected exactly one problem, got {other:?}"),
+        }
+    }
 
     #[test]
     fn errors_about_patient_bindings_and_syntax_errors_do_not_quote_the_file() {
-        let e = Config::from_toml(
+        let e = the_problem(Config::from_toml(
             "[[devices]]\nid = \"d\"\npatient_system = \"urn:oid:1\"\npatient_id = 770123\n",
-        )
-        .unwrap_err();
+        ));
         assert_eq!(e.key, "devices[0].patient_id");
         assert!(!e.message.contains("770123"), "{e}");
         assert!(e.message.starts_with("invalid type"), "{e}");
         assert!(e.message.contains("expected a string"), "{e}");
 
-        let e = Config::from_toml("[[devices]]\nid = \"d\"\npatient_id = \"P-4711\n").unwrap_err();
+        let e = the_problem(Config::from_toml(
+            "[[devices]]\nid = \"d\"\npatient_id = \"P-4711\n",
+        ));
         assert!(e.message.starts_with("TOML parse error at line 3"), "{e}");
         assert!(!e.message.contains("P-4711"), "{e}");
 
         // Elsewhere the value helps and is shown.
-        let e = Config::from_toml("[buffer]\ncapacity = \"lots\"\n").unwrap_err();
+        let e = the_problem(Config::from_toml("[buffer]\ncapacity = \"lots\"\n"));
         assert!(e.message.contains("lots"), "{e}");
     }
 
@@ -1006,7 +945,7 @@ audit_log = "@ops.audit_log@"
         let path = dir.path().join("gateway.toml");
         let file = std::fs::File::create(&path).unwrap();
         file.set_len(50 * 1024 * 1024).unwrap();
-        let e = Config::load(&path).unwrap_err();
+        let e = the_problem(Config::load(&path));
         assert!(e.message.contains("larger than 4194304 bytes"), "{e}");
         assert!(e.message.len() < 300, "{e}");
 
@@ -1024,7 +963,7 @@ audit_log = "@ops.audit_log@"
             format!("[sources.mqtt]\nurl = \"mqtt://b\"\n[ops]\nlog_format = \"{long}\"\n"),
             format!("[buffer]\ncapacity = \"{long}\"\n"),
         ] {
-            let e = Config::from_toml(&text).unwrap_err();
+            let e = the_problem(Config::from_toml(&text));
             assert!(e.key.len() <= MAX_ERROR_TEXT + 3, "{}", e.key.len());
             assert!(e.message.len() <= MAX_ERROR_TEXT + 3, "{}", e.message.len());
         }
@@ -1034,8 +973,9 @@ audit_log = "@ops.audit_log@"
 
     #[test]
     fn a_bad_allow_from_network_is_named_by_its_key_and_index() {
-        let e = Config::from_toml("[ops.http]\nallow_from = [\"127.0.0.0/8\", \"10.20.1.0/16\"]\n")
-            .unwrap_err();
+        let e = the_problem(Config::from_toml(
+            "[ops.http]\nallow_from = [\"127.0.0.0/8\", \"10.20.1.0/16\"]\n",
+        ));
         assert_eq!(e.key, "ops.http.allow_from[1]");
         assert_eq!(
             e.message,
