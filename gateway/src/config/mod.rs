@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::serial_settings::{FlowControl, Parity};
+use crate::serial_settings::{FlowControl, Parity, UsbId};
 
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
 /// `Config::default()`.
@@ -358,7 +358,7 @@ pub struct SerialPortConfig {
     /// `0403:6001`): the port is found wherever it appears, so a replug that gives it another
     /// ttyUSB name still works.
     #[serde(default)]
-    pub usb: Option<String>,
+    pub usb: Option<UsbId>,
     /// With `usb`: the USB serial-number string, to tell apart adapters with the same ids.
     #[serde(default)]
     pub usb_serial: Option<String>,
@@ -378,8 +378,8 @@ pub struct SerialPortConfig {
     pub device_id: Option<String>,
     /// With `line`: the fixed UTC offset the device's clock keeps, for profiles whose lines
     /// carry a local time stamp, e.g. `+01:00`. Default: `+00:00`.
-    #[serde(default)]
-    pub device_utc_offset: Option<String>,
+    #[serde(default, deserialize_with = "utc_offset")]
+    pub device_utc_offset: Option<time::UtcOffset>,
     /// Baud rate. Default: the line profile's, or 115200 for `firmware`.
     #[serde(default)]
     pub baud: Option<u32>,
@@ -407,7 +407,7 @@ fn default_reconnect_max_ms() -> u64 {
 }
 
 /// Parses a fixed UTC offset written `+HH:MM`, `-HH:MM` or `Z` (`device_utc_offset`).
-pub fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
+fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
     if text == "Z" {
         return Some(time::UtcOffset::UTC);
     }
@@ -425,6 +425,16 @@ pub fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
         return None;
     }
     time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+}
+
+/// `device_utc_offset`, parsed when the file is read.
+fn utc_offset<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<time::UtcOffset>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_utc_offset(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom("must be a UTC offset like +01:00, -05:00 or +00:00")
+    })
 }
 
 /// What a serial device speaks.
@@ -562,15 +572,23 @@ pub struct FhirUplinkConfig {
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
-    #[serde(default = "default_bundle_type")]
-    pub bundle_type: String,
+    #[serde(default)]
+    pub bundle_type: BundleType,
+}
+
+/// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleType {
+    /// One `transaction` Bundle: all entries stored, or none.
+    #[default]
+    Transaction,
+    /// One `batch` Bundle: an answer per entry.
+    Batch,
 }
 
 fn default_timeout_s() -> u64 {
     30
-}
-fn default_bundle_type() -> String {
-    "transaction".to_owned()
 }
 
 /// `[[devices]]`: binds a device to a patient.
@@ -843,10 +861,10 @@ protocol = "line"
 profile = "@sources.serial[0].profile@"
 profiles_dir = "@sources.serial[0].profiles_dir@"
 device_id = "@sources.serial[0].device_id@"
-device_utc_offset = "@sources.serial[0].device_utc_offset@"
+device_utc_offset = "+01:00"
 [[sources.serial]]
 name = "@sources.serial[1].name@"
-usb = "@sources.serial[1].usb@"
+usb = "0403:6001"
 usb_serial = "@sources.serial[1].usb_serial@"
 protocol = "firmware"
 [uplink.file]
@@ -856,7 +874,7 @@ base_url = "@uplink.fhir.base_url@"
 ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
-bundle_type = "@uplink.fhir.bundle_type@"
+bundle_type = "batch"
 [[devices]]
 id = "@devices[0].id@"
 patient_system = "@devices[0].patient_system@"
@@ -889,16 +907,13 @@ audit_log = "@ops.audit_log@"
             ("sources.serial[0].profile", MAX_CODE_LEN),
             ("sources.serial[0].profiles_dir", MAX_PATH_LEN),
             ("sources.serial[0].device_id", MAX_ID_LEN),
-            ("sources.serial[0].device_utc_offset", MAX_CODE_LEN),
             ("sources.serial[1].name", MAX_CODE_LEN),
-            ("sources.serial[1].usb", MAX_CODE_LEN),
             ("sources.serial[1].usb_serial", MAX_ID_LEN),
             ("uplink.file.dir", MAX_PATH_LEN),
             ("uplink.fhir.base_url", MAX_URL_LEN),
             ("uplink.fhir.ca", MAX_PATH_LEN),
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
-            ("uplink.fhir.bundle_type", MAX_CODE_LEN),
             ("devices[0].id", MAX_ID_LEN),
             ("devices[0].patient_system", MAX_SYSTEM_LEN),
             ("devices[0].patient_id", MAX_ID_LEN),
@@ -980,6 +995,52 @@ audit_log = "@ops.audit_log@"
         assert_eq!(
             e.message,
             "10.20.1.0/16 has host bits set below the prefix; did you mean 10.20.0.0/16?"
+        );
+    }
+
+    /// `usb`, `device_utc_offset` and `bundle_type` are parsed when the file is read, once;
+    /// a bad one is a problem of reading, named by its key.
+    #[test]
+    fn typed_values_are_parsed_when_the_file_is_read() {
+        let port = "[[sources.serial]]\nname = \"p\"\nprotocol = \"line\"\nprofile = \"line-nonin-ascii\"\n";
+        let c = Config::from_toml(&format!(
+            "{port}usb = \"0403:6001\"\ndevice_utc_offset = \"-05:30\"\n"
+        ))
+        .unwrap();
+        let p = &c.sources.serial[0];
+        assert_eq!(p.usb, UsbId::parse("0403:6001"));
+        assert_eq!(p.device_utc_offset, Some(time::macros::offset!(-5:30)));
+        for (line, key, message) in [
+            (
+                "usb = \"0403-6001\"",
+                "sources.serial[0].usb",
+                "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
+            ),
+            (
+                "device_utc_offset = \"CET\"",
+                "sources.serial[0].device_utc_offset",
+                "must be a UTC offset like +01:00, -05:00 or +00:00",
+            ),
+        ] {
+            let e = the_problem(Config::from_toml(&format!("{port}{line}\n")));
+            assert_eq!(
+                (e.key.as_str(), e.message.as_str(), e.line),
+                (key, message, Some(5))
+            );
+        }
+        let fhir =
+            "[uplink.fhir]\nbase_url = \"https://f\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let c = Config::from_toml(&format!("{fhir}bundle_type = \"batch\"\n")).unwrap();
+        assert_eq!(c.uplink.fhir.unwrap().bundle_type, BundleType::Batch);
+        let c = Config::from_toml(fhir).unwrap();
+        assert_eq!(c.uplink.fhir.unwrap().bundle_type, BundleType::Transaction);
+        let e = the_problem(Config::from_toml(&format!(
+            "{fhir}bundle_type = \"bulk\"\n"
+        )));
+        assert_eq!(e.key, "uplink.fhir.bundle_type");
+        assert_eq!(
+            e.message,
+            "unknown variant `bulk`, expected `transaction` or `batch`"
         );
     }
 

@@ -99,11 +99,9 @@ impl Config {
                 }
             }
             for (field, value, limit) in [
-                ("usb", &port.usb, MAX_CODE_LEN),
                 ("usb_serial", &port.usb_serial, MAX_ID_LEN),
                 ("profile", &port.profile, MAX_CODE_LEN),
                 ("device_id", &port.device_id, MAX_ID_LEN),
-                ("device_utc_offset", &port.device_utc_offset, MAX_CODE_LEN),
             ] {
                 if let Some(value) = value {
                     all.push(text(key(field), value, limit));
@@ -118,11 +116,6 @@ impl Config {
             all.push(path("uplink.fhir.ca", &fhir.ca));
             all.push(path("uplink.fhir.cert", &fhir.cert));
             all.push(path("uplink.fhir.key", &fhir.key));
-            all.push(text(
-                "uplink.fhir.bundle_type",
-                &fhir.bundle_type,
-                MAX_CODE_LEN,
-            ));
         }
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
@@ -440,11 +433,7 @@ fn validate_serial<'a>(
                 problems.push(err(&key("usb_serial"), "only with `usb`"));
             }
         }
-        (None, Some(usb)) => {
-            if let Err(e) = crate::serial_settings::UsbId::try_from(usb.clone()) {
-                problems.push(err(&key("usb"), e.to_string()));
-            }
-        }
+        (None, Some(_)) => {}
         _ => problems.push(err(
             &format!("sources.serial[{i}]"),
             "give exactly one of `path` or `usb`",
@@ -480,14 +469,6 @@ fn validate_serial<'a>(
             problems.push(err(
                 &key("device_id"),
                 format!("must be 1 to {MAX_ID_LEN} bytes of printable characters"),
-            ));
-        }
-    }
-    if let Some(offset) = &port.device_utc_offset {
-        if parse_utc_offset(offset).is_none() {
-            problems.push(err(
-                &key("device_utc_offset"),
-                "must be a UTC offset like +01:00, -05:00 or +00:00",
             ));
         }
     }
@@ -531,12 +512,6 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     check_private_key("uplink.fhir.key", &fhir.key, problems);
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
-    }
-    if fhir.bundle_type != "transaction" && fhir.bundle_type != "batch" {
-        problems.push(err(
-            "uplink.fhir.bundle_type",
-            "must be \"transaction\" or \"batch\"",
-        ));
     }
 }
 

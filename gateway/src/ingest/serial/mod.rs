@@ -33,7 +33,6 @@ use vitalbridge_firmware::message::Message;
 use crate::config::{ConfigError, SerialPortConfig, SerialProtocol};
 use crate::model::{DeviceId, DeviceRef, Reading};
 use crate::profile::line::{LineProfile, ProfileError, Registry};
-use crate::serial_settings::UsbId;
 use crate::serial_settings::{FlowControl, Parity};
 use port::{PortTarget, Settings, SysRoots};
 
@@ -182,7 +181,7 @@ impl SerialSource {
         let target = match (&config.path, &config.usb) {
             (Some(path), None) => PortTarget::Path(path.clone()),
             (None, Some(usb)) => PortTarget::Usb {
-                id: UsbId::parse(usb).ok_or_else(|| bad("usb: not VVVV:PPPP"))?,
+                id: *usb,
                 serial: config.usb_serial.clone(),
             },
             _ => return Err(bad("give exactly one of `path` or `usb`")),
@@ -201,11 +200,7 @@ impl SerialSource {
                 let registry =
                     Registry::load(config.profiles_dir.as_deref()).map_err(profile_error)?;
                 let profile = registry.get(id).map_err(profile_error)?.clone();
-                let utc_offset = match &config.device_utc_offset {
-                    Some(text) => crate::config::parse_utc_offset(text)
-                        .ok_or_else(|| bad("device_utc_offset: not like +01:00"))?,
-                    None => UtcOffset::UTC,
-                };
+                let utc_offset = config.device_utc_offset.unwrap_or(UtcOffset::UTC);
                 let device = DeviceRef {
                     id: match &config.device_id {
                         Some(id) => DeviceId::Serial(id.clone()),
