@@ -73,6 +73,11 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
+///
+/// Each table's defaults are its type's `Default` (`#[serde(default)]` on the table's
+/// struct), except where a key is required. `Config`'s own `Default` is the demo, which an
+/// empty file is not (no sources, no operations server), so its fields take their types'
+/// defaults one by one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -118,83 +123,58 @@ impl Default for Config {
 
 /// `[gateway]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Stable id of this gateway, used in its FHIR Device and MQTT client id. Default: a random
     /// id generated on first start and kept in `<data_dir>/gateway-id`.
-    #[serde(default)]
     pub id: Option<String>,
     /// Directory for the buffer database, the lock file and file-uplink output.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-}
-
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./vitalbridge-data")
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             id: None,
-            data_dir: default_data_dir(),
+            data_dir: PathBuf::from("./vitalbridge-data"),
         }
     }
 }
 
 /// `[buffer]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
     /// Most readings held undelivered. When full, sources stop acknowledging (backpressure);
     /// nothing buffered is ever dropped to make room.
-    #[serde(default = "default_capacity")]
     pub capacity: u64,
     /// Most readings committed in one transaction (group commit).
-    #[serde(default = "default_commit_max_rows")]
     pub commit_max_rows: usize,
     /// How long the writer waits for more readings before committing a small group, in ms.
-    #[serde(default = "default_commit_linger_ms")]
     pub commit_linger_ms: u64,
     /// The key that seals buffered readings at rest (32 random bytes, or 64 hex digits):
     /// must be readable by the gateway's user only, and must not be under `gateway.data_dir`.
     /// Created (mode 0600) at the very first start if it does not exist; after that a
     /// missing or different key stops the gateway without touching the buffer. Under systemd:
     /// `${CREDENTIALS_DIRECTORY}/vitalbridge-buffer.key`.
-    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
     /// Keys the buffer may still be sealed with. Rotating: put the new key in `key_file`,
     /// the old one here, start the gateway once (every row is sealed again under the new
     /// key), then remove it from here.
-    #[serde(default)]
     pub previous_key_files: Vec<PathBuf>,
     /// Refuse new readings while the file system holding `data_dir` has less free space than
     /// this, in MiB, so that deliveries can still be recorded on a nearly full disk. Unset:
     /// 5 % of the file system, at least 1 and at most 64 MiB.
-    #[serde(default)]
     pub min_free_mb: Option<u64>,
-}
-
-fn default_capacity() -> u64 {
-    1_000_000
-}
-fn default_commit_max_rows() -> usize {
-    1024
-}
-fn default_commit_linger_ms() -> u64 {
-    2
-}
-fn default_key_file() -> PathBuf {
-    PathBuf::from("./vitalbridge-buffer.key")
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
         Self {
-            capacity: default_capacity(),
-            commit_max_rows: default_commit_max_rows(),
-            commit_linger_ms: default_commit_linger_ms(),
-            key_file: default_key_file(),
+            capacity: 1_000_000,
+            commit_max_rows: 1024,
+            commit_linger_ms: 2,
+            key_file: PathBuf::from("./vitalbridge-buffer.key"),
             previous_key_files: Vec::new(),
             min_free_mb: None,
         }
@@ -203,107 +183,84 @@ impl Default for BufferConfig {
 
 /// `[sources]`
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SourcesConfig {
     /// `[sources.sim]`: the built-in device simulator.
-    #[serde(default)]
     pub sim: Option<SimConfig>,
     /// `[sources.mqtt]`: readings published to an MQTT broker.
-    #[serde(default)]
     pub mqtt: Option<MqttSourceConfig>,
     /// `[sources.ble]`: Bluetooth LE health devices (needs the `ble` build feature).
-    #[serde(default)]
     pub ble: Option<BleSourceConfig>,
     /// `[[sources.serial]]`: serial ports (RS-232, USB-serial), one table per port.
-    #[serde(default)]
     pub serial: Vec<SerialPortConfig>,
 }
 
 /// `[sources.ble]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BleSourceConfig {
     /// A directory of extra or replacement `ble-*.toml` device profiles. Unset: only the
     /// profiles built into the binary (the files of `device-profiles/`).
-    #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
     /// Set a device's clock (Current Time, 0x2A2B) when it allows writing it and is off by
     /// more than a couple of seconds. Device clocks are set to UTC.
-    #[serde(default = "default_true")]
     pub set_device_clock: bool,
     /// Give up a connection attempt (connect and service discovery) after this many seconds.
-    #[serde(default = "default_ble_connect_timeout_s")]
     pub connect_timeout_s: u64,
     /// First delay before reconnecting after a failed connection, in ms; doubles per
     /// failure up to `reconnect_max_ms`.
-    #[serde(default = "default_ble_reconnect_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest delay before reconnecting, in ms.
-    #[serde(default = "default_ble_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
     /// The devices to connect to.
-    #[serde(default)]
     pub devices: Vec<BleDeviceConfig>,
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_ble_connect_timeout_s() -> u64 {
-    20
-}
-fn default_ble_reconnect_initial_ms() -> u64 {
-    1000
-}
-fn default_ble_reconnect_max_ms() -> u64 {
-    300_000
+impl Default for BleSourceConfig {
+    fn default() -> Self {
+        Self {
+            profiles_dir: None,
+            set_device_clock: true,
+            connect_timeout_s: 20,
+            reconnect_initial_ms: 1000,
+            reconnect_max_ms: 300_000,
+            devices: Vec::new(),
+        }
+    }
 }
 
 /// `[[sources.ble.devices]]`: one device, or every device advertising a service.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BleDeviceConfig {
     /// The device's Bluetooth address, `A1:B2:C3:D4:E5:F6`. Either this or `service`.
-    #[serde(default)]
     pub address: Option<String>,
     /// Connect to any device advertising this GATT service (e.g. `1810`). Either this or
     /// `address`. Prefer addresses: a neighbour's cuff advertises the same service.
-    #[serde(default)]
     pub service: Option<String>,
     /// Device profile id (e.g. `ble-blood-pressure`). Unset: the profile whose service the
     /// device advertises.
-    #[serde(default)]
     pub profile: Option<String>,
 }
 
 /// `[sources.sim]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// How many simulated devices; they cycle through BP cuff, pulse oximeter, thermometer,
     /// scale and heart-rate strap.
-    #[serde(default = "default_sim_devices")]
     pub devices: u32,
     /// Each device measures once per this many milliseconds.
-    #[serde(default = "default_sim_interval_ms")]
     pub interval_ms: u64,
     /// Stop after this many readings in total (0 = run forever). For tests and demos.
-    #[serde(default)]
     pub max_readings: u64,
-}
-
-fn default_sim_devices() -> u32 {
-    5
-}
-fn default_sim_interval_ms() -> u64 {
-    1000
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            devices: default_sim_devices(),
-            interval_ms: default_sim_interval_ms(),
+            devices: 5,
+            interval_ms: 1000,
             max_readings: 0,
         }
     }
@@ -463,48 +420,29 @@ pub struct TlsFiles {
 
 /// `[uplink]`: exactly one of `file` or `fhir`; `file` when neither is given.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UplinkConfig {
     /// Readings per batch (one Bundle, or one file write).
-    #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Batches in flight at once.
-    #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// First retry delay, in ms; doubles per attempt, with jitter.
-    #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest retry delay, in ms.
-    #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
     /// `[uplink.file]`: FHIR NDJSON files.
-    #[serde(default)]
     pub file: Option<FileUplinkConfig>,
     /// `[uplink.fhir]`: a FHIR server over HTTPS with mutual TLS.
-    #[serde(default)]
     pub fhir: Option<FhirUplinkConfig>,
-}
-
-fn default_batch_size() -> usize {
-    500
-}
-fn default_in_flight() -> usize {
-    2
-}
-fn default_retry_initial_ms() -> u64 {
-    500
-}
-fn default_retry_max_ms() -> u64 {
-    60_000
 }
 
 impl Default for UplinkConfig {
     fn default() -> Self {
         Self {
-            batch_size: default_batch_size(),
-            in_flight: default_in_flight(),
-            retry_initial_ms: default_retry_initial_ms(),
-            retry_max_ms: default_retry_max_ms(),
+            batch_size: 500,
+            in_flight: 2,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
             file: None,
             fhir: None,
         }
@@ -533,25 +471,19 @@ impl UplinkConfig {
 
 /// `[uplink.file]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileUplinkConfig {
     /// Output directory. Default: `<data_dir>/out`.
-    #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Start a new file when the current one reaches this size, in bytes.
-    #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
-}
-
-fn default_rotate_bytes() -> u64 {
-    64 * 1024 * 1024
 }
 
 impl Default for FileUplinkConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            rotate_bytes: default_rotate_bytes(),
+            rotate_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -617,19 +549,16 @@ pub struct DeviceBinding {
 
 /// `[ops]`: logs, the audit log and the operations HTTP server.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OpsConfig {
     /// Log format on stderr: `text` or `json` (one JSON object per line). The command line's
     /// `--log-format` overrides it.
-    #[serde(default)]
     pub log_format: LogFormat,
     /// The audit log: security-relevant events, one JSON object per line, only ever appended
     /// to. Default: `<data_dir>/audit.log`.
-    #[serde(default)]
     pub audit_log: Option<PathBuf>,
     /// `[ops.http]`: `/metrics`, `/healthz`, `/readyz` and the status page. Absent: not served
     /// (the demo defaults serve it on loopback).
-    #[serde(default)]
     pub http: Option<OpsHttpConfig>,
 }
 
@@ -646,37 +575,27 @@ pub enum LogFormat {
 
 /// `[ops.http]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OpsHttpConfig {
     /// Address and port to listen on, e.g. `127.0.0.1:8642`. A non-loopback address is refused
     /// unless `allow_from` names a non-loopback network (an explicit decision to serve wider).
-    #[serde(default = "default_ops_listen")]
     pub listen: SocketAddr,
     /// Client networks allowed to connect, in CIDR notation. A connection from anywhere else is
     /// closed at once and recorded in the audit log.
-    #[serde(default = "Cidr::loopback")]
     pub allow_from: Vec<Cidr>,
     /// `/readyz` reports not ready once the uplink has been failing for longer than this, in
     /// seconds (short outages are expected and are what the buffer is for).
-    #[serde(default = "default_ready_staleness_s")]
     pub ready_staleness_s: u64,
-}
-
-/// The operations server's default address: loopback only, on a port outside the range
-/// Prometheus exporters have allocated (9100-9999) and the usual development ports.
-fn default_ops_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8642))
-}
-fn default_ready_staleness_s() -> u64 {
-    300
 }
 
 impl Default for OpsHttpConfig {
     fn default() -> Self {
         Self {
-            listen: default_ops_listen(),
+            // Loopback only, on a port outside the range Prometheus exporters have
+            // allocated (9100-9999) and the usual development ports.
+            listen: SocketAddr::from(([127, 0, 0, 1], 8642)),
             allow_from: Cidr::loopback(),
-            ready_staleness_s: default_ready_staleness_s(),
+            ready_staleness_s: 300,
         }
     }
 }
@@ -1055,6 +974,30 @@ audit_log = "@ops.audit_log@"
         ] {
             assert_eq!(parse_utc_offset(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_empty_table_takes_its_types_defaults() {
+        let c = Config::from_toml(
+            "[gateway]\n[buffer]\n[sources.sim]\n[sources.ble]\n[uplink]\n[uplink.file]\n[ops]\n[ops.http]\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway, GatewayConfig::default());
+        assert_eq!(c.buffer, BufferConfig::default());
+        assert_eq!(c.sources.sim, Some(SimConfig::default()));
+        assert_eq!(c.sources.ble, Some(BleSourceConfig::default()));
+        assert_eq!(c.uplink.file, Some(FileUplinkConfig::default()));
+        assert_eq!(
+            UplinkConfig {
+                file: None,
+                ..c.uplink
+            },
+            UplinkConfig::default()
+        );
+        assert_eq!(c.ops.http, Some(OpsHttpConfig::default()));
+        let ble = c.sources.ble.unwrap();
+        assert!(ble.set_device_clock);
+        assert_eq!(ble.connect_timeout_s, 20);
     }
 
     #[test]
