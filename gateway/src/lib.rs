@@ -2,7 +2,7 @@
 //!
 //! Readings come in from sources ([`ingest`]), are decoded by device profiles ([`profile`])
 //! into the plain domain model ([`model`]), committed durably to the SQLite buffer
-//! ([`buffer`]), mapped to FHIR R4 ([`fhir`]) and forwarded by the uplink ([`uplink`]).
+//! ([`buffer`]), mapped to FHIR R4 ([`fhir`]) and forwarded by the uplink (`uplink`).
 //!
 //! [`run`] is the whole life of the gateway; `topology.rs` is the only place that creates
 //! channels and starts stages. Stages do not know each other: sources talk to the buffer
@@ -23,10 +23,10 @@ pub mod ops;
 pub mod pipeline;
 pub mod profile;
 pub mod serial_settings;
-pub mod tls;
+mod tls;
 pub mod tools;
 mod topology;
-pub mod uplink;
+mod uplink;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

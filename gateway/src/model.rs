@@ -74,11 +74,6 @@ impl Decimal {
         exponent = exponent.checked_sub(i32::try_from(frac_part.len()).ok()?)?;
         Some(Self::new(sign * mantissa, i8::try_from(exponent).ok()?))
     }
-
-    /// The value as an `f64`, for range checks and plausibility only; never for output.
-    pub fn to_f64(self) -> f64 {
-        self.mantissa as f64 * 10f64.powi(i32::from(self.exponent))
-    }
 }
 
 impl fmt::Display for Decimal {

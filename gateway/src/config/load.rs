@@ -30,11 +30,11 @@ use toml_edit::{ImDocument, Item, Table, TableLike, Value};
 use super::{Config, ConfigError};
 
 /// Most problems reported from reading one file; a file with more is read no further.
-pub const MAX_PARSE_PROBLEMS: usize = 100;
+pub(super) const MAX_PARSE_PROBLEMS: usize = 100;
 
 /// Longest key path and message of a parse error, in bytes: a parse error can quote an
 /// unknown key or a value (`unknown variant `…``), which may be megabytes long.
-pub const MAX_ERROR_TEXT: usize = 512;
+pub(super) const MAX_ERROR_TEXT: usize = 512;
 
 /// One step of a key path: a table key, or an index into an array.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +338,7 @@ impl Parsed {
     }
 
     /// Every problem, each with its line where the file holds its key, key and message
-    /// cut at [`MAX_ERROR_TEXT`], in the order of the file.
+    /// cut at 512 bytes, in the order of the file.
     pub fn problems(self) -> Vec<ConfigError> {
         if self.problems.is_empty() {
             return Vec::new();

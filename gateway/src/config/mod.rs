@@ -656,13 +656,13 @@ impl Config {
 mod load;
 mod net;
 mod validate;
-pub use load::{Parsed, MAX_ERROR_TEXT, MAX_PARSE_PROBLEMS};
+pub use load::Parsed;
 pub use net::{Cidr, CidrError};
 pub use validate::check_gateway_id;
 
 #[cfg(test)]
 mod tests {
-    use super::load::clip;
+    use super::load::{clip, MAX_ERROR_TEXT};
     use super::*;
 
     /// The one problem of a file that has exactly one.

@@ -60,14 +60,10 @@ pub const MAX_LINE_LENGTH: usize = 4096;
 pub struct LineProfile {
     /// Profile id, e.g. `line-nonin-ascii`; recorded on every device it decodes.
     pub id: String,
-    /// For people: device and output mode.
-    pub name: String,
     /// Device manufacturer, recorded on the FHIR Device.
     pub manufacturer: String,
     /// Device model, recorded on the FHIR Device.
     pub model: String,
-    /// Where the format is documented.
-    pub documentation: String,
     /// The port settings the device uses.
     pub serial: SerialSettings,
     /// Longest line accepted, in bytes, without its terminator.

@@ -524,10 +524,8 @@ impl ProfileFile {
         }
         let profile = LineProfile {
             id: self.id,
-            name: self.name,
             manufacturer: self.manufacturer,
             model: self.model,
-            documentation: self.documentation,
             serial: SerialSettings {
                 baud: s.baud,
                 data_bits: s.data_bits,
