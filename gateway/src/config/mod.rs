@@ -509,7 +509,7 @@ pub struct FhirUplinkConfig {
 }
 
 /// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BundleType {
     /// One `transaction` Bundle: all entries stored, or none.
@@ -517,6 +517,19 @@ pub enum BundleType {
     Transaction,
     /// One `batch` Bundle: an answer per entry.
     Batch,
+}
+
+impl fmt::Debug for BundleType {
+    /// `"transaction"` or `"batch"`, as the string this key was before it was parsed at
+    /// load: the configuration fingerprint (`ops::config_change`) hashes the `Debug` text,
+    /// and an upgrade alone must not look like a configuration change in the audit log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            BundleType::Transaction => "transaction",
+            BundleType::Batch => "batch",
+        };
+        write!(f, "{name:?}")
+    }
 }
 
 fn default_timeout_s() -> u64 {
@@ -960,6 +973,20 @@ audit_log = "@ops.audit_log@"
         assert_eq!(
             e.message,
             "unknown variant `bulk`, expected `transaction` or `batch`"
+        );
+    }
+
+    /// The configuration fingerprint hashes `Debug` (ops/config_change.rs): the values that
+    /// became types keep the text they had as strings or as the hand-written CIDR.
+    #[test]
+    fn debug_text_of_the_typed_values_is_what_earlier_versions_hashed() {
+        assert_eq!(
+            format!("{:?}", OpsHttpConfig::default().allow_from),
+            "[Cidr { addr: 127.0.0.0, prefix: 8 }, Cidr { addr: ::1, prefix: 128 }]"
+        );
+        assert_eq!(
+            format!("{:?} {:?}", BundleType::Transaction, BundleType::Batch),
+            "\"transaction\" \"batch\""
         );
     }
 

@@ -16,9 +16,21 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// An IP network: an address with its host bits zero, and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Cidr(IpNet);
+
+impl fmt::Debug for Cidr {
+    /// `Cidr { addr: 10.20.0.0, prefix: 16 }`, as before this type was built on `ipnet`: the
+    /// configuration fingerprint (`ops::config_change`) hashes the `Debug` text, and an
+    /// upgrade alone must not look like a configuration change in the audit log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cidr")
+            .field("addr", &self.0.addr())
+            .field("prefix", &self.0.prefix_len())
+            .finish()
+    }
+}
 
 /// Why a network could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
