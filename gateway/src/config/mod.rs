@@ -1,9 +1,15 @@
 //! The gateway's one TOML configuration file.
 //!
-//! Every table denies unknown keys, every field has a documented default, and
-//! [`Config::validate`] checks what types cannot (URLs, file permissions, ranges) and names
-//! the offending key. With no file at all the gateway runs [`Config::default`]: the built-in
-//! simulator in, the buffer and FHIR NDJSON out under `./vitalbridge-data/`.
+//! Every table denies unknown keys, every field has a documented default, values with a
+//! syntax of their own (networks, USB ids, UTC offsets, enums) are parsed when the file is
+//! read ([`Parsed`], which names every bad key with its line), and [`Config::validate`]
+//! checks what types cannot (URLs, file permissions, ranges) and names the offending key.
+//! With no file at all the gateway runs [`Config::default`]: the built-in simulator in, the
+//! buffer and FHIR NDJSON out under `./vitalbridge-data/`.
+//!
+//! Architecture invariant: a leaf. This module imports only leaf modules (`limits`,
+//! `keyfile`, `serial_settings`); what a check needs from device profiles is checked by the
+//! sources (`ingest::check_config`), and `crate::validate_config` runs both.
 //!
 //! `vitalbridge print-default-config` prints [`DEFAULT_CONFIG_TOML`], which is kept equal to
 //! `Config::default()` by a test.
