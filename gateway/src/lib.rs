@@ -2,7 +2,7 @@
 //!
 //! Readings come in from sources ([`ingest`]), are decoded by device profiles ([`profile`])
 //! into the plain domain model ([`model`]), committed durably to the SQLite buffer
-//! ([`buffer`]), mapped to FHIR R4 ([`fhir`]) and forwarded by the uplink ([`uplink`]).
+//! ([`buffer`]), mapped to FHIR R4 ([`fhir`]) and forwarded by the uplink (`uplink`).
 //!
 //! [`run`] is the whole life of the gateway; `topology.rs` is the only place that creates
 //! channels and starts stages. Stages do not know each other: sources talk to the buffer
@@ -22,10 +22,11 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
-pub mod tls;
+pub mod serial_settings;
+mod tls;
 pub mod tools;
 mod topology;
-pub mod uplink;
+mod uplink;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -127,13 +128,28 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> Result<RunSummary, RunError> {
-    config.validate().map_err(RunError::Config)?;
+    validate_config(&config).map_err(RunError::Config)?;
     let mut topology = topology::Topology::start(&config).await?;
     ready();
     let waited = topology.wait(&shutdown).await;
     let stopped = topology.stop().await;
     waited?;
     stopped
+}
+
+/// Checks a configuration: what it can tell by itself ([`Config::validate`]), then what the
+/// sources know (profiles, Bluetooth addresses, which `[[devices]]` name the same device:
+/// [`ingest::check_config`]). Every problem, each naming its key; when a string is over its
+/// length limit, only those problems.
+pub fn validate_config(config: &Config) -> Result<(), Vec<ConfigError>> {
+    config.check_lengths()?;
+    let mut problems = config.validate().err().unwrap_or_default();
+    problems.extend(ingest::check_config(&config.sources, &config.devices));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// The gateway id: from config, or generated once and kept in `<data_dir>/gateway-id`
@@ -188,8 +204,19 @@ pub fn buffer_options(config: &Config) -> buffer::OpenOptions {
     }
 }
 
+/// Every problem of a config file, for `check-config`: what reading it found (every unknown
+/// key, wrong type and bad value, not only the first), then what [`validate_config`] finds
+/// in the rest; each with its line where the file holds its key. Empty when it is good.
+pub fn check_config_file(path: &Path) -> Vec<ConfigError> {
+    let mut parsed = config::Parsed::read(path);
+    if let Some(Err(problems)) = parsed.config().map(validate_config) {
+        parsed.add_checked(problems);
+    }
+    parsed.problems()
+}
+
 /// Loads the config file, or the demo defaults when `path` is `None`.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+pub fn load_config(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
     match path {
         Some(p) => Config::load(p),
         None => Ok(Config::default()),

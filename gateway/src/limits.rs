@@ -12,7 +12,6 @@
 //! mistyped config cannot make a 250 KB Device line, a huge dead-letter reason or a log
 //! line quoting megabytes.
 
-use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
@@ -65,36 +64,9 @@ pub const MAX_PROFILE_FILE_BYTES: u64 = 1024 * 1024;
 /// configuration fingerprint).
 pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
 
-/// A string longer than its limit. Names the field, never the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct TooLong {
-    /// The field or key.
-    pub field: String,
-    /// The limit, in bytes.
-    pub limit: usize,
-}
-
-impl fmt::Display for TooLong {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, too_long_message(self.limit))
-    }
-}
-
 /// The problem text for a string over `limit`, for errors that name the field themselves.
 pub fn too_long_message(limit: usize) -> String {
     format!("longer than {limit} bytes")
-}
-
-/// `Ok` when `value` is at most `limit` bytes long.
-pub fn check(field: &str, value: &str, limit: usize) -> Result<(), TooLong> {
-    if value.len() > limit {
-        Err(TooLong {
-            field: field.to_owned(),
-            limit,
-        })
-    } else {
-        Ok(())
-    }
 }
 
 /// Reads a text file of at most `max` bytes. A larger file (or one that grows while it is
@@ -123,15 +95,6 @@ pub fn read_capped(path: &Path, max: u64) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn check_counts_bytes_and_names_the_field_and_limit_only() {
-        assert_eq!(check("device.model", &"a".repeat(128), 128), Ok(()));
-        let e = check("device.model", &"Jane".repeat(40), 128).unwrap_err();
-        assert_eq!(e.to_string(), "device.model: longer than 128 bytes");
-        // Bytes, not characters: 43 three-byte characters are 129 bytes.
-        assert!(check("x", &"€".repeat(43), 128).is_err());
-    }
 
     #[test]
     fn read_capped_refuses_large_files_and_endless_devices() {

@@ -264,7 +264,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    vitalbridge::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))
+    vitalbridge::load_config(path).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })
 }
 
 /// Logging starts once the format is known: for `run`, after the config is loaded (the
@@ -279,25 +282,15 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
-            let parsed = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            match parsed.validate() {
-                Ok(()) => {
-                    println!("{}: ok", config.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(problems) => {
-                    for p in problems {
-                        eprintln!("{}: {p}", config.display());
-                    }
-                    Ok(ExitCode::from(2))
-                }
+            let problems = vitalbridge::check_config_file(&config);
+            if problems.is_empty() {
+                println!("{}: ok", config.display());
+                return Ok(ExitCode::SUCCESS);
             }
+            for p in problems {
+                eprintln!("{}: {p}", config.display());
+            }
+            Ok(ExitCode::from(2))
         }
         Command::Run { config } => {
             let config = load(config.as_deref())?;

@@ -5,6 +5,10 @@
 //! storage format (the MQTT JSON payload, the buffer row, FHIR JSON) converts to and from
 //! these types explicitly, in the module that owns that format.
 //!
+//! Each enum that has a name outside the program (in the MQTT payload, the buffer's rows,
+//! FHIR, the technician report, metrics labels) has one text form, here: `as_str` and
+//! `parse`, inverse of each other.
+//!
 //! Numbers are kept as [`Decimal`]s (an integer mantissa and a base-10 exponent), the same
 //! shape as IEEE 11073-20601 SFLOAT/FLOAT, so a value keeps exactly the precision the device
 //! reported: mantissa 200 with exponent -2 is `2.00`, not `2`.
@@ -70,11 +74,6 @@ impl Decimal {
         exponent = exponent.checked_sub(i32::try_from(frac_part.len()).ok()?)?;
         Some(Self::new(sign * mantissa, i8::try_from(exponent).ok()?))
     }
-
-    /// The value as an `f64`, for range checks and plausibility only; never for output.
-    pub fn to_f64(self) -> f64 {
-        self.mantissa as f64 * 10f64.powi(i32::from(self.exponent))
-    }
 }
 
 impl fmt::Display for Decimal {
@@ -116,6 +115,38 @@ pub enum AbsentReason {
     NegativeInfinity,
     /// A reserved special value, or any other device-reported error.
     Error,
+}
+
+impl AbsentReason {
+    /// Every reason.
+    pub const ALL: [AbsentReason; 5] = [
+        AbsentReason::NotANumber,
+        AbsentReason::NotAtResolution,
+        AbsentReason::PositiveInfinity,
+        AbsentReason::NegativeInfinity,
+        AbsentReason::Error,
+    ];
+
+    /// The FHIR `data-absent-reason` code: `not-a-number`, `positive-infinity`,
+    /// `negative-infinity`, and `error` for NRes and every other device error (the mapping
+    /// the HL7 PHD IG gives for NRes and the reserved values). NRes has no code of its own,
+    /// so this is the one name that does not round-trip: `parse("error")` is `Error`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AbsentReason::NotANumber => "not-a-number",
+            AbsentReason::PositiveInfinity => "positive-infinity",
+            AbsentReason::NegativeInfinity => "negative-infinity",
+            AbsentReason::NotAtResolution | AbsentReason::Error => "error",
+        }
+    }
+
+    /// The reason a `data-absent-reason` code names.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|r| *r != AbsentReason::NotAtResolution)
+            .find(|r| r.as_str() == code)
+    }
 }
 
 /// One measured number, or the reason there is none.
@@ -212,6 +243,44 @@ pub struct DeviceRef {
     pub manufacturer: Option<String>,
 }
 
+/// The kind of a [`DeviceId`], without the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceIdKind {
+    /// [`DeviceId::Eui64`].
+    Eui64,
+    /// [`DeviceId::Bluetooth`].
+    Bluetooth,
+    /// [`DeviceId::Serial`].
+    Serial,
+    /// [`DeviceId::Other`].
+    Other,
+}
+
+impl DeviceIdKind {
+    /// Every kind.
+    pub const ALL: [DeviceIdKind; 4] = [
+        DeviceIdKind::Eui64,
+        DeviceIdKind::Bluetooth,
+        DeviceIdKind::Serial,
+        DeviceIdKind::Other,
+    ];
+
+    /// Its name: `eui64`, `bluetooth`, `serial`, `other`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceIdKind::Eui64 => "eui64",
+            DeviceIdKind::Bluetooth => "bluetooth",
+            DeviceIdKind::Serial => "serial",
+            DeviceIdKind::Other => "other",
+        }
+    }
+
+    /// The kind a name names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 /// How a device is identified, from most to least standard.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceId {
@@ -235,6 +304,40 @@ impl DeviceId {
             DeviceId::Serial(s) | DeviceId::Other(s) => s.clone(),
         }
     }
+
+    /// Its kind.
+    pub fn kind(&self) -> DeviceIdKind {
+        match self {
+            DeviceId::Eui64(_) => DeviceIdKind::Eui64,
+            DeviceId::Bluetooth(_) => DeviceIdKind::Bluetooth,
+            DeviceId::Serial(_) => DeviceIdKind::Serial,
+            DeviceId::Other(_) => DeviceIdKind::Other,
+        }
+    }
+
+    /// The id of `kind` whose [`key`](Self::key) is `key`: exactly 16 (EUI-64) or 12
+    /// (Bluetooth) hex digits, in either case; any text for the others. `None` when the
+    /// digits do not fit.
+    pub fn from_key(kind: DeviceIdKind, key: String) -> Option<Self> {
+        Some(match kind {
+            DeviceIdKind::Eui64 => DeviceId::Eui64(parse_hex(&key)?),
+            DeviceIdKind::Bluetooth => DeviceId::Bluetooth(parse_hex(&key)?),
+            DeviceIdKind::Serial => DeviceId::Serial(key),
+            DeviceIdKind::Other => DeviceId::Other(key),
+        })
+    }
+}
+
+/// Exactly `2 × N` hex digits (either case), without separators.
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Upper-case hex without separators.
@@ -254,11 +357,27 @@ fn push_hex_upper(s: &mut String, bytes: &[u8]) {
 
 /// The patient a reading belongs to, as a FHIR identifier or a literal reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PatientRef {
-    /// Identifier system (e.g. an MRN namespace URI); empty for a literal reference only.
-    pub system: String,
-    /// Identifier value, or the literal reference (`Patient/123`) when `system` is empty.
-    pub value: String,
+pub enum PatientRef {
+    /// A business identifier: FHIR `subject.identifier`.
+    Identifier {
+        /// The identifier system, e.g. an MRN namespace URI.
+        system: String,
+        /// The identifier value in that system.
+        value: String,
+    },
+    /// A literal reference to the Patient resource, e.g. `Patient/123`: FHIR
+    /// `subject.reference`.
+    Reference(String),
+}
+
+impl PatientRef {
+    /// A business identifier.
+    pub fn identifier(system: impl Into<String>, value: impl Into<String>) -> Self {
+        PatientRef::Identifier {
+            system: system.into(),
+            value: value.into(),
+        }
+    }
 }
 
 /// Where the effective time of a reading came from.
@@ -299,6 +418,47 @@ pub enum StatusFlag {
     SensorFault,
     /// The value was measured early/invalid per the device (generic "invalid" bit).
     Invalid,
+}
+
+impl StatusFlag {
+    /// Every flag.
+    pub const ALL: [StatusFlag; 11] = [
+        StatusFlag::BodyMovement,
+        StatusFlag::CuffLoose,
+        StatusFlag::IrregularPulse,
+        StatusFlag::PulseRateOutOfRange,
+        StatusFlag::ImproperPosition,
+        StatusFlag::Questionable,
+        StatusFlag::Calibrating,
+        StatusFlag::TestData,
+        StatusFlag::LowBattery,
+        StatusFlag::SensorFault,
+        StatusFlag::Invalid,
+    ];
+
+    /// Its name, kebab-case: `body-movement`, `cuff-loose`, `irregular-pulse`,
+    /// `pulse-rate-out-of-range`, `improper-position`, `questionable`, `calibrating`,
+    /// `test-data`, `low-battery`, `sensor-fault`, `invalid`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StatusFlag::BodyMovement => "body-movement",
+            StatusFlag::CuffLoose => "cuff-loose",
+            StatusFlag::IrregularPulse => "irregular-pulse",
+            StatusFlag::PulseRateOutOfRange => "pulse-rate-out-of-range",
+            StatusFlag::ImproperPosition => "improper-position",
+            StatusFlag::Questionable => "questionable",
+            StatusFlag::Calibrating => "calibrating",
+            StatusFlag::TestData => "test-data",
+            StatusFlag::LowBattery => "low-battery",
+            StatusFlag::SensorFault => "sensor-fault",
+            StatusFlag::Invalid => "invalid",
+        }
+    }
+
+    /// The flag a name names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
 }
 
 /// One measurement, as the gateway received it.
@@ -358,13 +518,18 @@ impl Reading {
             DeviceId::Bluetooth(b) => push_hex_upper(&mut id, b),
             DeviceId::Serial(s) | DeviceId::Other(s) => id.push_str(s),
         }
-        if let Some(p) = &self.patient {
-            id.push('-');
-            id.push_str(&p.value);
-            if !p.system.is_empty() {
+        match &self.patient {
+            Some(PatientRef::Identifier { system, value }) => {
                 id.push('-');
-                id.push_str(&p.system);
+                id.push_str(value);
+                id.push('-');
+                id.push_str(system);
             }
+            Some(PatientRef::Reference(reference)) => {
+                id.push('-');
+                id.push_str(reference);
+            }
+            None => {}
         }
         // Writing into a String cannot fail.
         let _ = write!(id, "-{}-", self.metric.mdc);
@@ -448,10 +613,7 @@ mod tests {
                 model: None,
                 manufacturer: None,
             },
-            patient: Some(PatientRef {
-                system: "urn:oid:1.2.3".into(),
-                value: "p42".into(),
-            }),
+            patient: Some(PatientRef::identifier("urn:oid:1.2.3", "p42")),
             metric: Metric {
                 mdc: 150456,
                 mdc_ref: "MDC_PULS_OXIM_SAT_O2",
@@ -495,6 +657,18 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_patient_reference_is_in_the_identifier_alone() {
+        let r = Reading {
+            patient: Some(PatientRef::Reference("Patient/123".into())),
+            ..reading()
+        };
+        assert_eq!(
+            r.identifier(),
+            "FEEDABEEDEADBEEF-Patient/123-150456-2026-11-25T10:00:00.5+01:00-seq7"
+        );
+    }
+
+    #[test]
     fn a_device_without_a_clock_gets_the_receive_time_and_says_so() {
         let r = Reading {
             device_time: None,
@@ -505,6 +679,52 @@ mod tests {
             (r.received_at, TimeSource::GatewayReceive)
         );
         assert!(r.identifier().contains("2026-11-25T09:00:03Z"));
+    }
+
+    #[test]
+    fn every_text_form_parses_back() {
+        for flag in StatusFlag::ALL {
+            assert_eq!(StatusFlag::parse(flag.as_str()), Some(flag));
+        }
+        for kind in DeviceIdKind::ALL {
+            assert_eq!(DeviceIdKind::parse(kind.as_str()), Some(kind));
+        }
+        for reason in AbsentReason::ALL {
+            let back = AbsentReason::parse(reason.as_str()).unwrap();
+            match reason {
+                AbsentReason::NotAtResolution => assert_eq!(back, AbsentReason::Error),
+                _ => assert_eq!(back, reason),
+            }
+        }
+        assert_eq!(AbsentReason::parse("nres"), None);
+        assert_eq!(StatusFlag::parse("Cuff-Loose"), None);
+        assert_eq!(DeviceIdKind::parse("bt"), None);
+    }
+
+    #[test]
+    fn device_ids_come_back_from_their_keys() {
+        let ids = [
+            DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]),
+            DeviceId::Bluetooth([0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6]),
+            DeviceId::Serial("SN-1".into()),
+            DeviceId::Other("sim-1".into()),
+        ];
+        for id in ids {
+            assert_eq!(DeviceId::from_key(id.kind(), id.key()), Some(id.clone()));
+        }
+        let bt = DeviceIdKind::Bluetooth;
+        assert_eq!(
+            DeviceId::from_key(bt, "a1b2c3d4e5f6".into()),
+            Some(DeviceId::Bluetooth([0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6]))
+        );
+        for bad in [
+            "A1B2C3D4E5",
+            "A1:B2:C3:D4:E5:F6",
+            "G1B2C3D4E5F6",
+            "€1B2C3D4E5",
+        ] {
+            assert_eq!(DeviceId::from_key(bt, bad.into()), None, "{bad}");
+        }
     }
 
     #[test]

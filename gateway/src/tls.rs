@@ -49,11 +49,7 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let mut problems = Vec::new();
-    crate::config::check_private_key("key", path, &mut problems);
-    if let Some(p) = problems.into_iter().next() {
-        return Err(file_err("client key", path, p.message));
-    }
+    crate::keyfile::check_private(path).map_err(|e| file_err("client key", path, e))?;
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, e))
 }
 

@@ -403,17 +403,8 @@ fn timing() -> Timing {
 
 fn ble_config(toml: &str) -> (BleSourceConfig, Bindings) {
     let config = Config::from_toml(toml).expect("config parses");
-    config.validate().expect("config validates");
-    let bindings = Bindings::new(config.devices.iter().map(|d| {
-        (
-            d.id.clone(),
-            d.user,
-            vitalbridge::model::PatientRef {
-                system: d.patient_system.clone().unwrap_or_default(),
-                value: d.patient_id.clone().unwrap_or_default(),
-            },
-        )
-    }));
+    vitalbridge::validate_config(&config).expect("config validates");
+    let bindings = Bindings::from_config(&config.devices);
     (config.sources.ble.expect("[sources.ble]"), bindings)
 }
 
@@ -750,7 +741,13 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
         6,
         "each blood pressure comes with its pulse rate"
     );
-    let alice = |r: &&&Reading| r.patient.as_ref().map(|p| p.value.as_str()) == Some("alice");
+    let alice = |r: &&&Reading| {
+        r.patient
+            == Some(vitalbridge::model::PatientRef::identifier(
+                "urn:oid:1.2.3",
+                "alice",
+            ))
+    };
     // User 1's readings go to alice; user 2 is bound to nobody and gets no patient.
     assert_eq!(bps.iter().filter(alice).count(), 2);
     let user2 = bps.iter().find(|r| r.device_user == Some(2)).unwrap();

@@ -79,6 +79,26 @@ fn check_config_names_the_bad_key_for_each_kind_of_mistake() {
     }
 }
 
+/// The new user's report: a file with three mistakes got one. Every unknown key, wrong
+/// type and bad value is named, with its line, in the order of the file.
+#[test]
+fn check_config_names_every_bad_key_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[gateway]\ncolour = \"blue\"\n\n[uplink]\nbatchsize = 100\n\n[ops.http]\nlisten = \"localhost\"\n";
+    std::fs::write(dir.path().join("new.toml"), text).unwrap();
+    let (code, _, stderr) = vitalbridge(&["check-config", "-c", "new.toml"], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "new.toml: line 2: gateway.colour: unknown field `colour`, expected `id` or `data_dir`",
+            "new.toml: line 5: uplink.batchsize: unknown field `batchsize`, expected one of `batch_size`, `in_flight`, `batch_linger_ms`, `retry_initial_ms`, `retry_max_ms`, `file`, `fhir`",
+            "new.toml: line 8: ops.http.listen: invalid socket address syntax",
+        ]
+    );
+}
+
 #[test]
 fn a_good_config_and_the_printed_default_pass_check_config() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vitalbridge::ops::{certs, net::Cidr};
+use vitalbridge::config::Cidr;
+use vitalbridge::ops::certs;
 
 fuzz_target!(|data: &[u8]| {
     let _ = certs::parse_pem(data);

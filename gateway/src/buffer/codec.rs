@@ -6,16 +6,16 @@
 //! | key | type | meaning |
 //! | --- | --- | --- |
 //! | `v` | 1 | format version; a newer version is refused, never guessed |
-//! | `dev` | `{t, id, p, model?, mfr?}` | device: `t` = `eui64`/`bt`/`serial`/`other`, `id` = key, `p` = profile |
-//! | `pat` | `[system, value]`? | patient |
+//! | `dev` | `{t, id, p, model?, mfr?}` | device: `t` = the id's kind (`DeviceIdKind::as_str`, but `bt` for `bluetooth`), `id` = key, `p` = profile |
+//! | `pat` | `[system, value]`? | patient: an identifier, or `["", reference]` for a literal reference |
 //! | `mdc` | u32 | metric MDC code; the rest of the metric comes from the catalog |
-//! | `val` | value | `{"q":[number\|null, unit, absent?]}`, `{"c":[[mdc, number\|null, unit, absent?], …]}`, `{"s":{…}}`, `{"k":[system, code, display?]}` |
+//! | `val` | value | `{"q":[number\|null, unit, absent?]}`, `{"c":[[mdc, number\|null, unit, absent?], …]}`, `{"s":{…}}`, `{"k":[system, code, display?]}`; `absent` is `AbsentReason::as_str`, but `nres` for NRes, kept apart from `error` |
 //! | `dt` | RFC 3339? | device time as reported |
 //! | `off` | i64? | clock offset, ms |
 //! | `rx` | RFC 3339 | gateway receive time |
 //! | `dur` | i64? | duration, ms |
 //! | `seq` | u64? | device sequence number |
-//! | `st` | [string] | status flags (canonical names) |
+//! | `st` | [string] | status flags (`StatusFlag::as_str`) |
 //! | `usr` | u8? | device user index |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
@@ -27,10 +27,10 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, PatientRef, Quantity, Reading,
-    Samples, Value,
+    AbsentReason, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured, PatientRef,
+    Quantity, Reading, Samples, StatusFlag, Value,
 };
-use crate::profile::{canonical, catalog};
+use crate::profile::catalog;
 
 /// Current body format version.
 pub const FORMAT_VERSION: u8 = 1;
@@ -104,29 +104,39 @@ fn decimal(n: &Number) -> Result<Decimal, CodecError> {
     Decimal::parse(&n.to_string()).ok_or_else(|| CodecError("number out of range".into()))
 }
 
-fn absent_code(r: AbsentReason) -> &'static str {
-    match r {
-        AbsentReason::NotANumber => "not-a-number",
-        AbsentReason::NotAtResolution | AbsentReason::Error => "error",
-        AbsentReason::PositiveInfinity => "positive-infinity",
-        AbsentReason::NegativeInfinity => "negative-infinity",
-    }
-}
+/// The stored name of NRes: FHIR has no code of its own for it (it is `error` there), and a
+/// later mapping may want to tell it apart.
+const NRES: &str = "nres";
 
-/// NRes is kept distinct in storage so a later mapping change can tell it apart.
 fn absent_store(r: AbsentReason) -> &'static str {
     match r {
-        AbsentReason::NotAtResolution => "nres",
-        other => absent_code(other),
+        AbsentReason::NotAtResolution => NRES,
+        other => other.as_str(),
     }
 }
 
 fn absent_load(code: &str) -> Result<AbsentReason, CodecError> {
-    if code == "nres" {
+    if code == NRES {
         return Ok(AbsentReason::NotAtResolution);
     }
-    canonical::absent_reason(code)
-        .ok_or_else(|| CodecError(format!("unknown absent reason {code:?}")))
+    AbsentReason::parse(code).ok_or_else(|| CodecError(format!("unknown absent reason {code:?}")))
+}
+
+/// The stored name of the Bluetooth kind of device id (version 1 bodies say `bt`).
+const BLUETOOTH: &str = "bt";
+
+fn kind_store(kind: DeviceIdKind) -> &'static str {
+    match kind {
+        DeviceIdKind::Bluetooth => BLUETOOTH,
+        other => other.as_str(),
+    }
+}
+
+fn kind_load(name: &str) -> Result<DeviceIdKind, CodecError> {
+    if name == BLUETOOTH {
+        return Ok(DeviceIdKind::Bluetooth);
+    }
+    DeviceIdKind::parse(name).ok_or_else(|| CodecError(format!("unknown device id type {name:?}")))
 }
 
 fn measured_out(m: &Measured) -> (Option<Number>, Option<String>) {
@@ -154,12 +164,6 @@ fn time_parse(t: &str) -> Result<OffsetDateTime, CodecError> {
 
 /// Encodes a reading as a buffer body.
 pub fn encode(r: &Reading) -> Vec<u8> {
-    let (t, id) = match &r.device.id {
-        DeviceId::Eui64(_) => ("eui64", r.device.id.key()),
-        DeviceId::Bluetooth(_) => ("bt", r.device.id.key()),
-        DeviceId::Serial(s) => ("serial", s.clone()),
-        DeviceId::Other(s) => ("other", s.clone()),
-    };
     let val = match &r.value {
         Value::Quantity(q) => {
             let (n, reason) = measured_out(&q.value);
@@ -189,16 +193,16 @@ pub fn encode(r: &Reading) -> Vec<u8> {
     let body = Body {
         v: FORMAT_VERSION,
         dev: Dev {
-            t: t.to_owned(),
-            id,
+            t: kind_store(r.device.id.kind()).to_owned(),
+            id: r.device.id.key(),
             p: r.device.profile.clone(),
             model: r.device.model.clone(),
             mfr: r.device.manufacturer.clone(),
         },
-        pat: r
-            .patient
-            .as_ref()
-            .map(|p| (p.system.clone(), p.value.clone())),
+        pat: r.patient.as_ref().map(|p| match p {
+            PatientRef::Identifier { system, value } => (system.clone(), value.clone()),
+            PatientRef::Reference(reference) => (String::new(), reference.clone()),
+        }),
         mdc: r.metric.mdc,
         val,
         dt: r.device_time.map(time_text),
@@ -206,11 +210,7 @@ pub fn encode(r: &Reading) -> Vec<u8> {
         rx: time_text(r.received_at),
         dur: r.duration.map(|d| d.whole_milliseconds() as i64),
         seq: r.sequence,
-        st: r
-            .status
-            .iter()
-            .map(|f| canonical::status_name(*f).to_owned())
-            .collect(),
+        st: r.status.iter().map(|f| f.as_str().to_owned()).collect(),
         usr: r.device_user,
     };
     // Serializing plain structs of strings and numbers cannot fail.
@@ -232,13 +232,8 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             b.v
         )));
     }
-    let id = match b.dev.t.as_str() {
-        "eui64" => DeviceId::Eui64(hex(&b.dev.id)?),
-        "bt" => DeviceId::Bluetooth(hex(&b.dev.id)?),
-        "serial" => DeviceId::Serial(b.dev.id),
-        "other" => DeviceId::Other(b.dev.id),
-        other => return Err(CodecError(format!("unknown device id type {other:?}"))),
-    };
+    let id = DeviceId::from_key(kind_load(&b.dev.t)?, b.dev.id)
+        .ok_or_else(|| CodecError("bad device id".into()))?;
     let value = match b.val {
         Val::Quantity((n, unit, reason)) => Value::Quantity(Quantity {
             value: measured_in(n.as_ref(), reason.as_deref())?,
@@ -283,7 +278,13 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             model: b.dev.model,
             manufacturer: b.dev.mfr,
         },
-        patient: b.pat.map(|(system, value)| PatientRef { system, value }),
+        patient: b.pat.map(|(system, value)| {
+            if system.is_empty() {
+                PatientRef::Reference(value)
+            } else {
+                PatientRef::Identifier { system, value }
+            }
+        }),
         metric: metric(b.mdc)?,
         value,
         device_time: b.dt.as_deref().map(time_parse).transpose()?,
@@ -295,7 +296,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             .st
             .iter()
             .map(|s| {
-                canonical::status_flag(s).ok_or_else(|| CodecError(format!("unknown status {s:?}")))
+                StatusFlag::parse(s).ok_or_else(|| CodecError(format!("unknown status {s:?}")))
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,
@@ -317,22 +318,9 @@ impl ClassifyStr for serde_json::Error {
     }
 }
 
-fn hex<const N: usize>(text: &str) -> Result<[u8; N], CodecError> {
-    let mut out = [0u8; N];
-    if text.len() != N * 2 || !text.is_ascii() {
-        return Err(CodecError("bad device id".into()));
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16)
-            .map_err(|_| CodecError("bad device id".into()))?;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::StatusFlag;
     use time::macros::datetime;
 
     fn sample() -> Reading {
@@ -343,10 +331,7 @@ mod tests {
                 model: Some("BP-1".into()),
                 manufacturer: None,
             },
-            patient: Some(PatientRef {
-                system: "urn:x".into(),
-                value: "p".into(),
-            }),
+            patient: Some(PatientRef::identifier("urn:x", "p")),
             metric: catalog::BLOOD_PRESSURE,
             value: Value::Components(vec![
                 Component {
@@ -391,6 +376,45 @@ mod tests {
         };
         assert_eq!(decode(&encode(&q)).unwrap(), q);
         assert!(String::from_utf8(encode(&q)).unwrap().contains("2.00"));
+    }
+
+    /// Bodies as the buffer stores them, byte for byte: rows written by earlier versions must
+    /// keep decoding, and encoding must keep writing the same bytes (an older gateway may
+    /// have to read them after a downgrade).
+    #[test]
+    fn stored_version_1_bodies_decode_and_encode_to_the_same_bytes() {
+        let stored = [
+            (
+                sample(),
+                r#"{"v":1,"dev":{"t":"bt","id":"010203040506","p":"ble-blood-pressure","model":"BP-1"},"pat":["urn:x","p"],"mdc":150020,"val":{"c":[[150021,120.0,"mm[Hg]",null],[150023,null,"mm[Hg]","nres"]]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","dur":40000,"seq":99,"st":["cuff-loose","test-data"],"usr":2}"#,
+            ),
+            (
+                Reading {
+                    patient: Some(PatientRef::Reference("Patient/123".into())),
+                    device: DeviceRef {
+                        id: DeviceId::Eui64([0xfe, 0xed, 0xab, 0xee, 0xde, 0xad, 0xbe, 0xef]),
+                        profile: "canonical-json-v1".into(),
+                        model: None,
+                        manufacturer: Some("Acme".into()),
+                    },
+                    value: Value::Quantity(Quantity {
+                        value: Measured::Absent(AbsentReason::PositiveInfinity),
+                        unit: "%".into(),
+                    }),
+                    metric: catalog::SPO2,
+                    duration: None,
+                    sequence: None,
+                    device_user: None,
+                    status: vec![StatusFlag::SensorFault],
+                    ..sample()
+                },
+                r#"{"v":1,"dev":{"t":"eui64","id":"FEEDABEEDEADBEEF","p":"canonical-json-v1","mfr":"Acme"},"pat":["","Patient/123"],"mdc":150456,"val":{"q":[null,"%","positive-infinity"]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","st":["sensor-fault"]}"#,
+            ),
+        ];
+        for (reading, body) in stored {
+            assert_eq!(String::from_utf8(encode(&reading)).unwrap(), body);
+            assert_eq!(decode(body.as_bytes()).as_ref(), Ok(&reading), "{body}");
+        }
     }
 
     #[test]

@@ -773,10 +773,7 @@ mod at_rest {
 
     fn patient_reading(seq: u64) -> Reading {
         let mut r = reading("DEV-SECRET-1", seq);
-        r.patient = Some(PatientRef {
-            system: "urn:oid:1.2.3.4.5".into(),
-            value: "PATIENT-4711".into(),
-        });
+        r.patient = Some(PatientRef::identifier("urn:oid:1.2.3.4.5", "PATIENT-4711"));
         r.value = Value::Quantity(Quantity {
             value: Measured::Value(Decimal::new(98_765, -3)),
             unit: "%".into(),

@@ -1,9 +1,15 @@
 //! The gateway's one TOML configuration file.
 //!
-//! Every table denies unknown keys, every field has a documented default, and
-//! [`Config::validate`] checks what types cannot (URLs, file permissions, ranges) and names
-//! the offending key. With no file at all the gateway runs [`Config::default`]: the built-in
-//! simulator in, the buffer and FHIR NDJSON out under `./vitalbridge-data/`.
+//! Every table denies unknown keys, every field has a documented default, values with a
+//! syntax of their own (networks, USB ids, UTC offsets, enums) are parsed when the file is
+//! read ([`Parsed`], which names every bad key with its line), and [`Config::validate`]
+//! checks what types cannot (URLs, file permissions, ranges) and names the offending key.
+//! With no file at all the gateway runs [`Config::default`]: the built-in simulator in, the
+//! buffer and FHIR NDJSON out under `./vitalbridge-data/`.
+//!
+//! Architecture invariant: a leaf. This module imports only leaf modules (`limits`,
+//! `keyfile`, `serial_settings`); what a check needs from device profiles is checked by the
+//! sources (`ingest::check_config`), and `crate::validate_config` runs both.
 //!
 //! `vitalbridge print-default-config` prints [`DEFAULT_CONFIG_TOML`], which is kept equal to
 //! `Config::default()` by a test.
@@ -22,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ops::net::Cidr;
+use crate::serial_settings::{FlowControl, Parity, UsbId};
 
 /// The demo configuration as TOML, with a comment on every key. Parsing it gives
 /// `Config::default()`.
@@ -34,14 +40,21 @@ pub const CREDENTIALS_PREFIX: &str = "${CREDENTIALS_DIRECTORY}/";
 /// A configuration problem, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
-    /// Dotted path of the key (e.g. `uplink.fhir.key`), or empty for the whole file.
+    /// Dotted path of the key (e.g. `uplink.fhir.key`, `devices[3].id`), or empty for the
+    /// whole file.
     pub key: String,
     /// What is wrong and, where possible, how to fix it.
     pub message: String,
+    /// The line of the file (from 1) holding the key, when the problem came from reading a
+    /// file that holds it.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
         if self.key.is_empty() {
             write!(f, "{}", self.message)
         } else {
@@ -50,14 +63,27 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        message: message.into(),
+impl ConfigError {
+    /// A problem with the key `key` (dotted path, empty for the whole file).
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+        }
     }
 }
 
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(key, message)
+}
+
 /// The whole configuration.
+///
+/// Each table's defaults are its type's `Default` (`#[serde(default)]` on the table's
+/// struct), except where a key is required. `Config`'s own `Default` is the demo, which an
+/// empty file is not (no sources, no operations server), so its fields take their types'
+/// defaults one by one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -103,83 +129,58 @@ impl Default for Config {
 
 /// `[gateway]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Stable id of this gateway, used in its FHIR Device and MQTT client id. Default: a random
     /// id generated on first start and kept in `<data_dir>/gateway-id`.
-    #[serde(default)]
     pub id: Option<String>,
     /// Directory for the buffer database, the lock file and file-uplink output.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-}
-
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./vitalbridge-data")
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             id: None,
-            data_dir: default_data_dir(),
+            data_dir: PathBuf::from("./vitalbridge-data"),
         }
     }
 }
 
 /// `[buffer]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
     /// Most readings held undelivered. When full, sources stop acknowledging (backpressure);
     /// nothing buffered is ever dropped to make room.
-    #[serde(default = "default_capacity")]
     pub capacity: u64,
     /// Most readings committed in one transaction (group commit).
-    #[serde(default = "default_commit_max_rows")]
     pub commit_max_rows: usize,
     /// How long the writer waits for more readings before committing a small group, in ms.
-    #[serde(default = "default_commit_linger_ms")]
     pub commit_linger_ms: u64,
     /// The key that seals buffered readings at rest (32 random bytes, or 64 hex digits):
     /// must be readable by the gateway's user only, and must not be under `gateway.data_dir`.
     /// Created (mode 0600) at the very first start if it does not exist; after that a
     /// missing or different key stops the gateway without touching the buffer. Under systemd:
     /// `${CREDENTIALS_DIRECTORY}/vitalbridge-buffer.key`.
-    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
     /// Keys the buffer may still be sealed with. Rotating: put the new key in `key_file`,
     /// the old one here, start the gateway once (every row is sealed again under the new
     /// key), then remove it from here.
-    #[serde(default)]
     pub previous_key_files: Vec<PathBuf>,
     /// Refuse new readings while the file system holding `data_dir` has less free space than
     /// this, in MiB, so that deliveries can still be recorded on a nearly full disk. Unset:
     /// 5 % of the file system, at least 1 and at most 64 MiB.
-    #[serde(default)]
     pub min_free_mb: Option<u64>,
-}
-
-fn default_capacity() -> u64 {
-    1_000_000
-}
-fn default_commit_max_rows() -> usize {
-    1024
-}
-fn default_commit_linger_ms() -> u64 {
-    2
-}
-fn default_key_file() -> PathBuf {
-    PathBuf::from("./vitalbridge-buffer.key")
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
         Self {
-            capacity: default_capacity(),
-            commit_max_rows: default_commit_max_rows(),
-            commit_linger_ms: default_commit_linger_ms(),
-            key_file: default_key_file(),
+            capacity: 1_000_000,
+            commit_max_rows: 1024,
+            commit_linger_ms: 2,
+            key_file: PathBuf::from("./vitalbridge-buffer.key"),
             previous_key_files: Vec::new(),
             min_free_mb: None,
         }
@@ -188,107 +189,84 @@ impl Default for BufferConfig {
 
 /// `[sources]`
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SourcesConfig {
     /// `[sources.sim]`: the built-in device simulator.
-    #[serde(default)]
     pub sim: Option<SimConfig>,
     /// `[sources.mqtt]`: readings published to an MQTT broker.
-    #[serde(default)]
     pub mqtt: Option<MqttSourceConfig>,
     /// `[sources.ble]`: Bluetooth LE health devices (needs the `ble` build feature).
-    #[serde(default)]
     pub ble: Option<BleSourceConfig>,
     /// `[[sources.serial]]`: serial ports (RS-232, USB-serial), one table per port.
-    #[serde(default)]
     pub serial: Vec<SerialPortConfig>,
 }
 
 /// `[sources.ble]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BleSourceConfig {
     /// A directory of extra or replacement `ble-*.toml` device profiles. Unset: only the
     /// profiles built into the binary (the files of `device-profiles/`).
-    #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
     /// Set a device's clock (Current Time, 0x2A2B) when it allows writing it and is off by
     /// more than a couple of seconds. Device clocks are set to UTC.
-    #[serde(default = "default_true")]
     pub set_device_clock: bool,
     /// Give up a connection attempt (connect and service discovery) after this many seconds.
-    #[serde(default = "default_ble_connect_timeout_s")]
     pub connect_timeout_s: u64,
     /// First delay before reconnecting after a failed connection, in ms; doubles per
     /// failure up to `reconnect_max_ms`.
-    #[serde(default = "default_ble_reconnect_initial_ms")]
     pub reconnect_initial_ms: u64,
     /// Longest delay before reconnecting, in ms.
-    #[serde(default = "default_ble_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
     /// The devices to connect to.
-    #[serde(default)]
     pub devices: Vec<BleDeviceConfig>,
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_ble_connect_timeout_s() -> u64 {
-    20
-}
-fn default_ble_reconnect_initial_ms() -> u64 {
-    1000
-}
-fn default_ble_reconnect_max_ms() -> u64 {
-    300_000
+impl Default for BleSourceConfig {
+    fn default() -> Self {
+        Self {
+            profiles_dir: None,
+            set_device_clock: true,
+            connect_timeout_s: 20,
+            reconnect_initial_ms: 1000,
+            reconnect_max_ms: 300_000,
+            devices: Vec::new(),
+        }
+    }
 }
 
 /// `[[sources.ble.devices]]`: one device, or every device advertising a service.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BleDeviceConfig {
     /// The device's Bluetooth address, `A1:B2:C3:D4:E5:F6`. Either this or `service`.
-    #[serde(default)]
     pub address: Option<String>,
     /// Connect to any device advertising this GATT service (e.g. `1810`). Either this or
     /// `address`. Prefer addresses: a neighbour's cuff advertises the same service.
-    #[serde(default)]
     pub service: Option<String>,
     /// Device profile id (e.g. `ble-blood-pressure`). Unset: the profile whose service the
     /// device advertises.
-    #[serde(default)]
     pub profile: Option<String>,
 }
 
 /// `[sources.sim]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// How many simulated devices; they cycle through BP cuff, pulse oximeter, thermometer,
     /// scale and heart-rate strap.
-    #[serde(default = "default_sim_devices")]
     pub devices: u32,
     /// Each device measures once per this many milliseconds.
-    #[serde(default = "default_sim_interval_ms")]
     pub interval_ms: u64,
     /// Stop after this many readings in total (0 = run forever). For tests and demos.
-    #[serde(default)]
     pub max_readings: u64,
-}
-
-fn default_sim_devices() -> u32 {
-    5
-}
-fn default_sim_interval_ms() -> u64 {
-    1000
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            devices: default_sim_devices(),
-            interval_ms: default_sim_interval_ms(),
+            devices: 5,
+            interval_ms: 1000,
             max_readings: 0,
         }
     }
@@ -343,7 +321,7 @@ pub struct SerialPortConfig {
     /// `0403:6001`): the port is found wherever it appears, so a replug that gives it another
     /// ttyUSB name still works.
     #[serde(default)]
-    pub usb: Option<String>,
+    pub usb: Option<UsbId>,
     /// With `usb`: the USB serial-number string, to tell apart adapters with the same ids.
     #[serde(default)]
     pub usb_serial: Option<String>,
@@ -363,8 +341,8 @@ pub struct SerialPortConfig {
     pub device_id: Option<String>,
     /// With `line`: the fixed UTC offset the device's clock keeps, for profiles whose lines
     /// carry a local time stamp, e.g. `+01:00`. Default: `+00:00`.
-    #[serde(default)]
-    pub device_utc_offset: Option<String>,
+    #[serde(default, deserialize_with = "utc_offset")]
+    pub device_utc_offset: Option<time::UtcOffset>,
     /// Baud rate. Default: the line profile's, or 115200 for `firmware`.
     #[serde(default)]
     pub baud: Option<u32>,
@@ -391,6 +369,37 @@ fn default_reconnect_max_ms() -> u64 {
     10_000
 }
 
+/// Parses a fixed UTC offset written `+HH:MM`, `-HH:MM` or `Z` (`device_utc_offset`).
+fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
+    if text == "Z" {
+        return Some(time::UtcOffset::UTC);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1i8, &text[1..]),
+        b'-' => (-1i8, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 18 || m > 59 {
+        return None;
+    }
+    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+}
+
+/// `device_utc_offset`, parsed when the file is read.
+fn utc_offset<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<time::UtcOffset>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_utc_offset(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom("must be a UTC offset like +01:00, -05:00 or +00:00")
+    })
+}
+
 /// What a serial device speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,30 +408,6 @@ pub enum SerialProtocol {
     Firmware,
     /// ASCII lines decoded by a line profile (`device-profiles/line-*.toml`).
     Line,
-}
-
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    /// No parity bit.
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Serial flow control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowControl {
-    /// None.
-    None,
-    /// XON/XOFF.
-    Software,
-    /// RTS/CTS.
-    Hardware,
 }
 
 /// PEM files for a TLS client.
@@ -441,57 +426,34 @@ pub struct TlsFiles {
 
 /// `[uplink]`: exactly one of `file` or `fhir`; `file` when neither is given.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UplinkConfig {
     /// Readings per batch (one Bundle, or one file write).
-    #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Batches in flight at once.
-    #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// How long a batch that is not full may wait for more readings, in ms, counted from
     /// its oldest reading's arrival: at steady rates fewer, fuller requests (servers charge
     /// per request, and so does the CPU) for at most this much added latency. 0: send at once.
-    #[serde(default = "default_batch_linger_ms")]
     pub batch_linger_ms: u64,
     /// First retry delay, in ms; doubles per attempt, with jitter.
-    #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest retry delay, in ms.
-    #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
     /// `[uplink.file]`: FHIR NDJSON files.
-    #[serde(default)]
     pub file: Option<FileUplinkConfig>,
     /// `[uplink.fhir]`: a FHIR server over HTTPS with mutual TLS.
-    #[serde(default)]
     pub fhir: Option<FhirUplinkConfig>,
-}
-
-fn default_batch_size() -> usize {
-    500
-}
-fn default_in_flight() -> usize {
-    2
-}
-fn default_batch_linger_ms() -> u64 {
-    20
-}
-fn default_retry_initial_ms() -> u64 {
-    500
-}
-fn default_retry_max_ms() -> u64 {
-    60_000
 }
 
 impl Default for UplinkConfig {
     fn default() -> Self {
         Self {
-            batch_size: default_batch_size(),
-            in_flight: default_in_flight(),
-            batch_linger_ms: default_batch_linger_ms(),
-            retry_initial_ms: default_retry_initial_ms(),
-            retry_max_ms: default_retry_max_ms(),
+            batch_size: 500,
+            in_flight: 2,
+            batch_linger_ms: 20,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
             file: None,
             fhir: None,
         }
@@ -535,25 +497,19 @@ impl Destination {
 
 /// `[uplink.file]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileUplinkConfig {
     /// Output directory. Default: `<data_dir>/out`.
-    #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Start a new file when the current one reaches this size, in bytes.
-    #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
-}
-
-fn default_rotate_bytes() -> u64 {
-    64 * 1024 * 1024
 }
 
 impl Default for FileUplinkConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            rotate_bytes: default_rotate_bytes(),
+            rotate_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -574,15 +530,36 @@ pub struct FhirUplinkConfig {
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
-    #[serde(default = "default_bundle_type")]
-    pub bundle_type: String,
+    #[serde(default)]
+    pub bundle_type: BundleType,
+}
+
+/// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
+#[derive(Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleType {
+    /// One `transaction` Bundle: all entries stored, or none.
+    #[default]
+    Transaction,
+    /// One `batch` Bundle: an answer per entry.
+    Batch,
+}
+
+impl fmt::Debug for BundleType {
+    /// `"transaction"` or `"batch"`, as the string this key was before it was parsed at
+    /// load: the configuration fingerprint (`ops::config_change`) hashes the `Debug` text,
+    /// and an upgrade alone must not look like a configuration change in the audit log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            BundleType::Transaction => "transaction",
+            BundleType::Batch => "batch",
+        };
+        write!(f, "{name:?}")
+    }
 }
 
 fn default_timeout_s() -> u64 {
     30
-}
-fn default_bundle_type() -> String {
-    "transaction".to_owned()
 }
 
 /// `[[devices]]`: binds a device to a patient.
@@ -611,19 +588,16 @@ pub struct DeviceBinding {
 
 /// `[ops]`: logs, the audit log and the operations HTTP server.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OpsConfig {
     /// Log format on stderr: `text` or `json` (one JSON object per line). The command line's
     /// `--log-format` overrides it.
-    #[serde(default)]
     pub log_format: LogFormat,
     /// The audit log: security-relevant events, one JSON object per line, only ever appended
     /// to. Default: `<data_dir>/audit.log`.
-    #[serde(default)]
     pub audit_log: Option<PathBuf>,
     /// `[ops.http]`: `/metrics`, `/healthz`, `/readyz` and the status page. Absent: not served
     /// (the demo defaults serve it on loopback).
-    #[serde(default)]
     pub http: Option<OpsHttpConfig>,
 }
 
@@ -640,134 +614,42 @@ pub enum LogFormat {
 
 /// `[ops.http]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OpsHttpConfig {
     /// Address and port to listen on, e.g. `127.0.0.1:8642`. A non-loopback address is refused
     /// unless `allow_from` names a non-loopback network (an explicit decision to serve wider).
-    #[serde(default = "default_ops_listen")]
     pub listen: SocketAddr,
     /// Client networks allowed to connect, in CIDR notation. A connection from anywhere else is
     /// closed at once and recorded in the audit log.
-    #[serde(default = "Cidr::loopback")]
     pub allow_from: Vec<Cidr>,
     /// `/readyz` reports not ready once the uplink has been failing for longer than this, in
     /// seconds (short outages are expected and are what the buffer is for).
-    #[serde(default = "default_ready_staleness_s")]
     pub ready_staleness_s: u64,
-}
-
-/// The operations server's default address: loopback only, on a port outside the range
-/// Prometheus exporters have allocated (9100-9999) and the usual development ports.
-fn default_ops_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8642))
-}
-fn default_ready_staleness_s() -> u64 {
-    300
 }
 
 impl Default for OpsHttpConfig {
     fn default() -> Self {
         Self {
-            listen: default_ops_listen(),
+            // Loopback only, on a port outside the range Prometheus exporters have
+            // allocated (9100-9999) and the usual development ports.
+            listen: SocketAddr::from(([127, 0, 0, 1], 8642)),
             allow_from: Cidr::loopback(),
-            ready_staleness_s: default_ready_staleness_s(),
+            ready_staleness_s: 300,
         }
     }
-}
-
-/// Longest key path and message of a parse error, in bytes: a parse error can quote an
-/// unknown key or a value (`unknown variant `…``), which may be megabytes long.
-const MAX_ERROR_TEXT: usize = 512;
-
-/// `text` cut to at most `max` bytes (at a character boundary), marked with `…` when cut.
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-/// A serde message about a `[[devices]]` key without the value it quotes (`invalid type:
-/// string "…", expected …`): the value may be a patient identifier, and config errors go to
-/// the journal.
-fn without_value(message: &str) -> String {
-    for kind in ["invalid type", "invalid value"] {
-        if message.starts_with(kind) {
-            let expected = message
-                .split_once(", expected ")
-                .map(|(_, e)| format!(", expected {e}"))
-                .unwrap_or_default();
-            return format!("{kind} (not shown: it may identify a patient){expected}");
-        }
-    }
-    message.to_owned()
 }
 
 impl Config {
-    /// Parses TOML, naming the full key path of any unknown key or wrong type. The key and
-    /// message of an error are cut at [`MAX_ERROR_TEXT`] bytes.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let e = Self::parse_error(e);
-            ConfigError {
-                key: clip(e.key, MAX_ERROR_TEXT),
-                message: clip(e.message, MAX_ERROR_TEXT),
-            }
-        })
+    /// Parses TOML: the configuration, or every unknown key, wrong type and bad value, each
+    /// naming its full key path and line (see [`Parsed`]).
+    pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {
+        Parsed::from_toml(text).into_result()
     }
 
-    /// A parse error as a [`ConfigError`], quoting nothing of a patient binding.
-    fn parse_error(e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        if key == "." || key.is_empty() {
-            // A syntax error: where it is and what is wrong, without the snippet of the
-            // line (it may be a patient binding).
-            let full = inner.to_string();
-            let at = full.lines().next().unwrap_or("TOML parse error").trim();
-            ConfigError {
-                key: String::new(),
-                message: format!("{at}: {}", inner.message().trim()),
-            }
-        } else {
-            let message = inner.message().trim();
-            ConfigError {
-                message: if key.starts_with("devices") {
-                    without_value(message)
-                } else {
-                    message.to_owned()
-                },
-                key,
-            }
-        }
-    }
-
-    /// Reads and parses a config file of at most [`crate::limits::MAX_CONFIG_FILE_BYTES`]
-    /// (a larger one is refused unread), then resolves `${CREDENTIALS_DIRECTORY}/…` paths
-    /// against the environment variable of that name, when it is set.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let max = crate::limits::MAX_CONFIG_FILE_BYTES;
-        let text = crate::limits::read_capped(path, max).map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::InvalidData {
-                format!(" (a config file may be at most {max} bytes of UTF-8 text)")
-            } else {
-                String::new()
-            };
-            err(
-                "",
-                format!("cannot read config file {}: {e}{hint}", path.display()),
-            )
-        })?;
-        let mut config = Self::from_toml(&text)?;
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
-        config.resolve_credentials(credentials.as_deref().map(Path::new));
-        Ok(config)
+    /// Reads and parses a config file (see [`Parsed::read`]): the configuration, or every
+    /// problem with reading it.
+    pub fn load(path: &Path) -> Result<Self, Vec<ConfigError>> {
+        Parsed::read(path).into_result()
     }
 
     /// Replaces the `${CREDENTIALS_DIRECTORY}/` prefix of every TLS file path with `dir`.
@@ -810,30 +692,45 @@ impl Config {
     }
 }
 
+mod load;
+mod net;
 mod validate;
-pub use validate::{check_gateway_id, check_private_key};
+pub use load::Parsed;
+pub use net::{Cidr, CidrError};
+pub use validate::check_gateway_id;
 
 #[cfg(test)]
 mod tests {
+    use super::load::{clip, MAX_ERROR_TEXT};
     use super::*;
+
+    /// The one problem of a file that has exactly one.
+    #[track_caller]
+    fn the_problem<T: std::fmt::Debug>(result: Result<T, Vec<ConfigError>>) -> ConfigError {
+        match result {
+            Err(mut problems) if problems.len() == 1 => problems.remove(0),
+            other => panic!("expected exactly one problem, got {other:?}"),
+        }
+    }
 
     #[test]
     fn errors_about_patient_bindings_and_syntax_errors_do_not_quote_the_file() {
-        let e = Config::from_toml(
+        let e = the_problem(Config::from_toml(
             "[[devices]]\nid = \"d\"\npatient_system = \"urn:oid:1\"\npatient_id = 770123\n",
-        )
-        .unwrap_err();
+        ));
         assert_eq!(e.key, "devices[0].patient_id");
         assert!(!e.message.contains("770123"), "{e}");
         assert!(e.message.starts_with("invalid type"), "{e}");
         assert!(e.message.contains("expected a string"), "{e}");
 
-        let e = Config::from_toml("[[devices]]\nid = \"d\"\npatient_id = \"P-4711\n").unwrap_err();
+        let e = the_problem(Config::from_toml(
+            "[[devices]]\nid = \"d\"\npatient_id = \"P-4711\n",
+        ));
         assert!(e.message.starts_with("TOML parse error at line 3"), "{e}");
         assert!(!e.message.contains("P-4711"), "{e}");
 
         // Elsewhere the value helps and is shown.
-        let e = Config::from_toml("[buffer]\ncapacity = \"lots\"\n").unwrap_err();
+        let e = the_problem(Config::from_toml("[buffer]\ncapacity = \"lots\"\n"));
         assert!(e.message.contains("lots"), "{e}");
     }
 
@@ -922,10 +819,10 @@ protocol = "line"
 profile = "@sources.serial[0].profile@"
 profiles_dir = "@sources.serial[0].profiles_dir@"
 device_id = "@sources.serial[0].device_id@"
-device_utc_offset = "@sources.serial[0].device_utc_offset@"
+device_utc_offset = "+01:00"
 [[sources.serial]]
 name = "@sources.serial[1].name@"
-usb = "@sources.serial[1].usb@"
+usb = "0403:6001"
 usb_serial = "@sources.serial[1].usb_serial@"
 protocol = "firmware"
 [uplink.file]
@@ -935,7 +832,7 @@ base_url = "@uplink.fhir.base_url@"
 ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
-bundle_type = "@uplink.fhir.bundle_type@"
+bundle_type = "batch"
 [[devices]]
 id = "@devices[0].id@"
 patient_system = "@devices[0].patient_system@"
@@ -968,16 +865,13 @@ audit_log = "@ops.audit_log@"
             ("sources.serial[0].profile", MAX_CODE_LEN),
             ("sources.serial[0].profiles_dir", MAX_PATH_LEN),
             ("sources.serial[0].device_id", MAX_ID_LEN),
-            ("sources.serial[0].device_utc_offset", MAX_CODE_LEN),
             ("sources.serial[1].name", MAX_CODE_LEN),
-            ("sources.serial[1].usb", MAX_CODE_LEN),
             ("sources.serial[1].usb_serial", MAX_ID_LEN),
             ("uplink.file.dir", MAX_PATH_LEN),
             ("uplink.fhir.base_url", MAX_URL_LEN),
             ("uplink.fhir.ca", MAX_PATH_LEN),
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
-            ("uplink.fhir.bundle_type", MAX_CODE_LEN),
             ("devices[0].id", MAX_ID_LEN),
             ("devices[0].patient_system", MAX_SYSTEM_LEN),
             ("devices[0].patient_id", MAX_ID_LEN),
@@ -1024,7 +918,7 @@ audit_log = "@ops.audit_log@"
         let path = dir.path().join("gateway.toml");
         let file = std::fs::File::create(&path).unwrap();
         file.set_len(50 * 1024 * 1024).unwrap();
-        let e = Config::load(&path).unwrap_err();
+        let e = the_problem(Config::load(&path));
         assert!(e.message.contains("larger than 4194304 bytes"), "{e}");
         assert!(e.message.len() < 300, "{e}");
 
@@ -1042,12 +936,121 @@ audit_log = "@ops.audit_log@"
             format!("[sources.mqtt]\nurl = \"mqtt://b\"\n[ops]\nlog_format = \"{long}\"\n"),
             format!("[buffer]\ncapacity = \"{long}\"\n"),
         ] {
-            let e = Config::from_toml(&text).unwrap_err();
+            let e = the_problem(Config::from_toml(&text));
             assert!(e.key.len() <= MAX_ERROR_TEXT + 3, "{}", e.key.len());
             assert!(e.message.len() <= MAX_ERROR_TEXT + 3, "{}", e.message.len());
         }
         assert_eq!(clip("ab€".into(), 3), "ab…");
         assert_eq!(clip("abc".into(), 3), "abc");
+    }
+
+    #[test]
+    fn a_bad_allow_from_network_is_named_by_its_key_and_index() {
+        let e = the_problem(Config::from_toml(
+            "[ops.http]\nallow_from = [\"127.0.0.0/8\", \"10.20.1.0/16\"]\n",
+        ));
+        assert_eq!(e.key, "ops.http.allow_from[1]");
+        assert_eq!(
+            e.message,
+            "10.20.1.0/16 has host bits set below the prefix; did you mean 10.20.0.0/16?"
+        );
+    }
+
+    /// `usb`, `device_utc_offset` and `bundle_type` are parsed when the file is read, once;
+    /// a bad one is a problem of reading, named by its key.
+    #[test]
+    fn typed_values_are_parsed_when_the_file_is_read() {
+        let port = "[[sources.serial]]\nname = \"p\"\nprotocol = \"line\"\nprofile = \"line-nonin-ascii\"\n";
+        let c = Config::from_toml(&format!(
+            "{port}usb = \"0403:6001\"\ndevice_utc_offset = \"-05:30\"\n"
+        ))
+        .unwrap();
+        let p = &c.sources.serial[0];
+        assert_eq!(p.usb, UsbId::parse("0403:6001"));
+        assert_eq!(p.device_utc_offset, Some(time::macros::offset!(-5:30)));
+        for (line, key, message) in [
+            (
+                "usb = \"0403-6001\"",
+                "sources.serial[0].usb",
+                "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
+            ),
+            (
+                "device_utc_offset = \"CET\"",
+                "sources.serial[0].device_utc_offset",
+                "must be a UTC offset like +01:00, -05:00 or +00:00",
+            ),
+        ] {
+            let e = the_problem(Config::from_toml(&format!("{port}{line}\n")));
+            assert_eq!(
+                (e.key.as_str(), e.message.as_str(), e.line),
+                (key, message, Some(5))
+            );
+        }
+        let fhir =
+            "[uplink.fhir]\nbase_url = \"https://f\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let c = Config::from_toml(&format!("{fhir}bundle_type = \"batch\"\n")).unwrap();
+        assert_eq!(c.uplink.fhir.unwrap().bundle_type, BundleType::Batch);
+        let c = Config::from_toml(fhir).unwrap();
+        assert_eq!(c.uplink.fhir.unwrap().bundle_type, BundleType::Transaction);
+        let e = the_problem(Config::from_toml(&format!(
+            "{fhir}bundle_type = \"bulk\"\n"
+        )));
+        assert_eq!(e.key, "uplink.fhir.bundle_type");
+        assert_eq!(
+            e.message,
+            "unknown variant `bulk`, expected `transaction` or `batch`"
+        );
+    }
+
+    /// The configuration fingerprint hashes `Debug` (ops/config_change.rs): the values that
+    /// became types keep the text they had as strings or as the hand-written CIDR.
+    #[test]
+    fn debug_text_of_the_typed_values_is_what_earlier_versions_hashed() {
+        assert_eq!(
+            format!("{:?}", OpsHttpConfig::default().allow_from),
+            "[Cidr { addr: 127.0.0.0, prefix: 8 }, Cidr { addr: ::1, prefix: 128 }]"
+        );
+        assert_eq!(
+            format!("{:?} {:?}", BundleType::Transaction, BundleType::Batch),
+            "\"transaction\" \"batch\""
+        );
+    }
+
+    #[test]
+    fn utc_offsets_parse_strictly() {
+        use time::macros::offset;
+        assert_eq!(parse_utc_offset("+01:00"), Some(offset!(+1)));
+        assert_eq!(parse_utc_offset("-05:30"), Some(offset!(-5:30)));
+        assert_eq!(parse_utc_offset("Z"), Some(time::UtcOffset::UTC));
+        for bad in [
+            "", "+1", "01:00", "+01:60", "+19:00", "+1:00", "+01-00", "+0a:00",
+        ] {
+            assert_eq!(parse_utc_offset(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_empty_table_takes_its_types_defaults() {
+        let c = Config::from_toml(
+            "[gateway]\n[buffer]\n[sources.sim]\n[sources.ble]\n[uplink]\n[uplink.file]\n[ops]\n[ops.http]\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway, GatewayConfig::default());
+        assert_eq!(c.buffer, BufferConfig::default());
+        assert_eq!(c.sources.sim, Some(SimConfig::default()));
+        assert_eq!(c.sources.ble, Some(BleSourceConfig::default()));
+        assert_eq!(c.uplink.file, Some(FileUplinkConfig::default()));
+        assert_eq!(
+            UplinkConfig {
+                file: None,
+                ..c.uplink
+            },
+            UplinkConfig::default()
+        );
+        assert_eq!(c.ops.http, Some(OpsHttpConfig::default()));
+        let ble = c.sources.ble.unwrap();
+        assert!(ble.set_device_clock);
+        assert_eq!(ble.connect_timeout_s, 20);
     }
 
     #[test]

@@ -2,11 +2,17 @@
 //! that must agree between tables). Every problem names its dotted key; all problems are
 //! returned at once so one `check-config` run lists them all.
 //!
+//! What only the sources know — profile ids, Bluetooth addresses and services, line
+//! profiles, which `[[devices]]` ids name the same device — they check themselves
+//! (`ingest::check_config`); `crate::validate_config` runs both. This module imports
+//! nothing of the crate but leaf modules.
+//!
 //! Every string and path first gets its length checked against [`crate::limits`] (ids 128
 //! bytes, patient systems and references 256, codes and names 64, URLs 2048, MQTT topics
 //! 256, paths 4096). When one is too long only those problems are reported: the other checks
 //! may quote a value, open a path or compile a profile, none of which should see megabytes.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::*;
@@ -93,11 +99,9 @@ impl Config {
                 }
             }
             for (field, value, limit) in [
-                ("usb", &port.usb, MAX_CODE_LEN),
                 ("usb_serial", &port.usb_serial, MAX_ID_LEN),
                 ("profile", &port.profile, MAX_CODE_LEN),
                 ("device_id", &port.device_id, MAX_ID_LEN),
-                ("device_utc_offset", &port.device_utc_offset, MAX_CODE_LEN),
             ] {
                 if let Some(value) = value {
                     all.push(text(key(field), value, limit));
@@ -112,11 +116,6 @@ impl Config {
             all.push(path("uplink.fhir.ca", &fhir.ca));
             all.push(path("uplink.fhir.cert", &fhir.cert));
             all.push(path("uplink.fhir.key", &fhir.key));
-            all.push(text(
-                "uplink.fhir.bundle_type",
-                &fhir.bundle_type,
-                MAX_CODE_LEN,
-            ));
         }
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
@@ -137,17 +136,28 @@ impl Config {
         all
     }
 
-    /// Checks what the types cannot. Returns every problem, each naming its key.
-    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+    /// Every string or path longer than its limit. Nothing else should look at a
+    /// configuration that has one: other checks may quote a value, open a path or compile
+    /// a profile.
+    pub fn check_lengths(&self) -> Result<(), Vec<ConfigError>> {
         let too_long: Vec<ConfigError> = self
             .texts()
             .into_iter()
             .filter(|(_, len, limit)| len > limit)
             .map(|(key, _, limit)| err(&key, crate::limits::too_long_message(limit)))
             .collect();
-        if !too_long.is_empty() {
-            return Err(too_long);
+        if too_long.is_empty() {
+            Ok(())
+        } else {
+            Err(too_long)
         }
+    }
+
+    /// Checks what the types cannot, as far as the configuration alone can tell (see the
+    /// module header for the rest). Returns every problem, each naming its key; when a
+    /// string is too long, only those problems.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        self.check_lengths()?;
         let mut problems = Vec::new();
         let b = &self.buffer;
         if b.capacity == 0 {
@@ -182,8 +192,9 @@ impl Config {
         if let Some(ble) = &self.sources.ble {
             validate_ble(ble, &mut problems);
         }
+        let mut port_names = HashSet::new();
         for (i, port) in self.sources.serial.iter().enumerate() {
-            validate_serial(i, port, &self.sources.serial[..i], &mut problems);
+            validate_serial(i, port, &mut port_names, &mut problems);
         }
         let u = &self.uplink;
         if !(1..=10_000).contains(&u.batch_size) {
@@ -227,37 +238,19 @@ impl Config {
                     "give either patient_system and patient_id, or patient_reference",
                 )),
             }
+            for (field, value) in [
+                ("patient_system", &d.patient_system),
+                ("patient_id", &d.patient_id),
+                ("patient_reference", &d.patient_reference),
+            ] {
+                if value.as_deref() == Some("") {
+                    problems.push(err(&format!("{key}.{field}"), "must not be empty"));
+                }
+            }
             if d.user == Some(0xFF) {
                 problems.push(err(
                     &format!("{key}.user"),
                     "255 means \"unknown user\" in BLE; use 0-254",
-                ));
-            }
-            let same_device = |o: &&DeviceBinding| same_device_id(&o.id, &d.id);
-            if self.devices[..i]
-                .iter()
-                .filter(same_device)
-                .any(|o| o.user == d.user)
-            {
-                problems.push(err(
-                    &format!("{key}.id"),
-                    match d.user {
-                        Some(u) => format!("device {:?} user {u} is bound twice", d.id),
-                        None => format!("device {:?} is bound twice", d.id),
-                    },
-                ));
-            } else if self.devices[..i]
-                .iter()
-                .filter(same_device)
-                .any(|o| o.user.is_some() != d.user.is_some())
-            {
-                problems.push(err(
-                    &format!("{key}.user"),
-                    format!(
-                        "device {:?} has bindings with and without `user`: on a shared device \
-                         every binding names its user",
-                        d.id
-                    ),
                 ));
             }
         }
@@ -276,16 +269,6 @@ fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
         if let Some(value) = value {
             all.push(path(format!("{key}.{field}"), value));
         }
-    }
-}
-
-/// Whether two `[[devices]]` ids name the same device (a Bluetooth address may be written
-/// with or without colons, in either case).
-fn same_device_id(a: &str, b: &str) -> bool {
-    use crate::profile::ble::parse_bluetooth_address as addr;
-    match (addr(a), addr(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
     }
 }
 
@@ -317,45 +300,11 @@ fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
         ));
     }
     for (i, d) in ble.devices.iter().enumerate() {
-        let key = format!("sources.ble.devices[{i}]");
-        match (&d.address, &d.service) {
-            (Some(_), Some(_)) | (None, None) => {
-                problems.push(err(&key, "give exactly one of `address` or `service`"))
-            }
-            _ => {}
-        }
-        if let Some(a) = &d.address {
-            if crate::profile::ble::parse_bluetooth_address(a).is_none() {
-                problems.push(err(
-                    &format!("{key}.address"),
-                    "not a Bluetooth address: expected six hex pairs like A1:B2:C3:D4:E5:F6",
-                ));
-            } else if ble.devices[..i].iter().any(|o| {
-                o.address
-                    .as_deref()
-                    .and_then(crate::profile::ble::parse_bluetooth_address)
-                    == crate::profile::ble::parse_bluetooth_address(a)
-            }) {
-                problems.push(err(&format!("{key}.address"), "listed twice"));
-            }
-        }
-        if let Some(svc) = &d.service {
-            if crate::profile::ble::parse_characteristic(svc).is_err() {
-                problems.push(err(
-                    &format!("{key}.service"),
-                    "not a 16-bit service UUID: expected e.g. 1810, 0x1810 or the 128-bit form",
-                ));
-            }
-        }
-        if let Some(p) = &d.profile {
-            let builtin = crate::profile::ble::profile_file::builtin();
-            if ble.profiles_dir.is_none() && !builtin.iter().any(|b| &b.id == p) {
-                let known: Vec<String> = builtin.into_iter().map(|b| b.id).collect();
-                problems.push(err(
-                    &format!("{key}.profile"),
-                    format!("no profile {p:?}; built in: {}", known.join(", ")),
-                ));
-            }
+        if d.address.is_some() == d.service.is_some() {
+            problems.push(err(
+                &format!("sources.ble.devices[{i}]"),
+                "give exactly one of `address` or `service`",
+            ));
         }
     }
 }
@@ -457,10 +406,10 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
     }
 }
 
-fn validate_serial(
+fn validate_serial<'a>(
     i: usize,
-    port: &SerialPortConfig,
-    earlier: &[SerialPortConfig],
+    port: &'a SerialPortConfig,
+    earlier_names: &mut HashSet<&'a str>,
     problems: &mut Vec<ConfigError>,
 ) {
     let key = |field: &str| format!("sources.serial[{i}].{field}");
@@ -475,7 +424,7 @@ fn validate_serial(
             &key("name"),
             "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
         ));
-    } else if earlier.iter().any(|o| o.name == port.name) {
+    } else if !earlier_names.insert(&port.name) {
         problems.push(err(
             &key("name"),
             format!("serial port {:?} is configured twice", port.name),
@@ -487,40 +436,21 @@ fn validate_serial(
                 problems.push(err(&key("usb_serial"), "only with `usb`"));
             }
         }
-        (None, Some(usb)) => {
-            if crate::ingest::serial::port::UsbId::parse(usb).is_none() {
-                problems.push(err(
-                    &key("usb"),
-                    "must be VVVV:PPPP, the USB vendor and product id in hex (e.g. 0403:6001)",
-                ));
-            }
-        }
+        (None, Some(_)) => {}
         _ => problems.push(err(
             &format!("sources.serial[{i}]"),
             "give exactly one of `path` or `usb`",
         )),
     }
     match port.protocol {
-        SerialProtocol::Line => match &port.profile {
-            None => problems.push(err(
-                &key("profile"),
-                "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
-            )),
-            Some(id) => {
-                if let Err(e) = crate::profile::line::Registry::load(port.profiles_dir.as_deref())
-                    .and_then(|r| r.get(id).map(|_| ()))
-                {
-                    let field = if port.profiles_dir.is_some()
-                        && !matches!(e, crate::profile::line::ProfileError::Unknown { .. })
-                    {
-                        "profiles_dir"
-                    } else {
-                        "profile"
-                    };
-                    problems.push(err(&key(field), e.to_string()));
-                }
+        SerialProtocol::Line => {
+            if port.profile.is_none() {
+                problems.push(err(
+                    &key("profile"),
+                    "a `line` port needs a line profile id (e.g. line-nonin-ascii)",
+                ));
             }
-        },
+        }
         SerialProtocol::Firmware => {
             for (field, set) in [
                 ("profile", port.profile.is_some()),
@@ -542,14 +472,6 @@ fn validate_serial(
             problems.push(err(
                 &key("device_id"),
                 format!("must be 1 to {MAX_ID_LEN} bytes of printable characters"),
-            ));
-        }
-    }
-    if let Some(offset) = &port.device_utc_offset {
-        if crate::profile::line::parse_utc_offset(offset).is_none() {
-            problems.push(err(
-                &key("device_utc_offset"),
-                "must be a UTC offset like +01:00, -05:00 or +00:00",
             ));
         }
     }
@@ -593,12 +515,6 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     check_private_key("uplink.fhir.key", &fhir.key, problems);
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
-    }
-    if fhir.bundle_type != "transaction" && fhir.bundle_type != "batch" {
-        problems.push(err(
-            "uplink.fhir.bundle_type",
-            "must be \"transaction\" or \"batch\"",
-        ));
     }
 }
 
@@ -675,7 +591,7 @@ fn is_within(path: &Path, dir: &Path) -> bool {
 /// Private keys must exist and be accessible to nobody but their owner and the gateway's
 /// own user (see [`crate::keyfile`]: mode 0600 or stricter, or an equivalent POSIX ACL such as
 /// the one systemd puts on a credential).
-pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
     }

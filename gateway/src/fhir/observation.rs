@@ -10,10 +10,9 @@ use super::{
     TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, Quantity, Reading,
-    StatusFlag, TimeSource, Value,
+    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
+    Quantity, Reading, StatusFlag, TimeSource, Value,
 };
-use crate::profile::canonical;
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
 pub const EUI64_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
@@ -103,13 +102,7 @@ impl<'a> Concept<'a> {
     }
 
     fn absent(r: AbsentReason) -> Self {
-        let code = match r {
-            AbsentReason::NotANumber => "not-a-number",
-            AbsentReason::NotAtResolution | AbsentReason::Error => "error",
-            AbsentReason::PositiveInfinity => "positive-infinity",
-            AbsentReason::NegativeInfinity => "negative-infinity",
-        };
-        Self::one(Coding::new(DATA_ABSENT_REASON, code, None))
+        Self::one(Coding::new(DATA_ABSENT_REASON, r.as_str(), None))
     }
 }
 
@@ -305,19 +298,11 @@ impl<'a> Observation<'a> {
             "phd",
             Some("PHD generated Observation"),
         )));
-        let subject = r.patient.as_ref().map(|p| {
-            if p.system.is_empty() {
-                Subject::Reference(Reference {
-                    reference: &p.value,
-                })
-            } else {
-                Subject::Identifier {
-                    identifier: Identifier {
-                        system: &p.system,
-                        value: &p.value,
-                    },
-                }
-            }
+        let subject = r.patient.as_ref().map(|p| match p {
+            PatientRef::Reference(reference) => Subject::Reference(Reference { reference }),
+            PatientRef::Identifier { system, value } => Subject::Identifier {
+                identifier: Identifier { system, value },
+            },
         });
         let (when, source) = r.effective_time();
         let time_ext = time_source_extension(r, source);
@@ -344,7 +329,7 @@ impl<'a> Observation<'a> {
             .map(|f| {
                 Concept::one(Coding::new(
                     STATUS_SYSTEM,
-                    canonical::status_name(*f),
+                    f.as_str(),
                     Some(status_display(*f)),
                 ))
             })

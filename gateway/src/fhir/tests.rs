@@ -30,10 +30,7 @@ fn bp_reading() -> Reading {
             model: Some("BP-1".into()),
             manufacturer: Some("Acme".into()),
         },
-        patient: Some(PatientRef {
-            system: "urn:oid:1.2.3".into(),
-            value: "p42".into(),
-        }),
+        patient: Some(PatientRef::identifier("urn:oid:1.2.3", "p42")),
         metric: catalog::BLOOD_PRESSURE,
         value: Value::Components(vec![
             c(catalog::SYSTOLIC, Measured::Value(Decimal::new(1205, -1))),

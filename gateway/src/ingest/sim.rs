@@ -135,9 +135,8 @@ fn devices(count: u32, bindings: &Bindings) -> Vec<SimDevice> {
         .map(|i| {
             let (kind, tag, model) = KINDS[i as usize % KINDS.len()];
             let id = format!("SIM-{tag}-{:04}", i + 1);
-            let patient = bindings.patient(&id).unwrap_or_else(|| PatientRef {
-                system: "urn:vitalbridge:demo-patient".into(),
-                value: format!("demo-{}", i + 1),
+            let patient = bindings.patient(&id).unwrap_or_else(|| {
+                PatientRef::identifier("urn:vitalbridge:demo-patient", format!("demo-{}", i + 1))
             });
             SimDevice {
                 kind,

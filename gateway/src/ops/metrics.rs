@@ -210,15 +210,6 @@ fn elapsed(from: OffsetDateTime, to: OffsetDateTime) -> Duration {
     Duration::try_from(to - from).unwrap_or(Duration::ZERO)
 }
 
-fn id_kind(id: &DeviceId) -> &'static str {
-    match id {
-        DeviceId::Eui64(_) => "eui64",
-        DeviceId::Bluetooth(_) => "bluetooth",
-        DeviceId::Serial(_) => "serial",
-        DeviceId::Other(_) => "other",
-    }
-}
-
 impl Metrics {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -409,7 +400,7 @@ impl Metrics {
                 .iter()
                 .map(|(id, seen)| DeviceStatus {
                     id: id.key(),
-                    id_kind: id_kind(id),
+                    id_kind: id.kind().as_str(),
                     profile: seen.profile.clone(),
                     source: seen.source.to_string(),
                     last_received: seen.last_received,

@@ -9,7 +9,8 @@
 //!   lines and audit events.
 //! - [`audit`]: the append-only audit log of security-relevant events; [`config_change`]
 //!   notices a changed configuration between starts, [`certs`] reads certificate validity.
-//! - [`net`]: the client allow-list of the HTTP server.
+//! - The client allow-list of the HTTP server is `ops.http.allow_from`, a list of
+//!   [`crate::config::Cidr`].
 //! - [`systemd`]: `sd_notify` readiness, watchdog and stopping notifications.
 //!
 //! Architecture invariant: nothing here shows or writes a patient value or identifier. Devices
@@ -25,7 +26,6 @@ pub mod certs;
 pub mod config_change;
 pub mod histogram;
 pub mod metrics;
-pub mod net;
 pub mod prometheus;
 pub mod server;
 pub mod status;

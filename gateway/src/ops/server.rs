@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use super::audit::{Audit, Event};
 use super::certs::CertReport;
 use super::metrics::Metrics;
-use super::net::Cidr;
 use super::{prometheus, status, GatewayInfo, Lifecycle, QueueProbe, View};
+use crate::config::Cidr;
 
 /// Most connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;

@@ -57,8 +57,8 @@ use crate::limits::{
     MAX_UNIT_LEN,
 };
 use crate::model::{
-    AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef, Quantity,
-    Reading, StatusFlag, Value,
+    AbsentReason, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured, Metric,
+    PatientRef, Quantity, Reading, StatusFlag, Value,
 };
 use crate::profile::catalog;
 
@@ -315,7 +315,7 @@ fn convert(
     for (i, s) in w.status.iter().enumerate() {
         let name = format!("status[{i}]");
         limit(&name, s, MAX_CODE_LEN)?;
-        let flag = status_flag(s).ok_or_else(|| field(name, "unknown status flag"))?;
+        let flag = StatusFlag::parse(s).ok_or_else(|| field(name, "unknown status flag"))?;
         if !status.contains(&flag) {
             status.push(flag);
         }
@@ -362,26 +362,23 @@ fn device(w: WireDevice) -> Result<DeviceRef, DecodeError> {
     }
     let model = display_name("device.model", full.model)?;
     let manufacturer = display_name("device.manufacturer", full.manufacturer)?;
-    let id = match full.id_type.as_deref().unwrap_or("other") {
-        "eui64" => DeviceId::Eui64(
-            hex_array(&full.id).ok_or_else(|| field("device.id", "eui64 needs 16 hex digits"))?,
-        ),
-        "bluetooth" => {
-            let compact: String = full.id.chars().filter(|c| *c != ':').collect();
-            DeviceId::Bluetooth(
-                hex_array(&compact)
-                    .ok_or_else(|| field("device.id", "bluetooth needs 12 hex digits"))?,
-            )
-        }
-        "serial" => DeviceId::Serial(full.id),
-        "other" => DeviceId::Other(full.id),
-        _ => {
-            return Err(field(
+    let kind = match full.id_type.as_deref() {
+        None => DeviceIdKind::Other,
+        Some(name) => DeviceIdKind::parse(name).ok_or_else(|| {
+            field(
                 "device.id_type",
                 "must be eui64, bluetooth, serial or other",
-            ))
-        }
+            )
+        })?,
     };
+    let key = match kind {
+        DeviceIdKind::Bluetooth => full.id.chars().filter(|c| *c != ':').collect(),
+        _ => full.id,
+    };
+    let id = DeviceId::from_key(kind, key).ok_or_else(|| match kind {
+        DeviceIdKind::Eui64 => field("device.id", "eui64 needs 16 hex digits"),
+        _ => field("device.id", "bluetooth needs 12 hex digits"),
+    })?;
     Ok(DeviceRef {
         id,
         profile: PROFILE_ID.to_owned(),
@@ -402,17 +399,6 @@ fn display_name(name: &str, text: Option<String>) -> Result<Option<String>, Deco
     Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
 }
 
-fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
     for (name, text, max) in [
         ("patient.system", &p.system, MAX_SYSTEM_LEN),
@@ -427,15 +413,12 @@ fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
     }
     match (p.system, p.value, p.reference) {
         (Some(system), Some(value), None) if !system.is_empty() && !value.is_empty() => {
-            Ok(PatientRef { system, value })
+            Ok(PatientRef::Identifier { system, value })
         }
         (None, None, Some(reference))
             if reference.starts_with("Patient/") && reference.len() > 8 =>
         {
-            Ok(PatientRef {
-                system: String::new(),
-                value: reference,
-            })
+            Ok(PatientRef::Reference(reference))
         }
         _ => Err(field(
             "patient",
@@ -473,7 +456,7 @@ fn measured(
         (Some(n), None) => Decimal::parse(&n.to_string())
             .map(Measured::Value)
             .ok_or_else(|| field(name, "number out of range")),
-        (None, Some(r)) => absent_reason(r).map(Measured::Absent).ok_or_else(|| {
+        (None, Some(r)) => AbsentReason::parse(r).map(Measured::Absent).ok_or_else(|| {
             field(
                 "data_absent_reason",
                 "must be not-a-number, error, positive-infinity or negative-infinity",
@@ -501,48 +484,6 @@ fn component(i: usize, c: WireComponent) -> Result<Component, DecodeError> {
         metric,
         quantity: Quantity { value, unit },
     })
-}
-
-/// The FHIR `data-absent-reason` code for a reason, and back.
-pub fn absent_reason(code: &str) -> Option<AbsentReason> {
-    Some(match code {
-        "not-a-number" => AbsentReason::NotANumber,
-        "error" => AbsentReason::Error,
-        "positive-infinity" => AbsentReason::PositiveInfinity,
-        "negative-infinity" => AbsentReason::NegativeInfinity,
-        _ => return None,
-    })
-}
-
-const STATUS_NAMES: &[(&str, StatusFlag)] = &[
-    ("body-movement", StatusFlag::BodyMovement),
-    ("cuff-loose", StatusFlag::CuffLoose),
-    ("irregular-pulse", StatusFlag::IrregularPulse),
-    ("pulse-rate-out-of-range", StatusFlag::PulseRateOutOfRange),
-    ("improper-position", StatusFlag::ImproperPosition),
-    ("questionable", StatusFlag::Questionable),
-    ("calibrating", StatusFlag::Calibrating),
-    ("test-data", StatusFlag::TestData),
-    ("low-battery", StatusFlag::LowBattery),
-    ("sensor-fault", StatusFlag::SensorFault),
-    ("invalid", StatusFlag::Invalid),
-];
-
-/// A status flag by its name in this format.
-pub fn status_flag(name: &str) -> Option<StatusFlag> {
-    STATUS_NAMES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| *f)
-}
-
-/// The name of a status flag in this format.
-pub fn status_name(flag: StatusFlag) -> &'static str {
-    STATUS_NAMES
-        .iter()
-        .find(|(_, f)| *f == flag)
-        .map(|(n, _)| *n)
-        .unwrap_or("invalid")
 }
 
 #[cfg(test)]
@@ -664,10 +605,7 @@ mod tests {
     #[test]
     fn the_config_binding_applies_when_the_payload_names_no_patient() {
         let bind = |key: &str, user: Option<u8>| {
-            (key == "d" && user != Some(2)).then(|| PatientRef {
-                system: "urn:x".into(),
-                value: "p1".into(),
-            })
+            (key == "d" && user != Some(2)).then(|| PatientRef::identifier("urn:x", "p1"))
         };
         let r = decode(
             br#"{"device":"d","metric":"spo2","value":97}"#,
@@ -675,7 +613,7 @@ mod tests {
             &bind,
         )
         .unwrap();
-        assert_eq!(r[0].patient.as_ref().map(|p| p.value.as_str()), Some("p1"));
+        assert_eq!(r[0].patient, Some(PatientRef::identifier("urn:x", "p1")));
         // The device user index reaches the binding (shared scales and cuffs).
         let r = decode(
             br#"{"device":"d","metric":"spo2","value":97,"user":2}"#,
@@ -691,8 +629,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r[0].patient.as_ref().map(|p| p.value.as_str()),
-            Some("Patient/9")
+            r[0].patient,
+            Some(PatientRef::Reference("Patient/9".into()))
         );
     }
 

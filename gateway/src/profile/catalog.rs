@@ -791,14 +791,6 @@ pub fn by_mdc(code: u32) -> Option<Metric> {
     ALL.iter().find(|m| m.mdc == code).cloned()
 }
 
-/// The short name of a metric, if it has one (used by the CLI and the simulator).
-pub fn short_name(metric: &Metric) -> Option<&'static str> {
-    SHORT_NAMES
-        .iter()
-        .find(|(_, m)| m.mdc == metric.mdc && m.loinc == metric.loinc)
-        .map(|(n, _)| *n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,9 +62,7 @@ use serde_json::{json, Map, Number, Value as Json};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::{
-    AbsentReason, Decimal, Measured, Metric, Quantity, Reading, StatusFlag, TimeSource, Value,
-};
+use crate::model::{Decimal, Measured, Metric, Quantity, Reading, TimeSource, Value};
 
 /// The report for `readings`, in the shape described in the module doc.
 pub fn readings_to_json(readings: &[Reading]) -> Json {
@@ -130,7 +128,7 @@ pub fn reading_to_json(reading: &Reading) -> Json {
             reading
                 .status
                 .iter()
-                .map(|s| Json::from(status_code(*s)))
+                .map(|s| Json::from(s.as_str()))
                 .collect(),
         ),
     );
@@ -155,33 +153,6 @@ pub fn reading_to_json(reading: &Reading) -> Json {
     Json::Object(o)
 }
 
-/// The FHIR `data-absent-reason` code for a special value.
-pub fn data_absent_reason(reason: AbsentReason) -> &'static str {
-    match reason {
-        AbsentReason::NotANumber => "not-a-number",
-        AbsentReason::PositiveInfinity => "positive-infinity",
-        AbsentReason::NegativeInfinity => "negative-infinity",
-        AbsentReason::NotAtResolution | AbsentReason::Error => "error",
-    }
-}
-
-/// The kebab-case name of a status flag.
-pub fn status_code(flag: StatusFlag) -> &'static str {
-    match flag {
-        StatusFlag::BodyMovement => "body-movement",
-        StatusFlag::CuffLoose => "cuff-loose",
-        StatusFlag::IrregularPulse => "irregular-pulse",
-        StatusFlag::PulseRateOutOfRange => "pulse-rate-out-of-range",
-        StatusFlag::ImproperPosition => "improper-position",
-        StatusFlag::Questionable => "questionable",
-        StatusFlag::Calibrating => "calibrating",
-        StatusFlag::TestData => "test-data",
-        StatusFlag::LowBattery => "low-battery",
-        StatusFlag::SensorFault => "sensor-fault",
-        StatusFlag::Invalid => "invalid",
-    }
-}
-
 /// A decimal as a JSON number with exactly its precision (`2.00` stays `2.00`).
 pub fn decimal_json(d: Decimal) -> Json {
     // `Decimal`'s text is always a valid JSON number literal; with serde_json's
@@ -204,10 +175,7 @@ fn quantity_into(o: &mut Map<String, Json>, q: &Quantity) {
         Measured::Absent(reason) => {
             o.insert("value".into(), Json::Null);
             o.insert("unit".into(), Json::from(q.unit.clone()));
-            o.insert(
-                "data_absent_reason".into(),
-                Json::from(data_absent_reason(reason)),
-            );
+            o.insert("data_absent_reason".into(), Json::from(reason.as_str()));
         }
     }
 }
@@ -220,7 +188,7 @@ fn time_json(t: Option<OffsetDateTime>) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Component, DeviceId, DeviceRef};
+    use crate::model::{AbsentReason, Component, DeviceId, DeviceRef, StatusFlag};
     use crate::profile::catalog;
     use time::macros::datetime;
 

@@ -100,14 +100,8 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
 /// `SYSTEM|VALUE` as an identifier, anything else as a literal reference.
 fn patient(text: &str) -> PatientRef {
     match text.split_once('|') {
-        Some((system, value)) => PatientRef {
-            system: system.into(),
-            value: value.into(),
-        },
-        None => PatientRef {
-            system: String::new(),
-            value: text.into(),
-        },
+        Some((system, value)) if !system.is_empty() => PatientRef::identifier(system, value),
+        _ => PatientRef::Reference(text.into()),
     }
 }
 
@@ -191,11 +185,11 @@ mod tests {
     fn a_patient_is_an_identifier_or_a_literal_reference() {
         assert_eq!(
             patient("urn:oid:1.2.3|p-1"),
-            PatientRef {
-                system: "urn:oid:1.2.3".into(),
-                value: "p-1".into()
-            }
+            PatientRef::identifier("urn:oid:1.2.3", "p-1")
         );
-        assert_eq!(patient("Patient/9").system, "");
+        assert_eq!(
+            patient("Patient/9"),
+            PatientRef::Reference("Patient/9".into())
+        );
     }
 }

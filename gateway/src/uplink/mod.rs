@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Store;
-use crate::config::{Destination, UplinkConfig};
+use crate::config::{BundleType, Destination, UplinkConfig};
 use crate::fhir::{self, Gateway};
 use crate::model::Reading;
 use crate::ops::audit::Audit;
@@ -142,10 +142,9 @@ pub fn prepare(
         Destination::Fhir(f) => {
             let tls = crate::tls::client_config(&f.ca, Some((&f.cert, &f.key)))
                 .map_err(UplinkError::Tls)?;
-            let kind = if f.bundle_type == "batch" {
-                fhir::BundleType::Batch
-            } else {
-                fhir::BundleType::Transaction
+            let kind = match f.bundle_type {
+                BundleType::Transaction => fhir::BundleType::Transaction,
+                BundleType::Batch => fhir::BundleType::Batch,
             };
             let timeout = Duration::from_secs(f.timeout_s);
             let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?;

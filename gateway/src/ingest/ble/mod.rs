@@ -58,12 +58,58 @@ pub use profiles::Profiles;
 pub use session::SessionEnd;
 
 use super::{Bindings, SourceContext};
-use crate::config::BleSourceConfig;
+use crate::config::{BleSourceConfig, ConfigError};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::Ingest;
 use crate::profile::ble::parse_bluetooth_address;
 use crate::profile::ble::parse_characteristic;
 use crate::profile::ble::profile_file::BleProfile;
+
+/// What `[sources.ble]` needs the profiles to check: device addresses (each listed once),
+/// service UUIDs, and profile ids (against the built-in ones, when no `profiles_dir` may
+/// add others). Every problem, each naming its key.
+pub fn check_config(ble: &BleSourceConfig) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    let mut addresses = std::collections::HashSet::new();
+    let builtin = ble
+        .profiles_dir
+        .is_none()
+        .then(crate::profile::ble::profile_file::builtin);
+    for (i, d) in ble.devices.iter().enumerate() {
+        let key = |field: &str| format!("sources.ble.devices[{i}].{field}");
+        if let Some(a) = &d.address {
+            match parse_bluetooth_address(a) {
+                None => problems.push(ConfigError::new(
+                    key("address"),
+                    "not a Bluetooth address: expected six hex pairs like A1:B2:C3:D4:E5:F6",
+                )),
+                Some(address) => {
+                    if !addresses.insert(address) {
+                        problems.push(ConfigError::new(key("address"), "listed twice"));
+                    }
+                }
+            }
+        }
+        if let Some(svc) = &d.service {
+            if parse_characteristic(svc).is_err() {
+                problems.push(ConfigError::new(
+                    key("service"),
+                    "not a 16-bit service UUID: expected e.g. 1810, 0x1810 or the 128-bit form",
+                ));
+            }
+        }
+        if let (Some(p), Some(builtin)) = (&d.profile, &builtin) {
+            if !builtin.iter().any(|b| &b.id == p) {
+                let known: Vec<&str> = builtin.iter().map(|b| b.id.as_str()).collect();
+                problems.push(ConfigError::new(
+                    key("profile"),
+                    format!("no profile {p:?}; built in: {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+    problems
+}
 
 /// Time limits and delays of the source. [`Timing::from_config`] gives the configured and
 /// default ones; tests shorten them.

@@ -127,11 +127,6 @@ impl LineSession {
         self.stats
     }
 
-    /// The device the lines come from.
-    pub fn device(&self) -> &DeviceRef {
-        &self.device
-    }
-
     /// The kind of the most recent decode error, if any (and forgets it).
     pub fn take_last_error(&mut self) -> Option<&'static str> {
         self.last_error.take()

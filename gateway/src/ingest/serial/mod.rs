@@ -30,10 +30,31 @@ mod tests;
 use time::UtcOffset;
 use vitalbridge_firmware::message::Message;
 
-use crate::config::{FlowControl, Parity, SerialPortConfig, SerialProtocol};
+use crate::config::{ConfigError, SerialPortConfig, SerialProtocol};
 use crate::model::{DeviceId, DeviceRef, Reading};
-use crate::profile::line::{self, LineProfile, ProfileError, Registry};
-use port::{PortTarget, Settings, SysRoots, UsbId};
+use crate::profile::line::{LineProfile, ProfileError, Registry};
+use crate::serial_settings::{FlowControl, Parity};
+use port::{PortTarget, Settings, SysRoots};
+
+/// What `[[sources.serial]]` table `i` needs the line profiles to check: that its profile
+/// loads (built in, or from `profiles_dir`).
+pub fn check_config(i: usize, port: &SerialPortConfig) -> Option<ConfigError> {
+    let (SerialProtocol::Line, Some(id)) = (port.protocol, &port.profile) else {
+        return None;
+    };
+    let e = Registry::load(port.profiles_dir.as_deref())
+        .and_then(|r| r.get(id).map(|_| ()))
+        .err()?;
+    let field = if port.profiles_dir.is_some() && !matches!(e, ProfileError::Unknown { .. }) {
+        "profiles_dir"
+    } else {
+        "profile"
+    };
+    Some(ConfigError::new(
+        format!("sources.serial[{i}].{field}"),
+        e.to_string(),
+    ))
+}
 
 /// Port settings for firmware devices unless configured otherwise: 115200 8N1, no flow
 /// control.
@@ -160,7 +181,7 @@ impl SerialSource {
         let target = match (&config.path, &config.usb) {
             (Some(path), None) => PortTarget::Path(path.clone()),
             (None, Some(usb)) => PortTarget::Usb {
-                id: UsbId::parse(usb).ok_or_else(|| bad("usb: not VVVV:PPPP"))?,
+                id: *usb,
                 serial: config.usb_serial.clone(),
             },
             _ => return Err(bad("give exactly one of `path` or `usb`")),
@@ -179,11 +200,7 @@ impl SerialSource {
                 let registry =
                     Registry::load(config.profiles_dir.as_deref()).map_err(profile_error)?;
                 let profile = registry.get(id).map_err(profile_error)?.clone();
-                let utc_offset = match &config.device_utc_offset {
-                    Some(text) => line::parse_utc_offset(text)
-                        .ok_or_else(|| bad("device_utc_offset: not like +01:00"))?,
-                    None => UtcOffset::UTC,
-                };
+                let utc_offset = config.device_utc_offset.unwrap_or(UtcOffset::UTC);
                 let device = DeviceRef {
                     id: match &config.device_id {
                         Some(id) => DeviceId::Serial(id.clone()),

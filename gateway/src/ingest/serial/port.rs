@@ -16,43 +16,12 @@ use std::path::{Path, PathBuf};
 
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
-use crate::config::{FlowControl, Parity};
 use crate::profile::line::SerialSettings;
+use crate::serial_settings::{FlowControl, Parity, UsbId};
 
 /// How far up from a tty's `device` directory the USB device directory may be (usb-serial:
 /// tty → port → interface → device; cdc-acm: interface → device).
 const MAX_SYSFS_DEPTH: usize = 6;
-
-/// A USB vendor and product id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UsbId {
-    /// Vendor id (`idVendor`).
-    pub vendor: u16,
-    /// Product id (`idProduct`).
-    pub product: u16,
-}
-
-impl UsbId {
-    /// Parses `VVVV:PPPP` (four hex digits each, either case).
-    pub fn parse(text: &str) -> Option<Self> {
-        let (v, p) = text.split_once(':')?;
-        let hex4 = |s: &str| {
-            (s.len() == 4 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| u16::from_str_radix(s, 16).ok())
-                .flatten()
-        };
-        Some(Self {
-            vendor: hex4(v)?,
-            product: hex4(p)?,
-        })
-    }
-}
-
-impl fmt::Display for UsbId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:04x}", self.vendor, self.product)
-    }
-}
 
 /// Which port to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,29 +322,6 @@ mod tests {
             dev: PathBuf::from("/dev"),
         };
         (root, roots)
-    }
-
-    #[test]
-    fn usb_ids_parse_as_four_hex_digits_each() {
-        assert_eq!(
-            UsbId::parse("0403:6001"),
-            Some(UsbId {
-                vendor: 0x0403,
-                product: 0x6001
-            })
-        );
-        assert_eq!(UsbId::parse("2FE3:0100").unwrap().to_string(), "2fe3:0100");
-        for bad in [
-            "",
-            "0403",
-            "403:6001",
-            "0403:60011",
-            "0403-6001",
-            "04g3:6001",
-            "+403:6001",
-        ] {
-            assert_eq!(UsbId::parse(bad), None, "{bad}");
-        }
     }
 
     #[test]

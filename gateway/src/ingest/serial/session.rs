@@ -205,11 +205,13 @@ impl Session {
     }
 
     /// The device identified on this connection, if any.
+    #[cfg(test)]
     pub fn device(&self) -> Option<&DeviceRef> {
         self.device.as_ref()
     }
 
     /// Commits still waiting for the buffer's answer.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }

@@ -65,10 +65,7 @@ fn bound() -> Bindings {
     Bindings::new([(
         "112233FFFE445566".to_owned(),
         None,
-        PatientRef {
-            system: "urn:oid:1.2.3".into(),
-            value: "p-9".into(),
-        },
+        PatientRef::identifier("urn:oid:1.2.3", "p-9"),
     )])
 }
 
@@ -130,7 +127,11 @@ fn the_ack_comes_only_after_the_commit_is_durable() {
             manufacturer: Some("Acme".into()),
         }
     );
-    assert_eq!(r.patient.as_ref().unwrap().value, "p-9", "bound in config");
+    assert_eq!(
+        r.patient,
+        Some(PatientRef::identifier("urn:oid:1.2.3", "p-9")),
+        "bound in config"
+    );
     assert_eq!(r.metric, crate::profile::catalog::SPO2);
     assert_eq!(
         r.value,
@@ -586,10 +587,7 @@ fn nonin_session() -> LineSession {
         Bindings::new([(
             "502123456".to_owned(),
             None,
-            PatientRef {
-                system: "urn:oid:1.2.3".into(),
-                value: "p-2".into(),
-            },
+            PatientRef::identifier("urn:oid:1.2.3", "p-2"),
         )]),
     )
 }
@@ -611,7 +609,10 @@ fn a_line_session_commits_readings_dead_letters_bad_lines_and_skips_the_rest() {
         panic!("{actions:?}")
     };
     assert_eq!(readings.len(), 2);
-    assert_eq!(readings[0].patient.as_ref().unwrap().value, "p-2");
+    assert_eq!(
+        readings[0].patient,
+        Some(PatientRef::identifier("urn:oid:1.2.3", "p-2"))
+    );
     assert_eq!(readings[0].received_at, NOW);
     let Action::Reject {
         reason,

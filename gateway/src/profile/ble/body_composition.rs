@@ -104,11 +104,6 @@ impl BodyCompositionMeasurement {
         bit(u32::from(self.flags), 0)
     }
 
-    /// Whether this is one packet of a measurement split over several.
-    pub fn multiple_packet(&self) -> bool {
-        bit(u32::from(self.flags), 12)
-    }
-
     /// The readings (see the module doc).
     pub fn to_readings(&self, ctx: &FrameContext) -> Vec<Reading> {
         let common = Common {

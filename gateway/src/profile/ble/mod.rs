@@ -193,11 +193,6 @@ pub fn parse_bluetooth_address(s: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-/// The full 128-bit form of a 16-bit UUID, lower case.
-pub fn full_uuid(short: u16) -> String {
-    format!("0000{short:04x}{BASE_UUID_TAIL}")
-}
-
 /// Every characteristic this module decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decoder {

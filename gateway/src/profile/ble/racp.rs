@@ -34,8 +34,6 @@ use super::{DecodeError, Reader};
 
 /// RACP op code "Report stored records".
 pub const OP_REPORT_STORED_RECORDS: u8 = 0x01;
-/// RACP op code "Report number of stored records".
-pub const OP_REPORT_NUMBER: u8 = 0x04;
 /// RACP op code "Number of stored records response".
 pub const OP_NUMBER_RESPONSE: u8 = 0x05;
 /// RACP op code "Response code".

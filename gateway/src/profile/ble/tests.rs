@@ -206,6 +206,11 @@ const VALID: &[(u16, &str)] = &[
     (BODY, "01 00 FF FF"),
 ];
 
+/// The full 128-bit form of a 16-bit UUID, lower case.
+fn full_uuid(short: u16) -> String {
+    format!("0000{short:04x}{BASE_UUID_TAIL}")
+}
+
 #[test]
 fn heart_rate_measurement() {
     // eisaev/blevalueparser tests/heartratemeasurementtest.cpp,

@@ -43,10 +43,10 @@ use std::ops::Range;
 use regex::Regex;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::config::{FlowControl, Parity};
 use crate::limits::MAX_LINE_FIELD_LEN;
 use crate::model::{Decimal, Measured, Metric, Quantity, Reading, StatusFlag, Value};
 use crate::profile::FrameContext;
+use crate::serial_settings::{FlowControl, Parity};
 
 pub use registry::Registry;
 pub use schema::ProfileError;
@@ -60,14 +60,10 @@ pub const MAX_LINE_LENGTH: usize = 4096;
 pub struct LineProfile {
     /// Profile id, e.g. `line-nonin-ascii`; recorded on every device it decodes.
     pub id: String,
-    /// For people: device and output mode.
-    pub name: String,
     /// Device manufacturer, recorded on the FHIR Device.
     pub manufacturer: String,
     /// Device model, recorded on the FHIR Device.
     pub model: String,
-    /// Where the format is documented.
-    pub documentation: String,
     /// The port settings the device uses.
     pub serial: SerialSettings,
     /// Longest line accepted, in bytes, without its terminator.
@@ -206,27 +202,6 @@ fn field_error(field: &str, problem: impl fmt::Display) -> DecodeError {
         field: field.to_owned(),
         problem: problem.to_string(),
     }
-}
-
-/// Parses a fixed UTC offset written `+HH:MM`, `-HH:MM` or `Z`.
-pub fn parse_utc_offset(text: &str) -> Option<UtcOffset> {
-    if text == "Z" {
-        return Some(UtcOffset::UTC);
-    }
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1i8, &text[1..]),
-        b'-' => (-1i8, &text[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
-    if h > 18 || m > 59 {
-        return None;
-    }
-    UtcOffset::from_hms(sign * h, sign * m, 0).ok()
 }
 
 /// The named fields of one line and where each is in it.

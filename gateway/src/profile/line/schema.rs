@@ -27,12 +27,12 @@ use super::{
     Decoded, Delimiter, LineProfile, MetricRule, SerialSettings, Split, StatusRule, TimeFormat,
     TimeSpec, MAX_LINE_LENGTH,
 };
-use crate::config::{FlowControl, Parity};
 use crate::limits::{
     MAX_CODE_LEN, MAX_LINE_FIELD_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_TIME_LEN, MAX_UNIT_LEN,
 };
-use crate::model::{Measured, Reading, Value};
-use crate::profile::{canonical, catalog};
+use crate::model::{Measured, Reading, StatusFlag, Value};
+use crate::profile::catalog;
+use crate::serial_settings::{FlowControl, Parity};
 
 /// Largest compiled regex a profile may declare, in bytes (the regex crate's size limit).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -190,7 +190,7 @@ pub struct StatusSection {
 pub struct StatusBit {
     /// Bits that set the flag (any of them).
     pub mask: u64,
-    /// A status flag name as in the canonical JSON format (`questionable`, `sensor-fault`, …).
+    /// A status flag name ([`StatusFlag::as_str`]: `questionable`, `sensor-fault`, …).
     pub flag: String,
 }
 
@@ -502,7 +502,7 @@ impl ProfileFile {
             }
             let mut bits = Vec::new();
             for (j, b) in st.bits.iter().enumerate() {
-                let flag = canonical::status_flag(&b.flag).ok_or_else(|| {
+                let flag = StatusFlag::parse(&b.flag).ok_or_else(|| {
                     invalid(
                         &format!("{key}.bits[{j}].flag"),
                         "is not a known status flag".into(),
@@ -524,10 +524,8 @@ impl ProfileFile {
         }
         let profile = LineProfile {
             id: self.id,
-            name: self.name,
             manufacturer: self.manufacturer,
             model: self.model,
-            documentation: self.documentation,
             serial: SerialSettings {
                 baud: s.baud,
                 data_bits: s.data_bits,
@@ -595,12 +593,7 @@ fn check_example(profile: &LineProfile, example: &Example) -> Result<(), String>
     }
     let mut got_status: Vec<&str> = readings
         .first()
-        .map(|r| {
-            r.status
-                .iter()
-                .map(|f| canonical::status_name(*f))
-                .collect()
-        })
+        .map(|r| r.status.iter().map(|f| f.as_str()).collect())
         .unwrap_or_default();
     let mut want_status: Vec<&str> = example.status.iter().map(String::as_str).collect();
     got_status.sort_unstable();

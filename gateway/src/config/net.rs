@@ -4,21 +4,32 @@
 //! meaning that host alone (`/32` or `/128`). Host bits below the prefix must be zero, so
 //! `10.20.1.0/16` is refused rather than silently widened. An IPv4 network also matches
 //! IPv4-mapped IPv6 clients (`::ffff:10.20.1.5`), which is how a dual-stack listener sees them.
+//!
+//! The arithmetic is the `ipnet` crate's; this module adds the strict parsing, the error
+//! messages and what "loopback" means for a network.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
-/// An IP network: an address and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// An IP network: an address with its host bits zero, and a prefix length.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Cidr {
-    /// The network address (host bits zero).
-    addr: IpAddr,
-    /// Prefix length in bits: 0..=32 for IPv4, 0..=128 for IPv6.
-    prefix: u8,
+pub struct Cidr(IpNet);
+
+impl fmt::Debug for Cidr {
+    /// `Cidr { addr: 10.20.0.0, prefix: 16 }`, as before this type was built on `ipnet`: the
+    /// configuration fingerprint (`ops::config_change`) hashes the `Debug` text, and an
+    /// upgrade alone must not look like a configuration change in the audit log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cidr")
+            .field("addr", &self.0.addr())
+            .field("prefix", &self.0.prefix_len())
+            .finish()
+    }
 }
 
 /// Why a network could not be parsed.
@@ -35,55 +46,32 @@ pub enum CidrError {
     HostBits(String, Cidr),
 }
 
-fn bits(addr: IpAddr) -> (u128, u8) {
-    match addr {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    }
-}
-
-fn mask(prefix: u8, width: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        let all = if width == 32 {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        };
-        all & !((1u128 << (width - prefix)) - 1)
-    }
-}
+/// The networks of this machine's loopback interface.
+const LOOPBACK: [Cidr; 2] = [
+    Cidr(IpNet::new_assert(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        8,
+    )),
+    Cidr(IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
+];
 
 impl Cidr {
     /// The networks of this machine's loopback interface: `127.0.0.0/8` and `::1/128`.
     pub fn loopback() -> Vec<Cidr> {
-        vec![
-            Cidr {
-                addr: IpAddr::from([127, 0, 0, 0]),
-                prefix: 8,
-            },
-            Cidr {
-                addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-                prefix: 128,
-            },
-        ]
+        LOOPBACK.to_vec()
     }
 
     /// Whether every address of this network is a loopback address.
     pub fn is_loopback(&self) -> bool {
-        match self.addr {
-            IpAddr::V4(a) => a.is_loopback() && self.prefix >= 8,
-            IpAddr::V6(a) => a.is_loopback() && self.prefix == 128,
+        match self.0.addr() {
+            IpAddr::V4(a) => a.is_loopback() && self.0.prefix_len() >= 8,
+            IpAddr::V6(a) => a.is_loopback() && self.0.prefix_len() == 128,
         }
     }
 
     /// Whether `ip` is in this network. IPv4-mapped IPv6 addresses count as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        let (net, width) = bits(self.addr);
-        let (host, host_width) = bits(ip);
-        width == host_width && (host & mask(self.prefix, width)) == net
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -99,7 +87,7 @@ impl FromStr for Cidr {
             .trim()
             .parse()
             .map_err(|_| CidrError::Address(text.to_owned()))?;
-        let (value, width) = bits(addr);
+        let width = IpNet::from(addr).max_prefix_len();
         let prefix = match prefix_text {
             None => width,
             Some(p) => p
@@ -109,21 +97,12 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= width)
                 .ok_or_else(|| CidrError::Prefix(p.to_owned(), width))?,
         };
-        let masked = value & mask(prefix, width);
-        if masked != value {
-            let network = match addr {
-                IpAddr::V4(_) => IpAddr::from((masked as u32).to_be_bytes()),
-                IpAddr::V6(_) => IpAddr::from(masked.to_be_bytes()),
-            };
-            return Err(CidrError::HostBits(
-                text.to_owned(),
-                Cidr {
-                    addr: network,
-                    prefix,
-                },
-            ));
+        let net =
+            IpNet::new(addr, prefix).map_err(|_| CidrError::Prefix(prefix.to_string(), width))?;
+        if net.trunc() != net {
+            return Err(CidrError::HostBits(text.to_owned(), Cidr(net.trunc())));
         }
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr(net))
     }
 }
 
@@ -137,7 +116,7 @@ impl TryFrom<String> for Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}", self.0)
     }
 }
 
@@ -197,6 +176,10 @@ mod tests {
             err.to_string(),
             "10.20.1.0/16 has host bits set below the prefix; did you mean 10.20.0.0/16?"
         );
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>().unwrap_err().to_string(),
+            "prefix /33 is not between 0 and 32"
+        );
     }
 
     #[test]
@@ -216,6 +199,8 @@ mod tests {
             );
         }
         assert!(Cidr::loopback().iter().all(Cidr::is_loopback));
+        let shown: Vec<String> = Cidr::loopback().iter().map(Cidr::to_string).collect();
+        assert_eq!(shown, ["127.0.0.0/8", "::1/128"]);
     }
 
     proptest::proptest! {
@@ -225,12 +210,12 @@ mod tests {
         }
 
         #[test]
-        fn a_parsed_network_contains_its_own_address(a in proptest::prelude::any::<[u8; 4]>(), prefix in 0u8..=32) {
-            let width_mask = mask(prefix, 32) as u32;
-            let net = u32::from_be_bytes(a) & width_mask;
-            let text = format!("{}/{prefix}", std::net::Ipv4Addr::from(net));
+        fn a_parsed_network_contains_its_own_address_and_prints_as_written(a in proptest::prelude::any::<[u8; 4]>(), prefix in 0u8..=32) {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let network = Ipv4Addr::from(u32::from_be_bytes(a) & mask);
+            let text = format!("{network}/{prefix}");
             let cidr: Cidr = text.parse().unwrap();
-            proptest::prop_assert!(cidr.contains(IpAddr::from(std::net::Ipv4Addr::from(net))));
+            proptest::prop_assert!(cidr.contains(IpAddr::V4(network)));
             proptest::prop_assert_eq!(cidr.to_string(), text);
         }
     }
