@@ -50,8 +50,8 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$binary" ]; then
-    bash cross/build.sh "$target" "$@" >&2   # stdout carries only the .deb path
-    binary="target/$target/release/vitalbridge"
+    # cross/build.sh prints only the binary's path on stdout, as this script the .deb's.
+    binary="$(bash cross/build.sh "$target" "$@")"
 fi
 [ -x "$binary" ] || { echo "no binary at $binary" >&2; exit 1; }
 
@@ -61,9 +61,7 @@ mkdir -p "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
     "$stage/usr/share/vitalbridge" "$stage/etc/vitalbridge" \
     "$stage/usr/share/man/man1" "$stage/usr/share/doc/vitalbridge"
 
-strip_tool="${GNU_TRIPLE}-strip"
-command -v "$strip_tool" >/dev/null || strip_tool=strip
-"$strip_tool" -o "$stage/usr/bin/vitalbridge" "$binary"
+strip_binary "$binary" "$stage/usr/bin/vitalbridge"
 chmod 0755 "$stage/usr/bin/vitalbridge"
 install -m 0644 systemd/vitalbridge.service "$stage/usr/lib/systemd/system/"
 install -m 0644 systemd/ble.conf systemd/buffer-key-plain.conf "$stage/usr/share/vitalbridge/"
