@@ -217,6 +217,8 @@ check "config.toml is a conffile" bash -c "chroot '$root' dpkg-query -W -f='\${C
 check "the man page" stat_is /usr/share/man/man1/vitalbridge.1.gz "root:root 644"
 check "the copyright file" test -s "$root/usr/share/doc/vitalbridge/copyright"
 check "the systemd notes (the buffer key) as README.systemd.md" cmp systemd/README.md "$root/usr/share/doc/vitalbridge/README.systemd.md"
+check "the README and the manual it links to (docs/)" bash -c \
+    "cmp README.md '$root/usr/share/doc/vitalbridge/README.md' && diff -r docs '$root/usr/share/doc/vitalbridge/docs'"
 check "system user vitalbridge (uid < 1000, no login, home /var/lib/vitalbridge)" bash -c \
     "chroot '$root' getent passwd vitalbridge | awk -F: '\$3 < 1000 && \$6 == \"/var/lib/vitalbridge\" && \$7 ~ /nologin|false/' | grep -q ."
 check "vitalbridge is in group dialout" in_groups dialout
