@@ -10,8 +10,8 @@
 # is `--release`. Installs what the target needs first (cross/setup.sh: apt packages, the Rust
 # target, and the target's C libraries for any -sys crate the chosen features pull in); the
 # linker, C compiler and pkg-config settings per target are in .cargo/config.toml. Prints the
-# binary's path and its size as built and stripped (the stripped copy is written next to it as
-# `vitalbridge.stripped`).
+# binary's path on stdout (the only thing there) and its size as built and stripped on stderr
+# (the stripped copy is written next to it as `vitalbridge.stripped`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
@@ -26,29 +26,19 @@ bash "$here/setup.sh" "$target" "$@"
 
 profile_args=(--release)
 for a in "$@"; do
-    case "$a" in --release|--profile|--profile=*) profile_args=() ;; esac
+    case "$a" in --release|-r|--profile|--profile=*) profile_args=() ;; esac
 done
 
 if [ "$target" = thumbv7em-none-eabihf ]; then
     cargo build --locked -p vitalbridge-firmware --no-default-features --target "$target" \
         --examples "${profile_args[@]}" "$@"
-    echo "built the firmware crate for $target (target/$target/)"
+    echo "built the firmware crate for $target (${CARGO_TARGET_DIR:-target}/$target/)" >&2
     exit 0
 fi
 
 cargo build --locked -p vitalbridge --bin vitalbridge --target "$target" "${profile_args[@]}" "$@"
-
-profile_dir=release
-prev=""
-for a in "$@"; do
-    case "$prev" in --profile) profile_dir="$a" ;; esac
-    case "$a" in --profile=*) profile_dir="${a#--profile=}" ;; esac
-    prev="$a"
-done
-[ "$profile_dir" = dev ] && profile_dir=debug
-bin="target/$target/$profile_dir/vitalbridge"
-strip_tool="${GNU_TRIPLE}-strip"
-command -v "$strip_tool" >/dev/null || strip_tool=strip
-"$strip_tool" -o "$bin.stripped" "$bin"
-printf '%s\n  %s bytes as built, %s bytes stripped (%s)\n' "$bin" \
-    "$(stat -c %s "$bin")" "$(stat -c %s "$bin.stripped")" "$bin.stripped"
+bin="$(binary_path "$target" "${profile_args[@]}" "$@")"
+strip_binary "$bin" "$bin.stripped"
+echo "$bin"
+printf '  %s bytes as built, %s bytes stripped (%s)\n' \
+    "$(stat -c %s "$bin")" "$(stat -c %s "$bin.stripped")" "$bin.stripped" >&2

@@ -49,10 +49,23 @@ SYS_LIBS=(
 )
 
 # The first line of `cargo tree -i CRATE -e features` is the crate itself; the lines that
-# follow include `CRATE feature "NAME"` for every feature enabled on it.
+# follow include `CRATE feature "NAME"` for every feature enabled on it. A crate that is not
+# in the graph for these features makes cargo fail with "did not match any packages": that
+# prints nothing. Any other failure (a stale Cargo.lock with --locked, an unknown feature, no
+# network for a missing crate) stops the set-up with cargo's own message.
 in_graph() {
-    cargo tree --locked -q -p vitalbridge --target "$target" "${features[@]}" \
-        -e normal,build,features -i "$1" 2>/dev/null || true
+    local err status=0 tree
+    err="$(mktemp)"
+    tree="$(cargo tree --locked -q -p vitalbridge --target "$target" "${features[@]}" \
+        -e normal,build,features -i "$1" 2>"$err")" || status=$?
+    if [ "$status" -ne 0 ] && ! grep -q "did not match any packages" "$err"; then
+        echo "setup: \`cargo tree -i $1\` failed (exit $status):" >&2
+        cat "$err" >&2
+        rm -f "$err"
+        return 1
+    fi
+    rm -f "$err"
+    printf '%s\n' "$tree"
 }
 
 if [ "$target" != thumbv7em-none-eabihf ]; then

@@ -29,10 +29,11 @@ cargo test --locked -p vitalbridge --lib --target "$target" "$@"
 
 echo "== $target: the vitalbridge binary under $QEMU"
 cargo build --locked -p vitalbridge --bin vitalbridge --target "$target" "$@"
-bin="target/$target/debug/vitalbridge"
+bin="$(binary_path "$target" "$@")"
 run() { "$QEMU" -L "/usr/$GNU_TRIPLE" "$bin" "$@"; }
 
-work="$(mktemp -d "$PWD/target/cross-smoke.XXXXXX")"
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+work="$(mktemp -d "$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/cross-smoke.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 readings=300
 cat >"$work/config.toml" <<EOF
@@ -43,29 +44,23 @@ data_dir = "$work/data"
 devices = 5
 interval_ms = 10
 max_readings = $readings
+[buffer]
+key_file = "$work/buffer.key"
 EOF
 
 run --version
 run check-config -c "$work/config.toml"
 
 observations() { cat "$work"/data/out/Observation-*.ndjson 2>/dev/null | wc -l; }
+all_written() { [ "$(observations)" -ge "$readings" ]; }
 "$QEMU" -L "/usr/$GNU_TRIPLE" "$bin" run -c "$work/config.toml" 2>"$work/gateway.log" &
-pid=$! # qemu itself: it passes SIGTERM on to the gateway
-deadline=$((SECONDS + 180))
-while [ "$(observations)" -lt "$readings" ]; do
-    if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -gt "$deadline" ]; then
+# $! is qemu itself: it passes SIGTERM on to the gateway and exits with its status.
+if ! stop_gateway_when $! 180 all_written; then
+    if [ -z "$GATEWAY_REACHED" ]; then
         echo "FAIL: $(observations) of $readings Observations written" >&2
-        tail -20 "$work/gateway.log" >&2
-        kill -9 "$pid" 2>/dev/null || true
-        exit 1
+    else
+        echo "FAIL: the gateway exited $GATEWAY_STATUS after SIGTERM" >&2
     fi
-    sleep 0.5
-done
-kill -TERM "$pid"
-status=0
-wait "$pid" || status=$?
-if [ "$status" -ne 0 ]; then
-    echo "FAIL: the gateway exited $status after SIGTERM" >&2
     tail -20 "$work/gateway.log" >&2
     exit 1
 fi

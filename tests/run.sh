@@ -6,6 +6,29 @@ cd "$(dirname "$0")/.."
 
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
+# Big files do not belong in the repository (a 294 KB heap-profiler dump once slipped in):
+# every tracked file must stay under 256 KiB, except the lock files.
+section "repository: no tracked file over 256 KiB (Cargo.lock files excepted)"
+max_bytes=$((256 * 1024))
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    too_big=()
+    while IFS= read -r -d '' entry; do
+        size="${entry%% *}" path="${entry#* }"
+        case "$path" in
+            Cargo.lock | */Cargo.lock) continue ;;   # the allow-list
+        esac
+        if [ "$size" -gt "$max_bytes" ]; then too_big+=("$path ($size bytes)"); fi
+    done < <(git ls-files -z | xargs -0 -r stat --printf '%s %n\0' 2>/dev/null)
+    if [ "${#too_big[@]}" -gt 0 ]; then
+        printf 'tracked files over %s bytes (remove them, or add them to the allow-list in tests/run.sh):\n' \
+            "$max_bytes" >&2
+        printf '  %s\n' "${too_big[@]}" >&2
+        exit 1
+    fi
+else
+    echo "not a git checkout: skipped" >&2
+fi
+
 bash tests/setup.sh
 
 section "format"
@@ -31,5 +54,5 @@ bash systemd/check.sh
 bash systemd/syscalls.sh target/debug/vitalbridge
 section "Debian package (amd64): install, upgrade, remove, purge in a minimal Debian root"
 # Packages the binary the tests above built (a release build would double CI's compile
-# time; packaging/deb/build.sh builds release packages, see README).
+# time; packaging/deb/build.sh builds release packages, see docs/install.md).
 bash packaging/deb/test.sh --binary target/debug/vitalbridge

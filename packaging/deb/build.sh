@@ -12,7 +12,7 @@
 #   --out DIR      where the .deb goes (default: target/deb)
 # Other arguments go to cross/build.sh and so to cargo (e.g. `--features ble`).
 #
-# The package (see README "Install on a hub (Debian package)"):
+# The package (see docs/install.md):
 #   /usr/bin/vitalbridge                          stripped binary
 #   /usr/lib/systemd/system/vitalbridge.service   systemd/vitalbridge.service
 #   /usr/share/vitalbridge/ble.conf               drop-in for the BLE source (systemd/ble.conf)
@@ -20,6 +20,7 @@
 #   /etc/vitalbridge/config.toml                  conffile (packaging/deb/config.toml)
 #   /usr/share/man/man1/vitalbridge.1.gz          gateway/man/vitalbridge.1
 #   /usr/share/doc/vitalbridge/{copyright,README.md}
+#   /usr/share/doc/vitalbridge/docs/*.md          docs/ (the manual the README links to)
 #   /usr/share/doc/vitalbridge/README.systemd.md  systemd/README.md (the unit, the buffer key)
 # and maintainer scripts that create the system user (in dialout, and bluetooth where that
 # group exists), /var/lib/vitalbridge, /etc/credstore and the buffer key, and enable the unit.
@@ -50,8 +51,8 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$binary" ]; then
-    bash cross/build.sh "$target" "$@" >&2   # stdout carries only the .deb path
-    binary="target/$target/release/vitalbridge"
+    # cross/build.sh prints only the binary's path on stdout, as this script the .deb's.
+    binary="$(bash cross/build.sh "$target" "$@")"
 fi
 [ -x "$binary" ] || { echo "no binary at $binary" >&2; exit 1; }
 
@@ -59,17 +60,16 @@ stage="$out/stage-$DEB_ARCH-$version"
 rm -rf "$stage"
 mkdir -p "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
     "$stage/usr/share/vitalbridge" "$stage/etc/vitalbridge" \
-    "$stage/usr/share/man/man1" "$stage/usr/share/doc/vitalbridge"
+    "$stage/usr/share/man/man1" "$stage/usr/share/doc/vitalbridge/docs"
 
-strip_tool="${GNU_TRIPLE}-strip"
-command -v "$strip_tool" >/dev/null || strip_tool=strip
-"$strip_tool" -o "$stage/usr/bin/vitalbridge" "$binary"
+strip_binary "$binary" "$stage/usr/bin/vitalbridge"
 chmod 0755 "$stage/usr/bin/vitalbridge"
 install -m 0644 systemd/vitalbridge.service "$stage/usr/lib/systemd/system/"
 install -m 0644 systemd/ble.conf systemd/buffer-key-plain.conf "$stage/usr/share/vitalbridge/"
 install -m 0644 packaging/deb/config.toml "$stage/etc/vitalbridge/config.toml"
 gzip -9n -c gateway/man/vitalbridge.1 >"$stage/usr/share/man/man1/vitalbridge.1.gz"
 install -m 0644 packaging/deb/copyright README.md "$stage/usr/share/doc/vitalbridge/"
+install -m 0644 docs/*.md "$stage/usr/share/doc/vitalbridge/docs/"
 install -m 0644 systemd/README.md "$stage/usr/share/doc/vitalbridge/README.systemd.md"
 
 # Depends: from the shared libraries the binary needs (readelf works for every architecture).

@@ -75,7 +75,7 @@ old_version="0.0.0~test-1"
 args=()
 [ -n "$binary" ] && args=(--binary "$binary")
 old_deb="$(bash packaging/deb/build.sh "$target" --version "$old_version" --out "$work" "${args[@]}")"
-[ -n "$binary" ] || args=(--binary "target/$target/release/vitalbridge")
+[ -n "$binary" ] || args=(--binary "$(binary_path "$target" --release)")
 new_deb="$(bash packaging/deb/build.sh "$target" --out "$work" "${args[@]}")"
 new_version="$(dpkg-deb -f "$new_deb" Version)"
 cp "$old_deb" "$root/tmp/old.deb"
@@ -178,16 +178,7 @@ gateway_runs_as_service_user() {
     chroot "$root" /usr/bin/env -i --chdir=/var/lib/vitalbridge PATH=/usr/bin:/bin CREDENTIALS_DIRECTORY="$creds" \
         setpriv --reuid=vitalbridge --regid=vitalbridge --init-groups \
         /usr/bin/vitalbridge run -c /etc/vitalbridge/config.toml >"$work/run.log" 2>&1 &
-    local pid=$! i
-    for i in $(seq 1 100); do
-        grep -q "gateway running" "$work/run.log" && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" && grep -q "gateway running" "$work/run.log" \
+    STOP_GRACE_S=30 stop_gateway_when $! 10 grep -q "gateway running" "$work/run.log" \
         && [ -f "$root/var/lib/vitalbridge/buffer.db" ]
 }
 # With buffer.previous_key_files set: it starts, having sealed the buffer again.
@@ -226,6 +217,8 @@ check "config.toml is a conffile" bash -c "chroot '$root' dpkg-query -W -f='\${C
 check "the man page" stat_is /usr/share/man/man1/vitalbridge.1.gz "root:root 644"
 check "the copyright file" test -s "$root/usr/share/doc/vitalbridge/copyright"
 check "the systemd notes (the buffer key) as README.systemd.md" cmp systemd/README.md "$root/usr/share/doc/vitalbridge/README.systemd.md"
+check "the README and the manual it links to (docs/)" bash -c \
+    "cmp README.md '$root/usr/share/doc/vitalbridge/README.md' && diff -r docs '$root/usr/share/doc/vitalbridge/docs'"
 check "system user vitalbridge (uid < 1000, no login, home /var/lib/vitalbridge)" bash -c \
     "chroot '$root' getent passwd vitalbridge | awk -F: '\$3 < 1000 && \$6 == \"/var/lib/vitalbridge\" && \$7 ~ /nologin|false/' | grep -q ."
 check "vitalbridge is in group dialout" in_groups dialout

@@ -30,11 +30,10 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use vitalbridge_tests::fixture;
 use vitalbridge_tests::gateway::GatewayProcess;
-use vitalbridge_tests::mosquitto::{free_port, publish_qos1, Mosquitto, MosquittoOptions};
-use vitalbridge_tests::pki::TestPki;
+use vitalbridge_tests::mosquitto::publish_qos1;
 use vitalbridge_tests::scenario;
-use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
 
 /// CPU seconds and peak RSS (KiB) of a process.
 fn proc_figures(pid: u32) -> (f64, u64) {
@@ -88,54 +87,29 @@ impl Figures {
 }
 
 /// A gateway under test, with its broker and upstream.
-struct Rig {
-    _pki: TestPki,
-    broker: Mosquitto,
-    upstream: Upstream,
-    _dir: tempfile::TempDir,
+struct Run {
+    rig: fixture::Rig,
     gw: GatewayProcess,
-    ops_port: u16,
 }
 
-impl Rig {
-    async fn start(binary: &PathBuf) -> Rig {
+impl Run {
+    async fn start(binary: &PathBuf) -> Run {
         let batch_size = env("BENCH_BATCH", 500);
         let in_flight = env("BENCH_IN_FLIGHT", 2);
-        let pki = TestPki::generate();
-        let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-        let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let ops_port = free_port().unwrap();
-        let ops = vitalbridge_tests::ops::ops_table(ops_port, "");
-        let config = scenario::mqtt_to_fhir(
-            &dir.path().join("data"),
-            broker.port(),
-            &upstream.url(),
-            &pki,
-            &ops,
-        )
-        .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
-        .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
+        let rig = fixture::Rig::start().await;
+        let config = rig
+            .mqtt_to_fhir(&vitalbridge_tests::ops::ops_table(rig.ops_port, ""))
+            .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
+            .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
         std::env::set_var("VITALBRIDGE_BIN", binary);
-        let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-        assert!(
-            gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)),
-            "{}",
-            gw.log()
-        );
-        Rig {
-            _pki: pki,
-            broker,
-            upstream,
-            _dir: dir,
-            gw,
-            ops_port,
-        }
+        let gw = rig.start_subscribed(&config);
+        Run { rig, gw }
     }
 
     async fn allocations(&self) -> Option<u64> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.ops_port));
-        let metrics = vitalbridge_tests::ops::get(addr, "/metrics").await.ok()?;
+        let metrics = vitalbridge_tests::ops::get(self.rig.ops_addr(), "/metrics")
+            .await
+            .ok()?;
         let text = String::from_utf8(metrics.body.to_vec()).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix("vitalbridge_allocations_total "))
@@ -146,7 +120,7 @@ impl Rig {
     /// CPU of the gateway, the broker and this process; the gateway's allocations.
     async fn sample(&self) -> (f64, f64, f64, Option<u64>) {
         let (gw, _) = proc_figures(self.gw.pid());
-        let (broker, _) = proc_figures(self.broker.pid().unwrap_or(0));
+        let (broker, _) = proc_figures(self.rig.broker.pid().unwrap_or(0));
         let (harness, _) = proc_figures(std::process::id());
         (gw, broker, harness, self.allocations().await)
     }
@@ -154,14 +128,14 @@ impl Rig {
     async fn wait_delivered(&self, n: u64, start: Instant) {
         let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
         let mut last_report = Instant::now();
-        while self.upstream.observation_count() < n as usize {
+        while self.rig.upstream.observation_count() < n as usize {
             tokio::time::sleep(Duration::from_millis(10)).await;
             if verbose && last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 eprintln!(
                     "  t={:>5.1}s delivered={}",
                     start.elapsed().as_secs_f64(),
-                    self.upstream.observation_count()
+                    self.rig.upstream.observation_count()
                 );
             }
             assert!(
@@ -177,7 +151,7 @@ impl Rig {
         before: (f64, f64, f64, Option<u64>),
         after: (f64, f64, f64, Option<u64>),
     ) {
-        self.upstream.assert_no_duplicate_identifiers();
+        self.rig.upstream.assert_no_duplicate_identifiers();
         f.cpu = after.0 - before.0;
         f.broker_cpu = after.1 - before.1;
         f.harness_cpu = after.2 - before.2;
@@ -189,23 +163,27 @@ impl Rig {
 /// Everything as fast as the broker takes it.
 async fn full_speed(binary: &PathBuf) -> Figures {
     let n = env("BENCH_READINGS", 100_000);
-    let rig = Rig::start(binary).await;
+    let run = Run::start(binary).await;
     let (payloads, _): (Vec<_>, Vec<_>) = (0..n).map(|i| scenario::reading(i, 100)).unzip();
-    let before = rig.sample().await;
-    let requests_before = rig.upstream.request_count();
+    let before = run.sample().await;
+    let requests_before = run.rig.upstream.request_count();
     let start = Instant::now();
-    let publish = tokio::spawn(publish_qos1(rig.broker.port(), "vitals/bench", payloads));
-    rig.wait_delivered(n, start).await;
+    let publish = tokio::spawn(publish_qos1(
+        run.rig.broker.port(),
+        "vitals/bench",
+        payloads,
+    ));
+    run.wait_delivered(n, start).await;
     let elapsed = start.elapsed().as_secs_f64();
     publish.await.unwrap().expect("published");
-    let after = rig.sample().await;
+    let after = run.sample().await;
     let mut f = Figures {
         readings: n,
         elapsed,
-        requests: rig.upstream.request_count() - requests_before,
+        requests: run.rig.upstream.request_count() - requests_before,
         ..Figures::default()
     };
-    rig.finish(&mut f, before, after);
+    run.finish(&mut f, before, after);
     f
 }
 
@@ -214,10 +192,10 @@ async fn steady(binary: &PathBuf) -> Figures {
     let rate = env("BENCH_STEADY_RATE", 1_000);
     let seconds = env("BENCH_STEADY_SECONDS", 30);
     let n = rate * seconds;
-    let rig = Rig::start(binary).await;
+    let run = Run::start(binary).await;
     let readings: Vec<(Vec<u8>, scenario::Expected)> =
         (0..n).map(|i| scenario::reading(i, 100)).collect();
-    let mut options = MqttOptions::new("bench-steady", "127.0.0.1", rig.broker.port());
+    let mut options = MqttOptions::new("bench-steady", "127.0.0.1", run.rig.broker.port());
     options
         .set_inflight(1000)
         .set_max_packet_size(1 << 20, 1 << 20);
@@ -230,8 +208,8 @@ async fn steady(binary: &PathBuf) -> Figures {
             }
         }
     });
-    let before = rig.sample().await;
-    let requests_before = rig.upstream.request_count();
+    let before = run.sample().await;
+    let requests_before = run.rig.upstream.request_count();
     let start = Instant::now();
     let mut published_at: HashMap<String, OffsetDateTime> = HashMap::with_capacity(n as usize);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -243,12 +221,13 @@ async fn steady(binary: &PathBuf) -> Figures {
             .await
             .expect("publish");
     }
-    rig.wait_delivered(n, start).await;
+    run.wait_delivered(n, start).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let after = rig.sample().await;
+    let after = run.sample().await;
     let _ = client.disconnect().await;
     poller.abort();
-    let mut latencies: Vec<f64> = rig
+    let mut latencies: Vec<f64> = run
+        .rig
         .upstream
         .observations()
         .iter()
@@ -264,11 +243,11 @@ async fn steady(binary: &PathBuf) -> Figures {
     let mut f = Figures {
         readings: n,
         elapsed,
-        requests: rig.upstream.request_count() - requests_before,
+        requests: run.rig.upstream.request_count() - requests_before,
         latency_ms: (!latencies.is_empty()).then(|| (pick(0.5), pick(0.99))),
         ..Figures::default()
     };
-    rig.finish(&mut f, before, after);
+    run.finish(&mut f, before, after);
     f
 }
 

@@ -1,10 +1,14 @@
-//! The "broker + gateway + upstream" set-up of the fault tests (power loss, disk full,
-//! chaos), a publisher that keeps publishing until told to stop, and an exact
-//! reconciliation whose failure message says what went wrong.
+//! The "broker + gateway + upstream" set-up of the end-to-end tests, a publisher that keeps
+//! publishing until told to stop, and an exact reconciliation whose failure message says
+//! what went wrong.
 //!
 //! - [`Rig`]: a mosquitto broker, the FHIR test upstream over mutual TLS, a working
-//!   directory for the gateway's config and log (never on the faulty file system: the
-//!   gateway's `data_dir` is passed in), and a port for its operations server.
+//!   directory for the gateway's config and log, and a port for its operations server.
+//!   [`Rig::start`] starts both with their defaults; [`Rig::builder`] sets the broker's
+//!   options or the upstream's config first (TLS, another server identity, a rejection
+//!   rule). [`Rig::mqtt_to_fhir`] is the usual gateway config (MQTT from the broker, FHIR to
+//!   the upstream, data in the working directory); [`Rig::config`] the fault tests' (a
+//!   `data_dir` of their own, on a faulty file system, and the operations server).
 //! - [`Publisher`]: publishes [`scenario::reading`]s `0, 1, 2, …` with QoS 1 in chunks,
 //!   each chunk on its own connection, and publishes a chunk again until the broker has
 //!   acknowledged all of it (as a device retries until PUBACK; the identifier makes a
@@ -15,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +38,9 @@ pub const TOPIC: &str = "vitals/faults";
 /// Devices the readings are spread over.
 pub const DEVICES: u64 = 25;
 
+/// How long a gateway may take to subscribe to the broker after it starts.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Broker, upstream, the gateway's working directory and its operations port.
 pub struct Rig {
     /// The throw-away PKI (upstream server and gateway client certificates).
@@ -42,22 +49,53 @@ pub struct Rig {
     pub broker: Mosquitto,
     /// The FHIR upstream.
     pub upstream: Upstream,
-    /// The gateway's working directory: `gateway.toml`, `gateway.log`.
+    /// The gateway's working directory: `gateway.toml`, `gateway.log`, and `data/` with
+    /// [`Rig::mqtt_to_fhir`].
     pub dir: TempDir,
-    /// The port of the gateway's `[ops.http]` server.
+    /// A free port for the gateway's `[ops.http]` server (in the config only where a test
+    /// puts it there).
     pub ops_port: u16,
 }
 
-impl Rig {
-    /// Starts the broker and the upstream (both up, no faults).
-    pub async fn start() -> Rig {
+/// Makes a broker's options from the rig's PKI.
+type BrokerOptions = Box<dyn FnOnce(&TestPki) -> MosquittoOptions>;
+/// Adjusts the upstream's config, given the rig's PKI.
+type UpstreamOptions = Box<dyn FnOnce(UpstreamConfig, &TestPki) -> UpstreamConfig>;
+
+/// A [`Rig`] to be started: the broker's options and the upstream's config.
+pub struct RigBuilder {
+    broker: BrokerOptions,
+    upstream: UpstreamOptions,
+}
+
+impl RigBuilder {
+    /// The broker's options (default: [`MosquittoOptions::default`]), e.g.
+    /// `|pki| MosquittoOptions::default().with_tls(pki)`.
+    pub fn broker(mut self, options: impl FnOnce(&TestPki) -> MosquittoOptions + 'static) -> Self {
+        self.broker = Box::new(options);
+        self
+    }
+
+    /// Changes the upstream's config (default: [`UpstreamConfig::new`] as it is), e.g.
+    /// `|config, pki| config.identity(pki, ServerIdentity::RogueCa)`.
+    pub fn upstream(
+        mut self,
+        config: impl FnOnce(UpstreamConfig, &TestPki) -> UpstreamConfig + 'static,
+    ) -> Self {
+        self.upstream = Box::new(config);
+        self
+    }
+
+    /// Generates the PKI, starts the broker and the upstream (no faults), makes the
+    /// working directory and picks the operations port.
+    pub async fn start(self) -> Rig {
         let pki = TestPki::generate();
-        let broker = Mosquitto::start(MosquittoOptions::default()).expect("start mosquitto");
-        let upstream = Upstream::start(UpstreamConfig::new(&pki))
+        let broker = Mosquitto::start((self.broker)(&pki)).expect("start mosquitto");
+        let upstream = Upstream::start((self.upstream)(UpstreamConfig::new(&pki), &pki))
             .await
             .expect("start the FHIR upstream");
         let dir = tempfile::Builder::new()
-            .prefix("vitalbridge-faults-")
+            .prefix("vitalbridge-rig-")
             .tempdir()
             .expect("tempdir");
         let ops_port = mosquitto::free_port().expect("free port");
@@ -69,10 +107,45 @@ impl Rig {
             ops_port,
         }
     }
+}
 
-    /// The gateway config: MQTT from the broker, FHIR to the upstream, the operations server
-    /// on [`Rig::ops_port`] (readiness ignores the uplink for an hour, so a `503` from
-    /// `/readyz` is about the gateway itself), buffer in `data_dir`; `extra` appended.
+impl Rig {
+    /// Starts the broker and the upstream with their defaults (both up, no faults).
+    pub async fn start() -> Rig {
+        Rig::builder().start().await
+    }
+
+    /// A rig with other broker options or upstream config.
+    pub fn builder() -> RigBuilder {
+        RigBuilder {
+            broker: Box::new(|_| MosquittoOptions::default()),
+            upstream: Box::new(|config, _| config),
+        }
+    }
+
+    /// `data/` in the working directory: the gateway's data directory in
+    /// [`Rig::mqtt_to_fhir`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The usual gateway config: MQTT from the broker (plain), FHIR to the upstream with
+    /// the PKI's client certificate, the buffer in [`Rig::data_dir`], no operations server;
+    /// `extra` appended ([`scenario::mqtt_to_fhir`]).
+    pub fn mqtt_to_fhir(&self, extra: &str) -> String {
+        scenario::mqtt_to_fhir(
+            &self.data_dir(),
+            self.broker.port(),
+            &self.upstream.url(),
+            &self.pki,
+            extra,
+        )
+    }
+
+    /// The fault tests' gateway config: MQTT from the broker, FHIR to the upstream, the
+    /// operations server on [`Rig::ops_port`] (readiness ignores the uplink for an hour, so a
+    /// `503` from `/readyz` is about the gateway itself), buffer in `data_dir`; `extra`
+    /// appended.
     pub fn config(&self, data_dir: &Path, extra: &str) -> String {
         let ops = crate::ops::ops_table(self.ops_port, "ready_staleness_s = 3600");
         scenario::mqtt_to_fhir(
@@ -87,6 +160,18 @@ impl Rig {
     /// Starts the gateway with `config` in [`Rig::dir`] (does not wait for it).
     pub fn start_gateway(&self, config: &str) -> GatewayProcess {
         GatewayProcess::start(self.dir.path(), config).expect("start the gateway")
+    }
+
+    /// Starts the gateway with `config` and waits until it has subscribed to the broker
+    /// (panics with its log if it has not within [`SUBSCRIBE_TIMEOUT`]).
+    pub fn start_subscribed(&self, config: &str) -> GatewayProcess {
+        let gw = self.start_gateway(config);
+        assert!(
+            wait_subscribed(&gw, 1, SUBSCRIBE_TIMEOUT),
+            "the gateway did not subscribe\n{}",
+            tail(&gw.log(), 40)
+        );
+        gw
     }
 
     /// The operations server's address.

@@ -22,8 +22,9 @@
 //! - [`powerloss`]: a FUSE layer that keeps unsynced writes in memory and loses them on a
 //!   simulated power cut (`tests/powerloss_fs.py`), mounted for a test.
 //! - [`tmpfs`]: a small tmpfs of a test's own, to fill and grow (disk-full tests).
-//! - [`fixture`]: broker + upstream + gateway directory for the fault tests, a publisher
-//!   that retries until the broker acknowledges, and an exact reconciliation.
+//! - [`fixture`]: broker + upstream + gateway directory ([`fixture::Rig`], the set-up most
+//!   end-to-end tests share), a publisher that retries until the broker acknowledges, and an
+//!   exact reconciliation.
 //!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]

@@ -273,7 +273,7 @@ impl Mosquitto {
         // 0 = unlimited. The default (1000) makes mosquitto silently DISCARD QoS 1 messages
         // beyond 1000 queued for a persistent session whose client is offline: a gateway that
         // is down for a while would lose readings without anyone noticing. Operators must set
-        // the same on their broker (the README says so).
+        // the same on their broker (docs/mqtt.md says so).
         let _ = writeln!(c, "max_queued_messages 0");
         // Same reason, counted in bytes (0 = unlimited, also mosquitto's default: stated so a
         // changed default cannot bite).

@@ -6,10 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use vitalbridge_tests::fixture::Rig;
 use vitalbridge_tests::gateway::{run_cli, wait_for_pending, GatewayProcess};
-use vitalbridge_tests::mosquitto::{free_port, publish_qos1, Mosquitto, MosquittoOptions};
-use vitalbridge_tests::pki::TestPki;
-use vitalbridge_tests::scenario;
+use vitalbridge_tests::mosquitto::publish_qos1;
 
 const PATIENT_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5.99999";
 const PATIENT_ID: &str = "MRN-778899001";
@@ -34,18 +33,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_patient_identity_or_value_is_in_clear_under_data_dir_with_readings_pending() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // The FHIR server is down for the whole run: everything stays pending.
-    let dead_upstream = format!("https://127.0.0.1:{}/fhir", free_port().unwrap());
+    let mut rig = Rig::start().await;
+    // The FHIR server is down for the whole run (nothing listens): everything stays pending.
+    rig.upstream.stop().await;
+    let (broker, dir, data) = (&rig.broker, &rig.dir, rig.data_dir());
     let bindings = format!(
         "[[devices]]\nid = \"dev-000\"\npatient_system = \"{PATIENT_SYSTEM}\"\npatient_id = \"{PATIENT_ID}\"\n"
     );
-    let config = scenario::mqtt_to_fhir(&data, broker.port(), &dead_upstream, &pki, &bindings);
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let mut gw = rig.start_subscribed(&rig.mqtt_to_fhir(&bindings));
     // Distinctive values: 4 decimals appear nowhere else.
     let payloads: Vec<Vec<u8>> = (0..400)
         .map(|i| {

@@ -69,6 +69,9 @@ const FULL_HOLD: Duration = Duration::from_secs(2);
 /// How long after a failed commit `/readyz` may still say ready.
 const READYZ_GRACE: Duration = Duration::from_secs(2);
 
+/// What the gateway logs when a buffer write fails (once, at the start of a failure).
+const WRITE_FAILED: &str = "buffer: write failed";
+
 /// The disk is full: waits until the gateway notices. `Ok` once `/readyz` answers 503 twice
 /// in a row; `Err` when a commit failed and `/readyz` still answers 200 after
 /// [`READYZ_GRACE`], or when nothing happened within [`FULL_WITHIN`].
@@ -76,7 +79,7 @@ async fn disk_full_episode(
     rig: &Rig,
     gw: &vitalbridge_tests::gateway::GatewayProcess,
 ) -> Result<String, String> {
-    let failed_before = gw.log().matches("buffer commit failed").count();
+    let failed_before = gw.log().matches(WRITE_FAILED).count();
     let started = Instant::now();
     let mut first_failure: Option<Instant> = None;
     let mut answers: Vec<Option<u16>> = Vec::new();
@@ -94,9 +97,7 @@ async fn disk_full_episode(
                 started.elapsed().as_secs_f64()
             ));
         }
-        if first_failure.is_none()
-            && gw.log().matches("buffer commit failed").count() > failed_before
-        {
+        if first_failure.is_none() && gw.log().matches(WRITE_FAILED).count() > failed_before {
             first_failure = Some(Instant::now());
         }
         if first_failure.is_some_and(|t| t.elapsed() > READYZ_GRACE) {

@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use vitalbridge_tests::fixture::Rig;
 use vitalbridge_tests::gateway::{run_cli, wait_for_pending, GatewayProcess};
-use vitalbridge_tests::mosquitto::{publish_qos1, Mosquitto, MosquittoOptions};
-use vitalbridge_tests::pki::TestPki;
+use vitalbridge_tests::mosquitto::publish_qos1;
 use vitalbridge_tests::scenario::{self, Expected};
-use vitalbridge_tests::upstream::{Fault, Upstream, UpstreamConfig};
+use vitalbridge_tests::upstream::Fault;
 
 const READINGS: u64 = 600;
 
@@ -45,18 +45,13 @@ fn figure(out: &str, label: &str) -> u64 {
 }
 
 async fn damaged_case(damage: impl FnOnce(&Path), expect: Expect) {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let rig = Rig::start().await;
+    let (broker, upstream, dir, data) = (&rig.broker, &rig.upstream, &rig.dir, rig.data_dir());
     // Down until the salvage: everything stays in the buffer.
     upstream
         .faults()
         .push_n(Fault::ServiceUnavailable, 1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = scenario::mqtt_to_fhir(&data, broker.port(), &upstream.url(), &pki, "");
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let mut gw = rig.start_subscribed(&rig.mqtt_to_fhir(""));
     let (payloads, expected): (Vec<Vec<u8>>, Vec<Expected>) =
         (0..READINGS).map(|i| scenario::reading(i, 10)).unzip();
     publish_qos1(broker.port(), "vitals/d", payloads)

@@ -123,6 +123,11 @@ async fn disk_full(extra: &str, audit_kind: &str) {
     }
 
     // Let the publisher finish: the broker takes everything, whether the gateway does or not.
+    // (`stop` would end it after the chunk in progress, short of READINGS on a slow machine.)
+    let publish_deadline = Instant::now() + Duration::from_secs(120);
+    while !publisher.is_finished() && Instant::now() < publish_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let published = publisher.stop().await;
     assert_eq!(
         published.accepted, READINGS,

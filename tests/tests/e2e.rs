@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use vitalbridge_tests::fixture::{self, Rig};
 use vitalbridge_tests::gateway::{run_cli, wait_for_pending, GatewayProcess};
-use vitalbridge_tests::mosquitto::{publish_qos1, Mosquitto, MosquittoOptions};
+use vitalbridge_tests::mosquitto::{publish_qos1, MosquittoOptions};
 use vitalbridge_tests::pki::{ServerIdentity, TestPki};
 use vitalbridge_tests::scenario::{self, Expected};
 use vitalbridge_tests::upstream::{Fault, Upstream, UpstreamConfig};
@@ -27,29 +28,16 @@ fn assert_delivered_exactly(upstream: &Upstream, expected: &[Expected], gw: &Gat
 }
 
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    fixture::tail(log, 40)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_mqtt_readings_arrive_exactly_once_with_the_right_value_unit_and_code() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
+    let rig = Rig::start().await;
+    let (broker, upstream) = (&rig.broker, &rig.upstream);
+    let mut gw = rig.start_subscribed(&rig.mqtt_to_fhir(
         "[[devices]]\nid = \"dev-007\"\npatient_system = \"urn:oid:1.2.3\"\npatient_id = \"p-7\"\n",
-    );
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(
-        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
-        "{}",
-        gw.log()
-    );
+    ));
 
     let (payloads, expected) = stream(0..10_000);
     let acked = publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
@@ -64,7 +52,7 @@ async fn ten_thousand_mqtt_readings_arrive_exactly_once_with_the_right_value_uni
     );
     // Give a would-be duplicate time to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
 
     // The device → patient binding from config becomes the subject; devices resolve.
     let observations = upstream.observations();
@@ -100,29 +88,19 @@ async fn ten_thousand_mqtt_readings_arrive_exactly_once_with_the_right_value_uni
         "clean shutdown exits 0: {status:?}\n{}",
         tail(&gw.log())
     );
-    let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
+    let (_, stats, _) = run_cli(rig.dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     assert!(stats.contains("pending: 0"), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_gateway_repeatedly_loses_and_duplicates_nothing() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    );
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let rig = Rig::start().await;
+    let upstream = &rig.upstream;
+    let mut gw = rig.start_subscribed(&rig.mqtt_to_fhir(""));
 
     // Publish 6000 readings in 30 slices while the gateway is killed at random moments.
     let (payloads, expected) = stream(0..6_000);
-    let port = broker.port();
+    let port = rig.broker.port();
     let publisher = tokio::spawn(async move {
         for chunk in payloads.chunks(200) {
             publish_qos1(port, TOPIC, chunk.to_vec()).await.unwrap();
@@ -148,7 +126,7 @@ async fn killing_the_gateway_repeatedly_loses_and_duplicates_nothing() {
         tail(&gw.log())
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
     assert_eq!(gw.starts, 13);
     let resends = upstream.log().iter().map(|e| e.existed).sum::<usize>();
     eprintln!("{kills} kills; the upstream answered 'already exists' {resends} times");
@@ -156,9 +134,8 @@ async fn killing_the_gateway_repeatedly_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_503s_429s_and_lost_responses_cause_retries_not_loss_or_duplicates() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let rig = Rig::start().await;
+    let (broker, upstream) = (&rig.broker, &rig.upstream);
     let faults = upstream.faults();
     faults.push_n(Fault::ServiceUnavailable, 2);
     faults.push(Fault::TooManyRequests {
@@ -170,18 +147,11 @@ async fn upstream_503s_429s_and_lost_responses_cause_retries_not_loss_or_duplica
     faults.push(Fault::TooManyRequests {
         retry_after_secs: 1,
     });
-    let dir = tempfile::tempdir().unwrap();
     // One batch in flight, so the request after a 429 is that batch's retry.
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    )
-    .replace("in_flight = 2", "in_flight = 1");
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let gw = rig.start_subscribed(
+        &rig.mqtt_to_fhir("")
+            .replace("in_flight = 2", "in_flight = 1"),
+    );
 
     let (payloads, expected) = stream(0..2_000);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
@@ -194,7 +164,7 @@ async fn upstream_503s_429s_and_lost_responses_cause_retries_not_loss_or_duplica
         tail(&gw.log())
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
     assert!(faults.is_empty(), "every fault was hit");
 
     let log = upstream.log();
@@ -238,27 +208,20 @@ async fn upstream_503s_429s_and_lost_responses_cause_retries_not_loss_or_duplica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_foreign_ca_or_the_wrong_name_gets_nothing_and_the_log_says_why() {
-    let pki = TestPki::generate();
     for (identity, why) in [
         (ServerIdentity::RogueCa, "not signed by the configured CA"),
         (ServerIdentity::WrongName, "not valid for the host name"),
     ] {
-        let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-        let upstream = Upstream::start(UpstreamConfig::new(&pki).identity(&pki, identity))
+        let rig = Rig::builder()
+            .upstream(move |config, pki| config.identity(pki, identity))
+            .start()
+            .await;
+        let upstream = &rig.upstream;
+        let gw = rig.start_subscribed(&rig.mqtt_to_fhir(""));
+        let (payloads, _) = stream(0..20);
+        publish_qos1(rig.broker.port(), TOPIC, payloads)
             .await
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let config = scenario::mqtt_to_fhir(
-            &dir.path().join("data"),
-            broker.port(),
-            &upstream.url(),
-            &pki,
-            "",
-        );
-        let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-        assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
-        let (payloads, _) = stream(0..20);
-        publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
         assert!(
             gw.wait_for_log(why, Duration::from_secs(20)),
             "{identity:?}: log should say {why:?}:\n{}",
@@ -271,7 +234,7 @@ async fn a_server_with_a_foreign_ca_or_the_wrong_name_gets_nothing_and_the_log_s
             "{identity:?}: no request got through"
         );
         // The readings are kept, not dropped (committed a moment after the broker has them).
-        let stats = wait_for_pending(dir.path(), 20, Duration::from_secs(20));
+        let stats = wait_for_pending(rig.dir.path(), 20, Duration::from_secs(20));
         assert!(stats.contains("pending: 20"), "{identity:?}: {stats}");
     }
 }
@@ -328,19 +291,9 @@ async fn every_simulated_metric_passes_an_independent_fhir_r4_validator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_topic() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    );
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let rig = Rig::start().await;
+    let (broker, upstream, dir) = (&rig.broker, &rig.upstream, &rig.dir);
+    let gw = rig.start_subscribed(&rig.mqtt_to_fhir(""));
     let (good, expected) = stream(0..10);
     // The bug report: a 100,000-character model became a 250 KB line of Device.ndjson.
     let huge_model = format!(
@@ -361,7 +314,7 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
         "{}",
         tail(&gw.log())
     );
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
     let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     assert!(stats.contains("dead_lettered: 3"), "{stats}");
     let (_, letters, _) = run_cli(dir.path(), &["queue", "dead-letters", "-c", "gateway.toml"]);
@@ -382,34 +335,28 @@ async fn an_undecodable_payload_is_acked_dead_lettered_and_does_not_block_the_to
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
-    let pki = TestPki::generate();
     // A broker window wider than what the source holds in progress (512 + 512), so the
     // source's own queue fills and it has to wait for room while staying connected.
-    let broker = Mosquitto::start(MosquittoOptions {
-        max_inflight_messages: 2000,
-        ..MosquittoOptions::default()
-    })
-    .unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let rig = Rig::builder()
+        .broker(|_| MosquittoOptions {
+            max_inflight_messages: 2000,
+            ..MosquittoOptions::default()
+        })
+        .start()
+        .await;
+    let (broker, upstream, dir) = (&rig.broker, &rig.upstream, &rig.dir);
     let faults = upstream.faults();
     faults.push_n(Fault::ServiceUnavailable, 10_000);
-    let dir = tempfile::tempdir().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    )
-    .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n")
-    // A short keep-alive, so that a source which stopped talking to the broker while it
-    // waits for room would be disconnected (and sent everything again) within the test.
-    .replace(
-        "topics = [\"vitals/#\"]\n",
-        "topics = [\"vitals/#\"]\nkeep_alive_s = 5\n",
-    );
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let config = rig
+        .mqtt_to_fhir("")
+        .replace("[uplink]\n", "[buffer]\ncapacity = 100\n\n[uplink]\n")
+        // A short keep-alive, so that a source which stopped talking to the broker while it
+        // waits for room would be disconnected (and sent everything again) within the test.
+        .replace(
+            "topics = [\"vitals/#\"]\n",
+            "topics = [\"vitals/#\"]\nkeep_alive_s = 5\n",
+        );
+    let gw = rig.start_subscribed(&config);
     // More than the broker's in-flight window and the source's own queue together.
     let (payloads, expected) = stream(0..2000);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
@@ -447,7 +394,7 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
         tail(&gw.log())
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
     assert!(
         gw.log().contains("buffer has room again"),
         "{}",
@@ -457,10 +404,11 @@ async fn a_full_buffer_stops_acknowledging_and_the_broker_keeps_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_over_mutual_tls_to_the_broker_arrive() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default().with_tls(&pki)).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::builder()
+        .broker(|pki| MosquittoOptions::default().with_tls(pki))
+        .start()
+        .await;
+    let (pki, broker, upstream) = (&rig.pki, &rig.broker, &rig.upstream);
     let client = pki.client_files();
     let tls = format!(
         "[sources.mqtt.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -468,24 +416,14 @@ async fn readings_over_mutual_tls_to_the_broker_arrive() {
         client.cert.display(),
         client.key.display()
     );
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    )
-    .replace(
-        &format!("mqtt://127.0.0.1:{}", broker.port()),
-        &format!("mqtts://localhost:{}", broker.tls_port().unwrap()),
-    )
-    .replace("[uplink]\n", &format!("{tls}\n[uplink]\n"));
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(
-        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
-        "{}",
-        tail(&gw.log())
-    );
+    let config = rig
+        .mqtt_to_fhir("")
+        .replace(
+            &format!("mqtt://127.0.0.1:{}", broker.port()),
+            &format!("mqtts://localhost:{}", broker.tls_port().unwrap()),
+        )
+        .replace("[uplink]\n", &format!("{tls}\n[uplink]\n"));
+    let gw = rig.start_subscribed(&config);
     let (payloads, expected) = stream(0..50);
     publish_qos1(broker.port(), TOPIC, payloads).await.unwrap();
     assert!(
@@ -495,7 +433,7 @@ async fn readings_over_mutual_tls_to_the_broker_arrive() {
         "{}",
         tail(&gw.log())
     );
-    assert_delivered_exactly(&upstream, &expected, &gw);
+    assert_delivered_exactly(upstream, &expected, &gw);
 }
 
 #[test]

@@ -4,17 +4,15 @@
 
 use std::time::Duration;
 
+use vitalbridge_tests::fixture::{self, Rig};
 use vitalbridge_tests::gateway::{run_cli, GatewayProcess};
-use vitalbridge_tests::mosquitto::{publish_qos1, Mosquitto, MosquittoOptions};
-use vitalbridge_tests::pki::TestPki;
+use vitalbridge_tests::mosquitto::publish_qos1;
 use vitalbridge_tests::scenario::{self, Expected};
-use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
 
 const TOPIC: &str = "vitals/hostile";
 
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    fixture::tail(log, 40)
 }
 
 /// The gateway's `queue stats` figure `name`.
@@ -26,54 +24,32 @@ fn stat(dir: &std::path::Path, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {out}{err}"))
 }
 
+/// The rig and its gateway, subscribed.
 struct Setup {
-    _pki: TestPki,
-    broker: Mosquitto,
-    upstream: Upstream,
-    dir: tempfile::TempDir,
+    rig: Rig,
     gw: GatewayProcess,
 }
 
 async fn start() -> Setup {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        "",
-    );
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(
-        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
-        "{}",
-        gw.log()
-    );
-    Setup {
-        _pki: pki,
-        broker,
-        upstream,
-        dir,
-        gw,
-    }
+    let rig = Rig::start().await;
+    let gw = rig.start_subscribed(&rig.mqtt_to_fhir(""));
+    Setup { rig, gw }
 }
 
 async fn assert_all_arrive_once(s: &Setup, expected: &[Expected]) {
     assert!(
-        s.upstream
+        s.rig
+            .upstream
             .wait_for_observations(expected.len(), Duration::from_secs(120))
             .await,
         "only {} of {} arrived\n{}",
-        s.upstream.observation_count(),
+        s.rig.upstream.observation_count(),
         expected.len(),
         tail(&s.gw.log())
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    s.upstream.assert_no_duplicate_identifiers();
-    let problems = scenario::compare(&s.upstream.observations(), expected);
+    s.rig.upstream.assert_no_duplicate_identifiers();
+    let problems = scenario::compare(&s.rig.upstream.observations(), expected);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -85,7 +61,7 @@ async fn a_ten_megabyte_message_is_dead_lettered_once_and_the_readings_behind_it
         (0..5_000).map(|i| scenario::reading(i, 20)).unzip();
     let mut all = vec![huge];
     all.extend(payloads);
-    let acked = publish_qos1(s.broker.port(), TOPIC, all).await.unwrap();
+    let acked = publish_qos1(s.rig.broker.port(), TOPIC, all).await.unwrap();
     assert_eq!(acked, 5_001);
     assert_all_arrive_once(&s, &expected).await;
 
@@ -101,18 +77,18 @@ async fn a_ten_megabyte_message_is_dead_lettered_once_and_the_readings_behind_it
         "{}",
         tail(&log)
     );
-    assert_eq!(stat(s.dir.path(), "dead_lettered"), 1);
+    assert_eq!(stat(s.rig.dir.path(), "dead_lettered"), 1);
     let (_, letters, _) = run_cli(
-        s.dir.path(),
+        s.rig.dir.path(),
         &["queue", "dead-letters", "-c", "gateway.toml"],
     );
     assert!(letters.contains("10485760 bytes"), "{letters}");
     assert!(letters.contains("mqtt:vitals/hostile"), "{letters}");
     // The row keeps a bounded prefix, not 10 MB.
-    let db = std::fs::metadata(s.dir.path().join("data/buffer.db"))
+    let db = std::fs::metadata(s.rig.dir.path().join("data/buffer.db"))
         .unwrap()
         .len();
-    let wal = std::fs::metadata(s.dir.path().join("data/buffer.db-wal"))
+    let wal = std::fs::metadata(s.rig.dir.path().join("data/buffer.db-wal"))
         .map(|m| m.len())
         .unwrap_or(0);
     assert!(
@@ -138,15 +114,15 @@ async fn a_flood_of_bad_payloads_is_dead_lettered_once_each_without_a_reconnect(
             _ => format!("[{i}, {{\"device\": 7}}]").into_bytes(),
         });
     }
-    let acked = publish_qos1(s.broker.port(), TOPIC, all).await.unwrap();
+    let acked = publish_qos1(s.rig.broker.port(), TOPIC, all).await.unwrap();
     assert_eq!(acked, 10_000);
     assert_all_arrive_once(&s, &expected).await;
     // Every bad payload acknowledged and kept once.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while stat(s.dir.path(), "dead_lettered") < 5_000 && std::time::Instant::now() < deadline {
+    while stat(s.rig.dir.path(), "dead_lettered") < 5_000 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(stat(s.dir.path(), "dead_lettered"), 5_000);
+    assert_eq!(stat(s.rig.dir.path(), "dead_lettered"), 5_000);
     let log = s.gw.log();
     assert_eq!(
         log.matches("connected to MQTT broker").count(),
@@ -157,7 +133,7 @@ async fn a_flood_of_bad_payloads_is_dead_lettered_once_each_without_a_reconnect(
     assert!(!log.contains("pingreq"), "{}", tail(&log));
     // The same bad payload published again is counted, not stored again.
     let again = publish_qos1(
-        s.broker.port(),
+        s.rig.broker.port(),
         TOPIC,
         vec![b"not json 1".to_vec(), b"not json 1".to_vec()],
     )
@@ -165,9 +141,9 @@ async fn a_flood_of_bad_payloads_is_dead_lettered_once_each_without_a_reconnect(
     .unwrap();
     assert_eq!(again, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(stat(s.dir.path(), "dead_lettered"), 5_000);
+    assert_eq!(stat(s.rig.dir.path(), "dead_lettered"), 5_000);
     let (_, letters, _) = run_cli(
-        s.dir.path(),
+        s.rig.dir.path(),
         &[
             "queue",
             "dead-letters",
@@ -203,27 +179,17 @@ async fn counter(port: u16, name: &str) -> f64 {
 /// everything stays in the buffer, where a retransmission is recognised).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_acknowledges_what_it_committed_so_nothing_stored_comes_back() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    upstream.faults().push_n(
+    let rig = Rig::start().await;
+    rig.upstream.faults().push_n(
         vitalbridge_tests::upstream::Fault::ServiceUnavailable,
         1_000_000,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let port = vitalbridge_tests::mosquitto::free_port().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        &vitalbridge_tests::ops::ops_table(port, ""),
-    );
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let port = rig.ops_port;
+    let mut gw =
+        rig.start_subscribed(&rig.mqtt_to_fhir(&vitalbridge_tests::ops::ops_table(port, "")));
     let (payloads, _): (Vec<Vec<u8>>, Vec<Expected>) =
         (0..20_000).map(|i| scenario::reading(i, 20)).unzip();
-    let publisher = tokio::spawn(publish_qos1(broker.port(), TOPIC, payloads));
+    let publisher = tokio::spawn(publish_qos1(rig.broker.port(), TOPIC, payloads));
     // Stop in the middle of the stream, with commits and acknowledgements under way.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while counter(port, "vitalbridge_readings_in_total").await < 5_000.0 {
@@ -234,7 +200,7 @@ async fn a_clean_stop_acknowledges_what_it_committed_so_nothing_stored_comes_bac
     publisher.await.unwrap().unwrap();
     gw.restart().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while wait_pending(&dir) < 20_000 {
+    while wait_pending(&rig.dir) < 20_000 {
         assert!(std::time::Instant::now() < deadline, "{}", gw.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::{json, Value};
+use vitalbridge_tests::fixture::{self, Rig};
 use vitalbridge_tests::gateway::{run_cli, GatewayProcess};
 use vitalbridge_tests::mosquitto::{
     free_port, publish_qos1, Mosquitto, MosquittoOptions, MosquittoTls,
 };
 use vitalbridge_tests::ops::{self as ops_http, element_text, ops_table, parse_prometheus};
 use vitalbridge_tests::pki::{ServerIdentity, TestPki};
-use vitalbridge_tests::scenario;
-use vitalbridge_tests::upstream::{Fault, Upstream, UpstreamConfig};
+use vitalbridge_tests::upstream::Fault;
 
 const TOPIC: &str = "vitals/ops";
 /// A patient identifier that must never appear on the page, in metrics, in the audit log or
@@ -54,8 +54,7 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    fixture::tail(log, 40)
 }
 
 fn audit_lines(data_dir: &Path) -> Vec<Value> {
@@ -108,20 +107,10 @@ fn assert_no_patient_data(what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_answer_real_http_requests() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port().unwrap();
-    let extra = format!("{}{}", binding(), ops_table(port, ""));
-    let config = scenario::mqtt_to_fhir(&data, broker.port(), &upstream.url(), &pki, &extra);
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(
-        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)),
-        "{}",
-        gw.log()
-    );
+    let rig = Rig::start().await;
+    let (broker, upstream, port) = (&rig.broker, &rig.upstream, rig.ops_port);
+    let mut gw =
+        rig.start_subscribed(&rig.mqtt_to_fhir(&format!("{}{}", binding(), ops_table(port, ""))));
 
     let health = ops_http::get(addr(port), "/healthz").await.unwrap();
     assert_eq!(
@@ -272,23 +261,14 @@ async fn metrics_health_and_readiness_answer_real_http_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_a_full_buffer_and_a_stalled_uplink_then_recovers() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let rig = Rig::start().await;
+    let (broker, upstream, port) = (&rig.broker, &rig.upstream, rig.ops_port);
     let faults = upstream.faults();
     faults.push_n(Fault::ServiceUnavailable, 100_000);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        &ops_table(port, "ready_staleness_s = 1"),
-    )
-    .replace("[uplink]\n", "[buffer]\ncapacity = 50\n\n[uplink]\n");
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let config = rig
+        .mqtt_to_fhir(&ops_table(port, "ready_staleness_s = 1"))
+        .replace("[uplink]\n", "[buffer]\ncapacity = 50\n\n[uplink]\n");
+    let gw = rig.start_subscribed(&config);
     publish_qos1(broker.port(), TOPIC, (0..80).map(payload))
         .await
         .unwrap();
@@ -346,24 +326,14 @@ async fn readyz_names_a_full_buffer_and_a_stalled_uplink_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_in_headless_chromium_with_the_live_queue_depth() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let rig = Rig::start().await;
+    let (broker, upstream, port) = (&rig.broker, &rig.upstream, rig.ops_port);
     let faults = upstream.faults();
     faults.push_n(Fault::ServiceUnavailable, 100_000);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let extra = format!("{}{}", binding(), ops_table(port, ""));
-    let config = scenario::mqtt_to_fhir(
-        &dir.path().join("data"),
-        broker.port(),
-        &upstream.url(),
-        &pki,
-        &extra,
-    )
-    .replace("[uplink]\n", "[buffer]\ncapacity = 40\n\n[uplink]\n");
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let config = rig
+        .mqtt_to_fhir(&format!("{}{}", binding(), ops_table(port, "")))
+        .replace("[uplink]\n", "[buffer]\ncapacity = 40\n\n[uplink]\n");
+    let gw = rig.start_subscribed(&config);
     publish_qos1(broker.port(), TOPIC, (0..60).map(payload))
         .await
         .unwrap();
@@ -599,19 +569,16 @@ fn a_configuration_change_is_audited_once_with_the_tables_that_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_failures_of_the_uplink_and_of_the_broker_are_counted_and_audited() {
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions {
-        tls: Some(MosquittoTls::from_pki(&pki, ServerIdentity::WrongName)),
-        ..MosquittoOptions::default()
-    })
-    .unwrap();
-    let upstream =
-        Upstream::start(UpstreamConfig::new(&pki).identity(&pki, ServerIdentity::RogueCa))
-            .await
-            .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port().unwrap();
+    let rig = Rig::builder()
+        .broker(|pki| MosquittoOptions {
+            tls: Some(MosquittoTls::from_pki(pki, ServerIdentity::WrongName)),
+            ..MosquittoOptions::default()
+        })
+        .upstream(|config, pki| config.identity(pki, ServerIdentity::RogueCa))
+        .start()
+        .await;
+    let (pki, broker, upstream, port) = (&rig.pki, &rig.broker, &rig.upstream, rig.ops_port);
+    let data = rig.data_dir();
     let client = pki.client_files();
     let config = format!(
         r#"[gateway]
@@ -642,7 +609,7 @@ key = "{key}"
         url = upstream.url(),
         ops = ops_table(port, ""),
     );
-    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    let mut gw = rig.start_gateway(&config);
     let both = wait_until(Duration::from_secs(30), async || {
         let failures = audit_of_kind(&data, "tls_failure");
         failures.iter().any(|f| f["peer"] == "uplink:fhir")
@@ -717,18 +684,13 @@ async fn a_broker_refusing_the_gateway_is_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettered_payloads_and_refused_readings_are_audited_without_patient_data() {
     const REFUSED_VALUE: &str = "41.9876";
-    let pki = TestPki::generate();
-    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
-    let upstream = Upstream::start(UpstreamConfig::new(&pki).reject_marker(REFUSED_VALUE, 422))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port().unwrap();
-    let extra = format!("{}{}", binding(), ops_table(port, ""));
-    let config = scenario::mqtt_to_fhir(&data, broker.port(), &upstream.url(), &pki, &extra);
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
-    assert!(gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(20)));
+    let rig = Rig::builder()
+        .upstream(|config, _| config.reject_marker(REFUSED_VALUE, 422))
+        .start()
+        .await;
+    let (broker, upstream, port, data) = (&rig.broker, &rig.upstream, rig.ops_port, rig.data_dir());
+    let gw =
+        rig.start_subscribed(&rig.mqtt_to_fhir(&format!("{}{}", binding(), ops_table(port, ""))));
     let mut payloads: Vec<Vec<u8>> = (0..9).map(payload).collect();
     payloads.push(payload_with_value(9, REFUSED_VALUE));
     payloads.push(b"{\"device\": \"ops-dev-0\", \"metric\": \"spo2\"".to_vec());
