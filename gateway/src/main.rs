@@ -227,7 +227,7 @@ fn init_logging(format: LogFormat) {
 /// One malloc arena for the whole process. glibc gives each thread that allocates its own
 /// arena (up to 8 per core); the gateway's threads (two runtime workers, SQLite's) allocate
 /// little at the same time, and the extra arenas cost about 3 MiB of peak memory on a hub
-/// for no measurable throughput (see README, "Benchmark"). Per-thread caches still serve
+/// for no measurable throughput (see docs/benchmark.md). Per-thread caches still serve
 /// small allocations without the arena lock.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

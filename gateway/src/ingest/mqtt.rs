@@ -32,7 +32,7 @@
 //! When the buffer is full the commit task holds its batch and retries; the publish channel
 //! fills, the poll task stops reading, and backpressure reaches the publishers. Nothing is
 //! dropped. The broker must keep an offline persistent session's queue without a limit
-//! (mosquitto: `max_queued_messages 0`), see README.
+//! (mosquitto: `max_queued_messages 0`), see docs/mqtt.md.
 //!
 //! # Bad and oversized payloads never block the topic
 //! A payload that does not decode is dead-lettered in the same commit as the good readings of

@@ -8,7 +8,7 @@
 //! `text/plain; version=0.0.4; charset=utf-8`.
 //!
 //! [`render`] maps the gateway's figures to families; the list and the meaning of each is in
-//! the README's "Operations" section.
+//! docs/operations.md.
 
 use std::fmt::Write;
 
