@@ -17,6 +17,7 @@
 //! | `seq` | u64? | device sequence number |
 //! | `st` | [string] | status flags (canonical names) |
 //! | `usr` | u8? | device user index |
+//! | `bed` | `{c, loc?, rs}`? | point-of-care context (HL7 v2 PCD-01): `c` the containment path (OBX-4) as numbers, `loc` the point of care (PV1-3), `rs` the FHIR `Observation.status` code |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
 //! the catalog (a newer gateway wrote it) is an error, not a guess.
@@ -27,8 +28,8 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, PatientRef, Quantity, Reading,
-    Samples, Value,
+    AbsentReason, Bedside, Component, Decimal, DeviceId, DeviceRef, Measured, PatientRef, Quantity,
+    Reading, ResultStatus, Samples, Value,
 };
 use crate::profile::{canonical, catalog};
 
@@ -61,6 +62,16 @@ struct Body {
     st: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usr: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bed: Option<Bed>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Bed {
+    c: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loc: Option<String>,
+    rs: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -212,6 +223,11 @@ pub fn encode(r: &Reading) -> Vec<u8> {
             .map(|f| canonical::status_name(*f).to_owned())
             .collect(),
         usr: r.device_user,
+        bed: r.bedside.as_ref().map(|b| Bed {
+            c: b.containment.clone(),
+            loc: b.location.clone(),
+            rs: b.status.fhir_code().to_owned(),
+        }),
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
@@ -299,6 +315,17 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,
+        bedside: b
+            .bed
+            .map(|bed| {
+                Ok::<_, CodecError>(Box::new(Bedside {
+                    containment: bed.c,
+                    location: bed.loc,
+                    status: ResultStatus::from_fhir_code(&bed.rs)
+                        .ok_or_else(|| CodecError(format!("unknown result status {:?}", bed.rs)))?,
+                }))
+            })
+            .transpose()?,
     })
 }
 
@@ -371,6 +398,11 @@ mod tests {
             sequence: Some(99),
             status: vec![StatusFlag::CuffLoose, StatusFlag::TestData],
             device_user: Some(2),
+            bedside: Some(Box::new(Bedside {
+                containment: vec![1, 13, 1, 2],
+                location: Some("ICU^12^A".into()),
+                status: ResultStatus::Corrected,
+            })),
         }
     }
 

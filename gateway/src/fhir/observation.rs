@@ -393,7 +393,7 @@ impl<'a> Observation<'a> {
                 system: IDENTIFIER_SYSTEM,
                 value: identifier,
             }],
-            status: "final",
+            status: r.bedside.as_ref().map_or("final", |b| b.status.fhir_code()),
             category,
             code: Concept::metric(&r.metric),
             subject,

@@ -50,6 +50,7 @@ fn bp_reading() -> Reading {
         sequence: None,
         status: vec![StatusFlag::IrregularPulse],
         device_user: None,
+        bedside: None,
     }
 }
 

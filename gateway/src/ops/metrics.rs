@@ -531,6 +531,7 @@ mod tests {
             sequence: None,
             status: vec![],
             device_user: None,
+            bedside: None,
         }
     }
 

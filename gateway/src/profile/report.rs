@@ -242,6 +242,7 @@ mod tests {
             sequence: None,
             status: vec![StatusFlag::IrregularPulse],
             device_user: Some(1),
+            bedside: None,
         }
     }
 
