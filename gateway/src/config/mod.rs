@@ -202,6 +202,9 @@ pub struct SourcesConfig {
     /// `[[sources.serial]]`: serial ports (RS-232, USB-serial), one table per port.
     #[serde(default)]
     pub serial: Vec<SerialPortConfig>,
+    /// `[sources.hl7]`: HL7 v2 (IHE PCD-01) over MLLP from monitor gateways.
+    #[serde(default)]
+    pub hl7: Option<Hl7SourceConfig>,
 }
 
 /// `[sources.ble]`
@@ -439,7 +442,7 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
 }
 
-/// `[uplink]`: exactly one of `file` or `fhir`; `file` when neither is given.
+/// `[uplink]`: exactly one of `file`, `fhir` or `hl7`; `file` when none is given.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
@@ -461,6 +464,9 @@ pub struct UplinkConfig {
     /// `[uplink.fhir]`: a FHIR server over HTTPS with mutual TLS.
     #[serde(default)]
     pub fhir: Option<FhirUplinkConfig>,
+    /// `[uplink.hl7]`: HL7 v2 ORU^R01 over MLLP to an interface engine.
+    #[serde(default)]
+    pub hl7: Option<Hl7UplinkConfig>,
 }
 
 fn default_batch_size() -> usize {
@@ -485,6 +491,7 @@ impl Default for UplinkConfig {
             retry_max_ms: default_retry_max_ms(),
             file: None,
             fhir: None,
+            hl7: None,
         }
     }
 }
@@ -496,11 +503,16 @@ pub enum Destination {
     File(FileUplinkConfig),
     /// A FHIR server.
     Fhir(FhirUplinkConfig),
+    /// An interface engine (HL7 v2 over MLLP).
+    Hl7(Hl7UplinkConfig),
 }
 
 impl UplinkConfig {
     /// The selected destination (`file` with defaults when none is configured).
     pub fn destination(&self) -> Destination {
+        if let Some(hl7) = &self.hl7 {
+            return Destination::Hl7(hl7.clone());
+        }
         match (&self.fhir, &self.file) {
             (Some(fhir), _) => Destination::Fhir(fhir.clone()),
             (None, Some(file)) => Destination::File(file.clone()),
@@ -777,6 +789,22 @@ impl Config {
                 paths.push(("sources.mqtt.tls.key", key));
             }
         }
+        if let Some(tls) = self.sources.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
+            paths.push(("sources.hl7.tls.cert", &mut tls.cert));
+            paths.push(("sources.hl7.tls.key", &mut tls.key));
+            if let Some(ca) = tls.client_ca.as_mut() {
+                paths.push(("sources.hl7.tls.client_ca", ca));
+            }
+        }
+        if let Some(tls) = self.uplink.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
+            paths.push(("uplink.hl7.tls.ca", &mut tls.ca));
+            if let Some(cert) = tls.cert.as_mut() {
+                paths.push(("uplink.hl7.tls.cert", cert));
+            }
+            if let Some(key) = tls.key.as_mut() {
+                paths.push(("uplink.hl7.tls.key", key));
+            }
+        }
         if let Some(fhir) = self.uplink.fhir.as_mut() {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
             paths.push(("uplink.fhir.cert", &mut fhir.cert));
@@ -786,7 +814,9 @@ impl Config {
     }
 }
 
+mod hl7;
 mod validate;
+pub use hl7::{no_value_decimals, split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use validate::{check_gateway_id, check_private_key};
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ impl Config {
         if let Some(audit) = &self.ops.audit_log {
             all.push(path("ops.audit_log", audit));
         }
+        super::hl7::texts(sources.hl7.as_ref(), self.uplink.hl7.as_ref(), &mut all);
         all
     }
 
@@ -198,11 +199,22 @@ impl Config {
                 "must be at least 1 and at most uplink.retry_max_ms",
             ));
         }
-        if u.file.is_some() && u.fhir.is_some() {
+        if [u.file.is_some(), u.fhir.is_some(), u.hl7.is_some()]
+            .iter()
+            .filter(|on| **on)
+            .count()
+            > 1
+        {
             problems.push(err(
                 "uplink",
-                "configure exactly one of [uplink.file] or [uplink.fhir]",
+                "configure exactly one of [uplink.file], [uplink.fhir] or [uplink.hl7]",
             ));
+        }
+        if let Some(hl7) = &u.hl7 {
+            super::hl7::validate_uplink(hl7, &mut problems);
+        }
+        if let Some(hl7) = &self.sources.hl7 {
+            super::hl7::validate_source(hl7, &mut problems);
         }
         if let Some(file) = &u.file {
             if file.rotate_bytes < 4096 {
@@ -617,6 +629,20 @@ fn unresolved_credential(key: &str, path: &Path, problems: &mut Vec<ConfigError>
         ));
     }
     unresolved
+}
+
+/// A certificate (readable) or, with `private`, a private key (readable by its owner only).
+pub(super) fn check_readable_key(
+    key: &str,
+    path: &Path,
+    private: bool,
+    problems: &mut Vec<ConfigError>,
+) {
+    if private {
+        check_private_key(key, path, problems);
+    } else {
+        check_readable(key, path, problems);
+    }
 }
 
 fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
