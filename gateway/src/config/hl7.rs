@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::validate::{check_readable_key, Text};
 use super::{err, ConfigError, TlsFiles};
-use crate::limits::{MAX_CODE_LEN, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_URL_LEN};
+use crate::limits::{MAX_CODE_LEN, MAX_NAME_LEN, MAX_PATH_LEN, MAX_URL_LEN};
 
 /// `[sources.hl7]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -156,7 +156,6 @@ pub(super) fn texts(
             }
         }
     }
-    let _ = MAX_ID_LEN;
 }
 
 /// The placeholders of `no_value` as decimals.

@@ -942,6 +942,24 @@ ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
 bundle_type = "@uplink.fhir.bundle_type@"
+[sources.hl7]
+listen = "127.0.0.1:0"
+time_zone = "@sources.hl7.time_zone@"
+no_value = ["@sources.hl7.no_value[0]@"]
+[sources.hl7.tls]
+cert = "@sources.hl7.tls.cert@"
+key = "@sources.hl7.tls.key@"
+client_ca = "@sources.hl7.tls.client_ca@"
+[uplink.hl7]
+address = "@uplink.hl7.address@"
+sending_application = "@uplink.hl7.sending_application@"
+sending_facility = "@uplink.hl7.sending_facility@"
+receiving_application = "@uplink.hl7.receiving_application@"
+receiving_facility = "@uplink.hl7.receiving_facility@"
+[uplink.hl7.tls]
+ca = "@uplink.hl7.tls.ca@"
+cert = "@uplink.hl7.tls.cert@"
+key = "@uplink.hl7.tls.key@"
 [[devices]]
 id = "@devices[0].id@"
 patient_system = "@devices[0].patient_system@"
@@ -984,6 +1002,19 @@ audit_log = "@ops.audit_log@"
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
             ("uplink.fhir.bundle_type", MAX_CODE_LEN),
+            ("sources.hl7.time_zone", MAX_CODE_LEN),
+            ("sources.hl7.no_value[0]", MAX_CODE_LEN),
+            ("sources.hl7.tls.cert", MAX_PATH_LEN),
+            ("sources.hl7.tls.key", MAX_PATH_LEN),
+            ("sources.hl7.tls.client_ca", MAX_PATH_LEN),
+            ("uplink.hl7.address", MAX_URL_LEN),
+            ("uplink.hl7.sending_application", MAX_NAME_LEN),
+            ("uplink.hl7.sending_facility", MAX_NAME_LEN),
+            ("uplink.hl7.receiving_application", MAX_NAME_LEN),
+            ("uplink.hl7.receiving_facility", MAX_NAME_LEN),
+            ("uplink.hl7.tls.ca", MAX_PATH_LEN),
+            ("uplink.hl7.tls.cert", MAX_PATH_LEN),
+            ("uplink.hl7.tls.key", MAX_PATH_LEN),
             ("devices[0].id", MAX_ID_LEN),
             ("devices[0].patient_system", MAX_SYSTEM_LEN),
             ("devices[0].patient_id", MAX_ID_LEN),
