@@ -1064,6 +1064,8 @@ mod model {
                 let mut pending: BTreeSet<u64> = BTreeSet::new();
                 // Acks the writer could not record yet (it retries them): still on disk.
                 let mut settling: BTreeSet<u64> = BTreeSet::new();
+                // Delivered (acknowledged and deleted): a retransmission is not stored again.
+                let mut delivered: BTreeSet<u64> = BTreeSet::new();
                 let mut dead: u64 = 0;
                 let mut held: Vec<(i64, u64)> = Vec::new();
                 let mut full = false;
@@ -1079,7 +1081,7 @@ mod model {
                                 Ok(_) => {
                                     prop_assert!(on_disk + seqs.len() as u64 <= CAPACITY, "over capacity");
                                     // A retransmission of one still buffered is stored once.
-                                    pending.extend(seqs.iter().filter(|s| !settling.contains(s)));
+                                    pending.extend(seqs.iter().filter(|s| !settling.contains(s) && !delivered.contains(s)));
                                 }
                                 Err(CommitError::Full { .. }) => {
                                     prop_assert!(on_disk + seqs.len() as u64 > CAPACITY);
@@ -1106,7 +1108,9 @@ mod model {
                             let ok = r.store.ack(&ids).await.is_ok();
                             for (_, s) in acked {
                                 pending.remove(&s);
-                                if !ok {
+                                if ok {
+                                    delivered.insert(s);
+                                } else {
                                     settling.insert(s);
                                 }
                             }
@@ -1171,4 +1175,27 @@ mod model {
             })?;
         }
     }
+}
+
+#[tokio::test]
+async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+    let leased = r.store.lease(10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    r.store.ack(&[leased[0].id]).await.unwrap();
+    assert_eq!(r.store.stats().await.unwrap().pending, 0);
+    // The sender lost its acknowledgement and sends the same reading again: acknowledged
+    // (it is durable: it was delivered), but not queued for a second delivery.
+    r.ingest
+        .commit(vec![reading("m", 1), reading("m", 2)])
+        .await
+        .unwrap();
+    let again = r.store.lease(10).await.unwrap();
+    let seqs: Vec<u64> = again
+        .iter()
+        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+        .collect();
+    assert_eq!(seqs, [2]);
 }
