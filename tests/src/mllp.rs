@@ -34,9 +34,14 @@ pub fn fixture(name: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A blocking MLLP client.
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+/// A blocking MLLP client, plain or over TLS.
 pub struct Sender {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    /// The socket under `stream`, for read timeouts.
+    socket: TcpStream,
     buf: Vec<u8>,
 }
 
@@ -81,7 +86,27 @@ impl Sender {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         Ok(Self {
-            stream,
+            socket: stream.try_clone()?,
+            stream: Box::new(stream),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Connects to `127.0.0.1:port` over TLS with `config` (the handshake happens at the
+    /// first write or read).
+    pub fn connect_tls(
+        port: u16,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<Self> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        tcp.set_nodelay(true)?;
+        let name =
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let conn = rustls::ClientConnection::new(config, name)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Self {
+            socket: tcp.try_clone()?,
+            stream: Box::new(rustls::StreamOwned::new(conn, tcp)),
             buf: Vec::new(),
         })
     }
@@ -107,7 +132,7 @@ impl Sender {
             if left.is_zero() {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.socket.set_read_timeout(Some(left))?;
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {

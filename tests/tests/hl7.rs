@@ -726,3 +726,82 @@ fn round_trip_pcd01_in_oru_out_carries_the_same_codes_values_units_and_times() {
     assert_eq!(monitor["pid3"], "MRN-4711^^^&1.2.840.99999.1&ISO");
     assert_eq!(monitor["pv1_3"], "ICU-EAST^12^A");
 }
+
+#[test]
+fn the_minimal_config_runs_the_listener_into_ndjson_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // [gateway] data_dir, [sources.hl7] listen and [ops.http] listen only.
+    let (gw, port) = start_gateway(dir.path(), "", "");
+    let mut s = Sender::connect(port).unwrap();
+    let ack = s
+        .send(&fixture("monitor_vitals.hl7"), ACK_WAIT)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    let obs = observations(dir.path(), 10, &gw);
+    assert_eq!(obs.len(), 10);
+    assert_each_once(&obs);
+}
+
+#[test]
+fn mutual_tls_on_the_listener_and_to_the_engine() {
+    use vitalbridge_tests::pki::{ServerIdentity, TestPki};
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki.server_files(ServerIdentity::Trusted);
+    let client = pki.client_files();
+    // The engine requires the gateway's client certificate too.
+    let receiver = Receiver::start_with_tls(
+        &dir.path().join("receiver"),
+        &serde_json::json!({}),
+        Some((
+            server.cert.clone(),
+            server.key.clone(),
+            Some(pki.ca_cert_path().to_owned()),
+        )),
+    )
+    .unwrap();
+    let source_tls = format!(
+        "[sources.hl7.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"",
+        server.cert.display(),
+        server.key.display(),
+        pki.ca_cert_path().display()
+    );
+    let uplink = uplink_config(receiver.port(), 1).replace("plaintext = true\n", "")
+        + &format!(
+            "[uplink.hl7.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.ca_cert_path().display(),
+            client.cert.display(),
+            client.key.display()
+        );
+    let (gw, port) = start_gateway(dir.path(), &source_tls, &uplink);
+
+    // A client without a certificate does not get in, and the refusal is audited.
+    let mut anonymous = Sender::connect_tls(port, pki.client_config_without_cert()).unwrap();
+    let refused = anonymous.send(&fixture("spo2.hl7"), Duration::from_secs(5));
+    assert!(!matches!(refused, Ok(Some(_))), "{refused:?}");
+    // A plain TCP client gets nothing either.
+    let mut plain = Sender::connect(port).unwrap();
+    assert!(!matches!(
+        plain.send(&fixture("spo2.hl7"), Duration::from_secs(3)),
+        Ok(Some(_))
+    ));
+
+    let mut s = Sender::connect_tls(port, pki.client_config()).unwrap();
+    let ack = s
+        .send(&fixture("nibp.hl7"), ACK_WAIT)
+        .unwrap()
+        .expect("an ACK over TLS");
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    let got = wait_for(Duration::from_secs(30), || {
+        let n: usize = receiver
+            .accepted()
+            .iter()
+            .map(|m| m["obx"].as_array().map_or(0, Vec::len))
+            .sum();
+        (n >= 4).then_some(n)
+    });
+    assert_eq!(got, Some(4), "{}", tail(&gw.log()));
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap_or_default();
+    assert!(audit.contains("source:hl7"), "{audit}");
+}
