@@ -44,6 +44,16 @@ pub struct Settings {
     pub placeholders: Vec<Decimal>,
 }
 
+impl Settings {
+    /// Times without an offset in UTC, no vendor placeholders (tests, fuzzing).
+    pub fn utc() -> Self {
+        Self {
+            zone: jiff::tz::TimeZone::UTC,
+            placeholders: Vec::new(),
+        }
+    }
+}
+
 /// Parses and maps one message (one element of [`v2::split_batch`]).
 pub fn process(
     bytes: &[u8],
