@@ -224,9 +224,27 @@ fn hl7_section(n: u64, senders: usize) {
     println!("vitalbridge HL7 v2 source benchmark (MLLP, PCD-01 ORU^R01 with 8 OBX / 6 readings, AA after commit with synchronous=FULL; NDJSON uplink running)");
     println!("  messages:                 {sent} over {senders} connections, one in flight each");
     println!("  time to the last AA:      {:.2} s", elapsed.as_secs_f64());
-    println!("  throughput:               {:.0} messages/s ({:.0} readings/s)", sent as f64 / elapsed.as_secs_f64(), 6.0 * sent as f64 / elapsed.as_secs_f64());
-    println!("  gateway CPU:              {cpu:.2} s ({:.0} µs per message, uplink included)", cpu * 1e6 / sent as f64);
-    println!("  gateway peak RSS (VmHWM): {:.1} MiB", rss_kib as f64 / 1024.0);
-    println!("  senders CPU:              {:.2} s (this process)", harness_after - harness_before);
-    println!("  machine:                  {} cores, shared with the senders", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0));
+    println!(
+        "  throughput:               {:.0} messages/s ({:.0} readings/s)",
+        sent as f64 / elapsed.as_secs_f64(),
+        6.0 * sent as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  gateway CPU:              {cpu:.2} s ({:.0} µs per message, uplink included)",
+        cpu * 1e6 / sent as f64
+    );
+    println!(
+        "  gateway peak RSS (VmHWM): {:.1} MiB",
+        rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  senders CPU:              {:.2} s (this process)",
+        harness_after - harness_before
+    );
+    println!(
+        "  machine:                  {} cores, shared with the senders",
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
 }

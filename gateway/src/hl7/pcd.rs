@@ -462,7 +462,7 @@ pub fn map(message: &Message, ctx: &MapContext<'_>) -> Result<Mapped, Refusal> {
         .map(DeviceId::Eui64)
         .or_else(|| {
             let app = normalized(message, msh.field(3)).unwrap_or_default();
-            (!app.is_empty() && app.len() <= limits::MAX_ID_LEN).then(|| DeviceId::Other(app))
+            (!app.is_empty() && app.len() <= limits::MAX_ID_LEN).then_some(DeviceId::Other(app))
         });
 
     let mut patient: Option<PatientRef> = None;
@@ -787,6 +787,9 @@ fn pid_patient(message: &Message, pid: &Segment) -> Result<Option<PatientRef>, S
     Ok(None)
 }
 
+/// What makes blood-pressure parts one panel: the panel, device, channel, time and status.
+type PanelKey = (usize, DeviceId, Vec<u32>, OffsetDateTime, ResultStatus);
+
 /// Readings from observations: blood-pressure parts of one channel become one panel.
 fn combine(
     observations: Vec<Obs>,
@@ -803,10 +806,7 @@ fn combine(
     };
     let channel = |c: &[u32]| c[..c.len().min(3)].to_vec();
     // (panel index, device, channel, time, status, patient) → reading index.
-    let mut open: Vec<(
-        (usize, DeviceId, Vec<u32>, OffsetDateTime, ResultStatus),
-        usize,
-    )> = Vec::new();
+    let mut open: Vec<(PanelKey, usize)> = Vec::new();
     let mut readings: Vec<Reading> = Vec::with_capacity(observations.len());
     let bedside = |containment: Vec<u32>, status| {
         Some(Box::new(Bedside {

@@ -243,7 +243,7 @@ impl Delimiters {
     }
 
     /// Splits `value` at `sep` (all of it when `sep` is `None`).
-    fn split<'a>(value: &'a str, sep: Option<char>) -> Vec<&'a str> {
+    fn split(value: &str, sep: Option<char>) -> Vec<&str> {
         match sep {
             Some(c) => value.split(c).collect(),
             None => vec![value],
@@ -400,7 +400,7 @@ fn is_delimiter(b: u8) -> bool {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 || !text.is_ascii() {
+    if text.is_empty() || !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len())
