@@ -265,3 +265,82 @@ pub(super) fn validate_uplink(u: &Hl7UplinkConfig, problems: &mut Vec<ConfigErro
         problems.push(err("uplink.hl7.timeout_s", "must be between 1 and 600"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Destination};
+
+    fn problems(toml: &str) -> Vec<String> {
+        match Config::from_toml(toml).unwrap().validate() {
+            Ok(()) => Vec::new(),
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_minimal_hl7_source_config_is_valid_and_uses_the_file_uplink() {
+        let c = Config::from_toml(
+            "[gateway]\ndata_dir = \"/tmp/vb-hl7-test\"\n[sources.hl7]\nlisten = \"127.0.0.1:2575\"\n[ops.http]\nlisten = \"127.0.0.1:8642\"\n",
+        )
+        .unwrap();
+        let s = c.sources.hl7.as_ref().unwrap();
+        assert_eq!(s.max_message_bytes, 1024 * 1024);
+        assert_eq!(s.read_timeout_s, 30);
+        assert!(s.tls.is_none() && s.time_zone.is_none() && s.no_value.is_empty());
+        assert!(matches!(c.uplink.destination(), Destination::File(_)));
+        let p: Vec<String> = c
+            .validate()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .filter(|p| p.contains("hl7"))
+            .collect();
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn bad_hl7_source_settings_are_named_by_key() {
+        let p = problems(
+            "[sources.hl7]\nlisten = \"127.0.0.1:0\"\ntime_zone = \"Mars/Olympus\"\nmax_message_bytes = 10\nmax_connections = 0\nidle_timeout_s = 0\nread_timeout_s = 0\nno_value = [\"minus nine\"]\n[sources.hl7.tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n",
+        );
+        for key in [
+            "sources.hl7.time_zone",
+            "sources.hl7.max_message_bytes",
+            "sources.hl7.max_connections",
+            "sources.hl7.idle_timeout_s",
+            "sources.hl7.read_timeout_s",
+            "sources.hl7.no_value[0]",
+            "sources.hl7.tls.cert",
+            "sources.hl7.tls.key",
+        ] {
+            assert!(p.iter().any(|e| e.starts_with(key)), "{key}: {p:?}");
+        }
+        assert!(
+            Config::from_toml("[sources.hl7]\nlisten = \"127.0.0.1:0\"\nunknown = 1\n").is_err()
+        );
+    }
+
+    #[test]
+    fn the_hl7_uplink_needs_tls_or_an_explicit_plaintext_and_is_the_only_destination() {
+        let base = "[uplink.hl7]\naddress = \"engine.example.org:6661\"\n";
+        let p = problems(base);
+        assert!(p.iter().any(|e| e.contains("plaintext = true")), "{p:?}");
+        assert!(problems(&format!("{base}plaintext = true\n"))
+            .iter()
+            .all(|e| !e.contains("hl7")));
+        let p = problems(&format!("{base}plaintext = true\n[uplink.fhir]\nbase_url = \"https://f\"\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n"));
+        assert!(p.iter().any(|e| e.contains("exactly one")), "{p:?}");
+        let p = problems("[uplink.hl7]\naddress = \"no-port\"\nplaintext = true\nconnections = 0\ntimeout_s = 0\nsending_application = \"\"\n");
+        for key in [
+            "uplink.hl7.address",
+            "uplink.hl7.connections",
+            "uplink.hl7.timeout_s",
+            "uplink.hl7.sending_application",
+        ] {
+            assert!(p.iter().any(|e| e.starts_with(key)), "{key}: {p:?}");
+        }
+        let c = Config::from_toml(&format!("{base}plaintext = true\n")).unwrap();
+        assert!(matches!(c.uplink.destination(), Destination::Hl7(_)));
+    }
+}

@@ -296,3 +296,129 @@ impl Transport for Hl7Transport {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::v2::Message;
+    use crate::model::{Decimal, DeviceId, DeviceRef, Measured, Quantity, Value};
+    use crate::profile::catalog;
+    use tokio::net::TcpListener;
+
+    fn reading(minute: u8) -> Reading {
+        Reading {
+            device: DeviceRef {
+                id: DeviceId::Eui64([0, 0x12, 0x21, 0x18, 0x39, 0, 0, 1]),
+                profile: "hl7-pcd01".into(),
+                model: None,
+                manufacturer: None,
+            },
+            patient: None,
+            metric: catalog::SPO2,
+            value: Value::Quantity(Quantity {
+                value: Measured::Value(Decimal::integer(97)),
+                unit: "%".into(),
+            }),
+            device_time: Some(
+                time::macros::datetime!(2026-01-05 10:00 UTC)
+                    + time::Duration::minutes(minute.into()),
+            ),
+            clock_offset: None,
+            received_at: time::macros::datetime!(2026-01-05 11:00 UTC),
+            duration: None,
+            sequence: None,
+            status: vec![],
+            device_user: None,
+            bedside: None,
+        }
+    }
+
+    /// An engine answering each message with the next of `answers` (`MSA-1`, or `wrong-id`).
+    async fn engine(answers: Vec<&'static str>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut d = mllp::Deframer::new(1 << 20);
+            let mut frames = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut answers = answers.into_iter();
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                d.feed(&buf[..n], &mut frames);
+                for f in frames.drain(..) {
+                    let mllp::Frame::Message(bytes) = f else {
+                        return;
+                    };
+                    let m = Message::parse(&bytes).unwrap();
+                    let id = m.value(m.msh(), 10, 0, 0).unwrap();
+                    let (code, id) = match answers.next() {
+                        Some("wrong-id") => ("AA", "other".to_owned()),
+                        Some(code) => (code, id),
+                        None => return,
+                    };
+                    let ack = format!("MSH|^~\\&|E||||2026||ACK|1|P|2.6\rMSA|{code}|{id}\rERR|||207^engine says no^HL70357|E\r");
+                    s.write_all(&mllp::frame(ack.as_bytes())).await.unwrap();
+                }
+            }
+        });
+        port
+    }
+
+    fn transport(port: u16) -> Hl7Transport {
+        Hl7Transport::new(
+            &format!("127.0.0.1:{port}"),
+            None,
+            oru::Parties::default(),
+            1,
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_message_is_settled_by_its_ack_aa_ae_ar() {
+        let port = engine(vec!["AA", "AE", "AR"]).await;
+        let t = transport(port);
+        let rs = [reading(1), reading(2), reading(3)];
+        let rows: Vec<(i64, &Reading)> =
+            rs.iter().enumerate().map(|(i, r)| (i as i64, r)).collect();
+        let out = t.send(&rows).await.unwrap();
+        assert_eq!(out[0], Outcome::Delivered);
+        assert_eq!(out[1], Outcome::Rejected("AE: engine says no".into()));
+        assert!(
+            matches!(&out[2], Outcome::Retry(why) if why.starts_with("AR")),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ack_for_another_message_or_none_at_all_is_a_retry() {
+        let port = engine(vec!["wrong-id"]).await;
+        let t = transport(port);
+        let r = reading(1);
+        assert!(matches!(
+            t.send(&[(1, &r)]).await,
+            Err(SendError::Transient { .. })
+        ));
+        let port = engine(vec![]).await;
+        let t = transport(port);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            t.send(&[(1, &r)]).await,
+            Err(SendError::Transient { .. })
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_control_id_is_the_same_for_the_same_readings() {
+        let (a, b) = (reading(1), reading(2));
+        assert_eq!(control_id(&[&a, &b]), control_id(&[&a, &b]));
+        assert_ne!(control_id(&[&a]), control_id(&[&b]));
+        assert_eq!(control_id(&[&a]).len(), 20);
+    }
+}
