@@ -805,3 +805,32 @@ fn mutual_tls_on_the_listener_and_to_the_engine() {
     let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap_or_default();
     assert!(audit.contains("source:hl7"), "{audit}");
 }
+
+#[test]
+fn a_full_buffer_answers_ar_and_stores_nothing_of_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // An engine that is not there: nothing leaves the buffer, which holds 12 readings.
+    let nobody = free_port().unwrap();
+    let (_gw, port) = start_gateway(
+        dir.path(),
+        "",
+        &format!("[buffer]\ncapacity = 12\n{}", uplink_config(nobody, 1)),
+    );
+    let mut s = Sender::connect(port).unwrap();
+    // 10 readings fit.
+    let ack = s
+        .send(&fixture("monitor_vitals.hl7"), ACK_WAIT)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    // 2 more would, 3 would not: the NIBP message (2 readings) fits, the SpO2 one (3) does not.
+    let ack = s.send(&fixture("spo2.hl7"), ACK_WAIT).unwrap().unwrap();
+    assert_eq!(ack.code, "AR", "{}", ack.text);
+    assert_eq!(ack.control_id, "OXI-77");
+    assert!(ack.field("ERR", 3).starts_with("207^"), "{}", ack.text);
+    assert!(ack.text.contains("buffer full"), "{}", ack.text);
+    let ack = s.send(&fixture("nibp.hl7"), ACK_WAIT).unwrap().unwrap();
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
+    assert!(stats.contains("pending: 12\n"), "{stats}");
+}
