@@ -344,6 +344,9 @@ pub struct Bedside {
     pub location: Option<String>,
     /// The result status the sender gave the observation.
     pub status: ResultStatus,
+    /// The quantity's unit is the sender's text, not a UCUM code: an OBX-6 that is neither a
+    /// known MDC unit nor UCUM, kept as it came rather than guessed at.
+    pub unit_as_sent: bool,
 }
 
 impl Bedside {

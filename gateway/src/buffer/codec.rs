@@ -17,7 +17,7 @@
 //! | `seq` | u64? | device sequence number |
 //! | `st` | [string] | status flags (canonical names) |
 //! | `usr` | u8? | device user index |
-//! | `bed` | `{c, loc?, rs}`? | point-of-care context (HL7 v2 PCD-01): `c` the containment path (OBX-4) as numbers, `loc` the point of care (PV1-3), `rs` the FHIR `Observation.status` code |
+//! | `bed` | `{c, loc?, rs, ut?}`? | point-of-care context (HL7 v2 PCD-01): `c` the containment path (OBX-4) as numbers, `loc` the point of care (PV1-3), `rs` the FHIR `Observation.status` code, `ut` true when the unit is the sender's text, not UCUM |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
 //! the catalog (a newer gateway wrote it) is an error, not a guess.
@@ -72,6 +72,8 @@ struct Bed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     loc: Option<String>,
     rs: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ut: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -227,6 +229,7 @@ pub fn encode(r: &Reading) -> Vec<u8> {
             c: b.containment.clone(),
             loc: b.location.clone(),
             rs: b.status.fhir_code().to_owned(),
+            ut: b.unit_as_sent,
         }),
     };
     // Serializing plain structs of strings and numbers cannot fail.
@@ -323,6 +326,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
                     location: bed.loc,
                     status: ResultStatus::from_fhir_code(&bed.rs)
                         .ok_or_else(|| CodecError(format!("unknown result status {:?}", bed.rs)))?,
+                    unit_as_sent: bed.ut,
                 }))
             })
             .transpose()?,
@@ -402,6 +406,7 @@ mod tests {
                 containment: vec![1, 13, 1, 2],
                 location: Some("ICU^12^A".into()),
                 status: ResultStatus::Corrected,
+                unit_as_sent: true,
             })),
         }
     }

@@ -117,8 +117,10 @@ impl<'a> Concept<'a> {
 struct Qty<'a> {
     value: Dec,
     unit: &'a str,
-    system: &'static str,
-    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
 }
 
 impl<'a> Qty<'a> {
@@ -126,8 +128,17 @@ impl<'a> Qty<'a> {
         Self {
             value: Dec(value),
             unit,
-            system: UCUM,
-            code: unit,
+            system: Some(UCUM),
+            code: Some(unit),
+        }
+    }
+
+    /// A unit that is not UCUM: its text only, no coded unit.
+    fn text_unit(value: Decimal, unit: &'a str) -> Self {
+        Self {
+            system: None,
+            code: None,
+            ..Self::new(value, unit)
         }
     }
 }
@@ -350,7 +361,12 @@ impl<'a> Observation<'a> {
             })
             .collect();
         let value = match &r.value {
-            Value::Quantity(q) => measured(q),
+            Value::Quantity(q) => match (q.value, &r.bedside) {
+                (Measured::Value(d), Some(b)) if b.unit_as_sent => {
+                    ObsValue::ValueQuantity(Qty::text_unit(d, &q.unit))
+                }
+                _ => measured(q),
+            },
             Value::Components(parts) => ObsValue::Component(
                 parts
                     .iter()
@@ -433,6 +449,9 @@ fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
     let Some(allowed) = vital_signs_units(profile) else {
         return Some(profile);
     };
+    if r.bedside.as_ref().is_some_and(|b| b.unit_as_sent) {
+        return None;
+    }
     let fits = match &r.value {
         Value::Quantity(q) => allowed.contains(&q.unit.as_str()),
         Value::Components(parts) => parts

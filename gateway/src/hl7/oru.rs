@@ -13,7 +13,8 @@
 //! - One message holds readings of one device, patient, time and point of care (the
 //!   caller groups them); one OBX per quantity, one per component of a blood-pressure panel.
 //! - OBX-3 the MDC code and reference id; OBX-6 the MDC unit where there is one
-//!   ([`super::units`]), else the UCUM code with coding system `UCUM`.
+//!   ([`super::units`]), else the UCUM code with coding system `UCUM`; a unit the feed sent
+//!   as text the gateway could not translate goes out as that text alone (`^<text>`).
 //! - OBX-4 the containment path the reading came with; a panel's components get the
 //!   channel's path plus their position (1 systolic, 2 diastolic, 3 mean); a reading from a
 //!   personal device (no path) gets `1.1.1.<n>`.
@@ -157,6 +158,7 @@ pub fn write(
         let status = r.bedside.as_ref().map_or(ResultStatus::Final, |b| b.status);
         let path = r.bedside.as_ref().map(|b| b.containment.clone());
         let device = obx18(r);
+        let text_unit = r.bedside.as_ref().is_some_and(|b| b.unit_as_sent);
         let count = n;
         let mut obx = |code: u32, reference: &str, sub_id: String, q: &Quantity, metric| {
             n += 1;
@@ -167,7 +169,11 @@ pub fn write(
             let _ = write!(
                 m,
                 "OBX|{n}|NM|{code}^{reference}^MDC|{sub_id}|{value}|{}|||||{status}|||{}||||{device}\r",
-                unit_field(q, metric),
+                if text_unit {
+                    format!("^{}", Delimiters::default().escape(&q.unit))
+                } else {
+                    unit_field(q, metric)
+                },
                 dtm::format(time),
             );
         };
@@ -239,6 +245,7 @@ mod tests {
                 containment,
                 location: Some("ICU^12^A".into()),
                 status: ResultStatus::Preliminary,
+                unit_as_sent: false,
             })),
         }
     }

@@ -17,7 +17,7 @@
 //! | OBX-3 | `code^MDC_REF^MDC`: the metric, looked up by MDC code in the catalog (which adds LOINC where a vital-signs code exists) |
 //! | OBX-4 | the containment path MDS.VMD.channel.metric; device-header OBX (no value type) carry the equipment id their metrics inherit |
 //! | OBX-5 | the value, exactly as written (precision kept); IEEE 11073 FLOAT special values (NaN 8388607, NRes −8388608, ±INF 8388606/−8388606, reserved −8388607) and the configured vendor placeholders (e.g. −999) become a data-absent reading |
-//! | OBX-6 | `code^MDC_DIM_…^MDC` translated to UCUM ([`super::units`]), or a `…^…^UCUM` code taken as is |
+//! | OBX-6 | `code^MDC_DIM_…^MDC` translated to UCUM ([`super::units`]), or a `…^…^UCUM` code taken as is; any other unit is kept as the sender's text (OBX-6.2, else .1), marked as not UCUM ([`Bedside::unit_as_sent`]) — except on a blood-pressure part or when empty, where the OBX joins the dead letter |
 //! | OBX-11 | the result status: F/U/V/B final, P/R/S preliminary (R and S have no v2-to-FHIR map; a monitor's unverified live value is preliminary), C corrected, A amended, D/W entered-in-error; X, I, N, O make no reading; empty is final |
 //! | OBX-14, else OBX-19, else OBR-7, else MSH-7 | the effective time; without an offset, in `time_zone` |
 //! | OBX-18 | the device: an EUI-64 (EI.3 with EI.4 `EUI-64`, or 16 hex digits in EI.1) |
@@ -381,6 +381,7 @@ struct Obs {
     containment: Vec<u32>,
     status: ResultStatus,
     patient: Option<PatientRef>,
+    unit_as_sent: bool,
 }
 
 /// Maps a parsed ORU^R01 to readings (see the module docs).
@@ -689,12 +690,26 @@ pub fn map(message: &Message, ctx: &MapContext<'_>) -> Result<Mapped, Refusal> {
                     "UCUM" if valid_ucum_token(&unit_code) => Some(unit_code.clone()),
                     _ => None,
                 };
-                let Some(unit) = unit else {
-                    unmapped.push(format!(
-                        "OBX[{seq}]: unit {}^{}^{} is neither a known MDC unit nor UCUM; kept here, not guessed",
-                        clip(&unit_code), clip(&unit_ref), clip(&unit_system)
-                    ));
-                    continue;
+                // A unit that is neither: kept as the sender's text on a single quantity; a
+                // blood-pressure part (its panel needs one unit system) or no unit at all
+                // becomes part of the dead letter. Never guessed either way.
+                let text = if unit_ref.is_empty() {
+                    &unit_code
+                } else {
+                    &unit_ref
+                };
+                let (unit, unit_as_sent) = match unit {
+                    Some(u) => (u, false),
+                    None if valid_unit_text(text) && !is_panel_part(&metric) => {
+                        (text.clone(), true)
+                    }
+                    None => {
+                        unmapped.push(format!(
+                            "OBX[{seq}]: unit {}^{}^{} is neither a known MDC unit nor UCUM; kept here, not guessed",
+                            clip(&unit_code), clip(&unit_ref), clip(&unit_system)
+                        ));
+                        continue;
+                    }
                 };
                 let bound = patient.clone().or_else(|| (ctx.binding)(&device.key()));
                 observations.push(Obs {
@@ -708,6 +723,7 @@ pub fn map(message: &Message, ctx: &MapContext<'_>) -> Result<Mapped, Refusal> {
                     containment,
                     status,
                     patient: bound,
+                    unit_as_sent,
                 });
             }
             _ => {}
@@ -727,6 +743,18 @@ fn clip(text: &str) -> String {
         t.push('…');
     }
     t
+}
+
+fn valid_unit_text(text: &str) -> bool {
+    !text.trim().is_empty()
+        && text.len() <= limits::MAX_UNIT_LEN
+        && !text.chars().any(char::is_control)
+}
+
+fn is_panel_part(m: &Metric) -> bool {
+    panels()
+        .iter()
+        .any(|p| p.parts.iter().any(|c| c.mdc == m.mdc))
 }
 
 fn valid_ucum_token(code: &str) -> bool {
@@ -808,11 +836,12 @@ fn combine(
     // (panel index, device, channel, time, status, patient) → reading index.
     let mut open: Vec<(PanelKey, usize)> = Vec::new();
     let mut readings: Vec<Reading> = Vec::with_capacity(observations.len());
-    let bedside = |containment: Vec<u32>, status| {
+    let bedside = |containment: Vec<u32>, status, unit_as_sent| {
         Some(Box::new(Bedside {
             containment,
             location: location.clone(),
             status,
+            unit_as_sent,
         }))
     };
     for o in observations {
@@ -837,7 +866,7 @@ fn combine(
                 Vec::new()
             },
             device_user: None,
-            bedside: bedside(containment, o.status),
+            bedside: bedside(containment, o.status, o.unit_as_sent),
         };
         match part_of(&o.metric) {
             Some((p, _)) => {

@@ -400,12 +400,58 @@ fn messages_that_parse_but_cannot_be_used_are_errors_naming_the_field() {
 fn units_are_mdc_or_ucum_and_an_unknown_unit_is_kept_not_guessed() {
     let ucum = GOOD.replace("262688^MDC_DIM_PERCENT^MDC", "%^percent^UCUM");
     assert_eq!(quantity(&ok(ucum.as_bytes()).readings[0]).1, "%");
-    for unknown in ["bpm^^L", "%", "999999^MDC_DIM_NOPE^MDC", ""] {
+    assert!(
+        !ok(ucum.as_bytes()).readings[0]
+            .bedside
+            .as_ref()
+            .unwrap()
+            .unit_as_sent
+    );
+    // Kept as the sender wrote it, marked as not UCUM.
+    for (unknown, text) in [
+        ("bpm^^L", "bpm"),
+        ("%", "%"),
+        ("999999^MDC_DIM_NOPE^MDC", "MDC_DIM_NOPE"),
+        ("x^percent^99LOCAL", "percent"),
+    ] {
         let edit = GOOD.replace("262688^MDC_DIM_PERCENT^MDC", unknown);
         let m = ok(edit.as_bytes());
-        assert!(m.readings.is_empty(), "{unknown}");
-        assert_eq!(m.unmapped.len(), 1, "{unknown}");
+        assert_eq!(quantity(&m.readings[0]).1, text, "{unknown}");
+        assert!(
+            m.readings[0].bedside.as_ref().unwrap().unit_as_sent,
+            "{unknown}"
+        );
+        assert!(m.unmapped.is_empty(), "{unknown}");
     }
+    // In FHIR: the text, no UCUM system or code, and no vital-signs profile claimed for it.
+    let m = ok(GOOD
+        .replace("262688^MDC_DIM_PERCENT^MDC", "bpm^^L")
+        .as_bytes());
+    let obs = crate::fhir::observation(&m.readings[0], "Device/d", "Device/g");
+    assert_eq!(obs["valueQuantity"]["unit"], "bpm");
+    assert!(
+        obs["valueQuantity"].get("system").is_none() && obs["valueQuantity"].get("code").is_none()
+    );
+    assert!(!obs["meta"].to_string().contains("oxygensat"), "{obs}");
+    let text = crate::hl7::oru::write(
+        &[&m.readings[0]],
+        &Default::default(),
+        "C",
+        m.readings[0].received_at,
+    );
+    assert!(text.contains("|97|^bpm|"), "{text}");
+    // No unit at all, or an unknown unit on a blood-pressure part: the dead letter.
+    let edit = GOOD.replace("262688^MDC_DIM_PERCENT^MDC", "");
+    let m = ok(edit.as_bytes());
+    assert!(m.readings.is_empty() && m.unmapped.len() == 1);
+    let bp = GOOD
+        .replace(
+            "150456^MDC_PULS_OXIM_SAT_O2",
+            "150021^MDC_PRESS_BLD_NONINV_SYS",
+        )
+        .replace("262688^MDC_DIM_PERCENT^MDC", "mmHg^^L");
+    let m = ok(bp.as_bytes());
+    assert!(m.readings.is_empty() && m.unmapped.len() == 1);
 }
 
 #[test]
