@@ -15,6 +15,7 @@ pub mod buffer;
 pub mod config;
 pub mod fhir;
 pub mod fsmode;
+pub mod hl7;
 pub mod ingest;
 pub mod keyfile;
 pub mod limits;

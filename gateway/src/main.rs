@@ -195,6 +195,20 @@ enum DecodeCommand {
         #[arg(long)]
         patient: Option<String>,
     },
+    /// Map a captured HL7 v2 ORU^R01 message or batch (IHE PCD-01) the way the HL7 listener
+    /// would. Prints the readings as JSON (the shape of `decode ble`), or with --fhir the
+    /// FHIR R4 Observations as NDJSON; OBX kept as dead letters are listed on stderr. A
+    /// message the listener would refuse (AE/AR): exit code 2, the reason on stderr.
+    Hl7 {
+        /// The file holding the message (CR, LF or CRLF segment ends), or `-` for stdin.
+        file: PathBuf,
+        /// Print FHIR Observations (NDJSON) instead of the readings report.
+        #[arg(long)]
+        fhir: bool,
+        /// IANA time zone of HL7 times without an offset (default: the host's).
+        #[arg(long)]
+        time_zone: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -342,6 +356,49 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
                     ExitCode::from(2)
                 }
             })
+        }
+        Command::Decode {
+            command:
+                DecodeCommand::Hl7 {
+                    file,
+                    fhir,
+                    time_zone,
+                },
+        } => {
+            let max = vitalbridge::tools::decode::MAX_HL7_INPUT;
+            let bytes = if file.as_os_str() == "-" {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                std::io::stdin().take(max).read_to_end(&mut bytes)?;
+                bytes
+            } else {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                std::fs::File::open(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .take(max)
+                    .read_to_end(&mut bytes)?;
+                bytes
+            };
+            Ok(
+                match vitalbridge::tools::decode::decode_hl7(&bytes, fhir, time_zone.as_deref()) {
+                    Ok(d) => {
+                        println!("{}", d.text);
+                        for w in &d.warnings {
+                            eprintln!("warning: {w}");
+                        }
+                        if d.refused {
+                            ExitCode::from(2)
+                        } else {
+                            ExitCode::SUCCESS
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(2)
+                    }
+                },
+            )
         }
         Command::Ble {
             command: BleCommand::Scan { seconds, all },

@@ -39,6 +39,25 @@ impl Decimal {
         Self::new(value, 0)
     }
 
+    /// Whether both decimals denote the same number, whatever their precision (`2.0` and `2.00`
+    /// do; representational `==` says they differ).
+    pub fn same_value(self, other: Self) -> bool {
+        self.normalized() == other.normalized()
+    }
+
+    /// The same number with trailing zero digits dropped from the mantissa.
+    fn normalized(self) -> Self {
+        let (mut mantissa, mut exponent) = (self.mantissa, self.exponent);
+        if mantissa == 0 {
+            return Self::new(0, 0);
+        }
+        while mantissa % 10 == 0 && exponent < i8::MAX {
+            mantissa /= 10;
+            exponent += 1;
+        }
+        Self::new(mantissa, exponent)
+    }
+
     /// Parses a plain decimal literal such as `-12.50`, `3`, or `1e-3`, keeping its precision.
     pub fn parse(text: &str) -> Option<Self> {
         let (number, exp_part) = match text.find(['e', 'E']) {
@@ -487,6 +506,78 @@ pub struct Reading {
     pub status: Vec<StatusFlag>,
     /// Device-specific user index (BLE user id on shared scales/cuffs), if reported.
     pub device_user: Option<u8>,
+    /// Where in a point-of-care device the reading was measured and how its sender
+    /// qualified it (HL7 v2 PCD-01 feeds); `None` for every other source.
+    pub bedside: Option<Box<Bedside>>,
+}
+
+/// What a hospital feed (IEEE 11073 / IHE PCD-01) says about a reading beyond its value:
+/// kept so the reading can be forwarded as it came (OBX-4, PV1-3, OBX-11) and so that one
+/// metric measured in two channels of a monitor stays two readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bedside {
+    /// The IEEE 11073 containment path: MDS, VMD, channel, metric (OBX-4 `1.13.1.2`), as
+    /// many levels as the sender gave.
+    pub containment: Vec<u32>,
+    /// The point of care as the sender wrote it (PV1-3, `ICU^12^A`), if it gave one.
+    pub location: Option<String>,
+    /// The result status the sender gave the observation.
+    pub status: ResultStatus,
+    /// The quantity's unit is the sender's text, not a UCUM code: an OBX-6 that is neither a
+    /// known MDC unit nor UCUM, kept as it came rather than guessed at.
+    pub unit_as_sent: bool,
+}
+
+impl Bedside {
+    /// The containment path without the metric's own index (MDS.VMD.channel): what tells
+    /// two channels apart in the identifier. The metric index is only a position.
+    pub fn channel_path(&self) -> &[u32] {
+        match self.containment.len() {
+            4.. => &self.containment[..3],
+            _ => &self.containment,
+        }
+    }
+}
+
+/// The status of an observation result as its sender reported it (HL7 v2 table 0085),
+/// in the terms of FHIR `Observation.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResultStatus {
+    /// Final (F, and sources without such a status).
+    Final,
+    /// Preliminary (P).
+    Preliminary,
+    /// A correction replacing a final result (C).
+    Corrected,
+    /// Amended (A).
+    Amended,
+    /// Posted by mistake (D, W).
+    EnteredInError,
+}
+
+impl ResultStatus {
+    /// The FHIR `Observation.status` code.
+    pub fn fhir_code(self) -> &'static str {
+        match self {
+            ResultStatus::Final => "final",
+            ResultStatus::Preliminary => "preliminary",
+            ResultStatus::Corrected => "corrected",
+            ResultStatus::Amended => "amended",
+            ResultStatus::EnteredInError => "entered-in-error",
+        }
+    }
+
+    /// The status for a FHIR `Observation.status` code.
+    pub fn from_fhir_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "final" => ResultStatus::Final,
+            "preliminary" => ResultStatus::Preliminary,
+            "corrected" => ResultStatus::Corrected,
+            "amended" => ResultStatus::Amended,
+            "entered-in-error" => ResultStatus::EnteredInError,
+            _ => return None,
+        })
+    }
 }
 
 /// RFC 3339 with milliseconds, keeping the offset the time carries.
@@ -507,7 +598,8 @@ impl Reading {
     /// Following the PHD IG, the parts joined by `-` are: the device key (upper-case hex for
     /// EUI-64/EUI-48), the patient identifier value and system (when bound), the MDC code, the
     /// time **as the device reported it** (receive time when the device has no clock), the
-    /// duration in ms when there is one, and the device sequence number when there is one.
+    /// duration in ms when there is one, the device sequence number when there is one, and for
+    /// a point-of-care metric its channel (`-c1.13.1`, see [`Bedside::channel_path`]).
     /// The same measurement resent — after a lost ACK, a broker redelivery, a gateway crash —
     /// gives the same identifier.
     pub fn identifier(&self) -> String {
@@ -539,6 +631,11 @@ impl Reading {
         }
         if let Some(seq) = self.sequence {
             let _ = write!(id, "-seq{seq}");
+        }
+        if let Some(b) = &self.bedside {
+            for (i, level) in b.channel_path().iter().enumerate() {
+                let _ = write!(id, "{}{level}", if i == 0 { "-c" } else { "." });
+            }
         }
         id
     }
@@ -633,6 +730,7 @@ mod tests {
             sequence: Some(7),
             status: vec![],
             device_user: None,
+            bedside: None,
         }
     }
 

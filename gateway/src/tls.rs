@@ -1,4 +1,5 @@
-//! rustls client configurations from PEM files, for the FHIR uplink and the MQTT source.
+//! rustls configurations from PEM files: clients for the FHIR and HL7 uplinks and the MQTT
+//! source, a server for the HL7 listener.
 //!
 //! Architecture invariant: the only trust anchors are the configured CA certificates (no
 //! system or web roots), the crypto provider is `ring`, protocol versions are TLS 1.2 and 1.3,
@@ -7,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -74,6 +75,38 @@ pub fn client_config(
         }
         None => builder.with_no_client_auth(),
     };
+    Ok(Arc::new(config))
+}
+
+/// A server config presenting `cert`/`key`; with `client_ca`, a client must present a
+/// certificate signed by that CA (mutual TLS), and only that CA is trusted for it.
+pub fn server_config(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs("client CA certificate", ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| file_err("client CA certificate", ca, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| file_err("client CA certificate", ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs("server certificate", cert)?, key(key_path)?)?;
     Ok(Arc::new(config))
 }
 

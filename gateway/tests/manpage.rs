@@ -91,7 +91,9 @@ fn man_commands(man: &str) -> BTreeSet<String> {
                 .skip(1) // "vitalbridge"
                 .take_while(|word| {
                     word.starts_with(|c: char| c.is_ascii_lowercase())
-                        && word.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 })
                 .collect::<Vec<_>>()
                 .join(" ")

@@ -16,12 +16,17 @@
 //!   readings, and publish → stored-at-the-server latency (p50, p99).
 //!
 //! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
-//! `BENCH_SCENARIOS=full,steady`, `BENCH_VERBOSE=1`.
+//! `BENCH_SCENARIOS=full,steady,hl7`, `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
 //! process) and the gateway. The gateway's CPU time and peak RSS are read from `/proc/<pid>`;
 //! allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
 //! `alloc-counter` feature).
+//!
+//! - **hl7**: the HL7 v2 source: `BENCH_HL7_SENDERS` connections (default 8) each send PCD-01
+//!   ORU^R01 messages (8 OBX, 6 readings each) one at a time and wait for the AA, which the
+//!   gateway sends only after the commit (`synchronous=FULL`); the default NDJSON uplink runs
+//!   meanwhile. `BENCH_HL7_MESSAGES` (default 20,000).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -301,7 +306,7 @@ fn main() {
     if let Some(baseline) = std::env::var_os("BENCH_BASELINE") {
         binaries.insert(0, ("baseline", PathBuf::from(baseline)));
     }
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "full,steady".into());
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "full,steady,hl7".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -340,4 +345,125 @@ fn main() {
             );
         }
     });
+    if scenarios.contains("hl7") {
+        for (label, bin) in &binaries {
+            println!("\n{label}:");
+            std::env::set_var("VITALBRIDGE_BIN", bin);
+            hl7_section(
+                env("BENCH_HL7_MESSAGES", 20_000),
+                env("BENCH_HL7_SENDERS", 8) as usize,
+            );
+        }
+    }
+}
+
+/// One PCD-01 message of sender `sender`: 8 OBX (heart rate, SpO2, pulse rate, respiration,
+/// temperature, and the cuff's systolic/diastolic/mean, one panel), so 6 readings.
+fn hl7_message(sender: usize, i: u64) -> Vec<u8> {
+    let t = 1_767_600_000 + i as i64;
+    let when = time::OffsetDateTime::from_unix_timestamp(t).unwrap();
+    let stamp = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
+    );
+    let v = |base: u64, spread: u64| base + (i * 7 + sender as u64) % spread;
+    format!(
+        "MSH|^~\\&|BENCH^00122118390{sender:05}^EUI-64|ICU|||{stamp}||ORU^R01^ORU_R01|B{sender}-{i}|P|2.6|||NE|AL||UNICODE UTF-8\r\
+         PID|||MRN-{sender}^^^HOSP&1.2.840.99999.1&ISO^MR\r\
+         PV1||I|ICU^{sender}^A\r\
+         OBR|1|||182777000^monitoring of patient^SCT|||{stamp}\r\
+         OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|{}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||{stamp}\r\
+         OBX|2|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|{}|262688^MDC_DIM_PERCENT^MDC|||||F|||{stamp}\r\
+         OBX|3|NM|149530^MDC_PULS_OXIM_PULS_RATE^MDC|1.2.1.2|{}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||{stamp}\r\
+         OBX|4|NM|151562^MDC_RESP_RATE^MDC|1.5.1.1|{}|264928^MDC_DIM_RESP_PER_MIN^MDC|||||F|||{stamp}\r\
+         OBX|5|NM|150344^MDC_TEMP^MDC|1.4.1.1|36.{}|268192^MDC_DIM_DEGC^MDC|||||F|||{stamp}\r\
+         OBX|6|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.3.1.1|{}|266016^MDC_DIM_MMHG^MDC|||||F|||{stamp}\r\
+         OBX|7|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.3.1.2|{}|266016^MDC_DIM_MMHG^MDC|||||F|||{stamp}\r\
+         OBX|8|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.3.1.3|{}|266016^MDC_DIM_MMHG^MDC|||||F|||{stamp}\r",
+        v(60, 40),
+        v(90, 10),
+        v(60, 40),
+        v(12, 10),
+        v(0, 10),
+        v(110, 30),
+        v(70, 20),
+        v(85, 20),
+    )
+    .into_bytes()
+}
+
+/// The HL7 v2 source: messages per second with the ACK after a durable commit, and the
+/// gateway's CPU per message.
+fn hl7_section(n: u64, senders: usize) {
+    use vitalbridge_tests::mllp::Sender;
+    let dir = tempfile::tempdir().unwrap();
+    let port = vitalbridge_tests::mosquitto::free_port().unwrap();
+    let config = format!(
+        "[gateway]\ndata_dir = \"{}\"\n[sources.hl7]\nlisten = \"127.0.0.1:{port}\"\n",
+        dir.path().join("data").display()
+    );
+    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    assert!(
+        gw.wait_for_log("HL7 v2 MLLP listener up", Duration::from_secs(30)),
+        "{}",
+        gw.log()
+    );
+    let pid = gw.pid();
+    let (cpu_before, _) = proc_figures(pid);
+    let (harness_before, _) = proc_figures(std::process::id());
+    let per_sender = n / senders as u64;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..senders)
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut c = Sender::connect(port).unwrap();
+                for i in 0..per_sender {
+                    let ack = c
+                        .send(&hl7_message(s, i), Duration::from_secs(30))
+                        .unwrap()
+                        .expect("an ACK");
+                    assert_eq!(ack.code, "AA", "{}", ack.text);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = start.elapsed();
+    let (cpu_after, rss_kib) = proc_figures(pid);
+    let (harness_after, _) = proc_figures(std::process::id());
+    let sent = per_sender * senders as u64;
+    let cpu = cpu_after - cpu_before;
+    println!("vitalbridge HL7 v2 source benchmark (MLLP, PCD-01 ORU^R01 with 8 OBX / 6 readings, AA after commit with synchronous=FULL; NDJSON uplink running)");
+    println!("  messages:                 {sent} over {senders} connections, one in flight each");
+    println!("  time to the last AA:      {:.2} s", elapsed.as_secs_f64());
+    println!(
+        "  throughput:               {:.0} messages/s ({:.0} readings/s)",
+        sent as f64 / elapsed.as_secs_f64(),
+        6.0 * sent as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  gateway CPU:              {cpu:.2} s ({:.0} µs per message, uplink included)",
+        cpu * 1e6 / sent as f64
+    );
+    println!(
+        "  gateway peak RSS (VmHWM): {:.1} MiB",
+        rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  senders CPU:              {:.2} s (this process)",
+        harness_after - harness_before
+    );
+    println!(
+        "  machine:                  {} cores, shared with the senders",
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
 }

@@ -19,6 +19,9 @@
 //! - [`validator`]: runs the independent Python FHIR R4 validator (`tests/validate_fhir.py`)
 //!   on files or on `serde_json::Value`s (e.g. what the upstream stored).
 //!
+//! - [`mllp`]: HL7 v2 over MLLP: a blocking sender, and the Python receiver standing in for
+//!   an interface engine (`tests/mllp_receiver.py`, parsing with the independent `hl7`
+//!   package).
 //! - [`powerloss`]: a FUSE layer that keeps unsynced writes in memory and loses them on a
 //!   simulated power cut (`tests/powerloss_fs.py`), mounted for a test.
 //! - [`tmpfs`]: a small tmpfs of a test's own, to fill and grow (disk-full tests).
@@ -32,6 +35,7 @@
 pub mod client;
 pub mod fixture;
 pub mod gateway;
+pub mod mllp;
 pub mod mosquitto;
 pub mod ops;
 pub mod pki;

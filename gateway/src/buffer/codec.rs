@@ -17,6 +17,7 @@
 //! | `seq` | u64? | device sequence number |
 //! | `st` | [string] | status flags (`StatusFlag::as_str`) |
 //! | `usr` | u8? | device user index |
+//! | `bed` | `{c, loc?, rs, ut?}`? | point-of-care context (HL7 v2 PCD-01): `c` the containment path (OBX-4) as numbers, `loc` the point of care (PV1-3), `rs` the FHIR `Observation.status` code, `ut` true when the unit is the sender's text, not UCUM |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
 //! the catalog (a newer gateway wrote it) is an error, not a guess.
@@ -27,8 +28,8 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    AbsentReason, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured, PatientRef,
-    Quantity, Reading, Samples, StatusFlag, Value,
+    AbsentReason, Bedside, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured,
+    PatientRef, Quantity, Reading, ResultStatus, Samples, StatusFlag, Value,
 };
 use crate::profile::catalog;
 
@@ -61,6 +62,18 @@ struct Body {
     st: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usr: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bed: Option<Bed>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Bed {
+    c: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loc: Option<String>,
+    rs: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ut: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -212,6 +225,12 @@ pub fn encode(r: &Reading) -> Vec<u8> {
         seq: r.sequence,
         st: r.status.iter().map(|f| f.as_str().to_owned()).collect(),
         usr: r.device_user,
+        bed: r.bedside.as_ref().map(|b| Bed {
+            c: b.containment.clone(),
+            loc: b.location.clone(),
+            rs: b.status.fhir_code().to_owned(),
+            ut: b.unit_as_sent,
+        }),
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
@@ -300,6 +319,18 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,
+        bedside: b
+            .bed
+            .map(|bed| {
+                Ok::<_, CodecError>(Box::new(Bedside {
+                    containment: bed.c,
+                    location: bed.loc,
+                    status: ResultStatus::from_fhir_code(&bed.rs)
+                        .ok_or_else(|| CodecError(format!("unknown result status {:?}", bed.rs)))?,
+                    unit_as_sent: bed.ut,
+                }))
+            })
+            .transpose()?,
     })
 }
 
@@ -356,6 +387,12 @@ mod tests {
             sequence: Some(99),
             status: vec![StatusFlag::CuffLoose, StatusFlag::TestData],
             device_user: Some(2),
+            bedside: Some(Box::new(Bedside {
+                containment: vec![1, 13, 1, 2],
+                location: Some("ICU^12^A".into()),
+                status: ResultStatus::Corrected,
+                unit_as_sent: true,
+            })),
         }
     }
 
@@ -385,8 +422,15 @@ mod tests {
     fn stored_version_1_bodies_decode_and_encode_to_the_same_bytes() {
         let stored = [
             (
-                sample(),
+                Reading {
+                    bedside: None,
+                    ..sample()
+                },
                 r#"{"v":1,"dev":{"t":"bt","id":"010203040506","p":"ble-blood-pressure","model":"BP-1"},"pat":["urn:x","p"],"mdc":150020,"val":{"c":[[150021,120.0,"mm[Hg]",null],[150023,null,"mm[Hg]","nres"]]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","dur":40000,"seq":99,"st":["cuff-loose","test-data"],"usr":2}"#,
+            ),
+            (
+                sample(),
+                r#"{"v":1,"dev":{"t":"bt","id":"010203040506","p":"ble-blood-pressure","model":"BP-1"},"pat":["urn:x","p"],"mdc":150020,"val":{"c":[[150021,120.0,"mm[Hg]",null],[150023,null,"mm[Hg]","nres"]]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","dur":40000,"seq":99,"st":["cuff-loose","test-data"],"usr":2,"bed":{"c":[1,13,1,2],"loc":"ICU^12^A","rs":"corrected","ut":true}}"#,
             ),
             (
                 Reading {
@@ -406,6 +450,7 @@ mod tests {
                     sequence: None,
                     device_user: None,
                     status: vec![StatusFlag::SensorFault],
+                    bedside: None,
                     ..sample()
                 },
                 r#"{"v":1,"dev":{"t":"eui64","id":"FEEDABEEDEADBEEF","p":"canonical-json-v1","mfr":"Acme"},"pat":["","Patient/123"],"mdc":150456,"val":{"q":[null,"%","positive-infinity"]},"dt":"2026-01-02T03:04:05.678-05:00","off":-1500,"rx":"2026-01-02T08:04:07Z","st":["sensor-fault"]}"#,

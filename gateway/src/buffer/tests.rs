@@ -32,6 +32,7 @@ fn reading(device: &str, seq: u64) -> Reading {
         sequence: Some(seq),
         status: vec![],
         device_user: None,
+        bedside: None,
     }
 }
 
@@ -1216,6 +1217,9 @@ mod model {
                 let mut pending: BTreeSet<u64> = BTreeSet::new();
                 // Acks the writer could not record yet (it retries them): still on disk.
                 let mut settling: BTreeSet<u64> = BTreeSet::new();
+                // Delivered, or dead-lettered (kept among the dead letters): settled, so a
+                // retransmission is not stored again.
+                let mut delivered: BTreeSet<u64> = BTreeSet::new();
                 let mut dead: u64 = 0;
                 let mut held: Vec<(i64, u64)> = Vec::new();
                 let mut full = false;
@@ -1231,7 +1235,7 @@ mod model {
                                 Ok(_) => {
                                     prop_assert!(on_disk + seqs.len() as u64 <= CAPACITY, "over capacity");
                                     // A retransmission of one still buffered is stored once.
-                                    pending.extend(seqs.iter().filter(|s| !settling.contains(s)));
+                                    pending.extend(seqs.iter().filter(|s| !settling.contains(s) && !delivered.contains(s)));
                                 }
                                 Err(CommitError::Full { .. }) => {
                                     prop_assert!(on_disk + seqs.len() as u64 > CAPACITY);
@@ -1258,7 +1262,9 @@ mod model {
                             let ok = r.store.ack(&dest(&r.store), &ids).await.is_ok();
                             for (_, s) in acked {
                                 pending.remove(&s);
-                                if !ok {
+                                if ok {
+                                    delivered.insert(s);
+                                } else {
                                     settling.insert(s);
                                 }
                             }
@@ -1272,6 +1278,7 @@ mod model {
                                 let (id, s) = held.remove(0);
                                 r.store.dead_letter(&dest(&r.store), "test", &[(id, "why".into())]).await.unwrap();
                                 pending.remove(&s);
+                                delivered.insert(s);
                                 dead += 1;
                             }
                         }
@@ -1323,4 +1330,27 @@ mod model {
             })?;
         }
     }
+}
+
+#[tokio::test]
+async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap();
+    assert_eq!(r.store.stats().await.unwrap().pending, 0);
+    // The sender lost its acknowledgement and sends the same reading again: acknowledged
+    // (it is durable: it was delivered), but not queued for a second delivery.
+    r.ingest
+        .commit(vec![reading("m", 1), reading("m", 2)])
+        .await
+        .unwrap();
+    let again = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let seqs: Vec<u64> = again
+        .iter()
+        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+        .collect();
+    assert_eq!(seqs, [2]);
 }

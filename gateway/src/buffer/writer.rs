@@ -59,6 +59,14 @@ pub struct WriterConfig {
     pub linger: Duration,
 }
 
+/// How long the hash of a delivered reading is remembered, so that the same reading sent
+/// again (an HL7 sender resending after a lost ACK, a broker redelivering) is not stored and
+/// delivered a second time. Senders resend within minutes; a day also covers a sender that
+/// replays its queue after an outage of the gateway. At 30 readings a second (a ward of
+/// monitors) it costs about 2.6 million rows of 30 bytes; at most `buffer.capacity` are kept
+/// (the oldest are forgotten first), so a faster gateway remembers less than a day.
+pub const DELIVERED_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Below this many readings a group is "small" and the writer lingers for company.
 const SMALL_GROUP: usize = 64;
 
@@ -310,9 +318,13 @@ impl Writer {
 
     async fn write_record(&mut self) {
         self.record_written = Instant::now();
+        let capacity = self.store.capacity();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        if let Err(e) = forget_delivered(conn, capacity).await {
+            tracing::debug!(error = %e, "cannot trim the memory of delivered readings; next time");
+        }
         let Ok(high) = open::high_water(conn).await else {
             return;
         };
@@ -685,8 +697,21 @@ impl Writer {
     }
 }
 
-/// Deletes the rows among `ids` (a JSON list) that no destination needs any more.
-async fn delete_settled(conn: &mut SqliteConnection, ids: &str) -> Result<u64, sqlx::Error> {
+/// Deletes the rows among `ids` (a JSON list) that no destination needs any more, and
+/// remembers them as delivered (see [`DELIVERED_MEMORY`]).
+async fn delete_settled(
+    conn: &mut SqliteConnection,
+    ids: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO delivered (dedup, at_ms) \
+         SELECT dedup, ? FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = 0",
+    )
+    .bind(now)
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
     Ok(sqlx::query(
         "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = 0",
     )
@@ -694,6 +719,19 @@ async fn delete_settled(conn: &mut SqliteConnection, ids: &str) -> Result<u64, s
     .execute(&mut *conn)
     .await?
     .rows_affected())
+}
+
+/// Forgets the oldest delivered readings beyond `capacity` of them, so the memory's size is
+/// bounded at any rate (a scan: run by the writer's housekeeping, not with every commit).
+async fn forget_delivered(conn: &mut SqliteConnection, capacity: u64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM delivered WHERE at_ms <= \
+         (SELECT at_ms FROM delivered ORDER BY at_ms DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(i64::try_from(capacity).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// [`Writer::retry_dead_letters`]: returns (queued again, newly inserted rows).
@@ -765,14 +803,18 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q =
-            QueryBuilder::new("INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) ");
+        // A reading delivered a short while ago is not stored again (see DELIVERED_MEMORY).
+        let mut q = QueryBuilder::new(
+            "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
+             SELECT column1, column2, column3, column4 FROM (",
+        );
         q.push_values(chunk, |mut b, (sealed, received, _)| {
             b.push_bind(&sealed.dedup[..])
                 .push_bind(*received)
                 .push_bind(&sealed.body[..])
                 .push_bind(prepared.todo);
         });
+        q.push(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
         written.inserted += q.build().execute(&mut *conn).await?.rows_affected();
     }
     // The highest sequence number per device, kept after delivery.
@@ -797,6 +839,12 @@ async fn write(
     for (_, r) in rejected {
         open::insert_dead_letter(conn, key, now, "payload", None, &Envelope::of_payload(r)).await?;
     }
+    if !prepared.acks.is_empty() || !prepared.dead.is_empty() {
+        sqlx::query("DELETE FROM delivered WHERE at_ms < ?")
+            .bind(now - DELIVERED_MEMORY.as_millis() as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
     for (destination, ids) in &prepared.acks {
         let ids = id_list(ids);
         let n = sqlx::query(
@@ -809,7 +857,7 @@ async fn write(
         .await?
         .rows_affected();
         written.acked.push(n);
-        written.removed += delete_settled(conn, &ids).await?;
+        written.removed += delete_settled(conn, &ids, now).await?;
     }
     for (destination, origin, rows) in &prepared.dead {
         let ids = id_list(&rows.iter().map(|(id, _)| *id).collect::<Vec<_>>());
@@ -850,7 +898,7 @@ async fn write(
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-        written.removed += delete_settled(conn, &ids).await?;
+        written.removed += delete_settled(conn, &ids, now).await?;
     }
     Ok(())
 }

@@ -199,6 +199,9 @@ pub struct SourcesConfig {
     pub ble: Option<BleSourceConfig>,
     /// `[[sources.serial]]`: serial ports (RS-232, USB-serial), one table per port.
     pub serial: Vec<SerialPortConfig>,
+    /// `[sources.hl7]`: HL7 v2 (IHE PCD-01) over MLLP from monitor gateways.
+    #[serde(default)]
+    pub hl7: Option<Hl7SourceConfig>,
 }
 
 /// `[sources.ble]`
@@ -424,7 +427,7 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
 }
 
-/// `[uplink]`: exactly one of `file` or `fhir`; `file` when neither is given.
+/// `[uplink]`: exactly one of `file`, `fhir` or `hl7`; `file` when none is given.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UplinkConfig {
@@ -444,6 +447,9 @@ pub struct UplinkConfig {
     pub file: Option<FileUplinkConfig>,
     /// `[uplink.fhir]`: a FHIR server over HTTPS with mutual TLS.
     pub fhir: Option<FhirUplinkConfig>,
+    /// `[uplink.hl7]`: HL7 v2 ORU^R01 over MLLP to an interface engine.
+    #[serde(default)]
+    pub hl7: Option<Hl7UplinkConfig>,
 }
 
 impl Default for UplinkConfig {
@@ -456,6 +462,7 @@ impl Default for UplinkConfig {
             retry_max_ms: 60_000,
             file: None,
             fhir: None,
+            hl7: None,
         }
     }
 }
@@ -467,11 +474,16 @@ pub enum Destination {
     File(FileUplinkConfig),
     /// A FHIR server.
     Fhir(FhirUplinkConfig),
+    /// An interface engine (HL7 v2 over MLLP).
+    Hl7(Hl7UplinkConfig),
 }
 
 impl UplinkConfig {
     /// The selected destination (`file` with defaults when none is configured).
     pub fn destination(&self) -> Destination {
+        if let Some(hl7) = &self.hl7 {
+            return Destination::Hl7(hl7.clone());
+        }
         match (&self.fhir, &self.file) {
             (Some(fhir), _) => Destination::Fhir(fhir.clone()),
             (None, Some(file)) => Destination::File(file.clone()),
@@ -491,6 +503,7 @@ impl Destination {
         match self {
             Destination::File(_) => "file",
             Destination::Fhir(_) => "fhir",
+            Destination::Hl7(_) => "hl7",
         }
     }
 }
@@ -683,6 +696,22 @@ impl Config {
                 paths.push(("sources.mqtt.tls.key", key));
             }
         }
+        if let Some(tls) = self.sources.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
+            paths.push(("sources.hl7.tls.cert", &mut tls.cert));
+            paths.push(("sources.hl7.tls.key", &mut tls.key));
+            if let Some(ca) = tls.client_ca.as_mut() {
+                paths.push(("sources.hl7.tls.client_ca", ca));
+            }
+        }
+        if let Some(tls) = self.uplink.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
+            paths.push(("uplink.hl7.tls.ca", &mut tls.ca));
+            if let Some(cert) = tls.cert.as_mut() {
+                paths.push(("uplink.hl7.tls.cert", cert));
+            }
+            if let Some(key) = tls.key.as_mut() {
+                paths.push(("uplink.hl7.tls.key", key));
+            }
+        }
         if let Some(fhir) = self.uplink.fhir.as_mut() {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
             paths.push(("uplink.fhir.cert", &mut fhir.cert));
@@ -692,12 +721,14 @@ impl Config {
     }
 }
 
+mod hl7;
 mod load;
 mod net;
 mod validate;
+pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
-pub use validate::check_gateway_id;
+pub use validate::{check_gateway_id, check_private_key};
 
 #[cfg(test)]
 mod tests {
@@ -833,6 +864,24 @@ ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
 bundle_type = "batch"
+[sources.hl7]
+listen = "127.0.0.1:0"
+time_zone = "@sources.hl7.time_zone@"
+no_value = ["@sources.hl7.no_value[0]@"]
+[sources.hl7.tls]
+cert = "@sources.hl7.tls.cert@"
+key = "@sources.hl7.tls.key@"
+client_ca = "@sources.hl7.tls.client_ca@"
+[uplink.hl7]
+address = "@uplink.hl7.address@"
+sending_application = "@uplink.hl7.sending_application@"
+sending_facility = "@uplink.hl7.sending_facility@"
+receiving_application = "@uplink.hl7.receiving_application@"
+receiving_facility = "@uplink.hl7.receiving_facility@"
+[uplink.hl7.tls]
+ca = "@uplink.hl7.tls.ca@"
+cert = "@uplink.hl7.tls.cert@"
+key = "@uplink.hl7.tls.key@"
 [[devices]]
 id = "@devices[0].id@"
 patient_system = "@devices[0].patient_system@"
@@ -872,6 +921,19 @@ audit_log = "@ops.audit_log@"
             ("uplink.fhir.ca", MAX_PATH_LEN),
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
+            ("sources.hl7.time_zone", MAX_CODE_LEN),
+            ("sources.hl7.no_value[0]", MAX_CODE_LEN),
+            ("sources.hl7.tls.cert", MAX_PATH_LEN),
+            ("sources.hl7.tls.key", MAX_PATH_LEN),
+            ("sources.hl7.tls.client_ca", MAX_PATH_LEN),
+            ("uplink.hl7.address", MAX_URL_LEN),
+            ("uplink.hl7.sending_application", MAX_NAME_LEN),
+            ("uplink.hl7.sending_facility", MAX_NAME_LEN),
+            ("uplink.hl7.receiving_application", MAX_NAME_LEN),
+            ("uplink.hl7.receiving_facility", MAX_NAME_LEN),
+            ("uplink.hl7.tls.ca", MAX_PATH_LEN),
+            ("uplink.hl7.tls.cert", MAX_PATH_LEN),
+            ("uplink.hl7.tls.key", MAX_PATH_LEN),
             ("devices[0].id", MAX_ID_LEN),
             ("devices[0].patient_system", MAX_SYSTEM_LEN),
             ("devices[0].patient_id", MAX_ID_LEN),

@@ -133,6 +133,7 @@ impl Config {
         if let Some(audit) = &self.ops.audit_log {
             all.push(path("ops.audit_log", audit));
         }
+        super::hl7::texts(sources.hl7.as_ref(), self.uplink.hl7.as_ref(), &mut all);
         all
     }
 
@@ -212,11 +213,22 @@ impl Config {
                 "must be at least 1 and at most uplink.retry_max_ms",
             ));
         }
-        if u.file.is_some() && u.fhir.is_some() {
+        if [u.file.is_some(), u.fhir.is_some(), u.hl7.is_some()]
+            .iter()
+            .filter(|on| **on)
+            .count()
+            > 1
+        {
             problems.push(err(
                 "uplink",
-                "configure exactly one of [uplink.file] or [uplink.fhir]",
+                "configure exactly one of [uplink.file], [uplink.fhir] or [uplink.hl7]",
             ));
+        }
+        if let Some(hl7) = &u.hl7 {
+            super::hl7::validate_uplink(hl7, &mut problems);
+        }
+        if let Some(hl7) = &self.sources.hl7 {
+            super::hl7::validate_source(hl7, &mut problems);
         }
         if let Some(file) = &u.file {
             if file.rotate_bytes < 4096 {
@@ -538,6 +550,20 @@ fn unresolved_credential(key: &str, path: &Path, problems: &mut Vec<ConfigError>
     unresolved
 }
 
+/// A certificate (readable) or, with `private`, a private key (readable by its owner only).
+pub(super) fn check_readable_key(
+    key: &str,
+    path: &Path,
+    private: bool,
+    problems: &mut Vec<ConfigError>,
+) {
+    if private {
+        check_private_key(key, path, problems);
+    } else {
+        check_readable(key, path, problems);
+    }
+}
+
 fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
@@ -591,7 +617,7 @@ fn is_within(path: &Path, dir: &Path) -> bool {
 /// Private keys must exist and be accessible to nobody but their owner and the gateway's
 /// own user (see [`crate::keyfile`]: mode 0600 or stricter, or an equivalent POSIX ACL such as
 /// the one systemd puts on a credential).
-fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
     }

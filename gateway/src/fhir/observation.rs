@@ -110,8 +110,10 @@ impl<'a> Concept<'a> {
 struct Qty<'a> {
     value: Dec,
     unit: &'a str,
-    system: &'static str,
-    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
 }
 
 impl<'a> Qty<'a> {
@@ -119,8 +121,17 @@ impl<'a> Qty<'a> {
         Self {
             value: Dec(value),
             unit,
-            system: UCUM,
-            code: unit,
+            system: Some(UCUM),
+            code: Some(unit),
+        }
+    }
+
+    /// A unit that is not UCUM: its text only, no coded unit.
+    fn text_unit(value: Decimal, unit: &'a str) -> Self {
+        Self {
+            system: None,
+            code: None,
+            ..Self::new(value, unit)
         }
     }
 }
@@ -335,7 +346,12 @@ impl<'a> Observation<'a> {
             })
             .collect();
         let value = match &r.value {
-            Value::Quantity(q) => measured(q),
+            Value::Quantity(q) => match (q.value, &r.bedside) {
+                (Measured::Value(d), Some(b)) if b.unit_as_sent => {
+                    ObsValue::ValueQuantity(Qty::text_unit(d, &q.unit))
+                }
+                _ => measured(q),
+            },
             Value::Components(parts) => ObsValue::Component(
                 parts
                     .iter()
@@ -378,7 +394,7 @@ impl<'a> Observation<'a> {
                 system: IDENTIFIER_SYSTEM,
                 value: identifier,
             }],
-            status: "final",
+            status: r.bedside.as_ref().map_or("final", |b| b.status.fhir_code()),
             category,
             code: Concept::metric(&r.metric),
             subject,
@@ -418,6 +434,9 @@ fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
     let Some(allowed) = vital_signs_units(profile) else {
         return Some(profile);
     };
+    if r.bedside.as_ref().is_some_and(|b| b.unit_as_sent) {
+        return None;
+    }
     let fits = match &r.value {
         Value::Quantity(q) => allowed.contains(&q.unit.as_str()),
         Value::Components(parts) => parts

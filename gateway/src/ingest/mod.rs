@@ -13,6 +13,7 @@
 //! device address) goes in [`check_config`].
 
 pub mod ble;
+pub mod hl7;
 pub mod mqtt;
 pub mod serial;
 pub mod sim;
@@ -68,6 +69,9 @@ pub enum SourceError {
     /// `[[sources.serial]]`.
     #[error(transparent)]
     Serial(#[from] serial::SerialError),
+    /// `[sources.hl7]`.
+    #[error(transparent)]
+    Hl7(#[from] hl7::Hl7Error),
 }
 
 /// A source ready to run: its name and the future that runs it until shutdown.
@@ -117,6 +121,10 @@ pub fn prepare(
             "ble".into(),
             ble::run_on_host_adapter(source, ctx.named("ble")).map_err(SourceError::Ble)?,
         ));
+    }
+    if let Some(config) = &config.hl7 {
+        let source = hl7::Hl7Source::new(config)?;
+        sources.push(prepared("hl7".into(), source.run(ctx.named("hl7"))));
     }
     for port in &config.serial {
         let source = serial::SerialSource::new(port)?;

@@ -199,6 +199,7 @@ pub async fn run(config: SimConfig, ctx: SourceContext) {
                         sequence: Some(seq),
                         status: vec![StatusFlag::TestData],
                         device_user: None,
+                        bedside: None,
                     }
                 })
                 .collect();

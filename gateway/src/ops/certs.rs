@@ -153,6 +153,18 @@ pub fn configured(config: &Config) -> Vec<(String, PathBuf)> {
         }
         files.push(("sources.mqtt.tls.ca".to_owned(), tls.ca.clone()));
     }
+    if let Some(tls) = config.sources.hl7.as_ref().and_then(|h| h.tls.as_ref()) {
+        files.push(("sources.hl7.tls.cert".to_owned(), tls.cert.clone()));
+        if let Some(ca) = &tls.client_ca {
+            files.push(("sources.hl7.tls.client_ca".to_owned(), ca.clone()));
+        }
+    }
+    if let Some(tls) = config.uplink.hl7.as_ref().and_then(|h| h.tls.as_ref()) {
+        if let Some(cert) = &tls.cert {
+            files.push(("uplink.hl7.tls.cert".to_owned(), cert.clone()));
+        }
+        files.push(("uplink.hl7.tls.ca".to_owned(), tls.ca.clone()));
+    }
     files
 }
 

@@ -522,6 +522,7 @@ mod tests {
             sequence: None,
             status: vec![],
             device_user: None,
+            bedside: None,
         }
     }
 

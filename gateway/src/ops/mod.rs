@@ -59,6 +59,7 @@ impl GatewayInfo {
     pub fn new(id: &str, config: &Config) -> Self {
         let uplink = match config.uplink.destination() {
             Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
+            Destination::Hl7(h) => format!("HL7 v2 interface engine {}", h.address),
             Destination::File(f) => {
                 let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
                 format!("FHIR NDJSON files in {}", dir.display())

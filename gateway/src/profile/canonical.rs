@@ -338,6 +338,7 @@ fn convert(
         sequence: w.seq,
         status,
         device_user: w.user,
+        bedside: None,
     })
 }
 

@@ -685,6 +685,164 @@ metric!(
     None
 );
 
+// Bedside monitors and pumps (IHE PCD-01 over HL7 v2). Invasive pressures are reported as
+// systolic / diastolic / mean of one channel and combined into a panel like the cuff's; the
+// codes are those of the IEEE 11073-10101 SCADA partition as vendor PCD-01 interface
+// specifications print them (e.g. GE's B40 HL7 guide for MDC_PRESS_BLD_ART_*).
+metric!(
+    PRESS_BLD_ART,
+    150032,
+    "MDC_PRESS_BLD_ART",
+    Some("85354-9"),
+    "Arterial blood pressure (invasive)",
+    "mm[Hg]",
+    Some("bp")
+);
+metric!(
+    PRESS_BLD_ART_SYS,
+    150033,
+    "MDC_PRESS_BLD_ART_SYS",
+    Some("8480-6"),
+    "Systolic blood pressure (arterial, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_DIA,
+    150034,
+    "MDC_PRESS_BLD_ART_DIA",
+    Some("8462-4"),
+    "Diastolic blood pressure (arterial, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_MEAN,
+    150035,
+    "MDC_PRESS_BLD_ART_MEAN",
+    Some("8478-0"),
+    "Mean blood pressure (arterial, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_ABP,
+    150036,
+    "MDC_PRESS_BLD_ART_ABP",
+    Some("85354-9"),
+    "Arterial blood pressure, ABP label (invasive)",
+    "mm[Hg]",
+    Some("bp")
+);
+metric!(
+    PRESS_BLD_ART_ABP_SYS,
+    150037,
+    "MDC_PRESS_BLD_ART_ABP_SYS",
+    Some("8480-6"),
+    "Systolic blood pressure (ABP, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_ABP_DIA,
+    150038,
+    "MDC_PRESS_BLD_ART_ABP_DIA",
+    Some("8462-4"),
+    "Diastolic blood pressure (ABP, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_ABP_MEAN,
+    150039,
+    "MDC_PRESS_BLD_ART_ABP_MEAN",
+    Some("8478-0"),
+    "Mean blood pressure (ABP, invasive)",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_PULM,
+    150044,
+    "MDC_PRESS_BLD_ART_PULM",
+    None,
+    "Pulmonary artery pressure",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_PULM_SYS,
+    150045,
+    "MDC_PRESS_BLD_ART_PULM_SYS",
+    None,
+    "Pulmonary artery pressure, systolic",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_PULM_DIA,
+    150046,
+    "MDC_PRESS_BLD_ART_PULM_DIA",
+    None,
+    "Pulmonary artery pressure, diastolic",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PRESS_BLD_ART_PULM_MEAN,
+    150047,
+    "MDC_PRESS_BLD_ART_PULM_MEAN",
+    None,
+    "Pulmonary artery pressure, mean",
+    "mm[Hg]",
+    None
+);
+metric!(
+    PULSE_RATE_INV,
+    149522,
+    "MDC_BLD_PULS_RATE_INV",
+    Some("8867-4"),
+    "Heart rate (from invasive pressure)",
+    "/min",
+    Some("heartrate")
+);
+metric!(
+    PVC_RATE,
+    148066,
+    "MDC_ECG_V_P_C_RATE",
+    None,
+    "Premature ventricular contractions rate",
+    "/min",
+    None
+);
+metric!(
+    TEMP_GENERIC,
+    150344,
+    "MDC_TEMP",
+    Some("8310-5"),
+    "Body temperature",
+    "Cel",
+    Some("bodytemp")
+);
+metric!(
+    CO2_END_TIDAL,
+    151708,
+    "MDC_AWAY_CO2_ET",
+    None,
+    "End-tidal carbon dioxide",
+    "mm[Hg]",
+    None
+);
+metric!(
+    FLOW_FLUID_PUMP,
+    157784,
+    "MDC_FLOW_FLUID_PUMP",
+    None,
+    "Infusion pump flow rate",
+    "mL/h",
+    None
+);
+
 /// Every metric in the catalog, for lookups.
 pub const ALL: &[Metric] = &[
     BLOOD_PRESSURE,
@@ -748,6 +906,23 @@ pub const ALL: &[Metric] = &[
     MUSCLE_PERCENTAGE,
     MUSCLE_MASS,
     IMPEDANCE,
+    PRESS_BLD_ART,
+    PRESS_BLD_ART_SYS,
+    PRESS_BLD_ART_DIA,
+    PRESS_BLD_ART_MEAN,
+    PRESS_BLD_ART_ABP,
+    PRESS_BLD_ART_ABP_SYS,
+    PRESS_BLD_ART_ABP_DIA,
+    PRESS_BLD_ART_ABP_MEAN,
+    PRESS_BLD_ART_PULM,
+    PRESS_BLD_ART_PULM_SYS,
+    PRESS_BLD_ART_PULM_DIA,
+    PRESS_BLD_ART_PULM_MEAN,
+    PULSE_RATE_INV,
+    PVC_RATE,
+    TEMP_GENERIC,
+    CO2_END_TIDAL,
+    FLOW_FLUID_PUMP,
 ];
 
 /// Short names accepted in payloads and profiles, mapped to catalog entries.

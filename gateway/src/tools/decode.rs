@@ -1,5 +1,7 @@
 //! `vitalbridge decode ble`: one characteristic value in, the readings report (or the FHIR
-//! Observations) out, exactly as the gateway would decode and map it.
+//! Observations) out, exactly as the gateway would decode and map it. `vitalbridge decode
+//! hl7`: a captured HL7 v2 message (or batch) in, the same report out, as the HL7 listener
+//! maps it.
 
 use time::OffsetDateTime;
 
@@ -34,6 +36,10 @@ pub enum DecodeToolError {
     /// The device argument is not a Bluetooth address.
     #[error("--device: not a Bluetooth address")]
     Device,
+    /// An HL7 v2 message was refused, or the input cannot be read; what it would be
+    /// answered (names segments and fields, never values).
+    #[error("{0}")]
+    Hl7(String),
     /// The value does not decode (the message names the field, never a value).
     #[error("0x{uuid:04X} ({decoder}): {error}")]
     Decode {
@@ -95,6 +101,81 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
         })
         .collect();
     Ok(lines.join("\n"))
+}
+
+/// What `decode hl7` printed: the report or the Observations, and warnings for stderr.
+#[derive(Debug, Clone)]
+pub struct Hl7Decoded {
+    /// The readings report (pretty JSON) or one Observation per line.
+    pub text: String,
+    /// Observations the gateway would keep as a dead letter, and refused messages.
+    pub warnings: Vec<String>,
+    /// Whether any message of the input would be refused (AE or AR).
+    pub refused: bool,
+}
+
+/// The largest capture `decode hl7` reads.
+pub const MAX_HL7_INPUT: u64 = 64 * 1024 * 1024;
+
+/// Maps a captured HL7 v2 message or batch (MLLP framing bytes are ignored) the way the
+/// listener would, with times without an offset in `time_zone` (default the host's).
+pub fn decode_hl7(
+    bytes: &[u8],
+    fhir_out: bool,
+    time_zone: Option<&str>,
+) -> Result<Hl7Decoded, DecodeToolError> {
+    let zone = crate::hl7::dtm::zone(time_zone)
+        .map_err(|e| DecodeToolError::Hl7(format!("--time-zone: {e}")))?;
+    let settings = crate::hl7::Settings {
+        zone,
+        placeholders: Vec::new(),
+    };
+    let mut readings = Vec::new();
+    let mut warnings = Vec::new();
+    let mut refused = false;
+    for (i, p) in crate::hl7::decode(bytes, &settings, OffsetDateTime::now_utc())
+        .into_iter()
+        .enumerate()
+    {
+        match p.outcome {
+            Ok(m) => {
+                warnings.extend(m.unmapped.into_iter().map(|u| {
+                    format!(
+                        "message {} ({}): kept as a dead letter: {u}",
+                        i + 1,
+                        p.header.control_id
+                    )
+                }));
+                readings.extend(m.readings);
+            }
+            Err(r) => {
+                refused = true;
+                warnings.push(format!("message {} ({}): {r}", i + 1, p.header.control_id));
+            }
+        }
+    }
+    let text = if fhir_out {
+        let gateway = fhir::Gateway {
+            id: "vitalbridge-decode".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let gateway_url = fhir::gateway_device(&gateway).full_url;
+        readings
+            .iter()
+            .map(|r| {
+                let device_url = fhir::device(&r.device).full_url;
+                fhir::observation(r, &device_url, &gateway_url).to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        serde_json::to_string_pretty(&report::readings_to_json(&readings)).unwrap_or_default()
+    };
+    Ok(Hl7Decoded {
+        text,
+        warnings,
+        refused,
+    })
 }
 
 /// `SYSTEM|VALUE` as an identifier, anything else as a literal reference.

@@ -15,6 +15,7 @@
 
 pub mod batcher;
 pub mod file;
+pub mod hl7;
 pub mod https;
 mod retry;
 
@@ -94,6 +95,12 @@ pub enum UplinkError {
     /// The TLS files of `[uplink.fhir]` cannot be used.
     #[error("uplink.fhir")]
     Tls(#[source] crate::tls::TlsError),
+    /// `[uplink.hl7]` is unusable.
+    #[error(transparent)]
+    Hl7(#[from] hl7::SetupError),
+    /// The TLS files of `[uplink.hl7]` cannot be used.
+    #[error("uplink.hl7.tls")]
+    Hl7Tls(#[source] crate::tls::TlsError),
 }
 
 /// The transport of one destination, whatever its kind.
@@ -102,6 +109,8 @@ pub enum AnyTransport {
     File(file::FileTransport),
     /// A FHIR server over HTTPS.
     Fhir(https::FhirTransport),
+    /// An interface engine, HL7 v2 over MLLP.
+    Hl7(hl7::Hl7Transport),
 }
 
 impl Transport for AnyTransport {
@@ -109,6 +118,7 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::File(t) => t.name(),
             AnyTransport::Fhir(t) => t.name(),
+            AnyTransport::Hl7(t) => t.name(),
         }
     }
 
@@ -116,6 +126,7 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::File(t) => t.send(rows).await,
             AnyTransport::Fhir(t) => t.send(rows).await,
+            AnyTransport::Hl7(t) => t.send(rows).await,
         }
     }
 }
@@ -150,6 +161,31 @@ pub fn prepare(
             let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?;
             tracing::info!(base_url = %f.base_url, "uplink: FHIR server over mutual TLS");
             Ok(AnyTransport::Fhir(transport))
+        }
+        Destination::Hl7(h) => {
+            let tls = match &h.tls {
+                Some(t) => {
+                    let identity = t.cert.as_deref().zip(t.key.as_deref());
+                    Some(crate::tls::client_config(&t.ca, identity).map_err(UplinkError::Hl7Tls)?)
+                }
+                None => None,
+            };
+            let secure = tls.is_some();
+            let parties = crate::hl7::oru::Parties {
+                sending_application: h.sending_application.clone(),
+                sending_facility: h.sending_facility.clone(),
+                receiving_application: h.receiving_application.clone(),
+                receiving_facility: h.receiving_facility.clone(),
+            };
+            let transport = hl7::Hl7Transport::new(
+                &h.address,
+                tls,
+                parties,
+                h.connections,
+                Duration::from_secs(h.timeout_s),
+            )?;
+            tracing::info!(address = %h.address, tls = secure, "uplink: HL7 v2 ORU^R01 over MLLP to an interface engine");
+            Ok(AnyTransport::Hl7(transport))
         }
     }
 }

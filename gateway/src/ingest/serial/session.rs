@@ -474,6 +474,7 @@ fn convert(
         sequence: Some(u64::from(r.seq)),
         status: status_flags(r.status),
         device_user: None,
+        bedside: None,
     })
 }
 

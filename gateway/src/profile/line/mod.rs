@@ -313,6 +313,7 @@ impl LineProfile {
                 sequence: None,
                 status: status.clone(),
                 device_user: None,
+                bedside: None,
             });
         }
         Ok(Decoded::Readings(readings))
