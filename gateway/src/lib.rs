@@ -11,8 +11,10 @@
 //! the map and the invariants.
 #![warn(missing_docs)]
 
+mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod error_chain;
 pub mod fhir;
 pub mod fsmode;
 pub mod ingest;

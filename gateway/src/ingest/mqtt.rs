@@ -57,6 +57,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bindings, SourceContext};
 use crate::config::MqttSourceConfig;
+use crate::backoff::Backoff;
+use crate::error_chain::Chain;
 use crate::limits;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
@@ -77,6 +79,12 @@ const ACK_DRAIN: Duration = Duration::from_secs(3);
 
 /// Delay before retrying a commit the buffer refused (full or failing).
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
+
+/// The ceiling of the first delay before reconnecting to the broker; it doubles per
+/// consecutive failure up to [`RECONNECT_MAX`] (see [`crate::backoff`]).
+const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+/// The largest delay before reconnecting to the broker.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The largest packet MQTT can carry (a 4-byte remaining length, plus the fixed header):
 /// what the client accepts, so that no packet the broker sends can fail the connection.
@@ -200,7 +208,7 @@ async fn poll_task(
     audit: &Audit,
     shutdown: &CancellationToken,
 ) -> EventLoop {
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
     loop {
         // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
         // taken from its queue could be lost), and after shutdown that no longer matters.
@@ -210,7 +218,7 @@ async fn poll_task(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                backoff.reset();
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
@@ -256,7 +264,6 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
                 match &e {
                     rumqttc::ConnectionError::Tls(tls) => {
                         Metrics::add(&metrics.tls_failures, 1);
@@ -279,9 +286,8 @@ async fn poll_task(
                     }
                     _ => {}
                 }
-                let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
-                    .min(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return eventloop,

@@ -30,7 +30,7 @@ use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{parse_retry_after, Outcome, SendError, Transport};
+use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
 use crate::fhir::{self, BundleType, EntryRole, Gateway};
 use crate::model::Reading;
 
@@ -306,13 +306,15 @@ fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Out
                 Some(408 | 429) | Some(500..=599) | None => {
                     Outcome::Retry(format!("entry status {status:?}"))
                 }
-                Some(_) => {
+                Some(code) => {
                     let why = response
                         .and_then(|r| r.outcome)
                         .and_then(|raw| serde_json::from_str::<Json>(raw.get()).ok())
                         .map(|o| outcome_text(&o))
                         .unwrap_or_default();
-                    Outcome::Rejected(format!("{status}: {why}"))
+                    // A number that is no HTTP status still refuses the entry, without one.
+                    let code = Some(code).filter(|c| (100..=599).contains(c));
+                    Outcome::Rejected(Refusal::new(code, format!("{status}: {why}")))
                 }
             }
         })
@@ -333,7 +335,10 @@ impl Transport for FhirTransport {
                 let why = serde_json::from_slice::<Json>(&response)
                     .map(|o| outcome_text(&o))
                     .unwrap_or_default();
-                Err(SendError::Refused(format!("HTTP {status}: {why}")))
+                Err(SendError::Refused(Refusal::new(
+                    Some(status.as_u16()),
+                    format!("HTTP {status}: {why}"),
+                )))
             }
             code => Err(transient(
                 format!("server answered HTTP {code}"),
@@ -370,7 +375,10 @@ mod tests {
         assert_eq!(out[0], Outcome::Delivered);
         assert_eq!(
             out[1],
-            Outcome::Rejected("422 Unprocessable Entity: error: bad unit".into())
+            Outcome::Rejected(Refusal::new(
+                Some(422),
+                "422 Unprocessable Entity: error: bad unit"
+            ))
         );
         assert!(matches!(out[2], Outcome::Retry(_)));
     }
