@@ -123,7 +123,10 @@ mod tests {
         let d = b.next_delay_at_least(Some(Duration::from_secs(5)));
         assert_eq!(d, Duration::from_secs(5));
         let short = b.next_delay_at_least(Some(Duration::from_millis(1)));
-        assert!(short >= Duration::from_millis(20), "the backoff's own floor: {short:?}");
+        assert!(
+            short >= Duration::from_millis(20),
+            "the backoff's own floor: {short:?}"
+        );
         assert_eq!(b.attempts(), 2, "Retry-After still counts as an attempt");
     }
 

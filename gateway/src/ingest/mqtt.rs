@@ -56,8 +56,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bindings, SourceContext};
-use crate::config::MqttSourceConfig;
 use crate::backoff::Backoff;
+use crate::config::MqttSourceConfig;
 use crate::error_chain::Chain;
 use crate::limits;
 use crate::model::Reading;

@@ -243,7 +243,10 @@ mod tests {
             cause(Some(422), "422 Unprocessable Entity: error: bad unit"),
             "http_422"
         );
-        assert_eq!(cause(Some(400), "HTTP 400 Bad Request: error: x"), "http_400");
+        assert_eq!(
+            cause(Some(400), "HTTP 400 Bad Request: error: x"),
+            "http_400"
+        );
         // The reason may start like a status: only the value counts.
         assert_eq!(cause(None, "404 error: value 120 refused"), "refused");
         assert_eq!(cause(None, "no status here"), "refused");
