@@ -229,6 +229,10 @@ fn init_logging(format: LogFormat) {
 /// little at the same time, and the extra arenas cost about 3 MiB of peak memory on a hub
 /// for no measurable throughput (see docs/benchmark.md). Per-thread caches still serve
 /// small allocations without the arena lock.
+///
+/// The one `unsafe` left outside the allocation counter: mallopt is a glibc function, not a
+/// system call, so rustix (which removed the others) has no wrapper for it, and no
+/// maintained crate offers one; it is one call with constant arguments.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes glibc's allocator, before any other thread exists.
