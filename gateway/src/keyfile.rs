@@ -49,11 +49,12 @@ const PERM_ALL: u16 = 0o7;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file cannot be inspected or opened.
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}", .path.display())]
     Io {
         /// The key file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: io::Error,
     },
     /// Mode bits give the group or others access.
@@ -73,11 +74,12 @@ pub enum KeyFileError {
         who: String,
     },
     /// The ACL attribute could not be decoded.
-    #[error("private key {}: unreadable POSIX ACL: {problem}", .path.display())]
+    #[error("private key {}: unreadable POSIX ACL", .path.display())]
     BadAcl {
         /// The key file.
         path: PathBuf,
         /// What is wrong with the attribute.
+        #[source]
         problem: AclError,
     },
 }

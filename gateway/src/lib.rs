@@ -60,8 +60,8 @@ pub enum RunError {
     BadGatewayId {
         /// `<data_dir>/gateway-id`.
         path: PathBuf,
-        /// What is wrong with it.
-        problem: String,
+        /// What is wrong with it (part of the message, so not a source as well).
+        problem: config::InvalidGatewayId,
     },
     /// The audit log cannot be opened.
     #[error("ops.audit_log")]

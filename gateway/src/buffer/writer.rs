@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::open::{self, DirRecord};
 use super::rows::{self, Envelope, SealedReading};
 use super::space;
+use crate::error_chain::Chain;
 use super::{
     id_list, now_ms, retry_delay, storage_failure, BufferError, Destination, Settle, Store,
 };
@@ -319,7 +320,7 @@ impl Writer {
         if high != self.record.high_water {
             self.record.high_water = high;
             if let Err(e) = self.record.write(self.store.dir()) {
-                tracing::warn!(error = %e, "cannot update buffer.state");
+                tracing::warn!(error = %Chain(&e), "cannot update buffer.state");
             }
         }
     }

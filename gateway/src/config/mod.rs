@@ -697,7 +697,7 @@ mod net;
 mod validate;
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
-pub use validate::check_gateway_id;
+pub use validate::{check_gateway_id, InvalidGatewayId};
 
 #[cfg(test)]
 mod tests {

@@ -93,9 +93,15 @@ const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The URL is unusable.
-    #[error("sources.mqtt.url: {0}")]
-    Url(String),
+    /// The URL is not a URL.
+    #[error("sources.mqtt.url is not a URL")]
+    Url(#[source] url::ParseError),
+    /// The URL names no host.
+    #[error("sources.mqtt.url has no host")]
+    NoHost,
+    /// `mqtts://` without the TLS files.
+    #[error("sources.mqtt.url: mqtts:// needs [sources.mqtt.tls]")]
+    NoTls,
     /// The TLS files of `[sources.mqtt.tls]` cannot be used.
     #[error("sources.mqtt.tls")]
     Tls(#[source] crate::tls::TlsError),
@@ -132,11 +138,8 @@ impl MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("vitalbridge-{gateway_id}"));
-        let url = url::Url::parse(&config.url).map_err(|e| MqttError::Url(e.to_string()))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| MqttError::Url("no host".into()))?
-            .to_owned();
+        let url = url::Url::parse(&config.url).map_err(MqttError::Url)?;
+        let host = url.host_str().ok_or(MqttError::NoHost)?.to_owned();
         let secure = url.scheme() == "mqtts";
         let port = url.port().unwrap_or(if secure { 8883 } else { 1883 });
         let mut options = MqttOptions::new(client_id, host, port);
@@ -148,7 +151,7 @@ impl MqttSource {
             .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         if secure {
             let tls =
-                tls.ok_or_else(|| MqttError::Url("mqtts:// needs [sources.mqtt.tls]".into()))?;
+                tls.ok_or(MqttError::NoTls)?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         }
         Ok(Self {
@@ -225,7 +228,7 @@ async fn poll_task(
                 );
                 for topic in &subscription.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot queue MQTT subscribe");
+                        tracing::error!(error = %Chain(&e), "cannot queue MQTT subscribe");
                     }
                 }
             }
@@ -307,7 +310,7 @@ async fn ack_task(mut acks: mpsc::UnboundedReceiver<AckId>, client: AsyncClient)
         publish.pkid = pkid;
         if let Err(e) = client.ack(&publish).await {
             // The event loop is gone (shutdown took longer than ACK_DRAIN).
-            tracing::debug!(error = %e, "PUBACK not sent (connection closed); the broker will redeliver");
+            tracing::debug!(error = %Chain(&e), "PUBACK not sent (connection closed); the broker will redeliver");
             return;
         }
     }

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::{Outcome, SendError, Transport};
 use crate::backoff::Backoff;
 use crate::buffer::{Destination, Leased, Store};
+use crate::error_chain::Chain;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
@@ -57,7 +58,9 @@ impl Report<'_> {
                     cause,
                 });
             }
-            Err(e) => tracing::error!(error = %e, "cannot dead-letter rows; they stay queued"),
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "cannot dead-letter rows; they stay queued")
+            }
         }
     }
 }
@@ -124,7 +127,7 @@ pub async fn run<T: Transport>(worker: Worker<T>) {
                         l.reading
                             .as_ref()
                             .err()
-                            .map(ToString::to_string)
+                            .map(|e| Chain(e).to_string())
                             .unwrap_or_default(),
                     )
                 })
@@ -171,7 +174,7 @@ async fn collect(
         {
             Ok(more) => batch.extend(more),
             Err(e) => {
-                tracing::error!(error = %e, "cannot lease from buffer");
+                tracing::error!(error = %Chain(&e), "cannot lease from buffer");
                 if batch.is_empty() {
                     sleep_or_cancel(IDLE_POLL, shutdown).await;
                 }
@@ -260,7 +263,7 @@ async fn deliver<T: Transport>(
                                 .uplink_delivered(report.uplink, &received[..n]);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot delete delivered rows; they will be resent (idempotent)")
+                            tracing::error!(error = %Chain(&e), "cannot delete delivered rows; they will be resent (idempotent)")
                         }
                     }
                     if !rejected.is_empty() {

@@ -55,7 +55,7 @@ pub use central::{
     format_address, Address, Advertisement, BleError, Central, CentralEvent, GattCharacteristic,
     Link, Notification, Properties,
 };
-pub use profiles::Profiles;
+pub use profiles::{Profiles, ProfilesError};
 pub use session::SessionEnd;
 
 use super::{Bindings, SourceContext};
@@ -217,7 +217,8 @@ impl BleSource {
     /// Resolves the configured devices against the profiles (built in, plus
     /// `profiles_dir`). Errors name the config key or the profile file.
     pub fn new(config: &BleSourceConfig) -> Result<Self, BleError> {
-        let profiles = Profiles::load(config.profiles_dir.as_deref()).map_err(BleError::Config)?;
+        let profiles = Profiles::load(config.profiles_dir.as_deref())
+            .map_err(|e| BleError::Profiles(Arc::new(e)))?;
         let mut targets = Vec::new();
         for (i, d) in config.devices.iter().enumerate() {
             let key = format!("sources.ble.devices[{i}]");
