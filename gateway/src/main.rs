@@ -7,9 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use vitalbridge::config::{
-    Config, ConfigError, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML,
-};
+use vitalbridge::config::{Config, ConfigError, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML};
 use vitalbridge::error_chain::Chain;
 use vitalbridge::ops::systemd::Notifier;
 use vitalbridge::tools::printable;

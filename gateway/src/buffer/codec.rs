@@ -125,7 +125,8 @@ fn absent_load(code: &str) -> Result<AbsentReason, CodecError> {
     if code == NRES {
         return Ok(AbsentReason::NotAtResolution);
     }
-    AbsentReason::parse(code).ok_or_else(|| CodecError::Body(format!("unknown absent reason {code:?}")))
+    AbsentReason::parse(code)
+        .ok_or_else(|| CodecError::Body(format!("unknown absent reason {code:?}")))
 }
 
 /// The stored name of the Bluetooth kind of device id (version 1 bodies say `bt`).
@@ -142,7 +143,8 @@ fn kind_load(name: &str) -> Result<DeviceIdKind, CodecError> {
     if name == BLUETOOTH {
         return Ok(DeviceIdKind::Bluetooth);
     }
-    DeviceIdKind::parse(name).ok_or_else(|| CodecError::Body(format!("unknown device id type {name:?}")))
+    DeviceIdKind::parse(name)
+        .ok_or_else(|| CodecError::Body(format!("unknown device id type {name:?}")))
 }
 
 fn measured_out(m: &Measured) -> (Option<Number>, Option<String>) {
@@ -302,7 +304,8 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             .st
             .iter()
             .map(|s| {
-                StatusFlag::parse(s).ok_or_else(|| CodecError::Body(format!("unknown status {s:?}")))
+                StatusFlag::parse(s)
+                    .ok_or_else(|| CodecError::Body(format!("unknown status {s:?}")))
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,

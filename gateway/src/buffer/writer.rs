@@ -41,10 +41,10 @@ use tokio_util::sync::CancellationToken;
 use super::open::{self, DirRecord};
 use super::rows::{self, Envelope, SealedReading};
 use super::space;
-use crate::error_chain::Chain;
 use super::{
     id_list, now_ms, retry_delay, storage_failure, BufferError, Destination, Settle, Store,
 };
+use crate::error_chain::Chain;
 use crate::model::Reading;
 use crate::pipeline::{
     CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,

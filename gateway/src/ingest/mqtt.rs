@@ -150,8 +150,7 @@ impl MqttSource {
             .set_max_packet_size(MQTT_MAX_PACKET, config.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         if secure {
-            let tls =
-                tls.ok_or(MqttError::NoTls)?;
+            let tls = tls.ok_or(MqttError::NoTls)?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         }
         Ok(Self {

@@ -63,8 +63,8 @@ pub enum HexError {
 
 /// Decodes the value and renders the report (pretty JSON) or one Observation per line.
 pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
-    let uuid =
-        ble::parse_characteristic(request.characteristic).map_err(DecodeToolError::Characteristic)?;
+    let uuid = ble::parse_characteristic(request.characteristic)
+        .map_err(DecodeToolError::Characteristic)?;
     let decoder = ble::Decoder::from_uuid(uuid).ok_or(DecodeToolError::NoDecoder(uuid))?;
     let bytes = parse_hex(request.hex).map_err(DecodeToolError::Hex)?;
     let id = match request.device {
@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(
             HexError::NotADigit('\u{1b}').to_string(),
             "not a hex digit: '\\u{1b}'",
-            "a control character is shown escaped"
+            "a control character is shown escaped (as `{{:?}}` writes it)"
         );
         assert!(parse_hex("1é").is_err(), "non-ASCII is refused, not sliced");
     }

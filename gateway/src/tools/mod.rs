@@ -9,15 +9,20 @@ pub mod decode;
 pub mod scan;
 
 /// Text from outside made safe for a terminal: control characters (escape sequences that
-/// would recolour or clear the screen, newlines and tabs that would forge a row or a column),
-/// invisible and direction-changing characters, and backslashes are shown escaped
-/// (`\u{1b}`, `\n`, `\u{202e}`), as Rust's `escape_debug` writes them; quotes and printable
-/// letters of any script are left as they are.
+/// would recolour or clear the screen, newlines and tabs that would forge a row or a column)
+/// and invisible or direction-changing characters are shown escaped (`\u{1b}`, `\n`,
+/// `\u{202e}`), as Rust's `escape_debug` writes them. Backslashes and quotes are left as they
+/// are, so a message that already quotes a value with `{:?}` is not escaped twice; printable
+/// letters of any script are kept.
 pub fn printable(text: &str) -> String {
-    text.escape_debug()
-        .to_string()
-        .replace("\\'", "'")
-        .replace("\\\"", "\"")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | '\'' | '"' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -31,8 +36,9 @@ mod tests {
             "\\u{1b}[2J\\nforged\\trow"
         );
         assert_eq!(printable("BP7000 \"home\" 'a'"), "BP7000 \"home\" 'a'");
-        assert_eq!(printable("a\\b"), "a\\\\b");
         assert_eq!(printable("Señor\u{202e}…"), "Señor\\u{202e}…");
-        assert_eq!(printable("\\'"), "\\\\'", "an escaped backslash, then a quote");
+        // Text a message already escaped with `{:?}` stays as it is.
+        assert_eq!(printable(&format!("{:?}", "a\u{1b}")), "\"a\\u{1b}\"");
+        assert_eq!(printable("C:\\dir"), "C:\\dir");
     }
 }

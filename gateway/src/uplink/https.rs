@@ -99,8 +99,7 @@ impl FhirTransport {
             .trim_end_matches(']')
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(443);
-        let server_name =
-            ServerName::try_from(host.clone()).map_err(SetupError::ServerName)?;
+        let server_name = ServerName::try_from(host.clone()).map_err(SetupError::ServerName)?;
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
@@ -139,7 +138,12 @@ impl FhirTransport {
         })?
         .map_err(|e| {
             transient(
-                format!("cannot connect to {}:{}: {}", self.host, self.port, Chain(&e)),
+                format!(
+                    "cannot connect to {}:{}: {}",
+                    self.host,
+                    self.port,
+                    Chain(&e)
+                ),
                 None,
                 false,
             )
@@ -154,13 +158,7 @@ impl FhirTransport {
         .map_err(|e| transient(crate::tls::explain(&e), None, true))?;
         let (sender, conn) = http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| {
-                transient(
-                    format!("HTTP handshake failed: {}", Chain(&e)),
-                    None,
-                    false,
-                )
-            })?;
+            .map_err(|e| transient(format!("HTTP handshake failed: {}", Chain(&e)), None, false))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -196,13 +194,7 @@ impl FhirTransport {
                 concat!("vitalbridge/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| {
-                transient(
-                    format!("cannot build request: {}", Chain(&e)),
-                    None,
-                    false,
-                )
-            })?;
+            .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
                 transient(

@@ -80,10 +80,11 @@ impl Profiles {
                     path: path.clone(),
                     source,
                 })?;
-            let profile = BleProfile::from_toml(&text).map_err(|source| ProfilesError::Profile {
-                path: path.clone(),
-                source,
-            })?;
+            let profile =
+                BleProfile::from_toml(&text).map_err(|source| ProfilesError::Profile {
+                    path: path.clone(),
+                    source,
+                })?;
             profiles.insert(profile);
         }
         Ok(profiles)

@@ -169,13 +169,17 @@ impl PortError {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Nothing has this path.
-    #[error("no such file (check the path: /dev/serial/by-id/ lists the serial adapters plugged in)")]
+    #[error(
+        "no such file (check the path: /dev/serial/by-id/ lists the serial adapters plugged in)"
+    )]
     NoSuchFile,
     /// The path names something that is no serial port.
     #[error("not a serial port but {0} (check the path)")]
     NotATty(&'static str),
     /// The user may not open it.
-    #[error("permission denied (the user must be in the group that owns the device, usually `dialout`)")]
+    #[error(
+        "permission denied (the user must be in the group that owns the device, usually `dialout`)"
+    )]
     PermissionDenied,
     /// Another program holds it.
     #[error("in use by another program")]

@@ -24,8 +24,8 @@
 use serde::Deserialize;
 
 use super::{
-    DecodeError, Decoded, Delimiter, LineProfile, MetricRule, SerialSettings, Split, StatusRule, LayoutError,
-    TimeFormat, TimeSpec, MAX_LINE_LENGTH,
+    DecodeError, Decoded, Delimiter, LayoutError, LineProfile, MetricRule, SerialSettings, Split,
+    StatusRule, TimeFormat, TimeSpec, MAX_LINE_LENGTH,
 };
 use crate::limits::{
     MAX_CODE_LEN, MAX_LINE_FIELD_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_TIME_LEN, MAX_UNIT_LEN,

@@ -599,7 +599,10 @@ fn an_example_that_does_not_decode_as_stated_refuses_the_profile() {
         .unwrap()
         .compile("csv")
         .unwrap_err();
-    assert!(err.to_string().ends_with("`examples[0]` does not hold"), "{err}");
+    assert!(
+        err.to_string().ends_with("`examples[0]` does not hold"),
+        "{err}"
+    );
     let chain = crate::error_chain::Chain(&err).to_string();
     assert!(chain.contains("36.6 Cel"), "the cause says how: {chain}");
     let good = text.replace("36.7 Cel", "36.6 Cel");
