@@ -479,6 +479,36 @@ mod tests {
         assert!(err.contains("/nonexistent-sysfs/class/tty"), "{err}");
     }
 
+    /// What a technician mistyping `--port` or `path` is told, and the gateway logs.
+    #[test]
+    fn a_port_that_cannot_open_says_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+        };
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let cases = [
+            (dir.path().join("ttyUSBX"), "no such file"),
+            (file, "not a serial port but a regular file"),
+            (
+                dir.path().to_path_buf(),
+                "not a serial port but a directory",
+            ),
+        ];
+        for (path, expected) in cases {
+            let err = open(&path, settings).unwrap_err();
+            assert_eq!(err.to_string(), format!("cannot open {}", path.display()));
+            let chain = crate::error_chain::Chain(&err).to_string();
+            assert!(chain.contains(expected), "{chain}");
+            assert_eq!(err.is_missing(), expected == "no such file", "{chain}");
+        }
+    }
+
     #[test]
     fn settings_read_like_a_technician_writes_them() {
         let s = Settings {
