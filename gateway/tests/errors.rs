@@ -2,9 +2,13 @@
 //! text: each error on one line, `what failed: why`, every cause once; control characters
 //! from files, arguments and devices shown escaped.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+
+use support::rust_files;
 
 fn vitalbridge(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
@@ -430,17 +434,6 @@ fn messages(file: &str, code: &str) -> Vec<Message> {
         });
     }
     out
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// Whether a message prints `field`: `{field}` or `{field:…}` in its format string, or an
