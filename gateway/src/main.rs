@@ -311,7 +311,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::CheckConfig { config } => {
             let problems = vitalbridge::check_config_file(&config);
             if problems.is_empty() {
-                println!("{}: ok", config.display());
+                println!("{}: ok", printable(&config.display().to_string()));
                 return Ok(ExitCode::SUCCESS);
             }
             for p in problems {
@@ -388,7 +388,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             let key = vitalbridge::buffer::seal::BufferKey::create(&file)?;
             println!(
                 "created {} (key id {}): keep a copy somewhere safe; without it the buffered readings cannot be read",
-                file.display(),
+                printable(&file.display().to_string()),
                 key.id()
             );
             Ok(ExitCode::SUCCESS)
