@@ -153,11 +153,14 @@ mod tests {
     /// checked come from the code. (The umask is per process; other tests running meanwhile
     /// get the common default, which no test relies on being stricter.)
     fn with_umask_0022(f: impl FnOnce()) {
-        // SAFETY: umask has no memory-safety preconditions.
-        let old = unsafe { libc::umask(0o022) };
+        let old = set_umask(0o022);
         f();
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        set_umask(old);
+    }
+
+    /// Sets the process's umask; returns the previous one.
+    fn set_umask(mask: u32) -> u32 {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask)).as_raw_mode()
     }
 
     #[test]
@@ -195,8 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("buffer.db");
         with_umask_0022(|| precreate_private_file(&db).unwrap());
-        // SAFETY: umask has no memory-safety preconditions.
-        let old = unsafe { libc::umask(0o022) };
+        let old = set_umask(0o022);
         let mut conn = SqliteConnectOptions::new()
             .filename(&db)
             .journal_mode(SqliteJournalMode::Wal)
@@ -207,8 +209,7 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        set_umask(old);
         for name in ["buffer.db", "buffer.db-wal", "buffer.db-shm"] {
             assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
         }

@@ -19,7 +19,9 @@
 //! 0x02 named user, 0x04 owning group, 0x08 named group, 0x10 mask, 0x20 others, and perm bits
 //! 4 read, 2 write, 1 execute (Linux `include/uapi/linux/posix_acl_xattr.h` and
 //! `posix_acl.h`; acl(5) for how the mask applies). [`parse_acl`] returns errors for anything
-//! else, never panics, and is fuzzed (`gateway/fuzz`, target `keyfile_acl`).
+//! else, never panics, and is fuzzed (`gateway/fuzz`, target `keyfile_acl`). The system calls
+//! (`getxattr`, `geteuid`) go through rustix, so this module has no `unsafe`.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -47,11 +49,12 @@ const PERM_ALL: u16 = 0o7;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file cannot be inspected or opened.
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}", .path.display())]
     Io {
         /// The key file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: io::Error,
     },
     /// Mode bits give the group or others access.
@@ -71,11 +74,12 @@ pub enum KeyFileError {
         who: String,
     },
     /// The ACL attribute could not be decoded.
-    #[error("private key {}: unreadable POSIX ACL: {problem}", .path.display())]
+    #[error("private key {}: unreadable POSIX ACL", .path.display())]
     BadAcl {
         /// The key file.
         path: PathBuf,
         /// What is wrong with the attribute.
+        #[source]
         problem: AclError,
     },
 }
@@ -182,38 +186,24 @@ pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
 }
 
 fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The raw access ACL of `path`, or `None` when it has none (or the file system has no
 /// extended attributes): then the mode bits are the whole story.
 fn read_access_acl(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    use rustix::io::Errno;
     // A few hundred bytes hold any ACL a key file should have; grow on ERANGE.
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: both strings are NUL-terminated and outlive the call; `buf` is valid for
-        // writes of `buf.len()` bytes, and getxattr writes at most that many.
-        let n = unsafe {
-            libc::getxattr(
-                c_path.as_ptr(),
-                ACL_XATTR.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if let Ok(len) = usize::try_from(n) {
-            buf.truncate(len);
-            return Ok(Some(buf));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => return Ok(None),
-            Some(libc::ERANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            _ => return Err(err),
+        match rustix::fs::getxattr(path, ACL_XATTR, &mut buf[..]) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA | Errno::OPNOTSUPP) => return Ok(None),
+            Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -337,19 +327,8 @@ mod tests {
     }
 
     fn set_acl(path: &Path, value: &[u8]) {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: NUL-terminated strings and a valid buffer of value.len() bytes.
-        let r = unsafe {
-            libc::setxattr(
-                c_path.as_ptr(),
-                ACL_XATTR.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        assert_eq!(r, 0, "setxattr: {}", io::Error::last_os_error());
+        rustix::fs::setxattr(path, ACL_XATTR, value, rustix::fs::XattrFlags::empty())
+            .expect("setxattr");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! the map and the invariants.
 #![warn(missing_docs)]
 
+mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod error_chain;
 pub mod fhir;
 pub mod fsmode;
 pub mod hl7;
@@ -59,8 +61,8 @@ pub enum RunError {
     BadGatewayId {
         /// `<data_dir>/gateway-id`.
         path: PathBuf,
-        /// What is wrong with it.
-        problem: String,
+        /// What is wrong with it (part of the message, so not a source as well).
+        problem: config::InvalidGatewayId,
     },
     /// The audit log cannot be opened.
     #[error("ops.audit_log")]

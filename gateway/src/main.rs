@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use vitalbridge::config::{Config, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML};
+use vitalbridge::config::{Config, ConfigError, LogFormat as ConfigLogFormat, DEFAULT_CONFIG_TOML};
+use vitalbridge::error_chain::Chain;
 use vitalbridge::ops::systemd::Notifier;
+use vitalbridge::tools::printable;
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
@@ -243,6 +245,10 @@ fn init_logging(format: LogFormat) {
 /// little at the same time, and the extra arenas cost about 3 MiB of peak memory on a hub
 /// for no measurable throughput (see docs/benchmark.md). Per-thread caches still serve
 /// small allocations without the arena lock.
+///
+/// The one `unsafe` left outside the allocation counter: mallopt is a glibc function, not a
+/// system call, so rustix (which removed the others) has no wrapper for it, and no
+/// maintained crate offers one; it is one call with constant arguments.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes glibc's allocator, before any other thread exists.
@@ -264,11 +270,35 @@ fn main() -> ExitCode {
     match dispatch(cli.command, cli.log_format) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
 }
+
+/// Prints an error with its causes on one line (`what failed: why`), each cause once; a
+/// list of configuration problems one per line. Outside text in it (paths, values quoted
+/// from a file) is shown escaped.
+fn report(e: &anyhow::Error) {
+    let problems = match e.downcast_ref::<vitalbridge::RunError>() {
+        Some(vitalbridge::RunError::Config(problems)) => Some(problems.as_slice()),
+        _ => e.downcast_ref::<InvalidConfig>().map(|c| c.0.as_slice()),
+    };
+    match problems {
+        Some(problems) => {
+            eprintln!("error: invalid configuration:");
+            for p in problems {
+                eprintln!("  {}", printable(&p.to_string()));
+            }
+        }
+        None => eprintln!("error: {}", printable(&Chain(e.as_ref()).to_string())),
+    }
+}
+
+/// The problems of a config file that does not load.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problems)", .0.len())]
+struct InvalidConfig(Vec<ConfigError>);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -278,10 +308,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    vitalbridge::load_config(path).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{}", lines.join("\n"))
-    })
+    Ok(vitalbridge::load_config(path).map_err(InvalidConfig)?)
 }
 
 /// Logging starts once the format is known: for `run`, after the config is loaded (the
@@ -298,11 +325,11 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::CheckConfig { config } => {
             let problems = vitalbridge::check_config_file(&config);
             if problems.is_empty() {
-                println!("{}: ok", config.display());
+                println!("{}: ok", printable(&config.display().to_string()));
                 return Ok(ExitCode::SUCCESS);
             }
             for p in problems {
-                eprintln!("{}: {p}", config.display());
+                eprintln!("{}", printable(&format!("{}: {p}", config.display())));
             }
             Ok(ExitCode::from(2))
         }
@@ -352,7 +379,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", printable(&Chain(&e).to_string()));
                     ExitCode::from(2)
                 }
             })
@@ -404,6 +431,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             command: BleCommand::Scan { seconds, all },
         } => {
             let report = runtime()?.block_on(vitalbridge::tools::scan::ble_scan(seconds, all))?;
+            // Device names in the table are escaped by `render`.
             println!("{}", report.table);
             eprintln!("{}", report.summary);
             Ok(ExitCode::SUCCESS)
@@ -417,7 +445,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             let key = vitalbridge::buffer::seal::BufferKey::create(&file)?;
             println!(
                 "created {} (key id {}): keep a copy somewhere safe; without it the buffered readings cannot be read",
-                file.display(),
+                printable(&file.display().to_string()),
                 key.id()
             );
             Ok(ExitCode::SUCCESS)
@@ -451,7 +479,12 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
         }
         QueueCommand::DeadLetters { limit, destination } => {
             let key = buffer::seal::BufferKey::load(&config.buffer.key_file)
-                .map_err(|e| eprintln!("warning: {e}; the details stay sealed"))
+                .map_err(|e| {
+                    eprintln!(
+                        "warning: {}; the details stay sealed",
+                        printable(&Chain(&e).to_string())
+                    )
+                })
                 .ok();
             let store = buffer::open_read_only(dir, key).await?;
             let rows = store.dead_letters(limit, destination.as_deref()).await?;
@@ -497,10 +530,11 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 buffer::open(dir, &vitalbridge::buffer_options(config)).await?;
             let report = buffer::salvage::salvage(&mut writer, &path, extra).await?;
             writer.close().await;
+            let shown = |p: &std::path::Path| printable(&p.display().to_string());
             println!(
                 "read {}{}: {} readings found, {} queued ({} already in the buffer), {} damaged or sealed with another key",
-                report.database.display(),
-                report.wal.as_ref().map(|w| format!(" and {}", w.display())).unwrap_or_default(),
+                shown(&report.database),
+                report.wal.as_ref().map(|w| format!(" and {}", shown(w))).unwrap_or_default(),
                 report.found,
                 report.queued,
                 report.found - report.queued,
@@ -540,18 +574,19 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// Text from outside (a topic, a server's error) made safe for a terminal: control
-/// characters (escape sequences, newlines that would forge a row) are shown escaped.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(char::escape_default)
-        .collect::<String>()
-        .replace("\\'", "'")
-        .replace("\\\"", "\"")
-}
-
 fn sim_serial(args: SimSerial) -> anyhow::Result<ExitCode> {
     use vitalbridge::ingest::serial::{simulator, FIRMWARE_SETTINGS};
+    if matches!(args.protocol, SimProtocolArg::Firmware) {
+        let line_only = [
+            ("--profile", args.profile.is_some()),
+            ("--profiles-dir", args.profiles_dir.is_some()),
+        ];
+        if let Some((option, _)) = line_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!(
+                "{option} is for line devices: add --protocol line (without it the simulator speaks the firmware protocol, which has no profile)"
+            );
+        }
+    }
     let (protocol, mut settings) = match args.protocol {
         SimProtocolArg::Firmware => (
             simulator::SimProtocol::Firmware {

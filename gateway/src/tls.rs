@@ -16,42 +16,65 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read or parsed.
-    #[error("{what} {path}: {problem}")]
+    #[error("{what} {}", .path.display())]
     File {
         /// Which file it is (CA, client certificate, client key).
         what: &'static str,
         /// Its path.
         path: PathBuf,
         /// What went wrong.
-        problem: String,
+        #[source]
+        source: FileError,
     },
     /// rustls refused the material.
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
 }
 
-fn file_err(what: &'static str, path: &Path, problem: impl ToString) -> TlsError {
+/// What is wrong with one TLS file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It cannot be read, or its PEM framing is broken.
+    #[error("not readable PEM")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    /// It holds no certificate.
+    #[error("contains no PEM certificate")]
+    NoCertificate,
+    /// A private key others may read (the key check says so itself).
+    #[error(transparent)]
+    Key(crate::keyfile::KeyFileError),
+    /// rustls refused a certificate of it.
+    #[error(transparent)]
+    Rustls(rustls::Error),
+    /// rustls cannot build a client-certificate verifier from its CAs.
+    #[error(transparent)]
+    Verifier(rustls::server::VerifierBuilderError),
+}
+
+fn file_err(what: &'static str, path: &Path, source: FileError) -> TlsError {
     TlsError::File {
         what,
         path: path.into(),
-        problem: problem.to_string(),
+        source,
     }
 }
 
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |e| file_err(what, path, FileError::Pem(e));
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(what, path, e))?
+        .map_err(pem)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(what, path, e))?;
+        .map_err(pem)?;
     if certs.is_empty() {
-        return Err(file_err(what, path, "contains no PEM certificate"));
+        return Err(file_err(what, path, FileError::NoCertificate));
     }
     Ok(certs)
 }
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    crate::keyfile::check_private(path).map_err(|e| file_err("client key", path, e))?;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, e))
+    crate::keyfile::check_private(path)
+        .map_err(|e| file_err("client key", path, FileError::Key(e)))?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, FileError::Pem(e)))
 }
 
 /// A client config trusting only the CA in `ca`, presenting `cert`/`key` when given.
@@ -63,7 +86,7 @@ pub fn client_config(
     for cert in certs("CA certificate", ca)? {
         roots
             .add(cert)
-            .map_err(|e| file_err("CA certificate", ca, e))?;
+            .map_err(|e| file_err("CA certificate", ca, FileError::Rustls(e)))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
@@ -94,14 +117,14 @@ pub fn server_config(
             for c in certs("client CA certificate", ca)? {
                 roots
                     .add(c)
-                    .map_err(|e| file_err("client CA certificate", ca, e))?;
+                    .map_err(|e| file_err("client CA certificate", ca, FileError::Rustls(e)))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| file_err("client CA certificate", ca, e))?;
+            .map_err(|e| file_err("client CA certificate", ca, FileError::Verifier(e)))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

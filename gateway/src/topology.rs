@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::writer::WriterConfig;
 use crate::buffer::{self, Store};
 use crate::config::Config;
+use crate::error_chain::Chain;
 use crate::ingest::{self, Bindings, SourceContext};
 use crate::ops::audit::{Audit, Event};
 use crate::ops::buffer_report::BufferReporter;
@@ -222,7 +223,10 @@ impl Topology {
         }
         let ping = async {
             match &watchdog {
-                Some(w) => w.keep_alive(shutdown, || Ok(())).await,
+                Some(w) => {
+                    w.keep_alive(shutdown, || Ok::<(), std::convert::Infallible>(()))
+                        .await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -283,7 +287,7 @@ impl Topology {
         let mut first_failure: Option<RunError> = None;
         let mut note = |r: Result<(), RunError>| {
             if let Err(e) = r {
-                tracing::error!(error = %e, "a stage failed");
+                tracing::error!(error = %Chain(&e), "a stage failed");
                 first_failure.get_or_insert(e);
             }
         };

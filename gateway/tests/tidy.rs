@@ -6,8 +6,12 @@
 //! Test code (`tests.rs` files, and the `#[cfg(test)] mod tests` at the end of a file) is
 //! not held to the list: tests may borrow fixtures from anywhere.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use support::rust_files;
 
 /// The heading of the section of ARCHITECTURE.md that holds the list.
 const SECTION: &str = "### Dependency list";
@@ -88,17 +92,6 @@ fn top_level_modules(src: &Path) -> BTreeSet<String> {
             }
         })
         .collect()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The module path of a file under `src`: `profile/ble/mod.rs` → `[profile, ble]`.

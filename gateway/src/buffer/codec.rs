@@ -38,8 +38,14 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// A body that cannot be turned back into a reading.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("stored reading cannot be decoded: {0}")]
-pub struct CodecError(pub String);
+pub enum CodecError {
+    /// The plain body is not a reading of this format (what is wrong, never a value).
+    #[error("stored reading cannot be decoded: {0}")]
+    Body(String),
+    /// The sealed body cannot be opened.
+    #[error("stored reading cannot be decoded")]
+    Sealed(#[source] super::seal::OpenError),
+}
 
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -114,7 +120,7 @@ fn number(d: Decimal) -> Number {
 }
 
 fn decimal(n: &Number) -> Result<Decimal, CodecError> {
-    Decimal::parse(&n.to_string()).ok_or_else(|| CodecError("number out of range".into()))
+    Decimal::parse(&n.to_string()).ok_or_else(|| CodecError::Body("number out of range".into()))
 }
 
 /// The stored name of NRes: FHIR has no code of its own for it (it is `error` there), and a
@@ -132,7 +138,8 @@ fn absent_load(code: &str) -> Result<AbsentReason, CodecError> {
     if code == NRES {
         return Ok(AbsentReason::NotAtResolution);
     }
-    AbsentReason::parse(code).ok_or_else(|| CodecError(format!("unknown absent reason {code:?}")))
+    AbsentReason::parse(code)
+        .ok_or_else(|| CodecError::Body(format!("unknown absent reason {code:?}")))
 }
 
 /// The stored name of the Bluetooth kind of device id (version 1 bodies say `bt`).
@@ -149,7 +156,8 @@ fn kind_load(name: &str) -> Result<DeviceIdKind, CodecError> {
     if name == BLUETOOTH {
         return Ok(DeviceIdKind::Bluetooth);
     }
-    DeviceIdKind::parse(name).ok_or_else(|| CodecError(format!("unknown device id type {name:?}")))
+    DeviceIdKind::parse(name)
+        .ok_or_else(|| CodecError::Body(format!("unknown device id type {name:?}")))
 }
 
 fn measured_out(m: &Measured) -> (Option<Number>, Option<String>) {
@@ -163,7 +171,7 @@ fn measured_in(n: Option<&Number>, reason: Option<&str>) -> Result<Measured, Cod
     match (n, reason) {
         (Some(n), _) => decimal(n).map(Measured::Value),
         (None, Some(r)) => absent_load(r).map(Measured::Absent),
-        (None, None) => Err(CodecError("null value without a reason".into())),
+        (None, None) => Err(CodecError::Body("null value without a reason".into())),
     }
 }
 
@@ -172,7 +180,7 @@ fn time_text(t: OffsetDateTime) -> String {
 }
 
 fn time_parse(t: &str) -> Result<OffsetDateTime, CodecError> {
-    OffsetDateTime::parse(t, &Rfc3339).map_err(|_| CodecError("bad time".into()))
+    OffsetDateTime::parse(t, &Rfc3339).map_err(|_| CodecError::Body("bad time".into()))
 }
 
 /// Encodes a reading as a buffer body.
@@ -238,21 +246,21 @@ pub fn encode(r: &Reading) -> Vec<u8> {
 
 fn metric(mdc: u32) -> Result<crate::model::Metric, CodecError> {
     catalog::by_mdc(mdc)
-        .ok_or_else(|| CodecError(format!("metric {mdc} is not in this gateway's catalog")))
+        .ok_or_else(|| CodecError::Body(format!("metric {mdc} is not in this gateway's catalog")))
 }
 
 /// Decodes a buffer body back into a reading.
 pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
     let b: Body = serde_json::from_slice(bytes)
-        .map_err(|e| CodecError(format!("not a v1 body: {}", e.classify_str())))?;
+        .map_err(|e| CodecError::Body(format!("not a v1 body: {}", e.classify_str())))?;
     if b.v != FORMAT_VERSION {
-        return Err(CodecError(format!(
+        return Err(CodecError::Body(format!(
             "body format version {} is not supported",
             b.v
         )));
     }
     let id = DeviceId::from_key(kind_load(&b.dev.t)?, b.dev.id)
-        .ok_or_else(|| CodecError("bad device id".into()))?;
+        .ok_or_else(|| CodecError::Body("bad device id".into()))?;
     let value = match b.val {
         Val::Quantity((n, unit, reason)) => Value::Quantity(Quantity {
             value: measured_in(n.as_ref(), reason.as_deref())?,
@@ -315,7 +323,8 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             .st
             .iter()
             .map(|s| {
-                StatusFlag::parse(s).ok_or_else(|| CodecError(format!("unknown status {s:?}")))
+                StatusFlag::parse(s)
+                    .ok_or_else(|| CodecError::Body(format!("unknown status {s:?}")))
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,
@@ -325,8 +334,9 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
                 Ok::<_, CodecError>(Box::new(Bedside {
                     containment: bed.c,
                     location: bed.loc,
-                    status: ResultStatus::from_fhir_code(&bed.rs)
-                        .ok_or_else(|| CodecError(format!("unknown result status {:?}", bed.rs)))?,
+                    status: ResultStatus::from_fhir_code(&bed.rs).ok_or_else(|| {
+                        CodecError::Body(format!("unknown result status {:?}", bed.rs))
+                    })?,
                     unit_as_sent: bed.ut,
                 }))
             })
@@ -469,7 +479,7 @@ mod tests {
             .replacen("\"v\":1", "\"v\":2", 1);
         assert!(decode(newer.as_bytes())
             .unwrap_err()
-            .0
+            .to_string()
             .contains("version 2"));
         assert!(decode(b"\xff\x00").is_err());
     }

@@ -47,6 +47,7 @@ use super::seal::{BufferKey, KeyError};
 use super::{
     codec, space, BufferError, Destination, Health, Inner, Store, Writer, SETTLE_CHANNEL_CAPACITY,
 };
+use crate::error_chain::Chain;
 use crate::fsmode;
 
 /// The database file in the data directory.
@@ -357,23 +358,11 @@ enum Checked {
 impl Checked {
     fn of(e: BufferError) -> Self {
         if is_damage(&e) {
-            Checked::Damaged(error_chain(&e))
+            Checked::Damaged(Chain(&e).to_string())
         } else {
             Checked::Failed(e)
         }
     }
-}
-
-/// The error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
 }
 
 /// Opens the database, checks it (`quick_check`) and brings its schema up to date.

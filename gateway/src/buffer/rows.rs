@@ -60,14 +60,14 @@ pub fn open_reading_bytes(
     dedup: &[u8],
     body: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
-    key.open(dedup, body).map_err(|e| CodecError(e.to_string()))
+    key.open(dedup, body).map_err(CodecError::Sealed)
 }
 
 /// Opens and decodes a `readings` row, checking that the body belongs to its `dedup`.
 pub fn open_reading(key: &BufferKey, dedup: &[u8], body: &[u8]) -> Result<Reading, CodecError> {
     let reading = codec::decode(&open_reading_bytes(key, dedup, body)?)?;
     if reading_dedup(key, &reading.identifier()) != dedup {
-        return Err(CodecError(
+        return Err(CodecError::Body(
             "the body does not match its row's identifier".into(),
         ));
     }
@@ -149,8 +149,8 @@ impl Envelope {
     pub fn open(key: &BufferKey, sealed: &[u8]) -> Result<Self, CodecError> {
         let plain = key
             .open(DEAD_LETTER_AAD, sealed)
-            .map_err(|e| CodecError(e.to_string()))?;
-        Self::parse(&plain).ok_or_else(|| CodecError("malformed dead-letter envelope".into()))
+            .map_err(CodecError::Sealed)?;
+        Self::parse(&plain).ok_or_else(|| CodecError::Body("malformed dead-letter envelope".into()))
     }
 
     fn parse(bytes: &[u8]) -> Option<Self> {

@@ -60,11 +60,12 @@ pub enum KeyError {
     #[error("the buffer key file {} does not exist", .0.display())]
     Missing(PathBuf),
     /// The key file cannot be read or created.
-    #[error("cannot use the buffer key file {}: {source}", .path.display())]
+    #[error("cannot use the buffer key file {}", .path.display())]
     Io {
         /// The key file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// Others may read the key.

@@ -44,6 +44,7 @@ use super::space;
 use super::{
     id_list, now_ms, retry_delay, storage_failure, BufferError, Destination, Settle, Store,
 };
+use crate::error_chain::Chain;
 use crate::model::Reading;
 use crate::pipeline::{
     CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,
@@ -331,7 +332,7 @@ impl Writer {
         if high != self.record.high_water {
             self.record.high_water = high;
             if let Err(e) = self.record.write(self.store.dir()) {
-                tracing::warn!(error = %e, "cannot update buffer.state");
+                tracing::warn!(error = %Chain(&e), "cannot update buffer.state");
             }
         }
     }

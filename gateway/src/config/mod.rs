@@ -728,7 +728,7 @@ mod validate;
 pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
-pub use validate::{check_gateway_id, check_private_key};
+pub use validate::{check_gateway_id, check_private_key, InvalidGatewayId};
 
 #[cfg(test)]
 mod tests {

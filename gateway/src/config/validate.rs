@@ -16,22 +16,25 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::*;
+use crate::error_chain::Chain;
 use crate::limits::{
     MAX_CODE_LEN, MAX_ID_LEN, MAX_PATH_LEN, MAX_SYSTEM_LEN, MAX_TOPIC_LEN, MAX_URL_LEN,
 };
 
-/// Why a gateway id (`gateway.id`, or the generated one kept in `<data_dir>/gateway-id`) is
-/// not usable, if it is not.
-pub fn check_gateway_id(id: &str) -> Result<(), String> {
+/// A gateway id that is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to {MAX_ID_LEN} ASCII letters, digits, '-', '_' or '.'")]
+pub struct InvalidGatewayId;
+
+/// Checks a gateway id (`gateway.id`, or the generated one kept in `<data_dir>/gateway-id`).
+pub fn check_gateway_id(id: &str) -> Result<(), InvalidGatewayId> {
     if id.is_empty()
         || id.len() > MAX_ID_LEN
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        return Err(format!(
-            "must be 1 to {MAX_ID_LEN} ASCII letters, digits, '-', '_' or '.'"
-        ));
+        return Err(InvalidGatewayId);
     }
     Ok(())
 }
@@ -175,8 +178,8 @@ impl Config {
         }
         validate_key_files(b, &self.gateway.data_dir, &mut problems);
         if let Some(id) = &self.gateway.id {
-            if let Err(message) = check_gateway_id(id) {
-                problems.push(err("gateway.id", message));
+            if let Err(e) = check_gateway_id(id) {
+                problems.push(err("gateway.id", e.to_string()));
             }
         }
         if let Some(sim) = &self.sources.sim {
@@ -622,6 +625,6 @@ pub fn check_private_key(key: &str, path: &Path, problems: &mut Vec<ConfigError>
         return;
     }
     if let Err(e) = crate::keyfile::check_private(path) {
-        problems.push(err(key, e.to_string()));
+        problems.push(err(key, Chain(&e).to_string()));
     }
 }

@@ -123,10 +123,10 @@ pub fn format(t: OffsetDateTime) -> String {
 
 /// The time zone called `name` (an IANA name such as `Europe/Berlin`, or `UTC`), or the
 /// host's when `name` is `None`.
-pub fn zone(name: Option<&str>) -> Result<TimeZone, String> {
+pub fn zone(name: Option<&str>) -> Result<TimeZone, jiff::Error> {
     match name {
         None => Ok(TimeZone::system()),
-        Some(n) => TimeZone::get(n).map_err(|e| e.to_string()),
+        Some(n) => TimeZone::get(n),
     }
 }
 

@@ -65,14 +65,12 @@ pub enum Hl7Error {
     /// The TLS files cannot be used.
     #[error("sources.hl7.tls")]
     Tls(#[source] crate::tls::TlsError),
-    /// A setting is unusable (the time zone, a placeholder).
-    #[error("sources.hl7.{key}: {message}")]
-    Setting {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
+    /// `sources.hl7.time_zone` names no zone of this host's tz database.
+    #[error("sources.hl7.time_zone: not a time zone of this host's tz database")]
+    TimeZone(#[source] jiff::Error),
+    /// A `sources.hl7.no_value` placeholder is not a decimal number.
+    #[error("sources.hl7.no_value: {0:?} is not a decimal number")]
+    NoValue(String),
 }
 
 /// What every connection shares.
@@ -103,20 +101,11 @@ pub struct Hl7Source {
 impl Hl7Source {
     /// Binds the listen address and reads the TLS files: everything that can fail at start.
     pub fn new(config: &Hl7SourceConfig) -> Result<Self, Hl7Error> {
-        let zone =
-            hl7::dtm::zone(config.time_zone.as_deref()).map_err(|message| Hl7Error::Setting {
-                key: "time_zone",
-                message,
-            })?;
+        let zone = hl7::dtm::zone(config.time_zone.as_deref()).map_err(Hl7Error::TimeZone)?;
         let placeholders = config
             .no_value
             .iter()
-            .map(|v| {
-                Decimal::parse(v.trim()).ok_or_else(|| Hl7Error::Setting {
-                    key: "no_value",
-                    message: "must be a decimal number, e.g. \"-999\"".into(),
-                })
-            })
+            .map(|v| Decimal::parse(v.trim()).ok_or_else(|| Hl7Error::NoValue(v.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let tls = match &config.tls {
             Some(t) => Some(TlsAcceptor::from(

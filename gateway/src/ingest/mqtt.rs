@@ -56,7 +56,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bindings, SourceContext};
+use crate::backoff::Backoff;
 use crate::config::MqttSourceConfig;
+use crate::error_chain::Chain;
 use crate::limits;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
@@ -78,6 +80,12 @@ const ACK_DRAIN: Duration = Duration::from_secs(3);
 /// Delay before retrying a commit the buffer refused (full or failing).
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
 
+/// The ceiling of the first delay before reconnecting to the broker; it doubles per
+/// consecutive failure up to [`RECONNECT_MAX`] (see [`crate::backoff`]).
+const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+/// The largest delay before reconnecting to the broker.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// The largest packet MQTT can carry (a 4-byte remaining length, plus the fixed header):
 /// what the client accepts, so that no packet the broker sends can fail the connection.
 const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
@@ -85,9 +93,15 @@ const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The URL is unusable.
-    #[error("sources.mqtt.url: {0}")]
-    Url(String),
+    /// The URL is not a URL.
+    #[error("sources.mqtt.url is not a URL")]
+    Url(#[source] url::ParseError),
+    /// The URL names no host.
+    #[error("sources.mqtt.url has no host")]
+    NoHost,
+    /// `mqtts://` without the TLS files.
+    #[error("sources.mqtt.url: mqtts:// needs [sources.mqtt.tls]")]
+    NoTls,
     /// The TLS files of `[sources.mqtt.tls]` cannot be used.
     #[error("sources.mqtt.tls")]
     Tls(#[source] crate::tls::TlsError),
@@ -124,11 +138,8 @@ impl MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("vitalbridge-{gateway_id}"));
-        let url = url::Url::parse(&config.url).map_err(|e| MqttError::Url(e.to_string()))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| MqttError::Url("no host".into()))?
-            .to_owned();
+        let url = url::Url::parse(&config.url).map_err(MqttError::Url)?;
+        let host = url.host_str().ok_or(MqttError::NoHost)?.to_owned();
         let secure = url.scheme() == "mqtts";
         let port = url.port().unwrap_or(if secure { 8883 } else { 1883 });
         let mut options = MqttOptions::new(client_id, host, port);
@@ -139,8 +150,7 @@ impl MqttSource {
             .set_max_packet_size(MQTT_MAX_PACKET, config.max_packet_bytes)
             .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         if secure {
-            let tls =
-                tls.ok_or_else(|| MqttError::Url("mqtts:// needs [sources.mqtt.tls]".into()))?;
+            let tls = tls.ok_or(MqttError::NoTls)?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         }
         Ok(Self {
@@ -200,7 +210,7 @@ async fn poll_task(
     audit: &Audit,
     shutdown: &CancellationToken,
 ) -> EventLoop {
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
     loop {
         // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
         // taken from its queue could be lost), and after shutdown that no longer matters.
@@ -210,14 +220,14 @@ async fn poll_task(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                backoff.reset();
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
                 );
                 for topic in &subscription.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot queue MQTT subscribe");
+                        tracing::error!(error = %Chain(&e), "cannot queue MQTT subscribe");
                     }
                 }
             }
@@ -256,7 +266,6 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
                 match &e {
                     rumqttc::ConnectionError::Tls(tls) => {
                         Metrics::add(&metrics.tls_failures, 1);
@@ -279,9 +288,8 @@ async fn poll_task(
                     }
                     _ => {}
                 }
-                let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
-                    .min(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return eventloop,
@@ -301,7 +309,7 @@ async fn ack_task(mut acks: mpsc::UnboundedReceiver<AckId>, client: AsyncClient)
         publish.pkid = pkid;
         if let Err(e) = client.ack(&publish).await {
             // The event loop is gone (shutdown took longer than ACK_DRAIN).
-            tracing::debug!(error = %e, "PUBACK not sent (connection closed); the broker will redeliver");
+            tracing::debug!(error = %Chain(&e), "PUBACK not sent (connection closed); the broker will redeliver");
             return;
         }
     }

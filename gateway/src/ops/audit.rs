@@ -344,11 +344,12 @@ pub fn line(
 
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the audit log {path}: {source}")]
+#[error("cannot open the audit log {}", .path.display())]
 pub struct AuditError {
     /// The file.
     pub path: PathBuf,
     /// Why.
+    #[source]
     pub source: std::io::Error,
 }
 

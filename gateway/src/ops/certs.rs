@@ -70,29 +70,33 @@ impl CertValidity {
 }
 
 /// One configured certificate file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct CertReport {
     /// The config key naming it, e.g. `uplink.fhir.cert`.
     pub usage: String,
     /// The file.
     pub path: PathBuf,
     /// Its certificates, in file order, or why they could not be read.
-    pub certs: Result<Vec<CertValidity>, String>,
+    pub certs: Result<Vec<CertValidity>, CertError>,
 }
 
-/// Why a PEM text gave no certificate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a certificate file gave no certificate.
+#[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// The file cannot be read.
+    #[error("cannot read")]
+    Read(#[source] std::io::Error),
     /// The PEM framing is broken.
-    #[error("not valid PEM: {0}")]
-    Pem(String),
+    #[error("not valid PEM")]
+    Pem(#[source] rustls_pki_types::pem::Error),
     /// A `CERTIFICATE` block is not a valid X.509 certificate.
-    #[error("certificate {index} is not valid X.509: {reason}")]
+    #[error("certificate {index} is not valid X.509")]
     X509 {
         /// 1-based position in the file.
         index: usize,
         /// The DER decoder's reason.
-        reason: String,
+        #[source]
+        source: x509_cert::der::Error,
     },
     /// A validity time is outside what this machine can represent.
     #[error("certificate {0} has a validity time out of range")]
@@ -112,11 +116,9 @@ pub fn parse_pem(pem: &[u8]) -> Result<Vec<CertValidity>, CertError> {
     let mut out = Vec::new();
     for (i, der) in CertificateDer::pem_slice_iter(pem).enumerate() {
         let index = i + 1;
-        let der = der.map_err(|e| CertError::Pem(e.to_string()))?;
-        let cert = x509_cert::Certificate::from_der(der.as_ref()).map_err(|e| CertError::X509 {
-            index,
-            reason: e.to_string(),
-        })?;
+        let der = der.map_err(CertError::Pem)?;
+        let cert = x509_cert::Certificate::from_der(der.as_ref())
+            .map_err(|source| CertError::X509 { index, source })?;
         let validity = &cert.tbs_certificate.validity;
         out.push(CertValidity {
             subject: cert.tbs_certificate.subject.to_string(),
@@ -130,14 +132,14 @@ pub fn parse_pem(pem: &[u8]) -> Result<Vec<CertValidity>, CertError> {
     Ok(out)
 }
 
-fn read(path: &Path) -> Result<Vec<CertValidity>, String> {
+fn read(path: &Path) -> Result<Vec<CertValidity>, CertError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::File::open(path).map_err(CertError::Read)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    parse_pem(&bytes).map_err(|e| e.to_string())
+        .map_err(CertError::Read)?;
+    parse_pem(&bytes)
 }
 
 /// The certificate files a configuration uses, by config key.
@@ -232,8 +234,8 @@ mod tests {
 
     #[test]
     fn broken_files_are_errors_not_panics() {
-        assert_eq!(parse_pem(b""), Err(CertError::Empty));
-        assert_eq!(parse_pem(b"hello"), Err(CertError::Empty));
+        assert!(matches!(parse_pem(b""), Err(CertError::Empty)));
+        assert!(matches!(parse_pem(b"hello"), Err(CertError::Empty)));
         let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             parse_pem(garbage),

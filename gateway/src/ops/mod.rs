@@ -39,6 +39,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::config::{Config, Destination};
+use crate::error_chain::Chain;
 use audit::{Audit, AuditError, Event};
 
 /// Who and what this gateway is, for the status page and `/metrics`.
@@ -124,7 +125,7 @@ pub fn start_audit(
                 }
             }
             Err(e) => {
-                tracing::warn!(usage = %report.usage, error = %e, "cannot read certificate");
+                tracing::warn!(usage = %report.usage, error = %Chain(e), "cannot read certificate");
                 audit.record(Event::CertificateProblem {
                     usage: &report.usage,
                     path: &report.path,

@@ -40,6 +40,7 @@ use super::certs::CertReport;
 use super::metrics::Metrics;
 use super::{prometheus, status, GatewayInfo, Lifecycle, QueueProbe, View};
 use crate::config::Cidr;
+use crate::error_chain::Chain;
 
 /// Most connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -100,7 +101,7 @@ pub async fn serve<Q: QueueProbe>(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "operations server: accept failed");
+                tracing::warn!(error = %Chain(&e), "operations server: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -141,7 +142,7 @@ pub async fn serve<Q: QueueProbe>(
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(error = %e, "operations server: connection ended with an error");
+                        tracing::debug!(error = %Chain(&e), "operations server: connection ended with an error");
                     }
                 }
                 _ = stop.cancelled() => {

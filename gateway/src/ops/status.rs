@@ -43,6 +43,7 @@ use time::OffsetDateTime;
 
 use super::metrics::Snapshot;
 use super::{Phase, ProbeError, QueueGauges, View};
+use crate::error_chain::Chain;
 
 /// What `/readyz` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +73,7 @@ pub fn readiness(
         Phase::Running => {}
     }
     match queue {
-        Err(e) => reasons.push(format!("buffer: cannot read the queue: {e}")),
+        Err(e) => reasons.push(format!("buffer: cannot read the queue: {}", Chain(e))),
         Ok(q) => {
             if q.pending >= q.capacity {
                 reasons.push(format!(
@@ -168,7 +169,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "dead_letters": q.dead_letters,
             "oldest_age_s": q.oldest_age.map(|d| d.as_secs()),
         }),
-        Err(e) => json!({ "error": e.to_string() }),
+        Err(e) => json!({ "error": Chain(e).to_string() }),
     };
     let certificates: Vec<Value> = v
         .certs
@@ -191,7 +192,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             Err(e) => vec![json!({
                 "usage": report.usage,
                 "path": report.path.display().to_string(),
-                "error": e,
+                "error": Chain(e).to_string(),
             })],
         })
         .collect();

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error_chain::Chain;
+
 /// How long one notification may block when the manager's queue is full. systemd reads its
 /// socket promptly; this only bounds the worst case for the async runtime's thread.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -188,11 +190,13 @@ impl Watchdog {
     }
 
     /// Sends `WATCHDOG=1` every interval while `health()` is `Ok`, until `shutdown` is
-    /// cancelled. While it is `Err(reason)` no ping goes out and the reason is logged once
-    /// (so systemd's watchdog fires and restarts the gateway).
-    pub async fn keep_alive<F>(&self, shutdown: &CancellationToken, mut health: F)
+    /// cancelled. While it is `Err(reason)` no ping goes out and the reason (with its causes)
+    /// is logged once and shown in `STATUS=` (so systemd's watchdog fires and restarts the
+    /// gateway).
+    pub async fn keep_alive<F, E>(&self, shutdown: &CancellationToken, mut health: F)
     where
-        F: FnMut() -> Result<(), String>,
+        F: FnMut() -> Result<(), E>,
+        E: std::error::Error + 'static,
     {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,7 +216,8 @@ impl Watchdog {
                         tracing::warn!(error = %e, "cannot ping the systemd watchdog");
                     }
                 }
-                Err(reason) => {
+                Err(e) => {
+                    let reason = Chain(&e);
                     if !failing {
                         tracing::error!(
                             %reason,
@@ -350,6 +355,10 @@ mod tests {
         let (manager, spec) = manager_socket(dir.path());
         manager.set_nonblocking(true).unwrap();
         let watchdog = Watchdog::new(Notifier::new(&spec).unwrap(), Duration::from_millis(20));
+        /// A stage's end, as a health check reports it.
+        #[derive(Debug, thiserror::Error)]
+        #[error("buffer writer stopped")]
+        struct Stopped;
         let healthy = std::sync::Arc::new(AtomicBool::new(true));
         let shutdown = CancellationToken::new();
         let task = {
@@ -361,7 +370,7 @@ mod tests {
                         if healthy.load(Ordering::SeqCst) {
                             Ok(())
                         } else {
-                            Err("buffer writer stopped".to_owned())
+                            Err(Stopped)
                         }
                     })
                     .await

@@ -24,40 +24,53 @@ pub struct DecodeBle<'a> {
     pub patient: Option<&'a str>,
 }
 
-/// Why the input could not be decoded: the command exits 2 with this message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the input could not be decoded: the command exits 2 with this message and its causes.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DecodeToolError {
-    /// The characteristic argument is not a UUID, or no decoder handles it.
-    #[error("--characteristic: {0}")]
-    Characteristic(String),
+    /// The characteristic argument is not a UUID.
+    #[error("--characteristic")]
+    Characteristic(#[source] ble::UuidError),
+    /// No decoder handles the characteristic.
+    #[error("--characteristic: no decoder for 0x{0:04X}")]
+    NoDecoder(u16),
     /// The hex argument is malformed.
-    #[error("HEX: {0}")]
-    Hex(String),
+    #[error("HEX")]
+    Hex(#[source] HexError),
     /// The device argument is not a Bluetooth address.
     #[error("--device: not a Bluetooth address")]
     Device,
-    /// An HL7 v2 message was refused, or the input cannot be read; what it would be
-    /// answered (names segments and fields, never values).
-    #[error("{0}")]
-    Hl7(String),
-    /// The value does not decode (the message names the field, never a value).
-    #[error("0x{uuid:04X} ({decoder}): {error}")]
+    /// `--time-zone` names no zone of this host's tz database.
+    #[error("--time-zone: not a time zone of this host's tz database")]
+    TimeZone(#[source] jiff::Error),
+    /// The value does not decode (the cause names the field, never a value).
+    #[error("0x{uuid:04X} ({decoder})")]
     Decode {
         /// Characteristic UUID.
         uuid: u16,
         /// Decoder name.
         decoder: &'static str,
         /// What is wrong.
+        #[source]
         error: ble::DecodeError,
     },
+}
+
+/// Why a hex argument is not bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HexError {
+    /// A character that is neither a hex digit nor an allowed separator.
+    #[error("not a hex digit: {0:?}")]
+    NotADigit(char),
+    /// Half a byte at the end.
+    #[error("odd number of hex digits")]
+    OddLength,
 }
 
 /// Decodes the value and renders the report (pretty JSON) or one Observation per line.
 pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
     let uuid = ble::parse_characteristic(request.characteristic)
-        .map_err(|e| DecodeToolError::Characteristic(e.to_string()))?;
-    let decoder = ble::Decoder::from_uuid(uuid)
-        .ok_or_else(|| DecodeToolError::Characteristic(format!("no decoder for 0x{uuid:04X}")))?;
+        .map_err(DecodeToolError::Characteristic)?;
+    let decoder = ble::Decoder::from_uuid(uuid).ok_or(DecodeToolError::NoDecoder(uuid))?;
     let bytes = parse_hex(request.hex).map_err(DecodeToolError::Hex)?;
     let id = match request.device {
         None => DeviceId::Other("vitalbridge-decode".into()),
@@ -124,8 +137,7 @@ pub fn decode_hl7(
     fhir_out: bool,
     time_zone: Option<&str>,
 ) -> Result<Hl7Decoded, DecodeToolError> {
-    let zone = crate::hl7::dtm::zone(time_zone)
-        .map_err(|e| DecodeToolError::Hl7(format!("--time-zone: {e}")))?;
+    let zone = crate::hl7::dtm::zone(time_zone).map_err(DecodeToolError::TimeZone)?;
     let settings = crate::hl7::Settings {
         zone,
         placeholders: Vec::new(),
@@ -187,7 +199,7 @@ fn patient(text: &str) -> PatientRef {
 }
 
 /// Hex bytes, optionally separated by spaces, tabs, `:` or `-`, optionally prefixed `0x`.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
     let text = text.trim();
     let text = text
         .strip_prefix("0x")
@@ -198,10 +210,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .filter(|b| !matches!(b, b' ' | b'\t' | b':' | b'-'))
         .collect();
     if let Some(bad) = digits.iter().find(|b| !b.is_ascii_hexdigit()) {
-        return Err(format!("not a hex digit: {:?}", char::from(*bad)));
+        return Err(HexError::NotADigit(char::from(*bad)));
     }
     if !digits.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
+        return Err(HexError::OddLength);
     }
     Ok(digits
         .chunks(2)
@@ -226,8 +238,13 @@ mod tests {
             assert_eq!(parse_hex(text), Ok(vec![0x1E, 0x7A, 0x00]), "{text:?}");
         }
         assert_eq!(parse_hex(""), Ok(vec![]));
-        assert_eq!(parse_hex("1E7"), Err("odd number of hex digits".to_owned()));
-        assert_eq!(parse_hex("1G"), Err("not a hex digit: 'G'".to_owned()));
+        assert_eq!(parse_hex("1E7"), Err(HexError::OddLength));
+        assert_eq!(parse_hex("1G"), Err(HexError::NotADigit('G')));
+        assert_eq!(
+            HexError::NotADigit('\u{1b}').to_string(),
+            "not a hex digit: '\\u{1b}'",
+            "a control character is shown escaped (as `{{:?}}` writes it)"
+        );
         assert!(parse_hex("1é").is_err(), "non-ASCII is refused, not sliced");
     }
 
@@ -243,10 +260,11 @@ mod tests {
             matches!(err, DecodeToolError::Decode { uuid: 0x2A35, .. }),
             "{err}"
         );
+        assert_eq!(err.to_string(), "0x2A35 (blood-pressure-measurement)");
+        let chain = crate::error_chain::Chain(&err).to_string();
         assert!(
-            err.to_string()
-                .starts_with("0x2A35 (blood-pressure-measurement): "),
-            "{err}"
+            chain.starts_with("0x2A35 (blood-pressure-measurement): "),
+            "the cause names the field: {chain}"
         );
         let err = decode_ble(&DecodeBle {
             characteristic: "2A00",
@@ -259,7 +277,7 @@ mod tests {
             ..base
         })
         .unwrap_err();
-        assert_eq!(err, DecodeToolError::Device);
+        assert!(matches!(err, DecodeToolError::Device), "{err}");
     }
 
     #[test]

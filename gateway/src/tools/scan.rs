@@ -68,7 +68,7 @@ pub fn render(entries: &[ScanEntry], all: bool, listened: Duration) -> ScanRepor
             "\n{:<17}  {:>5}  {:<24}  {:<24}  {profiles}",
             ble::format_address(&e.address),
             e.rssi.map_or("-".into(), |r| r.to_string()),
-            e.name.as_deref().unwrap_or("-"),
+            e.name.as_deref().map_or("-".into(), super::printable),
             services.join(" "),
         ));
     }
@@ -87,15 +87,20 @@ pub fn render(entries: &[ScanEntry], all: bool, listened: Duration) -> ScanRepor
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_table_lists_health_devices_unless_all_is_asked_for() {
-        let cuff = ScanEntry {
+    /// A blood pressure cuff advertising `name`.
+    fn cuff(name: &str) -> ScanEntry {
+        ScanEntry {
             address: [0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6],
-            name: Some("BP7000".into()),
+            name: Some(name.into()),
             rssi: Some(-61),
             services: vec![0x1810, 0x180A],
             profiles: vec!["ble-blood-pressure".into()],
-        };
+        }
+    }
+
+    #[test]
+    fn the_table_lists_health_devices_unless_all_is_asked_for() {
+        let cuff = cuff("BP7000");
         let speaker = ScanEntry {
             address: [1, 2, 3, 4, 5, 6],
             name: None,
@@ -124,5 +129,20 @@ mod tests {
             all.table
         );
         assert_eq!(all.summary, "2 device(s) shown, 2 seen in 10s");
+    }
+
+    /// A device name is whatever the device advertises: anyone nearby can put an escape
+    /// sequence or a newline in it.
+    #[test]
+    fn a_device_name_from_the_air_cannot_forge_a_row_or_drive_the_terminal() {
+        let forged = cuff("\u{1b}[2JBP\nFF:FF:FF:FF:FF:FF  -1  fake");
+        let report = render(&[forged], false, Duration::from_secs(10));
+        assert_eq!(report.table.lines().count(), 2, "{}", report.table);
+        assert!(!report.table.contains('\u{1b}'), "{}", report.table);
+        assert!(
+            report.table.contains("\\u{1b}[2JBP\\nFF:FF"),
+            "{}",
+            report.table
+        );
     }
 }

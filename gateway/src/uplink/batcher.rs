@@ -7,8 +7,10 @@ use tokio_util::sync::CancellationToken;
 
 use time::OffsetDateTime;
 
-use super::{Backoff, Outcome, SendError, Transport};
+use super::{Outcome, SendError, Transport};
+use crate::backoff::Backoff;
 use crate::buffer::{Destination, Leased, Store};
+use crate::error_chain::Chain;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
@@ -56,23 +58,10 @@ impl Report<'_> {
                     cause,
                 });
             }
-            Err(e) => tracing::error!(error = %e, "cannot dead-letter rows; they stay queued"),
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "cannot dead-letter rows; they stay queued")
+            }
         }
-    }
-}
-
-/// The audit cause of a refusal: `http_NNN` from the status the reason starts with (the
-/// transports put it first, optionally after `HTTP `), else `refused`. Only that leading
-/// token is read: the rest is the server's OperationOutcome text, which may quote a value.
-fn refusal_cause(reason: &str) -> String {
-    let first = reason.strip_prefix("HTTP ").unwrap_or(reason);
-    let token = first
-        .split(|c: char| c.is_whitespace() || c == ':')
-        .next()
-        .unwrap_or("");
-    match token.parse::<u16>() {
-        Ok(status @ 100..=599) if token.len() == 3 => format!("http_{status}"),
-        _ => "refused".to_owned(),
     }
 }
 
@@ -138,7 +127,7 @@ pub async fn run<T: Transport>(worker: Worker<T>) {
                         l.reading
                             .as_ref()
                             .err()
-                            .map(ToString::to_string)
+                            .map(|e| Chain(e).to_string())
                             .unwrap_or_default(),
                     )
                 })
@@ -185,7 +174,7 @@ async fn collect(
         {
             Ok(more) => batch.extend(more),
             Err(e) => {
-                tracing::error!(error = %e, "cannot lease from buffer");
+                tracing::error!(error = %Chain(&e), "cannot lease from buffer");
                 if batch.is_empty() {
                     sleep_or_cancel(IDLE_POLL, shutdown).await;
                 }
@@ -257,7 +246,7 @@ async fn deliver<T: Transport>(
                                 delivered.push(id);
                                 received.push(reading.received_at);
                             }
-                            Outcome::Rejected(reason) => rejected.push((id, reason)),
+                            Outcome::Rejected(refusal) => rejected.push((id, refusal)),
                             Outcome::Retry(reason) => {
                                 retry_reason = Some(reason);
                                 again.push((id, reading));
@@ -274,7 +263,7 @@ async fn deliver<T: Transport>(
                                 .uplink_delivered(report.uplink, &received[..n]);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot delete delivered rows; they will be resent (idempotent)")
+                            tracing::error!(error = %Chain(&e), "cannot delete delivered rows; they will be resent (idempotent)")
                         }
                     }
                     if !rejected.is_empty() {
@@ -285,8 +274,9 @@ async fn deliver<T: Transport>(
                         );
                         // Entries refused one by one may have different statuses.
                         let mut by_cause: Vec<(String, Vec<(i64, String)>)> = Vec::new();
-                        for row in rejected {
-                            let cause = refusal_cause(&row.1);
+                        for (id, refusal) in rejected {
+                            let cause = refusal.cause();
+                            let row = (id, refusal.reason);
                             match by_cause.iter_mut().find(|(c, _)| *c == cause) {
                                 Some((_, rows)) => rows.push(row),
                                 None => by_cause.push((cause, vec![row])),
@@ -307,7 +297,7 @@ async fn deliver<T: Transport>(
                         reason = retry_reason.as_deref().unwrap_or(""),
                         "entries not stored; retrying"
                     );
-                    backoff.next_delay(None)
+                    backoff.next_delay()
                 }
                 Err(SendError::Transient {
                     reason,
@@ -326,7 +316,7 @@ async fn deliver<T: Transport>(
                             reason: &reason,
                         });
                     }
-                    let delay = backoff.next_delay(retry_after);
+                    let delay = backoff.next_delay_at_least(retry_after);
                     tracing::warn!(
                         transport = transport.name(),
                         rows = batch.len(),
@@ -336,7 +326,7 @@ async fn deliver<T: Transport>(
                     );
                     delay
                 }
-                Err(SendError::Refused(reason)) => {
+                Err(SendError::Refused(refusal)) => {
                     report.metrics.uplink_answered(report.uplink);
                     if batch.len() == 1 {
                         tracing::warn!(
@@ -344,8 +334,10 @@ async fn deliver<T: Transport>(
                             "destination refused a reading; dead-lettered"
                         );
                         let (id, _) = batch.remove(0);
-                        let cause = refusal_cause(&reason);
-                        report.dead_letter(store, &[(id, reason)], &cause).await;
+                        let cause = refusal.cause();
+                        report
+                            .dead_letter(store, &[(id, refusal.reason)], &cause)
+                            .await;
                     } else {
                         tracing::info!(
                             transport = transport.name(),
@@ -370,28 +362,5 @@ async fn deliver<T: Transport>(
             store.release(report.destination, &ids).await;
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refusal_cause;
-
-    #[test]
-    fn the_audit_cause_is_the_http_status_the_reason_starts_with() {
-        assert_eq!(
-            refusal_cause("422 Unprocessable Entity: error: bad unit"),
-            "http_422"
-        );
-        assert_eq!(refusal_cause("HTTP 400 Bad Request: error: x"), "http_400");
-        assert_eq!(refusal_cause("no status here"), "refused");
-        assert_eq!(refusal_cause("12345 is not a status"), "refused");
-        // A status that is not one: nothing from the diagnostics that follow.
-        assert_eq!(
-            refusal_cause("4220: error: heart rate 180 out of range"),
-            "refused"
-        );
-        assert_eq!(refusal_cause("42: value 37.5 too high"), "refused");
-        assert_eq!(refusal_cause("error: value 120 refused"), "refused");
     }
 }

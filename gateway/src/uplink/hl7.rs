@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-use super::{Outcome, SendError, Transport};
+use super::{Outcome, Refusal, SendError, Transport};
 use crate::hl7::{ack, mllp, oru};
 use crate::model::{PatientRef, Reading};
 
@@ -216,7 +216,7 @@ impl Transport for Hl7Transport {
         let mut by_key: HashMap<_, usize> = HashMap::new();
         for (i, (_, r)) in rows.iter().enumerate() {
             if let Err(e) = oru::check(r) {
-                outcomes[i] = Some(Outcome::Rejected(e.to_string()));
+                outcomes[i] = Some(Outcome::Rejected(Refusal::new(None, e.to_string())));
                 continue;
             }
             let g = *by_key.entry(group_key(r)).or_insert_with(|| {
@@ -262,7 +262,10 @@ impl Transport for Hl7Transport {
                         answered += 1;
                         match a.code.as_str() {
                             "AA" | "CA" => Outcome::Delivered,
-                            "AE" | "CE" => Outcome::Rejected(format!("{}: {}", a.code, a.text)),
+                            "AE" | "CE" => Outcome::Rejected(Refusal::new(
+                                None,
+                                format!("{}: {}", a.code, a.text),
+                            )),
                             _ => Outcome::Retry(format!("{}: {}", a.code, a.text)),
                         }
                     }
@@ -379,7 +382,10 @@ mod tests {
             rs.iter().enumerate().map(|(i, r)| (i as i64, r)).collect();
         let out = t.send(&rows).await.unwrap();
         assert_eq!(out[0], Outcome::Delivered);
-        assert_eq!(out[1], Outcome::Rejected("AE: engine says no".into()));
+        assert_eq!(
+            out[1],
+            Outcome::Rejected(Refusal::new(None, "AE: engine says no"))
+        );
         assert!(
             matches!(&out[2], Outcome::Retry(why) if why.starts_with("AR")),
             "{out:?}"

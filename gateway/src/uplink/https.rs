@@ -30,19 +30,29 @@ use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{parse_retry_after, Outcome, SendError, Transport};
+use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
+use crate::error_chain::Chain;
 use crate::fhir::{self, BundleType, EntryRole, Gateway};
 use crate::model::Reading;
 
 /// Largest response body read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Why the transport could not be set up.
+/// Why the transport could not be set up: the base URL is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The base URL is unusable.
-    #[error("uplink.fhir.base_url: {0}")]
-    Url(String),
+    /// It is not a URL.
+    #[error("uplink.fhir.base_url is not a URL")]
+    Url(#[source] url::ParseError),
+    /// It is not `https://`.
+    #[error("uplink.fhir.base_url must be https")]
+    NotHttps,
+    /// It names no host.
+    #[error("uplink.fhir.base_url has no host")]
+    NoHost,
+    /// Its host is no name a certificate can be checked against.
+    #[error("uplink.fhir.base_url has a host TLS cannot check")]
+    ServerName(#[source] rustls_pki_types::InvalidDnsNameError),
 }
 
 /// Sends Bundles to a FHIR server.
@@ -79,20 +89,17 @@ impl FhirTransport {
         bundle_type: BundleType,
         gateway: Gateway,
     ) -> Result<Self, SetupError> {
-        let url = url::Url::parse(base_url).map_err(|e| SetupError::Url(e.to_string()))?;
+        let url = url::Url::parse(base_url).map_err(SetupError::Url)?;
         if url.scheme() != "https" {
-            return Err(SetupError::Url("must be https".into()));
+            return Err(SetupError::NotHttps);
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| SetupError::Url("no host".into()))?;
+        let host = url.host_str().ok_or(SetupError::NoHost)?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(443);
-        let server_name =
-            ServerName::try_from(host.clone()).map_err(|e| SetupError::Url(e.to_string()))?;
+        let server_name = ServerName::try_from(host.clone()).map_err(SetupError::ServerName)?;
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
@@ -131,7 +138,12 @@ impl FhirTransport {
         })?
         .map_err(|e| {
             transient(
-                format!("cannot connect to {}:{}: {e}", self.host, self.port),
+                format!(
+                    "cannot connect to {}:{}: {}",
+                    self.host,
+                    self.port,
+                    Chain(&e)
+                ),
                 None,
                 false,
             )
@@ -146,7 +158,7 @@ impl FhirTransport {
         .map_err(|e| transient(crate::tls::explain(&e), None, true))?;
         let (sender, conn) = http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| transient(format!("HTTP handshake failed: {e}"), None, false))?;
+            .map_err(|e| transient(format!("HTTP handshake failed: {}", Chain(&e)), None, false))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -182,12 +194,13 @@ impl FhirTransport {
                 concat!("vitalbridge/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| transient(format!("cannot build request: {e}"), None, false))?;
+            .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
                 transient(
                     format!(
-                        "request failed (the server may have stored it; retrying is safe): {e}"
+                        "request failed (the server may have stored it; retrying is safe): {}",
+                        Chain(&e)
                     ),
                     None,
                     false,
@@ -202,7 +215,13 @@ impl FhirTransport {
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| transient(format!("reading response failed: {e}"), None, false))?
+                .map_err(|e| {
+                    transient(
+                        format!("reading response failed: {}", Chain(&*e)),
+                        None,
+                        false,
+                    )
+                })?
                 .to_bytes();
             Ok::<_, SendError>((status, retry_after, body))
         };
@@ -306,13 +325,15 @@ fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Out
                 Some(408 | 429) | Some(500..=599) | None => {
                     Outcome::Retry(format!("entry status {status:?}"))
                 }
-                Some(_) => {
+                Some(code) => {
                     let why = response
                         .and_then(|r| r.outcome)
                         .and_then(|raw| serde_json::from_str::<Json>(raw.get()).ok())
                         .map(|o| outcome_text(&o))
                         .unwrap_or_default();
-                    Outcome::Rejected(format!("{status}: {why}"))
+                    // A number that is no HTTP status still refuses the entry, without one.
+                    let code = Some(code).filter(|c| (100..=599).contains(c));
+                    Outcome::Rejected(Refusal::new(code, format!("{status}: {why}")))
                 }
             }
         })
@@ -333,7 +354,10 @@ impl Transport for FhirTransport {
                 let why = serde_json::from_slice::<Json>(&response)
                     .map(|o| outcome_text(&o))
                     .unwrap_or_default();
-                Err(SendError::Refused(format!("HTTP {status}: {why}")))
+                Err(SendError::Refused(Refusal::new(
+                    Some(status.as_u16()),
+                    format!("HTTP {status}: {why}"),
+                )))
             }
             code => Err(transient(
                 format!("server answered HTTP {code}"),
@@ -370,7 +394,10 @@ mod tests {
         assert_eq!(out[0], Outcome::Delivered);
         assert_eq!(
             out[1],
-            Outcome::Rejected("422 Unprocessable Entity: error: bad unit".into())
+            Outcome::Rejected(Refusal::new(
+                Some(422),
+                "422 Unprocessable Entity: error: bad unit"
+            ))
         );
         assert!(matches!(out[2], Outcome::Retry(_)));
     }

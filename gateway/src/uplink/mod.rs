@@ -34,17 +34,47 @@ use crate::model::Reading;
 use crate::ops::audit::Audit;
 use crate::ops::metrics::Metrics;
 
-pub use retry::{parse_retry_after, Backoff};
+pub use retry::parse_retry_after;
 
 /// What the destination said about one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Stored (or already there): delete the row.
     Delivered,
-    /// Refused for good (a 4xx for this entry): dead-letter the row with this reason.
-    Rejected(String),
+    /// Refused for good (a 4xx for this entry): dead-letter the row.
+    Rejected(Refusal),
     /// Not stored this time (a 5xx, 429 for this entry): retry the row.
     Retry(String),
+}
+
+/// A destination's permanent refusal of a row or a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// The status the destination answered with, where its protocol has one (HTTP).
+    pub status: Option<u16>,
+    /// The destination's reason, kept with the dead letter (it may quote a value, so it goes
+    /// to the dead-letter table only, never to a log line or the audit log).
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `status` (if any) and the destination's `reason`.
+    pub fn new(status: Option<u16>, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The cause recorded in the audit log: `http_NNN` for an HTTP status, else `refused`.
+    /// Taken from the status alone, never from the reason text.
+    pub fn cause(&self) -> String {
+        match self.status {
+            Some(status @ 100..=599) => format!("http_{status}"),
+            _ => "refused".to_owned(),
+        }
+    }
 }
 
 /// Why a whole send failed.
@@ -62,7 +92,7 @@ pub enum SendError {
     },
     /// The destination refused the batch as a whole, permanently (e.g. a transaction 400).
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Refusal),
 }
 
 /// A destination for batches of readings.
@@ -236,4 +266,37 @@ pub fn start<T: Transport>(
             }))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn the_audit_cause_is_the_http_status_value_never_the_reason_text() {
+        let cause = |status, reason: &str| Refusal::new(status, reason).cause();
+        assert_eq!(
+            cause(Some(422), "422 Unprocessable Entity: error: bad unit"),
+            "http_422"
+        );
+        assert_eq!(
+            cause(Some(400), "HTTP 400 Bad Request: error: x"),
+            "http_400"
+        );
+        // The reason may start like a status: only the value counts.
+        assert_eq!(cause(None, "404 error: value 120 refused"), "refused");
+        assert_eq!(cause(None, "no status here"), "refused");
+        assert_eq!(cause(Some(4220), "4220: heart rate 180"), "refused");
+        assert_eq!(cause(Some(42), "42: value 37.5 too high"), "refused");
+    }
+
+    #[test]
+    fn a_refusal_reads_as_the_destination_reason() {
+        let refusal = Refusal::new(Some(400), "HTTP 400 Bad Request: error: x");
+        assert_eq!(refusal.to_string(), "HTTP 400 Bad Request: error: x");
+        assert_eq!(
+            super::SendError::Refused(refusal).to_string(),
+            "refused: HTTP 400 Bad Request: error: x"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 //! the source in turn never waits inside a method for work that needs its own loop.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -84,7 +85,7 @@ pub struct Notification {
 }
 
 /// Why a Bluetooth operation failed. Messages name operations and addresses, never values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BleError {
     /// No adapter could be used (none present, BlueZ not running, no D-Bus).
     #[error("no usable Bluetooth adapter: {0}")]
@@ -103,9 +104,12 @@ pub enum BleError {
     /// The device is not in range or not known to the adapter.
     #[error("device {0} not found by the adapter")]
     NotFound(String),
-    /// `[sources.ble]` names something that does not exist (a profile, a profile file).
+    /// `[sources.ble]` names something that does not exist (a profile, an address).
     #[error("{0}")]
     Config(String),
+    /// A profile of `[sources.ble] profiles_dir` does not load.
+    #[error(transparent)]
+    Profiles(Arc<super::profiles::ProfilesError>),
     /// This build has no Bluetooth support.
     #[error("this vitalbridge was built without Bluetooth support (cargo feature `ble`, Linux)")]
     NotBuilt,

@@ -17,8 +17,9 @@
 //! a lost link.
 //!
 //! A failed attempt (connect, discovery, subscription, a refused RACP write) makes the source
-//! wait before the next one: `reconnect_initial_ms`, doubling per consecutive failure up to
-//! `reconnect_max_ms`. After a normal session it waits `reconnect_initial_ms` once.
+//! wait before the next one, by the gateway's backoff ([`crate::backoff`]): up to
+//! `reconnect_initial_ms`, the ceiling doubling per consecutive failure up to
+//! `reconnect_max_ms`, jittered. After a normal session it waits `reconnect_initial_ms` once.
 //!
 //! # Identity, patients and time
 //!
@@ -54,11 +55,13 @@ pub use central::{
     format_address, Address, Advertisement, BleError, Central, CentralEvent, GattCharacteristic,
     Link, Notification, Properties,
 };
-pub use profiles::Profiles;
+pub use profiles::{Profiles, ProfilesError};
 pub use session::SessionEnd;
 
 use super::{Bindings, SourceContext};
+use crate::backoff::Backoff;
 use crate::config::{BleSourceConfig, ConfigError};
+use crate::error_chain::Chain;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::Ingest;
 use crate::profile::ble::parse_bluetooth_address;
@@ -150,11 +153,9 @@ impl Timing {
         }
     }
 
-    /// The delay after `failures` consecutive failures.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        self.reconnect_initial
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-            .min(self.reconnect_max)
+    /// The delays after consecutive failures: from `reconnect_initial` to `reconnect_max`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.reconnect_initial, self.reconnect_max)
     }
 }
 
@@ -192,21 +193,32 @@ pub struct BleSource {
 }
 
 /// Per-address state in the source loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DeviceState {
     /// Set while a session runs: cancelled when the adapter reports the device gone.
     session: Option<CancellationToken>,
     /// No new attempt before this.
     not_before: Option<Instant>,
-    /// Consecutive failed sessions.
-    failures: u32,
+    /// Delays after consecutive failed sessions.
+    backoff: Backoff,
+}
+
+impl DeviceState {
+    fn new(timing: &Timing) -> Self {
+        Self {
+            session: None,
+            not_before: None,
+            backoff: timing.backoff(),
+        }
+    }
 }
 
 impl BleSource {
     /// Resolves the configured devices against the profiles (built in, plus
     /// `profiles_dir`). Errors name the config key or the profile file.
     pub fn new(config: &BleSourceConfig) -> Result<Self, BleError> {
-        let profiles = Profiles::load(config.profiles_dir.as_deref()).map_err(BleError::Config)?;
+        let profiles = Profiles::load(config.profiles_dir.as_deref())
+            .map_err(|e| BleError::Profiles(Arc::new(e)))?;
         let mut targets = Vec::new();
         for (i, d) in config.devices.iter().enumerate() {
             let key = format!("sources.ble.devices[{i}]");
@@ -283,7 +295,7 @@ impl BleSource {
         });
         let mut devices: HashMap<Address, DeviceState> = HashMap::new();
         let mut sessions: JoinSet<(Address, Result<SessionEnd, BleError>)> = JoinSet::new();
-        let mut scan_failures: u32 = 0;
+        let mut scan_backoff = source.timing.backoff();
         'scan: loop {
             let mut events = match central.scan().await {
                 Ok(events) => {
@@ -291,9 +303,8 @@ impl BleSource {
                     events
                 }
                 Err(e) => {
-                    scan_failures = scan_failures.saturating_add(1);
-                    let delay = source.timing.backoff(scan_failures);
-                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "BLE scan cannot start");
+                    let delay = scan_backoff.next_delay();
+                    tracing::error!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, "BLE scan cannot start");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue 'scan,
                         _ = shutdown.cancelled() => break 'scan,
@@ -305,8 +316,7 @@ impl BleSource {
                     _ = shutdown.cancelled() => break 'scan,
                     event = events.recv() => match event {
                         None => {
-                            scan_failures = scan_failures.saturating_add(1);
-                            let delay = source.timing.backoff(scan_failures);
+                            let delay = scan_backoff.next_delay();
                             tracing::warn!(retry_in_ms = delay.as_millis() as u64, "BLE adapter event stream ended; scanning again");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => continue 'scan,
@@ -314,15 +324,15 @@ impl BleSource {
                             }
                         }
                         Some(CentralEvent::Disconnected(address)) => {
-                            scan_failures = 0;
+                            scan_backoff.reset();
                             if let Some(token) = devices.get(&address).and_then(|d| d.session.as_ref()) {
                                 token.cancel();
                             }
                         }
                         Some(CentralEvent::Advertisement(adv)) => {
-                            scan_failures = 0;
+                            scan_backoff.reset();
                             let Some(target) = source.target_for(&adv).cloned() else { continue };
-                            let state = devices.entry(adv.address).or_default();
+                            let state = devices.entry(adv.address).or_insert_with(|| DeviceState::new(&source.timing));
                             if state.session.is_some() || state.not_before.is_some_and(|t| Instant::now() < t) {
                                 continue;
                             }
@@ -339,20 +349,19 @@ impl BleSource {
                     Some(done) = sessions.join_next() => {
                         let Ok((address, result)) = done else { continue };
                         let timing = source.timing;
-                        let state = devices.entry(address).or_default();
+                        let state = devices.entry(address).or_insert_with(|| DeviceState::new(&timing));
                         state.session = None;
                         let key = format_address(&address);
                         match result {
                             Ok(end) => {
-                                state.failures = 0;
+                                state.backoff.reset();
                                 state.not_before = Some(Instant::now() + timing.reconnect_initial);
                                 tracing::info!(device = %key, ?end, "BLE session ended");
                             }
                             Err(e) => {
-                                state.failures = state.failures.saturating_add(1);
-                                let delay = timing.backoff(state.failures);
+                                let delay = state.backoff.next_delay();
                                 state.not_before = Some(Instant::now() + delay);
-                                tracing::warn!(device = %key, error = %e, failures = state.failures, retry_in_ms = delay.as_millis() as u64, "BLE session failed");
+                                tracing::warn!(device = %key, error = %Chain(&e), failures = state.backoff.attempts(), retry_in_ms = delay.as_millis() as u64, "BLE session failed");
                             }
                         }
                     }
@@ -486,7 +495,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_per_failure_up_to_the_maximum() {
+    fn reconnect_delays_grow_from_the_configured_initial_to_the_maximum() {
         let t = Timing {
             connect_timeout: Duration::from_secs(20),
             reconnect_initial: Duration::from_secs(1),
@@ -494,9 +503,13 @@ mod tests {
             clock_settle: CLOCK_SETTLE,
             commit_retry: COMMIT_RETRY,
         };
-        let secs: Vec<u64> = (1..=11).map(|f| t.backoff(f).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(t.backoff(u32::MAX), Duration::from_secs(300));
+        let mut backoff = t.backoff();
+        let mut ceilings = Vec::new();
+        for _ in 0..11 {
+            ceilings.push(backoff.ceiling().as_secs());
+            let _ = backoff.next_delay();
+        }
+        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
     }
 
     fn adv(address: Address, services: &[u16]) -> Advertisement {

@@ -6,10 +6,42 @@
 //! Only this source reads these files; serial and line-protocol profiles have their own
 //! loader.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::profile::ble::profile_file::{self, BleProfile};
+use crate::profile::ble::profile_file::{self, BleProfile, ProfileError};
+
+/// Why the profiles of `profiles_dir` cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilesError {
+    /// The directory cannot be listed.
+    #[error("sources.ble.profiles_dir {}", .dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A profile file cannot be read (or is over its size limit).
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A profile file is not a valid profile.
+    #[error("device profile {}", .path.display())]
+    Profile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: ProfileError,
+    },
+}
 
 /// The profiles, in a fixed order: built-in ones first (overridden in place), then new ones
 /// from the directory by file name.
@@ -24,13 +56,15 @@ impl Profiles {
 
     /// The built-in profiles overridden and extended by the `ble-*.toml` files in `dir`.
     /// A file that does not load is an error naming the file.
-    pub fn load(dir: Option<&Path>) -> Result<Self, String> {
+    pub fn load(dir: Option<&Path>) -> Result<Self, ProfilesError> {
         let mut profiles = Self::builtin();
         let Some(dir) = dir else {
             return Ok(profiles);
         };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| format!("sources.ble.profiles_dir {}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|source| ProfilesError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let mut paths: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -42,9 +76,15 @@ impl Profiles {
         paths.sort();
         for path in paths {
             let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|source| ProfilesError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
             let profile =
-                BleProfile::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                BleProfile::from_toml(&text).map_err(|source| ProfilesError::Profile {
+                    path: path.clone(),
+                    source,
+                })?;
             profiles.insert(profile);
         }
         Ok(profiles)
@@ -118,7 +158,7 @@ mod tests {
 
         std::fs::write(dir.path().join("ble-broken.toml"), "id = 3").unwrap();
         let err = Profiles::load(Some(dir.path())).unwrap_err();
-        assert!(err.contains("ble-broken.toml"), "{err}");
+        assert!(err.to_string().contains("ble-broken.toml"), "{err}");
     }
 
     #[test]
@@ -128,9 +168,8 @@ mod tests {
         file.set_len(crate::limits::MAX_PROFILE_FILE_BYTES + 1)
             .unwrap();
         let err = Profiles::load(Some(dir.path())).unwrap_err();
-        assert!(
-            err.contains("ble-huge.toml") && err.contains("larger than 1048576 bytes"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("ble-huge.toml"), "{err}");
+        let chain = crate::error_chain::Chain(&err).to_string();
+        assert!(chain.contains("larger than 1048576 bytes"), "{chain}");
     }
 }

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::central::{format_address, Address, BleError, GattCharacteristic, Link, Notification};
 use super::profiles::Profiles;
 use super::SessionEnv;
+use crate::error_chain::Chain;
 use crate::limits::MAX_NAME_LEN;
 use crate::model::{hex_upper, DeviceId, DeviceRef, Reading};
 use crate::ops::metrics::Metrics;
@@ -339,7 +340,7 @@ async fn read_clock<L: Link>(link: &L, key: &str) -> Clock {
     let bytes = match link.read(CURRENT_TIME).await {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(device = %key, error = %e, "cannot read the device clock");
+            tracing::warn!(device = %key, error = %Chain(&e), "cannot read the device clock");
             return Clock::default();
         }
     };
@@ -360,7 +361,7 @@ async fn read_clock<L: Link>(link: &L, key: &str) -> Clock {
             needs_setting: true,
         },
         Err(e) => {
-            tracing::warn!(device = %key, error = %e, "device clock value does not decode");
+            tracing::warn!(device = %key, error = %Chain(&e), "device clock value does not decode");
             Clock::default()
         }
     }
@@ -386,7 +387,7 @@ async fn set_clock<L: Link>(
             read_clock(link, key).await.offset
         }
         Err(e) => {
-            tracing::warn!(device = %key, error = %e, "device refused the clock setting; correcting its times instead");
+            tracing::warn!(device = %key, error = %Chain(&e), "device refused the clock setting; correcting its times instead");
             before
         }
     }
@@ -424,7 +425,7 @@ impl State<'_> {
                 }
                 Ok(racp::Response::NumberOfRecords(_)) => {}
                 Err(e) => {
-                    tracing::warn!(device = %self.key, error = %e, "RACP response does not decode")
+                    tracing::warn!(device = %self.key, error = %Chain(&e), "RACP response does not decode")
                 }
             }
             return Ok(None);

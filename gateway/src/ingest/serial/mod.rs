@@ -31,6 +31,7 @@ use time::UtcOffset;
 use vitalbridge_firmware::message::Message;
 
 use crate::config::{ConfigError, SerialPortConfig, SerialProtocol};
+use crate::error_chain::Chain;
 use crate::model::{DeviceId, DeviceRef, Reading};
 use crate::profile::line::{LineProfile, ProfileError, Registry};
 use crate::serial_settings::{FlowControl, Parity};
@@ -52,7 +53,7 @@ pub fn check_config(i: usize, port: &SerialPortConfig) -> Option<ConfigError> {
     };
     Some(ConfigError::new(
         format!("sources.serial[{i}].{field}"),
-        e.to_string(),
+        Chain(&e).to_string(),
     ))
 }
 
@@ -120,11 +121,12 @@ pub enum CommitOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
     /// The line profile is unknown or invalid.
-    #[error("sources.serial {port}: {source}")]
+    #[error("sources.serial {port}")]
     Profile {
         /// The port name.
         port: String,
         /// The profile problem.
+        #[source]
         source: ProfileError,
     },
     /// A setting is invalid (`check-config` reports these first).

@@ -133,21 +133,86 @@ pub enum PortError {
         ports: String,
     },
     /// sysfs could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Sysfs {
         /// What was read.
         path: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// The device could not be opened or configured.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The device path.
         path: String,
-        /// The driver's error.
-        source: tokio_serial::Error,
+        /// What is in the way.
+        #[source]
+        source: OpenError,
     },
+}
+
+impl PortError {
+    /// Whether the path names nothing at all (a mistyped path, or an adapter unplugged).
+    pub fn is_missing(&self) -> bool {
+        matches!(
+            self,
+            PortError::Open {
+                source: OpenError::NoSuchFile,
+                ..
+            }
+        )
+    }
+}
+
+/// What stands in the way of opening a serial device, in the words a technician acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Nothing has this path.
+    #[error(
+        "no such file (check the path: /dev/serial/by-id/ lists the serial adapters plugged in)"
+    )]
+    NoSuchFile,
+    /// The path names something that is no serial port.
+    #[error("not a serial port but {0} (check the path)")]
+    NotATty(&'static str),
+    /// The user may not open it.
+    #[error(
+        "permission denied (the user must be in the group that owns the device, usually `dialout`)"
+    )]
+    PermissionDenied,
+    /// Another program holds it.
+    #[error("in use by another program")]
+    Busy,
+    /// The driver refused it for another reason.
+    #[error("the serial driver refused it")]
+    Driver(#[source] tokio_serial::Error),
+}
+
+impl OpenError {
+    /// Names what went wrong opening `path`, from the driver's error and what `path` is.
+    fn of(path: &Path, e: tokio_serial::Error) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        let file_type = match std::fs::metadata(path) {
+            Err(m) if m.kind() == std::io::ErrorKind::NotFound => return OpenError::NoSuchFile,
+            Ok(m) => Some(m.file_type()),
+            Err(_) => None,
+        };
+        match file_type {
+            Some(t) if t.is_file() => return OpenError::NotATty("a regular file"),
+            Some(t) if t.is_dir() => return OpenError::NotATty("a directory"),
+            Some(t) if !t.is_char_device() => return OpenError::NotATty("no device"),
+            _ => {}
+        }
+        match e.kind() {
+            tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => OpenError::NoSuchFile,
+            tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
+                OpenError::PermissionDenied
+            }
+            tokio_serial::ErrorKind::NoDevice => OpenError::Busy,
+            _ => OpenError::Driver(e),
+        }
+    }
 }
 
 /// The device path the target names right now.
@@ -251,9 +316,9 @@ pub fn open(path: &Path, settings: Settings) -> Result<SerialStream, PortError> 
         .stop_bits(stop_bits)
         .flow_control(flow_control)
         .open_native_async()
-        .map_err(|source| PortError::Open {
+        .map_err(|e| PortError::Open {
             path: path.display().to_string(),
-            source,
+            source: OpenError::of(path, e),
         })
 }
 
@@ -412,6 +477,36 @@ mod tests {
         };
         let err = resolve(&target, &roots).unwrap_err().to_string();
         assert!(err.contains("/nonexistent-sysfs/class/tty"), "{err}");
+    }
+
+    /// What a technician mistyping `--port` or `path` is told, and the gateway logs.
+    #[test]
+    fn a_port_that_cannot_open_says_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+        };
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let cases = [
+            (dir.path().join("ttyUSBX"), "no such file"),
+            (file, "not a serial port but a regular file"),
+            (
+                dir.path().to_path_buf(),
+                "not a serial port but a directory",
+            ),
+        ];
+        for (path, expected) in cases {
+            let err = open(&path, settings).unwrap_err();
+            assert_eq!(err.to_string(), format!("cannot open {}", path.display()));
+            let chain = crate::error_chain::Chain(&err).to_string();
+            assert!(chain.contains(expected), "{chain}");
+            assert_eq!(err.is_missing(), expected == "no such file", "{chain}");
+        }
     }
 
     #[test]

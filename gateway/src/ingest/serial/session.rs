@@ -339,7 +339,7 @@ impl Session {
         self.next_batch += 1;
         let keys: Vec<SeqKey> = new.iter().map(|r| seq_key(r)).collect();
         let patient = self.bindings.patient(&key);
-        let converted: Result<Vec<Reading>, String> = new
+        let converted: Result<Vec<Reading>, (usize, ConvertError)> = new
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -348,7 +348,7 @@ impl Session {
                         reading.patient = patient.clone();
                         reading
                     })
-                    .map_err(|e| format!("readings[{i}].{e}"))
+                    .map_err(|e| (i, e))
             })
             .collect();
         self.pending.insert(
@@ -367,7 +367,7 @@ impl Session {
                     hold: false,
                 });
             }
-            Err(reason) => {
+            Err((i, e)) => {
                 self.stats.rejected += 1;
                 let payload = encode_to_vec(&Message::Readings(Readings {
                     readings: new.into_iter().cloned().collect(),
@@ -375,7 +375,7 @@ impl Session {
                 .unwrap_or_default();
                 actions.push(Action::Reject {
                     batch,
-                    reason: format!("firmware frame: {reason}"),
+                    reason: format!("firmware frame: readings[{i}].{e}"),
                     payload,
                     hold: false,
                 });
@@ -420,17 +420,34 @@ fn unix_millis(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
+/// Why a firmware reading does not map to the model: the field at fault, never its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum ConvertError {
+    #[error("metric: MDC code not in the catalog")]
+    Metric,
+    #[error("unit: not a UCUM code")]
+    Unit,
+    #[error("components[{0}].metric: MDC code not in the catalog")]
+    ComponentMetric(usize),
+    #[error("value: a reading with components has no value")]
+    ValueAndComponents,
+    #[error("value: neither a value nor components")]
+    NoValue,
+    #[error("time: out of range")]
+    Time,
+}
+
 /// Maps a firmware reading to the model. Errors name the field.
 fn convert(
     r: &fw::Reading,
     device: &DeviceRef,
     received_at: OffsetDateTime,
     clock_offset: Option<Duration>,
-) -> Result<Reading, String> {
-    let metric = catalog::by_mdc(r.metric).ok_or("metric: MDC code not in the catalog")?;
+) -> Result<Reading, ConvertError> {
+    let metric = catalog::by_mdc(r.metric).ok_or(ConvertError::Metric)?;
     let unit = r.unit.as_str();
     if unit.is_empty() || !unit.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("unit: not a UCUM code".into());
+        return Err(ConvertError::Unit);
     }
     let value = match (r.value, r.components.is_empty()) {
         (Some(v), true) => Value::Quantity(Quantity {
@@ -442,9 +459,8 @@ fn convert(
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    let metric = catalog::by_mdc(c.metric).ok_or(format!(
-                        "components[{i}].metric: MDC code not in the catalog"
-                    ))?;
+                    let metric =
+                        catalog::by_mdc(c.metric).ok_or(ConvertError::ComponentMetric(i))?;
                     Ok(Component {
                         metric,
                         quantity: Quantity {
@@ -453,14 +469,14 @@ fn convert(
                         },
                     })
                 })
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, ConvertError>>()?,
         ),
-        (Some(_), false) => return Err("value: a reading with components has no value".into()),
-        (None, true) => return Err("value: neither a value nor components".into()),
+        (Some(_), false) => return Err(ConvertError::ValueAndComponents),
+        (None, true) => return Err(ConvertError::NoValue),
     };
     let device_time = match r.time {
         DeviceTime::NoClock => None,
-        t @ DeviceTime::UnixMillis(_) => Some(device_datetime(t).ok_or("time: out of range")?),
+        t @ DeviceTime::UnixMillis(_) => Some(device_datetime(t).ok_or(ConvertError::Time)?),
     };
     Ok(Reading {
         device: device.clone(),

@@ -27,6 +27,11 @@
 //! replaced by the simulated device clock (one second apart at least, so every line is a
 //! distinct measurement) and its numbers varied in their last digit. Line devices get no
 //! answers; it stops after `count` lines.
+//!
+//! **The port**: a path that does not exist ends the run at once with an error, and a port
+//! that exists but does not open (not a serial device, no permission, in use) after
+//! [`OPEN_ATTEMPTS`] tries; both name the path and what is wrong. Once the port was open,
+//! losing it is a pulled cable: it is reopened until it is back.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +48,7 @@ use vitalbridge_firmware::message::{
 use vitalbridge_firmware::outbox::{Outbox, RetryPolicy};
 
 use super::port::{self, PortError, Settings};
+use crate::error_chain::Chain;
 use crate::profile::line::{Decoded, LineProfile};
 
 /// Readings the simulated device holds while the gateway is away.
@@ -51,6 +57,10 @@ const OUTBOX_CAPACITY: usize = 256;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Wait between attempts to open the port.
 const REOPEN: Duration = Duration::from_millis(250);
+/// Attempts to open a port that was never open before the simulator gives up (5 s): a
+/// mistyped or unusable port is reported and ends the run instead of being retried forever.
+/// A port that was open and is lost is reopened until it is back, as a device would.
+pub const OPEN_ATTEMPTS: u32 = 20;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -102,6 +112,18 @@ pub enum SimError {
     /// The line profile has no example to build lines from.
     #[error("profile {0} has no example line with readings to simulate")]
     NoExamples(String),
+    /// The port does not exist: nothing to wait for.
+    #[error(transparent)]
+    NoPort(PortError),
+    /// The port never opened.
+    #[error("gave up after {attempts} attempts")]
+    GaveUp {
+        /// How many.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        last: PortError,
+    },
 }
 
 /// Reading number `seq` of the firmware simulator (see the module table), taken at `time`.
@@ -142,32 +164,39 @@ pub async fn run(options: SimOptions, stop: CancellationToken) -> Result<SimSumm
             serial,
             first_seq,
             ack_timeout,
-        } => Ok(run_firmware(&options, &serial, first_seq, ack_timeout, stop).await),
+        } => run_firmware(&options, &serial, first_seq, ack_timeout, stop).await,
         SimProtocol::Line(profile) => run_line(&options, &profile, stop).await,
     }
 }
 
-/// Opens the port, retrying until it exists or `stop`.
+/// Opens the port, retrying until it opens or `stop` (`Ok(None)`). A port never open before
+/// (`reopen` false) that does not exist is an error at once, and one that does not open
+/// within [`OPEN_ATTEMPTS`] an error then; a lost port is waited for.
 async fn open(
     options: &SimOptions,
+    reopen: bool,
     stop: &CancellationToken,
-) -> Option<tokio_serial::SerialStream> {
-    let mut reported = false;
+) -> Result<Option<tokio_serial::SerialStream>, SimError> {
+    let mut attempts = 0u32;
     loop {
+        attempts += 1;
         match port::open(&options.port, options.settings) {
             Ok(stream) => {
                 tracing::info!(port = %options.port.display(), "simulator: port open");
-                return Some(stream);
+                return Ok(Some(stream));
             }
-            Err(e @ PortError::Open { .. }) if !reported => {
-                tracing::warn!(error = %e, "simulator: cannot open the port yet; retrying");
-                reported = true;
+            Err(e) if !reopen && e.is_missing() => return Err(SimError::NoPort(e)),
+            Err(last) if !reopen && attempts >= OPEN_ATTEMPTS => {
+                return Err(SimError::GaveUp { attempts, last })
+            }
+            Err(e) if attempts == 1 => {
+                tracing::warn!(error = %Chain(&e), "simulator: cannot open the port; retrying");
             }
             Err(_) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(REOPEN) => {}
-            _ = stop.cancelled() => return None,
+            _ = stop.cancelled() => return Ok(None),
         }
     }
 }
@@ -178,7 +207,7 @@ async fn run_firmware(
     first_seq: u32,
     ack_timeout: Duration,
     stop: CancellationToken,
-) -> SimSummary {
+) -> Result<SimSummary, SimError> {
     let hello = Hello {
         system_id: None,
         serial: serial.try_into().unwrap_or_default(),
@@ -197,7 +226,7 @@ async fn run_firmware(
     let mut next_measurement = Instant::now();
     let mut last_heartbeat = Instant::now();
     'connections: loop {
-        let Some(stream) = open(options, &stop).await else {
+        let Some(stream) = open(options, summary.connections > 0, &stop).await? else {
             break;
         };
         summary.connections += 1;
@@ -289,7 +318,7 @@ async fn run_firmware(
             }
         }
     }
-    summary
+    Ok(summary)
 }
 
 async fn run_line(
@@ -304,7 +333,7 @@ async fn run_line(
     let mut summary = SimSummary::default();
     let mut clock: Option<OffsetDateTime> = None;
     'connections: loop {
-        let Some(mut stream) = open(options, &stop).await else {
+        let Some(mut stream) = open(options, summary.connections > 0, &stop).await? else {
             break;
         };
         summary.connections += 1;

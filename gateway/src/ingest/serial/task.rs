@@ -15,9 +15,9 @@
 //!   [`MAX_IN_FLIGHT`] commits are running the loop stops reading until one finishes —
 //!   backpressure onto the port, never a deadlock, since commits need nothing from the loop.
 //! - When the device disappears (read error or end of stream; on Linux an unplugged USB
-//!   adapter or a closed pty reads as `EIO`), the port is closed and reopened with
-//!   exponential backoff from [`RECONNECT_INITIAL`] to the configured maximum, resolving a
-//!   USB id afresh each time. Commits in flight keep running and their results still reach
+//!   adapter or a closed pty reads as `EIO`), the port is closed and reopened with the
+//!   gateway's backoff ([`crate::backoff`]) from [`RECONNECT_INITIAL`] to the configured
+//!   maximum, resolving a USB id afresh each time. Commits in flight keep running and their results still reach
 //!   the session.
 //! - On shutdown the task stops reading and answering, and gives commits in flight
 //!   [`SHUTDOWN_DRAIN`] to finish: a line device's readings exist nowhere else, so its held
@@ -45,6 +45,8 @@ use super::lines::LineSession;
 use super::port;
 use super::session::Session;
 use super::{Action, BatchId, CommitOutcome, Protocol, SerialSource};
+use crate::backoff::Backoff;
+use crate::error_chain::Chain;
 use crate::ingest::SourceContext;
 use crate::ops::audit::{Audit, Event};
 use crate::ops::metrics::Metrics;
@@ -56,7 +58,7 @@ pub const MAX_IN_FLIGHT: usize = 64;
 const WRITE_QUEUE: usize = 64;
 /// Bytes read at once.
 const READ_BUFFER: usize = 4096;
-/// First wait before reopening a port.
+/// The ceiling of the first wait before reopening a port.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -301,7 +303,7 @@ impl SerialSource {
         };
         let mut commits: JoinSet<(BatchId, CommitOutcome)> = JoinSet::new();
         let mut held = Held::default();
-        let mut backoff = RECONNECT_INITIAL;
+        let mut backoff = Backoff::new(RECONNECT_INITIAL, self.reconnect_max);
         let mut reported_unavailable = false;
         tracing::info!(port = %self.name, target = %self.target, settings = %self.settings, "serial source started");
         loop {
@@ -330,21 +332,21 @@ impl SerialSource {
                         }
                     }
                     if opened_at.elapsed() >= STABLE_CONNECTION {
-                        backoff = RECONNECT_INITIAL;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
                     if reported_unavailable {
-                        tracing::debug!(port = %self.name, error = %e, "serial port still unavailable");
+                        tracing::debug!(port = %self.name, error = %Chain(&e), "serial port still unavailable");
                     } else {
-                        tracing::warn!(port = %self.name, error = %e, "serial port unavailable; retrying with backoff");
+                        tracing::warn!(port = %self.name, error = %Chain(&e), "serial port unavailable; retrying with backoff");
                         reported_unavailable = true;
                     }
                 }
             }
             // Wait before reopening, still taking commit results (their answers have no
             // port to go to; the device resends and is answered from the dedupe).
-            let wait = tokio::time::sleep(backoff);
+            let wait = tokio::time::sleep(backoff.next_delay());
             tokio::pin!(wait);
             loop {
                 tokio::select! {
@@ -361,7 +363,6 @@ impl SerialSource {
             if shutdown.is_cancelled() {
                 break;
             }
-            backoff = (backoff * 2).min(self.reconnect_max);
         }
         // Let commits in flight finish: for a line device they are the only copy.
         if !drain(&mut commits, &mut held, &mut driver, SHUTDOWN_DRAIN).await {

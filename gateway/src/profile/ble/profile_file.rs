@@ -153,7 +153,7 @@ pub fn builtin() -> Vec<BleProfile> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// Not valid TOML for the schema (syntax, missing or unknown key, wrong type).
-    #[error("profile file does not match the schema: {0}")]
+    #[error("profile file does not match the schema")]
     Toml(#[from] toml::de::Error),
     /// Valid TOML, but inconsistent.
     #[error("invalid profile `{profile}`: {reason}")]

@@ -50,7 +50,7 @@ use crate::serial_settings::{FlowControl, Parity};
 
 pub use registry::Registry;
 pub use schema::ProfileError;
-pub use timefmt::TimeFormat;
+pub use timefmt::{LayoutError, TimeFormat};
 
 /// Longest line any profile may declare, in bytes.
 pub const MAX_LINE_LENGTH: usize = 4096;

@@ -50,9 +50,9 @@ impl Registry {
         let Some(dir) = dir else {
             return Ok(registry);
         };
-        let io = |path: &Path, e: std::io::Error| ProfileError::Io {
+        let io = |path: &Path, source: std::io::Error| ProfileError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source,
         };
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| io(dir, e))?

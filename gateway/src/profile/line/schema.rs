@@ -24,8 +24,8 @@
 use serde::Deserialize;
 
 use super::{
-    Decoded, Delimiter, LineProfile, MetricRule, SerialSettings, Split, StatusRule, TimeFormat,
-    TimeSpec, MAX_LINE_LENGTH,
+    DecodeError, Decoded, Delimiter, LayoutError, LineProfile, MetricRule, SerialSettings, Split,
+    StatusRule, TimeFormat, TimeSpec, MAX_LINE_LENGTH,
 };
 use crate::limits::{
     MAX_CODE_LEN, MAX_LINE_FIELD_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_TIME_LEN, MAX_UNIT_LEN,
@@ -38,15 +38,16 @@ use crate::serial_settings::{FlowControl, Parity};
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Why a profile could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// The file could not be read.
-    #[error("cannot read {path}: {message}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file or directory.
         path: String,
         /// The OS error.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The TOML does not parse or does not have the schema's shape.
     #[error("{source_name}: {message}")]
@@ -66,6 +67,37 @@ pub enum ProfileError {
         /// What is wrong.
         message: String,
     },
+    /// A pattern is not a regex the gateway can run.
+    #[error("{source_name}: `{key}` is not a valid regex")]
+    Regex {
+        /// The file (or built-in profile) name.
+        source_name: String,
+        /// The key at fault.
+        key: String,
+        /// The regex crate's reason.
+        #[source]
+        source: regex::Error,
+    },
+    /// The time layout is not usable.
+    #[error("{source_name}: `time.format` is not a usable time layout")]
+    TimeFormat {
+        /// The file (or built-in profile) name.
+        source_name: String,
+        /// What is wrong with it.
+        #[source]
+        source: LayoutError,
+    },
+    /// A documented example does not decode as it says.
+    #[error("{source_name}: `examples[{index}]` does not hold")]
+    Example {
+        /// The file (or built-in profile) name.
+        source_name: String,
+        /// Which example.
+        index: usize,
+        /// How it differs.
+        #[source]
+        source: ExampleError,
+    },
     /// No profile has this id.
     #[error("unknown line profile {id:?} (known: {known})")]
     Unknown {
@@ -73,6 +105,44 @@ pub enum ProfileError {
         id: String,
         /// The ids that exist, comma-separated.
         known: String,
+    },
+}
+
+/// How a profile's documented example differs from what the profile makes of its line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExampleError {
+    /// The line does not decode.
+    #[error("its line does not decode")]
+    Decode(#[source] DecodeError),
+    /// The line is ignored, but the example lists readings.
+    #[error("its line is ignored, but the example lists readings")]
+    Ignored,
+    /// The line decodes, but the example says it is ignored.
+    #[error("its line decodes, but the example says it is ignored")]
+    NotIgnored,
+    /// Other readings than the example lists.
+    #[error("its line decodes to {got:?}, the example says {stated:?}")]
+    Readings {
+        /// What the line decodes to.
+        got: Vec<String>,
+        /// What the example says.
+        stated: Vec<String>,
+    },
+    /// Another device time than the example gives.
+    #[error("its line has device time {got:?}, the example says {stated:?}")]
+    Time {
+        /// What the line decodes to.
+        got: Option<String>,
+        /// What the example says.
+        stated: Option<String>,
+    },
+    /// Other status flags than the example lists.
+    #[error("its line sets status {got:?}, the example says {stated:?}")]
+    Status {
+        /// What the line decodes to.
+        got: Vec<String>,
+        /// What the example says.
+        stated: Vec<String>,
     },
 }
 
@@ -362,7 +432,11 @@ impl ProfileFile {
             regex::RegexBuilder::new(&text)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|e| invalid(key, format!("is not a valid regex: {e}")))
+                .map_err(|source| ProfileError::Regex {
+                    source_name: source_name.to_owned(),
+                    key: key.to_owned(),
+                    source,
+                })
         };
         let ignore = l
             .ignore
@@ -453,7 +527,11 @@ impl ProfileFile {
                 for f in &t.fields {
                     check_field("time.fields", f)?;
                 }
-                let format = TimeFormat::new(&t.format).map_err(|m| invalid("time.format", m))?;
+                let format =
+                    TimeFormat::new(&t.format).map_err(|source| ProfileError::TimeFormat {
+                        source_name: source_name.to_owned(),
+                        source,
+                    })?;
                 Some(TimeSpec {
                     fields: t.fields.clone(),
                     format,
@@ -542,8 +620,12 @@ impl ProfileFile {
             status,
             examples: self.examples,
         };
-        for (i, example) in profile.examples.iter().enumerate() {
-            check_example(&profile, example).map_err(|m| invalid(&format!("examples[{i}]"), m))?;
+        for (index, example) in profile.examples.iter().enumerate() {
+            check_example(&profile, example).map_err(|source| ProfileError::Example {
+                source_name: source_name.to_owned(),
+                index,
+                source,
+            })?;
         }
         Ok(profile)
     }
@@ -561,24 +643,22 @@ pub fn describe(reading: &Reading) -> String {
     format!("{} {value}", reading.metric.mdc_ref)
 }
 
-fn check_example(profile: &LineProfile, example: &Example) -> Result<(), String> {
+fn check_example(profile: &LineProfile, example: &Example) -> Result<(), ExampleError> {
     let decoded = profile
         .decode_example(&example.line)
-        .map_err(|e| format!("does not decode: {e}"))?;
+        .map_err(ExampleError::Decode)?;
     let readings = match decoded {
         Decoded::Ignored if example.ignored => return Ok(()),
-        Decoded::Ignored => return Err("is ignored, but the example lists readings".into()),
-        Decoded::Readings(_) if example.ignored => {
-            return Err("decodes, but the example says it is ignored".into())
-        }
+        Decoded::Ignored => return Err(ExampleError::Ignored),
+        Decoded::Readings(_) if example.ignored => return Err(ExampleError::NotIgnored),
         Decoded::Readings(r) => r,
     };
     let got: Vec<String> = readings.iter().map(describe).collect();
     if got != example.readings {
-        return Err(format!(
-            "decodes to {got:?}, the example says {:?}",
-            example.readings
-        ));
+        return Err(ExampleError::Readings {
+            got,
+            stated: example.readings.clone(),
+        });
     }
     let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
     let got_time = readings
@@ -586,10 +666,10 @@ fn check_example(profile: &LineProfile, example: &Example) -> Result<(), String>
         .and_then(|r| r.device_time)
         .map(|t| t.format(&format).unwrap_or_default());
     if !readings.is_empty() && got_time != example.time {
-        return Err(format!(
-            "has device time {got_time:?}, the example says {:?}",
-            example.time
-        ));
+        return Err(ExampleError::Time {
+            got: got_time,
+            stated: example.time.clone(),
+        });
     }
     let mut got_status: Vec<&str> = readings
         .first()
@@ -599,9 +679,11 @@ fn check_example(profile: &LineProfile, example: &Example) -> Result<(), String>
     got_status.sort_unstable();
     want_status.sort_unstable();
     if got_status != want_status {
-        return Err(format!(
-            "sets status {got_status:?}, the example says {want_status:?}"
-        ));
+        let owned = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
+        return Err(ExampleError::Status {
+            got: owned(got_status),
+            stated: owned(want_status),
+        });
     }
     Ok(())
 }

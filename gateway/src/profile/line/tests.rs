@@ -426,10 +426,11 @@ fn a_huge_profile_file_in_the_directory_is_refused_unread() {
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(crate::limits::MAX_PROFILE_FILE_BYTES + 1)
         .unwrap();
-    let err = Registry::load(Some(dir.path())).unwrap_err().to_string();
+    let err = Registry::load(Some(dir.path())).unwrap_err();
+    let chain = crate::error_chain::Chain(&err).to_string();
     assert!(
-        err.contains("line-huge.toml") && err.contains("larger than 1048576 bytes"),
-        "{err}"
+        chain.contains("line-huge.toml") && chain.contains("larger than 1048576 bytes"),
+        "{chain}"
     );
 }
 
@@ -597,12 +598,13 @@ fn an_example_that_does_not_decode_as_stated_refuses_the_profile() {
     let err = ProfileFile::from_toml(&text, "csv")
         .unwrap()
         .compile("csv")
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
     assert!(
-        err.contains("`examples[0]`") && err.contains("36.6 Cel"),
+        err.to_string().ends_with("`examples[0]` does not hold"),
         "{err}"
     );
+    let chain = crate::error_chain::Chain(&err).to_string();
+    assert!(chain.contains("36.6 Cel"), "the cause says how: {chain}");
     let good = text.replace("36.7 Cel", "36.6 Cel");
     ProfileFile::from_toml(&good, "csv")
         .unwrap()

@@ -86,10 +86,21 @@ const TOKENS: &[(&str, Part)] = &[
     ("fff", Part::Millis),
 ];
 
+/// Why a layout is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A part every time stamp needs is missing or given twice.
+    #[error("needs exactly one {0}")]
+    NeedsOne(&'static str),
+    /// Milliseconds given twice.
+    #[error("has milliseconds (fff) twice")]
+    MillisTwice,
+}
+
 impl TimeFormat {
     /// Parses a layout. It must contain a year, month, day, hour, minute and second, each
     /// once.
-    pub fn new(layout: &str) -> Result<Self, String> {
+    pub fn new(layout: &str) -> Result<Self, LayoutError> {
         let mut parts = Vec::new();
         let mut rest = layout;
         while !rest.is_empty() {
@@ -114,11 +125,11 @@ impl TimeFormat {
             ("a second (ss)", &[Part::Second][..]),
         ] {
             if count(wanted) != 1 {
-                return Err(format!("needs exactly one {name}"));
+                return Err(LayoutError::NeedsOne(name));
             }
         }
         if count(&[Part::Millis]) > 1 {
-            return Err("has milliseconds (fff) twice".into());
+            return Err(LayoutError::MillisTwice);
         }
         Ok(Self {
             parts,
