@@ -118,6 +118,11 @@ impl Config {
                 MAX_CODE_LEN,
             ));
         }
+        super::streams::texts(
+            self.uplink.mqtt.as_ref(),
+            self.uplink.kafka.as_ref(),
+            &mut all,
+        );
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
             all.push(text(key("id"), &d.id, MAX_ID_LEN));
@@ -201,11 +206,11 @@ impl Config {
                 "must be at least 1 and at most uplink.retry_max_ms",
             ));
         }
-        if u.file.is_some() && u.fhir.is_some() {
-            problems.push(err(
-                "uplink",
-                "configure exactly one of [uplink.file] or [uplink.fhir]",
-            ));
+        if let Some(mqtt) = &u.mqtt {
+            super::streams::validate_mqtt(mqtt, &mut problems);
+        }
+        if let Some(kafka) = &u.kafka {
+            super::streams::validate_kafka(kafka, &mut problems);
         }
         if let Some(file) = &u.file {
             if file.rotate_bytes < 4096 {
@@ -622,7 +627,7 @@ fn unresolved_credential(key: &str, path: &Path, problems: &mut Vec<ConfigError>
     unresolved
 }
 
-fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+pub(super) fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
     }

@@ -57,13 +57,23 @@ pub struct GatewayInfo {
 impl GatewayInfo {
     /// This process, starting now, with gateway id `id`.
     pub fn new(id: &str, config: &Config) -> Self {
-        let uplink = match config.uplink.destination() {
-            Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
-            Destination::File(f) => {
-                let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
-                format!("FHIR NDJSON files in {}", dir.display())
-            }
-        };
+        let uplink = config
+            .uplink
+            .destinations()
+            .into_iter()
+            .map(|d| match d {
+                Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
+                Destination::File(f) => {
+                    let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
+                    format!("FHIR NDJSON files in {}", dir.display())
+                }
+                Destination::Mqtt(m) => format!("MQTT broker {} ({})", m.url, m.topic),
+                Destination::Kafka(k) => {
+                    format!("Kafka {} (topic {})", k.bootstrap.join(","), k.topic)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         Self {
             id: id.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -179,7 +179,10 @@ async fn collect(
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         commits.borrow_and_update();
-        match store.lease(destination, config.batch_size - batch.len()).await {
+        match store
+            .lease(destination, config.batch_size - batch.len())
+            .await
+        {
             Ok(more) => batch.extend(more),
             Err(e) => {
                 tracing::error!(error = %e, "cannot lease from buffer");
