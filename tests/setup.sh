@@ -36,7 +36,7 @@ bash cross/setup.sh armv7-unknown-linux-gnueabihf --qemu
 # --- Python: the independent FHIR R4 validator ---------------------------------------------
 # In its own virtualenv inside the clone (fhir.resources 6.4.0 is the last R4 release and
 # needs pydantic 1).
-if ! tests/.venv/bin/python3 -c 'import fhir.resources' >/dev/null 2>&1; then
+if ! tests/.venv/bin/python3 -c 'import fhir.resources, paho.mqtt' >/dev/null 2>&1; then
     echo "setup: installing the independent FHIR validator into tests/.venv"
     if ! python3 -m venv tests/.venv >/dev/null 2>&1; then
         apt_install python3-venv

@@ -25,6 +25,9 @@
 //! - [`fixture`]: broker + upstream + gateway directory for the fault tests, a publisher
 //!   that retries until the broker acknowledges, and an exact reconciliation.
 //!
+//! - [`streams`]: the streaming destinations' peers: a client-certificate-only mosquitto
+//!   with an ACL, and an independent paho-mqtt subscriber that validates every message.
+//!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]
 
@@ -38,6 +41,7 @@ pub mod powerloss;
 pub mod scenario;
 pub mod serial_link;
 pub mod serial_scenario;
+pub mod streams;
 pub mod tmpfs;
 pub mod upstream;
 pub mod validator;
