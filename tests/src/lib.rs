@@ -25,6 +25,8 @@
 //! - [`fixture`]: broker + upstream + gateway directory for the fault tests, a publisher
 //!   that retries until the broker acknowledges, and an exact reconciliation.
 //!
+//! - [`kafka`]: a real Kafka-protocol broker (tansu, prebuilt from PyPI) on S3 storage that
+//!   outlives its restarts, and an independent kafka-python consumer.
 //! - [`streams`]: the streaming destinations' peers: a client-certificate-only mosquitto
 //!   with an ACL, and an independent paho-mqtt subscriber that validates every message.
 //!
@@ -34,6 +36,7 @@
 pub mod client;
 pub mod fixture;
 pub mod gateway;
+pub mod kafka;
 pub mod mosquitto;
 pub mod ops;
 pub mod pki;
