@@ -293,7 +293,34 @@ timeout_s = 5
         rig.dir.path(),
         &["queue", "stats", "-c", "gateway.toml"],
     );
-    eprintln!("while FHIR is down:\n{stats}");
+    assert!(
+        stats.contains(&format!("pending[fhir]: {n}")) && stats.contains("pending[mqtt]: 0"),
+        "{stats}"
+    );
+    // Each destination on /metrics and the status document: FHIR behind and failing, MQTT
+    // done and fine.
+    let metrics = vitalbridge_tests::ops::get(rig.ops_addr(), "/metrics")
+        .await
+        .expect("/metrics");
+    let m = vitalbridge_tests::ops::parse_prometheus(&String::from_utf8_lossy(&metrics.body))
+        .expect("an independent parser reads /metrics");
+    let pending = |uplink| m.value("vitalbridge_uplink_pending_readings", &[("uplink", uplink)]);
+    assert_eq!(pending("fhir"), Some(n as f64));
+    assert_eq!(pending("mqtt"), Some(0.0));
+    let status = vitalbridge_tests::ops::get(rig.ops_addr(), "/status.json")
+        .await
+        .expect("/status.json");
+    let status: Value = serde_json::from_slice(&status.body).expect("JSON");
+    let uplink = |name: &str| {
+        status["uplinks"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(uplink("fhir")["state"], "failing", "{status}");
+    assert_eq!(uplink("fhir")["pending"], n, "{status}");
+    assert_eq!(uplink("mqtt")["state"], "ok", "{status}");
+    assert_eq!(uplink("mqtt")["pending"], 0, "{status}");
 
     // The FHIR server is back: its backlog drains, each reading once.
     rig.upstream.restart().await.expect("restart the upstream");

@@ -203,6 +203,9 @@ pub struct QueueGauges {
     pub dead_letters: u64,
     /// Age of the reading at the head of the queue; `None` when empty.
     pub oldest_age: Option<Duration>,
+    /// Readings each destination (by name) still has to deliver: a reading stays in the
+    /// buffer until every destination has it, so these differ when one lags.
+    pub pending_by_destination: Vec<(String, u64)>,
     /// The storage under the queue.
     pub storage: StorageGauges,
 }
