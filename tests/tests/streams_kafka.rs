@@ -15,6 +15,9 @@ use vitalbridge_tests::fixture::{self, Pace, Publisher, Rig};
 use vitalbridge_tests::gateway::{wait_for_pending, GatewayProcess};
 use vitalbridge_tests::kafka::KafkaBroker;
 
+/// One record as the order check needs it: offset, measurement time, identifier.
+type RecordCopy<'a> = (i64, f64, &'a str);
+
 const TOPIC: &str = "vitalbridge.observations";
 const PATIENTS: &str = "urn:oid:2.16.840.1.113883.4.1";
 
@@ -109,7 +112,7 @@ fn check(records: &[Value], n: u64) -> Vec<String> {
         }
     }
     // Per key, in offset order, the first copy of each reading comes in measurement order.
-    let mut per_key: HashMap<(&str, i64), Vec<(i64, f64, &str)>> = HashMap::new();
+    let mut per_key: HashMap<(&str, i64), Vec<RecordCopy<'_>>> = HashMap::new();
     for r in records.iter().filter(|r| r["valid"] == true) {
         per_key
             .entry((

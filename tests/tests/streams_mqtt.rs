@@ -342,3 +342,49 @@ timeout_s = 5
         "MQTT got readings it already had"
     );
 }
+
+#[test]
+fn check_config_names_a_bad_broker_url_an_unknown_topic_field_and_an_open_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = vitalbridge_tests::pki::TestPki::generate();
+    let client = pki.client_files();
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(&client.key, &open_key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            r#"[uplink.mqtt]
+url = "mqtts//broker.example.org:8883"
+topic = "rpm/{{gateway}}/{{mrn}}"
+[uplink.mqtt.tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[uplink.kafka]
+bootstrap = ["kafka-1.example.org"]
+topic = "observations"
+[uplink.kafka.tls]
+ca = "{ca}"
+"#,
+            ca = pki.ca_cert_path().display(),
+            cert = client.cert.display(),
+            key = open_key.display(),
+        ),
+    )
+    .unwrap();
+    let (code, out, err) =
+        vitalbridge_tests::gateway::run_cli(dir.path(), &["check-config", "-c", "gateway.toml"]);
+    let text = format!("{out}{err}");
+    assert_eq!(code, 2, "{text}");
+    for key in [
+        "uplink.mqtt.url",
+        "uplink.mqtt.topic",
+        "{mrn}",
+        "uplink.mqtt.tls.key",
+        "uplink.kafka.bootstrap[0]",
+    ] {
+        assert!(text.contains(key), "{key} not named:\n{text}");
+    }
+}

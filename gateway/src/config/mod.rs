@@ -447,7 +447,8 @@ pub struct UplinkConfig {
     /// Readings per batch (one Bundle, or one file write).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Batches in flight at once.
+    /// Batches in flight at once, per destination (the Kafka destination always runs one, so
+    /// that each key's records stay in order).
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// How long a batch that is not full may wait for more readings, in ms, counted from

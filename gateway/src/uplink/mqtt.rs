@@ -255,7 +255,7 @@ fn outcomes(
     carried: &[Vec<usize>],
     answers: &[Answer],
 ) -> Result<Vec<Outcome>, SendError> {
-    let delivered_any = answers.iter().any(|a| *a == Answer::Acked);
+    let delivered_any = answers.contains(&Answer::Acked);
     if !delivered_any {
         // Nothing went through: a failure of the destination (not-ready, backoff).
         let refused_for_now = answers.iter().find_map(|a| match a {
@@ -649,7 +649,7 @@ enum Incoming {
 /// packet as rumqttc's codec reads it.
 enum Frame {
     PubAck { pkid: u16, reason: u8 },
-    Packet(Packet),
+    Packet(Box<Packet>),
 }
 
 /// Takes one packet off the front of `buf`, if a whole one is there.
@@ -671,7 +671,7 @@ fn frame(buf: &mut BytesMut) -> Result<Option<Frame>, ConnError> {
                 }));
             }
             Packet::read(buf, Some(MAX_INCOMING_PACKET))
-                .map(|p| Some(Frame::Packet(p)))
+                .map(|p| Some(Frame::Packet(Box::new(p))))
                 .map_err(|e| ConnError::protocol(format!("malformed packet from the broker: {e}")))
         }
         Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
@@ -702,9 +702,11 @@ impl Conn {
             if let Some(frame) = frame(&mut self.read_buf)? {
                 return Ok(match frame {
                     Frame::PubAck { pkid, reason } => Incoming::PubAck { pkid, reason },
-                    Frame::Packet(Packet::PingResp(_)) => Incoming::PingResp,
-                    Frame::Packet(Packet::Disconnect(d)) => Incoming::Disconnect(d.reason_code),
-                    Frame::Packet(_) => Incoming::Other,
+                    Frame::Packet(packet) => match *packet {
+                        Packet::PingResp(_) => Incoming::PingResp,
+                        Packet::Disconnect(d) => Incoming::Disconnect(d.reason_code),
+                        _ => Incoming::Other,
+                    },
                 });
             }
             let n = self
@@ -783,9 +785,12 @@ async fn connect(options: &Options) -> Result<Conn, ConnError> {
                 continue;
             }
         };
-        match packet {
-            Frame::Packet(Packet::ConnAck(ack)) => break ack,
-            Frame::Packet(Packet::Disconnect(d)) => {
+        let Frame::Packet(packet) = packet else {
+            return Err(ConnError::protocol("expected CONNACK from the broker"));
+        };
+        match *packet {
+            Packet::ConnAck(ack) => break ack,
+            Packet::Disconnect(d) => {
                 return Err(ConnError {
                     reason: format!("the broker refused the connection: {:?}", d.reason_code),
                     tls: false,
@@ -897,5 +902,106 @@ fn report_connect_failure(e: &ConnError, hooks: Option<&Hooks>) {
             address: None,
             reason: &e.reason,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> Answer {
+        Answer::Lost {
+            reason: "connection reset".into(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn a_row_is_delivered_only_when_every_message_carrying_it_was_acknowledged() {
+        let refused = |permanent| Answer::Refused {
+            reason: "r".into(),
+            permanent,
+        };
+        // Observation per message: row i in message i.
+        let carried = vec![vec![0], vec![1], vec![2], vec![3]];
+        let out = outcomes(
+            4,
+            &carried,
+            &[Answer::Acked, lost(), refused(true), refused(false)],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            [
+                Outcome::Delivered,
+                Outcome::Retry("connection reset".into()),
+                Outcome::Rejected("r".into()),
+                Outcome::Retry("r".into()),
+            ]
+        );
+        // A Bundle per topic: both rows of an unacknowledged Bundle are retried.
+        let out = outcomes(3, &[vec![0, 2], vec![1]], &[lost(), Answer::Acked]).unwrap();
+        assert_eq!(out[0], Outcome::Retry("connection reset".into()));
+        assert_eq!(out[1], Outcome::Delivered);
+        assert_eq!(out[2], Outcome::Retry("connection reset".into()));
+        // Nothing acknowledged: the destination failed (backoff, not-ready), not "answered".
+        assert!(matches!(
+            outcomes(2, &[vec![0], vec![1]], &[lost(), refused(false)]),
+            Err(SendError::Transient { .. })
+        ));
+        // Everything refused for good is an answer: dead letters.
+        assert_eq!(
+            outcomes(1, &[vec![0]], &[refused(true)]).unwrap(),
+            [Outcome::Rejected("r".into())]
+        );
+    }
+
+    #[test]
+    fn any_puback_reason_code_is_an_answer_about_its_message() {
+        assert_eq!(puback_answer(0x00), Answer::Acked);
+        assert_eq!(
+            puback_answer(0x10),
+            Answer::Acked,
+            "no matching subscribers"
+        );
+        for (code, permanent) in [(0x87, false), (0x97, false), (0x95, true), (0x99, true)] {
+            assert!(
+                matches!(puback_answer(code), Answer::Refused { permanent: p, .. } if p == permanent),
+                "0x{code:02X}"
+            );
+        }
+        assert!(matches!(
+            puback_answer(0xEE),
+            Answer::Refused {
+                permanent: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn pubacks_are_framed_with_or_without_a_reason_code_and_half_packets_wait() {
+        // PUBACK pkid 7, no reason (success); PUBACK pkid 8, reason 0x95 and empty properties;
+        // then half of a third.
+        let mut buf = BytesMut::from(&[0x40, 2, 0, 7, 0x40, 4, 0, 8, 0x95, 0, 0x40, 2, 0][..]);
+        assert!(matches!(
+            frame(&mut buf),
+            Ok(Some(Frame::PubAck { pkid: 7, reason: 0 }))
+        ));
+        assert!(matches!(
+            frame(&mut buf),
+            Ok(Some(Frame::PubAck {
+                pkid: 8,
+                reason: 0x95
+            }))
+        ));
+        assert!(matches!(frame(&mut buf), Ok(None)));
+        assert_eq!(&buf[..], &[0x40, 2, 0]);
+        // PINGRESP goes through rumqttc's codec.
+        let mut buf = BytesMut::from(&[0xD0, 0][..]);
+        assert!(matches!(
+            frame(&mut buf),
+            Ok(Some(Frame::Packet(p))) if matches!(*p, Packet::PingResp(_))
+        ));
     }
 }
