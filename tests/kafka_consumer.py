@@ -11,7 +11,9 @@ seconds, and writes one JSON line per record, in offset order per partition:
 client) puts the key; `valid` says whether the value parsed as a FHIR R4 Observation with
 fhir.resources 6.4.0.
 
-usage: kafka_consumer.py BOOTSTRAP TOPIC IDLE_SECONDS OUT_FILE
+usage: kafka_consumer.py BOOTSTRAP TOPIC IDLE_SECONDS OUT_FILE [CA CERT KEY]
+
+With CA, CERT and KEY it connects with TLS and that client certificate.
 """
 
 import datetime
@@ -28,6 +30,16 @@ IDENTIFIER_SYSTEM = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObser
 
 def main():
     bootstrap, topic, idle, out_path = sys.argv[1:5]
+    tls = {}
+    if len(sys.argv) >= 8:
+        ca, cert, key = sys.argv[5:8]
+        tls = dict(
+            security_protocol="SSL",
+            ssl_cafile=ca,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_check_hostname=True,
+        )
     version = getattr(fhir.resources, "__fhir_version__", "?")
     if version != "4.0.1":
         sys.exit(f"fhir.resources models FHIR {version}, not R4 4.0.1")
@@ -36,6 +48,7 @@ def main():
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         consumer_timeout_ms=int(float(idle) * 1000),
+        **tls,
     )
     partitions = sorted(consumer.partitions_for_topic(topic) or [])
     if not partitions:

@@ -8,6 +8,13 @@
 //! outlives broker restarts: [`KafkaBroker::restart`] is a `kill -9` of the broker and a new
 //! one on the same port and storage.
 //!
+//! With [`KafkaBroker::start_tls`] clients reach the broker only through a mutual-TLS front
+//! ([`tls_front`]: the test PKI's server certificate, a client certificate required) that the
+//! broker advertises as its address, so the gateway's TLS and client-certificate path is the
+//! one exercised: tansu 0.6.0's own TLS options cannot be combined (`--cert` conflicts with
+//! `--key` in its command line) and its SASL users could not be made to authenticate, so the
+//! front stands in for a TLS listener.
+//!
 //! The consumer is `tests/kafka_consumer.py` (kafka-python): it reads every partition from
 //! the start and reports each record, the partition kafka-python's own partitioner picks for
 //! its key, and whether the value is a valid FHIR R4 Observation.
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::mosquitto::free_port;
+use crate::pki::{ServerIdentity, TestPki};
 
 /// The virtualenv holding tansu, moto and kafka-python.
 pub fn venv() -> PathBuf {
@@ -52,6 +60,10 @@ fn tansu() -> PathBuf {
 /// A tansu broker on 127.0.0.1 with moto's S3 as storage. Both are killed on drop.
 pub struct KafkaBroker {
     port: u16,
+    /// The mutual-TLS front's port, when clients must use TLS.
+    front: Option<u16>,
+    /// The consumer's TLS files (CA, certificate, key), with a front.
+    consumer_tls: Option<[PathBuf; 3]>,
     s3_port: u16,
     broker: Option<Child>,
     storage: Child,
@@ -70,8 +82,18 @@ fn wait_for_port(port: u16, timeout: Duration) -> bool {
 }
 
 impl KafkaBroker {
-    /// Starts the storage, makes its bucket, starts the broker.
+    /// Starts the storage, makes its bucket, starts the broker (plain TCP on loopback).
     pub fn start() -> KafkaBroker {
+        Self::start_inner(None)
+    }
+
+    /// Like [`KafkaBroker::start`], reachable only through a mutual-TLS front presenting
+    /// `pki`'s server certificate for `localhost` (call from within a tokio runtime).
+    pub fn start_tls(pki: &TestPki) -> KafkaBroker {
+        Self::start_inner(Some(pki))
+    }
+
+    fn start_inner(pki: Option<&TestPki>) -> KafkaBroker {
         let dir = tempfile::Builder::new()
             .prefix("vitalbridge-kafka-")
             .tempdir()
@@ -99,8 +121,16 @@ impl KafkaBroker {
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 200"), "bucket: {answer}");
+        let port = free_port().expect("free port");
+        let front = pki.map(|pki| tls_front(pki, port));
+        let consumer_tls = pki.map(|pki| {
+            let files = pki.issue_client_cert("kafka-consumer", "kafka-consumer");
+            [pki.ca_cert_path().to_path_buf(), files.cert, files.key]
+        });
         let mut broker = KafkaBroker {
-            port: free_port().expect("free port"),
+            port,
+            front,
+            consumer_tls,
             s3_port,
             broker: None,
             storage,
@@ -117,13 +147,17 @@ impl KafkaBroker {
             .open(self.dir.path().join("tansu.log"))
             .expect("log");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = match self.front {
+            Some(front) => format!("tcp://localhost:{front}"),
+            None => url.clone(),
+        };
         let child = Command::new(tansu())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "s3://tansu/",
             ])
@@ -145,9 +179,12 @@ impl KafkaBroker {
         );
     }
 
-    /// `host:port` for the gateway's `bootstrap` and the consumer.
+    /// `host:port` for the gateway's `bootstrap` and the consumer (the TLS front's, if any).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match self.front {
+            Some(front) => format!("localhost:{front}"),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// Creates `topic` with `partitions` partitions.
@@ -160,7 +197,7 @@ impl KafkaBroker {
                 "--partitions",
                 &partitions.to_string(),
                 "--broker",
-                &format!("tcp://{}", self.bootstrap()),
+                &format!("tcp://127.0.0.1:{}", self.port),
             ])
             .output()
             .expect("tansu topic create");
@@ -195,6 +232,7 @@ impl KafkaBroker {
             .arg(topic)
             .arg(idle.as_secs_f64().to_string())
             .arg(&out)
+            .args(self.consumer_tls.iter().flatten())
             .status()
             .expect("run tests/kafka_consumer.py");
         assert!(status.success(), "the consumer failed");
@@ -215,4 +253,37 @@ impl Drop for KafkaBroker {
         let _ = self.storage.kill();
         let _ = self.storage.wait();
     }
+}
+
+/// A mutual-TLS front on a free loopback port: takes TLS connections presenting a client
+/// certificate of the test CA (others fail the handshake) and relays each to
+/// `127.0.0.1:backend`. Runs on the current tokio runtime; returns its port.
+pub fn tls_front(pki: &TestPki, backend: u16) -> u16 {
+    let mut config = (*pki.server_config(ServerIdentity::Trusted)).clone();
+    config.alpn_protocols.clear();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS front");
+    let port = listener.local_addr().expect("address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = tokio::runtime::Handle::current();
+    handle.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return; // no or a foreign client certificate
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    port
 }

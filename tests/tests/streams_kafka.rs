@@ -1,7 +1,8 @@
 //! The Kafka uplink against a real Kafka-protocol broker (tansu, see
 //! `vitalbridge_tests::kafka`), read back by an independent consumer (kafka-python).
 //!
-//! Through `kill -9` of the gateway and a `kill -9` restart of the broker, every reading is in
+//! The gateway reaches the broker over mutual TLS (its client certificate required). Through
+//! `kill -9` of the gateway and a `kill -9` restart of the broker, every reading is in
 //! the topic; each record's key is its patient and its partition the one Kafka's default
 //! partitioner picks for that key (as kafka-python computes it); per key, the readings come
 //! in order, and a reading written twice (the batch in hand when the gateway was killed) has
@@ -51,6 +52,10 @@ retry_max_ms = 1000
 bootstrap = ["{bootstrap}"]
 topic = "{TOPIC}"
 timeout_s = 5
+[uplink.kafka.tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key_file}"
 
 {devices}
 "#,
@@ -58,6 +63,9 @@ timeout_s = 5
         key = rig.dir.path().join("buffer.key").display(),
         port = rig.broker.port(),
         bootstrap = kafka.bootstrap(),
+        ca = rig.pki.ca_cert_path().display(),
+        cert = rig.pki.client_files().cert.display(),
+        key_file = rig.pki.client_files().key.display(),
     )
 }
 
@@ -156,7 +164,7 @@ fn check(records: &[Value], n: u64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reading_arrives_keyed_by_patient_in_order_through_kill_9_and_a_broker_restart() {
     let rig = Rig::start().await;
-    let mut kafka = tokio::task::block_in_place(KafkaBroker::start);
+    let mut kafka = tokio::task::block_in_place(|| KafkaBroker::start_tls(&rig.pki));
     kafka.create_topic(TOPIC, 4);
     let mut gw =
         GatewayProcess::start(rig.dir.path(), &config(&rig, &kafka)).expect("start the gateway");
