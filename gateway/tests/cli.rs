@@ -62,7 +62,9 @@ fn check_config_names_the_bad_key_for_each_kind_of_mistake() {
         (&FHIR_OK.replace("ca.pem", "nope.pem"), "uplink.fhir.ca: cannot read nope.pem"),
         ("[uplink.fhir]\nbase_url = \"https://x\"\n", "uplink.fhir: missing field `ca`"),
         ("[uplink]\nbatch_size = 0\n", "uplink.batch_size: must be between 1 and 10000"),
-        ("[uplink.file]\n[uplink.fhir]\nbase_url=\"https://x\"\nca=\"ca.pem\"\ncert=\"cert.pem\"\nkey=\"key.pem\"\n", "uplink: configure exactly one"),
+        // Several destinations at once are fine; each is checked on its own.
+        ("[uplink.file]\n[uplink.mqtt]\nurl = \"mqtts://b:8883\"\ntopic = \"x/{mrn}\"\n[uplink.mqtt.tls]\nca = \"ca.pem\"\n", "uplink.mqtt.topic: unknown field {mrn}"),
+        ("[uplink.kafka]\nbootstrap = [\"kafka-1:9093\"]\n", "uplink.kafka.tls: a broker beyond this machine needs"),
         ("[[devices]]\nid = \"d1\"\npatient_id = \"p\"\n", "devices[0]: give either patient_system and patient_id"),
         ("[gateway\n", "TOML parse error"),
     ];
@@ -93,7 +95,7 @@ fn check_config_names_every_bad_key_with_its_line() {
         lines,
         [
             "new.toml: line 2: gateway.colour: unknown field `colour`, expected `id` or `data_dir`",
-            "new.toml: line 5: uplink.batchsize: unknown field `batchsize`, expected one of `batch_size`, `in_flight`, `batch_linger_ms`, `retry_initial_ms`, `retry_max_ms`, `file`, `fhir`, `hl7`",
+            "new.toml: line 5: uplink.batchsize: unknown field `batchsize`, expected one of `batch_size`, `in_flight`, `batch_linger_ms`, `retry_initial_ms`, `retry_max_ms`, `file`, `fhir`, `hl7`, `mqtt`, `kafka`",
             "new.toml: line 8: ops.http.listen: invalid socket address syntax",
         ]
     );

@@ -15,8 +15,14 @@
 //!   busy ward or a fleet of hubs would send them; CPU per reading, FHIR requests per 10k
 //!   readings, and publish → stored-at-the-server latency (p50, p99).
 //!
+//! - **uplinks**: `BENCH_UPLINK_READINGS` (30,000) readings at full speed through each uplink
+//!   alone, in the same run: the FHIR server (HTTPS, mTLS), an MQTT broker (MQTT 5 over mTLS,
+//!   QoS 1, the client-certificate-only sink broker of the tests) and Kafka (the tests' tansu
+//!   broker, if `tests/.venv-kafka` is installed); readings/s and gateway CPU per reading,
+//!   counted to each destination's acknowledgement (`vitalbridge_readings_out_total`).
+//!
 //! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
-//! `BENCH_SCENARIOS=full,steady,hl7`, `BENCH_VERBOSE=1`.
+//! `BENCH_SCENARIOS=full,steady,uplinks,hl7`, `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
 //! process) and the gateway. The gateway's CPU time and peak RSS are read from `/proc/<pid>`;
@@ -37,8 +43,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use vitalbridge_tests::fixture;
 use vitalbridge_tests::gateway::GatewayProcess;
-use vitalbridge_tests::mosquitto::publish_qos1;
+use vitalbridge_tests::mosquitto::{free_port, publish_qos1, Mosquitto, MosquittoOptions};
+use vitalbridge_tests::pki::TestPki;
 use vitalbridge_tests::scenario;
+use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
 
 /// CPU seconds and peak RSS (KiB) of a process.
 fn proc_figures(pid: u32) -> (f64, u64) {
@@ -256,6 +264,110 @@ async fn steady(binary: &PathBuf) -> Figures {
     f
 }
 
+/// Which destination the `uplinks` scenario sends through.
+#[derive(Debug, Clone, Copy)]
+enum Through {
+    Fhir,
+    Mqtt,
+    Kafka,
+}
+
+/// `n` readings at full speed through one uplink; `None` when its broker is not installed.
+async fn through(binary: &PathBuf, uplink: Through) -> Option<Figures> {
+    let n = env("BENCH_UPLINK_READINGS", 30_000);
+    let pki = TestPki::generate();
+    let broker = Mosquitto::start(MosquittoOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ops_port = free_port().unwrap();
+    let client = pki.client_files();
+    let mut upstream = None;
+    let mut sink = None;
+    let mut kafka = None;
+    let (name, table) = match uplink {
+        Through::Fhir => {
+            let u = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+            let table = format!(
+                "[uplink.fhir]\nbase_url = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                u.url(),
+                pki.ca_cert_path().display(),
+                client.cert.display(),
+                client.key.display()
+            );
+            upstream = Some(u);
+            ("fhir", table)
+        }
+        Through::Mqtt => {
+            let b = vitalbridge_tests::streams::sink_broker(&pki, "vitalbridge/#");
+            let table = vitalbridge_tests::streams::mqtt_uplink(&b, &pki, "");
+            sink = Some(b);
+            ("mqtt", table)
+        }
+        Through::Kafka => {
+            if !vitalbridge_tests::kafka::venv()
+                .join("bin/python3")
+                .exists()
+            {
+                return None;
+            }
+            let k = vitalbridge_tests::kafka::KafkaBroker::start();
+            k.create_topic("bench", 4);
+            let table = format!(
+                "[uplink.kafka]\nbootstrap = [\"{}\"]\ntopic = \"bench\"\n",
+                k.bootstrap()
+            );
+            kafka = Some(k);
+            ("kafka", table)
+        }
+    };
+    let config = format!(
+        "[gateway]\nid = \"bench-gw\"\ndata_dir = \"{data}\"\n[sources.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopics = [\"vitals/#\"]\n[uplink]\nbatch_size = {batch}\nin_flight = {in_flight}\n{table}{ops}",
+        data = dir.path().join("data").display(),
+        port = broker.port(),
+        batch = env("BENCH_BATCH", 500),
+        in_flight = env("BENCH_IN_FLIGHT", 2),
+        ops = vitalbridge_tests::ops::ops_table(ops_port, ""),
+    );
+    std::env::set_var("VITALBRIDGE_BIN", binary);
+    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    assert!(
+        gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)),
+        "{}",
+        gw.log()
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ops_port));
+    let delivered = || async move {
+        let m = vitalbridge_tests::ops::get(addr, "/metrics").await.ok()?;
+        let text = String::from_utf8(m.body.to_vec()).ok()?;
+        let prefix = format!("vitalbridge_readings_out_total{{uplink=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let (payloads, _): (Vec<_>, Vec<_>) = (0..n).map(|i| scenario::reading(i, 100)).unzip();
+    let (cpu_before, _) = proc_figures(gw.pid());
+    let start = Instant::now();
+    let publish = tokio::spawn(publish_qos1(broker.port(), "vitals/bench", payloads));
+    while delivered().await.unwrap_or(0.0) < n as f64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "not all readings arrived: {}",
+            gw.log()
+        );
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    publish.await.unwrap().expect("published");
+    let (cpu_after, rss_kib) = proc_figures(gw.pid());
+    drop((upstream, sink, kafka));
+    Some(Figures {
+        readings: n,
+        elapsed,
+        cpu: cpu_after - cpu_before,
+        rss_kib,
+        ..Figures::default()
+    })
+}
+
 fn print(title: &str, runs: &[(&str, Figures)]) {
     println!("\n{title}");
     let row = |label: &str, value: &dyn Fn(&Figures) -> String| {
@@ -284,17 +396,27 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
     row("gateway peak RSS (MiB)", &|f| {
         format!("{:.1}", f.rss_kib as f64 / 1024.0)
     });
-    row("FHIR requests per 10k readings", &|f| {
-        format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
-    });
-    row("latency p50 / p99 (ms)", &|f| {
-        f.latency_ms
-            .map_or("-".into(), |(p50, p99)| format!("{p50:.0} / {p99:.0}"))
-    });
-    row("mosquitto CPU (s)", &|f| format!("{:.2}", f.broker_cpu));
-    row("publisher+upstream CPU (s)", &|f| {
-        format!("{:.2}", f.harness_cpu)
-    });
+    // The `uplinks` scenario measures only the gateway: leave out what it did not count.
+    if runs.iter().any(|(_, f)| f.requests > 0) {
+        row("FHIR requests per 10k readings", &|f| {
+            format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
+        });
+    }
+    if runs.iter().any(|(_, f)| f.latency_ms.is_some()) {
+        row("latency p50 / p99 (ms)", &|f| {
+            f.latency_ms
+                .map_or("-".into(), |(p50, p99)| format!("{p50:.0} / {p99:.0}"))
+        });
+    }
+    if runs
+        .iter()
+        .any(|(_, f)| f.broker_cpu > 0.0 || f.harness_cpu > 0.0)
+    {
+        row("mosquitto CPU (s)", &|f| format!("{:.2}", f.broker_cpu));
+        row("publisher+upstream CPU (s)", &|f| {
+            format!("{:.2}", f.harness_cpu)
+        });
+    }
 }
 
 fn main() {
@@ -306,7 +428,8 @@ fn main() {
     if let Some(baseline) = std::env::var_os("BENCH_BASELINE") {
         binaries.insert(0, ("baseline", PathBuf::from(baseline)));
     }
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "full,steady,hl7".into());
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "full,steady,uplinks,hl7".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -343,6 +466,22 @@ fn main() {
                 ),
                 &runs,
             );
+        }
+        if scenarios.contains("uplinks") {
+            for (label, bin) in &binaries {
+                let mut runs = Vec::new();
+                for (name, uplink) in [
+                    ("FHIR", Through::Fhir),
+                    ("MQTT", Through::Mqtt),
+                    ("Kafka", Through::Kafka),
+                ] {
+                    match through(bin, uplink).await {
+                        Some(f) => runs.push((name, f)),
+                        None => println!("  (Kafka skipped: tests/.venv-kafka not installed)"),
+                    }
+                }
+                print(&format!("through each uplink alone ({label})"), &runs);
+            }
         }
     });
     if scenarios.contains("hl7") {

@@ -29,12 +29,18 @@
 //!   end-to-end tests share), a publisher that retries until the broker acknowledges, and an
 //!   exact reconciliation.
 //!
+//! - [`kafka`]: a real Kafka-protocol broker (tansu, prebuilt from PyPI) on S3 storage that
+//!   outlives its restarts, and an independent kafka-python consumer.
+//! - [`streams`]: the streaming destinations' peers: a client-certificate-only mosquitto
+//!   with an ACL, and an independent paho-mqtt subscriber that validates every message.
+//!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod fixture;
 pub mod gateway;
+pub mod kafka;
 pub mod mllp;
 pub mod mosquitto;
 pub mod ops;
@@ -43,6 +49,7 @@ pub mod powerloss;
 pub mod scenario;
 pub mod serial_link;
 pub mod serial_scenario;
+pub mod streams;
 pub mod tmpfs;
 pub mod upstream;
 pub mod validator;

@@ -610,7 +610,21 @@ impl crate::ops::QueueProbe for Store {
             .await
             .map_err(|e| crate::ops::ProbeError(Box::new(e)))?;
         let h = self.health();
+        // One destination: its pending is the queue's. Several: one count each (a scan of
+        // the table per destination and scrape).
+        let mut pending_by_destination = Vec::with_capacity(self.destinations().len());
+        for d in self.destinations() {
+            let n = if self.destinations().len() == 1 {
+                s.pending
+            } else {
+                self.pending_for(d)
+                    .await
+                    .map_err(|e| crate::ops::ProbeError(Box::new(e)))?
+            };
+            pending_by_destination.push((d.name().to_owned(), n));
+        }
         Ok(crate::ops::QueueGauges {
+            pending_by_destination,
             pending: s.pending,
             capacity: self.capacity(),
             leased: s.leased,

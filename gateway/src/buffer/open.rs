@@ -159,10 +159,19 @@ fn base_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
 }
 
 /// Opens a connection and checks that it is durable (WAL, synchronous=FULL).
+///
+/// A connection that fails its check is closed before this returns (as every connection the
+/// checks give up on is): a dropped one would close later, on a sqlx worker thread, and its
+/// close may checkpoint and remove `-wal` while the damaged files are being quarantined.
 pub(super) async fn connect(path: &Path) -> Result<SqliteConnection, BufferError> {
     let mut conn = SqliteConnection::connect_with(&connect_options(path, false)).await?;
-    verify_durable(&mut conn).await?;
-    Ok(conn)
+    match verify_durable(&mut conn).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(e)
+        }
+    }
 }
 
 async fn verify_durable(conn: &mut SqliteConnection) -> Result<(), BufferError> {
@@ -368,23 +377,33 @@ impl Checked {
 /// Opens the database, checks it (`quick_check`) and brings its schema up to date.
 async fn open_checked(db: &Path) -> Result<SqliteConnection, Checked> {
     let mut conn = connect(db).await.map_err(Checked::of)?;
+    match check_and_migrate(&mut conn).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            // Closed here, not dropped: see `connect`.
+            let _ = conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn check_and_migrate(conn: &mut SqliteConnection) -> Result<(), Checked> {
     let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
-        .fetch_all(&mut conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| Checked::of(e.into()))?;
     if check.first().map(String::as_str) != Some("ok") {
         let first = check.first().cloned().unwrap_or_default();
-        let _ = conn.close().await;
         return Err(Checked::Damaged(format!(
             "SQLite's integrity check failed ({} problems; the first: {first})",
             check.len()
         )));
     }
     sqlx::migrate!("./migrations")
-        .run(&mut conn)
+        .run(&mut *conn)
         .await
         .map_err(|e| Checked::of(e.into()))?;
-    Ok(conn)
+    Ok(())
 }
 
 async fn meta(conn: &mut SqliteConnection, name: &str) -> Result<Option<String>, BufferError> {

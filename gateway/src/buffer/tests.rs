@@ -931,7 +931,7 @@ mod at_rest {
         damage(&db);
         let (store, writer, report) = open(&data(root.path()), &options(root.path(), 1000))
             .await
-            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            .unwrap_or_else(|e| panic!("{kind}: {e:?}"));
         let q = report
             .quarantined
             .clone()

@@ -284,7 +284,10 @@ mod tests {
         assert_eq!(s.max_message_bytes, 1024 * 1024);
         assert_eq!(s.read_timeout_s, 30);
         assert!(s.tls.is_none() && s.time_zone.is_none() && s.no_value.is_empty());
-        assert!(matches!(c.uplink.destination(), Destination::File(_)));
+        assert!(matches!(
+            c.uplink.destinations()[..],
+            [Destination::File(_)]
+        ));
         let p: Vec<String> = c
             .validate()
             .err()
@@ -319,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hl7_uplink_needs_tls_or_an_explicit_plaintext_and_is_the_only_destination() {
+    fn the_hl7_uplink_needs_tls_or_an_explicit_plaintext_and_goes_beside_the_others() {
         let base = "[uplink.hl7]\naddress = \"engine.example.org:6661\"\n";
         let p = problems(base);
         assert!(p.iter().any(|e| e.contains("plaintext = true")), "{p:?}");
@@ -327,7 +330,7 @@ mod tests {
             .iter()
             .all(|e| !e.contains("hl7")));
         let p = problems(&format!("{base}plaintext = true\n[uplink.fhir]\nbase_url = \"https://f\"\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n"));
-        assert!(p.iter().any(|e| e.contains("exactly one")), "{p:?}");
+        assert!(p.iter().all(|e| !e.contains("exactly one")), "{p:?}");
         let p = problems("[uplink.hl7]\naddress = \"no-port\"\nplaintext = true\nconnections = 0\ntimeout_s = 0\nsending_application = \"\"\n");
         for key in [
             "uplink.hl7.address",
@@ -338,6 +341,14 @@ mod tests {
             assert!(p.iter().any(|e| e.starts_with(key)), "{key}: {p:?}");
         }
         let c = Config::from_toml(&format!("{base}plaintext = true\n")).unwrap();
-        assert!(matches!(c.uplink.destination(), Destination::Hl7(_)));
+        assert!(matches!(c.uplink.destinations()[..], [Destination::Hl7(_)]));
+        let both = Config::from_toml(&format!("{base}plaintext = true\n[uplink.file]\n")).unwrap();
+        let names: Vec<&str> = both
+            .uplink
+            .destinations()
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        assert_eq!(names, ["file", "hl7"]);
     }
 }

@@ -427,13 +427,15 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
 }
 
-/// `[uplink]`: exactly one of `file`, `fhir` or `hl7`; `file` when none is given.
+/// `[uplink]`: any of `file`, `fhir`, `hl7`, `mqtt`, `kafka` at once (each a destination with
+/// its own progress); `file` when none is given.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UplinkConfig {
     /// Readings per batch (one Bundle, or one file write).
     pub batch_size: usize,
-    /// Batches in flight at once.
+    /// Batches in flight at once, per destination (the Kafka destination always runs one, so
+    /// that each key's records stay in order).
     pub in_flight: usize,
     /// How long a batch that is not full may wait for more readings, in ms, counted from
     /// its oldest reading's arrival: at steady rates fewer, fuller requests (servers charge
@@ -450,6 +452,12 @@ pub struct UplinkConfig {
     /// `[uplink.hl7]`: HL7 v2 ORU^R01 over MLLP to an interface engine.
     #[serde(default)]
     pub hl7: Option<Hl7UplinkConfig>,
+    /// `[uplink.mqtt]`: an MQTT broker (streamed Observations).
+    #[serde(default)]
+    pub mqtt: Option<MqttUplinkConfig>,
+    /// `[uplink.kafka]`: a Kafka topic (streamed Observations).
+    #[serde(default)]
+    pub kafka: Option<KafkaUplinkConfig>,
 }
 
 impl Default for UplinkConfig {
@@ -463,6 +471,8 @@ impl Default for UplinkConfig {
             file: None,
             fhir: None,
             hl7: None,
+            mqtt: None,
+            kafka: None,
         }
     }
 }
@@ -476,24 +486,36 @@ pub enum Destination {
     Fhir(FhirUplinkConfig),
     /// An interface engine (HL7 v2 over MLLP).
     Hl7(Hl7UplinkConfig),
+    /// An MQTT broker.
+    Mqtt(MqttUplinkConfig),
+    /// A Kafka topic.
+    Kafka(KafkaUplinkConfig),
 }
 
 impl UplinkConfig {
-    /// The selected destination (`file` with defaults when none is configured).
-    pub fn destination(&self) -> Destination {
-        if let Some(hl7) = &self.hl7 {
-            return Destination::Hl7(hl7.clone());
-        }
-        match (&self.fhir, &self.file) {
-            (Some(fhir), _) => Destination::Fhir(fhir.clone()),
-            (None, Some(file)) => Destination::File(file.clone()),
-            (None, None) => Destination::File(FileUplinkConfig::default()),
-        }
-    }
-
-    /// Every configured destination (`file` with defaults when none is configured).
+    /// Every configured destination (`file` with defaults when none is configured), each
+    /// once, in a fixed order: file, fhir, hl7, mqtt, kafka.
     pub fn destinations(&self) -> Vec<Destination> {
-        vec![self.destination()]
+        let mut all = Vec::new();
+        if let Some(file) = &self.file {
+            all.push(Destination::File(file.clone()));
+        }
+        if let Some(fhir) = &self.fhir {
+            all.push(Destination::Fhir(fhir.clone()));
+        }
+        if let Some(hl7) = &self.hl7 {
+            all.push(Destination::Hl7(hl7.clone()));
+        }
+        if let Some(mqtt) = &self.mqtt {
+            all.push(Destination::Mqtt(mqtt.clone()));
+        }
+        if let Some(kafka) = &self.kafka {
+            all.push(Destination::Kafka(kafka.clone()));
+        }
+        if all.is_empty() {
+            all.push(Destination::File(FileUplinkConfig::default()));
+        }
+        all
     }
 }
 
@@ -504,6 +526,8 @@ impl Destination {
             Destination::File(_) => "file",
             Destination::Fhir(_) => "fhir",
             Destination::Hl7(_) => "hl7",
+            Destination::Mqtt(_) => "mqtt",
+            Destination::Kafka(_) => "kafka",
         }
     }
 }
@@ -717,6 +741,11 @@ impl Config {
             paths.push(("uplink.fhir.cert", &mut fhir.cert));
             paths.push(("uplink.fhir.key", &mut fhir.key));
         }
+        streams::secret_paths(
+            self.uplink.mqtt.as_mut(),
+            self.uplink.kafka.as_mut(),
+            &mut paths,
+        );
         paths
     }
 }
@@ -724,10 +753,15 @@ impl Config {
 mod hl7;
 mod load;
 mod net;
+mod streams;
 mod validate;
 pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
+pub use streams::{
+    parse_topic_template, split_host_port, KafkaKey, KafkaSaslConfig, KafkaUplinkConfig,
+    MqttUplinkConfig, StreamPayload, TopicField, TopicPart,
+};
 pub use validate::{check_gateway_id, check_private_key, InvalidGatewayId};
 
 #[cfg(test)]
@@ -882,6 +916,25 @@ receiving_facility = "@uplink.hl7.receiving_facility@"
 ca = "@uplink.hl7.tls.ca@"
 cert = "@uplink.hl7.tls.cert@"
 key = "@uplink.hl7.tls.key@"
+[uplink.mqtt]
+url = "@uplink.mqtt.url@"
+client_id = "@uplink.mqtt.client_id@"
+topic = "@uplink.mqtt.topic@"
+[uplink.mqtt.tls]
+ca = "@uplink.mqtt.tls.ca@"
+cert = "@uplink.mqtt.tls.cert@"
+key = "@uplink.mqtt.tls.key@"
+[uplink.kafka]
+bootstrap = ["@uplink.kafka.bootstrap[0]@"]
+topic = "@uplink.kafka.topic@"
+[uplink.kafka.tls]
+ca = "@uplink.kafka.tls.ca@"
+cert = "@uplink.kafka.tls.cert@"
+key = "@uplink.kafka.tls.key@"
+[uplink.kafka.sasl]
+mechanism = "@uplink.kafka.sasl.mechanism@"
+username = "@uplink.kafka.sasl.username@"
+password_file = "@uplink.kafka.sasl.password_file@"
 [[devices]]
 id = "@devices[0].id@"
 patient_system = "@devices[0].patient_system@"
@@ -934,6 +987,20 @@ audit_log = "@ops.audit_log@"
             ("uplink.hl7.tls.ca", MAX_PATH_LEN),
             ("uplink.hl7.tls.cert", MAX_PATH_LEN),
             ("uplink.hl7.tls.key", MAX_PATH_LEN),
+            ("uplink.mqtt.url", MAX_URL_LEN),
+            ("uplink.mqtt.client_id", MAX_ID_LEN),
+            ("uplink.mqtt.topic", MAX_TOPIC_LEN),
+            ("uplink.mqtt.tls.ca", MAX_PATH_LEN),
+            ("uplink.mqtt.tls.cert", MAX_PATH_LEN),
+            ("uplink.mqtt.tls.key", MAX_PATH_LEN),
+            ("uplink.kafka.bootstrap[0]", MAX_URL_LEN),
+            ("uplink.kafka.topic", MAX_TOPIC_LEN),
+            ("uplink.kafka.tls.ca", MAX_PATH_LEN),
+            ("uplink.kafka.tls.cert", MAX_PATH_LEN),
+            ("uplink.kafka.tls.key", MAX_PATH_LEN),
+            ("uplink.kafka.sasl.mechanism", MAX_CODE_LEN),
+            ("uplink.kafka.sasl.username", MAX_ID_LEN),
+            ("uplink.kafka.sasl.password_file", MAX_PATH_LEN),
             ("devices[0].id", MAX_ID_LEN),
             ("devices[0].patient_system", MAX_SYSTEM_LEN),
             ("devices[0].patient_id", MAX_ID_LEN),
@@ -1116,12 +1183,100 @@ audit_log = "@ops.audit_log@"
     }
 
     #[test]
+    fn every_configured_destination_is_one_destination_with_its_fixed_name() {
+        let c = Config::from_toml(
+            r#"
+[uplink.file]
+[uplink.mqtt]
+url = "mqtt://127.0.0.1:1883"
+[uplink.kafka]
+bootstrap = ["127.0.0.1:9092"]
+"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = c.uplink.destinations().iter().map(|d| d.name()).collect();
+        assert_eq!(names, ["file", "mqtt", "kafka"]);
+        c.validate()
+            .expect("file, MQTT and Kafka together are fine");
+        let only_kafka =
+            Config::from_toml("[uplink.kafka]\nbootstrap = [\"localhost:9092\"]\n").unwrap();
+        let names: Vec<&str> = only_kafka
+            .uplink
+            .destinations()
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        assert_eq!(names, ["kafka"], "no file uplink unless asked for");
+    }
+
+    #[test]
+    fn a_bad_broker_url_an_unknown_topic_field_and_an_open_key_are_each_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(name);
+            std::fs::write(&path, "x").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key, pw) = (
+            file("ca.pem", 0o644),
+            file("gw.pem", 0o644),
+            file("gw.key", 0o644),
+            file("pw", 0o640),
+        );
+        let text = format!(
+            r#"
+[uplink.mqtt]
+url = "mqtts//broker:8883"
+topic = "rpm/{{gateway}}/{{mrn}}"
+[uplink.mqtt.tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[uplink.kafka]
+bootstrap = ["kafka-1.example.org:9093", "kafka-2"]
+topic = "obs/all"
+[uplink.kafka.sasl]
+mechanism = "PLAIN"
+username = "hub"
+password_file = "{pw}"
+"#
+        );
+        let problems = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "uplink.mqtt.url",
+            "uplink.mqtt.topic",
+            "uplink.mqtt.tls.key",
+            "uplink.kafka.bootstrap[1]",
+            "uplink.kafka.tls",
+            "uplink.kafka.topic",
+            "uplink.kafka.sasl.mechanism",
+            "uplink.kafka.sasl.password_file",
+        ] {
+            assert!(keys.contains(&key), "{key}: {problems:?}");
+        }
+        let topic = problems
+            .iter()
+            .find(|p| p.key == "uplink.mqtt.topic")
+            .unwrap();
+        assert!(topic.message.contains("{mrn}"), "{topic}");
+        // Plain MQTT leaves the machine only if nobody asked.
+        let plain = Config::from_toml("[uplink.mqtt]\nurl = \"mqtt://broker.example.org:1883\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(plain[0].key, "uplink.mqtt.url");
+    }
+
+    #[test]
     fn an_empty_file_means_no_sources_and_the_file_uplink() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.sources, SourcesConfig::default());
         assert_eq!(
-            c.uplink.destination(),
-            Destination::File(FileUplinkConfig::default())
+            c.uplink.destinations(),
+            [Destination::File(FileUplinkConfig::default())]
         );
     }
 }

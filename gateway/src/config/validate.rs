@@ -120,6 +120,11 @@ impl Config {
             all.push(path("uplink.fhir.cert", &fhir.cert));
             all.push(path("uplink.fhir.key", &fhir.key));
         }
+        super::streams::texts(
+            self.uplink.mqtt.as_ref(),
+            self.uplink.kafka.as_ref(),
+            &mut all,
+        );
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
             all.push(text(key("id"), &d.id, MAX_ID_LEN));
@@ -216,16 +221,11 @@ impl Config {
                 "must be at least 1 and at most uplink.retry_max_ms",
             ));
         }
-        if [u.file.is_some(), u.fhir.is_some(), u.hl7.is_some()]
-            .iter()
-            .filter(|on| **on)
-            .count()
-            > 1
-        {
-            problems.push(err(
-                "uplink",
-                "configure exactly one of [uplink.file], [uplink.fhir] or [uplink.hl7]",
-            ));
+        if let Some(mqtt) = &u.mqtt {
+            super::streams::validate_mqtt(mqtt, &mut problems);
+        }
+        if let Some(kafka) = &u.kafka {
+            super::streams::validate_kafka(kafka, &mut problems);
         }
         if let Some(hl7) = &u.hl7 {
             super::hl7::validate_uplink(hl7, &mut problems);
@@ -567,7 +567,7 @@ pub(super) fn check_readable_key(
     }
 }
 
-fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
+pub(super) fn check_readable(key: &str, path: &Path, problems: &mut Vec<ConfigError>) {
     if unresolved_credential(key, path, problems) {
         return;
     }

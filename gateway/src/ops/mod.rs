@@ -58,14 +58,24 @@ pub struct GatewayInfo {
 impl GatewayInfo {
     /// This process, starting now, with gateway id `id`.
     pub fn new(id: &str, config: &Config) -> Self {
-        let uplink = match config.uplink.destination() {
-            Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
-            Destination::Hl7(h) => format!("HL7 v2 interface engine {}", h.address),
-            Destination::File(f) => {
-                let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
-                format!("FHIR NDJSON files in {}", dir.display())
-            }
-        };
+        let uplink = config
+            .uplink
+            .destinations()
+            .into_iter()
+            .map(|d| match d {
+                Destination::Fhir(f) => format!("FHIR server {}", f.base_url),
+                Destination::Hl7(h) => format!("HL7 v2 interface engine {}", h.address),
+                Destination::File(f) => {
+                    let dir = f.dir.unwrap_or_else(|| config.gateway.data_dir.join("out"));
+                    format!("FHIR NDJSON files in {}", dir.display())
+                }
+                Destination::Mqtt(m) => format!("MQTT broker {} ({})", m.url, m.topic),
+                Destination::Kafka(k) => {
+                    format!("Kafka {} (topic {})", k.bootstrap.join(","), k.topic)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         Self {
             id: id.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -195,6 +205,9 @@ pub struct QueueGauges {
     pub dead_letters: u64,
     /// Age of the reading at the head of the queue; `None` when empty.
     pub oldest_age: Option<Duration>,
+    /// Readings each destination (by name) still has to deliver: a reading stays in the
+    /// buffer until every destination has it, so these differ when one lags.
+    pub pending_by_destination: Vec<(String, u64)>,
     /// The storage under the queue.
     pub storage: StorageGauges,
 }

@@ -221,6 +221,18 @@ pub fn render(v: &View<'_>) -> String {
             "Readings in the buffer waiting for delivery (the queue depth).",
             q.pending as f64,
         );
+        e.family(
+            "vitalbridge_uplink_pending_readings",
+            Kind::Gauge,
+            "Readings a destination still has to deliver, by uplink (a reading leaves the buffer when every destination has it).",
+        );
+        for (uplink, n) in &q.pending_by_destination {
+            e.sample(
+                "vitalbridge_uplink_pending_readings",
+                &[("uplink", uplink)],
+                *n as f64,
+            );
+        }
         e.single(
             "vitalbridge_buffer_capacity_readings",
             Kind::Gauge,

@@ -25,7 +25,7 @@
 //!  "payloads_dead_lettered": [{"source", "count"}],
 //!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings"}],
 //!  "devices_not_shown": 0,
-//!  "uplinks": [{"name", "delivered", "retries", "dead_lettered", "last_delivery",
+//!  "uplinks": [{"name", "pending", "state", "delivered", "retries", "dead_lettered", "last_delivery",
 //!               "failing_since", "last_error": {"at", "kind", "message"}}],
 //!  "tls_failures": 0, "ops_connections_refused": 0,
 //!  "certificates": [{"usage", "path", "subject", "not_before", "not_after", "days_left",
@@ -233,6 +233,10 @@ pub fn status_json(v: &View<'_>) -> Value {
         "devices_not_shown": s.devices_forgotten,
         "uplinks": s.uplinks.iter().map(|(name, u)| json!({
             "name": name,
+            "pending": v.queue.as_ref().ok().and_then(|q| {
+                q.pending_by_destination.iter().find(|(d, _)| d == name).map(|(_, n)| *n)
+            }),
+            "state": if u.failing_since.is_some() { "failing" } else { "ok" },
             "delivered": u.delivered,
             "retries": u.retries,
             "dead_lettered": u.dead_lettered,
@@ -261,6 +265,7 @@ mod tests {
             leased: 0,
             dead_letters: 0,
             oldest_age: None,
+            pending_by_destination: Vec::new(),
             storage: Default::default(),
         })
     }

@@ -17,7 +17,10 @@ pub mod batcher;
 pub mod file;
 pub mod hl7;
 pub mod https;
+pub mod kafka;
+pub mod mqtt;
 mod retry;
+pub mod streamed;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -105,6 +108,16 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         rows: &[(i64, &Reading)],
     ) -> impl Future<Output = Result<Vec<Outcome>, SendError>> + Send;
+
+    /// Called once before the workers start, with what they share (a transport that reports
+    /// refusals to the audit log keeps a handle). Nothing by default.
+    fn attach(&self, _ctx: &UplinkContext) {}
+
+    /// How many workers to run, given `uplink.in_flight`: that many by default; one where
+    /// the destination's order matters (Kafka: a key's records in order).
+    fn workers(&self, configured: usize) -> usize {
+        configured
+    }
 }
 
 /// Why the configured destination cannot be used.
@@ -131,6 +144,12 @@ pub enum UplinkError {
     /// The TLS files of `[uplink.hl7]` cannot be used.
     #[error("uplink.hl7.tls")]
     Hl7Tls(#[source] crate::tls::TlsError),
+    /// `[uplink.mqtt]` is unusable.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSetupError),
+    /// `[uplink.kafka]` is unusable.
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSetupError),
 }
 
 /// The transport of one destination, whatever its kind.
@@ -141,6 +160,10 @@ pub enum AnyTransport {
     Fhir(https::FhirTransport),
     /// An interface engine, HL7 v2 over MLLP.
     Hl7(hl7::Hl7Transport),
+    /// An MQTT broker.
+    Mqtt(mqtt::MqttTransport),
+    /// A Kafka topic.
+    Kafka(kafka::KafkaTransport),
 }
 
 impl Transport for AnyTransport {
@@ -149,6 +172,23 @@ impl Transport for AnyTransport {
             AnyTransport::File(t) => t.name(),
             AnyTransport::Fhir(t) => t.name(),
             AnyTransport::Hl7(t) => t.name(),
+            AnyTransport::Mqtt(t) => t.name(),
+            AnyTransport::Kafka(t) => t.name(),
+        }
+    }
+
+    fn attach(&self, ctx: &UplinkContext) {
+        match self {
+            AnyTransport::Mqtt(t) => t.attach(ctx),
+            AnyTransport::Kafka(t) => t.attach(ctx),
+            _ => {}
+        }
+    }
+
+    fn workers(&self, configured: usize) -> usize {
+        match self {
+            AnyTransport::Kafka(t) => t.workers(configured),
+            _ => configured,
         }
     }
 
@@ -157,6 +197,8 @@ impl Transport for AnyTransport {
             AnyTransport::File(t) => t.send(rows).await,
             AnyTransport::Fhir(t) => t.send(rows).await,
             AnyTransport::Hl7(t) => t.send(rows).await,
+            AnyTransport::Mqtt(t) => t.send(rows).await,
+            AnyTransport::Kafka(t) => t.send(rows).await,
         }
     }
 }
@@ -217,6 +259,16 @@ pub fn prepare(
             tracing::info!(address = %h.address, tls = secure, "uplink: HL7 v2 ORU^R01 over MLLP to an interface engine");
             Ok(AnyTransport::Hl7(transport))
         }
+        Destination::Mqtt(m) => {
+            let transport = mqtt::MqttTransport::new(m, gateway)?;
+            tracing::info!(url = %m.url, "uplink: MQTT broker (QoS 1, MQTT 5)");
+            Ok(AnyTransport::Mqtt(transport))
+        }
+        Destination::Kafka(k) => {
+            let transport = kafka::KafkaTransport::new(k, gateway)?;
+            tracing::info!(topic = %k.topic, "uplink: Kafka");
+            Ok(AnyTransport::Kafka(transport))
+        }
     }
 }
 
@@ -233,7 +285,8 @@ pub struct UplinkContext {
     pub shutdown: CancellationToken,
 }
 
-/// Starts `config.in_flight` workers sending through `transport`.
+/// Starts `config.in_flight` workers (or as many as the transport allows) sending through
+/// `transport`.
 pub fn start<T: Transport>(
     transport: T,
     config: &UplinkConfig,
@@ -246,13 +299,15 @@ pub fn start<T: Transport>(
         retry_max: Duration::from_millis(config.retry_max_ms),
     };
     ctx.metrics.uplink_registered(transport.name());
+    transport.attach(ctx);
+    let workers = transport.workers(config.in_flight);
     let destination = ctx
         .store
         .destination(transport.name())
         .expect("the buffer was opened with every configured destination");
     let transport = Arc::new(transport);
     let collecting = Arc::new(tokio::sync::Mutex::new(()));
-    (0..config.in_flight)
+    (0..workers)
         .map(|_| {
             tokio::spawn(batcher::run(batcher::Worker {
                 store: ctx.store.clone(),

@@ -103,6 +103,8 @@ function render(s) {
 
   fillTable("uplinks", s.uplinks, (u) => [
     u.name,
+    u.pending === null || u.pending === undefined ? "–" : u.pending,
+    u.state,
     u.delivered,
     u.retries,
     u.dead_lettered,
