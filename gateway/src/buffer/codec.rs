@@ -17,9 +17,12 @@
 //! | `seq` | u64? | device sequence number |
 //! | `st` | [string] | status flags (`StatusFlag::as_str`) |
 //! | `usr` | u8? | device user index |
+//! | `ts` | string? | how the gateway knows the device clock's offset (`TimeSync::as_str`) |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
-//! the catalog (a newer gateway wrote it) is an error, not a guess.
+//! the catalog (a newer gateway wrote it) is an error, not a guess. A metric whose MDC code
+//! the catalog lists in more than one unit (glucose by mass or by substance concentration)
+//! is the one whose unit fits the stored quantity's (`catalog::by_mdc_for_unit`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -28,7 +31,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::model::{
     AbsentReason, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured, PatientRef,
-    Quantity, Reading, Samples, StatusFlag, Value,
+    Quantity, Reading, Samples, StatusFlag, TimeSync, Value,
 };
 use crate::profile::catalog;
 
@@ -61,6 +64,8 @@ struct Body {
     st: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usr: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -212,9 +217,14 @@ pub fn encode(r: &Reading) -> Vec<u8> {
         seq: r.sequence,
         st: r.status.iter().map(|f| f.as_str().to_owned()).collect(),
         usr: r.device_user,
+        ts: r.time_sync.map(|t| t.as_str().to_owned()),
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn time_sync_load(name: &str) -> Result<TimeSync, CodecError> {
+    TimeSync::parse(name).ok_or_else(|| CodecError(format!("unknown time sync {name:?}")))
 }
 
 fn metric(mdc: u32) -> Result<crate::model::Metric, CodecError> {
@@ -285,7 +295,11 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
                 PatientRef::Identifier { system, value }
             }
         }),
-        metric: metric(b.mdc)?,
+        metric: match &value {
+            Value::Quantity(q) => catalog::by_mdc_for_unit(b.mdc, &q.unit)
+                .ok_or_else(|| CodecError(format!("metric {} is not in this gateway's catalog", b.mdc)))?,
+            _ => metric(b.mdc)?,
+        },
         value,
         device_time: b.dt.as_deref().map(time_parse).transpose()?,
         clock_offset: b.off.map(Duration::milliseconds),
@@ -300,6 +314,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             })
             .collect::<Result<_, _>>()?,
         device_user: b.usr,
+        time_sync: b.ts.as_deref().map(time_sync_load).transpose()?,
     })
 }
 
@@ -356,6 +371,7 @@ mod tests {
             sequence: Some(99),
             status: vec![StatusFlag::CuffLoose, StatusFlag::TestData],
             device_user: Some(2),
+            time_sync: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn reading(device: &str, seq: u64) -> Reading {
         sequence: Some(seq),
         status: vec![],
         device_user: None,
+        time_sync: None,
     }
 }
 

@@ -12,11 +12,19 @@
 //! - `device` → the measuring Device, `extension[gatewayDevice]` → this gateway's Device,
 //!   both in the same Bundle as conditional creates referenced by `urn:uuid` fullUrls.
 //! - `effectiveDateTime` is the (corrected) measurement time with its offset, or a Period when
-//!   the measurement has a duration. When the gateway corrected the device clock, or the device
-//!   had none, an extension says so (see [`TIME_SOURCE_EXTENSION`]); the identifier always
-//!   keeps the time as the device reported it.
-//! - device measurement-status flags → `interpretation` codings in [`STATUS_SYSTEM`]; test
-//!   data → `meta.security` HTEST.
+//!   the measurement has a duration. Every one says where its time came from, in the
+//!   [`TIME_SOURCE_EXTENSION`] on it: `source` `device` (the device's clock as reported),
+//!   `device-corrected` (with `deviceTime`, the device's own time, and `offsetMs`, the
+//!   gateway's correction) or `gateway-receive` (no device clock: the receive time), and
+//!   `synchronization`, how the gateway knows the device clock (`ble-current-time`,
+//!   `firmware-time-sync`, `configured-zone`, `hl7-time-zone`) where it does. The identifier
+//!   always keeps the time as the device reported it.
+//! - measurement-status flags, the device's and the gateway's checks' (`implausible`,
+//!   `time-in-future`, `time-too-old`) → `interpretation` codings in [`STATUS_SYSTEM`], and
+//!   `status` `preliminary` (not `final`) when one doubts the value or its time
+//!   ([`crate::model::StatusFlag::doubts_value`]); test data → `meta.security` HTEST.
+//! - `category` `vital-signs` also for a systolic, diastolic or mean pressure sent on its own;
+//!   SpO2 carries LOINC 59408-5 (by pulse oximetry) beside 2708-6.
 //!
 //! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
 //! profiles require a subject): bind every device to a patient in config.
@@ -40,8 +48,10 @@ pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 pub const UCUM: &str = "http://unitsofmeasure.org";
 /// Vitalbridge's code system for device measurement-status flags in `interpretation`.
 pub const STATUS_SYSTEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/measurement-status";
-/// Extension on `effective[x]` recording where the time came from (`device`,
-/// `device-corrected`, `gateway-receive`) and, when corrected, the device's own time.
+/// Extension on `effective[x]` recording where the time came from (`source`: `device`,
+/// `device-corrected`, `gateway-receive`), when corrected the device's own time
+/// (`deviceTime`) and the correction (`offsetMs`), and how the device clock is known
+/// (`synchronization`).
 pub const TIME_SOURCE_EXTENSION: &str =
     "https://vitalbridge.dev/fhir/StructureDefinition/time-source";
 

@@ -88,11 +88,20 @@ impl<'a> Concept<'a> {
         }
     }
 
-    /// The `code` of a metric: LOINC (where there is one) and MDC.
+    /// The `code` of a metric: LOINC (where there is one) and MDC. SpO2 measured by a pulse
+    /// oximeter (MDC_PULS_OXIM_SAT_O2) also carries LOINC 59408-5, as the FHIR
+    /// oxygen-saturation example does, so a search on either code finds it.
     fn metric(m: &'a Metric) -> Self {
-        let mut coding = Vec::with_capacity(2);
+        let mut coding = Vec::with_capacity(3);
         if let Some(loinc) = m.loinc {
             coding.push(Coding::new(LOINC, loinc, Some(m.display)));
+        }
+        if m.mdc == SPO2_BY_PULSE_OXIMETRY_MDC {
+            coding.push(Coding::new(
+                LOINC,
+                "59408-5",
+                Some("Oxygen saturation in Arterial blood by Pulse oximetry"),
+            ));
         }
         coding.push(Coding::new(MDC, m.mdc.to_string(), Some(m.mdc_ref)));
         Self {
@@ -286,7 +295,7 @@ impl<'a> Observation<'a> {
             (!profile.is_empty() || security.is_some()).then_some(Meta { profile, security })
         };
         let mut category = Vec::with_capacity(2);
-        if r.metric.vital_sign_profile.is_some() {
+        if is_vital_sign(&r.metric) {
             category.push(Concept::one(Coding::new(
                 "http://terminology.hl7.org/CodeSystem/observation-category",
                 "vital-signs",
@@ -378,7 +387,13 @@ impl<'a> Observation<'a> {
                 system: IDENTIFIER_SYSTEM,
                 value: identifier,
             }],
-            status: "final",
+            // PHD: `final` unless the measurement status says otherwise; here, unless a flag of
+            // the device or of the gateway's checks doubts the value or its time.
+            status: if r.status.iter().any(|f| f.doubts_value()) {
+                "preliminary"
+            } else {
+                "final"
+            },
             category,
             code: Concept::metric(&r.metric),
             subject,
@@ -393,6 +408,19 @@ impl<'a> Observation<'a> {
             extension: [gateway],
         }
     }
+}
+
+/// MDC_PULS_OXIM_SAT_O2: SpO2, which only a pulse oximeter measures.
+const SPO2_BY_PULSE_OXIMETRY_MDC: u32 = 150456;
+
+/// MDC codes of blood-pressure parts that are vital signs on their own (systolic,
+/// diastolic, mean), though only the panel can claim the `bp` profile.
+const BLOOD_PRESSURE_PARTS_MDC: [u32; 3] = [150021, 150022, 150023];
+
+/// Whether an Observation of `m` is in the `vital-signs` category: a metric with a
+/// vital-signs profile, or a part of a blood pressure sent on its own.
+fn is_vital_sign(m: &Metric) -> bool {
+    m.vital_sign_profile.is_some() || BLOOD_PRESSURE_PARTS_MDC.contains(&m.mdc)
 }
 
 /// UCUM codes each FHIR R4 vital-signs profile allows for `valueQuantity.code` (its required
@@ -441,6 +469,9 @@ fn status_display(flag: StatusFlag) -> &'static str {
         StatusFlag::LowBattery => "Low battery",
         StatusFlag::SensorFault => "Sensor fault",
         StatusFlag::Invalid => "Invalid measurement",
+        StatusFlag::Implausible => "Outside physiological limits (gateway check)",
+        StatusFlag::TimeInFuture => "Measurement time ahead of the gateway's clock",
+        StatusFlag::TimeTooOld => "Measurement time implausibly old",
     }
 }
 
@@ -455,29 +486,34 @@ pub fn observation(r: &Reading, device_url: &str, gateway_url: &str) -> Json {
 }
 
 fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'static>> {
-    match source {
-        TimeSource::Device => None,
-        TimeSource::GatewayReceive => {
-            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
-            e.value_code = Some("gateway-receive");
-            Some(e)
-        }
-        TimeSource::DeviceCorrected => {
-            let mut source = Extension::new("source");
-            source.value_code = Some("device-corrected");
-            let mut device_time = Extension::new("deviceTime");
-            device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
-            let mut offset = Extension::new("offsetMs");
-            offset.value_integer = Some(
-                r.clock_offset
-                    .map(|d| d.whole_milliseconds() as i64)
-                    .unwrap_or(0),
-            );
-            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
-            e.extension = vec![source, device_time, offset];
-            Some(e)
-        }
+    let mut parts = Vec::with_capacity(4);
+    let mut code = Extension::new("source");
+    code.value_code = Some(match source {
+        TimeSource::Device => "device",
+        TimeSource::DeviceCorrected => "device-corrected",
+        TimeSource::GatewayReceive => "gateway-receive",
+    });
+    parts.push(code);
+    if source == TimeSource::DeviceCorrected {
+        let mut device_time = Extension::new("deviceTime");
+        device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
+        parts.push(device_time);
+        let mut offset = Extension::new("offsetMs");
+        offset.value_integer = Some(
+            r.clock_offset
+                .map(|d| d.whole_milliseconds() as i64)
+                .unwrap_or(0),
+        );
+        parts.push(offset);
     }
+    if let (Some(sync), Some(_)) = (r.time_sync, r.device_time) {
+        let mut method = Extension::new("synchronization");
+        method.value_code = Some(sync.as_str());
+        parts.push(method);
+    }
+    let mut e = Extension::new(TIME_SOURCE_EXTENSION);
+    e.extension = parts;
+    Some(e)
 }
 
 /// The identifier (system, value) of a measuring device.

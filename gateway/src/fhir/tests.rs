@@ -47,6 +47,7 @@ fn bp_reading() -> Reading {
         sequence: None,
         status: vec![StatusFlag::IrregularPulse],
         device_user: None,
+        time_sync: None,
     }
 }
 

@@ -17,13 +17,16 @@
 //! ```json
 //! {"time": "...", "gateway": {"id", "version", "started", "uptime_s", "phase", "uplink"},
 //!  "ready": {"ready": true, "reasons": []},
-//!  "queue": {"pending", "capacity", "leased", "dead_letters", "oldest_age_s"} | {"error"},
+//!  "queue": {"pending", "capacity", "leased", "dead_letters", "unbound", "oldest_age_s"}
+//!           | {"error"},
 //!  "buffer": {"commits", "commit_failures", "full_refusals", "duplicates", "last_error",
 //!             "storage": {"failing": {"since", "during", "kind", "message"} | null,
 //!                         "free_bytes", "floor_bytes", "low_space", "quarantined"}},
 //!  "sources": [{"source", "profile", "readings"}],
 //!  "payloads_dead_lettered": [{"source", "count"}],
-//!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings"}],
+//!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings",
+//!               "unbound", "time_flagged", "clock_offset_ms", "clock_drifting"}],
+//!  "readings_refused": [{"source", "check", "count"}],
 //!  "devices_not_shown": 0,
 //!  "uplinks": [{"name", "delivered", "retries", "dead_lettered", "last_delivery",
 //!               "failing_since", "last_error": {"at", "kind", "message"}}],
@@ -166,6 +169,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "capacity": q.capacity,
             "leased": q.leased,
             "dead_letters": q.dead_letters,
+            "unbound": q.unbound,
             "oldest_age_s": q.oldest_age.map(|d| d.as_secs()),
         }),
         Err(e) => json!({ "error": e.to_string() }),
@@ -228,6 +232,13 @@ pub fn status_json(v: &View<'_>) -> Value {
             "source": d.source,
             "last_reading": rfc3339(d.last_received),
             "readings": d.readings,
+            "unbound": d.unbound,
+            "time_flagged": d.time_flagged,
+            "clock_offset_ms": d.clock_offset_ms,
+            "clock_drifting": d.clock_drifting(s.clock_drift_warn),
+        })).collect::<Vec<_>>(),
+        "readings_refused": s.readings_refused.iter().map(|(source, check, n)| json!({
+            "source": source, "check": check, "count": n,
         })).collect::<Vec<_>>(),
         "devices_not_shown": s.devices_forgotten,
         "uplinks": s.uplinks.iter().map(|(name, u)| json!({
@@ -259,6 +270,7 @@ mod tests {
             capacity,
             leased: 0,
             dead_letters: 0,
+            unbound: 0,
             oldest_age: None,
             storage: Default::default(),
         })

@@ -210,6 +210,7 @@ mod tests {
             sequence: None,
             status: vec![StatusFlag::IrregularPulse],
             device_user: Some(1),
+            time_sync: None,
         }
     }
 

@@ -69,6 +69,7 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
         patient: request.patient.map(patient),
         received_at: OffsetDateTime::now_utc(),
         clock_offset: None,
+        time_sync: None,
     };
     let readings = decoder
         .decode(&bytes, &ctx)

@@ -3,4 +3,5 @@
 //! `main.rs` only parses arguments, prints, and picks the exit code.
 
 pub mod decode;
+pub mod devices;
 pub mod scan;

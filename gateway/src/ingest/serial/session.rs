@@ -49,7 +49,7 @@ use super::{Action, BatchId, CommitOutcome};
 use crate::ingest::Bindings;
 use crate::model::{
     AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, Quantity, Reading, StatusFlag,
-    Value,
+    TimeSync, Value,
 };
 use crate::profile::catalog;
 
@@ -427,16 +427,24 @@ fn convert(
     received_at: OffsetDateTime,
     clock_offset: Option<Duration>,
 ) -> Result<Reading, String> {
-    let metric = catalog::by_mdc(r.metric).ok_or("metric: MDC code not in the catalog")?;
+    let metric = catalog::by_mdc_for_unit(r.metric, r.unit.as_str())
+        .ok_or("metric: MDC code not in the catalog")?;
     let unit = r.unit.as_str();
     if unit.is_empty() || !unit.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("unit: not a UCUM code".into());
     }
+    // The frame's one unit is its value's, or every component's.
+    let fits = |m: &crate::model::Metric| {
+        crate::profile::units::check_unit(m, unit).map_err(|e| format!("unit: {e}"))
+    };
     let value = match (r.value, r.components.is_empty()) {
-        (Some(v), true) => Value::Quantity(Quantity {
-            value: measured(v),
-            unit: unit.to_owned(),
-        }),
+        (Some(v), true) => {
+            fits(&metric)?;
+            Value::Quantity(Quantity {
+                value: measured(v),
+                unit: unit.to_owned(),
+            })
+        }
         (None, false) => Value::Components(
             r.components
                 .iter()
@@ -445,6 +453,7 @@ fn convert(
                     let metric = catalog::by_mdc(c.metric).ok_or(format!(
                         "components[{i}].metric: MDC code not in the catalog"
                     ))?;
+                    fits(&metric)?;
                     Ok(Component {
                         metric,
                         quantity: Quantity {
@@ -474,6 +483,7 @@ fn convert(
         sequence: Some(u64::from(r.seq)),
         status: status_flags(r.status),
         device_user: None,
+        time_sync: clock_offset.and(device_time).map(|_| TimeSync::FirmwareTimeSync),
     })
 }
 

@@ -523,6 +523,7 @@ impl Common {
             sequence: self.sequence,
             status: self.status.clone(),
             device_user: self.device_user,
+            time_sync: ctx.time_sync,
         }
     }
 

@@ -221,6 +221,7 @@ impl LineProfile {
             patient: None,
             received_at: OffsetDateTime::UNIX_EPOCH,
             clock_offset: None,
+            time_sync: None,
         };
         self.decode(line.as_bytes(), &ctx, UtcOffset::UTC)
     }
@@ -313,6 +314,7 @@ impl LineProfile {
                 sequence: None,
                 status: status.clone(),
                 device_user: None,
+                time_sync: ctx.time_sync,
             });
         }
         Ok(Decoded::Readings(readings))
