@@ -134,8 +134,7 @@ impl Topology {
         let sources_stop = CancellationToken::new();
         // Every reading of every source passes the clinical checks before the buffer. The
         // config was validated, so the policy builds; a problem here is reported all the same.
-        let admission = ingest::admission_policy(&config.clinical)
-            .map_err(RunError::Config)?;
+        let admission = ingest::admission_policy(&config.clinical).map_err(RunError::Config)?;
         let ctx = SourceContext {
             ingest: pipeline::Ingest::new(ingest_tx, "gateway").with_admission(Arc::new(admission)),
             bindings: Bindings::from_config(&config.devices)

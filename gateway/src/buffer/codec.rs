@@ -296,8 +296,9 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
             }
         }),
         metric: match &value {
-            Value::Quantity(q) => catalog::by_mdc_for_unit(b.mdc, &q.unit)
-                .ok_or_else(|| CodecError(format!("metric {} is not in this gateway's catalog", b.mdc)))?,
+            Value::Quantity(q) => catalog::by_mdc_for_unit(b.mdc, &q.unit).ok_or_else(|| {
+                CodecError(format!("metric {} is not in this gateway's catalog", b.mdc))
+            })?,
             _ => metric(b.mdc)?,
         },
         value,

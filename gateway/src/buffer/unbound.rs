@@ -138,7 +138,9 @@ pub(super) async fn reseal(
 impl Store {
     /// Readings held for want of a patient (exact for this process).
     pub fn unbound(&self) -> u64 {
-        self.inner.unbound.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .unbound
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The held readings per device and user index (no key needed: nothing sealed is read).

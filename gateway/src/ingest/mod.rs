@@ -488,6 +488,33 @@ mod tests {
     }
 
     #[test]
+    fn a_home_hub_default_patient_takes_unnamed_devices_but_not_other_users() {
+        let default = DefaultPatient {
+            system: Some("urn:oid:1.2.3".into()),
+            id: Some("home".into()),
+            reference: None,
+            users: vec![1],
+        };
+        let b = Bindings::new([
+            ("SIM-BP-0001".to_owned(), None, p("alice")),
+            ("SCALE-7".to_owned(), Some(2), p("bob")),
+        ])
+        .with_default(Some(&default));
+        assert!(b.any());
+        // A device config names keeps its binding.
+        assert_eq!(b.patient_for("SIM-BP-0001", Some(3)), Some(p("alice")));
+        // A shared device never falls back to the default.
+        assert_eq!(b.patient_for("SCALE-7", Some(1)), None);
+        assert_eq!(b.patient_for("SCALE-7", None), None);
+        // Any other device: the default patient, for no user or a listed one only.
+        assert_eq!(b.patient_for("CUFF-9", None), Some(p("home")));
+        assert_eq!(b.patient("CUFF-9"), Some(p("home")));
+        assert_eq!(b.patient_for("CUFF-9", Some(1)), Some(p("home")));
+        assert_eq!(b.patient_for("CUFF-9", Some(2)), None);
+        assert!(!Bindings::default().any());
+    }
+
+    #[test]
     fn binding_keys_normalise_bluetooth_addresses_only() {
         assert_eq!(binding_key("a1:b2:c3:d4:e5:f6"), "A1B2C3D4E5F6");
         assert_eq!(binding_key("A1-B2-C3-D4-E5-F6"), "A1B2C3D4E5F6");

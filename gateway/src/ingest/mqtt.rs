@@ -489,10 +489,13 @@ async fn commit_batch(
             Ok(_) => {
                 bad += n_rejected;
                 if trusted > 0 {
-                    source.patients.audit.record(AuditEvent::PayloadPatientTrusted {
-                        source: source.ingest.source(),
-                        readings: trusted,
-                    });
+                    source
+                        .patients
+                        .audit
+                        .record(AuditEvent::PayloadPatientTrusted {
+                            source: source.ingest.source(),
+                            readings: trusted,
+                        });
                 }
                 for m in &messages[start..end] {
                     // Only fails once the ack task has ended (shutdown): the broker redelivers.

@@ -400,7 +400,10 @@ mod tests {
                 assert_eq!(high as u64, 300 / SPO2_OUT_OF_RANGE_EVERY);
             }
         }
-        assert!(devs[4].patient.is_none(), "the last device is the unbound one");
+        assert!(
+            devs[4].patient.is_none(),
+            "the last device is the unbound one"
+        );
         assert!(devs[..4].iter().all(|d| d.patient.is_some()));
         assert!(!devs[2].clock, "the thermometer has no clock");
     }
@@ -410,9 +413,10 @@ mod tests {
         let mut devs = devices(5, &Bindings::default(), false);
         assert!(devs.iter().all(|d| d.patient.is_some() && d.clock));
         for d in &mut devs {
+            let kind = d.kind;
             for m in (0..60).map(|_| measure(d, false)) {
                 assert!(m.iter().all(|(_, _, flags)| flags.is_empty()));
-                if d.kind == Kind::PulseOximeter {
+                if kind == Kind::PulseOximeter {
                     assert!(number(&m[0].1) <= 100.0);
                 }
             }

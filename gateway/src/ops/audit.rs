@@ -254,7 +254,9 @@ impl Event<'_> {
     fn repeat_key(&self) -> Option<String> {
         match self {
             Event::TlsFailure { peer, .. } => Some(format!("tls {peer}")),
-            Event::PayloadPatientTrusted { source, .. } => Some(format!("payload patient {source}")),
+            Event::PayloadPatientTrusted { source, .. } => {
+                Some(format!("payload patient {source}"))
+            }
             Event::ConnectionRefused {
                 endpoint, address, ..
             } => Some(format!(

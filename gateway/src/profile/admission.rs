@@ -203,7 +203,11 @@ mod tests {
         assert_eq!(refused.len(), 2);
         let unit = refused[0].refused.as_ref().unwrap();
         assert_eq!((unit.check, unit.device.as_str()), ("unit", "d-1"));
-        assert!(refused[0].reason.contains("is a mass"), "{}", refused[0].reason);
+        assert!(
+            refused[0].reason.contains("is a mass"),
+            "{}",
+            refused[0].reason
+        );
         assert_eq!(refused[1].refused.as_ref().unwrap().check, "plausibility");
         for r in &refused {
             assert!(!r.reason.contains("970"), "{}", r.reason);

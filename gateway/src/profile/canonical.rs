@@ -671,6 +671,57 @@ mod tests {
         );
     }
 
+    /// A payload's patient is used only where the source trusts it; otherwise the binding
+    /// applies (none: no patient, so the reading is held unbound), and the count of trusted
+    /// uses is what the source audits.
+    #[test]
+    fn a_payload_patient_is_used_only_when_trusted() {
+        let bind =
+            |key: &str, _: Option<u8>| (key == "d").then(|| PatientRef::identifier("urn:x", "p1"));
+        let at = datetime!(2026-11-25 12:00 UTC);
+        let named =
+            br#"[{"device":"d","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}},
+            {"device":"e","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}},
+            {"device":"e","metric":"spo2","value":98}]"#;
+        let trusted = decode_with(named, at, &bind, true).unwrap();
+        assert_eq!(trusted.payload_patients, 2);
+        assert_eq!(
+            trusted.readings[0].patient,
+            Some(PatientRef::Reference("Patient/9".into()))
+        );
+        let ignored = decode_with(named, at, &bind, false).unwrap();
+        assert_eq!(ignored.payload_patients, 0);
+        let patients: Vec<_> = ignored.readings.iter().map(|r| r.patient.clone()).collect();
+        assert_eq!(
+            patients,
+            [Some(PatientRef::identifier("urn:x", "p1")), None, None]
+        );
+        // Still checked when ignored: a malformed patient is a dead letter either way.
+        let bad = br#"{"device":"d","metric":"spo2","value":97,"patient":{"system":"x"}}"#;
+        assert!(decode_with(bad, at, &bind, false).is_err());
+    }
+
+    #[test]
+    fn a_unit_that_does_not_fit_the_metric_is_refused_naming_its_dimension() {
+        let e = check(r#"{"device":"d","metric":"spo2","value":970,"unit":"kg"}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("field `unit`: `kg` is a mass;"), "{text}");
+        assert!(text.contains("MDC_PULS_OXIM_SAT_O2"), "{text}");
+        assert!(!text.contains("970"), "{text}");
+        // Commensurable units are kept as sent; glucose by substance takes the molar code.
+        let r = check(r#"{"device":"d","metric":"glucose","value":5.4,"unit":"mmol/L"}"#).unwrap();
+        assert_eq!(r[0].metric, catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR);
+        let r = check(r#"{"device":"d","metric":"body-weight","value":154.3,"unit":"[lb_av]"}"#)
+            .unwrap();
+        let Value::Quantity(q) = &r[0].value else {
+            panic!()
+        };
+        assert_eq!(
+            (q.unit.as_str(), q.value),
+            ("[lb_av]", Measured::Value(Decimal::new(1543, -1)))
+        );
+    }
+
     /// Every string of the format, one over its limit at a time: the message is refused,
     /// naming the field and the limit, never the value.
     #[test]

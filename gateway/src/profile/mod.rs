@@ -12,6 +12,9 @@ pub mod plausibility;
 pub mod report;
 pub mod units;
 
+#[cfg(test)]
+mod unit_table_tests;
+
 use time::OffsetDateTime;
 
 use crate::model::{DeviceRef, PatientRef};

@@ -222,7 +222,10 @@ impl Plausibility {
                     .ok()
             })
         };
-        let (sys, dia) = (in_mmhg(catalog::SYSTOLIC.mdc)?, in_mmhg(catalog::DIASTOLIC.mdc)?);
+        let (sys, dia) = (
+            in_mmhg(catalog::SYSTOLIC.mdc)?,
+            in_mmhg(catalog::DIASTOLIC.mdc)?,
+        );
         (sys <= dia).then(|| Finding {
             action,
             reason: "blood pressure: the systolic pressure is not above the diastolic".into(),
@@ -302,8 +305,14 @@ mod tests {
             (q(catalog::BODY_WEIGHT, "154", "[lb_av]"), true),
             (q(catalog::BODY_WEIGHT, "0", "kg"), false),
             (q(catalog::GLUCOSE_CAPILLARY_PLASMA, "95", "mg/dL"), true),
-            (q(catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR, "5.4", "mmol/L"), true),
-            (q(catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR, "150", "mmol/L"), false),
+            (
+                q(catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR, "5.4", "mmol/L"),
+                true,
+            ),
+            (
+                q(catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR, "150", "mmol/L"),
+                false,
+            ),
             (bp(120, 80, "mm[Hg]"), true),
             (bp(80, 80, "mm[Hg]"), false),
             (bp(80, 120, "mm[Hg]"), false),

@@ -153,8 +153,7 @@ pub fn commensurable(a: &str, b: &str) -> bool {
 
 /// Whether the metric is measured either by mass or by substance concentration (glucose).
 fn is_concentration(m: &Metric) -> bool {
-    dimension(m.unit)
-        .is_some_and(|d| d.is_mass_concentration() || d.is_substance_concentration())
+    dimension(m.unit).is_some_and(|d| d.is_mass_concentration() || d.is_substance_concentration())
 }
 
 /// The check: `unit` fits `metric` (see the module docs). Returns what the unit measures.

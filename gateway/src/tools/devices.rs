@@ -79,7 +79,8 @@ pub async fn list_unbound(dir: &std::path::Path) -> Result<String, DevicesError>
     if rows.is_empty() {
         return Ok("no readings are held unbound".into());
     }
-    let mut out = String::from("device\tuser\treadings\tfirst received (UTC)\tlast received (UTC)\n");
+    let mut out =
+        String::from("device\tuser\treadings\tfirst received (UTC)\tlast received (UTC)\n");
     for r in &rows {
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\n",

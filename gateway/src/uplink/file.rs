@@ -279,7 +279,11 @@ mod tests {
             write_batch(&mut state, &devices, &observations).unwrap();
         }
         let text = std::fs::read_to_string(dir.join("Device.ndjson")).unwrap();
-        assert_eq!(text.lines().count(), 2, "the gateway and the device, once: {text}");
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "the gateway and the device, once: {text}"
+        );
         // A Device that changed (a new gateway version) is written again.
         let newer = Gateway {
             version: "1".into(),

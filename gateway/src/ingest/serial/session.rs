@@ -483,7 +483,9 @@ fn convert(
         sequence: Some(u64::from(r.seq)),
         status: status_flags(r.status),
         device_user: None,
-        time_sync: clock_offset.and(device_time).map(|_| TimeSync::FirmwareTimeSync),
+        time_sync: clock_offset
+            .and(device_time)
+            .map(|_| TimeSync::FirmwareTimeSync),
     })
 }
 
