@@ -49,7 +49,7 @@ pub struct Rejected {
     /// Set when this is a decoded reading the admission check refused (a unit that does
     /// not fit, an implausible value), not an undecodable payload: audited and counted as
     /// such.
-    pub refused: Option<Refusal>,
+    pub refused: Option<Box<Refusal>>,
 }
 
 /// What refused a reading, for the audit log and metrics (no value, no patient).

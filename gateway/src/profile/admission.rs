@@ -152,10 +152,10 @@ fn rejected(source: &str, r: &Reading, why: Refused) -> Rejected {
         ),
         &payload,
     );
-    rejected.refused = Some(Refusal {
+    rejected.refused = Some(Box::new(Refusal {
         device,
         check: why.check,
-    });
+    }));
     rejected
 }
 

@@ -71,10 +71,7 @@ impl Dimension {
             [1, -1, 0, 0, 0, 0, 0] => "a velocity",
             [2, -1, 1, 0, 0, -2, 0] => "an electrical resistance",
             other => {
-                return format!(
-                    "of dimension {}",
-                    octofhir_ucum::Dimension(other).to_string()
-                )
+                return format!("of dimension {}", octofhir_ucum::Dimension(other))
             }
         };
         named.to_owned()
