@@ -70,9 +70,7 @@ impl Dimension {
             [3, -1, 0, 0, 0, 0, 0] => "a volume flow",
             [1, -1, 0, 0, 0, 0, 0] => "a velocity",
             [2, -1, 1, 0, 0, -2, 0] => "an electrical resistance",
-            other => {
-                return format!("of dimension {}", octofhir_ucum::Dimension(other))
-            }
+            other => return format!("of dimension {}", octofhir_ucum::Dimension(other)),
         };
         named.to_owned()
     }
