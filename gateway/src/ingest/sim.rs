@@ -131,6 +131,15 @@ fn component(metric: Metric, value: i64) -> Component {
     }
 }
 
+/// Readings one measurement of a kind produces (a blood pressure comes with its pulse rate,
+/// an SpO2 with the oximeter's).
+fn readings_per_measurement(kind: Kind) -> u64 {
+    match kind {
+        Kind::BloodPressure | Kind::PulseOximeter => 2,
+        Kind::Thermometer | Kind::Scale | Kind::HeartRateStrap => 1,
+    }
+}
+
 /// `x` with `decimals` decimal places.
 fn decimal(x: f64, decimals: u8) -> Decimal {
     let scale = 10f64.powi(i32::from(decimals));
@@ -274,7 +283,7 @@ pub async fn run(config: SimConfig, ctx: SourceContext) {
         if let Ok(Some(last)) = ingest.last_sequence(&d.device.id.key()).await {
             d.next_seq = last + 1;
             // The schedule of the scenarios goes on where it was.
-            d.measured = last;
+            d.measured = last / readings_per_measurement(d.kind);
         }
     }
     let mut stored: u64 = 0;

@@ -130,7 +130,7 @@ pub fn default_limits() -> Vec<Limit> {
 pub struct Finding {
     /// What to do about it.
     pub action: Action,
-    /// "outside the physiological limits of …: 0–100 %", "systolic not above diastolic".
+    /// "outside the physiological limits of …: 0 to 100 %", "systolic not above diastolic".
     pub reason: String,
 }
 
@@ -197,7 +197,7 @@ impl Plausibility {
         (value < limit.min || value > limit.max).then(|| Finding {
             action,
             reason: format!(
-                "outside the physiological limits of {} ({}): {}–{} {}",
+                "outside the physiological limits of {} ({}): {} to {} {}",
                 metric.display, metric.mdc_ref, limit.min, limit.max, limit.unit
             ),
         })
@@ -342,7 +342,7 @@ mod tests {
         );
         let f = p.check(&q(catalog::SPO2, "65", "%")).unwrap();
         assert_eq!(f.action, Action::Refuse);
-        assert!(f.reason.contains("70–100 %"), "{}", f.reason);
+        assert!(f.reason.contains("70 to 100 %"), "{}", f.reason);
         // Other metrics take the policy's action.
         let f = p.check(&q(catalog::HEART_RATE, "900", "/min")).unwrap();
         assert_eq!(f.action, Action::Flag);
