@@ -149,6 +149,8 @@ impl Topology {
         let gateway = fhir::Gateway {
             id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            convert_units: (config.clinical.units == crate::config::UnitOutput::Canonical)
+                .then_some(crate::profile::units::convert as fhir::UnitConverter),
         };
         let transports = config
             .uplink

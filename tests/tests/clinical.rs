@@ -219,3 +219,108 @@ fn the_demo_shows_what_the_gateway_does_with_each_kind_of_reading() {
         "{listed}"
     );
 }
+
+/// MQTT payloads in the units devices really send, through the real broker and the gateway
+/// to the FHIR test upstream with `clinical.units = "canonical"`: commensurable units are
+/// converted with the value as sent kept beside it, and every Observation passes the
+/// independent validator; a unit of the wrong dimension (the bug report's SpO2 in `kg`) and an
+/// impossible value are dead letters with their reasons; a payload's patient is ignored on a
+/// hub that binds its devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_are_checked_and_converted_and_payload_patients_not_trusted_over_mqtt() {
+    use vitalbridge_tests::fixture::Rig;
+    use vitalbridge_tests::mosquitto::publish_qos1;
+    use vitalbridge_tests::scenario::PATIENT_ID;
+    use vitalbridge_tests::validator;
+
+    let rig = Rig::start().await;
+    let gw = rig.start_subscribed(&rig.mqtt_to_fhir("[clinical]\nunits = \"canonical\"\n"));
+    let t = |i: u32| format!("2026-11-25T08:{i:02}:00Z");
+    let payloads: Vec<Vec<u8>> = [
+        format!(r#"{{"device":"scale","time":"{}","metric":"body-weight","value":154.3,"unit":"[lb_av]"}}"#, t(1)),
+        format!(r#"{{"device":"thermo","time":"{}","metric":"body-temperature","value":98.6,"unit":"[degF]"}}"#, t(2)),
+        format!(r#"{{"device":"cuff","time":"{}","metric":"blood-pressure","components":[
+            {{"metric":"systolic","value":16.0,"unit":"kPa"}},{{"metric":"diastolic","value":10.7,"unit":"kPa"}}]}}"#, t(3)),
+        format!(r#"{{"device":"meter","time":"{}","metric":"glucose","value":5.4,"unit":"mmol/L"}}"#, t(4)),
+        format!(r#"{{"device":"ox","time":"{}","metric":"spo2","value":0.97,"unit":"1","patient":{{"reference":"Patient/someone-else"}}}}"#, t(5)),
+        // The bug report, and an impossible value: dead letters.
+        format!(r#"{{"device":"ox","time":"{}","metric":"spo2","value":970,"unit":"kg"}}"#, t(6)),
+        format!(r#"{{"device":"ox","time":"{}","metric":"spo2","value":103,"unit":"%"}}"#, t(7)),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    publish_qos1(rig.broker.port(), "vitals/units", payloads)
+        .await
+        .unwrap();
+    assert!(
+        rig.upstream
+            .wait_for_observations(5, Duration::from_secs(30))
+            .await,
+        "{}",
+        gw.log()
+    );
+    let obs = rig.upstream.observations();
+    validator::assert_valid_fhir(&obs);
+    let by = |device: &str| {
+        obs.iter()
+            .find(|o| {
+                o["identifier"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{device}-"))
+            })
+            .unwrap_or_else(|| panic!("no Observation of {device}"))
+    };
+    let q = |o: &Value| {
+        (
+            o["valueQuantity"]["value"].to_string(),
+            o["valueQuantity"]["code"].as_str().unwrap().to_owned(),
+            o["valueQuantity"]["extension"][0]["valueQuantity"]["value"].to_string(),
+            o["valueQuantity"]["extension"][0]["valueQuantity"]["code"]
+                .as_str()
+                .unwrap_or("-")
+                .to_owned(),
+        )
+    };
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        q(by("scale")),
+        (s("69.99"), s("kg"), s("154.3"), s("[lb_av]"))
+    );
+    assert_eq!(
+        q(by("thermo")),
+        (s("37.0"), s("Cel"), s("98.6"), s("[degF]"))
+    );
+    assert_eq!(q(by("ox")), (s("97"), s("%"), s("0.97"), s("1")));
+    // Converted, the weight claims the body-weight profile; glucose by substance keeps its
+    // unit and has the molar LOINC code.
+    assert!(by("scale")["meta"]["profile"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(
+            "http://hl7.org/fhir/StructureDefinition/bodyweight"
+        )));
+    let cuff = by("cuff");
+    assert_eq!(cuff["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+    assert_eq!(
+        cuff["component"][0]["valueQuantity"]["value"].to_string(),
+        "120"
+    );
+    let meter = by("meter");
+    assert_eq!(meter["code"]["coding"][0]["code"], "14743-9");
+    assert_eq!(meter["valueQuantity"]["code"], "mmol/L");
+    // The payload named another patient: ignored, the hub's binding applies.
+    assert_eq!(by("ox")["subject"]["identifier"]["value"], PATIENT_ID);
+    let dir = rig.dir.path();
+    let (_, letters, _) = run_cli(dir, &["queue", "dead-letters", "-c", "gateway.toml"]);
+    assert!(letters.contains("`kg` is a mass"), "{letters}");
+    assert!(
+        letters.contains("refused by the plausibility check"),
+        "{letters}"
+    );
+    assert!(!letters.contains("970"), "{letters}");
+    let audit = std::fs::read_to_string(dir.join("data/audit.log")).unwrap_or_default();
+    assert!(!audit.contains("payload_patient_trusted"), "{audit}");
+    assert!(!audit.contains("someone-else"), "{audit}");
+}

@@ -641,10 +641,25 @@ pub enum PlausibilityAction {
     Off,
 }
 
+/// In which unit values are sent (`clinical.units`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitOutput {
+    /// As the device sent them (`[lb_av]`, `[degF]`, `kPa`).
+    #[default]
+    AsSent,
+    /// Converted to the metric's canonical unit (`kg`, `Cel`, `mm[Hg]`), the value as sent
+    /// kept beside it in the Observation.
+    Canonical,
+}
+
 /// `[clinical]`: the checks every reading passes on its way to the buffer (docs/clinical.md).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClinicalConfig {
+    /// Units in the output: `as-sent` (the device's, with their UCUM codes) or `canonical`
+    /// (one unit per metric: converted, the original kept beside it in the Observation).
+    pub units: UnitOutput,
     /// A value outside its metric's physiological limits: `refuse`, `flag` or `off`.
     pub plausibility: PlausibilityAction,
     /// `[[clinical.limits]]`: limits that replace the built-in ones of a metric.
@@ -671,6 +686,7 @@ pub const DEFAULT_CLOCK_DRIFT_WARN_S: u64 = 120;
 impl Default for ClinicalConfig {
     fn default() -> Self {
         Self {
+            units: UnitOutput::AsSent,
             plausibility: PlausibilityAction::Refuse,
             limits: Vec::new(),
             future_tolerance_s: DEFAULT_FUTURE_TOLERANCE_S,

@@ -25,6 +25,9 @@
 //!   ([`crate::model::StatusFlag::doubts_value`]); test data → `meta.security` HTEST.
 //! - `category` `vital-signs` also for a systolic, diastolic or mean pressure sent on its own;
 //!   SpO2 carries LOINC 59408-5 (by pulse oximetry) beside 2708-6.
+//! - values in the unit the device sent, or with `clinical.units = "canonical"` converted to
+//!   the metric's canonical unit (`kg`, `Cel`, `mm[Hg]`) with the value as sent kept in the
+//!   core `iso21090-PQ-translation` extension on the quantity ([`Gateway::convert_units`]).
 //!
 //! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
 //! profiles require a subject): bind every device to a patient in config.
@@ -35,7 +38,7 @@ pub use observation::{device, gateway_device, observation, DeviceIdentifier, Obs
 
 use serde::Serialize;
 
-use crate::model::{DeviceRef, Reading};
+use crate::model::{Decimal, DeviceRef, Reading};
 
 /// PHD's identifier system for Observations.
 pub const IDENTIFIER_SYSTEM: &str =
@@ -62,7 +65,19 @@ pub struct Gateway {
     pub id: String,
     /// Software version.
     pub version: String,
+    /// With `clinical.units = "canonical"`: converts a value to the metric's canonical unit
+    /// (`profile::units::convert`, given by the wiring), the original kept beside it; `None`:
+    /// values stay in the unit the device sent.
+    pub convert_units: Option<UnitConverter>,
 }
+
+/// Converts `value` in the first unit to the second; `None` when they do not convert.
+pub type UnitConverter = fn(Decimal, &str, &str) -> Option<Decimal>;
+
+/// The core extension on a Quantity carrying the same quantity in another unit: with
+/// converted units, the value as the device sent it.
+pub const PQ_TRANSLATION_EXTENSION: &str =
+    "http://hl7.org/fhir/StructureDefinition/iso21090-PQ-translation";
 
 /// Which Bundle type to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +223,13 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
             .find(|(d, _)| *d == &r.device)
             .map(|(_, url)| url.as_str())
             .unwrap_or_default();
-        let obs = Observation::new(r, &identifier, device_url, &gw.full_url);
+        let obs = Observation::new_with(
+            r,
+            &identifier,
+            device_url,
+            &gw.full_url,
+            gateway.convert_units,
+        );
         write_entry(
             &mut body,
             false,

@@ -6,8 +6,8 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Number, Value as Json};
 
 use super::{
-    if_none_exist, urn_uuid, Gateway, IDENTIFIER_SYSTEM, LOINC, MDC, STATUS_SYSTEM,
-    TIME_SOURCE_EXTENSION, UCUM,
+    if_none_exist, urn_uuid, Gateway, UnitConverter, IDENTIFIER_SYSTEM, LOINC, MDC,
+    PQ_TRANSLATION_EXTENSION, STATUS_SYSTEM, TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
     format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
@@ -117,6 +117,26 @@ impl<'a> Concept<'a> {
 
 #[derive(Serialize)]
 struct Qty<'a> {
+    /// With converted units: the quantity as the device sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extension: Option<[Translation<'a>; 1]>,
+    value: Dec,
+    unit: &'a str,
+    system: &'static str,
+    code: &'a str,
+}
+
+/// The `iso21090-PQ-translation` extension: the same quantity in another unit.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Translation<'a> {
+    url: &'static str,
+    value_quantity: Original<'a>,
+}
+
+/// The quantity as the device sent it, inside [`Translation`].
+#[derive(Serialize)]
+struct Original<'a> {
     value: Dec,
     unit: &'a str,
     system: &'static str,
@@ -126,10 +146,33 @@ struct Qty<'a> {
 impl<'a> Qty<'a> {
     fn new(value: Decimal, unit: &'a str) -> Self {
         Self {
+            extension: None,
             value: Dec(value),
             unit,
             system: UCUM,
             code: unit,
+        }
+    }
+}
+
+/// Converts quantities to their metric's canonical unit, where the configuration asks for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Converter(pub(super) Option<UnitConverter>);
+
+impl Converter {
+    /// The value in the metric's canonical unit, if it is in another one that converts.
+    fn canonical(self, metric: &Metric, value: Decimal, unit: &str) -> Option<Decimal> {
+        let convert = self.0?;
+        (unit != metric.unit)
+            .then(|| convert(value, unit, metric.unit))
+            .flatten()
+    }
+
+    /// The unit a quantity of `metric` is written in.
+    fn unit_of<'a>(self, metric: &'a Metric, q: &'a Quantity) -> &'a str {
+        match q.value {
+            Measured::Value(v) if self.canonical(metric, v, &q.unit).is_some() => metric.unit,
+            _ => &q.unit,
         }
     }
 }
@@ -231,9 +274,23 @@ struct ObsComponent<'a> {
     value: ObsValue<'a>,
 }
 
-fn measured(q: &Quantity) -> ObsValue<'_> {
+fn measured<'a>(q: &'a Quantity, metric: &'a Metric, units: Converter) -> ObsValue<'a> {
     match q.value {
-        Measured::Value(d) => ObsValue::ValueQuantity(Qty::new(d, &q.unit)),
+        Measured::Value(d) => match units.canonical(metric, d, &q.unit) {
+            Some(converted) => ObsValue::ValueQuantity(Qty {
+                extension: Some([Translation {
+                    url: PQ_TRANSLATION_EXTENSION,
+                    value_quantity: Original {
+                        value: Dec(d),
+                        unit: &q.unit,
+                        system: UCUM,
+                        code: &q.unit,
+                    },
+                }]),
+                ..Qty::new(converted, metric.unit)
+            }),
+            None => ObsValue::ValueQuantity(Qty::new(d, &q.unit)),
+        },
         Measured::Absent(r) => ObsValue::DataAbsentReason(Concept::absent(r)),
     }
 }
@@ -268,18 +325,32 @@ pub struct Observation<'a> {
 impl<'a> Observation<'a> {
     /// The Observation for `r` whose identifier value is `identifier` (`r.identifier()`,
     /// passed in so a caller that already has it does not build it twice), referencing its
-    /// Device and the gateway Device by `device_url` and `gateway_url`.
+    /// Device and the gateway Device by `device_url` and `gateway_url`; values in the units
+    /// the device sent.
     pub fn new(
         r: &'a Reading,
         identifier: &'a str,
         device_url: &'a str,
         gateway_url: &'a str,
     ) -> Self {
+        Self::new_with(r, identifier, device_url, gateway_url, None)
+    }
+
+    /// [`Observation::new`], with values converted to their metric's canonical unit by
+    /// `convert_units` where it is given ([`Gateway::convert_units`]).
+    pub fn new_with(
+        r: &'a Reading,
+        identifier: &'a str,
+        device_url: &'a str,
+        gateway_url: &'a str,
+        convert_units: Option<UnitConverter>,
+    ) -> Self {
+        let units = Converter(convert_units);
         let meta = {
             let mut profile = Vec::new();
             if r.patient.is_some() {
                 profile.push(Cow::Borrowed(PHD_BASE_PROFILE));
-                if let Some(vs) = vital_signs_profile(r) {
+                if let Some(vs) = vital_signs_profile(r, units) {
                     profile.push(Cow::Owned(format!(
                         "http://hl7.org/fhir/StructureDefinition/{vs}"
                     )));
@@ -344,13 +415,13 @@ impl<'a> Observation<'a> {
             })
             .collect();
         let value = match &r.value {
-            Value::Quantity(q) => measured(q),
+            Value::Quantity(q) => measured(q, &r.metric, units),
             Value::Components(parts) => ObsValue::Component(
                 parts
                     .iter()
                     .map(|c| ObsComponent {
                         code: Concept::metric(&c.metric),
-                        value: measured(&c.quantity),
+                        value: measured(&c.quantity, &c.metric, units),
                     })
                     .collect(),
             ),
@@ -438,19 +509,20 @@ fn vital_signs_units(profile: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// The vital-signs profile the Observation of `r` may claim: the metric's, unless the device
-/// reported a unit that profile does not allow (a kPa cuff, a height in metres). Such a
-/// reading keeps its unit — the value is never converted — and claims only the PHD profile.
-fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
+/// The vital-signs profile the Observation of `r` may claim: the metric's, unless the value is
+/// written in a unit that profile does not allow (a kPa cuff, a height in metres, kept as the
+/// device sent them). Such a reading claims only the PHD profile. With converted units the
+/// value is in the metric's canonical unit, which every profile allows.
+fn vital_signs_profile(r: &Reading, units: Converter) -> Option<&'static str> {
     let profile = r.metric.vital_sign_profile?;
     let Some(allowed) = vital_signs_units(profile) else {
         return Some(profile);
     };
     let fits = match &r.value {
-        Value::Quantity(q) => allowed.contains(&q.unit.as_str()),
+        Value::Quantity(q) => allowed.contains(&units.unit_of(&r.metric, q)),
         Value::Components(parts) => parts
             .iter()
-            .all(|c| allowed.contains(&c.quantity.unit.as_str())),
+            .all(|c| allowed.contains(&units.unit_of(&c.metric, &c.quantity))),
         Value::Samples(_) | Value::Coded { .. } => false,
     };
     fits.then_some(profile)

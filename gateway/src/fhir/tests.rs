@@ -12,6 +12,7 @@ fn gateway() -> Gateway {
     Gateway {
         id: "hub-1".into(),
         version: "0.1.0".into(),
+        convert_units: None,
     }
 }
 
@@ -414,4 +415,64 @@ fn time_provenance_is_on_every_observation_for_each_kind_of_clock() {
     let (when, parts) = ext(&clockless);
     assert_eq!(when, json!("2026-11-25T09:00:03Z"));
     assert_eq!(parts, [part("source", json!("gateway-receive"))]);
+}
+
+/// With `clinical.units = "canonical"` a value in another commensurable unit is converted,
+/// the value as sent kept in the PQ-translation extension, and the profile claimed; without,
+/// it is kept as sent and claims only what its unit allows.
+#[test]
+fn converted_units_keep_the_original_and_claim_the_profile() {
+    let convert: UnitConverter = crate::profile::units::convert;
+    let r = Reading {
+        value: Value::Components(vec![
+            Component {
+                metric: catalog::SYSTOLIC,
+                quantity: Quantity {
+                    value: Measured::Value(Decimal::new(160, -1)),
+                    unit: "kPa".into(),
+                },
+            },
+            Component {
+                metric: catalog::DIASTOLIC,
+                quantity: Quantity {
+                    value: Measured::Value(Decimal::new(107, -1)),
+                    unit: "kPa".into(),
+                },
+            },
+        ]),
+        ..bp_reading()
+    };
+    let id = r.identifier();
+    let kept = serde_json::to_value(Observation::new(&r, &id, "d", "g")).unwrap();
+    assert_eq!(kept["component"][0]["valueQuantity"]["code"], json!("kPa"));
+    assert!(!kept["meta"]["profile"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    let converted =
+        serde_json::to_value(Observation::new_with(&r, &id, "d", "g", Some(convert))).unwrap();
+    let sys = &converted["component"][0]["valueQuantity"];
+    assert_eq!(sys["value"], json!(120));
+    assert_eq!(sys["code"], json!("mm[Hg]"));
+    assert_eq!(sys["extension"][0]["url"], json!(PQ_TRANSLATION_EXTENSION));
+    assert_eq!(
+        sys["extension"][0]["valueQuantity"],
+        json!({"value": 16.0, "unit": "kPa", "system": UCUM, "code": "kPa"})
+    );
+    assert!(converted["meta"]["profile"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    // Already canonical: untouched, no extension.
+    let plain = serde_json::to_value(Observation::new_with(
+        &bp_reading(),
+        &id,
+        "d",
+        "g",
+        Some(convert),
+    ))
+    .unwrap();
+    assert!(plain["component"][0]["valueQuantity"]
+        .get("extension")
+        .is_none());
 }

@@ -86,6 +86,7 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
     let gateway = fhir::Gateway {
         id: "vitalbridge-decode".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        convert_units: None,
     };
     let gateway_url = fhir::gateway_device(&gateway).full_url;
     let lines: Vec<String> = readings

@@ -139,7 +139,13 @@ impl FileTransport {
             let identifier = r.identifier();
             line(
                 &mut observations,
-                &fhir::Observation::new(r, &identifier, dev_ref, &gw_ref),
+                &fhir::Observation::new_with(
+                    r,
+                    &identifier,
+                    dev_ref,
+                    &gw_ref,
+                    self.gateway.convert_units,
+                ),
             );
         }
         (devices, observations)
@@ -240,6 +246,7 @@ mod tests {
         Gateway {
             id: "gw".into(),
             version: "0".into(),
+            convert_units: None,
         }
     }
 
