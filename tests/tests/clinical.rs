@@ -324,3 +324,67 @@ async fn units_are_checked_and_converted_and_payload_patients_not_trusted_over_m
     assert!(!audit.contains("payload_patient_trusted"), "{audit}");
     assert!(!audit.contains("someone-else"), "{audit}");
 }
+
+/// A binding change never re-labels readings taken under the old binding: readings buffered
+/// while the FHIR server was unreachable keep the patient they were received with when the
+/// device is bound to someone else before they are delivered; later readings get the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_change_never_relabels_readings_already_taken() {
+    use vitalbridge_tests::gateway::wait_for_pending;
+    use vitalbridge_tests::pki::TestPki;
+    use vitalbridge_tests::upstream::{Upstream, UpstreamConfig};
+
+    let pki = TestPki::generate();
+    let upstream = Upstream::start(UpstreamConfig::new(&pki)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = pki.client_files();
+    let config = |base_url: &str, patient: &str| {
+        format!(
+            "[gateway]\ndata_dir = \"data\"\n[sources.sim]\ndevices = 1\ninterval_ms = 10\n\
+             max_readings = 20\nscenarios = false\n\
+             [[devices]]\nid = \"SIM-BP-0001\"\npatient_system = \"urn:oid:1.2.3\"\npatient_id = \"{patient}\"\n\
+             [uplink]\nretry_initial_ms = 50\nretry_max_ms = 200\n\
+             [uplink.fhir]\nbase_url = \"{base_url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.ca_cert_path().display(),
+            client.cert.display(),
+            client.key.display()
+        )
+    };
+    // Nothing listens on port 9 of loopback: the readings stay buffered.
+    let mut gw =
+        GatewayProcess::start(dir.path(), &config("https://127.0.0.1:9/fhir", "before")).unwrap();
+    assert!(gw.wait_for_log("simulator reached max_readings", Duration::from_secs(30)));
+    gw.terminate(Duration::from_secs(30)).expect("stops");
+    let stats = wait_for_pending(dir.path(), 20, Duration::from_secs(5));
+    assert!(stats.contains("pending: 20"), "{stats}");
+
+    // Bound to another patient, and the server reachable.
+    let gw = GatewayProcess::start(dir.path(), &config(&upstream.url(), "after")).unwrap();
+    assert!(
+        upstream
+            .wait_for_observations(40, Duration::from_secs(60))
+            .await,
+        "{}",
+        gw.log()
+    );
+    let mut by_seq: Vec<(u64, String)> = upstream
+        .observations()
+        .iter()
+        .map(|o| {
+            let id = o["identifier"][0]["value"].as_str().unwrap();
+            let seq = id.rsplit("-seq").next().unwrap().parse().unwrap();
+            (
+                seq,
+                o["subject"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    by_seq.sort();
+    for (seq, patient) in &by_seq {
+        let want = if *seq <= 20 { "before" } else { "after" };
+        assert_eq!(patient, want, "reading {seq}");
+    }
+}
