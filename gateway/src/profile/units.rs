@@ -22,7 +22,9 @@
 //! Errors name the metric and the unit's dimension ("a mass", "a pressure"), and the unit
 //! when it is valid UCUM (a UCUM code is not patient data); never a value.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use octofhir_ucum::{analyse, UnitAnalysis};
 
@@ -36,6 +38,27 @@ pub struct Dimension {
     /// Arbitrary atoms (`[iU]`, …) and their exponents: units with different ones never
     /// fit each other.
     arbitrary: Vec<(&'static str, i32)>,
+}
+
+/// What the check and the conversion need of a unit, kept once per distinct unit text.
+#[derive(Debug)]
+struct Analysed {
+    dimension: Dimension,
+    /// `factor × scale` of the unit, in base units (for conversion).
+    scale: f64,
+    /// The offset of a temperature, in kelvins; 0 otherwise.
+    offset: f64,
+}
+
+/// Distinct unit texts analysed at most (a gateway meets a few dozen); past it, units are
+/// analysed each time rather than remembered, so hostile input cannot grow the cache.
+const CACHE_LIMIT: usize = 256;
+
+type Cache = RwLock<HashMap<String, Option<Arc<Analysed>>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| RwLock::new(HashMap::new()))
 }
 
 impl Dimension {
@@ -118,18 +141,34 @@ fn metric_name(m: &Metric) -> String {
     format!("{} ({})", m.display, m.mdc_ref)
 }
 
-/// The analysis of a UCUM unit, or `None` when it is not one. Units are at most
-/// `limits::MAX_UNIT_LEN` bytes where they enter; the parser bounds nesting itself.
-fn ucum(unit: &str) -> Option<UnitAnalysis> {
-    if unit.is_empty() || !unit.bytes().all(|b| b.is_ascii_graphic()) {
-        return None;
+/// The analysis of a UCUM unit, or `None` when it is not one, remembered per unit text (every
+/// reading is checked, so the parse is done once per distinct unit, not once per reading).
+/// Units are at most `limits::MAX_UNIT_LEN` bytes where they enter; the parser bounds
+/// nesting itself.
+fn ucum(unit: &str) -> Option<Arc<Analysed>> {
+    if let Some(known) = cache().read().unwrap_or_else(|e| e.into_inner()).get(unit) {
+        return known.clone();
     }
-    analyse(unit).ok()
+    let analysed = (!unit.is_empty() && unit.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| analyse(unit).ok())
+        .flatten()
+        .map(|a| {
+            Arc::new(Analysed {
+                dimension: Dimension::of(&a),
+                scale: a.factor.to_f64() * a.scale.to_f64(),
+                offset: a.offset.to_f64(),
+            })
+        });
+    let mut map = cache().write().unwrap_or_else(|e| e.into_inner());
+    if map.len() < CACHE_LIMIT {
+        map.insert(unit.to_owned(), analysed.clone());
+    }
+    analysed
 }
 
 /// What a unit measures, when it is a UCUM unit.
 pub fn dimension(unit: &str) -> Option<Dimension> {
-    ucum(unit).map(|a| Dimension::of(&a))
+    ucum(unit).map(|a| a.dimension.clone())
 }
 
 /// Whether `unit` is a valid UCUM expression.
@@ -140,8 +179,8 @@ pub fn is_ucum(unit: &str) -> bool {
 /// Whether two units measure the same kind of thing (UCUM: commensurable). False when
 /// either is not UCUM.
 pub fn commensurable(a: &str, b: &str) -> bool {
-    match (dimension(a), dimension(b)) {
-        (Some(a), Some(b)) => a == b,
+    match (ucum(a), ucum(b)) {
+        (Some(a), Some(b)) => a.dimension == b.dimension,
         _ => false,
     }
 }
@@ -207,16 +246,15 @@ pub fn metric_for_unit(metric: Metric, unit: &str) -> Metric {
 /// number is out of range. Temperatures convert with their offsets (`[degF]` to `Cel`).
 pub fn convert(value: Decimal, from: &str, to: &str) -> Option<Decimal> {
     let (a, b) = (ucum(from)?, ucum(to)?);
-    if Dimension::of(&a) != Dimension::of(&b) {
+    if a.dimension != b.dimension {
         return None;
     }
     if from == to {
         return Some(value);
     }
     let v: f64 = value.to_string().parse().ok()?;
-    let f = |n: octofhir_ucum::Number| n.to_f64();
-    let base = v * f(a.scale) * f(a.factor) + f(a.offset);
-    let out = (base - f(b.offset)) / (f(b.scale) * f(b.factor));
+    let base = v * a.scale + a.offset;
+    let out = (base - b.offset) / b.scale;
     let digits = value.mantissa.unsigned_abs().to_string().len().max(2);
     round_significant(out, digits)
 }
