@@ -153,7 +153,8 @@ enum BufferKeyCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// Pending, leased and dead-lettered readings, and the age of the oldest.
+    /// Pending, leased and dead-lettered readings, the age of the oldest, and the readings
+    /// held unbound.
     Stats,
     /// List dead letters (newest first) with their reasons.
     DeadLetters {
@@ -425,6 +426,13 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 None => println!("oldest_age_s: -"),
             }
             println!("quarantined: {}", store.health().quarantined);
+            let held: u64 = store
+                .unbound_devices()
+                .await?
+                .iter()
+                .map(|d| d.readings)
+                .sum();
+            println!("unbound: {held}");
             for d in store.destinations() {
                 println!("pending[{}]: {}", d.name(), store.pending_for(d).await?);
             }

@@ -1464,6 +1464,43 @@ mod unbound {
         writer.close().await;
     }
 
+    /// A damaged buffer's held readings are salvaged back to being held, not queued.
+    #[tokio::test]
+    async fn salvage_brings_held_readings_back_held() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1000).await;
+        r.ingest
+            .commit((0..50).map(|s| unbound("cuff", s, Some(3))).collect())
+            .await
+            .unwrap();
+        r.ingest.commit(vec![reading("bound", 1)]).await.unwrap();
+        let db = data(root.path()).join(open::DB_FILE);
+        let wal = data(root.path()).join("buffer.db-wal");
+        let (db_bytes, wal_bytes) = (std::fs::read(&db).unwrap(), std::fs::read(&wal).unwrap());
+        r.stop().await;
+        std::fs::write(&db, db_bytes).unwrap();
+        std::fs::write(&wal, wal_bytes).unwrap();
+        let _ = std::fs::remove_file(data(root.path()).join("buffer.db-shm"));
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[..100].fill(0);
+        std::fs::write(&db, bytes).unwrap();
+        let (store, mut writer, report) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        let q = report.quarantined.expect("quarantined");
+        let salvaged = salvage::salvage(&mut writer, &q.path, vec![])
+            .await
+            .unwrap();
+        assert_eq!((salvaged.found, salvaged.queued), (51, 51), "{salvaged:?}");
+        assert_eq!((store.pending(), store.unbound()), (1, 50));
+        let held = store.unbound_devices().await.unwrap();
+        assert_eq!(
+            (held[0].device_key.as_str(), held[0].user, held[0].readings),
+            ("cuff", Some(3), 50)
+        );
+        writer.close().await;
+    }
+
     /// A time window releases only what was measured in it: a device that went from one
     /// patient to the next while unbound.
     #[tokio::test]
