@@ -148,6 +148,9 @@ pub fn validate_config(config: &Config) -> Result<(), Vec<ConfigError>> {
     config.check_lengths()?;
     let mut problems = config.validate().err().unwrap_or_default();
     problems.extend(ingest::check_config(&config.sources, &config.devices));
+    if let Err(more) = ingest::admission_policy(&config.clinical) {
+        problems.extend(more);
+    }
     if problems.is_empty() {
         Ok(())
     } else {

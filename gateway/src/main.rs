@@ -78,6 +78,14 @@ enum Command {
         #[command(subcommand)]
         command: BufferKeyCommand,
     },
+    /// Readings held because no patient is bound to their device, and their release.
+    Devices {
+        /// Config file (TOML), for the data directory and the audit log.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -147,7 +155,8 @@ enum BufferKeyCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// Pending, leased and dead-lettered readings, and the age of the oldest.
+    /// Pending, leased and dead-lettered readings, the age of the oldest, and the readings
+    /// held unbound.
     Stats,
     /// List dead letters (newest first) with their reasons.
     DeadLetters {
@@ -173,6 +182,31 @@ enum QueueCommand {
         /// Another key the damaged buffer may be sealed with (repeatable).
         #[arg(long = "key")]
         keys: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List the readings held unbound, per device and user index (no values, no patients).
+    Unbound,
+    /// Release a device's held readings to a patient (stop the gateway first: this takes
+    /// the buffer's lock). Audited. Readings measured later are bound by the config.
+    Bind {
+        /// The device id (as in [[devices]]; a Bluetooth address with or without colons).
+        device: String,
+        /// The patient: SYSTEM|VALUE (an identifier) or Patient/ID.
+        #[arg(long)]
+        patient: String,
+        /// Only the readings that reported this device user index (shared devices); without
+        /// it, those that reported none.
+        #[arg(long)]
+        user: Option<u8>,
+        /// Only readings measured at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only readings measured before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -454,6 +488,10 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             let config = load(config.as_deref())?;
             runtime()?.block_on(queue_command(&config, command))
         }
+        Command::Devices { config, command } => {
+            let config = load(config.as_deref())?;
+            runtime()?.block_on(devices_command(&config, command))
+        }
     }
 }
 
@@ -473,6 +511,13 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 None => println!("oldest_age_s: -"),
             }
             println!("quarantined: {}", store.health().quarantined);
+            let held: u64 = store
+                .unbound_devices()
+                .await?
+                .iter()
+                .map(|d| d.readings)
+                .sum();
+            println!("unbound: {held}");
             for d in store.destinations() {
                 println!("pending[{}]: {}", d.name(), store.pending_for(d).await?);
             }
@@ -569,6 +614,42 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
             let moved = writer.retry_dead_letters(only.as_ref()).await?;
             println!("requeued: {moved}");
             writer.close().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `devices` commands.
+async fn devices_command(config: &Config, command: DevicesCommand) -> anyhow::Result<ExitCode> {
+    use vitalbridge::tools::devices;
+    let dir = &config.gateway.data_dir;
+    match command {
+        DevicesCommand::Unbound => println!("{}", devices::list_unbound(dir).await?),
+        DevicesCommand::Bind {
+            device,
+            patient,
+            user,
+            since,
+            until,
+        } => {
+            let audit = vitalbridge::gateway_id(config)
+                .ok()
+                .and_then(|id| vitalbridge::ops::start_cli_audit(config, &id).ok());
+            let request = devices::BindRequest {
+                device: &device,
+                patient: &patient,
+                user,
+                since: since.as_deref(),
+                until: until.as_deref(),
+            };
+            let text = devices::bind(
+                dir,
+                &vitalbridge::buffer_options(config),
+                &request,
+                audit.as_ref(),
+            )
+            .await?;
+            println!("{text}");
         }
     }
     Ok(ExitCode::SUCCESS)

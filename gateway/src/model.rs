@@ -410,9 +410,11 @@ pub enum TimeSource {
     GatewayReceive,
 }
 
-/// Measurement status reported by the device (e.g. BLE BP measurement-status bits, PLX
-/// device status). Kept on the reading so it is never silently dropped; mapped to FHIR
-/// `interpretation`/notes by the FHIR layer.
+/// Measurement status: reported by the device (e.g. BLE BP measurement-status bits, PLX
+/// device status), or found by the gateway's own checks (`implausible`, `time-in-future`,
+/// `time-too-old`, see `profile::admission`). Kept on the reading so it is never silently
+/// dropped; mapped to FHIR `interpretation` (and `status` `preliminary` for the flags that
+/// say the value or its time may not be right) by the FHIR layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusFlag {
     /// Body movement during measurement.
@@ -437,11 +439,20 @@ pub enum StatusFlag {
     SensorFault,
     /// The value was measured early/invalid per the device (generic "invalid" bit).
     Invalid,
+    /// The gateway found the value outside the metric's physiological limits (kept because
+    /// the configuration says to flag rather than refuse).
+    Implausible,
+    /// The gateway found the measurement time later than its receive time by more than the
+    /// tolerance: the device clock is ahead.
+    TimeInFuture,
+    /// The gateway found the measurement time older than the configured maximum age: a
+    /// device clock that was reset, or a very old stored record.
+    TimeTooOld,
 }
 
 impl StatusFlag {
     /// Every flag.
-    pub const ALL: [StatusFlag; 11] = [
+    pub const ALL: [StatusFlag; 14] = [
         StatusFlag::BodyMovement,
         StatusFlag::CuffLoose,
         StatusFlag::IrregularPulse,
@@ -453,11 +464,15 @@ impl StatusFlag {
         StatusFlag::LowBattery,
         StatusFlag::SensorFault,
         StatusFlag::Invalid,
+        StatusFlag::Implausible,
+        StatusFlag::TimeInFuture,
+        StatusFlag::TimeTooOld,
     ];
 
     /// Its name, kebab-case: `body-movement`, `cuff-loose`, `irregular-pulse`,
     /// `pulse-rate-out-of-range`, `improper-position`, `questionable`, `calibrating`,
-    /// `test-data`, `low-battery`, `sensor-fault`, `invalid`.
+    /// `test-data`, `low-battery`, `sensor-fault`, `invalid`, `implausible`, `time-in-future`,
+    /// `time-too-old`.
     pub const fn as_str(self) -> &'static str {
         match self {
             StatusFlag::BodyMovement => "body-movement",
@@ -471,12 +486,79 @@ impl StatusFlag {
             StatusFlag::LowBattery => "low-battery",
             StatusFlag::SensorFault => "sensor-fault",
             StatusFlag::Invalid => "invalid",
+            StatusFlag::Implausible => "implausible",
+            StatusFlag::TimeInFuture => "time-in-future",
+            StatusFlag::TimeTooOld => "time-too-old",
         }
     }
 
     /// The flag a name names.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// Whether the flag says the value (or its time) may not be right, so the reading is not
+    /// final: the device's own questionable, invalid, calibrating, sensor-fault, cuff-loose,
+    /// improper-position and body-movement bits, and the gateway's implausible and time
+    /// flags. Irregular pulse, a pulse rate out of the device's range, low battery and test
+    /// data describe the measurement without doubting its value.
+    pub const fn doubts_value(self) -> bool {
+        matches!(
+            self,
+            StatusFlag::BodyMovement
+                | StatusFlag::CuffLoose
+                | StatusFlag::ImproperPosition
+                | StatusFlag::Questionable
+                | StatusFlag::Calibrating
+                | StatusFlag::SensorFault
+                | StatusFlag::Invalid
+                | StatusFlag::Implausible
+                | StatusFlag::TimeInFuture
+                | StatusFlag::TimeTooOld
+        )
+    }
+}
+
+/// How the gateway knows the offset of a device's clock, when it corrects (or checks) the
+/// time a device reports. Recorded on the reading so the Observation can say where its time
+/// came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeSync {
+    /// Read the device's Bluetooth Current Time (0x2A2B) and compared it with the gateway's
+    /// clock (and set it where the device allows).
+    BleCurrentTime,
+    /// The Vitalbridge firmware's time-sync exchange on a serial link.
+    FirmwareTimeSync,
+    /// The device's clock keeps local time without a zone; the zone comes from the
+    /// configuration (`device_utc_offset` of a serial line device).
+    ConfiguredZone,
+    /// The zone an HL7 v2 message (PCD-01) gives for the device's time stamps.
+    Hl7TimeZone,
+}
+
+impl TimeSync {
+    /// Every method.
+    pub const ALL: [TimeSync; 4] = [
+        TimeSync::BleCurrentTime,
+        TimeSync::FirmwareTimeSync,
+        TimeSync::ConfiguredZone,
+        TimeSync::Hl7TimeZone,
+    ];
+
+    /// Its name: `ble-current-time`, `firmware-time-sync`, `configured-zone`,
+    /// `hl7-time-zone`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimeSync::BleCurrentTime => "ble-current-time",
+            TimeSync::FirmwareTimeSync => "firmware-time-sync",
+            TimeSync::ConfiguredZone => "configured-zone",
+            TimeSync::Hl7TimeZone => "hl7-time-zone",
+        }
+    }
+
+    /// The method a name names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
     }
 }
 
@@ -506,6 +588,8 @@ pub struct Reading {
     pub status: Vec<StatusFlag>,
     /// Device-specific user index (BLE user id on shared scales/cuffs), if reported.
     pub device_user: Option<u8>,
+    /// How the gateway knows the device clock's offset (`clock_offset`), when it does.
+    pub time_sync: Option<TimeSync>,
     /// Where in a point-of-care device the reading was measured and how its sender
     /// qualified it (HL7 v2 PCD-01 feeds); `None` for every other source.
     pub bedside: Option<Box<Bedside>>,
@@ -731,6 +815,7 @@ mod tests {
             status: vec![],
             device_user: None,
             bedside: None,
+            time_sync: None,
         }
     }
 
@@ -783,6 +868,9 @@ mod tests {
     fn every_text_form_parses_back() {
         for flag in StatusFlag::ALL {
             assert_eq!(StatusFlag::parse(flag.as_str()), Some(flag));
+        }
+        for sync in TimeSync::ALL {
+            assert_eq!(TimeSync::parse(sync.as_str()), Some(sync));
         }
         for kind in DeviceIdKind::ALL {
             assert_eq!(DeviceIdKind::parse(kind.as_str()), Some(kind));

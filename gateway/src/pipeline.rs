@@ -30,7 +30,8 @@ pub const INGEST_CHANNEL_CAPACITY: usize = 1024;
 /// costs the buffer a bounded row however large it was.
 pub const MAX_KEPT_PAYLOAD: usize = 16 * 1024;
 
-/// A payload a source could not decode: kept in the dead-letter table with its reason.
+/// A payload a source could not decode, or a reading the admission check refused: kept in
+/// the dead-letter table with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// Where it came from (source name and, where useful, topic/port), e.g. `mqtt:vitals/abc`.
@@ -45,6 +46,28 @@ pub struct Rejected {
     /// The SHA-256 of the whole payload: what identifies it (the same payload redelivered
     /// is dead-lettered once) and lets a technician match it to the sender's copy.
     pub sha256: [u8; 32],
+    /// Set when this is a decoded reading the admission check refused (a unit that does
+    /// not fit, an implausible value), not an undecodable payload: audited and counted as
+    /// such.
+    pub refused: Option<Box<Refusal>>,
+}
+
+/// What refused a reading, for the audit log and metrics (no value, no patient).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `DeviceId::key()` of the device that measured it.
+    pub device: String,
+    /// Which check: `unit` or `plausibility`.
+    pub check: &'static str,
+}
+
+/// The check every reading passes on its way to the buffer, whatever its source (units,
+/// plausibility, time; `profile::admission` implements it). The wiring gives it to the
+/// [`Ingest`] handles, so every source, present and future, is checked the same way.
+pub trait Admit: Send + Sync + std::fmt::Debug {
+    /// Checks `readings` from `source`: those to store stay in `readings` (marked where a
+    /// check says so), the refused ones come back as dead letters with their reasons.
+    fn admit(&self, source: &str, readings: &mut Vec<Reading>) -> Vec<Rejected>;
 }
 
 impl Rejected {
@@ -59,6 +82,7 @@ impl Rejected {
             payload: payload[..payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
             size: payload.len() as u64,
             sha256,
+            refused: None,
         }
     }
 }
@@ -178,6 +202,9 @@ pub struct Ingest {
     /// Name of the source holding this handle; every request carries it, so readings are
     /// counted per source centrally (by the buffer writer's report), not by each source.
     source: Arc<str>,
+    /// The admission check readings pass before they are sent to the writer; `None` in
+    /// tests of the buffer alone.
+    admit: Option<Arc<dyn Admit>>,
 }
 
 /// Creates the seam: the handle factory for sources and the receiver for the buffer writer.
@@ -191,6 +218,15 @@ impl Ingest {
         Self {
             tx,
             source: source.into(),
+            admit: None,
+        }
+    }
+
+    /// The same handle, checking every reading with `admit` before it is stored.
+    pub fn with_admission(self, admit: Arc<dyn Admit>) -> Self {
+        Self {
+            admit: Some(admit),
+            ..self
         }
     }
 
@@ -201,7 +237,11 @@ impl Ingest {
 
     /// A handle to the same buffer for another source.
     pub fn for_source(&self, source: impl Into<Arc<str>>) -> Self {
-        Self::new(self.tx.clone(), source)
+        Self {
+            tx: self.tx.clone(),
+            source: source.into(),
+            admit: self.admit.clone(),
+        }
     }
 
     /// Stores `readings` durably; resolves after the commit.
@@ -210,12 +250,20 @@ impl Ingest {
     }
 
     /// Stores `readings` and dead-letters `rejected` in one transaction; resolves after the
-    /// commit. A batch of messages with some bad ones among them costs one commit.
+    /// commit. A batch of messages with some bad ones among them costs one commit. Readings
+    /// pass the admission check first: a refused one is dead-lettered in the same
+    /// transaction (and counts in [`Committed::readings`], as it is durably held).
     pub async fn store(
         &self,
-        readings: Vec<Reading>,
-        rejected: Vec<Rejected>,
+        mut readings: Vec<Reading>,
+        mut rejected: Vec<Rejected>,
     ) -> Result<Committed, CommitError> {
+        let mut refused = 0;
+        if let Some(admit) = &self.admit {
+            let mut out = admit.admit(&self.source, &mut readings);
+            refused = out.len();
+            rejected.append(&mut out);
+        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request::Commit {
@@ -226,7 +274,12 @@ impl Ingest {
             })
             .await
             .map_err(|_| CommitError::Closed)?;
-        answer.await.map_err(|_| CommitError::Closed)?
+        answer
+            .await
+            .map_err(|_| CommitError::Closed)?
+            .map(|c| Committed {
+                readings: c.readings + refused,
+            })
     }
 
     /// Dead-letters an undecodable payload durably; resolves after the commit.

@@ -122,6 +122,7 @@ impl Topology {
             "buffer open (WAL, synchronous=FULL, sealed)"
         );
         let metrics = Arc::new(Metrics::default());
+        metrics.set_clock_drift_warn(Duration::from_secs(config.clinical.clock_drift_warn_s));
         let certs = ops::certs::inspect(config);
         let audit = ops::start_audit(config, &id, &certs)?;
         report_open(&opened, &audit);
@@ -132,9 +133,13 @@ impl Topology {
         // Whatever can fail at start fails here, before any source or worker runs.
         let (ingest_tx, ingest_rx) = pipeline::channel();
         let sources_stop = CancellationToken::new();
+        // Every reading of every source passes the clinical checks before the buffer. The
+        // config was validated, so the policy builds; a problem here is reported all the same.
+        let admission = ingest::admission_policy(&config.clinical).map_err(RunError::Config)?;
         let ctx = SourceContext {
-            ingest: pipeline::Ingest::new(ingest_tx, "gateway"),
-            bindings: Bindings::from_config(&config.devices),
+            ingest: pipeline::Ingest::new(ingest_tx, "gateway").with_admission(Arc::new(admission)),
+            bindings: Bindings::from_config(&config.devices)
+                .with_default(config.default_patient.as_ref()),
             metrics: metrics.clone(),
             audit: audit.clone(),
             shutdown: sources_stop.clone(),
@@ -145,6 +150,8 @@ impl Topology {
         let gateway = fhir::Gateway {
             id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            convert_units: (config.clinical.units == crate::config::UnitOutput::Canonical)
+                .then_some(crate::profile::units::convert as fhir::UnitConverter),
         };
         let transports = config
             .uplink

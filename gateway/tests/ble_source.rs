@@ -401,10 +401,20 @@ fn timing() -> Timing {
     }
 }
 
+/// The source's config and bindings. A hub with no binding in its config is taken as a home
+/// hub with one patient (`[default_patient]`), so the readings are stored to be delivered:
+/// without a patient they would be held unbound, which `buffer::unbound` tests.
 fn ble_config(toml: &str) -> (BleSourceConfig, Bindings) {
     let config = Config::from_toml(toml).expect("config parses");
     vitalbridge::validate_config(&config).expect("config validates");
-    let bindings = Bindings::from_config(&config.devices);
+    let home = vitalbridge::config::DefaultPatient {
+        system: Some("urn:test".into()),
+        id: Some("home".into()),
+        reference: None,
+        users: (0..=254).collect(),
+    };
+    let bindings = Bindings::from_config(&config.devices)
+        .with_default(config.default_patient.as_ref().or(Some(&home)));
     (config.sources.ble.expect("[sources.ble]"), bindings)
 }
 
@@ -735,11 +745,19 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
         .iter()
         .filter(|r| r.metric.mdc_ref == "MDC_PRESS_BLD_NONINV")
         .collect();
-    assert_eq!(bps.len(), 3);
+    // User 2 is bound to nobody: their blood pressure and pulse are held unbound, never
+    // queued for delivery (and never given to alice).
+    assert_eq!(bps.len(), 2);
     assert_eq!(
         readings.len(),
-        6,
+        4,
         "each blood pressure comes with its pulse rate"
+    );
+    let held = store.unbound_devices().await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].device_key.as_str(), held[0].user, held[0].readings),
+        ("C0FFEE000002", Some(2), 2)
     );
     let alice = |r: &&&Reading| {
         r.patient
@@ -748,10 +766,8 @@ async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() 
                 "alice",
             ))
     };
-    // User 1's readings go to alice; user 2 is bound to nobody and gets no patient.
+    // User 1's readings go to alice.
     assert_eq!(bps.iter().filter(alice).count(), 2);
-    let user2 = bps.iter().find(|r| r.device_user == Some(2)).unwrap();
-    assert_eq!(user2.patient, None);
     // The device clock was read slow by 10 minutes: the raw time is kept, the correction
     // recorded.
     for r in &bps {

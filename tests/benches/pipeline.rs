@@ -320,8 +320,10 @@ async fn through(binary: &PathBuf, uplink: Through) -> Option<Figures> {
         }
     };
     let config = format!(
-        "[gateway]\nid = \"bench-gw\"\ndata_dir = \"{data}\"\n[sources.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopics = [\"vitals/#\"]\n[uplink]\nbatch_size = {batch}\nin_flight = {in_flight}\n{table}{ops}",
+        "[gateway]\nid = \"bench-gw\"\ndata_dir = \"{data}\"\n[sources.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopics = [\"vitals/#\"]\n[default_patient]\nsystem = \"{psys}\"\nid = \"{pid}\"\n[uplink]\nbatch_size = {batch}\nin_flight = {in_flight}\n{table}{ops}",
         data = dir.path().join("data").display(),
+        psys = scenario::PATIENT_SYSTEM,
+        pid = scenario::PATIENT_ID,
         port = broker.port(),
         batch = env("BENCH_BATCH", 500),
         in_flight = env("BENCH_IN_FLIGHT", 2),

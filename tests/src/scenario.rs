@@ -7,8 +7,15 @@ use serde_json::{json, Value};
 
 use crate::pki::TestPki;
 
+/// The identifier system of the patient the scenarios' devices are bound to.
+pub const PATIENT_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
+/// The identifier value of that patient.
+pub const PATIENT_ID: &str = "e2e-patient";
+
 /// Gateway config: MQTT source on `mqtt_port` (plain), FHIR uplink to `upstream_url` with the
-/// test PKI's client certificate. `extra` is appended verbatim (more tables or keys).
+/// test PKI's client certificate, every device bound to one patient ([`PATIENT_ID`], as on a
+/// home hub: readings without a patient are held, not sent). `extra` is appended verbatim
+/// (more tables or keys).
 pub fn mqtt_to_fhir(
     data_dir: &Path,
     mqtt_port: u16,
@@ -25,6 +32,10 @@ data_dir = "{data}"
 url = "mqtt://127.0.0.1:{mqtt_port}"
 client_id = "vitalbridge-e2e-{mqtt_port}"
 topics = ["vitals/#"]
+
+[default_patient]
+system = "{PATIENT_SYSTEM}"
+id = "{PATIENT_ID}"
 
 {uplink}{extra}
 "#,

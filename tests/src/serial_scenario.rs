@@ -17,8 +17,9 @@ use crate::pki::TestPki;
 pub const SIM_SERIAL: &str = "SIM-SERIAL-0001";
 
 /// Gateway config: one serial port `bed-1` at `port` speaking `protocol` (`extra_port` is
-/// appended to its table), FHIR uplink to `upstream_url`, the simulated device bound to
-/// patient `p-serial`.
+/// appended to its table), FHIR uplink to `upstream_url`, the simulated firmware device bound
+/// to patient `p-serial`, and any other device (a line device) to the same patient as the
+/// hub's default (without a patient its readings would be held, not sent).
 pub fn serial_to_fhir(
     data_dir: &Path,
     port: &Path,
@@ -42,6 +43,10 @@ reconnect_max_ms = 1000
 id = "{SIM_SERIAL}"
 patient_system = "urn:oid:1.2.3"
 patient_id = "p-serial"
+
+[default_patient]
+system = "urn:oid:1.2.3"
+id = "p-serial"
 "#,
         data = data_dir.display(),
         port = port.display(),

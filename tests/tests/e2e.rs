@@ -254,14 +254,30 @@ async fn every_simulated_metric_passes_an_independent_fhir_r4_validator() {
         client.key.display()
     );
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    // 10 rounds of 7 readings; the demo's unbound heart-rate strap (SIM-HR-0005) keeps its
+    // 10 readings held, so 60 arrive.
     assert!(
         upstream
-            .wait_for_observations(70, Duration::from_secs(60))
+            .wait_for_observations(60, Duration::from_secs(60))
             .await,
         "{}",
         tail(&gw.log())
     );
     let observations = upstream.observations();
+    assert_eq!(observations.len(), 60);
+    // The demo's scenarios, validated like the rest: the 10th blood pressure's loose cuff
+    // (preliminary), the clockless thermometer's receive time, SpO2's second LOINC code.
+    assert!(observations.iter().any(|o| o["status"] == "preliminary"
+        && o["interpretation"][0]["coding"][0]["code"] == "cuff-loose"));
+    assert!(observations
+        .iter()
+        .any(
+            |o| o["_effectiveDateTime"]["extension"][0]["extension"][0]["valueCode"]
+                == "gateway-receive"
+        ));
+    assert!(observations
+        .iter()
+        .any(|o| o["code"]["coding"][1]["code"] == "59408-5"));
     let mut codes: Vec<String> = observations
         .iter()
         .map(|o| {

@@ -21,6 +21,8 @@ data_dir = "data"
 devices = 2
 interval_ms = 20
 max_readings = 10
+# Every reading plain and bound: this test counts output lines.
+scenarios = false
 "#;
 
 fn mode(path: &Path) -> u32 {

@@ -811,9 +811,11 @@ fn a_full_buffer_answers_ar_and_stores_nothing_of_the_message() {
     let dir = tempfile::tempdir().unwrap();
     // An engine that is not there: nothing leaves the buffer, which holds 12 readings.
     let nobody = free_port().unwrap();
+    // The oximeter's -999 is its "no value" placeholder: a data-absent reading, not a value
+    // the plausibility check would refuse.
     let (_gw, port) = start_gateway(
         dir.path(),
-        "",
+        "no_value = [\"-999\"]",
         &format!("[buffer]\ncapacity = 12\n{}", uplink_config(nobody, 1)),
     );
     let mut s = Sender::connect(port).unwrap();

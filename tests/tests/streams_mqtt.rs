@@ -19,7 +19,8 @@ use vitalbridge_tests::fixture::{self, Pace, Publisher, Rig};
 use vitalbridge_tests::gateway::GatewayProcess;
 use vitalbridge_tests::streams::{self, StreamSubscriber};
 
-/// Gateway config: MQTT source on the rig's broker, `uplinks` as given, operations server.
+/// Gateway config: MQTT source on the rig's broker, every device bound to one patient (a home
+/// hub), `uplinks` as given, operations server.
 fn config(rig: &Rig, data: &Path, uplinks: &str, ops_extra: &str) -> String {
     format!(
         r#"[gateway]
@@ -34,6 +35,10 @@ url = "mqtt://127.0.0.1:{port}"
 client_id = "vitalbridge-streams-{port}"
 topics = ["vitals/#"]
 
+[default_patient]
+system = "{patient_system}"
+id = "{patient_id}"
+
 [uplink]
 batch_size = 100
 in_flight = 2
@@ -45,6 +50,8 @@ retry_max_ms = 1000
         data = data.display(),
         key = rig.dir.path().join("buffer.key").display(),
         port = rig.broker.port(),
+        patient_system = vitalbridge_tests::scenario::PATIENT_SYSTEM,
+        patient_id = vitalbridge_tests::scenario::PATIENT_ID,
         ops = vitalbridge_tests::ops::ops_table(rig.ops_port, ops_extra),
     )
 }

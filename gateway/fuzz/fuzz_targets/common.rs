@@ -17,6 +17,7 @@ pub fn ctx() -> FrameContext {
         patient: None,
         received_at: datetime!(2026-01-01 00:00:00 UTC),
         clock_offset: None,
+        time_sync: None,
     }
 }
 

@@ -18,9 +18,12 @@
 //! | `st` | [string] | status flags (`StatusFlag::as_str`) |
 //! | `usr` | u8? | device user index |
 //! | `bed` | `{c, loc?, rs, ut?}`? | point-of-care context (HL7 v2 PCD-01): `c` the containment path (OBX-4) as numbers, `loc` the point of care (PV1-3), `rs` the FHIR `Observation.status` code, `ut` true when the unit is the sender's text, not UCUM |
+//! | `ts` | string? | how the gateway knows the device clock's offset (`TimeSync::as_str`) |
 //!
 //! Numbers are written as JSON numbers with their exact decimal text. A metric unknown to
-//! the catalog (a newer gateway wrote it) is an error, not a guess.
+//! the catalog (a newer gateway wrote it) is an error, not a guess. A metric whose MDC code
+//! the catalog lists in more than one unit (glucose by mass or by substance concentration)
+//! is the one whose unit fits the stored quantity's (`catalog::by_mdc_for_unit`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -29,7 +32,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::model::{
     AbsentReason, Bedside, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured,
-    PatientRef, Quantity, Reading, ResultStatus, Samples, StatusFlag, Value,
+    PatientRef, Quantity, Reading, ResultStatus, Samples, StatusFlag, TimeSync, Value,
 };
 use crate::profile::catalog;
 
@@ -68,6 +71,8 @@ struct Body {
     st: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usr: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bed: Option<Bed>,
 }
@@ -239,9 +244,14 @@ pub fn encode(r: &Reading) -> Vec<u8> {
             rs: b.status.fhir_code().to_owned(),
             ut: b.unit_as_sent,
         }),
+        ts: r.time_sync.map(|t| t.as_str().to_owned()),
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn time_sync_load(name: &str) -> Result<TimeSync, CodecError> {
+    TimeSync::parse(name).ok_or_else(|| CodecError::Body(format!("unknown time sync {name:?}")))
 }
 
 fn metric(mdc: u32) -> Result<crate::model::Metric, CodecError> {
@@ -312,7 +322,12 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
                 PatientRef::Identifier { system, value }
             }
         }),
-        metric: metric(b.mdc)?,
+        metric: match &value {
+            Value::Quantity(q) => catalog::by_mdc_for_unit(b.mdc, &q.unit).ok_or_else(|| {
+                CodecError::Body(format!("metric {} is not in this gateway's catalog", b.mdc))
+            })?,
+            _ => metric(b.mdc)?,
+        },
         value,
         device_time: b.dt.as_deref().map(time_parse).transpose()?,
         clock_offset: b.off.map(Duration::milliseconds),
@@ -341,6 +356,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
                 }))
             })
             .transpose()?,
+        time_sync: b.ts.as_deref().map(time_sync_load).transpose()?,
     })
 }
 
@@ -403,6 +419,7 @@ mod tests {
                 status: ResultStatus::Corrected,
                 unit_as_sent: true,
             })),
+            time_sync: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! # On disk (`data_dir`)
 //! - `buffer.db` (+ `-wal`, `-shm`): schema in `gateway/migrations/` (tables `readings`,
-//!   `dead_letters`, `device_state`, `meta`). Reading bodies and dead letters are sealed
+//!   `dead_letters`, `device_state`, `meta`, and `unbound`: readings that belong to no
+//!   patient yet, held and never delivered until released, see [`unbound`]). Reading bodies and dead letters are sealed
 //!   ([`seal`], [`rows`]); reading bodies are [`codec`] bytes inside.
 //! - `buffer.state`: this directory's own record of its buffer (`db_id`, and the highest row
 //!   id it committed), so a database that was replaced, emptied or went back in time is
@@ -45,6 +46,7 @@ pub mod rows;
 pub mod salvage;
 pub mod seal;
 pub mod space;
+pub mod unbound;
 pub mod writer;
 
 #[cfg(test)]
@@ -294,6 +296,8 @@ struct Inner {
     key: Arc<BufferKey>,
     capacity: u64,
     pending: AtomicU64,
+    /// Readings held for want of a patient (`unbound`), exact for this process.
+    unbound: AtomicU64,
     /// The configured destinations.
     destinations: Vec<Destination>,
     /// Their bits together: what a new reading is owed to.
@@ -629,6 +633,7 @@ impl crate::ops::QueueProbe for Store {
             capacity: self.capacity(),
             leased: s.leased,
             dead_letters: s.dead_letters,
+            unbound: self.unbound(),
             oldest_age: s
                 .oldest_age_ms
                 .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),

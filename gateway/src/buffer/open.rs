@@ -606,6 +606,7 @@ async fn reseal_rows(
             n += 1;
         }
     }
+    n += super::unbound::reseal(conn, old, new).await?;
     Ok(n)
 }
 
@@ -625,6 +626,7 @@ pub(super) fn envelope_dedup(
                 payload: Vec::new(),
                 size: e.size,
                 sha256: e.sha256,
+                refused: None,
             },
         ),
     }
@@ -966,6 +968,8 @@ pub async fn open_read_only(dir: &Path, key: Option<BufferKey>) -> Result<Store,
             key: Arc::new(key),
             capacity: 0,
             pending: AtomicU64::new(0),
+            // A read-only store answers from the table (`unbound_devices`), not this count.
+            unbound: AtomicU64::new(0),
             all_destinations: destinations.iter().fold(0, |m, d| m | d.mask()),
             destinations,
             lease: Mutex::new(Default::default()),
@@ -1031,6 +1035,7 @@ pub async fn open(
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM readings")
         .fetch_one(&mut conn)
         .await?;
+    let unbound = super::unbound::count(&mut conn).await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)
@@ -1048,6 +1053,7 @@ pub async fn open(
             key,
             capacity: options.capacity,
             pending: AtomicU64::new(pending as u64),
+            unbound: AtomicU64::new(unbound),
             all_destinations: destinations.iter().fold(0, |m, d| m | d.mask()),
             destinations,
             lease: Mutex::new(Default::default()),

@@ -19,7 +19,7 @@ fn reading(device: &str, seq: u64) -> Reading {
             model: None,
             manufacturer: None,
         },
-        patient: None,
+        patient: Some(PatientRef::identifier("urn:test", "p-1")),
         metric: catalog::SPO2,
         value: Value::Quantity(Quantity {
             value: Measured::Value(Decimal::integer(90 + (seq % 10) as i64)),
@@ -33,6 +33,7 @@ fn reading(device: &str, seq: u64) -> Reading {
         status: vec![],
         device_user: None,
         bedside: None,
+        time_sync: None,
     }
 }
 
@@ -1353,4 +1354,253 @@ async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
         .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
         .collect();
     assert_eq!(seqs, [2]);
+}
+
+mod unbound {
+    use super::*;
+    use crate::buffer::unbound::Release;
+
+    fn unbound(device: &str, seq: u64, user: Option<u8>) -> Reading {
+        Reading {
+            patient: None,
+            device_user: user,
+            ..reading(device, seq)
+        }
+    }
+
+    /// Under load from several sources at once, readings without a patient are held (never
+    /// leased), readings with one are queued, and a release moves exactly the held readings
+    /// of one device and user into the queue, bound to the patient: every reading is
+    /// accounted for, in the queue or held, none twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unbound_readings_are_held_under_load_and_released_to_the_right_patient() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1_000_000).await;
+        const TASKS: u64 = 8;
+        const PER_TASK: u64 = 300;
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let ingest = r.ingest.clone();
+            tasks.push(tokio::spawn(async move {
+                for chunk in 0..PER_TASK / 10 {
+                    let batch: Vec<Reading> = (0..10)
+                        .map(|i| {
+                            let seq = t * 1_000_000 + chunk * 10 + i;
+                            match seq % 3 {
+                                0 => reading(&format!("bound-{t}"), seq),
+                                1 => unbound("cuff", seq, None),
+                                _ => unbound("scale", seq, Some((seq % 2) as u8 + 1)),
+                            }
+                        })
+                        .collect();
+                    ingest.commit(batch.clone()).await.unwrap();
+                    // A redelivery of the same batch is stored once, held or not.
+                    ingest.commit(batch).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let all: Vec<u64> = (0..TASKS)
+            .flat_map(|t| (0..PER_TASK).map(move |i| t * 1_000_000 + i))
+            .collect();
+        let bound = all.iter().filter(|s| *s % 3 == 0).count() as u64;
+        let cuff = all.iter().filter(|s| *s % 3 == 1).count() as u64;
+        let scale_user = |u: u64| {
+            all.iter()
+                .filter(|s| *s % 3 == 2 && *s % 2 + 1 == u)
+                .count() as u64
+        };
+        assert_eq!(r.store.pending(), bound);
+        assert_eq!(r.store.unbound(), cuff + scale_user(1) + scale_user(2));
+        // Nothing held is ever leased.
+        let leased = r.store.lease(&dest(&r.store), 100_000).await.unwrap();
+        assert_eq!(leased.len() as u64, bound);
+        assert!(leased
+            .iter()
+            .all(|l| l.reading.as_ref().unwrap().patient.is_some()));
+        r.store
+            .release(
+                &dest(&r.store),
+                &leased.iter().map(|l| l.id).collect::<Vec<_>>(),
+            )
+            .await;
+        let listed = r.store.unbound_devices().await.unwrap();
+        let counts: Vec<(String, Option<u8>, u64)> = listed
+            .iter()
+            .map(|d| (d.device_key.clone(), d.user, d.readings))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("cuff".to_owned(), None, cuff),
+                ("scale".to_owned(), Some(1), scale_user(1)),
+                ("scale".to_owned(), Some(2), scale_user(2)),
+            ]
+        );
+        r.stop().await;
+
+        // The release (the gateway stopped: it needs the writer's lock).
+        let (store, mut writer, _) = open(&data(root.path()), &options(root.path(), 1_000_000))
+            .await
+            .unwrap();
+        let alice = PatientRef::identifier("urn:test", "alice");
+        let release = |device: &str, user: Option<u8>| Release {
+            device_key: device.into(),
+            user,
+            since: None,
+            until: None,
+            patient: alice.clone(),
+        };
+        let done = writer
+            .release_unbound(&release("scale", Some(1)))
+            .await
+            .unwrap();
+        assert_eq!(done.released, scale_user(1));
+        assert_eq!(store.pending(), bound + scale_user(1));
+        assert_eq!(store.unbound(), cuff + scale_user(2));
+        // Released again: nothing left to release, nothing doubled.
+        let again = writer
+            .release_unbound(&release("scale", Some(1)))
+            .await
+            .unwrap();
+        assert_eq!(again.released, 0);
+        // Without --user, only the readings that reported none (the cuff's): the scale's
+        // user 2 stays held.
+        let none = writer
+            .release_unbound(&release("scale", None))
+            .await
+            .unwrap();
+        assert_eq!(none.released, 0);
+        let leased = store.lease(&dest(&store), 100_000).await.unwrap();
+        assert_eq!(leased.len() as u64, bound + scale_user(1));
+        let released: Vec<Reading> = leased
+            .into_iter()
+            .map(|l| l.reading.unwrap())
+            .filter(|r| r.device.id.key() == "scale")
+            .collect();
+        assert_eq!(released.len() as u64, scale_user(1));
+        for r in &released {
+            assert_eq!(r.patient.as_ref(), Some(&alice));
+            assert_eq!(r.device_user, Some(1));
+            // The identifier it would have had, bound when it was measured.
+            assert!(
+                r.identifier().contains("-alice-urn:test-"),
+                "{}",
+                r.identifier()
+            );
+        }
+        writer.close().await;
+    }
+
+    /// A damaged buffer's held readings are salvaged back to being held, not queued.
+    #[tokio::test]
+    async fn salvage_brings_held_readings_back_held() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1000).await;
+        r.ingest
+            .commit((0..50).map(|s| unbound("cuff", s, Some(3))).collect())
+            .await
+            .unwrap();
+        r.ingest.commit(vec![reading("bound", 1)]).await.unwrap();
+        let db = data(root.path()).join(open::DB_FILE);
+        let wal = data(root.path()).join("buffer.db-wal");
+        let (db_bytes, wal_bytes) = (std::fs::read(&db).unwrap(), std::fs::read(&wal).unwrap());
+        r.stop().await;
+        std::fs::write(&db, db_bytes).unwrap();
+        std::fs::write(&wal, wal_bytes).unwrap();
+        let _ = std::fs::remove_file(data(root.path()).join("buffer.db-shm"));
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[..100].fill(0);
+        std::fs::write(&db, bytes).unwrap();
+        let (store, mut writer, report) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        let q = report.quarantined.expect("quarantined");
+        let salvaged = salvage::salvage(&mut writer, &q.path, vec![])
+            .await
+            .unwrap();
+        assert_eq!((salvaged.found, salvaged.queued), (51, 51), "{salvaged:?}");
+        assert_eq!((store.pending(), store.unbound()), (1, 50));
+        let held = store.unbound_devices().await.unwrap();
+        assert_eq!(
+            (held[0].device_key.as_str(), held[0].user, held[0].readings),
+            ("cuff", Some(3), 50)
+        );
+        writer.close().await;
+    }
+
+    /// A time window releases only what was measured in it: a device that went from one
+    /// patient to the next while unbound.
+    #[tokio::test]
+    async fn a_release_can_be_limited_to_a_time_window() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1000).await;
+        let held: Vec<Reading> = (0..10).map(|s| unbound("cuff", s, None)).collect();
+        r.ingest.commit(held.clone()).await.unwrap();
+        r.stop().await;
+        let (store, mut writer, _) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        let split = held[6].device_time.unwrap();
+        let done = writer
+            .release_unbound(&Release {
+                device_key: "cuff".into(),
+                user: None,
+                since: None,
+                until: Some(split),
+                patient: PatientRef::Reference("Patient/1".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.released, done.kept), (6, 4));
+        assert_eq!((store.pending(), store.unbound()), (6, 4));
+        writer.close().await;
+    }
+
+    /// Held readings are sealed at rest like every other: no patient is in them yet, but the
+    /// value and the device's time are not readable in the file.
+    #[tokio::test]
+    async fn held_readings_are_sealed_and_survive_a_key_rotation() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 1000).await;
+        let mut marked = unbound("cuff", 1, None);
+        marked.device.model = Some("MODEL-SENTINEL-77".into());
+        r.ingest.commit(vec![marked]).await.unwrap();
+        r.stop().await;
+        assert!(!contains(
+            &all_bytes(&data(root.path())),
+            b"MODEL-SENTINEL-77"
+        ));
+        // Rotate: the new key in key_file, the old one in previous_key_files.
+        let old = root.path().join("old.key");
+        std::fs::rename(root.path().join("buffer.key"), &old).unwrap();
+        seal::BufferKey::create(&root.path().join("buffer.key")).unwrap();
+        let mut rotated = options(root.path(), 1000);
+        rotated.previous_key_files = vec![old];
+        let (first, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
+        assert!(report.rotated.is_some());
+        writer.close().await;
+        first.close().await;
+        drop(first);
+        let (store, mut writer, _) = open(&data(root.path()), &options(root.path(), 1000))
+            .await
+            .unwrap();
+        let done = writer
+            .release_unbound(&Release {
+                device_key: "cuff".into(),
+                user: None,
+                since: None,
+                until: None,
+                patient: PatientRef::Reference("Patient/1".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.released, done.unreadable), (1, 0));
+        let leased = store.lease(&dest(&store), 10).await.unwrap();
+        let r = leased[0].reading.as_ref().unwrap();
+        assert_eq!(r.device.model.as_deref(), Some("MODEL-SENTINEL-77"));
+        writer.close().await;
+    }
 }

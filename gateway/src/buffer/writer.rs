@@ -197,6 +197,8 @@ pub struct Writer {
 /// What a group writes, prepared (sealed) before the transaction starts.
 struct Prepared<'a> {
     readings: Vec<(SealedReading, i64, &'a Reading)>,
+    /// Readings with no patient: held in `unbound`, never delivered ([`super::unbound`]).
+    held: Vec<(SealedReading, i64, &'a Reading)>,
     /// What a new reading is owed to: every configured destination's bit.
     todo: i64,
     acks: Vec<AckRows>,
@@ -207,6 +209,8 @@ struct Prepared<'a> {
 #[derive(Default)]
 struct Written {
     inserted: u64,
+    /// Readings newly held for want of a patient.
+    held: u64,
     /// Per acknowledgement: rows its destination still needed.
     acked: Vec<u64>,
     /// Rows no destination needs any more, deleted.
@@ -346,7 +350,7 @@ impl Writer {
     }
 
     /// The write connection, reopened after a failure.
-    async fn connection(&mut self) -> Result<&mut SqliteConnection, StorageFailure> {
+    pub(super) async fn connection(&mut self) -> Result<&mut SqliteConnection, StorageFailure> {
         if self.conn.is_none() {
             let conn = open::connect(&self.db).await.map_err(|e| match e {
                 BufferError::Sql(sql) => storage_failure(&sql),
@@ -428,7 +432,8 @@ impl Writer {
             None
         };
         let capacity = self.store.capacity();
-        let mut room = capacity.saturating_sub(self.store.pending());
+        // Held (unbound) readings take room like pending ones: both are on this disk.
+        let mut room = capacity.saturating_sub(self.store.pending() + self.store.unbound());
         let mut admitted: Vec<(Arc<str>, Vec<Reading>)> = Vec::new();
         let mut rejected: Vec<(Arc<str>, Rejected)> = Vec::new();
         let mut replies = Vec::new();
@@ -471,20 +476,16 @@ impl Writer {
         }
 
         let key = self.store.inner.key.clone();
+        let (readings, held) = seal_all(&key, admitted.iter().flat_map(|(_, r)| r.iter()));
         let prepared = Prepared {
-            readings: admitted
-                .iter()
-                .flat_map(|(_, r)| r.iter())
-                .map(|r| {
-                    let received = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
-                    (rows::seal_reading(&key, r), received, r)
-                })
-                .collect(),
+            readings,
+            held,
             todo: self.store.inner.all_destinations,
             acks,
             dead,
         };
         let has_writes = !prepared.readings.is_empty()
+            || !prepared.held.is_empty()
             || !rejected.is_empty()
             || !prepared.acks.is_empty()
             || !prepared.dead.is_empty()
@@ -503,7 +504,7 @@ impl Writer {
         let error = match result {
             Ok(written) => {
                 let total: u64 = admitted.iter().map(|(_, r)| r.len() as u64).sum();
-                counts.inserted = written.inserted;
+                counts.inserted = written.inserted + written.held;
                 counts.duplicates = total - written.inserted.min(total);
                 counts.commits = u64::from(has_writes);
                 counts.deleted = written.removed;
@@ -515,6 +516,10 @@ impl Writer {
                     now.saturating_sub(gone),
                     std::sync::atomic::Ordering::Relaxed,
                 );
+                self.store
+                    .inner
+                    .unbound
+                    .fetch_add(written.held, std::sync::atomic::Ordering::Relaxed);
                 if written.inserted > 0 {
                     self.store.inner.committed.send_modify(|n| *n += 1);
                 }
@@ -677,14 +682,10 @@ impl Writer {
         readings: &[Reading],
     ) -> Result<u64, BufferError> {
         let key = self.store.inner.key.clone();
+        let (bound, held) = seal_all(&key, readings.iter());
         let prepared = Prepared {
-            readings: readings
-                .iter()
-                .map(|r| {
-                    let received = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
-                    (rows::seal_reading(&key, r), received, r)
-                })
-                .collect(),
+            readings: bound,
+            held,
             todo: self.store.inner.all_destinations,
             acks: Vec::new(),
             dead: Vec::new(),
@@ -694,8 +695,33 @@ impl Writer {
             .inner
             .pending
             .fetch_add(written.inserted, std::sync::atomic::Ordering::Relaxed);
-        Ok(written.inserted)
+        self.store
+            .inner
+            .unbound
+            .fetch_add(written.held, std::sync::atomic::Ordering::Relaxed);
+        Ok(written.inserted + written.held)
     }
+}
+
+/// A reading sealed for its row, with its receive time in Unix ms.
+type SealedRow<'a> = (SealedReading, i64, &'a Reading);
+
+/// Seals readings for the `readings` table, and those with no patient for `unbound`.
+fn seal_all<'a>(
+    key: &super::seal::BufferKey,
+    readings: impl Iterator<Item = &'a Reading>,
+) -> (Vec<SealedRow<'a>>, Vec<SealedRow<'a>>) {
+    let (mut bound, mut held) = (Vec::new(), Vec::new());
+    for r in readings {
+        let received = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let row = (rows::seal_reading(key, r), received, r);
+        if r.patient.is_some() {
+            bound.push(row);
+        } else {
+            held.push(row);
+        }
+    }
+    (bound, held)
 }
 
 /// Deletes the rows among `ids` (a JSON list) that no destination needs any more, and
@@ -818,9 +844,10 @@ async fn write(
         q.push(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
         written.inserted += q.build().execute(&mut *conn).await?.rows_affected();
     }
+    written.held += super::unbound::hold(conn, &prepared.held).await?;
     // The highest sequence number per device, kept after delivery.
     let mut max_seq: HashMap<String, u64> = HashMap::new();
-    for (_, _, r) in &prepared.readings {
+    for (_, _, r) in prepared.readings.iter().chain(&prepared.held) {
         if let Some(seq) = r.sequence {
             let e = max_seq.entry(r.device.id.key()).or_insert(seq);
             *e = (*e).max(seq);

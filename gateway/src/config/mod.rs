@@ -102,6 +102,13 @@ pub struct Config {
     /// Device → patient bindings.
     #[serde(default)]
     pub devices: Vec<DeviceBinding>,
+    /// `[default_patient]`: on a home hub with one patient, the patient of every device not
+    /// named in `[[devices]]`. Absent: such a device's readings are held unbound.
+    #[serde(default)]
+    pub default_patient: Option<DefaultPatient>,
+    /// `[clinical]`: the checks every reading passes before the buffer.
+    #[serde(default)]
+    pub clinical: ClinicalConfig,
     /// Logs, the audit log and the operations HTTP server.
     #[serde(default)]
     pub ops: OpsConfig,
@@ -119,6 +126,8 @@ impl Default for Config {
             },
             uplink: UplinkConfig::default(),
             devices: Vec::new(),
+            default_patient: None,
+            clinical: ClinicalConfig::default(),
             ops: OpsConfig {
                 http: Some(OpsHttpConfig::default()),
                 ..OpsConfig::default()
@@ -263,6 +272,11 @@ pub struct SimConfig {
     pub interval_ms: u64,
     /// Stop after this many readings in total (0 = run forever). For tests and demos.
     pub max_readings: u64,
+    /// Show what the gateway does with readings that are not plain: the last device is
+    /// bound to no patient (its readings are held unbound), the thermometers have no clock,
+    /// every 10th blood pressure reports a loose cuff and every 15th SpO2 is above 100 %
+    /// (refused). Off: every device has a demo patient and a clock, every value is plain.
+    pub scenarios: bool,
 }
 
 impl Default for SimConfig {
@@ -271,6 +285,7 @@ impl Default for SimConfig {
             devices: 5,
             interval_ms: 1000,
             max_readings: 0,
+            scenarios: true,
         }
     }
 }
@@ -297,6 +312,13 @@ pub struct MqttSourceConfig {
     /// TLS to the broker (required for `mqtts://`). With `cert` and `key`, mutual TLS.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Whether a payload's `patient` field is trusted: `true` files the reading under the
+    /// patient the payload names (audited); `false` ignores it and applies the bindings
+    /// (`[[devices]]`, `[default_patient]`; a reading with none is held unbound). Unset:
+    /// `false` when bindings are configured, else `true` (a publisher that is the system of
+    /// record for its patients). Anyone who may publish to the topics can name any patient.
+    #[serde(default)]
+    pub trust_payload_patient: Option<bool>,
 }
 
 fn default_mqtt_topics() -> Vec<String> {
@@ -621,6 +643,113 @@ pub struct DeviceBinding {
     /// with no binding (or with no user) gets no patient rather than someone else's.
     #[serde(default)]
     pub user: Option<u8>,
+}
+
+/// `[default_patient]`: the patient of every device without a `[[devices]]` binding.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultPatient {
+    /// Patient identifier system. With `id`.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Patient identifier value. With `system`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A literal reference instead, e.g. `Patient/123`.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// Device user indexes (BLE User ID) the default patient takes. A reading that reports
+    /// another user index (the second user of a two-user cuff) is held unbound rather than
+    /// given to the default patient; a reading that reports none is the default patient's.
+    #[serde(default)]
+    pub users: Vec<u8>,
+}
+
+/// What to do with a value outside its metric's physiological limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlausibilityAction {
+    /// Dead-letter the reading, with its reason; audited.
+    #[default]
+    Refuse,
+    /// Keep it, marked `implausible` (FHIR interpretation, status `preliminary`).
+    Flag,
+    /// Do not check.
+    Off,
+}
+
+/// In which unit values are sent (`clinical.units`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitOutput {
+    /// As the device sent them (`[lb_av]`, `[degF]`, `kPa`).
+    #[default]
+    AsSent,
+    /// Converted to the metric's canonical unit (`kg`, `Cel`, `mm[Hg]`), the value as sent
+    /// kept beside it in the Observation.
+    Canonical,
+}
+
+/// `[clinical]`: the checks every reading passes on its way to the buffer (docs/clinical.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClinicalConfig {
+    /// Units in the output: `as-sent` (the device's, with their UCUM codes) or `canonical`
+    /// (one unit per metric: converted, the original kept beside it in the Observation).
+    pub units: UnitOutput,
+    /// A value outside its metric's physiological limits: `refuse`, `flag` or `off`.
+    pub plausibility: PlausibilityAction,
+    /// `[[clinical.limits]]`: limits that replace the built-in ones of a metric.
+    pub limits: Vec<LimitConfig>,
+    /// A device time ahead of the gateway's receive time by more than this many seconds is
+    /// flagged `time-in-future`.
+    pub future_tolerance_s: u64,
+    /// A device time older than this many days is flagged `time-too-old` (a reset clock);
+    /// 0: never.
+    pub max_age_days: u64,
+    /// A device whose clock is off from the gateway's by more than this many seconds is
+    /// shown on the status page and in `/metrics`.
+    pub clock_drift_warn_s: u64,
+}
+
+/// Default of `clinical.future_tolerance_s`: device clocks a few minutes fast are common.
+pub const DEFAULT_FUTURE_TOLERANCE_S: u64 = 300;
+/// Default of `clinical.max_age_days`: stored glucose records are weeks old; a reset clock
+/// is decades off.
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 365;
+/// Default of `clinical.clock_drift_warn_s`.
+pub const DEFAULT_CLOCK_DRIFT_WARN_S: u64 = 120;
+
+impl Default for ClinicalConfig {
+    fn default() -> Self {
+        Self {
+            units: UnitOutput::AsSent,
+            plausibility: PlausibilityAction::Refuse,
+            limits: Vec::new(),
+            future_tolerance_s: DEFAULT_FUTURE_TOLERANCE_S,
+            max_age_days: DEFAULT_MAX_AGE_DAYS,
+            clock_drift_warn_s: DEFAULT_CLOCK_DRIFT_WARN_S,
+        }
+    }
+}
+
+/// `[[clinical.limits]]`: the physiological limits of one metric.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// The metric: short name (`spo2`), MDC code, MDC reference id or LOINC code.
+    pub metric: String,
+    /// Lowest plausible value, in `unit`.
+    pub min: f64,
+    /// Highest plausible value, in `unit`.
+    pub max: f64,
+    /// The unit of `min` and `max` (UCUM, fitting the metric). Default: the metric's
+    /// canonical unit.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// What to do outside them. Default: `clinical.plausibility`.
+    #[serde(default)]
+    pub action: Option<PlausibilityAction>,
 }
 
 /// `[ops]`: logs, the audit log and the operations HTTP server.

@@ -18,7 +18,8 @@ use std::path::Path;
 use super::*;
 use crate::error_chain::Chain;
 use crate::limits::{
-    MAX_CODE_LEN, MAX_ID_LEN, MAX_PATH_LEN, MAX_SYSTEM_LEN, MAX_TOPIC_LEN, MAX_URL_LEN,
+    MAX_CODE_LEN, MAX_ID_LEN, MAX_PATH_LEN, MAX_SYSTEM_LEN, MAX_TOPIC_LEN, MAX_UNIT_LEN,
+    MAX_URL_LEN,
 };
 
 /// A gateway id that is not one.
@@ -136,6 +137,31 @@ impl Config {
                 if let Some(value) = value {
                     all.push(text(key(field), value, limit));
                 }
+            }
+        }
+        if let Some(d) = &self.default_patient {
+            for (field, value, limit) in [
+                ("system", &d.system, MAX_SYSTEM_LEN),
+                ("id", &d.id, MAX_ID_LEN),
+                ("reference", &d.reference, MAX_SYSTEM_LEN),
+            ] {
+                if let Some(value) = value {
+                    all.push(text(format!("default_patient.{field}"), value, limit));
+                }
+            }
+        }
+        for (i, l) in self.clinical.limits.iter().enumerate() {
+            all.push(text(
+                format!("clinical.limits[{i}].metric"),
+                &l.metric,
+                MAX_CODE_LEN,
+            ));
+            if let Some(unit) = &l.unit {
+                all.push(text(
+                    format!("clinical.limits[{i}].unit"),
+                    unit,
+                    MAX_UNIT_LEN,
+                ));
             }
         }
         if let Some(audit) = &self.ops.audit_log {
@@ -268,6 +294,36 @@ impl Config {
                     "255 means \"unknown user\" in BLE; use 0-254",
                 ));
             }
+        }
+        if let Some(d) = &self.default_patient {
+            match (&d.system, &d.id, &d.reference) {
+                (Some(s), Some(v), None) if !s.is_empty() && !v.is_empty() => {}
+                (None, None, Some(r)) if !r.is_empty() => {}
+                _ => problems.push(err(
+                    "default_patient",
+                    "give either system and id, or reference",
+                )),
+            }
+            if d.users.contains(&0xFF) {
+                problems.push(err(
+                    "default_patient.users",
+                    "255 means \"unknown user\" in BLE; use 0-254",
+                ));
+            }
+        }
+        for (i, l) in self.clinical.limits.iter().enumerate() {
+            if !(l.min.is_finite() && l.max.is_finite() && l.min < l.max) {
+                problems.push(err(
+                    &format!("clinical.limits[{i}]"),
+                    "min and max must be numbers with min below max",
+                ));
+            }
+        }
+        if self.clinical.future_tolerance_s > 86_400 {
+            problems.push(err(
+                "clinical.future_tolerance_s",
+                "must be at most 86400 (a day)",
+            ));
         }
         validate_ops(&self.ops, &mut problems);
         if problems.is_empty() {

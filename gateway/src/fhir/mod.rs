@@ -12,11 +12,22 @@
 //! - `device` → the measuring Device, `extension[gatewayDevice]` → this gateway's Device,
 //!   both in the same Bundle as conditional creates referenced by `urn:uuid` fullUrls.
 //! - `effectiveDateTime` is the (corrected) measurement time with its offset, or a Period when
-//!   the measurement has a duration. When the gateway corrected the device clock, or the device
-//!   had none, an extension says so (see [`TIME_SOURCE_EXTENSION`]); the identifier always
-//!   keeps the time as the device reported it.
-//! - device measurement-status flags → `interpretation` codings in [`STATUS_SYSTEM`]; test
-//!   data → `meta.security` HTEST.
+//!   the measurement has a duration. Every one says where its time came from, in the
+//!   [`TIME_SOURCE_EXTENSION`] on it: `source` `device` (the device's clock as reported),
+//!   `device-corrected` (with `deviceTime`, the device's own time, and `offsetMs`, the
+//!   gateway's correction) or `gateway-receive` (no device clock: the receive time), and
+//!   `synchronization`, how the gateway knows the device clock (`ble-current-time`,
+//!   `firmware-time-sync`, `configured-zone`, `hl7-time-zone`) where it does. The identifier
+//!   always keeps the time as the device reported it.
+//! - measurement-status flags, the device's and the gateway's checks' (`implausible`,
+//!   `time-in-future`, `time-too-old`) → `interpretation` codings in [`STATUS_SYSTEM`], and
+//!   `status` `preliminary` (not `final`) when one doubts the value or its time
+//!   ([`crate::model::StatusFlag::doubts_value`]); test data → `meta.security` HTEST.
+//! - `category` `vital-signs` also for a systolic, diastolic or mean pressure sent on its own;
+//!   SpO2 carries LOINC 59408-5 (by pulse oximetry) beside 2708-6.
+//! - values in the unit the device sent, or with `clinical.units = "canonical"` converted to
+//!   the metric's canonical unit (`kg`, `Cel`, `mm[Hg]`) with the value as sent kept in the
+//!   core `iso21090-PQ-translation` extension on the quantity ([`Gateway::convert_units`]).
 //!
 //! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
 //! profiles require a subject): bind every device to a patient in config.
@@ -27,7 +38,7 @@ pub use observation::{device, gateway_device, observation, DeviceIdentifier, Obs
 
 use serde::Serialize;
 
-use crate::model::{DeviceRef, Reading};
+use crate::model::{Decimal, DeviceRef, Reading};
 
 /// PHD's identifier system for Observations.
 pub const IDENTIFIER_SYSTEM: &str =
@@ -40,8 +51,10 @@ pub const MDC: &str = "urn:iso:std:iso:11073:10101";
 pub const UCUM: &str = "http://unitsofmeasure.org";
 /// Vitalbridge's code system for device measurement-status flags in `interpretation`.
 pub const STATUS_SYSTEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/measurement-status";
-/// Extension on `effective[x]` recording where the time came from (`device`,
-/// `device-corrected`, `gateway-receive`) and, when corrected, the device's own time.
+/// Extension on `effective[x]` recording where the time came from (`source`: `device`,
+/// `device-corrected`, `gateway-receive`), when corrected the device's own time
+/// (`deviceTime`) and the correction (`offsetMs`), and how the device clock is known
+/// (`synchronization`).
 pub const TIME_SOURCE_EXTENSION: &str =
     "https://vitalbridge.dev/fhir/StructureDefinition/time-source";
 
@@ -52,7 +65,19 @@ pub struct Gateway {
     pub id: String,
     /// Software version.
     pub version: String,
+    /// With `clinical.units = "canonical"`: converts a value to the metric's canonical unit
+    /// (`profile::units::convert`, given by the wiring), the original kept beside it; `None`:
+    /// values stay in the unit the device sent.
+    pub convert_units: Option<UnitConverter>,
 }
+
+/// Converts `value` in the first unit to the second; `None` when they do not convert.
+pub type UnitConverter = fn(Decimal, &str, &str) -> Option<Decimal>;
+
+/// The core extension on a Quantity carrying the same quantity in another unit: with
+/// converted units, the value as the device sent it.
+pub const PQ_TRANSLATION_EXTENSION: &str =
+    "http://hl7.org/fhir/StructureDefinition/iso21090-PQ-translation";
 
 /// Which Bundle type to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +223,13 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
             .find(|(d, _)| *d == &r.device)
             .map(|(_, url)| url.as_str())
             .unwrap_or_default();
-        let obs = Observation::new(r, &identifier, device_url, &gw.full_url);
+        let obs = Observation::new_with(
+            r,
+            &identifier,
+            device_url,
+            &gw.full_url,
+            gateway.convert_units,
+        );
         write_entry(
             &mut body,
             false,

@@ -6,12 +6,12 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Number, Value as Json};
 
 use super::{
-    if_none_exist, urn_uuid, Gateway, IDENTIFIER_SYSTEM, LOINC, MDC, STATUS_SYSTEM,
-    TIME_SOURCE_EXTENSION, UCUM,
+    if_none_exist, urn_uuid, Gateway, UnitConverter, IDENTIFIER_SYSTEM, LOINC, MDC,
+    PQ_TRANSLATION_EXTENSION, STATUS_SYSTEM, TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
     format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
-    Quantity, Reading, StatusFlag, TimeSource, Value,
+    Quantity, Reading, ResultStatus, StatusFlag, TimeSource, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -88,11 +88,20 @@ impl<'a> Concept<'a> {
         }
     }
 
-    /// The `code` of a metric: LOINC (where there is one) and MDC.
+    /// The `code` of a metric: LOINC (where there is one) and MDC. SpO2 measured by a pulse
+    /// oximeter (MDC_PULS_OXIM_SAT_O2) also carries LOINC 59408-5, as the FHIR
+    /// oxygen-saturation example does, so a search on either code finds it.
     fn metric(m: &'a Metric) -> Self {
-        let mut coding = Vec::with_capacity(2);
+        let mut coding = Vec::with_capacity(3);
         if let Some(loinc) = m.loinc {
             coding.push(Coding::new(LOINC, loinc, Some(m.display)));
+        }
+        if m.mdc == SPO2_BY_PULSE_OXIMETRY_MDC {
+            coding.push(Coding::new(
+                LOINC,
+                "59408-5",
+                Some("Oxygen saturation in Arterial blood by Pulse oximetry"),
+            ));
         }
         coding.push(Coding::new(MDC, m.mdc.to_string(), Some(m.mdc_ref)));
         Self {
@@ -108,17 +117,39 @@ impl<'a> Concept<'a> {
 
 #[derive(Serialize)]
 struct Qty<'a> {
+    /// With converted units: the quantity as the device sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extension: Option<[Translation<'a>; 1]>,
     value: Dec,
     unit: &'a str,
+    /// UCUM, unless the unit is a sender's text that is not UCUM (HL7 v2 OBX-6).
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
 }
 
+/// The `iso21090-PQ-translation` extension: the same quantity in another unit.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Translation<'a> {
+    url: &'static str,
+    value_quantity: Original<'a>,
+}
+
+/// The quantity as the device sent it, inside [`Translation`].
+#[derive(Serialize)]
+struct Original<'a> {
+    value: Dec,
+    unit: &'a str,
+    system: &'static str,
+    code: &'a str,
+}
+
 impl<'a> Qty<'a> {
     fn new(value: Decimal, unit: &'a str) -> Self {
         Self {
+            extension: None,
             value: Dec(value),
             unit,
             system: Some(UCUM),
@@ -132,6 +163,28 @@ impl<'a> Qty<'a> {
             system: None,
             code: None,
             ..Self::new(value, unit)
+        }
+    }
+}
+
+/// Converts quantities to their metric's canonical unit, where the configuration asks for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Converter(pub(super) Option<UnitConverter>);
+
+impl Converter {
+    /// The value in the metric's canonical unit, if it is in another one that converts.
+    fn canonical(self, metric: &Metric, value: Decimal, unit: &str) -> Option<Decimal> {
+        let convert = self.0?;
+        (unit != metric.unit)
+            .then(|| convert(value, unit, metric.unit))
+            .flatten()
+    }
+
+    /// The unit a quantity of `metric` is written in.
+    fn unit_of<'a>(self, metric: &'a Metric, q: &'a Quantity) -> &'a str {
+        match q.value {
+            Measured::Value(v) if self.canonical(metric, v, &q.unit).is_some() => metric.unit,
+            _ => &q.unit,
         }
     }
 }
@@ -233,9 +286,23 @@ struct ObsComponent<'a> {
     value: ObsValue<'a>,
 }
 
-fn measured(q: &Quantity) -> ObsValue<'_> {
+fn measured<'a>(q: &'a Quantity, metric: &'a Metric, units: Converter) -> ObsValue<'a> {
     match q.value {
-        Measured::Value(d) => ObsValue::ValueQuantity(Qty::new(d, &q.unit)),
+        Measured::Value(d) => match units.canonical(metric, d, &q.unit) {
+            Some(converted) => ObsValue::ValueQuantity(Qty {
+                extension: Some([Translation {
+                    url: PQ_TRANSLATION_EXTENSION,
+                    value_quantity: Original {
+                        value: Dec(d),
+                        unit: &q.unit,
+                        system: UCUM,
+                        code: &q.unit,
+                    },
+                }]),
+                ..Qty::new(converted, metric.unit)
+            }),
+            None => ObsValue::ValueQuantity(Qty::new(d, &q.unit)),
+        },
         Measured::Absent(r) => ObsValue::DataAbsentReason(Concept::absent(r)),
     }
 }
@@ -270,18 +337,32 @@ pub struct Observation<'a> {
 impl<'a> Observation<'a> {
     /// The Observation for `r` whose identifier value is `identifier` (`r.identifier()`,
     /// passed in so a caller that already has it does not build it twice), referencing its
-    /// Device and the gateway Device by `device_url` and `gateway_url`.
+    /// Device and the gateway Device by `device_url` and `gateway_url`; values in the units
+    /// the device sent.
     pub fn new(
         r: &'a Reading,
         identifier: &'a str,
         device_url: &'a str,
         gateway_url: &'a str,
     ) -> Self {
+        Self::new_with(r, identifier, device_url, gateway_url, None)
+    }
+
+    /// [`Observation::new`], with values converted to their metric's canonical unit by
+    /// `convert_units` where it is given ([`Gateway::convert_units`]).
+    pub fn new_with(
+        r: &'a Reading,
+        identifier: &'a str,
+        device_url: &'a str,
+        gateway_url: &'a str,
+        convert_units: Option<UnitConverter>,
+    ) -> Self {
+        let units = Converter(convert_units);
         let meta = {
             let mut profile = Vec::new();
             if r.patient.is_some() {
                 profile.push(Cow::Borrowed(PHD_BASE_PROFILE));
-                if let Some(vs) = vital_signs_profile(r) {
+                if let Some(vs) = vital_signs_profile(r, units) {
                     profile.push(Cow::Owned(format!(
                         "http://hl7.org/fhir/StructureDefinition/{vs}"
                     )));
@@ -297,7 +378,7 @@ impl<'a> Observation<'a> {
             (!profile.is_empty() || security.is_some()).then_some(Meta { profile, security })
         };
         let mut category = Vec::with_capacity(2);
-        if r.metric.vital_sign_profile.is_some() {
+        if is_vital_sign(&r.metric) {
             category.push(Concept::one(Coding::new(
                 "http://terminology.hl7.org/CodeSystem/observation-category",
                 "vital-signs",
@@ -350,14 +431,14 @@ impl<'a> Observation<'a> {
                 (Measured::Value(d), Some(b)) if b.unit_as_sent => {
                     ObsValue::ValueQuantity(Qty::text_unit(d, &q.unit))
                 }
-                _ => measured(q),
+                _ => measured(q, &r.metric, units),
             },
             Value::Components(parts) => ObsValue::Component(
                 parts
                     .iter()
                     .map(|c| ObsComponent {
                         code: Concept::metric(&c.metric),
-                        value: measured(&c.quantity),
+                        value: measured(&c.quantity, &c.metric, units),
                     })
                     .collect(),
             ),
@@ -394,7 +475,14 @@ impl<'a> Observation<'a> {
                 system: IDENTIFIER_SYSTEM,
                 value: identifier,
             }],
-            status: r.bedside.as_ref().map_or("final", |b| b.status.fhir_code()),
+            // PHD: `final` unless the measurement status says otherwise; here, unless the
+            // sender's result status (HL7 OBX-11) is another, or a flag of the device or of
+            // the gateway's checks doubts the value or its time.
+            status: match r.bedside.as_ref().map(|b| b.status) {
+                Some(status) if status != ResultStatus::Final => status.fhir_code(),
+                _ if r.status.iter().any(|f| f.doubts_value()) => "preliminary",
+                _ => "final",
+            },
             category,
             code: Concept::metric(&r.metric),
             subject,
@@ -409,6 +497,19 @@ impl<'a> Observation<'a> {
             extension: [gateway],
         }
     }
+}
+
+/// MDC_PULS_OXIM_SAT_O2: SpO2, which only a pulse oximeter measures.
+const SPO2_BY_PULSE_OXIMETRY_MDC: u32 = 150456;
+
+/// MDC codes of blood-pressure parts that are vital signs on their own (systolic,
+/// diastolic, mean), though only the panel can claim the `bp` profile.
+const BLOOD_PRESSURE_PARTS_MDC: [u32; 3] = [150021, 150022, 150023];
+
+/// Whether an Observation of `m` is in the `vital-signs` category: a metric with a
+/// vital-signs profile, or a part of a blood pressure sent on its own.
+fn is_vital_sign(m: &Metric) -> bool {
+    m.vital_sign_profile.is_some() || BLOOD_PRESSURE_PARTS_MDC.contains(&m.mdc)
 }
 
 /// UCUM codes each FHIR R4 vital-signs profile allows for `valueQuantity.code` (its required
@@ -426,10 +527,11 @@ fn vital_signs_units(profile: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// The vital-signs profile the Observation of `r` may claim: the metric's, unless the device
-/// reported a unit that profile does not allow (a kPa cuff, a height in metres). Such a
-/// reading keeps its unit — the value is never converted — and claims only the PHD profile.
-fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
+/// The vital-signs profile the Observation of `r` may claim: the metric's, unless the value is
+/// written in a unit that profile does not allow (a kPa cuff, a height in metres, kept as the
+/// device sent them). Such a reading claims only the PHD profile. With converted units the
+/// value is in the metric's canonical unit, which every profile allows.
+fn vital_signs_profile(r: &Reading, units: Converter) -> Option<&'static str> {
     let profile = r.metric.vital_sign_profile?;
     let Some(allowed) = vital_signs_units(profile) else {
         return Some(profile);
@@ -438,10 +540,10 @@ fn vital_signs_profile(r: &Reading) -> Option<&'static str> {
         return None;
     }
     let fits = match &r.value {
-        Value::Quantity(q) => allowed.contains(&q.unit.as_str()),
+        Value::Quantity(q) => allowed.contains(&units.unit_of(&r.metric, q)),
         Value::Components(parts) => parts
             .iter()
-            .all(|c| allowed.contains(&c.quantity.unit.as_str())),
+            .all(|c| allowed.contains(&units.unit_of(&c.metric, &c.quantity))),
         Value::Samples(_) | Value::Coded { .. } => false,
     };
     fits.then_some(profile)
@@ -460,6 +562,9 @@ fn status_display(flag: StatusFlag) -> &'static str {
         StatusFlag::LowBattery => "Low battery",
         StatusFlag::SensorFault => "Sensor fault",
         StatusFlag::Invalid => "Invalid measurement",
+        StatusFlag::Implausible => "Outside physiological limits (gateway check)",
+        StatusFlag::TimeInFuture => "Measurement time ahead of the gateway's clock",
+        StatusFlag::TimeTooOld => "Measurement time implausibly old",
     }
 }
 
@@ -474,29 +579,34 @@ pub fn observation(r: &Reading, device_url: &str, gateway_url: &str) -> Json {
 }
 
 fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'static>> {
-    match source {
-        TimeSource::Device => None,
-        TimeSource::GatewayReceive => {
-            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
-            e.value_code = Some("gateway-receive");
-            Some(e)
-        }
-        TimeSource::DeviceCorrected => {
-            let mut source = Extension::new("source");
-            source.value_code = Some("device-corrected");
-            let mut device_time = Extension::new("deviceTime");
-            device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
-            let mut offset = Extension::new("offsetMs");
-            offset.value_integer = Some(
-                r.clock_offset
-                    .map(|d| d.whole_milliseconds() as i64)
-                    .unwrap_or(0),
-            );
-            let mut e = Extension::new(TIME_SOURCE_EXTENSION);
-            e.extension = vec![source, device_time, offset];
-            Some(e)
-        }
+    let mut parts = Vec::with_capacity(4);
+    let mut code = Extension::new("source");
+    code.value_code = Some(match source {
+        TimeSource::Device => "device",
+        TimeSource::DeviceCorrected => "device-corrected",
+        TimeSource::GatewayReceive => "gateway-receive",
+    });
+    parts.push(code);
+    if source == TimeSource::DeviceCorrected {
+        let mut device_time = Extension::new("deviceTime");
+        device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
+        parts.push(device_time);
+        let mut offset = Extension::new("offsetMs");
+        offset.value_integer = Some(
+            r.clock_offset
+                .map(|d| d.whole_milliseconds() as i64)
+                .unwrap_or(0),
+        );
+        parts.push(offset);
     }
+    if let (Some(sync), Some(_)) = (r.time_sync, r.device_time) {
+        let mut method = Extension::new("synchronization");
+        method.value_code = Some(sync.as_str());
+        parts.push(method);
+    }
+    let mut e = Extension::new(TIME_SOURCE_EXTENSION);
+    e.extension = parts;
+    Some(e)
 }
 
 /// The identifier (system, value) of a measuring device.

@@ -12,6 +12,7 @@ fn gateway() -> Gateway {
     Gateway {
         id: "hub-1".into(),
         version: "0.1.0".into(),
+        convert_units: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn bp_reading() -> Reading {
         status: vec![StatusFlag::IrregularPulse],
         device_user: None,
         bedside: None,
+        time_sync: None,
     }
 }
 
@@ -241,4 +243,237 @@ fn a_unit_the_vital_signs_profile_does_not_allow_drops_the_claim_but_keeps_the_u
     );
     assert!(claims(&height("cm")));
     assert!(claims(&height("[in_i]")));
+}
+
+fn quantity(metric: crate::model::Metric, value: i64, unit: &str) -> Reading {
+    Reading {
+        metric,
+        value: Value::Quantity(Quantity {
+            value: Measured::Value(Decimal::integer(value)),
+            unit: unit.into(),
+        }),
+        status: vec![],
+        ..bp_reading()
+    }
+}
+
+fn categories(o: &serde_json::Value) -> Vec<serde_json::Value> {
+    o["category"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["coding"][0]["code"].clone())
+        .collect()
+}
+
+#[test]
+fn a_systolic_or_diastolic_pressure_on_its_own_is_still_a_vital_sign() {
+    for metric in [
+        catalog::SYSTOLIC,
+        catalog::DIASTOLIC,
+        catalog::MEAN_ARTERIAL,
+    ] {
+        let o = observation(&quantity(metric, 120, "mm[Hg]"), "d", "g");
+        assert_eq!(categories(&o), [json!("vital-signs"), json!("phd")]);
+        // Only the panel claims the bp profile.
+        let profiles = o["meta"]["profile"].as_array().unwrap();
+        assert!(!profiles.contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    }
+    let o = observation(&quantity(catalog::RR_INTERVAL, 800, "ms"), "d", "g");
+    assert_eq!(categories(&o), [json!("phd")]);
+}
+
+#[test]
+fn spo2_from_a_pulse_oximeter_carries_59408_5_beside_2708_6() {
+    let o = observation(&quantity(catalog::SPO2, 97, "%"), "d", "g");
+    let codes: Vec<_> = o["code"]["coding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["system"].clone(), c["code"].clone()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (json!(LOINC), json!("2708-6")),
+            (json!(LOINC), json!("59408-5")),
+            (json!(MDC), json!("150456")),
+        ]
+    );
+    let hr = observation(&quantity(catalog::HEART_RATE, 60, "/min"), "d", "g");
+    assert_eq!(hr["code"]["coding"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_flag_that_doubts_the_value_makes_the_observation_preliminary() {
+    for (flag, status) in [
+        (None, "final"),
+        (Some(StatusFlag::IrregularPulse), "final"),
+        (Some(StatusFlag::TestData), "final"),
+        (Some(StatusFlag::CuffLoose), "preliminary"),
+        (Some(StatusFlag::Questionable), "preliminary"),
+        (Some(StatusFlag::SensorFault), "preliminary"),
+        (Some(StatusFlag::Calibrating), "preliminary"),
+        (Some(StatusFlag::Implausible), "preliminary"),
+        (Some(StatusFlag::TimeInFuture), "preliminary"),
+    ] {
+        let r = Reading {
+            status: flag.into_iter().collect(),
+            ..bp_reading()
+        };
+        let o = observation(&r, "d", "g");
+        assert_eq!(o["status"], json!(status), "{flag:?}");
+        if let Some(f) = flag.filter(|f| *f != StatusFlag::TestData) {
+            assert_eq!(
+                o["interpretation"][0]["coding"][0]["code"],
+                json!(f.as_str())
+            );
+            assert_eq!(
+                o["interpretation"][0]["coding"][0]["system"],
+                json!(STATUS_SYSTEM)
+            );
+        }
+    }
+}
+
+/// Every Observation says where its time came from, for each kind of device clock.
+#[test]
+fn time_provenance_is_on_every_observation_for_each_kind_of_clock() {
+    use crate::model::TimeSync;
+    let ext = |r: &Reading| {
+        let o = observation(r, "d", "g");
+        let e = o["_effectiveDateTime"]["extension"][0].clone();
+        assert_eq!(e["url"], json!(TIME_SOURCE_EXTENSION));
+        let parts: Vec<(String, serde_json::Value)> = e["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let url = p["url"].as_str().unwrap().to_owned();
+                let value = p
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .find(|(k, _)| k.starts_with("value"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap();
+                (url, value)
+            })
+            .collect();
+        (o["effectiveDateTime"].clone(), parts)
+    };
+    let part = |url: &str, v: serde_json::Value| (url.to_owned(), v);
+    // The device's clock as reported.
+    let (when, parts) = ext(&bp_reading());
+    assert_eq!(when, json!("2026-11-25T10:00:00+01:00"));
+    assert_eq!(parts, [part("source", json!("device"))]);
+    // Checked against the gateway (BLE Current Time), no correction needed.
+    let checked = Reading {
+        clock_offset: Some(Duration::ZERO),
+        time_sync: Some(TimeSync::BleCurrentTime),
+        ..bp_reading()
+    };
+    let (_, parts) = ext(&checked);
+    assert_eq!(
+        parts,
+        [
+            part("source", json!("device")),
+            part("synchronization", json!("ble-current-time"))
+        ]
+    );
+    // Corrected by the firmware's time sync: the corrected time, the device's own, the offset.
+    let corrected = Reading {
+        clock_offset: Some(Duration::seconds(-90)),
+        time_sync: Some(TimeSync::FirmwareTimeSync),
+        ..bp_reading()
+    };
+    let (when, parts) = ext(&corrected);
+    assert_eq!(when, json!("2026-11-25T09:58:30+01:00"));
+    assert_eq!(
+        parts,
+        [
+            part("source", json!("device-corrected")),
+            part("deviceTime", json!("2026-11-25T10:00:00+01:00")),
+            part("offsetMs", json!(-90_000)),
+            part("synchronization", json!("firmware-time-sync")),
+        ]
+    );
+    // A line device whose clock keeps a configured zone.
+    let zoned = Reading {
+        time_sync: Some(TimeSync::ConfiguredZone),
+        ..bp_reading()
+    };
+    assert_eq!(
+        ext(&zoned).1[1],
+        part("synchronization", json!("configured-zone"))
+    );
+    // No clock: the receive time, and it says so.
+    let clockless = Reading {
+        device_time: None,
+        time_sync: Some(TimeSync::BleCurrentTime),
+        ..bp_reading()
+    };
+    let (when, parts) = ext(&clockless);
+    assert_eq!(when, json!("2026-11-25T09:00:03Z"));
+    assert_eq!(parts, [part("source", json!("gateway-receive"))]);
+}
+
+/// With `clinical.units = "canonical"` a value in another commensurable unit is converted,
+/// the value as sent kept in the PQ-translation extension, and the profile claimed; without,
+/// it is kept as sent and claims only what its unit allows.
+#[test]
+fn converted_units_keep_the_original_and_claim_the_profile() {
+    let convert: UnitConverter = crate::profile::units::convert;
+    let r = Reading {
+        value: Value::Components(vec![
+            Component {
+                metric: catalog::SYSTOLIC,
+                quantity: Quantity {
+                    value: Measured::Value(Decimal::new(160, -1)),
+                    unit: "kPa".into(),
+                },
+            },
+            Component {
+                metric: catalog::DIASTOLIC,
+                quantity: Quantity {
+                    value: Measured::Value(Decimal::new(107, -1)),
+                    unit: "kPa".into(),
+                },
+            },
+        ]),
+        ..bp_reading()
+    };
+    let id = r.identifier();
+    let kept = serde_json::to_value(Observation::new(&r, &id, "d", "g")).unwrap();
+    assert_eq!(kept["component"][0]["valueQuantity"]["code"], json!("kPa"));
+    assert!(!kept["meta"]["profile"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    let converted =
+        serde_json::to_value(Observation::new_with(&r, &id, "d", "g", Some(convert))).unwrap();
+    let sys = &converted["component"][0]["valueQuantity"];
+    assert_eq!(sys["value"], json!(120));
+    assert_eq!(sys["code"], json!("mm[Hg]"));
+    assert_eq!(sys["extension"][0]["url"], json!(PQ_TRANSLATION_EXTENSION));
+    assert_eq!(
+        sys["extension"][0]["valueQuantity"],
+        json!({"value": 16.0, "unit": "kPa", "system": UCUM, "code": "kPa"})
+    );
+    assert!(converted["meta"]["profile"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
+    // Already canonical: untouched, no extension.
+    let plain = serde_json::to_value(Observation::new_with(
+        &bp_reading(),
+        &id,
+        "d",
+        "g",
+        Some(convert),
+    ))
+    .unwrap();
+    assert!(plain["component"][0]["valueQuantity"]
+        .get("extension")
+        .is_none());
 }

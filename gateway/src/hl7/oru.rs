@@ -240,6 +240,7 @@ mod tests {
             sequence: None,
             status: vec![],
             device_user: None,
+            time_sync: None,
             bedside: Some(Box::new(Bedside {
                 containment,
                 location: Some("ICU^12^A".into()),

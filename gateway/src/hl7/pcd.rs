@@ -45,7 +45,7 @@ use super::v2::{EscapeError, Message, Segment};
 use crate::limits;
 use crate::model::{
     AbsentReason, Bedside, Component, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
-    Quantity, Reading, ResultStatus, StatusFlag, Value,
+    Quantity, Reading, ResultStatus, StatusFlag, TimeSync, Value,
 };
 use crate::profile::catalog;
 
@@ -867,6 +867,7 @@ fn combine(
             },
             device_user: None,
             bedside: bedside(containment, o.status, o.unit_as_sent),
+            time_sync: Some(TimeSync::Hl7TimeZone),
         };
         match part_of(&o.metric) {
             Some((p, _)) => {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, DeviceBinding, SourcesConfig};
+use crate::config::{ClinicalConfig, ConfigError, DefaultPatient, DeviceBinding, SourcesConfig};
 use crate::model::{hex_upper, PatientRef};
 use crate::ops::audit::Audit;
 use crate::ops::metrics::Metrics;
@@ -112,7 +112,9 @@ pub fn prepare(
         ));
     }
     if let Some(mqtt) = &config.mqtt {
-        let source = mqtt::MqttSource::new(mqtt, gateway_id)?;
+        // Off by default where bindings are configured (see `trust_payload_patient`).
+        let trust = mqtt.trust_payload_patient.unwrap_or(!ctx.bindings.any());
+        let source = mqtt::MqttSource::new(mqtt, gateway_id)?.trusting_payload_patient(trust);
         sources.push(prepared("mqtt".into(), source.run(ctx.named("mqtt"))));
     }
     if let Some(config) = &config.ble {
@@ -150,6 +152,60 @@ pub fn check_config(sources: &SourcesConfig, devices: &[DeviceBinding]) -> Vec<C
     problems
 }
 
+/// The admission policy (`profile::admission`) of `[clinical]`, or every problem with its
+/// limits (a metric the catalog does not know, a unit that does not fit it), each naming its
+/// key. `crate::validate_config` runs it with the sources' checks.
+pub fn admission_policy(
+    clinical: &ClinicalConfig,
+) -> Result<crate::profile::admission::Policy, Vec<ConfigError>> {
+    use crate::config::PlausibilityAction;
+    use crate::profile::plausibility::{Action, Limit, Plausibility};
+    use crate::profile::{catalog, units};
+    let action = |a: PlausibilityAction| match a {
+        PlausibilityAction::Refuse => Action::Refuse,
+        PlausibilityAction::Flag => Action::Flag,
+        PlausibilityAction::Off => Action::Off,
+    };
+    let mut problems = Vec::new();
+    let mut limits = Vec::new();
+    for (i, l) in clinical.limits.iter().enumerate() {
+        let Some(metric) = catalog::lookup(&l.metric) else {
+            problems.push(ConfigError::new(
+                format!("clinical.limits[{i}].metric"),
+                "is not in the metric catalog (use a short name, MDC code, MDC reference id or LOINC code)",
+            ));
+            continue;
+        };
+        let unit = l.unit.clone().unwrap_or_else(|| metric.unit.to_owned());
+        if let Err(e) = units::check_unit(&metric, &unit) {
+            problems.push(ConfigError::new(
+                format!("clinical.limits[{i}].unit"),
+                e.to_string(),
+            ));
+            continue;
+        }
+        limits.push(Limit {
+            mdc: metric.mdc,
+            unit,
+            min: l.min,
+            max: l.max,
+            action: l.action.map(action),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(crate::profile::admission::Policy {
+        plausibility: Plausibility::new(action(clinical.plausibility), limits),
+        future_tolerance: time::Duration::seconds(
+            i64::try_from(clinical.future_tolerance_s).unwrap_or(i64::MAX),
+        ),
+        max_age: (clinical.max_age_days > 0).then(|| {
+            time::Duration::days(i64::try_from(clinical.max_age_days).unwrap_or(i64::MAX / 86_400))
+        }),
+    })
+}
+
 /// Device → patient bindings from config (`[[devices]]`), shared by all sources.
 ///
 /// # Shared devices
@@ -161,15 +217,27 @@ pub fn check_config(sources: &SourcesConfig, devices: &[DeviceBinding]) -> Vec<C
 /// buttons): a reading goes to the patient bound to the user index the device reported
 /// ([`crate::model::Reading::device_user`], the BLE User ID). A reading that reports a user
 /// with no binding, or no user at all ("unknown user" 0xFF, or a device that omits the
-/// field), is **not assigned to anyone**: it is stored and forwarded without a subject, so it
-/// is neither lost nor given to the wrong patient, and the source logs the device and user
-/// index (never a value). Config validation refuses mixing bound-with-user and
-/// bound-without-user on one device, so there is no "default patient" to fall back to.
+/// field), is **not assigned to anyone**: the buffer holds it unbound (never delivered) until
+/// `vitalbridge devices bind` releases it, so it is neither lost nor given to the wrong
+/// patient. Config validation refuses mixing bound-with-user and bound-without-user on one
+/// device, so a shared device never falls back to another binding.
+///
+/// # The home hub's default patient
+///
+/// With `[default_patient]` (a hub with one patient), a device not named in `[[devices]]`
+/// is that patient's: its readings that report no user index, or one of
+/// `default_patient.users`, go to the default patient; a reading that reports another user
+/// (the second user of a two-user cuff) is held unbound rather than guessed.
 ///
 /// Keys are `DeviceId::key()` strings; a Bluetooth address written with colons in config
 /// (`A1:B2:C3:D4:E5:F6`) is normalised to the key form (`A1B2C3D4E5F6`).
 #[derive(Debug, Clone, Default)]
-pub struct Bindings(Arc<HashMap<String, Binding>>);
+pub struct Bindings {
+    /// Device key → its binding.
+    map: Arc<HashMap<String, Binding>>,
+    /// The home hub's patient of every device not in `map`, and the user indexes it takes.
+    default: Option<Arc<(PatientRef, Vec<u8>)>>,
+}
 
 /// How one device is bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,30 +335,63 @@ impl Bindings {
                 }
             }
         }
-        Self(Arc::new(map))
+        Self {
+            map: Arc::new(map),
+            default: None,
+        }
+    }
+
+    /// The same bindings, with `[default_patient]` for the devices they do not name.
+    pub fn with_default(self, default: Option<&DefaultPatient>) -> Self {
+        let default = default.and_then(|d| {
+            let patient = match (&d.system, &d.id, &d.reference) {
+                (Some(system), Some(value), _) => PatientRef::identifier(system, value),
+                (_, _, Some(reference)) => PatientRef::Reference(reference.clone()),
+                _ => return None,
+            };
+            Some(Arc::new((patient, d.users.clone())))
+        });
+        Self { default, ..self }
+    }
+
+    /// Whether any patient binding is configured (`[[devices]]` or `[default_patient]`).
+    pub fn any(&self) -> bool {
+        !self.map.is_empty() || self.default.is_some()
+    }
+
+    /// The default patient, for a device no binding names and a reading reporting `user`.
+    fn default_for(&self, user: Option<u8>) -> Option<PatientRef> {
+        let (patient, users) = &**self.default.as_ref()?;
+        match user {
+            None => Some(patient.clone()),
+            Some(u) if users.contains(&u) => Some(patient.clone()),
+            Some(_) => None,
+        }
     }
 
     /// The patient of a device bound to one patient; `None` for an unbound or a shared
     /// device (a source that knows the device user calls [`Self::patient_for`]).
     pub fn patient(&self, device_key: &str) -> Option<PatientRef> {
-        match self.0.get(device_key)? {
-            Binding::Patient(p) => Some(p.clone()),
-            Binding::Shared(_) => None,
+        match self.map.get(device_key) {
+            Some(Binding::Patient(p)) => Some(p.clone()),
+            Some(Binding::Shared(_)) => None,
+            None => self.default_for(None),
         }
     }
 
     /// The patient a reading from `device_key` reporting device user `user` belongs to (see
     /// the type doc for shared devices).
     pub fn patient_for(&self, device_key: &str, user: Option<u8>) -> Option<PatientRef> {
-        match self.0.get(device_key)? {
-            Binding::Patient(p) => Some(p.clone()),
-            Binding::Shared(users) => users.get(&user?).cloned(),
+        match self.map.get(device_key) {
+            Some(Binding::Patient(p)) => Some(p.clone()),
+            Some(Binding::Shared(users)) => users.get(&user?).cloned(),
+            None => self.default_for(user),
         }
     }
 
     /// Whether the device's bindings name users.
     pub fn is_shared(&self, device_key: &str) -> bool {
-        matches!(self.0.get(device_key), Some(Binding::Shared(_)))
+        matches!(self.map.get(device_key), Some(Binding::Shared(_)))
     }
 }
 
@@ -392,6 +493,33 @@ mod tests {
             )]
         );
         assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[test]
+    fn a_home_hub_default_patient_takes_unnamed_devices_but_not_other_users() {
+        let default = DefaultPatient {
+            system: Some("urn:oid:1.2.3".into()),
+            id: Some("home".into()),
+            reference: None,
+            users: vec![1],
+        };
+        let b = Bindings::new([
+            ("SIM-BP-0001".to_owned(), None, p("alice")),
+            ("SCALE-7".to_owned(), Some(2), p("bob")),
+        ])
+        .with_default(Some(&default));
+        assert!(b.any());
+        // A device config names keeps its binding.
+        assert_eq!(b.patient_for("SIM-BP-0001", Some(3)), Some(p("alice")));
+        // A shared device never falls back to the default.
+        assert_eq!(b.patient_for("SCALE-7", Some(1)), None);
+        assert_eq!(b.patient_for("SCALE-7", None), None);
+        // Any other device: the default patient, for no user or a listed one only.
+        assert_eq!(b.patient_for("CUFF-9", None), Some(p("home")));
+        assert_eq!(b.patient("CUFF-9"), Some(p("home")));
+        assert_eq!(b.patient_for("CUFF-9", Some(1)), Some(p("home")));
+        assert_eq!(b.patient_for("CUFF-9", Some(2)), None);
+        assert!(!Bindings::default().any());
     }
 
     #[test]

@@ -60,7 +60,6 @@ use crate::backoff::Backoff;
 use crate::config::MqttSourceConfig;
 use crate::error_chain::Chain;
 use crate::limits;
-use crate::model::Reading;
 use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest, Rejected};
@@ -113,6 +112,9 @@ pub struct MqttSource {
     options: MqttOptions,
     /// What to subscribe to and take.
     subscription: Subscription,
+    /// Whether a payload's `patient` is used (`trust_payload_patient`); when not, it is
+    /// ignored and the bindings apply.
+    trust_payload_patient: bool,
 }
 
 /// What the poll task subscribes to and takes.
@@ -159,7 +161,16 @@ impl MqttSource {
                 topics: config.topics.clone(),
                 max_payload: config.max_packet_bytes,
             },
+            trust_payload_patient: false,
         })
+    }
+
+    /// The same source, trusting a payload's `patient` field or not.
+    pub fn trusting_payload_patient(self, trust: bool) -> Self {
+        Self {
+            trust_payload_patient: trust,
+            ..self
+        }
     }
 
     /// Runs until `shutdown`: connects, reconnects with backoff, and stores every message.
@@ -177,8 +188,12 @@ impl MqttSource {
         let committer = tokio::spawn(commit_task(
             publish_rx,
             ack_tx,
+            Patients {
+                bindings,
+                trust: self.trust_payload_patient,
+                audit: audit.clone(),
+            },
             ingest,
-            bindings,
             shutdown.clone(),
         ));
         let acker = tokio::spawn(ack_task(ack_rx, client.clone()));
@@ -345,8 +360,8 @@ async fn drain_acks(
 async fn commit_task(
     mut publishes: mpsc::Receiver<Message>,
     acks: mpsc::UnboundedSender<AckId>,
+    patients: Patients,
     ingest: Ingest,
-    bindings: Bindings,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
@@ -360,7 +375,7 @@ async fn commit_task(
         }
         let source = Source {
             ingest: &ingest,
-            bindings: &bindings,
+            patients: &patients,
             shutdown: &shutdown,
         };
         if !commit_batch(batch.drain(..), &source, &acks).await {
@@ -429,10 +444,18 @@ impl Message {
     }
 }
 
+/// Whose readings are whose: the bindings, and whether a payload's patient is trusted.
+struct Patients {
+    bindings: Bindings,
+    trust: bool,
+    /// Where each use of a payload's patient is recorded.
+    audit: Audit,
+}
+
 /// What the commit task works with.
 struct Source<'a> {
     ingest: &'a Ingest,
-    bindings: &'a Bindings,
+    patients: &'a Patients,
     shutdown: &'a CancellationToken,
 }
 
@@ -459,9 +482,13 @@ async fn commit_batch(
         // rare retry.
         let mut readings = Vec::new();
         let mut rejected = Vec::new();
+        let mut trusted = 0;
         for m in &messages[start..end] {
             match decode(m, received, source) {
-                Ok(r) => readings.extend(r),
+                Ok(d) => {
+                    trusted += d.payload_patients;
+                    readings.extend(d.readings);
+                }
                 Err(r) => rejected.push(r),
             }
         }
@@ -469,6 +496,15 @@ async fn commit_batch(
         match source.ingest.store(readings, rejected).await {
             Ok(_) => {
                 bad += n_rejected;
+                if trusted > 0 {
+                    source
+                        .patients
+                        .audit
+                        .record(AuditEvent::PayloadPatientTrusted {
+                            source: source.ingest.source(),
+                            readings: trusted,
+                        });
+                }
                 for m in &messages[start..end] {
                     // Only fails once the ack task has ended (shutdown): the broker redelivers.
                     let _ = acks.send(m.ack);
@@ -497,11 +533,15 @@ fn decode(
     m: &Message,
     received: OffsetDateTime,
     source: &Source<'_>,
-) -> Result<Vec<Reading>, Rejected> {
+) -> Result<canonical::Decoded, Rejected> {
+    let patients = source.patients;
     match &m.payload {
-        Payload::Bytes(bytes) => canonical::decode(bytes, received, &|key, user| {
-            source.bindings.patient_for(key, user)
-        })
+        Payload::Bytes(bytes) => canonical::decode_with(
+            bytes,
+            received,
+            &|key, user| patients.bindings.patient_for(key, user),
+            patients.trust,
+        )
         .map_err(|e| Rejected::new(m.origin.clone(), e.to_string(), bytes)),
         Payload::Oversized(r) => Err(r.clone()),
     }

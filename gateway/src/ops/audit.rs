@@ -117,6 +117,35 @@ pub enum Event<'a> {
         /// Their total size.
         bytes: usize,
     },
+    /// Readings of one device refused by one admission check (a unit that does not fit its
+    /// metric, an implausible value) were dead-lettered in one buffer commit.
+    ReadingsRefused {
+        /// The source name.
+        source: &'a str,
+        /// The device (`DeviceId::key()`).
+        device: &'a str,
+        /// `unit` or `plausibility`.
+        check: &'a str,
+        /// How many.
+        count: usize,
+    },
+    /// Readings were filed under the patient their payload named (the source trusts payload
+    /// patients: `trust_payload_patient`). Rate-limited per source.
+    PayloadPatientTrusted {
+        /// The source name.
+        source: &'a str,
+        /// Readings in this commit.
+        readings: usize,
+    },
+    /// Held (unbound) readings were released to a patient by `vitalbridge devices bind`.
+    UnboundReleased {
+        /// The device.
+        device: &'a str,
+        /// The device user index, if the release was for one.
+        user: Option<u8>,
+        /// Readings released.
+        readings: u64,
+    },
     /// A source could not store input that its device cannot send again.
     InputLost {
         /// The source name.
@@ -205,6 +234,9 @@ impl Event<'_> {
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
             Event::InputLost { .. } => "input_lost",
+            Event::ReadingsRefused { .. } => "readings_refused",
+            Event::PayloadPatientTrusted { .. } => "payload_patient_trusted",
+            Event::UnboundReleased { .. } => "unbound_released",
             Event::ReadingsDeadLettered { .. } => "readings_dead_lettered",
             Event::BufferQuarantined { .. } => "buffer_quarantined",
             Event::BufferWarning { .. } => "buffer_warning",
@@ -222,6 +254,9 @@ impl Event<'_> {
     fn repeat_key(&self) -> Option<String> {
         match self {
             Event::TlsFailure { peer, .. } => Some(format!("tls {peer}")),
+            Event::PayloadPatientTrusted { source, .. } => {
+                Some(format!("payload patient {source}"))
+            }
             Event::ConnectionRefused {
                 endpoint, address, ..
             } => Some(format!(
@@ -277,6 +312,20 @@ impl Event<'_> {
                 count,
                 bytes,
             } => json!({"source": source, "origin": origin, "count": count, "bytes": bytes}),
+            Event::ReadingsRefused {
+                source,
+                device,
+                check,
+                count,
+            } => json!({"source": source, "device": device, "check": check, "count": count}),
+            Event::PayloadPatientTrusted { source, readings } => {
+                json!({"source": source, "readings": readings})
+            }
+            Event::UnboundReleased {
+                device,
+                user,
+                readings,
+            } => json!({"device": device, "user": user, "readings": readings}),
             Event::InputLost {
                 source,
                 origin,

@@ -48,9 +48,22 @@ impl BufferReporter {
         if let Some(at) = report.committed_at {
             metrics.readings_committed(report.readings, at);
         }
-        // One audit line per origin per commit, so a flood of garbage costs a line per group.
+        // One audit line per origin per commit, so a flood of garbage costs a line per group;
+        // refused readings, one per source, device and check.
         let mut by_origin: Vec<(&str, &str, usize, usize)> = Vec::new();
+        let mut refused: Vec<(&str, &str, &str, usize)> = Vec::new();
         for (source, rejected) in report.rejected {
+            if let Some(r) = &rejected.refused {
+                metrics.reading_refused(source, r.check);
+                match refused
+                    .iter_mut()
+                    .find(|(s, d, c, _)| *s == &**source && *d == r.device && *c == r.check)
+                {
+                    Some((_, _, _, n)) => *n += 1,
+                    None => refused.push((source, &r.device, r.check, 1)),
+                }
+                continue;
+            }
             metrics.payload_dead_lettered(source);
             match by_origin
                 .iter_mut()
@@ -62,6 +75,14 @@ impl BufferReporter {
                 }
                 None => by_origin.push((source, &rejected.origin, 1, rejected.payload.len())),
             }
+        }
+        for (source, device, check, count) in refused {
+            audit.record(Event::ReadingsRefused {
+                source,
+                device,
+                check,
+                count,
+            });
         }
         for (source, origin, count, bytes) in by_origin {
             audit.record(Event::PayloadDeadLettered {

@@ -45,6 +45,8 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
         ("sources", format!("{:?}", config.sources)),
         ("uplink", format!("{:?}", config.uplink)),
         ("devices", format!("{:?}", config.devices)),
+        ("default_patient", format!("{:?}", config.default_patient)),
+        ("clinical", format!("{:?}", config.clinical)),
         ("ops", format!("{:?}", config.ops)),
     ]
     .into_iter()

@@ -68,6 +68,9 @@ pub struct Metrics {
     commit_failures: AtomicU64,
     /// Connections the operations server refused (client not in `ops.http.allow_from`).
     connections_refused: AtomicU64,
+    /// A device clock off by more than this many ms is shown as drifting (0: the default,
+    /// `config::DEFAULT_CLOCK_DRIFT_WARN_S`).
+    clock_drift_warn_ms: AtomicU64,
     /// Per-source counts and per-device state.
     ingest: Mutex<IngestState>,
     /// The last buffer commit's failure, cleared by the next successful commit.
@@ -86,6 +89,8 @@ struct IngestState {
     readings: BTreeMap<String, BTreeMap<String, u64>>,
     /// source → undecodable payloads dead-lettered.
     rejected: BTreeMap<String, u64>,
+    /// (source, check) → readings the admission check refused (dead-lettered).
+    refused: BTreeMap<(String, &'static str), u64>,
     /// source → input discarded without a dead-letter row (line noise, corrupt frames).
     discarded: BTreeMap<String, u64>,
     /// source → (readings, undecodable payloads) a source could not store and nobody will
@@ -103,6 +108,12 @@ struct Seen {
     source: Arc<str>,
     last_received: OffsetDateTime,
     readings: u64,
+    /// Readings held for want of a patient.
+    unbound: u64,
+    /// Readings flagged for their time (`time-in-future`, `time-too-old`).
+    time_flagged: u64,
+    /// The clock offset of the device's latest reading that had one, in ms.
+    clock_offset_ms: Option<i64>,
 }
 
 /// Readings durably accepted from one source with one device profile.
@@ -114,6 +125,14 @@ pub struct SourceCount {
     pub profile: String,
     /// Readings.
     pub readings: u64,
+}
+
+impl DeviceStatus {
+    /// Whether its clock is off by more than `warn`.
+    pub fn clock_drifting(&self, warn: Duration) -> bool {
+        self.clock_offset_ms
+            .is_some_and(|ms| u128::from(ms.unsigned_abs()) > warn.as_millis())
+    }
 }
 
 /// What the gateway knows about one device. No values, no patient.
@@ -129,6 +148,13 @@ pub struct DeviceStatus {
     pub source: String,
     /// Gateway receive time of its latest reading.
     pub last_received: OffsetDateTime,
+    /// Readings held unbound (no patient), counted since start.
+    pub unbound: u64,
+    /// Readings flagged for their time, counted since start.
+    pub time_flagged: u64,
+    /// The device clock's offset from the gateway's (gateway − device), in ms, from its
+    /// latest reading that had one.
+    pub clock_offset_ms: Option<i64>,
     /// Readings accepted from it since the gateway started.
     pub readings: u64,
 }
@@ -168,6 +194,10 @@ pub struct Snapshot {
     pub readings_in: Vec<SourceCount>,
     /// Undecodable payloads dead-lettered, per source, sorted.
     pub payloads_rejected: Vec<(String, u64)>,
+    /// Readings refused by an admission check (dead-lettered): `(source, check, count)`.
+    pub readings_refused: Vec<(String, &'static str, u64)>,
+    /// A device clock off by more than this is drifting (`clinical.clock_drift_warn_s`).
+    pub clock_drift_warn: Duration,
     /// Input discarded without a dead-letter row (serial line noise), per source, sorted.
     pub input_discarded: Vec<(String, u64)>,
     /// Readings and undecodable payloads lost (not stored, and the device cannot resend
@@ -246,6 +276,24 @@ impl Metrics {
                 state.seen(source, reading);
             }
         }
+    }
+
+    /// A reading from `source` refused by the admission check `check` is now in the
+    /// dead-letter table.
+    pub fn reading_refused(&self, source: &str, check: &'static str) {
+        *lock(&self.ingest)
+            .refused
+            .entry((source.to_owned(), check))
+            .or_default() += 1;
+    }
+
+    /// Sets the clock offset beyond which a device is shown as drifting
+    /// (`clinical.clock_drift_warn_s`).
+    pub fn set_clock_drift_warn(&self, warn: std::time::Duration) {
+        self.clock_drift_warn_ms.store(
+            u64::try_from(warn.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// An undecodable payload from `source` is now in the dead-letter table.
@@ -367,6 +415,11 @@ impl Metrics {
 
     /// A copy of everything, for `/metrics` and the status page.
     pub fn snapshot(&self) -> Snapshot {
+        let readings_refused: Vec<(String, &'static str, u64)> = lock(&self.ingest)
+            .refused
+            .iter()
+            .map(|((source, check), n)| (source.clone(), *check, *n))
+            .collect();
         let (readings_in, payloads_rejected, input_discarded, lost, devices, devices_forgotten) = {
             let state = lock(&self.ingest);
             let readings_in = state
@@ -405,6 +458,9 @@ impl Metrics {
                     source: seen.source.to_string(),
                     last_received: seen.last_received,
                     readings: seen.readings,
+                    unbound: seen.unbound,
+                    time_flagged: seen.time_flagged,
+                    clock_offset_ms: seen.clock_offset_ms,
                 })
                 .collect();
             devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -417,9 +473,16 @@ impl Metrics {
                 state.forgotten,
             )
         };
+        let warn_ms = Self::get(&self.clock_drift_warn_ms);
         Snapshot {
             readings_in,
             payloads_rejected,
+            readings_refused,
+            clock_drift_warn: if warn_ms == 0 {
+                Duration::from_secs(crate::config::DEFAULT_CLOCK_DRIFT_WARN_S)
+            } else {
+                Duration::from_millis(warn_ms)
+            },
             input_discarded,
             lost,
             devices,
@@ -461,8 +524,24 @@ impl IngestState {
     }
 
     fn seen(&mut self, source: &Arc<str>, reading: &Reading) {
+        let unbound = u64::from(reading.patient.is_none());
+        let time_flagged = u64::from(reading.status.iter().any(|f| {
+            matches!(
+                f,
+                crate::model::StatusFlag::TimeInFuture | crate::model::StatusFlag::TimeTooOld
+            )
+        }));
+        let offset = reading
+            .device_time
+            .and(reading.clock_offset)
+            .map(|d| d.whole_milliseconds() as i64);
         if let Some(seen) = self.devices.get_mut(&reading.device.id) {
             seen.readings += 1;
+            seen.unbound += unbound;
+            seen.time_flagged += time_flagged;
+            if offset.is_some() {
+                seen.clock_offset_ms = offset;
+            }
             seen.last_received = seen.last_received.max(reading.received_at);
             if seen.profile != reading.device.profile {
                 seen.profile.clone_from(&reading.device.profile);
@@ -490,6 +569,9 @@ impl IngestState {
                 source: source.clone(),
                 last_received: reading.received_at,
                 readings: 1,
+                unbound,
+                time_flagged,
+                clock_offset_ms: offset,
             },
         );
     }
@@ -523,6 +605,7 @@ mod tests {
             status: vec![],
             device_user: None,
             bedside: None,
+            time_sync: None,
         }
     }
 

@@ -203,6 +203,8 @@ pub struct QueueGauges {
     pub leased: u64,
     /// Rows in the dead-letter table.
     pub dead_letters: u64,
+    /// Readings held for want of a patient binding (never delivered until released).
+    pub unbound: u64,
     /// Age of the reading at the head of the queue; `None` when empty.
     pub oldest_age: Option<Duration>,
     /// Readings each destination (by name) still has to deliver: a reading stays in the

@@ -177,6 +177,62 @@ pub fn render(v: &View<'_>) -> String {
     }
 
     e.family(
+        "vitalbridge_readings_refused_total",
+        Kind::Counter,
+        "Readings an admission check refused and dead-lettered (check: unit, a unit that does not fit the metric; plausibility, a value outside its physiological limits), by source and check. Also in the audit log.",
+    );
+    for (source, check, n) in &s.readings_refused {
+        e.sample(
+            "vitalbridge_readings_refused_total",
+            &[("source", source), ("check", check)],
+            *n as f64,
+        );
+    }
+    let warn = s.clock_drift_warn;
+    e.single(
+        "vitalbridge_devices_clock_drifting",
+        Kind::Gauge,
+        "Devices whose clock is off from the gateway's by more than clinical.clock_drift_warn_s (their latest reading).",
+        s.devices.iter().filter(|d| d.clock_drifting(warn)).count() as f64,
+    );
+    e.family(
+        "vitalbridge_device_clock_offset_seconds",
+        Kind::Gauge,
+        "The clock offset (gateway - device) of each device off by more than clinical.clock_drift_warn_s, by device.",
+    );
+    for d in s.devices.iter().filter(|d| d.clock_drifting(warn)) {
+        e.sample(
+            "vitalbridge_device_clock_offset_seconds",
+            &[("device", &d.id)],
+            d.clock_offset_ms.unwrap_or(0) as f64 / 1000.0,
+        );
+    }
+    e.family(
+        "vitalbridge_device_readings_time_flagged_total",
+        Kind::Counter,
+        "Readings flagged time-in-future or time-too-old, by device (devices with any).",
+    );
+    for d in s.devices.iter().filter(|d| d.time_flagged > 0) {
+        e.sample(
+            "vitalbridge_device_readings_time_flagged_total",
+            &[("device", &d.id)],
+            d.time_flagged as f64,
+        );
+    }
+    e.family(
+        "vitalbridge_device_readings_unbound_total",
+        Kind::Counter,
+        "Readings held unbound for want of a patient binding, by device (devices with any).",
+    );
+    for d in s.devices.iter().filter(|d| d.unbound > 0) {
+        e.sample(
+            "vitalbridge_device_readings_unbound_total",
+            &[("device", &d.id)],
+            d.unbound as f64,
+        );
+    }
+
+    e.family(
         "vitalbridge_input_discarded_total",
         Kind::Counter,
         "Input a source discarded without a dead-letter row (corrupt or truncated serial frames, line noise), by source.",
@@ -250,6 +306,12 @@ pub fn render(v: &View<'_>) -> String {
             Kind::Gauge,
             "Age of the reading at the head of the queue (gateway receive time); 0 when empty.",
             q.oldest_age.map_or(0.0, |d| d.as_secs_f64()),
+        );
+        e.single(
+            "vitalbridge_buffer_unbound_readings",
+            Kind::Gauge,
+            "Readings held because no patient is bound to their device (never delivered; release with vitalbridge devices bind).",
+            q.unbound as f64,
         );
         e.single(
             "vitalbridge_buffer_dead_letters",

@@ -22,7 +22,7 @@
 //! | key | required | meaning |
 //! | --- | --- | --- |
 //! | `device` | yes | a string id, or an object: `id` (required), `id_type` (`eui64` — 16 hex digits, `bluetooth` — 12 hex digits, `serial`, `other`; default `other`), `model`, `manufacturer` |
-//! | `patient` | no | `{"system": URI, "value": id}`, or `{"reference": "Patient/123"}`; overrides the config binding |
+//! | `patient` | no | `{"system": URI, "value": id}`, or `{"reference": "Patient/123"}`; used only where the source trusts payload patients (`trust_payload_patient`), then instead of the config binding; otherwise ignored (still checked) |
 //! | `time` | no | RFC 3339 with an offset, as the device reported it. Absent: the device has no clock and the gateway's receive time is used (and recorded as such) |
 //! | `metric` | yes | short name (`spo2`, `heart-rate`, `body-temperature`, `body-weight`, `blood-pressure`, …), MDC code (`150456`), MDC reference id or LOINC code |
 //! | `value` | one of `value`/`components` | a JSON number, kept with its written precision (`36.60` stays `36.60`); or `null` with `data_absent_reason` |
@@ -60,7 +60,7 @@ use crate::model::{
     AbsentReason, Component, Decimal, DeviceId, DeviceIdKind, DeviceRef, Measured, Metric,
     PatientRef, Quantity, Reading, StatusFlag, Value,
 };
-use crate::profile::catalog;
+use crate::profile::{catalog, units};
 
 /// The profile id recorded on devices whose readings came in this format.
 pub const PROFILE_ID: &str = "canonical-json-v1";
@@ -172,14 +172,36 @@ struct WireComponent {
     unit: Option<String>,
 }
 
-/// Decodes a canonical JSON message into readings received at `received_at`.
-/// `binding` is the config's patient for a device key and device user index (shared
-/// devices), used when the payload names none.
+/// What [`decode_with`] decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The readings.
+    pub readings: Vec<Reading>,
+    /// How many of them are filed under the patient their payload named (trusted).
+    pub payload_patients: usize,
+}
+
+/// Decodes a canonical JSON message into readings received at `received_at`, trusting a
+/// payload's `patient` (see [`decode_with`]).
 pub fn decode(
     payload: &[u8],
     received_at: OffsetDateTime,
     binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
 ) -> Result<Vec<Reading>, DecodeError> {
+    decode_with(payload, received_at, binding, true).map(|d| d.readings)
+}
+
+/// Decodes a canonical JSON message into readings received at `received_at`.
+/// `binding` is the config's patient for a device key and device user index (shared
+/// devices). With `trust_payload_patient`, a payload's `patient` is used instead of the
+/// binding; without, it is checked and ignored, and the binding applies (none: the reading
+/// has no patient and is held unbound).
+pub fn decode_with(
+    payload: &[u8],
+    received_at: OffsetDateTime,
+    binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
+    trust_payload_patient: bool,
+) -> Result<Decoded, DecodeError> {
     // Parse to a `Value` first: serde's untagged enums would lose the exact decimal text
     // that `arbitrary_precision` keeps, so the one-or-many choice is made by hand.
     let json: serde_json::Value =
@@ -208,11 +230,15 @@ pub fn decode(
             "more than {MAX_READINGS_PER_MESSAGE} readings in one message"
         )));
     }
-    wires
+    let mut payload_patients = 0;
+    let readings = wires
         .into_iter()
         .enumerate()
         .map(|(i, w)| {
-            convert(w, received_at, binding).map_err(|e| match e {
+            if trust_payload_patient && w.patient.is_some() {
+                payload_patients += 1;
+            }
+            convert(w, received_at, binding, trust_payload_patient).map_err(|e| match e {
                 DecodeError::Field { field, problem } if i > 0 => DecodeError::Field {
                     field: format!("[{i}].{field}"),
                     problem,
@@ -220,7 +246,11 @@ pub fn decode(
                 other => other,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Decoded {
+        readings,
+        payload_patients,
+    })
 }
 
 /// serde_json messages can quote the offending value; keep only the category and position.
@@ -259,13 +289,15 @@ fn convert(
     w: WireReading,
     received_at: OffsetDateTime,
     binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
+    trust_payload_patient: bool,
 ) -> Result<Reading, DecodeError> {
     let device = device(w.device)?;
-    let patient = match w.patient {
-        Some(p) => Some(patient(p)?),
-        None => binding(&device.id.key(), w.user),
+    let named = w.patient.map(patient).transpose()?;
+    let patient = match named {
+        Some(p) if trust_payload_patient => Some(p),
+        _ => binding(&device.id.key(), w.user),
     };
-    let metric = lookup_metric("metric", &w.metric)?;
+    let mut metric = lookup_metric("metric", &w.metric)?;
     let device_time = match &w.time {
         None => None,
         Some(t) => Some({
@@ -287,7 +319,8 @@ fn convert(
         (None, None) => return Err(field("value", "missing: give `value` or `components`")),
         (Some(v), None) => {
             let unit = w.unit.unwrap_or_else(|| metric.unit.to_owned());
-            check_unit("unit", &unit)?;
+            check_unit("unit", &metric, &unit)?;
+            metric = units::metric_for_unit(metric, &unit);
             Value::Quantity(Quantity {
                 value: measured("value", v, w.data_absent_reason.as_deref())?,
                 unit,
@@ -339,6 +372,7 @@ fn convert(
         status,
         device_user: w.user,
         bedside: None,
+        time_sync: None,
     })
 }
 
@@ -438,13 +472,15 @@ fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
     })
 }
 
-fn check_unit(name: &str, unit: &str) -> Result<(), DecodeError> {
+/// The unit is printable, within its limit, and fits the metric ([`units::check_unit`]).
+fn check_unit(name: &str, metric: &Metric, unit: &str) -> Result<(), DecodeError> {
     if unit.is_empty() || unit.len() > MAX_UNIT_LEN || !unit.chars().all(|c| c.is_ascii_graphic()) {
         return Err(field(
             name,
             format!("must be a UCUM code (printable ASCII, up to {MAX_UNIT_LEN} characters)"),
         ));
     }
+    units::check_unit(metric, unit).map_err(|e| field(name, e.to_string()))?;
     Ok(())
 }
 
@@ -472,7 +508,8 @@ fn component(i: usize, c: WireComponent) -> Result<Component, DecodeError> {
     let name = format!("components[{i}]");
     let metric = lookup_metric(&format!("{name}.metric"), &c.metric)?;
     let unit = c.unit.unwrap_or_else(|| metric.unit.to_owned());
-    check_unit(&format!("{name}.unit"), &unit)?;
+    check_unit(&format!("{name}.unit"), &metric, &unit)?;
+    let metric = units::metric_for_unit(metric, &unit);
     if let Some(reason) = &c.data_absent_reason {
         limit(&format!("{name}.data_absent_reason"), reason, MAX_CODE_LEN)?;
     }
@@ -632,6 +669,57 @@ mod tests {
         assert_eq!(
             r[0].patient,
             Some(PatientRef::Reference("Patient/9".into()))
+        );
+    }
+
+    /// A payload's patient is used only where the source trusts it; otherwise the binding
+    /// applies (none: no patient, so the reading is held unbound), and the count of trusted
+    /// uses is what the source audits.
+    #[test]
+    fn a_payload_patient_is_used_only_when_trusted() {
+        let bind =
+            |key: &str, _: Option<u8>| (key == "d").then(|| PatientRef::identifier("urn:x", "p1"));
+        let at = datetime!(2026-11-25 12:00 UTC);
+        let named =
+            br#"[{"device":"d","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}},
+            {"device":"e","metric":"spo2","value":97,"patient":{"reference":"Patient/9"}},
+            {"device":"e","metric":"spo2","value":98}]"#;
+        let trusted = decode_with(named, at, &bind, true).unwrap();
+        assert_eq!(trusted.payload_patients, 2);
+        assert_eq!(
+            trusted.readings[0].patient,
+            Some(PatientRef::Reference("Patient/9".into()))
+        );
+        let ignored = decode_with(named, at, &bind, false).unwrap();
+        assert_eq!(ignored.payload_patients, 0);
+        let patients: Vec<_> = ignored.readings.iter().map(|r| r.patient.clone()).collect();
+        assert_eq!(
+            patients,
+            [Some(PatientRef::identifier("urn:x", "p1")), None, None]
+        );
+        // Still checked when ignored: a malformed patient is a dead letter either way.
+        let bad = br#"{"device":"d","metric":"spo2","value":97,"patient":{"system":"x"}}"#;
+        assert!(decode_with(bad, at, &bind, false).is_err());
+    }
+
+    #[test]
+    fn a_unit_that_does_not_fit_the_metric_is_refused_naming_its_dimension() {
+        let e = check(r#"{"device":"d","metric":"spo2","value":970,"unit":"kg"}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("field `unit`: `kg` is a mass;"), "{text}");
+        assert!(text.contains("MDC_PULS_OXIM_SAT_O2"), "{text}");
+        assert!(!text.contains("970"), "{text}");
+        // Commensurable units are kept as sent; glucose by substance takes the molar code.
+        let r = check(r#"{"device":"d","metric":"glucose","value":5.4,"unit":"mmol/L"}"#).unwrap();
+        assert_eq!(r[0].metric, catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR);
+        let r = check(r#"{"device":"d","metric":"body-weight","value":154.3,"unit":"[lb_av]"}"#)
+            .unwrap();
+        let Value::Quantity(q) = &r[0].value else {
+            panic!()
+        };
+        assert_eq!(
+            (q.unit.as_str(), q.value),
+            ("[lb_av]", Measured::Value(Decimal::new(1543, -1)))
         );
     }
 

@@ -925,6 +925,21 @@ pub const ALL: &[Metric] = &[
     FLOW_FLUID_PUMP,
 ];
 
+/// The entries kept out of [`ALL`] because they share an MDC code with one in it (see the
+/// module docs): the molar glucose metrics, the fast and slow pulse-oximetry responses,
+/// cuff pressure.
+pub const VARIANTS: &[Metric] = &[
+    CUFF_PRESSURE,
+    SPO2_FAST,
+    SPO2_SLOW,
+    PULSE_RATE_OXIM_FAST,
+    PULSE_RATE_OXIM_SLOW,
+    GLUCOSE_CAPILLARY_WHOLEBLOOD_MOLAR,
+    GLUCOSE_CAPILLARY_PLASMA_MOLAR,
+    GLUCOSE_VENOUS_PLASMA_MOLAR,
+    GLUCOSE_UNDETERMINED_PLASMA_MOLAR,
+];
+
 /// Short names accepted in payloads and profiles, mapped to catalog entries.
 const SHORT_NAMES: &[(&str, Metric)] = &[
     ("blood-pressure", BLOOD_PRESSURE),
@@ -964,6 +979,21 @@ pub fn lookup(key: &str) -> Option<Metric> {
 /// Looks a metric up by its MDC code.
 pub fn by_mdc(code: u32) -> Option<Metric> {
     ALL.iter().find(|m| m.mdc == code).cloned()
+}
+
+/// Looks a metric up by its MDC code and the unit of its value: where the catalog has the
+/// code in more than one unit (glucose by mass and by substance concentration), the entry
+/// whose unit is commensurable with `unit`; else [`by_mdc`]'s.
+pub fn by_mdc_for_unit(code: u32, unit: &str) -> Option<Metric> {
+    let first = by_mdc(code)?;
+    if super::units::commensurable(first.unit, unit) {
+        return Some(first);
+    }
+    VARIANTS
+        .iter()
+        .find(|m| m.mdc == code && super::units::commensurable(m.unit, unit))
+        .cloned()
+        .or(Some(first))
 }
 
 #[cfg(test)]

@@ -3,11 +3,17 @@
 //! Architecture invariant: no I/O here. A source hands a frame and a [`FrameContext`] to a
 //! decoder and gets readings or an error back; decoders never panic on outside bytes.
 
+pub mod admission;
 pub mod ble;
 pub mod canonical;
 pub mod catalog;
 pub mod line;
+pub mod plausibility;
 pub mod report;
+pub mod units;
+
+#[cfg(test)]
+mod unit_table_tests;
 
 use time::OffsetDateTime;
 
@@ -25,4 +31,6 @@ pub struct FrameContext {
     pub received_at: OffsetDateTime,
     /// Correction for the device clock (gateway − device), when the gateway knows it.
     pub clock_offset: Option<time::Duration>,
+    /// How the gateway knows `clock_offset` (or the device clock's zone), when it does.
+    pub time_sync: Option<crate::model::TimeSync>,
 }

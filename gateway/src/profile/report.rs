@@ -211,6 +211,7 @@ mod tests {
             status: vec![StatusFlag::IrregularPulse],
             device_user: Some(1),
             bedside: None,
+            time_sync: None,
         }
     }
 

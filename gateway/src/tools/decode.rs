@@ -88,6 +88,7 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
         patient: request.patient.map(patient),
         received_at: OffsetDateTime::now_utc(),
         clock_offset: None,
+        time_sync: None,
     };
     let readings = decoder
         .decode(&bytes, &ctx)
@@ -104,6 +105,7 @@ pub fn decode_ble(request: &DecodeBle<'_>) -> Result<String, DecodeToolError> {
     let gateway = fhir::Gateway {
         id: "vitalbridge-decode".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        convert_units: None,
     };
     let gateway_url = fhir::gateway_device(&gateway).full_url;
     let lines: Vec<String> = readings
@@ -170,6 +172,7 @@ pub fn decode_hl7(
         let gateway = fhir::Gateway {
             id: "vitalbridge-decode".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            convert_units: None,
         };
         let gateway_url = fhir::gateway_device(&gateway).full_url;
         readings

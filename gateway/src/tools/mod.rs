@@ -6,6 +6,7 @@
 //! reason, a topic, a path, a value quoted from a config file) goes through [`printable`].
 
 pub mod decode;
+pub mod devices;
 pub mod scan;
 
 /// Text from outside made safe for a terminal: control characters (escape sequences that

@@ -4,8 +4,11 @@
 //! type per file:
 //! - `Observation-NNNNNN.ndjson`: Observations, appended batch by batch; a new file (next
 //!   number) starts when the current one reaches `rotate_bytes`.
-//! - `Device.ndjson`: each measuring Device and the gateway Device, written the first time
-//!   this process sees it. Observations reference them as `Device/<id>`.
+//! - `Device.ndjson`: each measuring Device and the gateway Device, written once: a line is
+//!   appended only when it is not already in the file (the lines there are read at start, up
+//!   to [`DEVICE_FILE_READ_LIMIT`] bytes), so restarts do not repeat them; a Device that
+//!   changed (a new gateway version) gets a new line. Observations reference them as
+//!   `Device/<id>`.
 //!
 //! The directory is created with mode 0700 and every file with 0600 ([`crate::fsmode`]): they
 //! hold patient data. Existing files of the directory open to group or others are restricted
@@ -28,12 +31,34 @@ use crate::fhir::{self, Gateway};
 use crate::fsmode;
 use crate::model::Reading;
 
+/// The most of an existing `Device.ndjson` read at start to know what is written already;
+/// a larger file is not read (its Devices may then be written once more).
+pub const DEVICE_FILE_READ_LIMIT: u64 = 16 * 1024 * 1024;
+
 struct State {
     dir: PathBuf,
     rotate_bytes: u64,
     index: u32,
     file: Option<(File, u64)>,
-    devices_written: HashSet<String>,
+    /// The Device lines in `Device.ndjson` (without their newline).
+    devices_written: HashSet<Vec<u8>>,
+}
+
+/// The lines of an existing `Device.ndjson`, if it is there and not too large.
+fn devices_in(dir: &Path) -> HashSet<Vec<u8>> {
+    let path = dir.join("Device.ndjson");
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() <= DEVICE_FILE_READ_LIMIT => std::fs::read(&path)
+            .map(|bytes| {
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => HashSet::new(),
+    }
 }
 
 /// Writes NDJSON files.
@@ -75,7 +100,7 @@ impl FileTransport {
                 rotate_bytes,
                 index: index.max(1),
                 file: None,
-                devices_written: HashSet::new(),
+                devices_written: devices_in(dir),
             })),
         })
     }
@@ -86,10 +111,15 @@ impl FileTransport {
         let gw = fhir::gateway_device(&self.gateway);
         let gw_ref = format!("Device/{}", uuid_of(&gw.full_url));
         let mut new_device = |d: fhir::DeviceIdentifier, out: &mut Vec<u8>| {
-            if state.devices_written.insert(d.full_url.clone()) {
-                let mut resource = d.resource;
-                resource["id"] = Json::String(uuid_of(&d.full_url).to_owned());
-                line(out, &resource);
+            let mut resource = d.resource;
+            resource["id"] = Json::String(uuid_of(&d.full_url).to_owned());
+            let mut text = Vec::new();
+            line(&mut text, &resource);
+            text.pop();
+            if !state.devices_written.contains(&text) {
+                out.extend_from_slice(&text);
+                out.push(b'\n');
+                state.devices_written.insert(text);
             }
         };
         new_device(gw, &mut devices);
@@ -109,7 +139,13 @@ impl FileTransport {
             let identifier = r.identifier();
             line(
                 &mut observations,
-                &fhir::Observation::new(r, &identifier, dev_ref, &gw_ref),
+                &fhir::Observation::new_with(
+                    r,
+                    &identifier,
+                    dev_ref,
+                    &gw_ref,
+                    self.gateway.convert_units,
+                ),
             );
         }
         (devices, observations)
@@ -175,7 +211,7 @@ impl Transport for FileTransport {
             let r = write_batch(&mut guard, &devices, &observations);
             if r.is_err() {
                 // Devices may not have reached the disk: write them again next time.
-                guard.devices_written.clear();
+                guard.devices_written = devices_in(&guard.dir);
                 guard.file = None;
             }
             r
@@ -210,7 +246,61 @@ mod tests {
         Gateway {
             id: "gw".into(),
             version: "0".into(),
+            convert_units: None,
         }
+    }
+
+    /// The bug report: Device.ndjson repeated the same Devices after every restart.
+    #[test]
+    fn devices_already_in_the_file_are_not_written_again_after_a_restart() {
+        use crate::model::{DeviceId, DeviceRef};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        use crate::model::{Decimal, Measured, Quantity, Value};
+        let reading = Reading {
+            device: DeviceRef {
+                id: DeviceId::Other("SIM-BP-0001".into()),
+                profile: "sim".into(),
+                model: None,
+                manufacturer: None,
+            },
+            patient: Some(crate::model::PatientRef::Reference("Patient/1".into())),
+            metric: crate::profile::catalog::HEART_RATE,
+            value: Value::Quantity(Quantity {
+                value: Measured::Value(Decimal::integer(60)),
+                unit: "/min".into(),
+            }),
+            device_time: None,
+            clock_offset: None,
+            received_at: time::OffsetDateTime::UNIX_EPOCH,
+            duration: None,
+            sequence: None,
+            status: vec![],
+            device_user: None,
+            bedside: None,
+            time_sync: None,
+        };
+        for _ in 0..3 {
+            let t = FileTransport::new(&dir, 1 << 20, gateway()).unwrap();
+            let mut state = t.state.lock().unwrap();
+            let (devices, observations) = t.render(&[(1, &reading)], &mut state);
+            write_batch(&mut state, &devices, &observations).unwrap();
+        }
+        let text = std::fs::read_to_string(dir.join("Device.ndjson")).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "the gateway and the device, once: {text}"
+        );
+        // A Device that changed (a new gateway version) is written again.
+        let newer = Gateway {
+            version: "1".into(),
+            ..gateway()
+        };
+        let t = FileTransport::new(&dir, 1 << 20, newer).unwrap();
+        let mut state = t.state.lock().unwrap();
+        let (devices, _) = t.render(&[(1, &reading)], &mut state);
+        assert_eq!(String::from_utf8(devices).unwrap().lines().count(), 1);
     }
 
     #[test]

@@ -323,6 +323,7 @@ mod tests {
             sequence: None,
             status: vec![],
             device_user: None,
+            time_sync: None,
             bedside: None,
         }
     }

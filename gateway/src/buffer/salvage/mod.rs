@@ -11,7 +11,10 @@
 //!   carry no checksum, and a damaged cell whose sizes still add up comes back with wrong
 //!   bytes, which then do not open;
 //! - schema 1 (before encryption at rest): `[id, identifier, device_key, received_ms, body]`
-//!   whose body decodes and whose identifier matches.
+//!   whose body decodes and whose identifier matches;
+//! - schema 5's `unbound` rows, `[id, dedup, device_key, device_user, received_ms, body]`,
+//!   opened like the others: a reading without a patient goes back to being held, never into
+//!   the delivery queue.
 //!
 //! Each reading is taken once (the scanner may find several versions of a row: in the
 //! database, in WAL frames, on freed pages) and inserted with `INSERT OR IGNORE`, so a
@@ -105,6 +108,8 @@ fn candidate(record: &FoundRecord, keys: &[Arc<BufferKey>], live: &BufferKey) ->
     match record.values.as_slice() {
         [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Integer(_), SqlValue::Blob(body)]
         | [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Integer(_), SqlValue::Blob(body), SqlValue::Integer(_)]
+        // An `unbound` row (schema 5): held for want of a patient, and held again.
+        | [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Text(_), SqlValue::Integer(_) | SqlValue::Null, SqlValue::Integer(_), SqlValue::Blob(body)]
             if dedup.len() == DEDUP_LEN =>
         {
             for key in keys {

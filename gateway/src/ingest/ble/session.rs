@@ -243,6 +243,7 @@ pub(super) async fn run<L: Link>(
                     patient: None,
                     received_at: OffsetDateTime::now_utc(),
                     clock_offset,
+                    time_sync: clock_offset.map(|_| crate::model::TimeSync::BleCurrentTime),
                 };
                 match state.handle(n, &ctx, &mut racp_state).await {
                     Ok(Some(Racp::Done)) if needs_setting && set_clock_at.is_none() => {

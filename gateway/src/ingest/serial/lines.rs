@@ -190,6 +190,8 @@ impl LineSession {
             patient: self.bindings.patient(&self.device.id.key()),
             received_at: now,
             clock_offset: None,
+            // The device's clock keeps local time; its zone is `device_utc_offset`.
+            time_sync: Some(crate::model::TimeSync::ConfiguredZone),
         };
         self.profile.decode(line, &ctx, self.utc_offset)
     }

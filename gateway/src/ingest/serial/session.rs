@@ -49,7 +49,7 @@ use super::{Action, BatchId, CommitOutcome};
 use crate::ingest::Bindings;
 use crate::model::{
     AbsentReason, Component, Decimal, DeviceId, DeviceRef, Measured, Quantity, Reading, StatusFlag,
-    Value,
+    TimeSync, Value,
 };
 use crate::profile::catalog;
 
@@ -421,12 +421,14 @@ fn unix_millis(t: OffsetDateTime) -> u64 {
 }
 
 /// Why a firmware reading does not map to the model: the field at fault, never its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 enum ConvertError {
     #[error("metric: MDC code not in the catalog")]
     Metric,
     #[error("unit: not a UCUM code")]
     Unit,
+    #[error("unit: {0}")]
+    UnitFit(crate::profile::units::UnitError),
     #[error("components[{0}].metric: MDC code not in the catalog")]
     ComponentMetric(usize),
     #[error("value: a reading with components has no value")]
@@ -444,16 +446,23 @@ fn convert(
     received_at: OffsetDateTime,
     clock_offset: Option<Duration>,
 ) -> Result<Reading, ConvertError> {
-    let metric = catalog::by_mdc(r.metric).ok_or(ConvertError::Metric)?;
+    let metric = catalog::by_mdc_for_unit(r.metric, r.unit.as_str()).ok_or(ConvertError::Metric)?;
     let unit = r.unit.as_str();
     if unit.is_empty() || !unit.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConvertError::Unit);
     }
+    // The frame's one unit is its value's, or every component's.
+    let fits = |m: &crate::model::Metric| {
+        crate::profile::units::check_unit(m, unit).map_err(ConvertError::UnitFit)
+    };
     let value = match (r.value, r.components.is_empty()) {
-        (Some(v), true) => Value::Quantity(Quantity {
-            value: measured(v),
-            unit: unit.to_owned(),
-        }),
+        (Some(v), true) => {
+            fits(&metric)?;
+            Value::Quantity(Quantity {
+                value: measured(v),
+                unit: unit.to_owned(),
+            })
+        }
         (None, false) => Value::Components(
             r.components
                 .iter()
@@ -461,6 +470,7 @@ fn convert(
                 .map(|(i, c)| {
                     let metric =
                         catalog::by_mdc(c.metric).ok_or(ConvertError::ComponentMetric(i))?;
+                    fits(&metric)?;
                     Ok(Component {
                         metric,
                         quantity: Quantity {
@@ -491,6 +501,9 @@ fn convert(
         status: status_flags(r.status),
         device_user: None,
         bedside: None,
+        time_sync: clock_offset
+            .and(device_time)
+            .map(|_| TimeSync::FirmwareTimeSync),
     })
 }
 

@@ -680,6 +680,7 @@ fn simulated_lines_decode_with_the_simulated_clock() {
                 patient: None,
                 received_at: NOW,
                 clock_offset: None,
+                time_sync: None,
             };
             let Ok(Decoded::Readings(readings)) =
                 profile.decode(line.as_bytes(), &ctx, UtcOffset::UTC)

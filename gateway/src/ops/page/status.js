@@ -87,6 +87,9 @@ function render(s) {
     setText("queue-oldest", s.queue.oldest_age_s === null ? "queue empty" : duration(s.queue.oldest_age_s));
     setText("queue-leased", s.queue.leased);
     setText("queue-dead-letters", s.queue.dead_letters);
+    setText("queue-unbound", s.queue.unbound === 0
+      ? "none"
+      : s.queue.unbound + ": never sent; release with `vitalbridge devices bind`");
   }
   const storage = s.buffer.storage;
   if (storage) {
@@ -113,12 +116,17 @@ function render(s) {
     u.last_error ? u.last_error.kind + ": " + u.last_error.message + " (" + when(u.last_error.at, now) + ")" : "none",
   ]);
   const devices = s.devices.slice().sort((a, b) => (a.last_reading < b.last_reading ? 1 : -1));
-  fillTable("devices", devices, (d) => [d.id, d.id_kind, d.profile, d.source, when(d.last_reading, now), d.readings]);
+  const offset = (d) => (d.clock_offset_ms === null || d.clock_offset_ms === undefined
+    ? "–"
+    : (d.clock_offset_ms / 1000).toFixed(1) + " s" + (d.clock_drifting ? " (drifting)" : ""));
+  fillTable("devices", devices, (d) => [d.id, d.id_kind, d.profile, d.source, when(d.last_reading, now), d.readings,
+    d.unbound, d.time_flagged, offset(d)]);
   setText("devices-note", s.devices_not_shown > 0
     ? s.devices_not_shown + " devices not heard from recently are not shown."
     : s.devices.length + " devices heard from since the gateway started.");
   fillTable("sources", s.sources, (c) => [c.source, c.profile, c.readings]);
   fillTable("rejected", s.payloads_dead_lettered, (r) => [r.source, r.count]);
+  fillTable("refused", s.readings_refused, (r) => [r.source, r.check, r.count]);
   fillTable("certificates", s.certificates, (c) => c.error
     ? [c.usage + " (" + c.path + ")", "cannot read: " + c.error, "–", "–", "unreadable"]
     : [c.usage + " (" + c.path + ")", c.subject, new Date(c.not_after).toLocaleString(), c.days_left, c.problem || "ok"]);

@@ -524,6 +524,7 @@ impl Common {
             status: self.status.clone(),
             device_user: self.device_user,
             bedside: None,
+            time_sync: ctx.time_sync,
         }
     }
 

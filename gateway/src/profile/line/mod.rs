@@ -221,6 +221,7 @@ impl LineProfile {
             patient: None,
             received_at: OffsetDateTime::UNIX_EPOCH,
             clock_offset: None,
+            time_sync: None,
         };
         self.decode(line.as_bytes(), &ctx, UtcOffset::UTC)
     }
@@ -314,6 +315,7 @@ impl LineProfile {
                 status: status.clone(),
                 device_user: None,
                 bedside: None,
+                time_sync: ctx.time_sync,
             });
         }
         Ok(Decoded::Readings(readings))

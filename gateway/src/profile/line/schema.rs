@@ -564,6 +564,9 @@ impl ProfileFile {
                     ),
                 ));
             }
+            crate::profile::units::check_unit(&metric, &unit)
+                .map_err(|e| invalid(&format!("{key}.unit"), e.to_string()))?;
+            let metric = crate::profile::units::metric_for_unit(metric, &unit);
             metrics.push(MetricRule {
                 field: m.field.clone(),
                 metric,

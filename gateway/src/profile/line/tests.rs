@@ -27,6 +27,7 @@ fn ctx() -> FrameContext {
         patient: Some(PatientRef::identifier("urn:oid:1.2.3", "p-1")),
         received_at: datetime!(2026-11-25 10:00:00.123 UTC),
         clock_offset: None,
+        time_sync: None,
     }
 }
 
