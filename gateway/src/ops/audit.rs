@@ -339,7 +339,43 @@ pub fn line(
     if let Some(count) = count {
         object.insert("count".into(), Value::from(count));
     }
-    Value::Object(object).to_string()
+    escape_invisible(&Value::Object(object).to_string())
+}
+
+/// Whether `c` changes how text around it reads without being seen itself, or ends a line
+/// for some readers though JSON allows it raw in a string: bidirectional embeddings,
+/// overrides and isolates (U+202A–U+202E, U+2066–U+2069), marks (U+200E, U+200F, U+061C),
+/// zero-width characters (U+200B–U+200D, U+2060, U+FEFF), and the line and paragraph
+/// separators U+2028 and U+2029.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// A JSON text with every [`is_invisible`] character written as a `\uXXXX` escape: the same
+/// JSON value, but a device id carrying U+202E reads in a terminal as what it is, and a
+/// U+2028 cannot split a line for a reader that takes it as a line end. (serde_json escapes
+/// only what JSON requires: `"`, `\\` and C0 controls.) Such characters can only be inside
+/// strings, so an escape is always valid there.
+fn escape_invisible(json: &str) -> String {
+    if !json.chars().any(is_invisible) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_invisible(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why the audit log could not be opened.
@@ -383,14 +419,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Audit {
     /// Opens (creating, mode 0600, with its directory, 0700) the audit log at `path` for
-    /// appending; an existing file open to group or others is restricted to its owner.
+    /// appending; an existing file open to group or others for reading is restricted to its
+    /// owner. Refused: a symbolic link at `path` (the log would be written wherever it
+    /// points), anything but a regular file, and an existing file that group or others may
+    /// write (its lines cannot be trusted to be the gateway's: check it, then fix its mode).
     pub fn open(path: &Path, gateway: &str) -> Result<Audit, AuditError> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::PermissionsExt;
         let fail = |source| AuditError {
             path: path.into(),
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::fsmode::create_private_dir_all(dir).map_err(fail)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(fail(Error::new(
+                    ErrorKind::PermissionDenied,
+                    "it is a symbolic link: refused (configure the real path)",
+                )))
+            }
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(fail(Error::new(
+                    ErrorKind::InvalidInput,
+                    "not a regular file: refused",
+                )))
+            }
+            Ok(m) if m.permissions().mode() & 0o022 != 0 => {
+                return Err(fail(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "mode {:04o} lets group or others write it, so its lines may not be \
+                         the gateway's: check it, then `chmod 600` it",
+                        m.permissions().mode() & 0o7777
+                    ),
+                )))
+            }
+            _ => {}
         }
         let file = crate::fsmode::open_private_append(path).map_err(fail)?;
         Ok(Audit {
@@ -617,6 +683,46 @@ mod tests {
         Audit::open(&fresh, "hub-1").unwrap();
         assert_eq!(mode(&fresh), 0o600, "owner only");
         assert_eq!(mode(&dir.path().join("new")), 0o700, "owner only");
+    }
+
+    #[test]
+    fn invisible_and_line_separating_characters_are_escaped() {
+        let fields = json!({"origin": "mqtt:dev/\u{202e}GNP.exe", "address": "a\u{2028}b\u{200b}"});
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        let text = line(OffsetDateTime::UNIX_EPOCH, "hub", "k", fields, None);
+        assert!(!text.chars().any(is_invisible), "{text}");
+        assert!(text.contains("\\u202e"), "{text}");
+        assert!(text.contains("a\\u2028b\\u200b"), "{text}");
+        // Still the same JSON value.
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["origin"], "mqtt:dev/\u{202e}GNP.exe");
+        assert_eq!(back["address"], "a\u{2028}b\u{200b}");
+    }
+
+    #[test]
+    fn a_symlinked_or_group_writable_audit_log_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.log");
+        std::fs::write(&elsewhere, "").unwrap();
+        let link = dir.path().join("audit.log");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = Audit::open(&link, "hub").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        for mode in [0o620, 0o602, 0o666] {
+            let path = dir.path().join(format!("w{mode:o}.log"));
+            std::fs::write(&path, "").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Audit::open(&path, "hub").unwrap_err();
+            assert!(e.to_string().contains("group or others write"), "{e}");
+            let kept = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(kept, mode, "left as found, for whoever looks into it");
+        }
+        std::fs::create_dir(dir.path().join("dir.log")).unwrap();
+        assert!(Audit::open(&dir.path().join("dir.log"), "hub").is_err());
     }
 
     #[test]

@@ -41,8 +41,9 @@ impl Profiles {
             .collect();
         paths.sort();
         for path in paths {
-            let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             let profile =
                 BleProfile::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             profiles.insert(profile);
