@@ -6,6 +6,7 @@
 pub mod ble;
 pub mod canonical;
 pub mod catalog;
+pub mod json;
 pub mod line;
 pub mod report;
 
