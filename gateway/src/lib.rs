@@ -20,6 +20,7 @@ pub mod keyfile;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod packs;
 pub mod pipeline;
 pub mod profile;
 pub mod serial_settings;

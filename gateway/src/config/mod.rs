@@ -105,6 +105,9 @@ pub struct Config {
     /// Logs, the audit log and the operations HTTP server.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// Signed device-profile packs: where they are installed, which keys may sign them.
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
 }
 
 impl Default for Config {
@@ -123,8 +126,62 @@ impl Default for Config {
                 http: Some(OpsHttpConfig::default()),
                 ..OpsConfig::default()
             },
+            profiles: ProfilesConfig::default(),
         }
     }
+}
+
+/// `[profiles]`: signed device-profile packs (docs/profiles.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// Where `vitalbridge profiles install` keeps packs and the link to the active one, and
+    /// where the gateway loads the active pack's vendor JSON profiles from (reloading them
+    /// when the link changes). Default: `<data_dir>/packs`.
+    pub packs_dir: Option<PathBuf>,
+    /// Largest pack accepted, in bytes (all its files together).
+    pub max_pack_bytes: u64,
+    /// How often the gateway looks for a newly activated pack, in seconds.
+    pub reload_check_s: u64,
+    /// The public keys a pack's signature may verify with. None: no pack can be installed.
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+}
+
+/// The default of `profiles.max_pack_bytes`: 16 MiB.
+pub const DEFAULT_MAX_PACK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The default of `profiles.reload_check_s`.
+pub const DEFAULT_RELOAD_CHECK_S: u64 = 2;
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        Self {
+            packs_dir: None,
+            max_pack_bytes: DEFAULT_MAX_PACK_BYTES,
+            reload_check_s: DEFAULT_RELOAD_CHECK_S,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+impl ProfilesConfig {
+    /// The packs directory: `packs_dir`, or `<data_dir>/packs`.
+    pub fn packs_dir(&self, data_dir: &Path) -> PathBuf {
+        self.packs_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("packs"))
+    }
+}
+
+/// `[[profiles.trusted_keys]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyConfig {
+    /// The id a pack's manifest names the key by (`key_id`): lower-case letters, digits,
+    /// dashes.
+    pub id: String,
+    /// The raw Ed25519 public key: 64 hex digits (what `vitalbridge profiles keygen` prints).
+    pub ed25519: String,
 }
 
 /// `[gateway]`

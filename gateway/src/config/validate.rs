@@ -133,6 +133,21 @@ impl Config {
         if let Some(audit) = &self.ops.audit_log {
             all.push(path("ops.audit_log", audit));
         }
+        if let Some(dir) = &self.profiles.packs_dir {
+            all.push(path("profiles.packs_dir", dir));
+        }
+        for (i, k) in self.profiles.trusted_keys.iter().enumerate() {
+            all.push(text(
+                format!("profiles.trusted_keys[{i}].id"),
+                &k.id,
+                MAX_CODE_LEN,
+            ));
+            all.push(text(
+                format!("profiles.trusted_keys[{i}].ed25519"),
+                &k.ed25519,
+                MAX_CODE_LEN,
+            ));
+        }
         all
     }
 
@@ -178,6 +193,7 @@ impl Config {
                 problems.push(err("gateway.id", message));
             }
         }
+        validate_profiles(&self.profiles, &mut problems);
         if let Some(sim) = &self.sources.sim {
             if sim.devices == 0 || sim.devices > 10_000 {
                 problems.push(err("sources.sim.devices", "must be between 1 and 10000"));
@@ -268,6 +284,40 @@ fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
     for (field, value) in [("cert", &tls.cert), ("key", &tls.key)] {
         if let Some(value) = value {
             all.push(path(format!("{key}.{field}"), value));
+        }
+    }
+}
+
+fn validate_profiles(p: &ProfilesConfig, problems: &mut Vec<ConfigError>) {
+    if !(1024..=1024 * 1024 * 1024).contains(&p.max_pack_bytes) {
+        problems.push(err(
+            "profiles.max_pack_bytes",
+            "must be between 1024 and 1073741824",
+        ));
+    }
+    if !(1..=3600).contains(&p.reload_check_s) {
+        problems.push(err("profiles.reload_check_s", "must be between 1 and 3600"));
+    }
+    let mut ids = HashSet::new();
+    for (i, k) in p.trusted_keys.iter().enumerate() {
+        let key = |f: &str| format!("profiles.trusted_keys[{i}].{f}");
+        let id_ok = !k.id.is_empty()
+            && k.id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            problems.push(err(
+                &key("id"),
+                "must be lower-case letters, digits and dashes",
+            ));
+        } else if !ids.insert(k.id.as_str()) {
+            problems.push(err(&key("id"), "is used by another trusted key"));
+        }
+        if k.ed25519.len() != 64 || !k.ed25519.bytes().all(|b| b.is_ascii_hexdigit()) {
+            problems.push(err(
+                &key("ed25519"),
+                "must be the 32-byte public key as 64 hex digits",
+            ));
         }
     }
 }

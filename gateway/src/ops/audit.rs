@@ -27,6 +27,11 @@
 //! | `storage_recovered` | `after_s` |
 //! | `low_space` | `free_bytes`, `floor_bytes`: new readings refused |
 //! | `space_ok` | `free_bytes`: new readings accepted again |
+//! | `pack_installed` | `name`, `version`, `key_id`, `previous` (`name version` of the pack it replaced, or null) |
+//! | `pack_refused` | `pack` (the directory given), `refusal` (a label: `unsigned`, `unknown_key`, `bad_signature`, `changed_after_signing`, `extra_file`, `missing_file`, `older_version`, `oversized`, `path_escapes`, …), `reason` |
+//! | `pack_rolled_back` | `from`, `to` (`name version` each) |
+//! | `profiles_reloaded` | `pack` (`name version`, or null for the built-in profiles only), `profiles` (vendor JSON profiles now in use) |
+//! | `profiles_reload_failed` | `pack`, `reason`: the previous profiles stay in use |
 //! | `input_lost` | `source`, `origin`, `readings`, `payloads` (undecodable ones that were to be dead-lettered): not stored, and the device cannot resend them (a line device's, still waiting for room in the buffer when the gateway stopped) |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
@@ -192,6 +197,48 @@ pub enum Event<'a> {
         /// Free bytes.
         free_bytes: u64,
     },
+    /// A signed profile pack was installed and activated.
+    PackInstalled {
+        /// Its name.
+        name: &'a str,
+        /// Its version.
+        version: &'a str,
+        /// The key that signed it.
+        key_id: &'a str,
+        /// `name version` of the pack it replaced.
+        previous: Option<&'a str>,
+    },
+    /// A profile pack was refused.
+    PackRefused {
+        /// The directory given.
+        pack: &'a str,
+        /// A stable label of the refusal.
+        refusal: &'a str,
+        /// The message.
+        reason: &'a str,
+    },
+    /// An older installed pack was made active again.
+    PackRolledBack {
+        /// `name version` of the pack that was active.
+        from: &'a str,
+        /// `name version` of the pack now active.
+        to: &'a str,
+    },
+    /// The running gateway loaded a newly activated pack's profiles.
+    ProfilesReloaded {
+        /// `name version`, or `None` for the built-in profiles only.
+        pack: Option<&'a str>,
+        /// Vendor JSON profiles now in use.
+        profiles: usize,
+    },
+    /// The running gateway could not load a newly activated pack; the previous profiles
+    /// stay in use.
+    ProfilesReloadFailed {
+        /// `name version`, or the link's target when no manifest could be read.
+        pack: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -215,6 +262,11 @@ impl Event<'_> {
             Event::StorageRecovered { .. } => "storage_recovered",
             Event::LowSpace { .. } => "low_space",
             Event::SpaceOk { .. } => "space_ok",
+            Event::PackInstalled { .. } => "pack_installed",
+            Event::PackRefused { .. } => "pack_refused",
+            Event::PackRolledBack { .. } => "pack_rolled_back",
+            Event::ProfilesReloaded { .. } => "profiles_reloaded",
+            Event::ProfilesReloadFailed { .. } => "profiles_reload_failed",
         }
     }
 
@@ -308,6 +360,24 @@ impl Event<'_> {
                 floor_bytes,
             } => json!({"free_bytes": free_bytes, "floor_bytes": floor_bytes}),
             Event::SpaceOk { free_bytes } => json!({ "free_bytes": free_bytes }),
+            Event::PackInstalled {
+                name,
+                version,
+                key_id,
+                previous,
+            } => json!({"name": name, "version": version, "key_id": key_id, "previous": previous}),
+            Event::PackRefused {
+                pack,
+                refusal,
+                reason,
+            } => json!({"pack": pack, "refusal": refusal, "reason": reason}),
+            Event::PackRolledBack { from, to } => json!({"from": from, "to": to}),
+            Event::ProfilesReloaded { pack, profiles } => {
+                json!({"pack": pack, "profiles": profiles})
+            }
+            Event::ProfilesReloadFailed { pack, reason } => {
+                json!({"pack": pack, "reason": reason})
+            }
         };
         match value {
             Value::Object(map) => map,

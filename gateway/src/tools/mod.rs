@@ -3,4 +3,5 @@
 //! `main.rs` only parses arguments, prints, and picks the exit code.
 
 pub mod decode;
+pub mod profiles;
 pub mod scan;
