@@ -17,6 +17,8 @@
 //!   keeps the time as the device reported it.
 //! - device measurement-status flags → `interpretation` codings in [`STATUS_SYSTEM`]; test
 //!   data → `meta.security` HTEST.
+//! - `meta.tag`: the device profile that decoded the reading, `id` or `id@version`
+//!   (`observation::PROFILE_TAG_SYSTEM`), so the readings of a bad profile can be found.
 //!
 //! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
 //! profiles require a subject): bind every device to a patient in config.

@@ -53,21 +53,38 @@ fn refused(audit: &Audit, pack: &Path, r: &Refusal) {
     });
 }
 
-/// `profiles verify`: the checks of an install, without installing.
+/// `profiles verify`: the checks of an install (the version too, unless `dir` is the
+/// active pack itself), without installing.
 pub fn verify(
     config: &Config,
     dir: &Path,
     audit: &Audit,
     progress: packs::Progress<'_>,
 ) -> Result<String, Refusal> {
-    packs::verify(
-        dir,
-        &trusted_keys(config),
-        config.profiles.max_pack_bytes,
-        progress,
-    )
-    .map(|v| format!("ok: {}", summary(&v)))
-    .inspect_err(|r| refused(audit, dir, r))
+    let keys = trusted_keys(config);
+    let checked =
+        packs::verify(dir, &keys, config.profiles.max_pack_bytes, progress).and_then(|v| {
+            let packs = packs_dir(config);
+            let is_active = store::active_dir(&packs)
+                .and_then(|a| a.canonicalize().ok())
+                .is_some_and(|a| dir.canonicalize().ok() == Some(a));
+            match store::active(&packs) {
+                Some(a)
+                    if !is_active
+                        && packs::parse_version(&v.manifest.version)
+                            <= packs::parse_version(&a.manifest.version) =>
+                {
+                    Err(Refusal::Older {
+                        new: v.manifest.version.clone(),
+                        installed: a.manifest.version,
+                    })
+                }
+                _ => Ok(v),
+            }
+        });
+    checked
+        .map(|v| format!("ok: {}", summary(&v)))
+        .inspect_err(|r| refused(audit, dir, r))
 }
 
 /// `profiles install`: verify, then activate atomically.
