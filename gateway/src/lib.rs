@@ -74,6 +74,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The operations server's TLS or token cannot be set up.
+    #[error("ops.http: {0}")]
+    OpsAccess(String),
     /// A source cannot start.
     #[error(transparent)]
     Source(#[from] ingest::SourceError),

@@ -64,6 +64,12 @@ pub const MAX_PROFILE_FILE_BYTES: u64 = 1024 * 1024;
 /// configuration fingerprint).
 pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
 
+/// Most connections the operations server serves at once.
+pub const MAX_OPS_CONNECTIONS: usize = 32;
+
+/// The operations server's access token file (`ops.http.token_file`).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
 /// The problem text for a string over `limit`, for errors that name the field themselves.
 pub fn too_long_message(limit: usize) -> String {
     format!("longer than {limit} bytes")

@@ -77,6 +77,44 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A server config for the operations port: the chain in `cert` with the key in `key_path`
+/// (refused when group or others may read it), TLS 1.2 and 1.3, `ring`; with `client_ca`,
+/// clients must present a certificate issued by it.
+pub fn server_config(
+    cert: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs("client CA certificate", ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| file_err("client CA certificate", ca, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| file_err("client CA certificate", ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    crate::keyfile::check_private(key_path).map_err(|e| file_err("server key", key_path, e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_err("server key", key_path, e))?;
+    Ok(Arc::new(builder.with_single_cert(
+        certs("server certificate", cert)?,
+        key,
+    )?))
+}
+
 /// Turns a handshake error into a sentence a technician can act on.
 pub fn explain(e: &std::io::Error) -> String {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());

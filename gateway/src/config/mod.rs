@@ -682,7 +682,22 @@ pub struct OpsHttpConfig {
     /// `/readyz` reports not ready once the uplink has been failing for longer than this, in
     /// seconds (short outages are expected and are what the buffer is for).
     pub ready_staleness_s: u64,
+    /// Host names clients may use in the `Host` header, besides `localhost`, loopback
+    /// addresses and the listen address (a request naming any other host is refused, so a
+    /// DNS-rebinding page cannot read the status).
+    pub hosts: Vec<String>,
+    /// `[ops.http.tls]`: serve HTTPS. Required when listening beyond loopback.
+    pub tls: Option<OpsTlsConfig>,
+    /// A file holding the access token (at least 16 characters, not readable by group or
+    /// others). With it every path but `/healthz` needs `Authorization: Bearer <token>`, or
+    /// HTTP Basic with the token as password (what a browser prompts for).
+    pub token_file: Option<PathBuf>,
+    /// Most connections one client address may hold open at once.
+    pub max_connections_per_client: usize,
 }
+
+/// The default of `ops.http.max_connections_per_client`: a quarter of the server's 32.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 
 impl Default for OpsHttpConfig {
     fn default() -> Self {
@@ -692,8 +707,25 @@ impl Default for OpsHttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8642)),
             allow_from: Cidr::loopback(),
             ready_staleness_s: 300,
+            hosts: Vec::new(),
+            tls: None,
+            token_file: None,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
+}
+
+/// `[ops.http.tls]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsTlsConfig {
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by the gateway's user only.
+    pub key: PathBuf,
+    /// With it, clients must present a certificate issued by this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {

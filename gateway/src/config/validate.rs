@@ -133,6 +133,21 @@ impl Config {
         if let Some(audit) = &self.ops.audit_log {
             all.push(path("ops.audit_log", audit));
         }
+        if let Some(http) = &self.ops.http {
+            for (i, h) in http.hosts.iter().enumerate() {
+                all.push(text(format!("ops.http.hosts[{i}]"), h, MAX_SYSTEM_LEN));
+            }
+            if let Some(t) = &http.tls {
+                all.push(path("ops.http.tls.cert", &t.cert));
+                all.push(path("ops.http.tls.key", &t.key));
+                if let Some(ca) = &t.client_ca {
+                    all.push(path("ops.http.tls.client_ca", ca));
+                }
+            }
+            if let Some(t) = &http.token_file {
+                all.push(path("ops.http.token_file", t));
+            }
+        }
         if let Some(dir) = &self.profiles.packs_dir {
             all.push(path("profiles.packs_dir", dir));
         }
@@ -397,6 +412,47 @@ fn validate_ops(ops: &OpsConfig, problems: &mut Vec<ConfigError>) {
         problems.push(err(
             "ops.http.ready_staleness_s",
             "must be between 1 and 604800 (7 days)",
+        ));
+    }
+    let beyond_loopback =
+        !http.listen.ip().is_loopback() || !http.allow_from.iter().all(Cidr::is_loopback);
+    let authenticated =
+        http.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) || http.token_file.is_some();
+    if beyond_loopback && (http.tls.is_none() || !authenticated) {
+        problems.push(err(
+            "ops.http.tls",
+            "serving beyond loopback needs HTTPS and a client check: set [ops.http.tls] cert and \
+             key, and client_ca (client certificates) or ops.http.token_file (a token)",
+        ));
+    }
+    if let Some(tls) = &http.tls {
+        check_readable("ops.http.tls.cert", &tls.cert, problems);
+        check_private_key("ops.http.tls.key", &tls.key, problems);
+        if let Some(ca) = &tls.client_ca {
+            check_readable("ops.http.tls.client_ca", ca, problems);
+        }
+    }
+    if let Some(token) = &http.token_file {
+        check_private_key("ops.http.token_file", token, problems);
+    }
+    for (i, h) in http.hosts.iter().enumerate() {
+        let ok = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !ok {
+            problems.push(err(
+                &format!("ops.http.hosts[{i}]"),
+                "must be a host name or address, without a port",
+            ));
+        }
+    }
+    if !(1..=crate::limits::MAX_OPS_CONNECTIONS).contains(&http.max_connections_per_client) {
+        problems.push(err(
+            "ops.http.max_connections_per_client",
+            format!(
+                "must be between 1 and {}",
+                crate::limits::MAX_OPS_CONNECTIONS
+            ),
         ));
     }
 }

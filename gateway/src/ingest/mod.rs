@@ -94,11 +94,13 @@ fn prepared(name: String, task: impl Future<Output = ()> + Send + 'static) -> Pr
 }
 
 /// Every configured source, prepared with its own view of `ctx`: one arm per kind of
-/// source. `gateway_id` names the MQTT client when the config does not.
+/// source. `gateway_id` names the MQTT client when the config does not; `profiles` are the
+/// vendor JSON profiles the MQTT source decodes with (replaced by a pack reload).
 pub fn prepare(
     config: &SourcesConfig,
     gateway_id: &str,
     ctx: &SourceContext,
+    profiles: &crate::profile::json::SharedProfiles,
 ) -> Result<Vec<Prepared>, SourceError> {
     let mut sources = Vec::new();
     if let Some(sim) = &config.sim {
@@ -108,7 +110,7 @@ pub fn prepare(
         ));
     }
     if let Some(mqtt) = &config.mqtt {
-        let source = mqtt::MqttSource::new(mqtt, gateway_id)?;
+        let source = mqtt::MqttSource::new(mqtt, gateway_id, profiles.clone())?;
         sources.push(prepared("mqtt".into(), source.run(ctx.named("mqtt"))));
     }
     if let Some(config) = &config.ble {

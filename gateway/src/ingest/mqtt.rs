@@ -63,6 +63,7 @@ use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest, Rejected};
 use crate::profile::canonical;
+use crate::profile::json::{ProfileSet, SharedProfiles};
 
 /// Messages received and not yet committed: the capacity of the channel from the poll task
 /// to the commit task. When it is full the poll task stops reading from the broker. Also the
@@ -99,6 +100,8 @@ pub struct MqttSource {
     options: MqttOptions,
     /// What to subscribe to and take.
     subscription: Subscription,
+    /// The vendor JSON profiles in use (a pack reload replaces them while the source runs).
+    profiles: SharedProfiles,
 }
 
 /// What the poll task subscribes to and takes.
@@ -112,7 +115,11 @@ struct Subscription {
 impl MqttSource {
     /// Prepares options from config (TLS files are read here; `tls` is required for
     /// `mqtts://`). The client id defaults to `vitalbridge-<gateway id>`.
-    pub fn new(config: &MqttSourceConfig, gateway_id: &str) -> Result<Self, MqttError> {
+    pub fn new(
+        config: &MqttSourceConfig,
+        gateway_id: &str,
+        profiles: SharedProfiles,
+    ) -> Result<Self, MqttError> {
         let tls = match &config.tls {
             Some(t) => {
                 let identity = t.cert.as_deref().zip(t.key.as_deref());
@@ -149,6 +156,7 @@ impl MqttSource {
                 topics: config.topics.clone(),
                 max_payload: config.max_packet_bytes,
             },
+            profiles,
         })
     }
 
@@ -169,6 +177,7 @@ impl MqttSource {
             ack_tx,
             ingest,
             bindings,
+            self.profiles,
             shutdown.clone(),
         ));
         let acker = tokio::spawn(ack_task(ack_rx, client.clone()));
@@ -339,6 +348,7 @@ async fn commit_task(
     acks: mpsc::UnboundedSender<AckId>,
     ingest: Ingest,
     bindings: Bindings,
+    profiles: SharedProfiles,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
@@ -350,9 +360,13 @@ async fn commit_task(
         if received == 0 {
             return; // the poll task ended
         }
+        // The profile set is taken once per batch and kept across its retries: every message
+        // is decoded by one set, even when a reload swaps the set meanwhile.
+        let profiles = profiles.current();
         let source = Source {
             ingest: &ingest,
             bindings: &bindings,
+            profiles: &profiles,
             shutdown: &shutdown,
         };
         if !commit_batch(batch.drain(..), &source, &acks).await {
@@ -425,6 +439,7 @@ impl Message {
 struct Source<'a> {
     ingest: &'a Ingest,
     bindings: &'a Bindings,
+    profiles: &'a ProfileSet,
     shutdown: &'a CancellationToken,
 }
 
@@ -490,11 +505,17 @@ fn decode(
     received: OffsetDateTime,
     source: &Source<'_>,
 ) -> Result<Vec<Reading>, Rejected> {
+    let binding = |key: &str, user| source.bindings.patient_for(key, user);
     match &m.payload {
-        Payload::Bytes(bytes) => canonical::decode(bytes, received, &|key, user| {
-            source.bindings.patient_for(key, user)
-        })
-        .map_err(|e| Rejected::new(m.origin.clone(), e.to_string(), bytes)),
+        Payload::Bytes(bytes) => {
+            // A vendor profile whose topics match takes the message; else the canonical format.
+            let topic = m.origin.strip_prefix("mqtt:").unwrap_or_default();
+            match source.profiles.decode(topic, bytes, received, &binding) {
+                Some(decoded) => decoded.map_err(|e| e.to_string()),
+                None => canonical::decode(bytes, received, &binding).map_err(|e| e.to_string()),
+            }
+            .map_err(|reason| Rejected::new(m.origin.clone(), reason, bytes))
+        }
         Payload::Oversized(r) => Err(r.clone()),
     }
 }

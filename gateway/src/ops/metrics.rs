@@ -78,6 +78,21 @@ pub struct Metrics {
     commit_latency: Histogram,
     /// Gateway receive time → destination acknowledgement, per reading.
     ack_latency: Histogram,
+    /// The vendor profiles in use and the last reload's outcome.
+    profiles: Mutex<ProfilesStatus>,
+}
+
+/// The device profiles in use, for the status page and `vitalbridge status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfilesStatus {
+    /// `name version` of the active pack; `None`: the built-in profiles only.
+    pub pack: Option<String>,
+    /// The vendor JSON profiles in use, `id@version`.
+    pub vendor_profiles: Vec<String>,
+    /// When they were loaded.
+    pub loaded_at: Option<OffsetDateTime>,
+    /// Why the last reload failed, if it did (the profiles above stay in use).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -363,6 +378,31 @@ impl Metrics {
     pub fn uplink_dead_lettered(&self, uplink: &'static str, n: u64) {
         self.readings_dead_lettered.fetch_add(n, Ordering::Relaxed);
         self.uplink(uplink, |u| u.dead_lettered += n);
+    }
+
+    /// Records the profiles now in use (a load succeeded).
+    pub fn set_profiles(
+        &self,
+        pack: Option<String>,
+        vendor_profiles: Vec<String>,
+        error: Option<String>,
+    ) {
+        *lock(&self.profiles) = ProfilesStatus {
+            pack,
+            vendor_profiles,
+            loaded_at: Some(OffsetDateTime::now_utc()),
+            error,
+        };
+    }
+
+    /// Records why a reload failed; the profiles in use stay.
+    pub fn set_profiles_error(&self, error: String) {
+        lock(&self.profiles).error = Some(error);
+    }
+
+    /// The profiles in use.
+    pub fn profiles(&self) -> ProfilesStatus {
+        lock(&self.profiles).clone()
     }
 
     /// A copy of everything, for `/metrics` and the status page.

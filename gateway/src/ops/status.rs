@@ -30,7 +30,9 @@
 //!  "tls_failures": 0, "ops_connections_refused": 0,
 //!  "certificates": [{"usage", "path", "subject", "not_before", "not_after", "days_left",
 //!                    "problem"} | {"usage", "path", "error"}],
-//!  "audit_log": "..."}
+//!  "audit_log": "...",
+//!  "profiles": {"pack": "name version" | null, "vendor_profiles": ["id@version"],
+//!               "loaded_at", "error": "…" | null}}
 //! ```
 //! Times are RFC 3339 UTC. There are no values and no patient identifiers in it: devices are
 //! listed by their own ids with counts and times only.
@@ -245,6 +247,16 @@ pub fn status_json(v: &View<'_>) -> Value {
         "ops_connections_refused": s.connections_refused,
         "certificates": certificates,
         "audit_log": v.audit_log.map(|p| p.display().to_string()),
+    })
+}
+
+/// The `profiles` object of `/status.json`.
+pub fn profiles_json(p: &super::metrics::ProfilesStatus) -> Value {
+    json!({
+        "pack": p.pack,
+        "vendor_profiles": p.vendor_profiles,
+        "loaded_at": p.loaded_at.map(rfc3339),
+        "error": p.error,
     })
 }
 

@@ -54,6 +54,7 @@
 //! naming the old pack or the new one, complete either way. The gateway verifies the active
 //! pack again whenever it loads it.
 
+pub mod live;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -596,6 +597,22 @@ pub fn keygen(path: &Path) -> Result<String, String> {
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(hex(key.public_key().as_ref()))
+}
+
+/// The keys `[[profiles.trusted_keys]]` lists (a malformed one is left out: `check-config`
+/// names it).
+pub fn trusted_keys(config: &crate::config::Config) -> Vec<TrustedKey> {
+    config
+        .profiles
+        .trusted_keys
+        .iter()
+        .filter_map(|k| {
+            Some(TrustedKey {
+                id: k.id.clone(),
+                public: parse_public_key(&k.ed25519)?,
+            })
+        })
+        .collect()
 }
 
 /// Parses a trusted key's public key (64 hex digits).

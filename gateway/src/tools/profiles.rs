@@ -14,20 +14,9 @@ use crate::ops::audit::{Audit, Event};
 use crate::packs::{self, store, Refusal, TrustedKey, Verified};
 use crate::profile::{ble, json, line, FrameContext};
 
-/// The keys `[[profiles.trusted_keys]]` lists (a malformed one is left out: `check-config`
-/// names it).
+/// The keys `[[profiles.trusted_keys]]` lists.
 pub fn trusted_keys(config: &Config) -> Vec<TrustedKey> {
-    config
-        .profiles
-        .trusted_keys
-        .iter()
-        .filter_map(|k| {
-            Some(TrustedKey {
-                id: k.id.clone(),
-                public: packs::parse_public_key(&k.ed25519)?,
-            })
-        })
-        .collect()
+    packs::trusted_keys(config)
 }
 
 /// The packs directory of `config`.

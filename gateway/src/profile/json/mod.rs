@@ -52,7 +52,7 @@ use crate::profile::canonical;
 use crate::profile::line::TimeFormat;
 
 pub use path::{topic_matches, Path};
-pub use registry::ProfileSet;
+pub use registry::{ProfileSet, SharedProfiles};
 pub use schema::ProfileError;
 
 /// Why a message could not be decoded. The text names the profile, keys and paths, never

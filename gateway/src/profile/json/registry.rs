@@ -6,7 +6,7 @@
 //! a reload swaps whole, so one message is always decoded by one set.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde_json::Value as Json;
 use time::OffsetDateTime;
@@ -108,6 +108,29 @@ impl ProfileSet {
         Ok(set)
     }
 
+    /// The shipped profiles, then the `json-*.toml` files among `files` ((file name, text),
+    /// e.g. a verified pack's), which replace shipped ones of the same id. Each must load and
+    /// be named after its id.
+    pub fn with_files(files: &[(String, String)]) -> Result<Self, ProfileError> {
+        let mut set = Self::built_in()?;
+        for (name, text) in files {
+            if !(name.starts_with("json-") && name.ends_with(".toml")) {
+                continue;
+            }
+            let profile = load(text, name)?;
+            if format!("{}.toml", profile.id) != *name {
+                return Err(ProfileError::Invalid {
+                    file: name.clone(),
+                    line: Some(1),
+                    key: "id".into(),
+                    message: format!("is {:?} but the file is named {name}", profile.id),
+                });
+            }
+            set.insert(profile);
+        }
+        Ok(set)
+    }
+
     fn insert(&mut self, profile: JsonProfile) {
         self.profiles.retain(|p| p.id != profile.id);
         self.profiles.push(Arc::new(profile));
@@ -164,5 +187,34 @@ impl ProfileSet {
                     .join(", "),
             )),
         })
+    }
+}
+
+/// The profile set in use, shared by the MQTT source and the reload that replaces it.
+///
+/// A reader takes the whole set ([`SharedProfiles::current`]) and decodes with it; a reload
+/// swaps in a new set at once ([`SharedProfiles::replace`]). A message is thus decoded by one
+/// set from start to end, never half by the old profiles and half by the new, and readings
+/// already decoded keep the profile (and version) that decoded them.
+#[derive(Debug, Clone, Default)]
+pub struct SharedProfiles(Arc<RwLock<Arc<ProfileSet>>>);
+
+impl SharedProfiles {
+    /// A handle holding `set`.
+    pub fn new(set: ProfileSet) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(set))))
+    }
+
+    /// The set in use now.
+    pub fn current(&self) -> Arc<ProfileSet> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `set` the one in use.
+    pub fn replace(&self, set: ProfileSet) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
     }
 }
