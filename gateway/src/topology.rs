@@ -424,6 +424,7 @@ async fn start_ops(
         audit: audit.clone(),
         allow_from: http.allow_from.clone(),
         access: ops_access(http)?,
+        history: Default::default(),
     });
     let scheme = if http.tls.is_some() { "https" } else { "http" };
     tracing::info!(url = %format!("{scheme}://{}/", http.listen), "operations server: status page, /metrics, /healthz, /readyz");

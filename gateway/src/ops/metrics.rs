@@ -118,6 +118,23 @@ struct Seen {
     source: Arc<str>,
     last_received: OffsetDateTime,
     readings: u64,
+    /// Latest receive time per metric (MDC reference id), at most [`MAX_METRICS_PER_DEVICE`].
+    metrics: Vec<(&'static str, OffsetDateTime)>,
+}
+
+/// Most metrics remembered per device (a body-composition scale reports about a dozen).
+pub const MAX_METRICS_PER_DEVICE: usize = 24;
+
+impl Seen {
+    fn metric(&mut self, reading: &Reading) {
+        let name = reading.metric.mdc_ref;
+        let full = self.metrics.len() >= MAX_METRICS_PER_DEVICE;
+        match self.metrics.iter_mut().find(|(m, _)| *m == name) {
+            Some((_, at)) => *at = (*at).max(reading.received_at),
+            None if !full => self.metrics.push((name, reading.received_at)),
+            None => {}
+        }
+    }
 }
 
 /// Readings durably accepted from one source with one device profile.
@@ -146,6 +163,8 @@ pub struct DeviceStatus {
     pub last_received: OffsetDateTime,
     /// Readings accepted from it since the gateway started.
     pub readings: u64,
+    /// The latest receive time of each metric it reported (MDC reference id), by metric.
+    pub metrics: Vec<(&'static str, OffsetDateTime)>,
 }
 
 /// Why the uplink's last attempt failed.
@@ -445,6 +464,11 @@ impl Metrics {
                     source: seen.source.to_string(),
                     last_received: seen.last_received,
                     readings: seen.readings,
+                    metrics: {
+                        let mut m = seen.metrics.clone();
+                        m.sort_unstable();
+                        m
+                    },
                 })
                 .collect();
             devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -502,6 +526,7 @@ impl IngestState {
 
     fn seen(&mut self, source: &Arc<str>, reading: &Reading) {
         if let Some(seen) = self.devices.get_mut(&reading.device.id) {
+            seen.metric(reading);
             seen.readings += 1;
             seen.last_received = seen.last_received.max(reading.received_at);
             if seen.profile != reading.device.profile {
@@ -523,15 +548,15 @@ impl IngestState {
                 self.forgotten += 1;
             }
         }
-        self.devices.insert(
-            reading.device.id.clone(),
-            Seen {
-                profile: reading.device.profile.clone(),
-                source: source.clone(),
-                last_received: reading.received_at,
-                readings: 1,
-            },
-        );
+        let mut seen = Seen {
+            profile: reading.device.profile.clone(),
+            source: source.clone(),
+            last_received: reading.received_at,
+            readings: 1,
+            metrics: Vec::new(),
+        };
+        seen.metric(reading);
+        self.devices.insert(reading.device.id.clone(), seen);
     }
 }
 

@@ -94,6 +94,30 @@ pub struct OpsState<Q> {
     pub allow_from: Vec<Cidr>,
     /// Who may connect beyond the address check: Host names, token, TLS, limits.
     pub access: Access,
+    /// The last hour of readings in and out and queue depth, for the chart.
+    pub history: super::history::History,
+}
+
+/// Samples the history every [`super::history::STEP`] until `stop`.
+async fn sample_history<Q: QueueProbe>(state: Arc<OpsState<Q>>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(super::history::STEP);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let queue = state.queue.gauges().await.ok().map(|g| g.pending);
+        let snapshot = state.metrics.snapshot();
+        state.history.record(super::history::Sample {
+            at: OffsetDateTime::now_utc(),
+            readings_in: snapshot.readings_in.iter().map(|c| c.readings).sum(),
+            readings_out: state
+                .metrics
+                .readings_out
+                .load(std::sync::atomic::Ordering::Relaxed),
+            queue,
+        });
+    }
 }
 
 /// The checks beyond `allow_from`.
@@ -218,6 +242,7 @@ pub async fn serve<Q: QueueProbe>(
     state: Arc<OpsState<Q>>,
     stop: CancellationToken,
 ) {
+    tokio::spawn(sample_history(state.clone(), stop.clone()));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_client = PerClient::default();
     let max_per_client = match state.access.per_client {
@@ -506,6 +531,7 @@ async fn handle<Q: QueueProbe>(
                 _ => {
                     let mut doc = status::status_json(&view);
                     doc["profiles"] = status::profiles_json(&state.metrics.profiles());
+                    doc["history"] = state.history.json();
                     response(StatusCode::OK, "application/json", doc.to_string())
                 }
             }
@@ -545,6 +571,7 @@ mod tests {
             audit: Audit::default(),
             allow_from: vec!["127.0.0.0/8".parse().unwrap()],
             access,
+            history: Default::default(),
         })
     }
 

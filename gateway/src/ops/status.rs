@@ -23,7 +23,8 @@
 //!                         "free_bytes", "floor_bytes", "low_space", "quarantined"}},
 //!  "sources": [{"source", "profile", "readings"}],
 //!  "payloads_dead_lettered": [{"source", "count"}],
-//!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings"}],
+//!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings",
+//!               "metrics": [{"metric", "last_reading"}]}],
 //!  "devices_not_shown": 0,
 //!  "uplinks": [{"name", "delivered", "retries", "dead_lettered", "last_delivery",
 //!               "failing_since", "last_error": {"at", "kind", "message"}}],
@@ -32,9 +33,10 @@
 //!                    "problem"} | {"usage", "path", "error"}],
 //!  "audit_log": "...",
 //!  "profiles": {"pack": "name version" | null, "vendor_profiles": ["id@version"],
-//!               "loaded_at", "error": "…" | null}}
+//!               "loaded_at", "error": "…" | null},
+//!  "history": {"step_s", "points": [{"t", "in", "out", "queue"}]}}
 //! ```
-//! Times are RFC 3339 UTC. There are no values and no patient identifiers in it: devices are
+//! (`profiles` and `history` are added by the server: `super::history`.) Times are RFC 3339 UTC. There are no values and no patient identifiers in it: devices are
 //! listed by their own ids with counts and times only.
 
 use std::time::Duration;
@@ -230,6 +232,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "source": d.source,
             "last_reading": rfc3339(d.last_received),
             "readings": d.readings,
+            "metrics": d.metrics.iter().map(|(m, at)| json!({"metric": m, "last_reading": rfc3339(*at)})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "devices_not_shown": s.devices_forgotten,
         "uplinks": s.uplinks.iter().map(|(name, u)| json!({
