@@ -85,6 +85,22 @@ enum Command {
         #[command(subcommand)]
         command: ProfilesCommand,
     },
+    /// The running gateway's status in a terminal: readiness, queue, uplinks, devices,
+    /// certificates, the active profile pack (the facts of the status page).
+    Status {
+        /// Config file (TOML): where the operations server listens, its TLS and token.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Print /status.json as it came.
+        #[arg(long)]
+        json: bool,
+        /// A client certificate (PEM), when the operations server asks for one.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -440,6 +456,22 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
                 file.display(),
                 key.id()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            json,
+            cert,
+            key,
+        } => {
+            let config = load(config.as_deref())?;
+            let identity = cert.as_deref().zip(key.as_deref());
+            let doc = vitalbridge::tools::status::fetch(&config, identity)?;
+            if json {
+                println!("{doc:#}");
+            } else {
+                println!("{}", vitalbridge::tools::status::render(&doc));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Profiles { config, command } => profiles_command(config.as_deref(), command),
