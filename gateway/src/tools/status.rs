@@ -337,7 +337,7 @@ mod tests {
             "Gateway hub-7 (vitalbridge 0.1.0), running for 61 min",
             "NOT READY:\n  - uplink failing for 400 s",
             "Queue: 12 waiting (oldest 95 s), 2 being sent, 1 dead letters, capacity 1000",
-            "fhir: FAILING since 2026-03-01T09:53:20Z (400 s ago)",
+            "fhir: FAILING since 2026-03-01T09:53:20Z (6 min ago)",
             "last error 2026-03-01T09:59:00Z (60 s ago): tls: certificate expired",
             "\\u{202e}GNP.exe (other, json-dexcom-egv@1, via mqtt): 4 readings",
             "    MDC_CONC_GLU_ISF: 2026-03-01T09:59:58Z (2 s ago)",
