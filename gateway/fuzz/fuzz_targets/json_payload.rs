@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, payload)) = data.split_first() else {
         return;
     };
-    let Ok(set) = ProfileSet::built_in() else {
+    // Built once: loading checks every example, which would dominate each run.
+    static SET: std::sync::OnceLock<Option<ProfileSet>> = std::sync::OnceLock::new();
+    let Some(set) = SET.get_or_init(|| ProfileSet::built_in().ok()) else {
         return;
     };
     let profiles = set.profiles();
