@@ -206,12 +206,13 @@ pub fn rollback(
     let now = parse_version(&current.manifest.version);
     let target = list(packs)
         .into_iter()
-        .filter(|p| !p.active)
-        .filter(|p| match to {
-            Some(v) => p.manifest.version == v,
-            None => parse_version(&p.manifest.version) < now,
+        .rfind(|p| {
+            !p.active
+                && match to {
+                    Some(v) => p.manifest.version == v,
+                    None => parse_version(&p.manifest.version) < now,
+                }
         })
-        .next_back()
         .ok_or_else(|| {
             Refusal::Io(match to {
                 Some(v) => format!("no installed pack has version {v}"),
