@@ -23,6 +23,7 @@ pub mod keyfile;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod packs;
 pub mod pipeline;
 pub mod profile;
 pub mod serial_settings;
@@ -76,6 +77,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The operations server's TLS or token cannot be set up.
+    #[error("ops.http: {0}")]
+    OpsAccess(String),
     /// A source cannot start.
     #[error(transparent)]
     Source(#[from] ingest::SourceError),

@@ -64,6 +64,12 @@ pub const MAX_PROFILE_FILE_BYTES: u64 = 1024 * 1024;
 /// configuration fingerprint).
 pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
 
+/// Most connections the operations server serves at once.
+pub const MAX_OPS_CONNECTIONS: usize = 32;
+
+/// The operations server's access token file (`ops.http.token_file`).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
 /// The problem text for a string over `limit`, for errors that name the field themselves.
 pub fn too_long_message(limit: usize) -> String {
     format!("longer than {limit} bytes")
@@ -73,7 +79,53 @@ pub fn too_long_message(limit: usize) -> String {
 /// read, or a device such as `/dev/zero`) is refused without reading more than `max + 1`
 /// bytes of it.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
+    read_open_capped(std::fs::File::open(path)?, max)
+}
+
+/// Reads the file `path` found in the directory `dir` (a profile directory, a pack), at most
+/// `max` bytes, refusing what a directory of configuration files must not make the gateway
+/// read:
+///
+/// - a symbolic link whose target is outside `dir` (it could reach a secret, and a parse
+///   error would quote the secret's first line); a link inside `dir` is followed;
+/// - anything but a regular file: a FIFO would block the open for ever (and with it the
+///   gateway's start and its SIGTERM), a device never ends. The file is opened
+///   `O_NONBLOCK`, and checked to be regular on the open descriptor, so a file swapped for a
+///   FIFO between the check and the open is refused too;
+/// - more than `max` bytes, or text that is not UTF-8.
+///
+/// The errors name the problem, never the content.
+pub fn read_file_in_dir(dir: &Path, path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::OpenOptionsExt;
+    let link = std::fs::symlink_metadata(path)?;
+    let target = if link.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path)?;
+        let dir = std::fs::canonicalize(dir)?;
+        if !target.starts_with(&dir) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "a symbolic link out of its directory: refused (copy the file in instead)",
+            ));
+        }
+        target
+    } else {
+        path.to_path_buf()
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&target)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file: refused",
+        ));
+    }
+    read_open_capped(file, max)
+}
+
+fn read_open_capped(file: std::fs::File, max: u64) -> std::io::Result<String> {
     let too_big = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -110,5 +162,48 @@ mod tests {
         assert!(e.to_string().contains("larger than 1024 bytes"), "{e}");
         std::fs::write(&small, [0xff, 0xfe]).unwrap();
         assert!(read_capped(&small, 10).is_err());
+    }
+
+    #[test]
+    fn files_in_a_directory_are_regular_files_inside_it_and_small() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("profiles");
+        std::fs::create_dir(&dir).unwrap();
+        let secret = root.path().join("secret");
+        std::fs::write(&secret, "password = hunter2\n").unwrap();
+        let ok = dir.join("a.toml");
+        std::fs::write(&ok, "a = 1\n").unwrap();
+        assert_eq!(read_file_in_dir(&dir, &ok, 100).unwrap(), "a = 1\n");
+
+        // A link inside the directory is followed; one out of it is refused unread.
+        symlink(&ok, dir.join("inside.toml")).unwrap();
+        assert_eq!(
+            read_file_in_dir(&dir, &dir.join("inside.toml"), 100).unwrap(),
+            "a = 1\n"
+        );
+        symlink(&secret, dir.join("out.toml")).unwrap();
+        let e = read_file_in_dir(&dir, &dir.join("out.toml"), 100).unwrap_err();
+        assert!(e.to_string().contains("symbolic link out of"), "{e}");
+        assert!(!e.to_string().contains("hunter2"));
+        symlink("../secret", dir.join("relative.toml")).unwrap();
+        assert!(read_file_in_dir(&dir, &dir.join("relative.toml"), 100).is_err());
+
+        // A FIFO is refused at once rather than blocking the open.
+        let fifo = dir.join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_file_in_dir(&dir, &fifo, 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // A directory, and a link to a device, likewise.
+        std::fs::create_dir(dir.join("sub.toml")).unwrap();
+        assert!(read_file_in_dir(&dir, &dir.join("sub.toml"), 100).is_err());
+
+        // Too large: refused without reading it all.
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; 1000]).unwrap();
+        let e = read_file_in_dir(&dir, &big, 999).unwrap_err();
+        assert!(e.to_string().contains("larger than 999 bytes"), "{e}");
     }
 }

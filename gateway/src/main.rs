@@ -86,6 +86,31 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Device profiles: try one on a captured sample; make, sign, verify, install, list and
+    /// roll back signed profile packs (docs/profiles.md).
+    Profiles {
+        /// Config file (TOML): trusted keys, packs directory, audit log.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
+    /// The running gateway's status in a terminal: readiness, queue, uplinks, devices,
+    /// certificates, the active profile pack (the facts of the status page).
+    Status {
+        /// Config file (TOML): where the operations server listens, its TLS and token.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Print /status.json as it came.
+        #[arg(long)]
+        json: bool,
+        /// A client certificate (PEM), when the operations server asks for one.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -93,6 +118,74 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfilesCommand {
+    /// Decode a captured sample with a profile and print the readings and the FHIR
+    /// Observations the gateway would send: JSON for a json- profile, text lines for a line-
+    /// profile, one hex value per line for a ble- profile. Exit 2 if it does not decode.
+    Test {
+        /// A profile file, or the id of a built-in profile.
+        profile: String,
+        /// The sample file.
+        sample: PathBuf,
+        /// json- profiles: the MQTT topic the sample came on [default: the profile's example's].
+        #[arg(long)]
+        topic: Option<String>,
+        /// ble- profiles: the characteristic [default: the profile's first subscribed one].
+        #[arg(long)]
+        characteristic: Option<String>,
+    },
+    /// Make a new Ed25519 signing key (PKCS#8 DER, mode 0600) and print its public key for
+    /// `[[profiles.trusted_keys]]`. Keep it off the hub.
+    Keygen {
+        /// The key file to create.
+        file: PathBuf,
+    },
+    /// Make an unsigned pack in OUT from the profile files (json-, line-, ble-*.toml) in DIR.
+    Pack {
+        /// The directory of profile files.
+        dir: PathBuf,
+        /// The pack directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The pack's name (lower-case letters, digits, dashes).
+        #[arg(long)]
+        name: String,
+        /// The pack's version (dot-separated numbers; each install must be newer).
+        #[arg(long = "pack-version")]
+        pack_version: String,
+        /// The id of the key that will sign it.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Sign a pack's manifest with a signing key (off the hub).
+    Sign {
+        /// The pack directory.
+        pack: PathBuf,
+        /// The PKCS#8 (DER) Ed25519 private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify a pack against the hub's trusted keys, without installing it.
+    Verify {
+        /// The pack directory.
+        pack: PathBuf,
+    },
+    /// Verify a pack and make it the active one (atomically; the running gateway reloads).
+    Install {
+        /// The pack directory.
+        pack: PathBuf,
+    },
+    /// The installed packs; `*` marks the active one.
+    List,
+    /// Make an older installed pack active again.
+    Rollback {
+        /// The version to go back to [default: the newest older than the active one].
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -484,6 +577,23 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            config,
+            json,
+            cert,
+            key,
+        } => {
+            let config = load(config.as_deref())?;
+            let identity = cert.as_deref().zip(key.as_deref());
+            let doc = vitalbridge::tools::status::fetch(&config, identity)?;
+            if json {
+                println!("{doc:#}");
+            } else {
+                println!("{}", vitalbridge::tools::status::render(&doc));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profiles { config, command } => profiles_command(config.as_deref(), command),
         Command::Queue { config, command } => {
             let config = load(config.as_deref())?;
             runtime()?.block_on(queue_command(&config, command))
@@ -491,6 +601,123 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::Devices { config, command } => {
             let config = load(config.as_deref())?;
             runtime()?.block_on(devices_command(&config, command))
+        }
+    }
+}
+
+/// A progress line on stderr when it is a terminal (`verifying: 3/40 files`), nothing when
+/// piped.
+fn progress_line(what: &'static str) -> impl FnMut(usize, usize) {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    move |done, total| {
+        if terminal {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{what}: {done}/{total} files");
+            if done == total {
+                let _ = writeln!(err);
+            }
+            let _ = err.flush();
+        }
+    }
+}
+
+/// The `profiles` commands.
+fn profiles_command(
+    config: Option<&std::path::Path>,
+    command: ProfilesCommand,
+) -> anyhow::Result<ExitCode> {
+    use vitalbridge::tools::profiles as tool;
+    let with_config = |needs: &dyn Fn(
+        &Config,
+        &vitalbridge::ops::audit::Audit,
+    ) -> Result<String, vitalbridge::packs::Refusal>|
+     -> anyhow::Result<ExitCode> {
+        let config = load(config)?;
+        let id = vitalbridge::gateway_id(&config)?;
+        let audit = vitalbridge::ops::start_cli_audit(&config, &id)?;
+        Ok(match needs(&config, &audit) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(refusal) => {
+                eprintln!("refused: {refusal}");
+                ExitCode::from(3)
+            }
+        })
+    };
+    match command {
+        ProfilesCommand::Test {
+            profile,
+            sample,
+            topic,
+            characteristic,
+        } => {
+            let request = tool::TestRequest {
+                profile: &profile,
+                sample: &sample,
+                topic: topic.as_deref(),
+                characteristic: characteristic.as_deref(),
+            };
+            Ok(match tool::test(&request) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            })
+        }
+        ProfilesCommand::Keygen { file } => {
+            let public = vitalbridge::packs::keygen(&file).map_err(anyhow::Error::msg)?;
+            println!("{public}");
+            eprintln!("created {}: keep it off the hub; put the line above in [[profiles.trusted_keys]] ed25519", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ProfilesCommand::Pack {
+            dir,
+            out,
+            name,
+            pack_version,
+            key_id,
+        } => {
+            let m = vitalbridge::packs::pack(
+                &dir,
+                &out,
+                &name,
+                &pack_version,
+                &key_id,
+                time::OffsetDateTime::now_utc(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "made {} in {} ({} files, unsigned)",
+                m.label(),
+                out.display(),
+                m.files.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ProfilesCommand::Sign { pack, key } => {
+            let public = vitalbridge::packs::sign(&pack, &key).map_err(anyhow::Error::msg)?;
+            println!(
+                "signed {}; it verifies with the public key {public}",
+                pack.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ProfilesCommand::Verify { pack } => {
+            with_config(&|c, a| tool::verify(c, &pack, a, &mut progress_line("verifying")))
+        }
+        ProfilesCommand::Install { pack } => {
+            with_config(&|c, a| tool::install(c, &pack, a, &mut progress_line("verifying")))
+        }
+        ProfilesCommand::List => with_config(&|c, _| Ok(tool::list(c))),
+        ProfilesCommand::Rollback { to } => {
+            with_config(&|c, a| tool::rollback(c, to.as_deref(), a))
         }
     }
 }

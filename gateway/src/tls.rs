@@ -71,10 +71,9 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    crate::keyfile::check_private(path)
-        .map_err(|e| file_err("client key", path, FileError::Key(e)))?;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, FileError::Pem(e)))
+fn key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    crate::keyfile::check_private(path).map_err(|e| file_err(what, path, FileError::Key(e)))?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(what, path, FileError::Pem(e)))
 }
 
 /// A client config trusting only the CA in `ca`, presenting `cert`/`key` when given.
@@ -93,16 +92,19 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots);
     let config = match identity {
-        Some((cert, key_path)) => {
-            builder.with_client_auth_cert(certs("client certificate", cert)?, key(key_path)?)?
-        }
+        Some((cert, key_path)) => builder.with_client_auth_cert(
+            certs("client certificate", cert)?,
+            key("client key", key_path)?,
+        )?,
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
 
-/// A server config presenting `cert`/`key`; with `client_ca`, a client must present a
-/// certificate signed by that CA (mutual TLS), and only that CA is trusted for it.
+/// A server config presenting `cert`/`key` (the key refused when group or others may read
+/// it), TLS 1.2 and 1.3, `ring`: the HL7 listener's and the operations port's. With
+/// `client_ca`, a client must present a certificate signed by that CA (mutual TLS), and only
+/// that CA is trusted for it.
 pub fn server_config(
     cert: &Path,
     key_path: &Path,
@@ -129,8 +131,102 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs("server certificate", cert)?, key(key_path)?)?;
+    let config = builder.with_single_cert(
+        certs("server certificate", cert)?,
+        key("server key", key_path)?,
+    )?;
     Ok(Arc::new(config))
+}
+
+/// A client config that trusts exactly the certificate in `pinned` (the first of the file:
+/// the operations server's own, as configured on this hub), for `vitalbridge status` talking
+/// to its own gateway; presents `cert`/`key` when given (the server asks for a client
+/// certificate when it has a `client_ca`).
+pub fn pinned_client_config(
+    pinned: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let leaf = certs("server certificate", pinned)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| file_err("server certificate", pinned, FileError::NoCertificate))?;
+    let verifier = Arc::new(Pinned {
+        leaf,
+        provider: provider.clone(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        Some((cert, key_path)) => builder.with_client_auth_cert(
+            certs("client certificate", cert)?,
+            key("client key", key_path)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts exactly one server certificate (and checks the handshake signatures with it).
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Turns a handshake error into a sentence a technician can act on.

@@ -66,6 +66,43 @@ impl<T> Stage<T> {
     }
 }
 
+/// Loads the active profile pack's vendor profiles (the shipped ones only when none is
+/// active or it does not load: the gateway starts either way, and says why) and starts the
+/// task that reloads them when another pack is activated, until `stop`.
+fn start_profiles(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    audit: &Audit,
+    stop: &CancellationToken,
+) -> crate::profile::json::SharedProfiles {
+    use crate::packs::live;
+    let shared = crate::profile::json::SharedProfiles::default();
+    let packs = config.profiles.packs_dir(&config.gateway.data_dir);
+    let keys = crate::packs::trusted_keys(config);
+    let max_bytes = config.profiles.max_pack_bytes;
+    let outcome = live::load_active(&packs, &keys, max_bytes);
+    if outcome.is_err() {
+        // Start with the shipped profiles; the failure is reported below.
+        if let Ok(set) = crate::profile::json::ProfileSet::built_in() {
+            shared.replace(set);
+        }
+    }
+    live::apply(outcome, live::When::Start, &shared, metrics, audit);
+    tokio::spawn(live::watch(
+        live::Watch {
+            packs,
+            keys,
+            max_bytes,
+            every: Duration::from_secs(config.profiles.reload_check_s),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+        },
+        stop.clone(),
+    ));
+    shared
+}
+
 /// The operations server, when `[ops.http]` is on.
 struct OpsServer {
     state: Arc<ops::server::OpsState<Store>>,
@@ -144,7 +181,8 @@ impl Topology {
             audit: audit.clone(),
             shutdown: sources_stop.clone(),
         };
-        let prepared = ingest::prepare(&config.sources, &id, &ctx)?;
+        let profiles = start_profiles(config, &metrics, &audit, &sources_stop);
+        let prepared = ingest::prepare(&config.sources, &id, &ctx, &profiles)?;
         // Only sources hold ingest handles now: when they end, the writer may drain and end.
         drop(ctx);
         let gateway = fhir::Gateway {
@@ -396,13 +434,52 @@ async fn start_ops(
         lifecycle: ops::Lifecycle::default(),
         audit: audit.clone(),
         allow_from: http.allow_from.clone(),
+        access: ops_access(http)?,
+        history: Default::default(),
     });
-    tracing::info!(url = %format!("http://{}/", http.listen), "operations server: status page, /metrics, /healthz, /readyz");
+    let scheme = if http.tls.is_some() { "https" } else { "http" };
+    tracing::info!(url = %format!("{scheme}://{}/", http.listen), "operations server: status page, /metrics, /healthz, /readyz");
     let task = tokio::spawn(ops::server::serve(listener, state.clone(), stop.clone()));
     Ok(Some(OpsServer {
         state,
         task: Stage::new("operations server", task),
     }))
+}
+
+/// The operations server's checks beyond `allow_from`: TLS, token, Host names, limits.
+fn ops_access(http: &crate::config::OpsHttpConfig) -> Result<ops::server::Access, RunError> {
+    let tls = match &http.tls {
+        None => None,
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+                .map_err(|e| RunError::OpsAccess(e.to_string()))?,
+        )),
+    };
+    let token_sha256 = match &http.token_file {
+        None => None,
+        Some(path) => {
+            crate::keyfile::check_private(path)
+                .map_err(|e| RunError::OpsAccess(format!("ops.http.token_file: {e}")))?;
+            let text = crate::limits::read_capped(path, crate::limits::MAX_TOKEN_FILE_BYTES)
+                .map_err(|e| {
+                    RunError::OpsAccess(format!("ops.http.token_file {}: {e}", path.display()))
+                })?;
+            let token = text.trim();
+            if token.len() < 16 {
+                return Err(RunError::OpsAccess(
+                    "ops.http.token_file: the token must be at least 16 characters".into(),
+                ));
+            }
+            Some(ops::server::Access::digest(token))
+        }
+    };
+    Ok(ops::server::Access {
+        hosts: ops::server::Access::hosts_for(http.listen, &http.hosts),
+        token_sha256,
+        tls,
+        per_client: http.max_connections_per_client,
+        ..Default::default()
+    })
 }
 
 /// Audits what opening the buffer found (the buffer logged it already).

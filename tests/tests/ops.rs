@@ -478,9 +478,25 @@ fn listening_beyond_loopback_must_be_explicit_and_a_taken_port_fails_the_start()
         err.contains("ops.http.listen: 0.0.0.0 is not a loopback address"),
         "{err}"
     );
-    let (code, _, err) = check(
-        "[ops.http]\nlisten = \"0.0.0.0:8642\"\nallow_from = [\"127.0.0.0/8\", \"10.20.0.0/16\"]\n",
+    // Networks named, but no HTTPS and no client check: refused.
+    let wide =
+        "[ops.http]\nlisten = \"0.0.0.0:8642\"\nallow_from = [\"127.0.0.0/8\", \"10.20.0.0/16\"]\n";
+    let (code, _, err) = check(wide);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ops.http.tls: serving beyond loopback needs HTTPS"),
+        "{err}"
     );
+    // With a certificate, its key and a token file (the check reads them, it does not parse).
+    for f in ["ops.pem", "ops.key", "ops-token"] {
+        let p = dir.path().join(f);
+        std::fs::write(&p, "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (code, _, err) = check(&format!(
+        "{wide}token_file = \"ops-token\"\n[ops.http.tls]\ncert = \"ops.pem\"\nkey = \"ops.key\"\n"
+    ));
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = check("[ops.http]\nallow_from = [\"10.20.1.0/16\"]\n");
     assert_eq!(code, 2);

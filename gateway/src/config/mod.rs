@@ -112,6 +112,9 @@ pub struct Config {
     /// Logs, the audit log and the operations HTTP server.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// Signed device-profile packs: where they are installed, which keys may sign them.
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
 }
 
 impl Default for Config {
@@ -132,8 +135,62 @@ impl Default for Config {
                 http: Some(OpsHttpConfig::default()),
                 ..OpsConfig::default()
             },
+            profiles: ProfilesConfig::default(),
         }
     }
+}
+
+/// `[profiles]`: signed device-profile packs (docs/profiles.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// Where `vitalbridge profiles install` keeps packs and the link to the active one, and
+    /// where the gateway loads the active pack's vendor JSON profiles from (reloading them
+    /// when the link changes). Default: `<data_dir>/packs`.
+    pub packs_dir: Option<PathBuf>,
+    /// Largest pack accepted, in bytes (all its files together).
+    pub max_pack_bytes: u64,
+    /// How often the gateway looks for a newly activated pack, in seconds.
+    pub reload_check_s: u64,
+    /// The public keys a pack's signature may verify with. None: no pack can be installed.
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+}
+
+/// The default of `profiles.max_pack_bytes`: 16 MiB.
+pub const DEFAULT_MAX_PACK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The default of `profiles.reload_check_s`.
+pub const DEFAULT_RELOAD_CHECK_S: u64 = 2;
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        Self {
+            packs_dir: None,
+            max_pack_bytes: DEFAULT_MAX_PACK_BYTES,
+            reload_check_s: DEFAULT_RELOAD_CHECK_S,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+impl ProfilesConfig {
+    /// The packs directory: `packs_dir`, or `<data_dir>/packs`.
+    pub fn packs_dir(&self, data_dir: &Path) -> PathBuf {
+        self.packs_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("packs"))
+    }
+}
+
+/// `[[profiles.trusted_keys]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyConfig {
+    /// The id a pack's manifest names the key by (`key_id`): lower-case letters, digits,
+    /// dashes.
+    pub id: String,
+    /// The raw Ed25519 public key: 64 hex digits (what `vitalbridge profiles keygen` prints).
+    pub ed25519: String,
 }
 
 /// `[gateway]`
@@ -791,7 +848,22 @@ pub struct OpsHttpConfig {
     /// `/readyz` reports not ready once the uplink has been failing for longer than this, in
     /// seconds (short outages are expected and are what the buffer is for).
     pub ready_staleness_s: u64,
+    /// Host names clients may use in the `Host` header, besides `localhost`, loopback
+    /// addresses and the listen address (a request naming any other host is refused, so a
+    /// DNS-rebinding page cannot read the status).
+    pub hosts: Vec<String>,
+    /// `[ops.http.tls]`: serve HTTPS. Required when listening beyond loopback.
+    pub tls: Option<OpsTlsConfig>,
+    /// A file holding the access token (at least 16 characters, not readable by group or
+    /// others). With it every path but `/healthz` needs `Authorization: Bearer <token>`, or
+    /// HTTP Basic with the token as password (what a browser prompts for).
+    pub token_file: Option<PathBuf>,
+    /// Most connections one client address may hold open at once.
+    pub max_connections_per_client: usize,
 }
+
+/// The default of `ops.http.max_connections_per_client`: a quarter of the server's 32.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 
 impl Default for OpsHttpConfig {
     fn default() -> Self {
@@ -801,8 +873,25 @@ impl Default for OpsHttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8642)),
             allow_from: Cidr::loopback(),
             ready_staleness_s: 300,
+            hosts: Vec::new(),
+            tls: None,
+            token_file: None,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
+}
+
+/// `[ops.http.tls]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsTlsConfig {
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM), readable by the gateway's user only.
+    pub key: PathBuf,
+    /// With it, clients must present a certificate issued by this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {

@@ -168,6 +168,36 @@ impl Config {
             all.push(path("ops.audit_log", audit));
         }
         super::hl7::texts(sources.hl7.as_ref(), self.uplink.hl7.as_ref(), &mut all);
+        if let Some(http) = &self.ops.http {
+            for (i, h) in http.hosts.iter().enumerate() {
+                all.push(text(format!("ops.http.hosts[{i}]"), h, MAX_SYSTEM_LEN));
+            }
+            if let Some(t) = &http.tls {
+                all.push(path("ops.http.tls.cert", &t.cert));
+                all.push(path("ops.http.tls.key", &t.key));
+                if let Some(ca) = &t.client_ca {
+                    all.push(path("ops.http.tls.client_ca", ca));
+                }
+            }
+            if let Some(t) = &http.token_file {
+                all.push(path("ops.http.token_file", t));
+            }
+        }
+        if let Some(dir) = &self.profiles.packs_dir {
+            all.push(path("profiles.packs_dir", dir));
+        }
+        for (i, k) in self.profiles.trusted_keys.iter().enumerate() {
+            all.push(text(
+                format!("profiles.trusted_keys[{i}].id"),
+                &k.id,
+                MAX_CODE_LEN,
+            ));
+            all.push(text(
+                format!("profiles.trusted_keys[{i}].ed25519"),
+                &k.ed25519,
+                MAX_CODE_LEN,
+            ));
+        }
         all
     }
 
@@ -213,6 +243,7 @@ impl Config {
                 problems.push(err("gateway.id", e.to_string()));
             }
         }
+        validate_profiles(&self.profiles, &mut problems);
         if let Some(sim) = &self.sources.sim {
             if sim.devices == 0 || sim.devices > 10_000 {
                 problems.push(err("sources.sim.devices", "must be between 1 and 10000"));
@@ -343,6 +374,40 @@ fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
     }
 }
 
+fn validate_profiles(p: &ProfilesConfig, problems: &mut Vec<ConfigError>) {
+    if !(1024..=1024 * 1024 * 1024).contains(&p.max_pack_bytes) {
+        problems.push(err(
+            "profiles.max_pack_bytes",
+            "must be between 1024 and 1073741824",
+        ));
+    }
+    if !(1..=3600).contains(&p.reload_check_s) {
+        problems.push(err("profiles.reload_check_s", "must be between 1 and 3600"));
+    }
+    let mut ids = HashSet::new();
+    for (i, k) in p.trusted_keys.iter().enumerate() {
+        let key = |f: &str| format!("profiles.trusted_keys[{i}].{f}");
+        let id_ok = !k.id.is_empty()
+            && k.id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            problems.push(err(
+                &key("id"),
+                "must be lower-case letters, digits and dashes",
+            ));
+        } else if !ids.insert(k.id.as_str()) {
+            problems.push(err(&key("id"), "is used by another trusted key"));
+        }
+        if k.ed25519.len() != 64 || !k.ed25519.bytes().all(|b| b.is_ascii_hexdigit()) {
+            problems.push(err(
+                &key("ed25519"),
+                "must be the 32-byte public key as 64 hex digits",
+            ));
+        }
+    }
+}
+
 fn validate_ble(ble: &BleSourceConfig, problems: &mut Vec<ConfigError>) {
     if ble.connect_timeout_s == 0 || ble.connect_timeout_s > 300 {
         problems.push(err(
@@ -418,6 +483,47 @@ fn validate_ops(ops: &OpsConfig, problems: &mut Vec<ConfigError>) {
         problems.push(err(
             "ops.http.ready_staleness_s",
             "must be between 1 and 604800 (7 days)",
+        ));
+    }
+    let beyond_loopback =
+        !http.listen.ip().is_loopback() || !http.allow_from.iter().all(Cidr::is_loopback);
+    let authenticated =
+        http.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) || http.token_file.is_some();
+    if beyond_loopback && (http.tls.is_none() || !authenticated) {
+        problems.push(err(
+            "ops.http.tls",
+            "serving beyond loopback needs HTTPS and a client check: set [ops.http.tls] cert and \
+             key, and client_ca (client certificates) or ops.http.token_file (a token)",
+        ));
+    }
+    if let Some(tls) = &http.tls {
+        check_readable("ops.http.tls.cert", &tls.cert, problems);
+        check_private_key("ops.http.tls.key", &tls.key, problems);
+        if let Some(ca) = &tls.client_ca {
+            check_readable("ops.http.tls.client_ca", ca, problems);
+        }
+    }
+    if let Some(token) = &http.token_file {
+        check_private_key("ops.http.token_file", token, problems);
+    }
+    for (i, h) in http.hosts.iter().enumerate() {
+        let ok = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !ok {
+            problems.push(err(
+                &format!("ops.http.hosts[{i}]"),
+                "must be a host name or address, without a port",
+            ));
+        }
+    }
+    if !(1..=crate::limits::MAX_OPS_CONNECTIONS).contains(&http.max_connections_per_client) {
+        problems.push(err(
+            "ops.http.max_connections_per_client",
+            format!(
+                "must be between 1 and {}",
+                crate::limits::MAX_OPS_CONNECTIONS
+            ),
         ));
     }
 }

@@ -28,6 +28,8 @@
 //! - values in the unit the device sent, or with `clinical.units = "canonical"` converted to
 //!   the metric's canonical unit (`kg`, `Cel`, `mm[Hg]`) with the value as sent kept in the
 //!   core `iso21090-PQ-translation` extension on the quantity ([`Gateway::convert_units`]).
+//! - `meta.tag`: the device profile that decoded the reading, `id` or `id@version`
+//!   (`observation::PROFILE_TAG_SYSTEM`), so the readings of a bad profile can be found.
 //!
 //! Readings without a patient get no `subject`, and then claim no vital-signs profile (those
 //! profiles require a subject): bind every device to a patient in config.

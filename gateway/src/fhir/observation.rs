@@ -213,7 +213,14 @@ struct Meta<'a> {
     profile: Vec<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     security: Option<[Coding<'a>; 1]>,
+    /// The device profile (and its version) that decoded the reading: [`PROFILE_TAG_SYSTEM`].
+    tag: [Coding<'a>; 1],
 }
+
+/// The code system of `Observation.meta.tag` naming the device profile that decoded a
+/// reading, as `id` or `id@version` (vendor JSON profiles), so the Observations of a bad
+/// profile version can be found on the server.
+pub const PROFILE_TAG_SYSTEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/device-profile";
 
 /// An extension: a URL and either one value or nested extensions.
 #[derive(Serialize)]
@@ -375,7 +382,12 @@ impl<'a> Observation<'a> {
                     Some("test health data"),
                 )]
             });
-            (!profile.is_empty() || security.is_some()).then_some(Meta { profile, security })
+            let tag = [Coding::new(PROFILE_TAG_SYSTEM, &r.device.profile, None)];
+            Some(Meta {
+                profile,
+                security,
+                tag,
+            })
         };
         let mut category = Vec::with_capacity(2);
         if is_vital_sign(&r.metric) {

@@ -144,7 +144,12 @@ fn a_reading_without_a_patient_claims_no_profile_and_has_no_subject() {
     };
     let o = observation(&r, "d", "g");
     assert!(o.get("subject").is_none());
-    assert!(o.get("meta").is_none());
+    assert!(o["meta"].get("profile").is_none());
+    // The decoding profile is tagged whatever the claim.
+    assert_eq!(
+        o["meta"]["tag"],
+        serde_json::json!([{"system": "https://vitalbridge.dev/fhir/CodeSystem/device-profile", "code": "ble-blood-pressure"}])
+    );
 }
 
 #[test]

@@ -98,11 +98,13 @@ fn prepared(name: String, task: impl Future<Output = ()> + Send + 'static) -> Pr
 }
 
 /// Every configured source, prepared with its own view of `ctx`: one arm per kind of
-/// source. `gateway_id` names the MQTT client when the config does not.
+/// source. `gateway_id` names the MQTT client when the config does not; `profiles` are the
+/// vendor JSON profiles the MQTT source decodes with (replaced by a pack reload).
 pub fn prepare(
     config: &SourcesConfig,
     gateway_id: &str,
     ctx: &SourceContext,
+    profiles: &crate::profile::json::SharedProfiles,
 ) -> Result<Vec<Prepared>, SourceError> {
     let mut sources = Vec::new();
     if let Some(sim) = &config.sim {
@@ -114,7 +116,8 @@ pub fn prepare(
     if let Some(mqtt) = &config.mqtt {
         // Off by default where bindings are configured (see `trust_payload_patient`).
         let trust = mqtt.trust_payload_patient.unwrap_or(!ctx.bindings.any());
-        let source = mqtt::MqttSource::new(mqtt, gateway_id)?.trusting_payload_patient(trust);
+        let source = mqtt::MqttSource::new(mqtt, gateway_id, profiles.clone())?
+            .trusting_payload_patient(trust);
         sources.push(prepared("mqtt".into(), source.run(ctx.named("mqtt"))));
     }
     if let Some(config) = &config.ble {

@@ -64,6 +64,7 @@ use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest, Rejected};
 use crate::profile::canonical;
+use crate::profile::json::{ProfileSet, SharedProfiles};
 
 /// Messages received and not yet committed: the capacity of the channel from the poll task
 /// to the commit task. When it is full the poll task stops reading from the broker. Also the
@@ -115,6 +116,8 @@ pub struct MqttSource {
     /// Whether a payload's `patient` is used (`trust_payload_patient`); when not, it is
     /// ignored and the bindings apply.
     trust_payload_patient: bool,
+    /// The vendor JSON profiles in use (a pack reload replaces them while the source runs).
+    profiles: SharedProfiles,
 }
 
 /// What the poll task subscribes to and takes.
@@ -128,7 +131,11 @@ struct Subscription {
 impl MqttSource {
     /// Prepares options from config (TLS files are read here; `tls` is required for
     /// `mqtts://`). The client id defaults to `vitalbridge-<gateway id>`.
-    pub fn new(config: &MqttSourceConfig, gateway_id: &str) -> Result<Self, MqttError> {
+    pub fn new(
+        config: &MqttSourceConfig,
+        gateway_id: &str,
+        profiles: SharedProfiles,
+    ) -> Result<Self, MqttError> {
         let tls = match &config.tls {
             Some(t) => {
                 let identity = t.cert.as_deref().zip(t.key.as_deref());
@@ -162,6 +169,7 @@ impl MqttSource {
                 max_payload: config.max_packet_bytes,
             },
             trust_payload_patient: false,
+            profiles,
         })
     }
 
@@ -194,6 +202,7 @@ impl MqttSource {
                 audit: audit.clone(),
             },
             ingest,
+            self.profiles,
             shutdown.clone(),
         ));
         let acker = tokio::spawn(ack_task(ack_rx, client.clone()));
@@ -362,6 +371,7 @@ async fn commit_task(
     acks: mpsc::UnboundedSender<AckId>,
     patients: Patients,
     ingest: Ingest,
+    profiles: SharedProfiles,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
@@ -373,9 +383,13 @@ async fn commit_task(
         if received == 0 {
             return; // the poll task ended
         }
+        // The profile set is taken once per batch and kept across its retries: every message
+        // is decoded by one set, even when a reload swaps the set meanwhile.
+        let profiles = profiles.current();
         let source = Source {
             ingest: &ingest,
             patients: &patients,
+            profiles: &profiles,
             shutdown: &shutdown,
         };
         if !commit_batch(batch.drain(..), &source, &acks).await {
@@ -456,6 +470,7 @@ struct Patients {
 struct Source<'a> {
     ingest: &'a Ingest,
     patients: &'a Patients,
+    profiles: &'a ProfileSet,
     shutdown: &'a CancellationToken,
 }
 
@@ -535,14 +550,23 @@ fn decode(
     source: &Source<'_>,
 ) -> Result<canonical::Decoded, Rejected> {
     let patients = source.patients;
+    let binding = |key: &str, user| patients.bindings.patient_for(key, user);
     match &m.payload {
-        Payload::Bytes(bytes) => canonical::decode_with(
-            bytes,
-            received,
-            &|key, user| patients.bindings.patient_for(key, user),
-            patients.trust,
-        )
-        .map_err(|e| Rejected::new(m.origin.clone(), e.to_string(), bytes)),
+        Payload::Bytes(bytes) => {
+            // A vendor profile whose topics match takes the message; else the canonical format.
+            let topic = m.origin.strip_prefix("mqtt:").unwrap_or_default();
+            match source.profiles.decode(topic, bytes, received, &binding) {
+                Some(decoded) => decoded
+                    .map(|readings| canonical::Decoded {
+                        readings,
+                        payload_patients: 0,
+                    })
+                    .map_err(|e| e.to_string()),
+                None => canonical::decode_with(bytes, received, &binding, patients.trust)
+                    .map_err(|e| e.to_string()),
+            }
+            .map_err(|reason| Rejected::new(m.origin.clone(), reason, bytes))
+        }
         Payload::Oversized(r) => Err(r.clone()),
     }
 }

@@ -27,6 +27,11 @@
 //! | `storage_recovered` | `after_s` |
 //! | `low_space` | `free_bytes`, `floor_bytes`: new readings refused |
 //! | `space_ok` | `free_bytes`: new readings accepted again |
+//! | `pack_installed` | `name`, `version`, `key_id`, `previous` (`name version` of the pack it replaced, or null) |
+//! | `pack_refused` | `pack` (the directory given), `refusal` (a label: `unsigned`, `unknown_key`, `bad_signature`, `changed_after_signing`, `extra_file`, `missing_file`, `older_version`, `oversized`, `path_escapes`, …), `reason` |
+//! | `pack_rolled_back` | `from`, `to` (`name version` each) |
+//! | `profiles_reloaded` | `pack` (`name version`, or null for the built-in profiles only), `profiles` (vendor JSON profiles now in use) |
+//! | `profiles_reload_failed` | `pack`, `reason`: the previous profiles stay in use |
 //! | `input_lost` | `source`, `origin`, `readings`, `payloads` (undecodable ones that were to be dead-lettered): not stored, and the device cannot resend them (a line device's, still waiting for room in the buffer when the gateway stopped) |
 //!
 //! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
@@ -221,6 +226,48 @@ pub enum Event<'a> {
         /// Free bytes.
         free_bytes: u64,
     },
+    /// A signed profile pack was installed and activated.
+    PackInstalled {
+        /// Its name.
+        name: &'a str,
+        /// Its version.
+        version: &'a str,
+        /// The key that signed it.
+        key_id: &'a str,
+        /// `name version` of the pack it replaced.
+        previous: Option<&'a str>,
+    },
+    /// A profile pack was refused.
+    PackRefused {
+        /// The directory given.
+        pack: &'a str,
+        /// A stable label of the refusal.
+        refusal: &'a str,
+        /// The message.
+        reason: &'a str,
+    },
+    /// An older installed pack was made active again.
+    PackRolledBack {
+        /// `name version` of the pack that was active.
+        from: &'a str,
+        /// `name version` of the pack now active.
+        to: &'a str,
+    },
+    /// The running gateway loaded a newly activated pack's profiles.
+    ProfilesReloaded {
+        /// `name version`, or `None` for the built-in profiles only.
+        pack: Option<&'a str>,
+        /// Vendor JSON profiles now in use.
+        profiles: usize,
+    },
+    /// The running gateway could not load a newly activated pack; the previous profiles
+    /// stay in use.
+    ProfilesReloadFailed {
+        /// `name version`, or the link's target when no manifest could be read.
+        pack: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -247,6 +294,11 @@ impl Event<'_> {
             Event::StorageRecovered { .. } => "storage_recovered",
             Event::LowSpace { .. } => "low_space",
             Event::SpaceOk { .. } => "space_ok",
+            Event::PackInstalled { .. } => "pack_installed",
+            Event::PackRefused { .. } => "pack_refused",
+            Event::PackRolledBack { .. } => "pack_rolled_back",
+            Event::ProfilesReloaded { .. } => "profiles_reloaded",
+            Event::ProfilesReloadFailed { .. } => "profiles_reload_failed",
         }
     }
 
@@ -357,6 +409,24 @@ impl Event<'_> {
                 floor_bytes,
             } => json!({"free_bytes": free_bytes, "floor_bytes": floor_bytes}),
             Event::SpaceOk { free_bytes } => json!({ "free_bytes": free_bytes }),
+            Event::PackInstalled {
+                name,
+                version,
+                key_id,
+                previous,
+            } => json!({"name": name, "version": version, "key_id": key_id, "previous": previous}),
+            Event::PackRefused {
+                pack,
+                refusal,
+                reason,
+            } => json!({"pack": pack, "refusal": refusal, "reason": reason}),
+            Event::PackRolledBack { from, to } => json!({"from": from, "to": to}),
+            Event::ProfilesReloaded { pack, profiles } => {
+                json!({"pack": pack, "profiles": profiles})
+            }
+            Event::ProfilesReloadFailed { pack, reason } => {
+                json!({"pack": pack, "reason": reason})
+            }
         };
         match value {
             Value::Object(map) => map,
@@ -388,7 +458,43 @@ pub fn line(
     if let Some(count) = count {
         object.insert("count".into(), Value::from(count));
     }
-    Value::Object(object).to_string()
+    escape_invisible(&Value::Object(object).to_string())
+}
+
+/// Whether `c` changes how text around it reads without being seen itself, or ends a line
+/// for some readers though JSON allows it raw in a string: bidirectional embeddings,
+/// overrides and isolates (U+202A–U+202E, U+2066–U+2069), marks (U+200E, U+200F, U+061C),
+/// zero-width characters (U+200B–U+200D, U+2060, U+FEFF), and the line and paragraph
+/// separators U+2028 and U+2029.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// A JSON text with every [`is_invisible`] character written as a `\uXXXX` escape: the same
+/// JSON value, but a device id carrying U+202E reads in a terminal as what it is, and a
+/// U+2028 cannot split a line for a reader that takes it as a line end. (serde_json escapes
+/// only what JSON requires: `"`, `\\` and C0 controls.) Such characters can only be inside
+/// strings, so an escape is always valid there.
+fn escape_invisible(json: &str) -> String {
+    if !json.chars().any(is_invisible) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_invisible(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why the audit log could not be opened.
@@ -433,14 +539,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Audit {
     /// Opens (creating, mode 0600, with its directory, 0700) the audit log at `path` for
-    /// appending; an existing file open to group or others is restricted to its owner.
+    /// appending; an existing file open to group or others for reading is restricted to its
+    /// owner. Refused: a symbolic link at `path` (the log would be written wherever it
+    /// points), anything but a regular file, and an existing file that group or others may
+    /// write (its lines cannot be trusted to be the gateway's: check it, then fix its mode).
     pub fn open(path: &Path, gateway: &str) -> Result<Audit, AuditError> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::PermissionsExt;
         let fail = |source| AuditError {
             path: path.into(),
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::fsmode::create_private_dir_all(dir).map_err(fail)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(fail(Error::new(
+                    ErrorKind::PermissionDenied,
+                    "it is a symbolic link: refused (configure the real path)",
+                )))
+            }
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(fail(Error::new(
+                    ErrorKind::InvalidInput,
+                    "not a regular file: refused",
+                )))
+            }
+            Ok(m) if m.permissions().mode() & 0o022 != 0 => {
+                return Err(fail(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "mode {:04o} lets group or others write it, so its lines may not be \
+                         the gateway's: check it, then `chmod 600` it",
+                        m.permissions().mode() & 0o7777
+                    ),
+                )))
+            }
+            _ => {}
         }
         let file = crate::fsmode::open_private_append(path).map_err(fail)?;
         Ok(Audit {
@@ -667,6 +803,47 @@ mod tests {
         Audit::open(&fresh, "hub-1").unwrap();
         assert_eq!(mode(&fresh), 0o600, "owner only");
         assert_eq!(mode(&dir.path().join("new")), 0o700, "owner only");
+    }
+
+    #[test]
+    fn invisible_and_line_separating_characters_are_escaped() {
+        let fields = json!({"origin": "mqtt:dev/\u{202e}GNP.exe", "address": "a\u{2028}b\u{200b}"});
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        let text = line(OffsetDateTime::UNIX_EPOCH, "hub", "k", fields, None);
+        assert!(!text.chars().any(is_invisible), "{text}");
+        assert!(text.contains("\\u202e"), "{text}");
+        assert!(text.contains("a\\u2028b\\u200b"), "{text}");
+        // Still the same JSON value.
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["origin"], "mqtt:dev/\u{202e}GNP.exe");
+        assert_eq!(back["address"], "a\u{2028}b\u{200b}");
+    }
+
+    #[test]
+    fn a_symlinked_or_group_writable_audit_log_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.log");
+        std::fs::write(&elsewhere, "").unwrap();
+        let link = dir.path().join("audit.log");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let chain = |e: &AuditError| crate::error_chain::Chain(e).to_string();
+        let e = chain(&Audit::open(&link, "hub").unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
+
+        for mode in [0o620, 0o602, 0o666] {
+            let path = dir.path().join(format!("w{mode:o}.log"));
+            std::fs::write(&path, "").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = chain(&Audit::open(&path, "hub").unwrap_err());
+            assert!(e.contains("group or others write"), "{e}");
+            let kept = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(kept, mode, "left as found, for whoever looks into it");
+        }
+        std::fs::create_dir(dir.path().join("dir.log")).unwrap();
+        assert!(Audit::open(&dir.path().join("dir.log"), "hub").is_err());
     }
 
     #[test]

@@ -81,6 +81,21 @@ pub struct Metrics {
     commit_latency: Histogram,
     /// Gateway receive time → destination acknowledgement, per reading.
     ack_latency: Histogram,
+    /// The vendor profiles in use and the last reload's outcome.
+    profiles: Mutex<ProfilesStatus>,
+}
+
+/// The device profiles in use, for the status page and `vitalbridge status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfilesStatus {
+    /// `name version` of the active pack; `None`: the built-in profiles only.
+    pub pack: Option<String>,
+    /// The vendor JSON profiles in use, `id@version`.
+    pub vendor_profiles: Vec<String>,
+    /// When they were loaded.
+    pub loaded_at: Option<OffsetDateTime>,
+    /// Why the last reload failed, if it did (the profiles above stay in use).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +129,23 @@ struct Seen {
     time_flagged: u64,
     /// The clock offset of the device's latest reading that had one, in ms.
     clock_offset_ms: Option<i64>,
+    /// Latest receive time per metric (MDC reference id), at most [`MAX_METRICS_PER_DEVICE`].
+    metrics: Vec<(&'static str, OffsetDateTime)>,
+}
+
+/// Most metrics remembered per device (a body-composition scale reports about a dozen).
+pub const MAX_METRICS_PER_DEVICE: usize = 24;
+
+impl Seen {
+    fn metric(&mut self, reading: &Reading) {
+        let name = reading.metric.mdc_ref;
+        let full = self.metrics.len() >= MAX_METRICS_PER_DEVICE;
+        match self.metrics.iter_mut().find(|(m, _)| *m == name) {
+            Some((_, at)) => *at = (*at).max(reading.received_at),
+            None if !full => self.metrics.push((name, reading.received_at)),
+            None => {}
+        }
+    }
 }
 
 /// Readings durably accepted from one source with one device profile.
@@ -157,6 +189,8 @@ pub struct DeviceStatus {
     pub clock_offset_ms: Option<i64>,
     /// Readings accepted from it since the gateway started.
     pub readings: u64,
+    /// The latest receive time of each metric it reported (MDC reference id), by metric.
+    pub metrics: Vec<(&'static str, OffsetDateTime)>,
 }
 
 /// Why the uplink's last attempt failed.
@@ -413,6 +447,31 @@ impl Metrics {
         self.uplink(uplink, |u| u.dead_lettered += n);
     }
 
+    /// Records the profiles now in use (a load succeeded).
+    pub fn set_profiles(
+        &self,
+        pack: Option<String>,
+        vendor_profiles: Vec<String>,
+        error: Option<String>,
+    ) {
+        *lock(&self.profiles) = ProfilesStatus {
+            pack,
+            vendor_profiles,
+            loaded_at: Some(OffsetDateTime::now_utc()),
+            error,
+        };
+    }
+
+    /// Records why a reload failed; the profiles in use stay.
+    pub fn set_profiles_error(&self, error: String) {
+        lock(&self.profiles).error = Some(error);
+    }
+
+    /// The profiles in use.
+    pub fn profiles(&self) -> ProfilesStatus {
+        lock(&self.profiles).clone()
+    }
+
     /// A copy of everything, for `/metrics` and the status page.
     pub fn snapshot(&self) -> Snapshot {
         let readings_refused: Vec<(String, &'static str, u64)> = lock(&self.ingest)
@@ -461,6 +520,11 @@ impl Metrics {
                     unbound: seen.unbound,
                     time_flagged: seen.time_flagged,
                     clock_offset_ms: seen.clock_offset_ms,
+                    metrics: {
+                        let mut m = seen.metrics.clone();
+                        m.sort_unstable();
+                        m
+                    },
                 })
                 .collect();
             devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -536,6 +600,7 @@ impl IngestState {
             .and(reading.clock_offset)
             .map(|d| d.whole_milliseconds() as i64);
         if let Some(seen) = self.devices.get_mut(&reading.device.id) {
+            seen.metric(reading);
             seen.readings += 1;
             seen.unbound += unbound;
             seen.time_flagged += time_flagged;
@@ -562,18 +627,18 @@ impl IngestState {
                 self.forgotten += 1;
             }
         }
-        self.devices.insert(
-            reading.device.id.clone(),
-            Seen {
-                profile: reading.device.profile.clone(),
-                source: source.clone(),
-                last_received: reading.received_at,
-                readings: 1,
-                unbound,
-                time_flagged,
-                clock_offset_ms: offset,
-            },
-        );
+        let mut seen = Seen {
+            profile: reading.device.profile.clone(),
+            source: source.clone(),
+            last_received: reading.received_at,
+            readings: 1,
+            unbound,
+            time_flagged,
+            clock_offset_ms: offset,
+            metrics: Vec::new(),
+        };
+        seen.metric(reading);
+        self.devices.insert(reading.device.id.clone(), seen);
     }
 }
 

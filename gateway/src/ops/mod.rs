@@ -25,6 +25,7 @@ pub mod buffer_report;
 pub mod certs;
 pub mod config_change;
 pub mod histogram;
+pub mod history;
 pub mod metrics;
 pub mod prometheus;
 pub mod server;

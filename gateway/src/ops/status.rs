@@ -25,7 +25,8 @@
 //!  "sources": [{"source", "profile", "readings"}],
 //!  "payloads_dead_lettered": [{"source", "count"}],
 //!  "devices": [{"id", "id_kind", "profile", "source", "last_reading", "readings",
-//!               "unbound", "time_flagged", "clock_offset_ms", "clock_drifting"}],
+//!               "unbound", "time_flagged", "clock_offset_ms", "clock_drifting",
+//!               "metrics": [{"metric", "last_reading"}]}],
 //!  "readings_refused": [{"source", "check", "count"}],
 //!  "devices_not_shown": 0,
 //!  "uplinks": [{"name", "pending", "state", "delivered", "retries", "dead_lettered", "last_delivery",
@@ -33,9 +34,12 @@
 //!  "tls_failures": 0, "ops_connections_refused": 0,
 //!  "certificates": [{"usage", "path", "subject", "not_before", "not_after", "days_left",
 //!                    "problem"} | {"usage", "path", "error"}],
-//!  "audit_log": "..."}
+//!  "audit_log": "...",
+//!  "profiles": {"pack": "name version" | null, "vendor_profiles": ["id@version"],
+//!               "loaded_at", "error": "…" | null},
+//!  "history": {"step_s", "points": [{"t", "in", "out", "queue"}]}}
 //! ```
-//! Times are RFC 3339 UTC. There are no values and no patient identifiers in it: devices are
+//! (`profiles` and `history` are added by the server: `super::history`.) Times are RFC 3339 UTC. There are no values and no patient identifiers in it: devices are
 //! listed by their own ids with counts and times only.
 
 use std::time::Duration;
@@ -237,6 +241,7 @@ pub fn status_json(v: &View<'_>) -> Value {
             "time_flagged": d.time_flagged,
             "clock_offset_ms": d.clock_offset_ms,
             "clock_drifting": d.clock_drifting(s.clock_drift_warn),
+            "metrics": d.metrics.iter().map(|(m, at)| json!({"metric": m, "last_reading": rfc3339(*at)})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "readings_refused": s.readings_refused.iter().map(|(source, check, n)| json!({
             "source": source, "check": check, "count": n,
@@ -261,6 +266,16 @@ pub fn status_json(v: &View<'_>) -> Value {
         "ops_connections_refused": s.connections_refused,
         "certificates": certificates,
         "audit_log": v.audit_log.map(|p| p.display().to_string()),
+    })
+}
+
+/// The `profiles` object of `/status.json`.
+pub fn profiles_json(p: &super::metrics::ProfilesStatus) -> Value {
+    json!({
+        "pack": p.pack,
+        "vendor_profiles": p.vendor_profiles,
+        "loaded_at": p.loaded_at.map(rfc3339),
+        "error": p.error,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod ble;
 pub mod canonical;
 pub mod catalog;
+pub mod json;
 pub mod line;
 pub mod plausibility;
 pub mod report;

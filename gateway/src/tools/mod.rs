@@ -1,13 +1,17 @@
-//! The technician commands besides `run`: decode a device's bytes (`decode ble`) and list the
-//! Bluetooth devices in range (`ble scan`). Each returns the text to print or a typed error;
-//! `main.rs` only parses arguments, prints, and picks the exit code.
+//! The technician commands besides `run`: decode a device's bytes (`decode ble`), list the
+//! Bluetooth devices in range (`ble scan`), release held readings (`devices …`), try and
+//! manage device profiles and packs (`profiles …`), and show the running gateway's status
+//! (`status`). Each returns the text to print or a typed error; `main.rs` only parses
+//! arguments, prints, and picks the exit code.
 //!
 //! Every command output that shows outside text (a device name from the air, a server's
 //! reason, a topic, a path, a value quoted from a config file) goes through [`printable`].
 
 pub mod decode;
 pub mod devices;
+pub mod profiles;
 pub mod scan;
+pub mod status;
 
 /// Text from outside made safe for a terminal: control characters (escape sequences that
 /// would recolour or clear the screen, newlines and tabs that would forge a row or a column)

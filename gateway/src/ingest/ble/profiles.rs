@@ -75,11 +75,12 @@ impl Profiles {
             .collect();
         paths.sort();
         for path in paths {
-            let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
-                .map_err(|source| ProfilesError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            let text =
+                crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)
+                    .map_err(|source| ProfilesError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
             let profile =
                 BleProfile::from_toml(&text).map_err(|source| ProfilesError::Profile {
                     path: path.clone(),

@@ -4,11 +4,44 @@
 "use strict";
 
 const POLL_MS = 2000;
+const SVG = "http://www.w3.org/2000/svg";
+
+// Characters that change how the text around them reads without being seen themselves:
+// bidirectional embeddings, overrides and isolates, marks, zero-width characters, line and
+// paragraph separators, and control characters. A device id "\u202eGNP.exe" would read
+// "exe.PNG"; "PATDEV1\u200b" would look like "PATDEV1".
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+
+// The nodes showing `text` with every invisible character replaced by a visible marker
+// (⟨U+202E⟩ in a highlighted span). Text only: never parsed as HTML.
+function visibleNodes(text) {
+  const nodes = [];
+  let last = 0;
+  for (const m of text.matchAll(INVISIBLE)) {
+    if (m.index > last) {
+      nodes.push(document.createTextNode(text.slice(last, m.index)));
+    }
+    const mark = document.createElement("span");
+    mark.className = "invisible-char";
+    mark.textContent = "⟨U+" + m[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "⟩";
+    mark.title = "an invisible character in the data";
+    nodes.push(mark);
+    last = m.index + m[0].length;
+  }
+  if (last < text.length || nodes.length === 0) {
+    nodes.push(document.createTextNode(text.slice(last)));
+  }
+  return nodes;
+}
+
+function show(el, value) {
+  el.replaceChildren(...visibleNodes(value === null || value === undefined ? "–" : String(value)));
+}
 
 function setText(id, value) {
   const el = document.getElementById(id);
   if (el) {
-    el.textContent = value === null || value === undefined ? "–" : String(value);
+    show(el, value);
   }
 }
 
@@ -46,7 +79,7 @@ function fillTable(id, rows, cells) {
     const tr = document.createElement("tr");
     for (const cell of cells(row)) {
       const td = document.createElement("td");
-      td.textContent = cell === null || cell === undefined ? "–" : String(cell);
+      show(td, cell);
       tr.append(td);
     }
     return tr;
@@ -75,7 +108,7 @@ function render(s) {
   const reasons = document.getElementById("readiness-reasons");
   reasons.replaceChildren(...s.ready.reasons.map((r) => {
     const li = document.createElement("li");
-    li.textContent = r;
+    show(li, r);
     return li;
   }));
 
@@ -119,8 +152,18 @@ function render(s) {
   const offset = (d) => (d.clock_offset_ms === null || d.clock_offset_ms === undefined
     ? "–"
     : (d.clock_offset_ms / 1000).toFixed(1) + " s" + (d.clock_drifting ? " (drifting)" : ""));
-  fillTable("devices", devices, (d) => [d.id, d.id_kind, d.profile, d.source, when(d.last_reading, now), d.readings,
-    d.unbound, d.time_flagged, offset(d)]);
+  fillTable("devices", devices, (d) => [
+    d.id,
+    d.id_kind,
+    d.profile,
+    d.source,
+    when(d.last_reading, now),
+    (d.metrics || []).map((m) => m.metric + " " + duration((now - new Date(m.last_reading)) / 1000) + " ago").join(", "),
+    d.readings,
+    d.unbound,
+    d.time_flagged,
+    offset(d),
+  ]);
   setText("devices-note", s.devices_not_shown > 0
     ? s.devices_not_shown + " devices not heard from recently are not shown."
     : s.devices.length + " devices heard from since the gateway started.");
@@ -131,8 +174,71 @@ function render(s) {
     ? [c.usage + " (" + c.path + ")", "cannot read: " + c.error, "–", "–", "unreadable"]
     : [c.usage + " (" + c.path + ")", c.subject, new Date(c.not_after).toLocaleString(), c.days_left, c.problem || "ok"]);
   setText("tls-failures", s.tls_failures);
+  if (s.profiles) {
+    setText("profiles-pack", s.profiles.pack || "none installed: the built-in profiles");
+    setText("profiles-vendor", s.profiles.vendor_profiles.join(", ") || "none");
+    setText("profiles-loaded", when(s.profiles.loaded_at, now));
+    setText("profiles-error", s.profiles.error || "none");
+  }
+  if (s.history) {
+    chart(s.history);
+  }
   setText("audit-log", s.audit_log || "not written");
   setText("updated", new Date().toLocaleTimeString());
+}
+
+function svg(name, attributes) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attributes)) {
+    el.setAttribute(k, String(v));
+  }
+  return el;
+}
+
+// The last hour as lines: readings in and out per step (left scale) and queue depth (right
+// scale), built with DOM calls (no markup, no inline style).
+function chart(history) {
+  const box = document.getElementById("history-chart");
+  if (!box) {
+    return;
+  }
+  const points = history.points;
+  const W = 600, H = 160, PAD = 30;
+  const root = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", class: "chart" });
+  const title = svg("title", {});
+  title.textContent = "Readings in and out per " + history.step_s + " s, and queue depth, over the last hour";
+  root.append(title);
+  root.append(svg("line", { x1: PAD, y1: H - PAD, x2: W - PAD, y2: H - PAD, class: "axis" }));
+  if (points.length < 2) {
+    const t = svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "label" });
+    t.textContent = "collecting: a point every " + history.step_s + " s";
+    root.append(t);
+    box.replaceChildren(root);
+    return;
+  }
+  const flow = Math.max(1, ...points.map((p) => Math.max(p.in, p.out)));
+  const depth = Math.max(1, ...points.map((p) => p.queue || 0));
+  const x = (i) => PAD + (i * (W - 2 * PAD)) / (points.length - 1);
+  const y = (v, max) => H - PAD - (v * (H - 2 * PAD)) / max;
+  const line = (pick, max, cls) => svg("polyline", {
+    points: points.map((p, i) => x(i).toFixed(1) + "," + y(pick(p) || 0, max).toFixed(1)).join(" "),
+    class: "series " + cls,
+  });
+  root.append(line((p) => p.in, flow, "in"), line((p) => p.out, flow, "out"), line((p) => p.queue, depth, "queue"));
+  const label = (text, lx, ly, cls) => {
+    const t = svg("text", { x: lx, y: ly, class: "label " + cls });
+    t.textContent = text;
+    return t;
+  };
+  root.append(
+    label("in " + points[points.length - 1].in, PAD, 14, "in"),
+    label("out " + points[points.length - 1].out, PAD + 90, 14, "out"),
+    label("queue " + (points[points.length - 1].queue ?? "–") + " (max " + depth + ")", PAD + 180, 14, "queue"),
+    label("max " + flow + " per " + history.step_s + " s", W - PAD - 130, 14, ""),
+    label("1 h ago", PAD, H - 8, ""),
+    label("now", W - PAD - 20, H - 8, ""),
+  );
+  box.replaceChildren(root);
 }
 
 async function refresh() {

@@ -66,8 +66,9 @@ impl Registry {
             .collect();
         files.sort();
         for path in files {
-            let text = crate::limits::read_capped(&path, crate::limits::MAX_PROFILE_FILE_BYTES)
-                .map_err(|e| io(&path, e))?;
+            let text =
+                crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)
+                    .map_err(|e| io(&path, e))?;
             let name = path.display().to_string();
             let profile = load(&text, &name)?;
             let stem = path
