@@ -528,7 +528,7 @@ impl Default for FileUplinkConfig {
 }
 
 /// `[uplink.fhir]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FhirUplinkConfig {
     /// FHIR base URL, e.g. `https://fhir.example.org/r4`. Must be `https://`.
@@ -545,6 +545,29 @@ pub struct FhirUplinkConfig {
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
     #[serde(default)]
     pub bundle_type: BundleType,
+    /// `[uplink.fhir.auth]`: the access token the server asks for. Absent: none (mutual
+    /// TLS only).
+    #[serde(default)]
+    pub auth: Option<FhirAuthConfig>,
+}
+
+impl fmt::Debug for FhirUplinkConfig {
+    /// As derived, but without `auth` when there is none: the configuration fingerprint
+    /// (`ops::config_change`) hashes this text, and an upgrade alone must not look like a
+    /// configuration change of an uplink without `[uplink.fhir.auth]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("FhirUplinkConfig");
+        s.field("base_url", &self.base_url)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("timeout_s", &self.timeout_s)
+            .field("bundle_type", &self.bundle_type);
+        if let Some(auth) = &self.auth {
+            s.field("auth", auth);
+        }
+        s.finish()
+    }
 }
 
 /// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
@@ -716,15 +739,20 @@ impl Config {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
             paths.push(("uplink.fhir.cert", &mut fhir.cert));
             paths.push(("uplink.fhir.key", &mut fhir.key));
+            if let Some(auth) = fhir.auth.as_mut() {
+                paths.extend(auth::secret_paths_mut(auth));
+            }
         }
         paths
     }
 }
 
+mod auth;
 mod hl7;
 mod load;
 mod net;
 mod validate;
+pub use auth::{check_https_url, AuthMethod, FhirAuthConfig, JwtAlgorithm};
 pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};

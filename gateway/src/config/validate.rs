@@ -119,6 +119,9 @@ impl Config {
             all.push(path("uplink.fhir.ca", &fhir.ca));
             all.push(path("uplink.fhir.cert", &fhir.cert));
             all.push(path("uplink.fhir.key", &fhir.key));
+            if let Some(auth) = &fhir.auth {
+                super::auth::texts(auth, &mut all);
+            }
         }
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
@@ -530,6 +533,9 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     check_private_key("uplink.fhir.key", &fhir.key, problems);
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
+    }
+    if let Some(auth) = &fhir.auth {
+        super::auth::validate(auth, problems);
     }
 }
 
