@@ -20,6 +20,9 @@ apt_needs=(
     binutils                  # readelf, strip: packaging/deb/build.sh
     chromium                  # renders the status page headless in tests/tests/ops.rs
     python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
+    nodejs npm                # the OAuth authorization server (oidc-provider) and FHIR front end
+                              # of tests/tests/oauth.rs (tests/oauth/server.mjs)
+    openssl                   # tests/tests/oauth.rs makes the gateway's SMART keys as docs/auth.md says
     python3-pyfuse3           # the power-loss FUSE layer tests/powerloss_fs.py (tests/tests/powerloss.rs,
                               # run with /usr/bin/python3: the FUSE bindings are Debian's, not the venv's)
 )
@@ -43,4 +46,13 @@ if ! tests/.venv/bin/python3 -c 'import fhir.resources, hl7' >/dev/null 2>&1; th
         python3 -m venv tests/.venv
     fi
     tests/.venv/bin/pip install -q -r tests/requirements.txt
+fi
+
+# --- Node: the OAuth 2.0 authorization server of tests/tests/oauth.rs -----------------------
+# oidc-provider and jose, pinned by tests/oauth/package-lock.json, into tests/oauth/node_modules
+# (gitignored); installed again only when the lock file changed.
+if ! cmp -s tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lock.json; then
+    echo "setup: installing oidc-provider and jose into tests/oauth/node_modules"
+    (cd tests/oauth && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lock.json
 fi
