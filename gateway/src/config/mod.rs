@@ -773,6 +773,33 @@ mod tests {
     }
 
     #[test]
+    fn an_fhir_uplink_without_auth_keeps_its_debug_text_and_one_with_auth_parses() {
+        let fhir =
+            "[uplink.fhir]\nbase_url = \"https://f\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let plain = Config::from_toml(fhir).unwrap().uplink.fhir.unwrap();
+        // The configuration fingerprint hashes this text: no new field without the table.
+        assert_eq!(
+            format!("{plain:?}"),
+            "FhirUplinkConfig { base_url: \"https://f\", ca: \"c\", cert: \"c\", key: \"k\", \
+             timeout_s: 30, bundle_type: \"transaction\" }"
+        );
+        let with = Config::from_toml(&format!(
+            "{fhir}[uplink.fhir.auth]\nmethod = \"private_key_jwt\"\nclient_id = \"gw\"\n\
+             key = \"/k.pem\"\nalgorithm = \"ES384\"\n"
+        ))
+        .unwrap();
+        let auth = with.uplink.fhir.unwrap().auth.unwrap();
+        assert_eq!(auth.method, AuthMethod::PrivateKeyJwt);
+        assert_eq!(auth.algorithm, Some(JwtAlgorithm::ES384));
+        assert_eq!(auth.refresh_before_s, 60);
+        let e = the_problem(Config::from_toml(&format!(
+            "{fhir}[uplink.fhir.auth]\nmethod = \"static_token\"\ntoken = \"abc\"\n"
+        )));
+        assert_eq!(e.key, "uplink.fhir.auth.token");
+        assert!(!e.message.contains("abc"), "{e}");
+    }
+
+    #[test]
     fn errors_about_patient_bindings_and_syntax_errors_do_not_quote_the_file() {
         let e = the_problem(Config::from_toml(
             "[[devices]]\nid = \"d\"\npatient_system = \"urn:oid:1\"\npatient_id = 770123\n",
@@ -892,6 +919,18 @@ ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
 bundle_type = "batch"
+[uplink.fhir.auth]
+method = "private_key_jwt"
+client_id = "@uplink.fhir.auth.client_id@"
+token_endpoint = "@uplink.fhir.auth.token_endpoint@"
+scope = "@uplink.fhir.auth.scope@"
+key = "@uplink.fhir.auth.key@"
+kid = "@uplink.fhir.auth.kid@"
+jku = "@uplink.fhir.auth.jku@"
+secret_file = "@uplink.fhir.auth.secret_file@"
+token_file = "@uplink.fhir.auth.token_file@"
+resource = "@uplink.fhir.auth.resource@"
+ca = "@uplink.fhir.auth.ca@"
 [sources.hl7]
 listen = "127.0.0.1:0"
 time_zone = "@sources.hl7.time_zone@"
@@ -949,6 +988,16 @@ audit_log = "@ops.audit_log@"
             ("uplink.fhir.ca", MAX_PATH_LEN),
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
+            ("uplink.fhir.auth.client_id", MAX_ID_LEN),
+            ("uplink.fhir.auth.token_endpoint", MAX_URL_LEN),
+            ("uplink.fhir.auth.scope", MAX_TEXT_LEN),
+            ("uplink.fhir.auth.kid", MAX_ID_LEN),
+            ("uplink.fhir.auth.jku", MAX_URL_LEN),
+            ("uplink.fhir.auth.resource", MAX_URL_LEN),
+            ("uplink.fhir.auth.key", MAX_PATH_LEN),
+            ("uplink.fhir.auth.secret_file", MAX_PATH_LEN),
+            ("uplink.fhir.auth.token_file", MAX_PATH_LEN),
+            ("uplink.fhir.auth.ca", MAX_PATH_LEN),
             ("sources.hl7.time_zone", MAX_CODE_LEN),
             ("sources.hl7.no_value[0]", MAX_CODE_LEN),
             ("sources.hl7.tls.cert", MAX_PATH_LEN),

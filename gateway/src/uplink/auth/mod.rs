@@ -549,6 +549,25 @@ impl Authorizer {
         let endpoint = https_url("token_endpoint", &config.token_endpoint)
             .map_err(|e| failed(format!("its {}", Chain(&e))))?;
         tracing::info!(endpoint = %endpoint, "uplink auth: token endpoint discovered");
+        let method = self.method.as_str();
+        if !config.auth_methods.is_empty() && !config.auth_methods.iter().any(|m| m == method) {
+            tracing::warn!(
+                method,
+                "uplink auth: the server's SMART configuration does not list this client authentication method"
+            );
+        }
+        if let Kind::Client(client) = &self.kind {
+            if let Credential::Jwt { key, .. } = &client.credential {
+                let alg = key.algorithm().as_str();
+                if !config.signing_algs.is_empty() && !config.signing_algs.iter().any(|a| a == alg)
+                {
+                    tracing::warn!(
+                        alg,
+                        "uplink auth: the server's SMART configuration does not list this signing algorithm"
+                    );
+                }
+            }
+        }
         Ok(endpoint)
     }
 

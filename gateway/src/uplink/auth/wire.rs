@@ -227,6 +227,37 @@ pub fn parse_smart_configuration(body: &[u8]) -> Result<SmartConfiguration, Wire
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fuzz target's properties, on stable: whatever the bytes, no panic, and an
+        /// accepted token is one a bearer header can carry.
+        #[test]
+        fn any_bytes_are_read_or_refused(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(t) = parse_token_response(&data) {
+                prop_assert!(t.access_token.expose().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            }
+            let _ = parse_error_response(&data);
+            let _ = parse_smart_configuration(&data);
+        }
+
+        #[test]
+        fn token_responses_with_any_member_values_are_read_or_refused(
+            token in "[ -~\u{80}-\u{10ffff}]{0,40}",
+            kind in "[A-Za-z ]{0,8}",
+            expires in "-?[0-9]{0,24}(\\.[0-9])?|\"[0-9a-z]{0,24}\"|null|true|\\[\\]",
+        ) {
+            let body = format!(
+                r#"{{"access_token":{},"token_type":{},"expires_in":{expires}}}"#,
+                serde_json::Value::from(token.clone()),
+                serde_json::Value::from(kind),
+            );
+            if let Ok(t) = parse_token_response(body.as_bytes()) {
+                prop_assert_eq!(t.access_token.expose(), token.as_str());
+                prop_assert!(t.expires_in.is_none_or(|s| (1..=MAX_EXPIRES_IN_S).contains(&s)));
+            }
+        }
+    }
 
     #[test]
     fn a_token_response_is_read_and_its_token_never_shown() {
