@@ -150,13 +150,28 @@ struct Case {
     secrets: Vec<String>,
     /// Whether the token endpoint must have been discovered (`None`: no token endpoint).
     discovered: Option<bool>,
+    /// Whether the gateway presents its client certificate too.
+    mutual_tls: bool,
+}
+
+/// `config` without `[uplink.fhir]`'s client certificate and key: the token alone.
+fn without_client_certificate(config: &str, rig: &Rig) -> String {
+    let client = rig.pki.client_files();
+    let cert = format!("cert = \"{}\"", client.cert.display());
+    let key = format!("key = \"{}\"", client.key.display());
+    let kept: Vec<&str> = config.lines().filter(|l| *l != cert && *l != key).collect();
+    kept.join("\n")
 }
 
 async fn happy_path(case: impl FnOnce(&Rig, &AuthServer) -> Case) {
     let rig = Rig::start().await;
     let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[STATIC_TOKEN]);
     let case = case(&rig, &auth);
-    let config = config(&rig, &auth, &case.table);
+    let mut config = config(&rig, &auth, &case.table);
+    if !case.mutual_tls {
+        config = without_client_certificate(&config, &rig);
+        assert!(!config.contains(&rig.pki.client_files().key.display().to_string()));
+    }
     if let Some(mut client) = case.client {
         if client.get("jwks").is_some() {
             client["jwks"] = jwks(&rig, &config);
@@ -206,6 +221,7 @@ async fn private_key_jwt_rs384_with_jku_and_a_configured_token_endpoint() {
                 "token_endpoint_auth_signing_alg": "RS384", "jwks": {}})),
             secrets: vec![],
             discovered: Some(false),
+            mutual_tls: true,
         }
     })
     .await;
@@ -225,6 +241,7 @@ async fn private_key_jwt_es384_with_the_token_endpoint_discovered() {
                 "token_endpoint_auth_signing_alg": "ES384", "jwks": {}})),
             secrets: vec![],
             discovered: Some(true),
+            mutual_tls: true,
         }
     })
     .await;
@@ -245,6 +262,7 @@ async fn client_secret_basic_and_post() {
                     "token_endpoint_auth_method": method})),
                 secrets: vec![CLIENT_SECRET.into()],
                 discovered: Some(true),
+                mutual_tls: true,
             }
         })
         .await;
@@ -252,7 +270,7 @@ async fn client_secret_basic_and_post() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_static_token_from_a_file() {
+async fn a_static_token_from_a_file_without_mutual_tls() {
     happy_path(|rig, _| {
         let token = secret_file(rig.dir.path(), "fhir-token", STATIC_TOKEN);
         Case {
@@ -264,6 +282,7 @@ async fn a_static_token_from_a_file() {
             client: None,
             secrets: vec![STATIC_TOKEN.into()],
             discovered: None,
+            mutual_tls: false,
         }
     })
     .await;
@@ -493,4 +512,18 @@ fn check_config_names_every_bad_auth_key() {
     );
     let err = write("method = \"password\"\n");
     assert!(err.contains("uplink.fhir.auth.method"), "{err}");
+    // Neither a client certificate nor a token: refused.
+    let config =
+        scenario::mqtt_to_fhir(&d.join("data"), 1883, "https://127.0.0.1:1/fhir", &pki, "");
+    let config: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.starts_with("cert = ") && !l.starts_with("key = "))
+        .collect();
+    std::fs::write(d.join("gateway.toml"), config.join("\n")).unwrap();
+    let (code, out, err) = run_cli(d, &["check-config", "-c", "gateway.toml"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("uplink.fhir: give cert and key (mutual TLS), or an [uplink.fhir.auth] table"),
+        "{err}"
+    );
 }

@@ -535,10 +535,13 @@ pub struct FhirUplinkConfig {
     pub base_url: String,
     /// The private CA that signed the server's certificate (the only one trusted).
     pub ca: PathBuf,
-    /// This gateway's client certificate chain (PEM).
-    pub cert: PathBuf,
+    /// This gateway's client certificate chain (PEM). May be left out (with `key`) only
+    /// when `[uplink.fhir.auth]` authenticates the gateway instead.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// The client key (PEM); must not be readable by group or others.
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// Per-request timeout, in seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
@@ -551,17 +554,28 @@ pub struct FhirUplinkConfig {
     pub auth: Option<FhirAuthConfig>,
 }
 
+impl FhirUplinkConfig {
+    /// The client certificate and key, when mutual TLS is configured.
+    pub fn client_identity(&self) -> Option<(&Path, &Path)> {
+        self.cert.as_deref().zip(self.key.as_deref())
+    }
+}
+
 impl fmt::Debug for FhirUplinkConfig {
     /// As derived, but without `auth` when there is none: the configuration fingerprint
     /// (`ops::config_change`) hashes this text, and an upgrade alone must not look like a
     /// configuration change of an uplink without `[uplink.fhir.auth]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `cert` and `key` as the plain paths they were before they became optional.
         let mut s = f.debug_struct("FhirUplinkConfig");
-        s.field("base_url", &self.base_url)
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("timeout_s", &self.timeout_s)
+        s.field("base_url", &self.base_url).field("ca", &self.ca);
+        for (name, path) in [("cert", &self.cert), ("key", &self.key)] {
+            match path {
+                Some(path) => s.field(name, path),
+                None => s.field(name, &Option::<PathBuf>::None),
+            };
+        }
+        s.field("timeout_s", &self.timeout_s)
             .field("bundle_type", &self.bundle_type);
         if let Some(auth) = &self.auth {
             s.field("auth", auth);
@@ -737,8 +751,12 @@ impl Config {
         }
         if let Some(fhir) = self.uplink.fhir.as_mut() {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
-            paths.push(("uplink.fhir.cert", &mut fhir.cert));
-            paths.push(("uplink.fhir.key", &mut fhir.key));
+            if let Some(cert) = fhir.cert.as_mut() {
+                paths.push(("uplink.fhir.cert", cert));
+            }
+            if let Some(key) = fhir.key.as_mut() {
+                paths.push(("uplink.fhir.key", key));
+            }
             if let Some(auth) = fhir.auth.as_mut() {
                 paths.extend(auth::secret_paths_mut(auth));
             }
@@ -873,8 +891,10 @@ key = "${CREDENTIALS_DIRECTORY}/gateway.key"
         let fhir = resolved.uplink.fhir.unwrap();
         assert_eq!(fhir.ca, Path::new("fhir-ca.pem"));
         assert_eq!(
-            fhir.cert,
-            Path::new("/run/credentials/vitalbridge.service/gateway.pem")
+            fhir.cert.as_deref(),
+            Some(Path::new(
+                "/run/credentials/vitalbridge.service/gateway.pem"
+            ))
         );
     }
 

@@ -186,8 +186,8 @@ pub fn prepare(
             Ok(AnyTransport::File(transport))
         }
         Destination::Fhir(f) => {
-            let tls = crate::tls::client_config(&f.ca, Some((&f.cert, &f.key)))
-                .map_err(UplinkError::Tls)?;
+            let tls =
+                crate::tls::client_config(&f.ca, f.client_identity()).map_err(UplinkError::Tls)?;
             let kind = match f.bundle_type {
                 BundleType::Transaction => fhir::BundleType::Transaction,
                 BundleType::Batch => fhir::BundleType::Batch,
@@ -197,7 +197,8 @@ pub fn prepare(
             let method = authorizer.as_ref().map(|a| a.method().as_str());
             let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?
                 .with_auth(authorizer);
-            tracing::info!(base_url = %f.base_url, auth = method.unwrap_or("none"), "uplink: FHIR server over mutual TLS");
+            let mtls = f.cert.is_some();
+            tracing::info!(base_url = %f.base_url, mutual_tls = mtls, auth = method.unwrap_or("none"), "uplink: FHIR server over HTTPS");
             Ok(AnyTransport::Fhir(transport))
         }
         Destination::Hl7(h) => {

@@ -57,7 +57,7 @@ pub async fn run(config: &Config) -> Report {
     };
     let mut report = report;
     report.lines.push(format!("server: {}", fhir.base_url));
-    let tls = match crate::tls::client_config(&fhir.ca, Some((&fhir.cert, &fhir.key))) {
+    let tls = match crate::tls::client_config(&fhir.ca, fhir.client_identity()) {
         Ok(tls) => tls,
         Err(e) => {
             return report.fail(

@@ -369,8 +369,9 @@ impl Authorizer {
         };
         let base_url = https_url("base_url", &fhir.base_url)?;
         let tls = match &auth.ca {
-            Some(ca) => crate::tls::client_config(ca, Some((&fhir.cert, &fhir.key)))
-                .map_err(LoadError::Tls)?,
+            Some(ca) => {
+                crate::tls::client_config(ca, fhir.client_identity()).map_err(LoadError::Tls)?
+            }
             None => tls,
         };
         let kind = match auth.method {
