@@ -364,6 +364,19 @@ async fn a_revoked_client_keeps_its_rows_buffered_and_readyz_says_why() {
     publish(&rig, 20, 50).await;
     let body = not_ready_because(&rig, "invalid_client", &gw).await;
     assert!(body.contains("check client_id"), "{body}");
+    // The status page's document names the cause too.
+    let status = vitalbridge_tests::ops::get(rig.ops_addr(), "/status.json")
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.body).unwrap();
+    let message = status["uplinks"][0]["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("invalid_client") && message.contains("check client_id"),
+        "{status}"
+    );
+    assert_no_secrets(&[&status.to_string(), &gw.log()], &[]);
     let stats = wait_for_pending(rig.dir.path(), 30, WAIT);
     assert!(stats.contains("pending: 30\n"), "{stats}");
     assert_eq!(rig.upstream.observations().len(), 20);

@@ -334,14 +334,7 @@ pub fn check_config(fhir: &FhirUplinkConfig) -> Vec<ConfigError> {
         ("token_file", &auth.token_file),
     ] {
         if let Some(path) = path {
-            if let Err(e) = read_line_secret(
-                if key == "secret_file" {
-                    "secret_file"
-                } else {
-                    "token_file"
-                },
-                path,
-            ) {
+            if let Err(e) = read_line_secret(key, path) {
                 push(key, e);
             }
         }
