@@ -456,6 +456,64 @@ async fn a_token_endpoint_that_is_down_keeps_rows_buffered_until_it_returns() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_without_the_scope_to_create_observations_is_named() {
+    let rig = Rig::start().await;
+    let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[]);
+    let secret = secret_file(rig.dir.path(), "client-secret", CLIENT_SECRET);
+    let config = config(
+        &rig,
+        &auth,
+        &format!(
+            "method = \"client_secret_basic\"\nclient_id = \"gw-narrow\"\nsecret_file = \"{}\"\n\
+             scope = \"system/Device.c\"\n",
+            secret.display()
+        ),
+    );
+    auth.add_client(
+        json!({"client_id": "gw-narrow", "client_secret": CLIENT_SECRET,
+        "token_endpoint_auth_method": "client_secret_basic"}),
+    );
+    let gw = rig.start_subscribed(&config);
+    publish(&rig, 0, 20).await;
+    let body = not_ready_because(&rig, "HTTP 403", &gw).await;
+    assert!(
+        body.contains("insufficient_scope") && body.contains("uplink.fhir.auth.scope"),
+        "{body}"
+    );
+    let stats = wait_for_pending(rig.dir.path(), 20, WAIT);
+    assert!(stats.contains("pending: 20\n"), "{stats}");
+    assert!(rig.upstream.observations().is_empty());
+    assert_no_secrets(&[&gw.log()], &[CLIENT_SECRET]);
+}
+
+#[test]
+fn uplink_test_says_when_the_server_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = vitalbridge_tests::pki::TestPki::generate();
+    let token = secret_file(d, "token", STATIC_TOKEN);
+    let port = vitalbridge_tests::mosquitto::free_port().unwrap();
+    let config = scenario::mqtt_to_fhir(
+        &d.join("data"),
+        1883,
+        &format!("https://127.0.0.1:{port}/fhir"),
+        &pki,
+        &format!(
+            "\n[uplink.fhir.auth]\nmethod = \"static_token\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    std::fs::write(d.join("gateway.toml"), config).unwrap();
+    let (code, out, err) = run_cli(d, &["uplink", "test", "-c", "gateway.toml"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.contains("FAIL: cannot read https://127.0.0.1:"),
+        "{out}"
+    );
+    assert_no_secrets(&[&out, &err], &[STATIC_TOKEN]);
+}
+
 #[test]
 fn check_config_names_every_bad_auth_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -342,6 +342,12 @@ pub fn check_config(fhir: &FhirUplinkConfig) -> Vec<ConfigError> {
     problems
 }
 
+/// How long after asking for a token of `lifetime` to renew it: `refresh_before` before it
+/// expires, but at the latest halfway through its life.
+fn renew_after(lifetime: Duration, refresh_before: Duration) -> Duration {
+    lifetime - refresh_before.min(lifetime / 2)
+}
+
 fn https_url(key: &'static str, value: &str) -> Result<url::Url, LoadError> {
     crate::config::check_https_url(value).map_err(|why| LoadError::Url { key, why })?;
     url::Url::parse(value).map_err(|e| LoadError::Url {
@@ -656,10 +662,9 @@ impl Authorizer {
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LIFETIME);
-        let margin = self.refresh_before.min(lifetime / 2);
         Ok(Token {
             header,
-            refresh_at: Some(sent + lifetime - margin),
+            refresh_at: Some(sent + renew_after(lifetime, self.refresh_before)),
             expires_in: parsed.expires_in,
             scope: parsed.scope,
         })

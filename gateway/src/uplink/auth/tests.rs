@@ -29,3 +29,13 @@ fn a_refusal_says_what_to_check() {
          the server has registered for it, and the gateway's clock"
     );
 }
+
+#[test]
+fn tokens_are_renewed_before_they_expire_and_short_ones_halfway() {
+    let s = Duration::from_secs;
+    assert_eq!(renew_after(s(3600), s(60)), s(3540));
+    assert_eq!(renew_after(s(300), s(60)), s(240));
+    assert_eq!(renew_after(s(60), s(60)), s(30));
+    assert_eq!(renew_after(s(4), s(60)), s(2));
+    assert_eq!(renew_after(s(1), s(0)), s(1));
+}
