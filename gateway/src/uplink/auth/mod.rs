@@ -146,9 +146,9 @@ pub enum AuthError {
         /// Why.
         why: String,
     },
-    /// The client assertion could not be signed.
-    #[error("{0}")]
-    Sign(#[from] jwt::SignError),
+    /// The token request could not be made (the client assertion could not be signed).
+    #[error("cannot make the token request")]
+    Request(#[from] jwt::SignError),
     /// The FHIR server refuses the static token.
     #[error("the FHIR server refused the static token from {} (HTTP {status}{}): replace the token file", .path.display(), .challenge.as_deref().map(|c| format!("; {c}")).unwrap_or_default())]
     StaticRefused {
@@ -593,7 +593,7 @@ impl Authorizer {
                 };
                 let pair = format!("{}:{}", enc(&client.client_id), enc(secret.expose()));
                 let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
-                    .map_err(|_| AuthError::Sign(jwt::SignError))?;
+                    .map_err(|_| AuthError::Request(jwt::SignError))?;
                 value.set_sensitive(true);
                 headers.push((header::AUTHORIZATION, value));
             }
