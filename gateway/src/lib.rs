@@ -155,6 +155,9 @@ pub fn validate_config(config: &Config) -> Result<(), Vec<ConfigError>> {
     if let Err(more) = ingest::admission_policy(&config.clinical) {
         problems.extend(more);
     }
+    if let Some(fhir) = &config.uplink.fhir {
+        problems.extend(uplink::auth::check_config(fhir));
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -224,6 +227,26 @@ pub fn check_config_file(path: &Path) -> Vec<ConfigError> {
     }
     parsed.problems()
 }
+
+/// `vitalbridge uplink test`: with the configured TLS files and `[uplink.fhir.auth]`, gets
+/// an access token and reads the FHIR server's CapabilityStatement.
+pub async fn uplink_test(config: &Config) -> UplinkTestReport {
+    uplink::probe::run(config).await
+}
+
+/// `vitalbridge uplink jwks`: the public JWKS of `[uplink.fhir.auth]`'s `private_key_jwt`
+/// key, to register with the authorization server; `None` for the other methods or without
+/// `[uplink.fhir.auth]`.
+pub fn uplink_jwks(config: &Config) -> Result<Option<serde_json::Value>, uplink::auth::LoadError> {
+    match config.uplink.fhir.as_ref().and_then(|f| f.auth.as_ref()) {
+        Some(auth) => uplink::auth::public_jwks(auth),
+        None => Ok(None),
+    }
+}
+
+pub use uplink::auth::wire as auth_wire;
+pub use uplink::auth::LoadError as AuthLoadError;
+pub use uplink::probe::{Report as UplinkTestReport, Verdict as UplinkTestVerdict};
 
 /// Loads the config file, or the demo defaults when `path` is `None`.
 pub fn load_config(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {

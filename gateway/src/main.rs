@@ -111,6 +111,11 @@ enum Command {
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
     },
+    /// Check the FHIR uplink before going live, and what to register with its server.
+    Uplink {
+        #[command(subcommand)]
+        command: UplinkCommand,
+    },
     /// Inspect or repair the buffer queue.
     Queue {
         /// Config file (TOML), for the data directory.
@@ -234,6 +239,26 @@ struct SimSerial {
 enum SimProtocolArg {
     Firmware,
     Line,
+}
+
+#[derive(Subcommand)]
+enum UplinkCommand {
+    /// Get an access token ([uplink.fhir.auth]) and read the FHIR server's
+    /// CapabilityStatement; prints a verdict. Exit codes: 0 ready, 2 configuration unusable,
+    /// 3 no access token, 4 server unreachable, 5 server refused the token or is no FHIR R4
+    /// server.
+    Test {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the public JWKS of the private_key_jwt key, to register with the authorization
+    /// server (or publish at the jku URL).
+    Jwks {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -566,6 +591,41 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
         Command::Sim {
             command: SimCommand::Serial(args),
         } => sim_serial(args),
+        Command::Uplink {
+            command: UplinkCommand::Test { config },
+        } => {
+            let problems = vitalbridge::check_config_file(&config);
+            if !problems.is_empty() {
+                for p in problems {
+                    eprintln!("{}", printable(&format!("{}: {p}", config.display())));
+                }
+                println!("FAIL: the configuration is unusable (see above)");
+                return Ok(ExitCode::from(2));
+            }
+            let config = load(Some(&config))?;
+            let report = runtime()?.block_on(vitalbridge::uplink_test(&config));
+            for line in &report.lines {
+                println!("{}", printable(line));
+            }
+            Ok(ExitCode::from(report.verdict as u8))
+        }
+        Command::Uplink {
+            command: UplinkCommand::Jwks { config },
+        } => {
+            let config = load(Some(&config))?;
+            match vitalbridge::uplink_jwks(&config)? {
+                Some(jwks) => {
+                    println!("{}", serde_json::to_string_pretty(&jwks)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "error: no [uplink.fhir.auth] with method = \"private_key_jwt\": no key to publish"
+                    );
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
         Command::BufferKey {
             command: BufferKeyCommand::New { file },
         } => {

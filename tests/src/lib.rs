@@ -25,6 +25,8 @@
 //! - [`powerloss`]: a FUSE layer that keeps unsynced writes in memory and loses them on a
 //!   simulated power cut (`tests/powerloss_fs.py`), mounted for a test.
 //! - [`tmpfs`]: a small tmpfs of a test's own, to fill and grow (disk-full tests).
+//! - [`oauth`]: a real OAuth 2.0 authorization server (`oidc-provider`, Node) and a FHIR
+//!   front end checking its tokens, in front of the upstream.
 //! - [`fixture`]: broker + upstream + gateway directory ([`fixture::Rig`], the set-up most
 //!   end-to-end tests share), a publisher that retries until the broker acknowledges, and an
 //!   exact reconciliation.
@@ -43,6 +45,7 @@ pub mod gateway;
 pub mod kafka;
 pub mod mllp;
 pub mod mosquitto;
+pub mod oauth;
 pub mod ops;
 pub mod pki;
 pub mod powerloss;

@@ -631,23 +631,60 @@ impl Default for FileUplinkConfig {
 }
 
 /// `[uplink.fhir]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FhirUplinkConfig {
     /// FHIR base URL, e.g. `https://fhir.example.org/r4`. Must be `https://`.
     pub base_url: String,
     /// The private CA that signed the server's certificate (the only one trusted).
     pub ca: PathBuf,
-    /// This gateway's client certificate chain (PEM).
-    pub cert: PathBuf,
+    /// This gateway's client certificate chain (PEM). May be left out (with `key`) only
+    /// when `[uplink.fhir.auth]` authenticates the gateway instead.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// The client key (PEM); must not be readable by group or others.
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// Per-request timeout, in seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
     #[serde(default)]
     pub bundle_type: BundleType,
+    /// `[uplink.fhir.auth]`: the access token the server asks for. Absent: none (mutual
+    /// TLS only).
+    #[serde(default)]
+    pub auth: Option<FhirAuthConfig>,
+}
+
+impl FhirUplinkConfig {
+    /// The client certificate and key, when mutual TLS is configured.
+    pub fn client_identity(&self) -> Option<(&Path, &Path)> {
+        self.cert.as_deref().zip(self.key.as_deref())
+    }
+}
+
+impl fmt::Debug for FhirUplinkConfig {
+    /// As derived, but without `auth` when there is none: the configuration fingerprint
+    /// (`ops::config_change`) hashes this text, and an upgrade alone must not look like a
+    /// configuration change of an uplink without `[uplink.fhir.auth]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `cert` and `key` as the plain paths they were before they became optional.
+        let mut s = f.debug_struct("FhirUplinkConfig");
+        s.field("base_url", &self.base_url).field("ca", &self.ca);
+        for (name, path) in [("cert", &self.cert), ("key", &self.key)] {
+            match path {
+                Some(path) => s.field(name, path),
+                None => s.field(name, &Option::<PathBuf>::None),
+            };
+        }
+        s.field("timeout_s", &self.timeout_s)
+            .field("bundle_type", &self.bundle_type);
+        if let Some(auth) = &self.auth {
+            s.field("auth", auth);
+        }
+        s.finish()
+    }
 }
 
 /// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
@@ -956,8 +993,15 @@ impl Config {
         }
         if let Some(fhir) = self.uplink.fhir.as_mut() {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
-            paths.push(("uplink.fhir.cert", &mut fhir.cert));
-            paths.push(("uplink.fhir.key", &mut fhir.key));
+            if let Some(cert) = fhir.cert.as_mut() {
+                paths.push(("uplink.fhir.cert", cert));
+            }
+            if let Some(key) = fhir.key.as_mut() {
+                paths.push(("uplink.fhir.key", key));
+            }
+            if let Some(auth) = fhir.auth.as_mut() {
+                paths.extend(auth::secret_paths_mut(auth));
+            }
         }
         streams::secret_paths(
             self.uplink.mqtt.as_mut(),
@@ -968,11 +1012,13 @@ impl Config {
     }
 }
 
+mod auth;
 mod hl7;
 mod load;
 mod net;
 mod streams;
 mod validate;
+pub use auth::{check_https_url, AuthMethod, FhirAuthConfig, JwtAlgorithm};
 pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
@@ -994,6 +1040,33 @@ mod tests {
             Err(mut problems) if problems.len() == 1 => problems.remove(0),
             other => panic!("expected exactly one problem, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_fhir_uplink_without_auth_keeps_its_debug_text_and_one_with_auth_parses() {
+        let fhir =
+            "[uplink.fhir]\nbase_url = \"https://f\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        let plain = Config::from_toml(fhir).unwrap().uplink.fhir.unwrap();
+        // The configuration fingerprint hashes this text: no new field without the table.
+        assert_eq!(
+            format!("{plain:?}"),
+            "FhirUplinkConfig { base_url: \"https://f\", ca: \"c\", cert: \"c\", key: \"k\", \
+             timeout_s: 30, bundle_type: \"transaction\" }"
+        );
+        let with = Config::from_toml(&format!(
+            "{fhir}[uplink.fhir.auth]\nmethod = \"private_key_jwt\"\nclient_id = \"gw\"\n\
+             key = \"/k.pem\"\nalgorithm = \"ES384\"\n"
+        ))
+        .unwrap();
+        let auth = with.uplink.fhir.unwrap().auth.unwrap();
+        assert_eq!(auth.method, AuthMethod::PrivateKeyJwt);
+        assert_eq!(auth.algorithm, Some(JwtAlgorithm::ES384));
+        assert_eq!(auth.refresh_before_s, 60);
+        let e = the_problem(Config::from_toml(&format!(
+            "{fhir}[uplink.fhir.auth]\nmethod = \"static_token\"\ntoken = \"abc\"\n"
+        )));
+        assert_eq!(e.key, "uplink.fhir.auth.token");
+        assert!(!e.message.contains("abc"), "{e}");
     }
 
     #[test]
@@ -1070,8 +1143,10 @@ key = "${CREDENTIALS_DIRECTORY}/gateway.key"
         let fhir = resolved.uplink.fhir.unwrap();
         assert_eq!(fhir.ca, Path::new("fhir-ca.pem"));
         assert_eq!(
-            fhir.cert,
-            Path::new("/run/credentials/vitalbridge.service/gateway.pem")
+            fhir.cert.as_deref(),
+            Some(Path::new(
+                "/run/credentials/vitalbridge.service/gateway.pem"
+            ))
         );
     }
 
@@ -1116,6 +1191,18 @@ ca = "@uplink.fhir.ca@"
 cert = "@uplink.fhir.cert@"
 key = "@uplink.fhir.key@"
 bundle_type = "batch"
+[uplink.fhir.auth]
+method = "private_key_jwt"
+client_id = "@uplink.fhir.auth.client_id@"
+token_endpoint = "@uplink.fhir.auth.token_endpoint@"
+scope = "@uplink.fhir.auth.scope@"
+key = "@uplink.fhir.auth.key@"
+kid = "@uplink.fhir.auth.kid@"
+jku = "@uplink.fhir.auth.jku@"
+secret_file = "@uplink.fhir.auth.secret_file@"
+token_file = "@uplink.fhir.auth.token_file@"
+resource = "@uplink.fhir.auth.resource@"
+ca = "@uplink.fhir.auth.ca@"
 [sources.hl7]
 listen = "127.0.0.1:0"
 time_zone = "@sources.hl7.time_zone@"
@@ -1192,6 +1279,16 @@ audit_log = "@ops.audit_log@"
             ("uplink.fhir.ca", MAX_PATH_LEN),
             ("uplink.fhir.cert", MAX_PATH_LEN),
             ("uplink.fhir.key", MAX_PATH_LEN),
+            ("uplink.fhir.auth.client_id", MAX_ID_LEN),
+            ("uplink.fhir.auth.token_endpoint", MAX_URL_LEN),
+            ("uplink.fhir.auth.scope", MAX_TEXT_LEN),
+            ("uplink.fhir.auth.kid", MAX_ID_LEN),
+            ("uplink.fhir.auth.jku", MAX_URL_LEN),
+            ("uplink.fhir.auth.resource", MAX_URL_LEN),
+            ("uplink.fhir.auth.key", MAX_PATH_LEN),
+            ("uplink.fhir.auth.secret_file", MAX_PATH_LEN),
+            ("uplink.fhir.auth.token_file", MAX_PATH_LEN),
+            ("uplink.fhir.auth.ca", MAX_PATH_LEN),
             ("sources.hl7.time_zone", MAX_CODE_LEN),
             ("sources.hl7.no_value[0]", MAX_CODE_LEN),
             ("sources.hl7.tls.cert", MAX_PATH_LEN),

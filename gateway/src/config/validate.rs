@@ -118,8 +118,15 @@ impl Config {
         if let Some(fhir) = &self.uplink.fhir {
             all.push(text("uplink.fhir.base_url", &fhir.base_url, MAX_URL_LEN));
             all.push(path("uplink.fhir.ca", &fhir.ca));
-            all.push(path("uplink.fhir.cert", &fhir.cert));
-            all.push(path("uplink.fhir.key", &fhir.key));
+            if let Some(cert) = &fhir.cert {
+                all.push(path("uplink.fhir.cert", cert));
+            }
+            if let Some(key) = &fhir.key {
+                all.push(path("uplink.fhir.key", key));
+            }
+            if let Some(auth) = &fhir.auth {
+                super::auth::texts(auth, &mut all);
+            }
         }
         super::streams::texts(
             self.uplink.mqtt.as_ref(),
@@ -688,10 +695,25 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
         Ok(_) => {}
     }
     check_readable("uplink.fhir.ca", &fhir.ca, problems);
-    check_readable("uplink.fhir.cert", &fhir.cert, problems);
-    check_private_key("uplink.fhir.key", &fhir.key, problems);
+    match (&fhir.cert, &fhir.key) {
+        (Some(cert), Some(key)) => {
+            check_readable("uplink.fhir.cert", cert, problems);
+            check_private_key("uplink.fhir.key", key, problems);
+        }
+        (None, None) if fhir.auth.is_some() => {}
+        (None, None) => problems.push(err(
+            "uplink.fhir",
+            "give cert and key (mutual TLS), or an [uplink.fhir.auth] table, or both: the \
+             gateway does not send to a server without authenticating",
+        )),
+        (Some(_), None) => problems.push(err("uplink.fhir.key", "is required with cert")),
+        (None, Some(_)) => problems.push(err("uplink.fhir.cert", "is required with key")),
+    }
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
+    }
+    if let Some(auth) = &fhir.auth {
+        super::auth::validate(auth, problems);
     }
 }
 

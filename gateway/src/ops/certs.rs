@@ -146,7 +146,9 @@ fn read(path: &Path) -> Result<Vec<CertValidity>, CertError> {
 pub fn configured(config: &Config) -> Vec<(String, PathBuf)> {
     let mut files = Vec::new();
     if let Some(fhir) = &config.uplink.fhir {
-        files.push(("uplink.fhir.cert".to_owned(), fhir.cert.clone()));
+        if let Some(cert) = &fhir.cert {
+            files.push(("uplink.fhir.cert".to_owned(), cert.clone()));
+        }
         files.push(("uplink.fhir.ca".to_owned(), fhir.ca.clone()));
     }
     if let Some(tls) = config.sources.mqtt.as_ref().and_then(|m| m.tls.as_ref()) {

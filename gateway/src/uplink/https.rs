@@ -12,13 +12,18 @@
 //!   connection and TLS errors: retried with backoff, honouring `Retry-After`.
 //!
 //! Connections are kept alive and reused; a connection that failed is dropped.
+//!
+//! With `[uplink.fhir.auth]` every request carries the access token of an
+//! [`auth::Authorizer`](super::auth::Authorizer); a 401 renews it once and the Bundle is
+//! sent again (a conditional create makes that harmless); a 401/403 that remains is a
+//! transient failure naming the cause, so the rows stay buffered.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, StatusCode};
+use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -30,6 +35,7 @@ use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::auth::{AuthError, Authorizer};
 use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
 use crate::error_chain::Chain;
 use crate::fhir::{self, BundleType, EntryRole, Gateway};
@@ -70,6 +76,23 @@ pub struct FhirTransport {
     gateway: Gateway,
     /// Idle keep-alive connections.
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// The access token's source, with `[uplink.fhir.auth]`.
+    auth: Option<Arc<Authorizer>>,
+}
+
+/// An HTTP answer to a POST.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    /// `WWW-Authenticate`, escaped and clipped.
+    challenge: Option<String>,
+    body: Bytes,
+}
+
+/// A token that could not be had (or renewed) as a transient failure: the rows stay.
+fn auth_failure(e: AuthError) -> SendError {
+    let tls = e.is_tls();
+    transient(format!("authorization: {}", Chain(&e)), None, tls)
 }
 
 fn transient(reason: String, retry_after: Option<Duration>, tls: bool) -> SendError {
@@ -120,7 +143,14 @@ impl FhirTransport {
             bundle_type,
             gateway,
             idle: Mutex::new(Vec::new()),
+            auth: None,
         })
+    }
+
+    /// Sends every request with an access token from `auth`.
+    pub fn with_auth(mut self, auth: Option<Arc<Authorizer>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SendError> {
@@ -180,12 +210,61 @@ impl FhirTransport {
         }
     }
 
+    /// Posts `body` with the access token, if there is `[uplink.fhir.auth]`: a 401 renews
+    /// the token once and sends again; a 401/403 that remains is a transient failure.
+    async fn post_authorized(&self, body: Bytes) -> Result<Answer, SendError> {
+        let Some(auth) = &self.auth else {
+            return self.post(body, None).await;
+        };
+        let mut token = auth.bearer().await.map_err(auth_failure)?;
+        let mut answer = self.post(body.clone(), Some(&token.header)).await?;
+        if answer.status == StatusCode::UNAUTHORIZED {
+            tracing::info!("uplink auth: the FHIR server answered 401; renewing the token once");
+            auth.rejected(&token, 401, answer.challenge.clone())
+                .await
+                .map_err(auth_failure)?;
+            token = auth.bearer().await.map_err(auth_failure)?;
+            answer = self.post(body, Some(&token.header)).await?;
+        }
+        let status = answer.status.as_u16();
+        if matches!(status, 401 | 403) {
+            auth.rejected(&token, status, answer.challenge.clone())
+                .await
+                .map_err(auth_failure)?;
+            let challenge = answer
+                .challenge
+                .as_deref()
+                .map(|c| format!("; {c}"))
+                .unwrap_or_default();
+            let advice = if status == 401 {
+                "a fresh token was refused too: check that the server trusts this \
+                 authorization server and the token's audience"
+            } else {
+                "the token lacks a permission: check uplink.fhir.auth.scope and what the \
+                 server granted this client"
+            };
+            return Err(transient(
+                format!(
+                    "authorization: the FHIR server refused the access token (HTTP {status}{challenge}): {advice}"
+                ),
+                answer.retry_after,
+                false,
+            ));
+        }
+        Ok(answer)
+    }
+
     async fn post(
         &self,
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, Option<Duration>, Bytes), SendError> {
+        body: Bytes,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Answer, SendError> {
         let mut sender = self.connection().await?;
-        let request = Request::post(self.path.as_str())
+        let mut request = Request::post(self.path.as_str());
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request
             .header(header::HOST, self.authority.as_str())
             .header(header::CONTENT_TYPE, "application/fhir+json")
             .header(header::ACCEPT, "application/fhir+json")
@@ -193,7 +272,7 @@ impl FhirTransport {
                 header::USER_AGENT,
                 concat!("vitalbridge/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
@@ -212,6 +291,10 @@ impl FhirTransport {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
+            let challenge = response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| super::auth::wire::printable(&String::from_utf8_lossy(v.as_bytes())));
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
@@ -223,7 +306,12 @@ impl FhirTransport {
                     )
                 })?
                 .to_bytes();
-            Ok::<_, SendError>((status, retry_after, body))
+            Ok::<_, SendError>(Answer {
+                status,
+                retry_after,
+                challenge,
+                body,
+            })
         };
         let result = tokio::time::timeout(self.timeout, exchange)
             .await
@@ -347,7 +435,12 @@ impl Transport for FhirTransport {
 
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
         let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type);
-        let (status, retry_after, response) = self.post(mapped.body).await?;
+        let Answer {
+            status,
+            retry_after,
+            body: response,
+            ..
+        } = self.post_authorized(Bytes::from(mapped.body)).await?;
         match status.as_u16() {
             200..=299 => Ok(entry_outcomes(&mapped.roles, &response, self.bundle_type)),
             400 | 409 | 412 | 413 | 422 => {

@@ -13,12 +13,14 @@
 //! in halves and resent until the refused reading is isolated, so one bad reading never
 //! blocks or dead-letters its neighbours.
 
+pub mod auth;
 pub mod batcher;
 pub mod file;
 pub mod hl7;
 pub mod https;
 pub mod kafka;
 pub mod mqtt;
+pub mod probe;
 mod retry;
 pub mod streamed;
 
@@ -138,6 +140,9 @@ pub enum UplinkError {
     /// The TLS files of `[uplink.fhir]` cannot be used.
     #[error("uplink.fhir")]
     Tls(#[source] crate::tls::TlsError),
+    /// The files of `[uplink.fhir.auth]` cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::LoadError),
     /// `[uplink.hl7]` is unusable.
     #[error(transparent)]
     Hl7(#[from] hl7::SetupError),
@@ -223,15 +228,19 @@ pub fn prepare(
             Ok(AnyTransport::File(transport))
         }
         Destination::Fhir(f) => {
-            let tls = crate::tls::client_config(&f.ca, Some((&f.cert, &f.key)))
-                .map_err(UplinkError::Tls)?;
+            let tls =
+                crate::tls::client_config(&f.ca, f.client_identity()).map_err(UplinkError::Tls)?;
             let kind = match f.bundle_type {
                 BundleType::Transaction => fhir::BundleType::Transaction,
                 BundleType::Batch => fhir::BundleType::Batch,
             };
             let timeout = Duration::from_secs(f.timeout_s);
-            let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?;
-            tracing::info!(base_url = %f.base_url, "uplink: FHIR server over mutual TLS");
+            let authorizer = auth::Authorizer::from_config(f, tls.clone())?;
+            let method = authorizer.as_ref().map(|a| a.method().as_str());
+            let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?
+                .with_auth(authorizer);
+            let mtls = f.cert.is_some();
+            tracing::info!(base_url = %f.base_url, mutual_tls = mtls, auth = method.unwrap_or("none"), "uplink: FHIR server over HTTPS");
             Ok(AnyTransport::Fhir(transport))
         }
         Destination::Hl7(h) => {
