@@ -91,10 +91,40 @@ pub fn urn_uuid(kind: &str, key: &str) -> String {
     )
 }
 
-/// A conditional-create search string: `identifier=system|value`, each part percent-encoded.
+/// A conditional-create search string: `identifier=system|value`.
+///
+/// Each part is escaped by the FHIR search rules (`\\` before `\\`, `,`, `|` and `$`: R4
+/// search.html#escaping) and then percent-encoded (everything but RFC 3986's unreserved
+/// characters), so a value holding the search syntax's own characters, spaces or non-ASCII
+/// text is matched as itself. The values the gateway builds never need the escapes
+/// ([`crate::model::search_safe`]); a patient's identifier from the config may.
 pub fn if_none_exist(system: &str, value: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!("identifier={}|{}", enc(system), enc(value))
+    let mut out = String::with_capacity(16 + system.len() + value.len());
+    out.push_str("identifier=");
+    push_search_param(&mut out, system);
+    out.push_str("%7C");
+    push_search_param(&mut out, value);
+    out
+}
+
+/// Appends one token part of a search: FHIR-escaped, then percent-encoded.
+pub fn push_search_param(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut pct = |b: u8| {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    };
+    for b in text.bytes() {
+        if matches!(b, b'\\' | b',' | b'|' | b'$') {
+            pct(b'\\');
+        }
+        pct(b);
+    }
 }
 
 /// One Bundle entry: a conditional create.

@@ -10,8 +10,8 @@ use super::{
     TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
-    Quantity, Reading, StatusFlag, TimeSource, Value,
+    format_time, search_safe, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric,
+    PatientRef, Quantity, Reading, StatusFlag, TimeSource, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -499,13 +499,17 @@ fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'s
     }
 }
 
-/// The identifier (system, value) of a measuring device.
+/// The identifier (system, value) of a measuring device. A serial number or other id is
+/// written search-safe ([`search_safe`]); `serialNumber` keeps it as the device gave it.
 pub fn device_identifier(d: &DeviceRef) -> (String, String) {
     match &d.id {
         DeviceId::Eui64(_) => (EUI64_SYSTEM.to_owned(), d.id.key()),
         DeviceId::Bluetooth(_) => (BLUETOOTH_SYSTEM.to_owned(), d.id.key()),
-        DeviceId::Serial(s) => (format!("{DEVICE_ID_SYSTEM}/serial"), s.clone()),
-        DeviceId::Other(s) => (DEVICE_ID_SYSTEM.to_owned(), s.clone()),
+        DeviceId::Serial(s) => (
+            format!("{DEVICE_ID_SYSTEM}/serial"),
+            search_safe(s).into_owned(),
+        ),
+        DeviceId::Other(s) => (DEVICE_ID_SYSTEM.to_owned(), search_safe(s).into_owned()),
     }
 }
 
@@ -541,17 +545,18 @@ pub fn device(d: &DeviceRef) -> DeviceIdentifier {
 
 /// The Device resource for this gateway (PHD: the personal health gateway).
 pub fn gateway_device(g: &Gateway) -> DeviceIdentifier {
+    let id = search_safe(&g.id);
     let resource = json!({
         "resourceType": "Device",
-        "identifier": [{"system": GATEWAY_SYSTEM, "value": g.id}],
+        "identifier": [{"system": GATEWAY_SYSTEM, "value": id}],
         "manufacturer": "Vitalbridge",
         "deviceName": [{"name": "Vitalbridge gateway", "type": "manufacturer-name"}],
         "version": [{"value": g.version}],
         "property": [{"type": {"text": "time synchronization"}, "valueCode": [{"text": "host system clock (NTP)"}]}],
     });
     DeviceIdentifier {
-        full_url: urn_uuid("Device", &format!("{GATEWAY_SYSTEM}|{}", g.id)),
-        if_none_exist: if_none_exist(GATEWAY_SYSTEM, &g.id),
+        full_url: urn_uuid("Device", &format!("{GATEWAY_SYSTEM}|{id}")),
+        if_none_exist: if_none_exist(GATEWAY_SYSTEM, &id),
         resource,
     }
 }

@@ -167,7 +167,7 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
     let entries = json["entry"].as_array().unwrap();
     assert_eq!(
         entries[1]["request"]["ifNoneExist"],
-        json!("identifier=urn%3Aoid%3A1.2.840.10004.1.1.1.0.0.1.0.0.1.2680|FEEDABEEDEADBEEF")
+        json!("identifier=urn%3Aoid%3A1.2.840.10004.1.1.1.0.0.1.0.0.1.2680%7CFEEDABEEDEADBEEF")
     );
     let obs = &entries[2];
     assert_eq!(obs["request"]["method"], json!("POST"));
@@ -241,4 +241,43 @@ fn a_unit_the_vital_signs_profile_does_not_allow_drops_the_claim_but_keeps_the_u
     );
     assert!(claims(&height("cm")));
     assert!(claims(&height("[in_i]")));
+}
+
+#[test]
+fn if_none_exist_escapes_the_search_syntax_then_percent_encodes() {
+    // FHIR R4 search escaping: `\\` before `\\ , | $`; then every byte outside RFC 3986's
+    // unreserved set as %XX (UTF-8 for non-ASCII), the system/value separator as %7C.
+    assert_eq!(
+        crate::fhir::if_none_exist("urn:x", r"a,b|c\d$e f-é"),
+        "identifier=urn%3Ax%7Ca%5C%2Cb%5C%7Cc%5C%5Cd%5C%24e%20f-%C3%A9"
+    );
+    assert_eq!(
+        crate::fhir::if_none_exist("https://h/s", "AZaz09-._~"),
+        "identifier=https%3A%2F%2Fh%2Fs%7CAZaz09-._~"
+    );
+}
+
+#[test]
+fn a_device_id_with_search_characters_gets_a_search_safe_identifier_everywhere() {
+    let mut r = bp_reading();
+    r.device.id = DeviceId::Other(r"cuff,1|a\b$ 2%é".into());
+    let id = r.identifier();
+    assert!(id.starts_with("cuff%2C1%7Ca%5Cb%24 2%25é-"), "{id}");
+    assert!(!id.contains([',', '|', '\\', '$']), "{id}");
+    let mapped = bundle(&gateway(), &[(1, &r)], BundleType::Transaction);
+    let json: serde_json::Value = serde_json::from_slice(&mapped.body).unwrap();
+    let device = &json["entry"][1];
+    assert_eq!(
+        device["resource"]["identifier"][0]["value"],
+        json!("cuff%2C1%7Ca%5Cb%24 2%25é")
+    );
+    let obs = &json["entry"][2];
+    assert_eq!(obs["resource"]["identifier"][0]["value"], json!(id));
+    // Nothing left for the FHIR escapes to do: no `\\` (%5C) goes out.
+    let query = obs["request"]["ifNoneExist"].as_str().unwrap();
+    assert!(
+        query.starts_with("identifier=http%3A%2F%2Fhl7.org%2Ffhir%2Fuv%2Fphd%2FStructureDefinition%2FPhdBaseObservation%7Ccuff%252C1%257Ca%255Cb%2524%202%2525%C3%A9-p42-urn%3Aoid%3A1.2.3-150020-"),
+        "{query}"
+    );
+    assert!(!query.contains("%5C"), "{query}");
 }
