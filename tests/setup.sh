@@ -44,3 +44,18 @@ if ! tests/.venv/bin/python3 -c 'import fhir.resources, hl7' >/dev/null 2>&1; th
     fi
     tests/.venv/bin/pip install -q -r tests/requirements.txt
 fi
+
+# --- Node: the real FHIR engine --------------------------------------------------------------
+# Medplum's @medplum/fhir-router (in-memory repository, validating) behind a mutual-TLS front
+# end, tests/fhir-engine/server.mjs: tests/tests/fhir_engine.rs and the benchmark. Needs
+# Node.js >= 20.19 (the machine's; Debian bookworm's nodejs 18 is too old for it). The
+# packages go to tests/fhir-engine/node_modules (gitignored), at the versions of its
+# package-lock.json.
+if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' 2>/dev/null; then
+    echo "setup: Node.js >= 20.19 is needed for the FHIR engine (tests/fhir-engine); found: $(node --version 2>/dev/null || echo none)" >&2
+    exit 1
+fi
+if ! (cd tests/fhir-engine && node -e 'import("@medplum/fhir-router").then(()=>process.exit(0),()=>process.exit(1))') >/dev/null 2>&1; then
+    echo "setup: installing the FHIR engine (@medplum/fhir-router) into tests/fhir-engine/node_modules"
+    (cd tests/fhir-engine && npm ci --no-audit --no-fund --loglevel=error)
+fi

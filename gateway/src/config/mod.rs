@@ -545,7 +545,22 @@ pub struct FhirUplinkConfig {
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
     #[serde(default)]
     pub bundle_type: BundleType,
+    /// Most entries in one Bundle, Devices included (unset: no limit of ours; the batch is
+    /// `uplink.batch_size` readings plus their Devices). Servers limit transactions: Medplum
+    /// refuses a transaction with conditional creates above 8 entries.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Most bytes in one request body (unset: no limit of ours). For a server or a proxy in
+    /// front of it that refuses larger requests (413).
+    #[serde(default)]
+    pub max_request_bytes: Option<usize>,
 }
+
+/// The fewest entries `uplink.fhir.max_entries` may allow: the gateway's Device, one
+/// measuring Device and one Observation.
+pub const MIN_BUNDLE_ENTRIES: usize = 3;
+/// The smallest `uplink.fhir.max_request_bytes`: room for one Observation and its Devices.
+pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
 /// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
 #[derive(Clone, Copy, PartialEq, Eq, Default, Deserialize)]

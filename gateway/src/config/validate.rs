@@ -531,6 +531,30 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
     }
+    if fhir
+        .max_entries
+        .is_some_and(|n| n < super::MIN_BUNDLE_ENTRIES)
+    {
+        problems.push(err(
+            "uplink.fhir.max_entries",
+            format!(
+                "must be at least {} (the gateway's Device, a measuring Device and one Observation)",
+                super::MIN_BUNDLE_ENTRIES
+            ),
+        ));
+    }
+    if fhir
+        .max_request_bytes
+        .is_some_and(|n| n < super::MIN_REQUEST_BYTES)
+    {
+        problems.push(err(
+            "uplink.fhir.max_request_bytes",
+            format!(
+                "must be at least {} (one Observation and its Devices)",
+                super::MIN_REQUEST_BYTES
+            ),
+        ));
+    }
 }
 
 /// A path still starting with `${CREDENTIALS_DIRECTORY}/` after [`Config::load`]: the

@@ -181,6 +181,26 @@ fn write_entry<R: Serialize>(
     let _ = serde_json::to_writer(&mut *body, &entry);
 }
 
+/// How many of `rows`, from the start, make a Bundle of at most `max_entries` entries (the
+/// gateway's Device, one Device per distinct measuring device, one Observation per row);
+/// at least 1.
+pub fn rows_within_entries(rows: &[(i64, &Reading)], max_entries: usize) -> usize {
+    let mut entries = 1;
+    let mut devices: Vec<&DeviceRef> = Vec::new();
+    for (i, (_, r)) in rows.iter().enumerate() {
+        let new_device = !devices.contains(&&r.device);
+        let more = 1 + usize::from(new_device);
+        if entries + more > max_entries {
+            return i.max(1);
+        }
+        entries += more;
+        if new_device {
+            devices.push(&r.device);
+        }
+    }
+    rows.len()
+}
+
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
 /// device, one for the gateway, and one per Observation. The Bundle is written straight to
 /// bytes, entry by entry, without an intermediate JSON tree.

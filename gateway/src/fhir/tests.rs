@@ -281,3 +281,21 @@ fn a_device_id_with_search_characters_gets_a_search_safe_identifier_everywhere()
     );
     assert!(!query.contains("%5C"), "{query}");
 }
+
+#[test]
+fn rows_within_entries_counts_the_gateway_and_each_new_device() {
+    let a = bp_reading();
+    let mut b = bp_reading();
+    b.device.id = DeviceId::Other("other".into());
+    let rows = [(1, &a), (2, &a), (3, &b), (4, &b), (5, &a)];
+    // gateway + device a + 2 observations = 4; b needs 2 more.
+    assert_eq!(rows_within_entries(&rows, 4), 2);
+    assert_eq!(rows_within_entries(&rows, 5), 2);
+    assert_eq!(rows_within_entries(&rows, 6), 3);
+    assert_eq!(rows_within_entries(&rows, 8), 5);
+    assert_eq!(rows_within_entries(&rows, 100), 5);
+    // Never nothing: one reading too large alone is sent and refused alone.
+    assert_eq!(rows_within_entries(&rows, 1), 1);
+    let mapped = bundle(&gateway(), &rows[..3], BundleType::Transaction);
+    assert_eq!(mapped.roles.len(), 6);
+}

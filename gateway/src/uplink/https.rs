@@ -7,7 +7,10 @@
 //!   `ifNoneExist` matched an existing resource), 408/429/5xx retried, other 4xx dead-lettered
 //!   with the entry's OperationOutcome text.
 //! - 400, 409, 412, 413, 422 for the whole Bundle: refused (the batcher splits the batch to
-//!   find the reading at fault).
+//!   find the reading at fault; when both halves pass, it was the size, and the batcher
+//!   remembers the size that passed).
+//! - `max_entries` / `max_request_bytes` ([`Limits`]): a batch is cut into Bundles within
+//!   them before anything is sent ([`Transport::fit`]).
 //! - 408, 429, 5xx, 401/403/404 (a server or credentials problem, not the data's), timeouts,
 //!   connection and TLS errors: retried with backoff, honouring `Retry-After`.
 //!
@@ -55,6 +58,16 @@ pub enum SetupError {
     ServerName(#[source] rustls_pki_types::InvalidDnsNameError),
 }
 
+/// The request limits configured for a server (`uplink.fhir.max_entries`,
+/// `max_request_bytes`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Most entries in one Bundle, Devices included.
+    pub entries: Option<usize>,
+    /// Most bytes in one request body.
+    pub bytes: Option<usize>,
+}
+
 /// Sends Bundles to a FHIR server.
 pub struct FhirTransport {
     connector: TlsConnector,
@@ -67,6 +80,7 @@ pub struct FhirTransport {
     path: String,
     timeout: Duration,
     bundle_type: BundleType,
+    limits: Limits,
     gateway: Gateway,
     /// Idle keep-alive connections.
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
@@ -87,6 +101,7 @@ impl FhirTransport {
         tls: Arc<ClientConfig>,
         timeout: Duration,
         bundle_type: BundleType,
+        limits: Limits,
         gateway: Gateway,
     ) -> Result<Self, SetupError> {
         let url = url::Url::parse(base_url).map_err(SetupError::Url)?;
@@ -118,6 +133,7 @@ impl FhirTransport {
             path,
             timeout,
             bundle_type,
+            limits,
             gateway,
             idle: Mutex::new(Vec::new()),
         })
@@ -343,6 +359,31 @@ fn entry_outcomes(roles: &[EntryRole], body: &[u8], kind: BundleType) -> Vec<Out
 impl Transport for FhirTransport {
     fn name(&self) -> &'static str {
         "fhir"
+    }
+
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        let mut fits = rows.len();
+        if let Some(max) = self.limits.entries {
+            fits = fhir::rows_within_entries(rows, max);
+        }
+        if let Some(max) = self.limits.bytes {
+            // Measured, not estimated: map the candidate and shrink it in proportion until
+            // its body fits (a reading's entry is a few KiB, so this converges at once).
+            loop {
+                if fits <= 1 {
+                    break;
+                }
+                let len = fhir::bundle(&self.gateway, &rows[..fits], self.bundle_type)
+                    .body
+                    .len();
+                if len <= max {
+                    break;
+                }
+                let scaled = (fits as u128 * max as u128 / len as u128) as usize;
+                fits = scaled.min(fits - 1).max(1);
+            }
+        }
+        fits.max(1)
     }
 
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {

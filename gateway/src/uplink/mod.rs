@@ -11,7 +11,10 @@
 //! destination's reason. Everything else is retried with exponential backoff and full jitter,
 //! honouring `Retry-After`. A whole batch refused permanently (a transaction's 4xx) is split
 //! in halves and resent until the refused reading is isolated, so one bad reading never
-//! blocks or dead-letters its neighbours.
+//! blocks or dead-letters its neighbours. When both halves of a refused batch pass, the
+//! refusal was the request's size, not a reading: the workers remember the size that passed
+//! ([`batcher::LearnedLimit`]) and send no larger request again, instead of halving every
+//! batch. Limits configured for a destination ([`Transport::fit`]) apply from the start.
 
 pub mod batcher;
 pub mod file;
@@ -100,6 +103,13 @@ pub trait Transport: Send + Sync + 'static {
     /// A short name for logs, metrics and dead-letter origins (`file`, `fhir`).
     fn name(&self) -> &'static str;
 
+    /// How many of `rows`, from the start, fit one request by the destination's configured
+    /// limits (at least 1: a reading too large alone is sent and refused on its own). The
+    /// batcher sends the rest in further requests.
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        rows.len()
+    }
+
     /// Sends `rows` (buffer row id, reading); on success returns one outcome per row, in order.
     fn send(
         &self,
@@ -152,6 +162,14 @@ impl Transport for AnyTransport {
         }
     }
 
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        match self {
+            AnyTransport::File(t) => t.fit(rows),
+            AnyTransport::Fhir(t) => t.fit(rows),
+            AnyTransport::Hl7(t) => t.fit(rows),
+        }
+    }
+
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
         match self {
             AnyTransport::File(t) => t.send(rows).await,
@@ -188,7 +206,12 @@ pub fn prepare(
                 BundleType::Batch => fhir::BundleType::Batch,
             };
             let timeout = Duration::from_secs(f.timeout_s);
-            let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?;
+            let limits = https::Limits {
+                entries: f.max_entries,
+                bytes: f.max_request_bytes,
+            };
+            let transport =
+                https::FhirTransport::new(&f.base_url, tls, timeout, kind, limits, gateway)?;
             tracing::info!(base_url = %f.base_url, "uplink: FHIR server over mutual TLS");
             Ok(AnyTransport::Fhir(transport))
         }
@@ -252,6 +275,7 @@ pub fn start<T: Transport>(
         .expect("the buffer was opened with every configured destination");
     let transport = Arc::new(transport);
     let collecting = Arc::new(tokio::sync::Mutex::new(()));
+    let learned = Arc::new(batcher::LearnedLimit::default());
     (0..config.in_flight)
         .map(|_| {
             tokio::spawn(batcher::run(batcher::Worker {
@@ -262,6 +286,7 @@ pub fn start<T: Transport>(
                 metrics: ctx.metrics.clone(),
                 audit: ctx.audit.clone(),
                 collecting: collecting.clone(),
+                learned: learned.clone(),
                 shutdown: ctx.shutdown.clone(),
             }))
         })
