@@ -72,7 +72,7 @@ class ValidatingRepository extends MemoryRepository {
 const repo = new ValidatingRepository();
 const router = new FhirRouter();
 const maxBody = Number(arg('--max-body-bytes', '0'));
-const stats = { requests: 0, bundles: 0, refused: 0 };
+const stats = { requests: 0, bundles: 0, refused: 0, observationEntries: 0 };
 
 class Refused extends Error {
   constructor(status, text) {
@@ -216,6 +216,13 @@ async function dispatch(req, res, pathname, url, query, body) {
   );
   const status = getStatus(result);
   if (status >= 400) stats.refused++;
+  else if (resource?.resourceType === 'Bundle' && body?.resourceType === 'Bundle') {
+    // Observation entries the engine answered 2xx (created, or matched by ifNoneExist).
+    (body.entry ?? []).forEach((entry, i) => {
+      const answer = resource.entry?.[i]?.response?.status ?? '';
+      if (entry.request?.url === 'Observation' && answer.startsWith('2')) stats.observationEntries++;
+    });
+  }
   send(res, status, resource ?? result);
 }
 

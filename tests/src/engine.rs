@@ -159,8 +159,8 @@ impl Engine {
         self.search(rtype, &q).await
     }
 
-    /// Requests the front end counted: `(requests, bundles, refused)`.
-    pub async fn stats(&self) -> (u64, u64, u64) {
+    /// What the front end counted.
+    pub async fn stats(&self) -> EngineStats {
         let url = format!("https://localhost:{}/_stats", self.port);
         let v = self
             .client
@@ -170,8 +170,26 @@ impl Engine {
             .and_then(|r| r.json().ok())
             .unwrap_or_default();
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        (n("requests"), n("bundles"), n("refused"))
+        EngineStats {
+            requests: n("requests"),
+            bundles: n("bundles"),
+            refused: n("refused"),
+            observation_entries: n("observationEntries"),
+        }
     }
+}
+
+/// Counters of the engine's front end since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// HTTP requests.
+    pub requests: u64,
+    /// Bundles POSTed to the base.
+    pub bundles: u64,
+    /// Requests answered 4xx/5xx (the engine's refusals and the front end's).
+    pub refused: u64,
+    /// Observation entries of Bundles answered 2xx (created or matched by `ifNoneExist`).
+    pub observation_entries: u64,
 }
 
 /// FHIR search escape (`\` before `\ , | $`), then percent-encoding of all but unreserved

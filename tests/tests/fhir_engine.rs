@@ -14,6 +14,15 @@ use vitalbridge_tests::gateway::wait_for_pending;
 use vitalbridge_tests::mosquitto::publish_qos1;
 use vitalbridge_tests::scenario;
 
+/// One engine test at a time: each runs a Node engine, a broker and a gateway, and on two
+/// cores six of them at once starve each other past any sensible timeout.
+async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 const OBSERVATION_SYSTEM: &str =
     "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation";
 
@@ -70,6 +79,24 @@ async fn wait_for_observations(engine: &Engine, n: usize, timeout: Duration) -> 
     }
 }
 
+/// Waits until the engine answered `entries` more Observation entries than `before` and the
+/// gateway's queue is empty with `dead` dead letters (publishing returns at the broker's
+/// PUBACK, before the gateway has the readings). Returns the last queue stats.
+async fn settle(rig: &Rig, engine: &Engine, before: u64, entries: u64, dead: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want = format!("dead_lettered: {dead}\n");
+    loop {
+        let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_millis(1));
+        let have = engine.stats().await.observation_entries - before;
+        if (have >= entries && stats.contains("pending: 0\n") && stats.contains(&want))
+            || Instant::now() >= deadline
+        {
+            return format!("{stats}observation entries answered: {have}\n");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Every Observation is there once: each identifier value once among all, and the engine's
 /// search by that identifier (escaped and encoded as a client must) finds exactly it. Every
 /// Device once, likewise. Returns the identifier values.
@@ -114,6 +141,7 @@ async fn assert_exactly_once(engine: &Engine, observations: usize, devices: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_device_ids_arrive_once_and_are_found_by_identifier_across_kill9_and_resends() {
+    let _turn = turn().await;
     let rig = Rig::start().await;
     let engine = Engine::start(&rig.pki, None).await;
     let per_device = 12;
@@ -140,13 +168,13 @@ async fn odd_device_ids_arrive_once_and_are_found_by_identifier_across_kill9_and
     publish_qos1(rig.broker.port(), "vitals/odd", all.clone())
         .await
         .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(120));
+    let have = wait_for_observations(&engine, n, Duration::from_secs(120)).await;
+    let stats = settle(&rig, &engine, 0, n as u64, 0).await;
     assert!(
-        stats.contains("pending: 0\n"),
-        "{stats}\n{}",
+        have == n && stats.contains("pending: 0\n") && stats.contains("dead_lettered: 0\n"),
+        "{have} Observations\n{stats}\n{}",
         tail(&gw.log(), 40)
     );
-    assert!(stats.contains("dead_lettered: 0"), "{stats}");
     let first = assert_exactly_once(&engine, n, ODD_IDS.len() + 1).await;
 
     // A gateway that lost its buffer (or a second hub in the same home) sends it all again:
@@ -159,20 +187,16 @@ async fn odd_device_ids_arrive_once_and_are_found_by_identifier_across_kill9_and
         "{}",
         tail(&gw.log(), 40)
     );
-    let (_, bundles_before, _) = engine.stats().await;
+    let before = engine.stats().await.observation_entries;
     publish_qos1(rig.broker.port(), "vitals/odd", all.clone())
         .await
         .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(120));
+    // Every reading reaches the engine again and is answered (200: matched).
+    let stats = settle(&rig, &engine, before, n as u64, 0).await;
     assert!(
-        stats.contains("pending: 0\n"),
+        stats.contains(&format!("answered: {n}\n")) && stats.contains("pending: 0\n"),
         "{stats}\n{}",
         tail(&gw.log(), 40)
-    );
-    let (_, bundles_after, _) = engine.stats().await;
-    assert!(
-        bundles_after - bundles_before >= (n / 6) as u64,
-        "the resend reached the engine: {bundles_before} → {bundles_after} Bundles"
     );
     let second = assert_exactly_once(&engine, n, ODD_IDS.len() + 1).await;
     assert_eq!(first, second);
@@ -186,6 +210,7 @@ async fn odd_device_ids_arrive_once_and_are_found_by_identifier_across_kill9_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_readings_arrive_once_valid_and_searchable() {
+    let _turn = turn().await;
     let rig = Rig::start().await;
     let engine = Engine::start(&rig.pki, None).await;
     let cfg = format!(
@@ -206,8 +231,8 @@ max_readings = 45
     let gw = rig.start_gateway(&cfg);
     let have = wait_for_observations(&engine, 45, Duration::from_secs(60)).await;
     assert_eq!(have, 45, "{}", tail(&gw.log(), 40));
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(30));
-    assert!(stats.contains("dead_lettered: 0"), "{stats}");
+    let stats = settle(&rig, &engine, 0, 45, 0).await;
+    assert!(stats.contains("dead_lettered: 0\n"), "{stats}");
     // The engine validated every resource it stored; each is found by its identifier.
     let ids = assert_exactly_once(&engine, 45, 4).await;
     assert_eq!(ids.len(), 45);
@@ -217,6 +242,7 @@ max_readings = 45
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engines_transaction_limit_is_learned_once_not_halved_on_every_batch() {
+    let _turn = turn().await;
     let rig = Rig::start().await;
     let engine = Engine::start(&rig.pki, None).await;
     // No max_entries: the gateway meets Medplum's "too many entries" refusal and learns.
@@ -224,17 +250,17 @@ async fn the_engines_transaction_limit_is_learned_once_not_halved_on_every_batch
     cfg = cfg.replace("batch_size = 500", "batch_size = 64");
     let gw = rig.start_subscribed(&cfg);
     // One device, so a Bundle of k readings has k + 2 entries.
+    // One MQTT message of 40 readings: committed together, leased as one batch.
     let one: Vec<Vec<u8>> = payloads(40).into_iter().take(40).collect();
-    publish_qos1(rig.broker.port(), "vitals/one", one)
+    publish_qos1(rig.broker.port(), "vitals/one", [one_message(&one)])
         .await
         .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60));
+    let stats = settle(&rig, &engine, 0, 40, 0).await;
     assert!(
-        stats.contains("pending: 0\n"),
+        stats.contains("answered: 40\n") && stats.contains("pending: 0\n"),
         "{stats}\n{}",
         tail(&gw.log(), 40)
     );
-    assert!(stats.contains("dead_lettered: 0"), "{stats}");
     assert!(
         gw.wait_for_log("per request from now on", Duration::from_secs(5)),
         "the limit was not learned\n{}",
@@ -250,45 +276,63 @@ async fn the_engines_transaction_limit_is_learned_once_not_halved_on_every_batch
         !learned.is_empty() && learned.iter().all(|k| (1..=6).contains(k)),
         "learned {learned:?}"
     );
-    let (_, _, refused_first) = engine.stats().await;
+    let refused_first = engine.stats().await.refused;
     assert!(refused_first >= 1, "the engine never refused");
     // A second burst: no refusal at all, the learned size is used at once.
     let more: Vec<Vec<u8>> = payloads(80).into_iter().skip(40).take(40).collect();
-    publish_qos1(rig.broker.port(), "vitals/one", more)
+    publish_qos1(rig.broker.port(), "vitals/one", [one_message(&more)])
         .await
         .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60));
-    assert!(stats.contains("pending: 0\n"), "{stats}");
-    let (_, _, refused_then) = engine.stats().await;
-    assert_eq!(refused_then, refused_first, "refused again after learning");
+    let stats = settle(&rig, &engine, 40, 40, 0).await;
+    assert!(stats.contains("answered: 40\n"), "{stats}");
+    assert_eq!(
+        engine.stats().await.refused,
+        refused_first,
+        "refused again after learning"
+    );
     assert_exactly_once(&engine, 80, 2).await;
+}
+
+/// Readings as one MQTT message (a JSON array: all committed in one transaction).
+fn one_message(readings: &[Vec<u8>]) -> Vec<u8> {
+    let all: Vec<Value> = readings
+        .iter()
+        .map(|r| serde_json::from_slice(r).expect("json"))
+        .collect();
+    serde_json::to_vec(&all).expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_size_limit_is_configured_and_a_413_is_learned() {
+    let _turn = turn().await;
     let rig = Rig::start().await;
     // The front end refuses bodies over 40 KiB with 413, as a proxy would.
     let engine = Engine::start(&rig.pki, Some(40 * 1024)).await;
     let mut cfg = config(&rig, &engine, "bundle_type = \"batch\"\n");
     cfg = cfg.replace("batch_size = 500", "batch_size = 100");
     let gw = rig.start_subscribed(&cfg);
-    publish_qos1(rig.broker.port(), "vitals/big", payloads(10))
-        .await
-        .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60));
+    publish_qos1(
+        rig.broker.port(),
+        "vitals/big",
+        [one_message(&payloads(10))],
+    )
+    .await
+    .expect("publish");
+    let stats = settle(&rig, &engine, 0, 80, 0).await;
     assert!(
-        stats.contains("pending: 0\n"),
+        stats.contains("answered: 80\n") && stats.contains("pending: 0\n"),
         "{stats}\n{}",
         tail(&gw.log(), 40)
     );
-    assert!(stats.contains("dead_lettered: 0"), "{stats}");
     assert!(
         gw.log().contains("per request from now on"),
         "{}",
         tail(&gw.log(), 40)
     );
-    let (_, _, refused) = engine.stats().await;
-    assert!(refused >= 1, "the engine never refused");
+    assert!(
+        engine.stats().await.refused >= 1,
+        "the engine never refused"
+    );
     assert_exactly_once(&engine, 80, ODD_IDS.len() + 1).await;
     drop(gw);
 
@@ -302,17 +346,193 @@ async fn a_request_size_limit_is_configured_and_a_413_is_learned() {
     );
     cfg = cfg.replace("batch_size = 500", "batch_size = 100");
     let gw = rig.start_subscribed(&cfg);
-    publish_qos1(rig.broker.port(), "vitals/big", payloads(10))
-        .await
-        .expect("publish");
-    let stats = wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60));
+    publish_qos1(
+        rig.broker.port(),
+        "vitals/big",
+        [one_message(&payloads(10))],
+    )
+    .await
+    .expect("publish");
+    let stats = settle(&rig, &engine, 0, 80, 0).await;
     assert!(
-        stats.contains("pending: 0\n"),
+        stats.contains("answered: 80\n") && stats.contains("pending: 0\n"),
         "{stats}\n{}",
         tail(&gw.log(), 40)
     );
-    let (_, bundles, refused) = engine.stats().await;
-    assert_eq!(refused, 0, "{}", tail(&gw.log(), 40));
-    assert!(bundles >= 3, "80 readings in one 40 KB request? {bundles}");
+    let counted = engine.stats().await;
+    assert_eq!(counted.refused, 0, "{}", tail(&gw.log(), 40));
+    assert!(
+        counted.bundles >= 3,
+        "80 readings in one 40 KB request? {counted:?}"
+    );
     assert_exactly_once(&engine, 80, ODD_IDS.len() + 1).await;
+}
+
+/// `n` SpO2 readings from `device`, with times from `start` seconds on.
+fn readings_of(device: &str, start: i64, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let t = time::OffsetDateTime::from_unix_timestamp(1_790_000_000 + start + i as i64)
+                .expect("time")
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("format");
+            serde_json::to_vec(&json!({"device": device, "time": t, "metric": "spo2", "value": 95}))
+                .expect("json")
+        })
+        .collect()
+}
+
+const MRN: &str = "urn:oid:2.16.840.1.113883.4.1";
+
+fn bindings() -> String {
+    format!(
+        r#"
+[[devices]]
+id = "cuff-a"
+patient_system = "{MRN}"
+patient_id = "mrn-1"
+
+[[devices]]
+id = "cuff-b"
+patient_system = "{MRN}"
+patient_id = "mrn,2 é"
+
+[[devices]]
+id = "cuff-c"
+patient_system = "{MRN}"
+patient_id = "mrn-unknown"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_create_mode_makes_each_patient_once_and_observations_find_it() {
+    let _turn = turn().await;
+    let rig = Rig::start().await;
+    let engine = Engine::start(&rig.pki, None).await;
+    let cfg = config(
+        &rig,
+        &engine,
+        &format!(
+            "max_entries = 8\npatient_reference = \"create\"\n{}",
+            bindings()
+        ),
+    );
+    let mut gw = rig.start_subscribed(&cfg);
+    let mut all = readings_of("cuff-a", 0, 10);
+    all.extend(readings_of("cuff-b", 100, 10));
+    for round in 0..2u64 {
+        publish_qos1(rig.broker.port(), "vitals/p", all.clone())
+            .await
+            .expect("publish");
+        let stats = settle(&rig, &engine, 20 * round, 20, 0).await;
+        assert!(
+            stats.contains("answered: 20\n") && stats.contains("pending: 0\n"),
+            "{stats}\n{}",
+            tail(&gw.log(), 40)
+        );
+        if round == 0 {
+            // The same readings again from a gateway that lost its buffer.
+            gw.terminate(Duration::from_secs(20));
+            std::fs::remove_dir_all(rig.data_dir()).expect("remove the data directory");
+            gw.restart().expect("restart");
+            assert!(
+                wait_subscribed(&gw, 2, SUBSCRIBE_TIMEOUT),
+                "{}",
+                tail(&gw.log(), 40)
+            );
+        }
+    }
+    assert_eq!(
+        engine.all("Patient").await.len(),
+        2,
+        "one Patient per patient"
+    );
+    for mrn in ["mrn-1", "mrn,2 é"] {
+        let patients = engine.by_identifier("Patient", MRN, mrn).await;
+        assert_eq!(patients.len(), 1, "{mrn}");
+        let id = patients[0]["id"].as_str().expect("id");
+        let obs = engine
+            .search("Observation", &format!("patient=Patient/{id}"))
+            .await;
+        assert_eq!(obs.len(), 10, "Observations of {mrn}");
+        assert_eq!(obs[0]["subject"]["identifier"]["value"], json!(mrn));
+    }
+    assert_exactly_once(&engine, 20, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_conditional_references_resolve_to_the_servers_patient_or_are_refused() {
+    let _turn = turn().await;
+    let rig = Rig::start().await;
+    let engine = Engine::start(&rig.pki, None).await;
+    // The program registered two patients; the third binding names one it does not know.
+    let client = vitalbridge_tests::client::HttpsClient::new(rig.pki.client_config());
+    let mut known = Vec::new();
+    for mrn in ["mrn-1", "mrn,2 é"] {
+        let patient = json!({"resourceType": "Patient", "identifier": [{"system": MRN, "value": mrn}],
+            "name": [{"family": "Test"}]});
+        let resp = client
+            .post_json(&format!("{}/Patient", engine.url()), &patient)
+            .await
+            .expect("create Patient");
+        assert_eq!(resp.status, 201, "{:?}", resp.json());
+        known.push(
+            resp.json().expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    let cfg = config(
+        &rig,
+        &engine,
+        &format!(
+            "max_entries = 8\npatient_reference = \"conditional\"\n{}",
+            bindings()
+        ),
+    );
+    let gw = rig.start_subscribed(&cfg);
+    let mut all = readings_of("cuff-a", 0, 5);
+    all.extend(readings_of("cuff-b", 100, 5));
+    all.extend(readings_of("cuff-c", 200, 2));
+    publish_qos1(rig.broker.port(), "vitals/p", all)
+        .await
+        .expect("publish");
+    let stats = settle(&rig, &engine, 0, 10, 2).await;
+    assert!(
+        stats.contains("answered: 10\n") && stats.contains("pending: 0\n"),
+        "{stats}\n{}",
+        tail(&gw.log(), 40)
+    );
+    // The unknown patient's readings are refused by the server (412) and kept as dead
+    // letters with its reason; nobody else's readings are held back.
+    assert!(
+        stats.contains("dead_lettered: 2"),
+        "{stats}\n{}\n{:?}",
+        tail(&gw.log(), 40),
+        engine
+            .all("Observation")
+            .await
+            .iter()
+            .map(|o| o["subject"].clone())
+            .collect::<Vec<_>>()
+    );
+    let (_, letters, _) = vitalbridge_tests::gateway::run_cli(
+        rig.dir.path(),
+        &["queue", "dead-letters", "-c", "gateway.toml"],
+    );
+    assert!(letters.contains("412"), "{letters}");
+    assert_eq!(engine.all("Patient").await.len(), 2, "no Patient created");
+    for id in &known {
+        let obs = engine
+            .search("Observation", &format!("patient=Patient/{id}"))
+            .await;
+        assert_eq!(obs.len(), 5, "Observations of Patient/{id}");
+        assert_eq!(
+            obs[0]["subject"]["reference"],
+            json!(format!("Patient/{id}"))
+        );
+    }
+    assert_exactly_once(&engine, 10, 3).await;
 }

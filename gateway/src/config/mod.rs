@@ -554,6 +554,23 @@ pub struct FhirUplinkConfig {
     /// front of it that refuses larger requests (413).
     #[serde(default)]
     pub max_request_bytes: Option<usize>,
+    /// How an Observation names a patient bound by identifier: `identifier` (the default),
+    /// `conditional` or `create`.
+    #[serde(default)]
+    pub patient_reference: PatientReference,
+}
+
+/// How `subject` names a patient bound by identifier (`uplink.fhir.patient_reference`).
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatientReference {
+    /// `subject.identifier` only.
+    #[default]
+    Identifier,
+    /// A conditional reference `Patient?identifier=system|value` the server resolves.
+    Conditional,
+    /// The Patient created by conditional create in the same Bundle, and referenced.
+    Create,
 }
 
 /// The fewest entries `uplink.fhir.max_entries` may allow: the gateway's Device, one
@@ -778,6 +795,47 @@ mod tests {
         // Elsewhere the value helps and is shown.
         let e = the_problem(Config::from_toml("[buffer]\ncapacity = \"lots\"\n"));
         assert!(e.message.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn fhir_request_limits_and_patient_reference_are_checked_by_key() {
+        let text = |extra: &str| {
+            format!(
+                "[uplink.fhir]\nbase_url = \"https://fhir.example.org/r4\"\nca = \"a.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n{extra}"
+            )
+        };
+        let parsed = Config::from_toml(&text(
+            "max_entries = 8\nmax_request_bytes = 1048576\npatient_reference = \"create\"\n",
+        ))
+        .unwrap();
+        let fhir = parsed.uplink.fhir.clone().unwrap();
+        assert_eq!(fhir.max_entries, Some(8));
+        assert_eq!(fhir.max_request_bytes, Some(1_048_576));
+        assert_eq!(fhir.patient_reference, PatientReference::Create);
+        let problems = |extra: &str| -> Vec<ConfigError> {
+            Config::from_toml(&text(extra))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        let has = |problems: &[ConfigError], key: &str, words: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(words))
+        };
+        let p = problems("max_entries = 2\nmax_request_bytes = 1000\n");
+        assert!(has(&p, "uplink.fhir.max_entries", "at least 3"), "{p:?}");
+        assert!(
+            has(&p, "uplink.fhir.max_request_bytes", "at least 16384"),
+            "{p:?}"
+        );
+        let p = problems("bundle_type = \"batch\"\npatient_reference = \"conditional\"\n");
+        assert!(
+            has(&p, "uplink.fhir.patient_reference", "needs bundle_type"),
+            "{p:?}"
+        );
+        let e = the_problem(Config::from_toml(&text("patient_reference = \"guess\"\n")));
+        assert_eq!(e.key, "uplink.fhir.patient_reference");
     }
 
     #[test]

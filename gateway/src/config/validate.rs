@@ -543,6 +543,14 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
             ),
         ));
     }
+    if fhir.patient_reference == super::PatientReference::Conditional
+        && fhir.bundle_type == super::BundleType::Batch
+    {
+        problems.push(err(
+            "uplink.fhir.patient_reference",
+            "\"conditional\" needs bundle_type = \"transaction\": servers resolve conditional references only inside a transaction",
+        ));
+    }
     if fhir
         .max_request_bytes
         .is_some_and(|n| n < super::MIN_REQUEST_BYTES)

@@ -27,7 +27,7 @@ pub use observation::{device, gateway_device, observation, DeviceIdentifier, Obs
 
 use serde::Serialize;
 
-use crate::model::{DeviceRef, Reading};
+use crate::model::{DeviceRef, PatientRef, Reading};
 
 /// PHD's identifier system for Observations.
 pub const IDENTIFIER_SYSTEM: &str =
@@ -63,11 +63,30 @@ pub enum BundleType {
     Batch,
 }
 
+/// How an Observation's `subject` names a patient bound by identifier (`uplink.fhir.
+/// patient_reference`). A literal reference (`Patient/123`) is sent as it is in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatientMode {
+    /// `subject.identifier` only: no Patient resource is needed, none is linked.
+    #[default]
+    Identifier,
+    /// `subject.reference` = `Patient?identifier=system|value`, a conditional reference the
+    /// server resolves inside the transaction to the one Patient with that identifier (and
+    /// refuses when there is none or several); the identifier stays beside it.
+    Conditional,
+    /// A Patient entry per patient of the batch, created by conditional create on its
+    /// identifier (a Patient holding only the identifier, where none exists), and the
+    /// subject referencing it.
+    Create,
+}
+
 /// What an entry of a Bundle stands for, so responses can be matched back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryRole {
     /// A Device (measuring device or the gateway).
     Device,
+    /// A Patient (conditional create, [`PatientMode::Create`]).
+    Patient,
     /// The Observation for the leased buffer row with this id.
     Observation(i64),
 }
@@ -182,14 +201,25 @@ fn write_entry<R: Serialize>(
 }
 
 /// How many of `rows`, from the start, make a Bundle of at most `max_entries` entries (the
-/// gateway's Device, one Device per distinct measuring device, one Observation per row);
-/// at least 1.
-pub fn rows_within_entries(rows: &[(i64, &Reading)], max_entries: usize) -> usize {
+/// gateway's Device, one Device per distinct measuring device, in [`PatientMode::Create`]
+/// one Patient per distinct patient, one Observation per row); at least 1.
+pub fn rows_within_entries(
+    rows: &[(i64, &Reading)],
+    max_entries: usize,
+    patients: PatientMode,
+) -> usize {
     let mut entries = 1;
     let mut devices: Vec<&DeviceRef> = Vec::new();
+    let mut seen_patients: Vec<&PatientRef> = Vec::new();
     for (i, (_, r)) in rows.iter().enumerate() {
         let new_device = !devices.contains(&&r.device);
-        let more = 1 + usize::from(new_device);
+        let new_patient = match (&r.patient, patients) {
+            (Some(p @ PatientRef::Identifier { .. }), PatientMode::Create) => {
+                (!seen_patients.contains(&p)).then_some(p)
+            }
+            _ => None,
+        };
+        let more = 1 + usize::from(new_device) + usize::from(new_patient.is_some());
         if entries + more > max_entries {
             return i.max(1);
         }
@@ -197,14 +227,41 @@ pub fn rows_within_entries(rows: &[(i64, &Reading)], max_entries: usize) -> usiz
         if new_device {
             devices.push(&r.device);
         }
+        if let Some(p) = new_patient {
+            seen_patients.push(p);
+        }
     }
     rows.len()
+}
+
+/// The Patient a subject identifier stands for: a resource holding only that identifier.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PatientResource<'a> {
+    resource_type: &'static str,
+    identifier: [PatientIdentifier<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct PatientIdentifier<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+/// `Patient?identifier=system|value`, escaped and encoded as [`if_none_exist`] is.
+pub fn conditional_patient_reference(system: &str, value: &str) -> String {
+    format!("Patient?{}", if_none_exist(system, value))
 }
 
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
 /// device, one for the gateway, and one per Observation. The Bundle is written straight to
 /// bytes, entry by entry, without an intermediate JSON tree.
-pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> MappedBundle {
+pub fn bundle(
+    gateway: &Gateway,
+    rows: &[(i64, &Reading)],
+    kind: BundleType,
+    patients: PatientMode,
+) -> MappedBundle {
     let kind = match kind {
         BundleType::Transaction => "transaction",
         BundleType::Batch => "batch",
@@ -241,14 +298,52 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
             devices.push((&r.device, d.full_url));
         }
     }
+    // Distinct patients bound by identifier, with the reference their subjects get.
+    let mut patient_urls: Vec<(&PatientRef, String)> = Vec::new();
+    if patients != PatientMode::Identifier {
+        for (_, r) in rows {
+            let Some(p @ PatientRef::Identifier { system, value }) = &r.patient else {
+                continue;
+            };
+            if patient_urls.iter().any(|(q, _)| *q == p) {
+                continue;
+            }
+            let url = match patients {
+                PatientMode::Create => {
+                    let url = urn_uuid("Patient", &format!("{system}|{value}"));
+                    write_entry(
+                        &mut body,
+                        false,
+                        &url,
+                        PatientResource {
+                            resource_type: "Patient",
+                            identifier: [PatientIdentifier { system, value }],
+                        },
+                        "Patient",
+                        &if_none_exist(system, value),
+                    );
+                    roles.push(EntryRole::Patient);
+                    url
+                }
+                _ => conditional_patient_reference(system, value),
+            };
+            patient_urls.push((p, url));
+        }
+    }
     for (id, r) in rows {
         let identifier = r.identifier();
+        let patient_url = r.patient.as_ref().and_then(|p| {
+            patient_urls
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, url)| url.as_str())
+        });
         let device_url = devices
             .iter()
             .find(|(d, _)| *d == &r.device)
             .map(|(_, url)| url.as_str())
             .unwrap_or_default();
-        let obs = Observation::new(r, &identifier, device_url, &gw.full_url);
+        let obs = Observation::new(r, &identifier, device_url, &gw.full_url, patient_url);
         write_entry(
             &mut body,
             false,

@@ -151,7 +151,15 @@ struct Identifier<'a> {
 #[serde(untagged)]
 enum Subject<'a> {
     Reference(Reference<'a>),
-    Identifier { identifier: Identifier<'a> },
+    Identifier {
+        identifier: Identifier<'a>,
+    },
+    /// A reference the server resolves (a conditional reference or a Bundle entry's
+    /// `urn:uuid`), with the identifier kept beside it.
+    Both {
+        reference: &'a str,
+        identifier: Identifier<'a>,
+    },
 }
 
 #[derive(Serialize)]
@@ -270,12 +278,15 @@ pub struct Observation<'a> {
 impl<'a> Observation<'a> {
     /// The Observation for `r` whose identifier value is `identifier` (`r.identifier()`,
     /// passed in so a caller that already has it does not build it twice), referencing its
-    /// Device and the gateway Device by `device_url` and `gateway_url`.
+    /// Device and the gateway Device by `device_url` and `gateway_url`. `patient_url`, when
+    /// given, is the `subject.reference` for a patient bound by identifier (a conditional
+    /// reference or the `urn:uuid` of the Patient entry); the identifier stays beside it.
     pub fn new(
         r: &'a Reading,
         identifier: &'a str,
         device_url: &'a str,
         gateway_url: &'a str,
+        patient_url: Option<&'a str>,
     ) -> Self {
         let meta = {
             let mut profile = Vec::new();
@@ -311,8 +322,14 @@ impl<'a> Observation<'a> {
         )));
         let subject = r.patient.as_ref().map(|p| match p {
             PatientRef::Reference(reference) => Subject::Reference(Reference { reference }),
-            PatientRef::Identifier { system, value } => Subject::Identifier {
-                identifier: Identifier { system, value },
+            PatientRef::Identifier { system, value } => match patient_url {
+                Some(reference) => Subject::Both {
+                    reference,
+                    identifier: Identifier { system, value },
+                },
+                None => Subject::Identifier {
+                    identifier: Identifier { system, value },
+                },
             },
         });
         let (when, source) = r.effective_time();
@@ -469,8 +486,14 @@ fn status_display(flag: StatusFlag) -> &'static str {
 pub fn observation(r: &Reading, device_url: &str, gateway_url: &str) -> Json {
     let identifier = r.identifier();
     // Serializing these types into a Value cannot fail: every key is a string.
-    serde_json::to_value(Observation::new(r, &identifier, device_url, gateway_url))
-        .unwrap_or(Json::Null)
+    serde_json::to_value(Observation::new(
+        r,
+        &identifier,
+        device_url,
+        gateway_url,
+        None,
+    ))
+    .unwrap_or(Json::Null)
 }
 
 fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'static>> {

@@ -152,7 +152,12 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
         device_time: Some(datetime!(2026-11-25 11:00:00 +01:00)),
         ..bp_reading()
     };
-    let mapped = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    let mapped = bundle(
+        &gateway(),
+        &[(7, &a), (8, &b)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     let json: serde_json::Value = serde_json::from_slice(&mapped.body).unwrap();
     assert_eq!(json["type"], json!("transaction"));
     assert_eq!(
@@ -179,7 +184,12 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
         obs["resource"]["extension"][0]["valueReference"]["reference"],
         entries[0]["fullUrl"]
     );
-    let again = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    let again = bundle(
+        &gateway(),
+        &[(7, &a), (8, &b)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     assert_eq!(again.body, mapped.body, "mapping is deterministic");
     assert!(
         obs["request"]["ifNoneExist"]
@@ -264,7 +274,12 @@ fn a_device_id_with_search_characters_gets_a_search_safe_identifier_everywhere()
     let id = r.identifier();
     assert!(id.starts_with("cuff%2C1%7Ca%5Cb%24 2%25é-"), "{id}");
     assert!(!id.contains([',', '|', '\\', '$']), "{id}");
-    let mapped = bundle(&gateway(), &[(1, &r)], BundleType::Transaction);
+    let mapped = bundle(
+        &gateway(),
+        &[(1, &r)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     let json: serde_json::Value = serde_json::from_slice(&mapped.body).unwrap();
     let device = &json["entry"][1];
     assert_eq!(
@@ -289,13 +304,93 @@ fn rows_within_entries_counts_the_gateway_and_each_new_device() {
     b.device.id = DeviceId::Other("other".into());
     let rows = [(1, &a), (2, &a), (3, &b), (4, &b), (5, &a)];
     // gateway + device a + 2 observations = 4; b needs 2 more.
-    assert_eq!(rows_within_entries(&rows, 4), 2);
-    assert_eq!(rows_within_entries(&rows, 5), 2);
-    assert_eq!(rows_within_entries(&rows, 6), 3);
-    assert_eq!(rows_within_entries(&rows, 8), 5);
-    assert_eq!(rows_within_entries(&rows, 100), 5);
+    assert_eq!(rows_within_entries_id(&rows, 4), 2);
+    assert_eq!(rows_within_entries_id(&rows, 5), 2);
+    assert_eq!(rows_within_entries_id(&rows, 6), 3);
+    assert_eq!(rows_within_entries_id(&rows, 8), 5);
+    assert_eq!(rows_within_entries_id(&rows, 100), 5);
     // Never nothing: one reading too large alone is sent and refused alone.
-    assert_eq!(rows_within_entries(&rows, 1), 1);
-    let mapped = bundle(&gateway(), &rows[..3], BundleType::Transaction);
+    assert_eq!(rows_within_entries_id(&rows, 1), 1);
+    let mapped = bundle(
+        &gateway(),
+        &rows[..3],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     assert_eq!(mapped.roles.len(), 6);
+}
+
+fn rows_within_entries_id(rows: &[(i64, &Reading)], max: usize) -> usize {
+    rows_within_entries(rows, max, PatientMode::Identifier)
+}
+
+#[test]
+fn patients_by_identifier_conditional_reference_or_conditional_create() {
+    let a = bp_reading();
+    let mut b = bp_reading();
+    b.patient = Some(PatientRef::identifier("urn:oid:1.2.3", "p,43|x"));
+    let mut c = bp_reading();
+    c.patient = Some(PatientRef::Reference("Patient/9".into()));
+    let rows = [(1, &a), (2, &b), (3, &a), (4, &c)];
+    let json = |mode| -> serde_json::Value {
+        serde_json::from_slice(&bundle(&gateway(), &rows, BundleType::Transaction, mode).body)
+            .unwrap()
+    };
+    // Identifier only (the default): no Patient entries, subject.identifier alone.
+    let plain = json(PatientMode::Identifier);
+    assert_eq!(plain["entry"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        plain["entry"][2]["resource"]["subject"],
+        json!({"identifier": {"system": "urn:oid:1.2.3", "value": "p42"}})
+    );
+    // Conditional: the server resolves the reference; the identifier stays beside it.
+    let cond = json(PatientMode::Conditional);
+    assert_eq!(cond["entry"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        cond["entry"][3]["resource"]["subject"],
+        json!({"reference": "Patient?identifier=urn%3Aoid%3A1.2.3%7Cp%5C%2C43%5C%7Cx",
+               "identifier": {"system": "urn:oid:1.2.3", "value": "p,43|x"}})
+    );
+    assert_eq!(
+        cond["entry"][5]["resource"]["subject"],
+        json!({"reference": "Patient/9"})
+    );
+    // Create: one Patient entry per patient, conditional on its identifier, referenced.
+    let create = json(PatientMode::Create);
+    let entries = create["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 8);
+    let patient = &entries[2];
+    assert_eq!(patient["request"]["url"], json!("Patient"));
+    assert_eq!(
+        patient["request"]["ifNoneExist"],
+        json!("identifier=urn%3Aoid%3A1.2.3%7Cp42")
+    );
+    assert_eq!(
+        patient["resource"],
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "p42"}]})
+    );
+    assert_eq!(
+        entries[4]["resource"]["subject"]["reference"],
+        patient["fullUrl"]
+    );
+    assert_eq!(
+        entries[6]["resource"]["subject"]["reference"],
+        patient["fullUrl"]
+    );
+    assert_eq!(
+        entries[5]["resource"]["subject"]["reference"],
+        entries[3]["fullUrl"]
+    );
+    let roles = bundle(
+        &gateway(),
+        &rows,
+        BundleType::Transaction,
+        PatientMode::Create,
+    )
+    .roles;
+    assert_eq!(roles[2], EntryRole::Patient);
+    // The entry count a limit sees includes the Patients.
+    assert_eq!(rows_within_entries(&rows, 8, PatientMode::Create), 4);
+    assert_eq!(rows_within_entries(&rows, 7, PatientMode::Create), 3);
+    assert_eq!(rows_within_entries(&rows, 7, PatientMode::Identifier), 4);
 }

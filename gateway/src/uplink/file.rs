@@ -109,7 +109,7 @@ impl FileTransport {
             let identifier = r.identifier();
             line(
                 &mut observations,
-                &fhir::Observation::new(r, &identifier, dev_ref, &gw_ref),
+                &fhir::Observation::new(r, &identifier, dev_ref, &gw_ref, None),
             );
         }
         (devices, observations)

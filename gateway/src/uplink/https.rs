@@ -35,7 +35,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
 use crate::error_chain::Chain;
-use crate::fhir::{self, BundleType, EntryRole, Gateway};
+use crate::fhir::{self, BundleType, EntryRole, Gateway, PatientMode};
 use crate::model::Reading;
 
 /// Largest response body read, in bytes.
@@ -80,6 +80,8 @@ pub struct FhirTransport {
     path: String,
     timeout: Duration,
     bundle_type: BundleType,
+    /// How subjects name patients bound by identifier.
+    patients: PatientMode,
     limits: Limits,
     gateway: Gateway,
     /// Idle keep-alive connections.
@@ -95,12 +97,13 @@ fn transient(reason: String, retry_after: Option<Duration>, tls: bool) -> SendEr
 }
 
 impl FhirTransport {
-    /// A transport for `base_url` using the client TLS config `tls`.
+    /// A transport for `base_url` using the client TLS config `tls`, sending Bundles of
+    /// `bundle_type` whose subjects name patients the `patients` way.
     pub fn new(
         base_url: &str,
         tls: Arc<ClientConfig>,
         timeout: Duration,
-        bundle_type: BundleType,
+        (bundle_type, patients): (BundleType, PatientMode),
         limits: Limits,
         gateway: Gateway,
     ) -> Result<Self, SetupError> {
@@ -133,6 +136,7 @@ impl FhirTransport {
             path,
             timeout,
             bundle_type,
+            patients,
             limits,
             gateway,
             idle: Mutex::new(Vec::new()),
@@ -364,7 +368,7 @@ impl Transport for FhirTransport {
     fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
         let mut fits = rows.len();
         if let Some(max) = self.limits.entries {
-            fits = fhir::rows_within_entries(rows, max);
+            fits = fhir::rows_within_entries(rows, max, self.patients);
         }
         if let Some(max) = self.limits.bytes {
             // Measured, not estimated: map the candidate and shrink it in proportion until
@@ -373,9 +377,14 @@ impl Transport for FhirTransport {
                 if fits <= 1 {
                     break;
                 }
-                let len = fhir::bundle(&self.gateway, &rows[..fits], self.bundle_type)
-                    .body
-                    .len();
+                let len = fhir::bundle(
+                    &self.gateway,
+                    &rows[..fits],
+                    self.bundle_type,
+                    self.patients,
+                )
+                .body
+                .len();
                 if len <= max {
                     break;
                 }
@@ -387,7 +396,7 @@ impl Transport for FhirTransport {
     }
 
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
-        let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type);
+        let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type, self.patients);
         let (status, retry_after, response) = self.post(mapped.body).await?;
         match status.as_u16() {
             200..=299 => Ok(entry_outcomes(&mapped.roles, &response, self.bundle_type)),

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Store;
-use crate::config::{BundleType, Destination, UplinkConfig};
+use crate::config::{BundleType, Destination, PatientReference, UplinkConfig};
 use crate::fhir::{self, Gateway};
 use crate::model::Reading;
 use crate::ops::audit::Audit;
@@ -210,8 +210,19 @@ pub fn prepare(
                 entries: f.max_entries,
                 bytes: f.max_request_bytes,
             };
-            let transport =
-                https::FhirTransport::new(&f.base_url, tls, timeout, kind, limits, gateway)?;
+            let patients = match f.patient_reference {
+                PatientReference::Identifier => fhir::PatientMode::Identifier,
+                PatientReference::Conditional => fhir::PatientMode::Conditional,
+                PatientReference::Create => fhir::PatientMode::Create,
+            };
+            let transport = https::FhirTransport::new(
+                &f.base_url,
+                tls,
+                timeout,
+                (kind, patients),
+                limits,
+                gateway,
+            )?;
             tracing::info!(base_url = %f.base_url, "uplink: FHIR server over mutual TLS");
             Ok(AnyTransport::Fhir(transport))
         }
