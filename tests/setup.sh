@@ -18,6 +18,7 @@ apt_needs=(
     strace                    # systemd/syscalls.sh: the gateway's system calls vs SystemCallFilter=
     debootstrap               # packaging/deb/test.sh: the throwaway Debian root
     binutils                  # readelf, strip: packaging/deb/build.sh
+    openssl                   # s_server offering only TLS 1.1 or weak ciphers (tests/tests/tls_refusals.rs)
     chromium                  # renders the status page headless in tests/tests/ops.rs
     python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
     python3-pyfuse3           # the power-loss FUSE layer tests/powerloss_fs.py (tests/tests/powerloss.rs,

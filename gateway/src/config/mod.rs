@@ -554,6 +554,10 @@ pub struct FhirUplinkConfig {
     /// front of it that refuses larger requests (413).
     #[serde(default)]
     pub max_request_bytes: Option<usize>,
+    /// Certificate revocation lists (PEM) of the CA in `ca`: a server certificate on one is
+    /// refused. Read again when a file changes.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// How an Observation names a patient bound by identifier: `identifier` (the default),
     /// `conditional` or `create`.
     #[serde(default)]
@@ -748,6 +752,9 @@ impl Config {
             paths.push(("uplink.fhir.ca", &mut fhir.ca));
             paths.push(("uplink.fhir.cert", &mut fhir.cert));
             paths.push(("uplink.fhir.key", &mut fhir.key));
+            for crl in &mut fhir.crls {
+                paths.push(("uplink.fhir.crls", crl));
+            }
         }
         paths
     }

@@ -119,6 +119,9 @@ impl Config {
             all.push(path("uplink.fhir.ca", &fhir.ca));
             all.push(path("uplink.fhir.cert", &fhir.cert));
             all.push(path("uplink.fhir.key", &fhir.key));
+            for crl in &fhir.crls {
+                all.push(path("uplink.fhir.crls", crl));
+            }
         }
         for (i, d) in self.devices.iter().enumerate() {
             let key = |field: &str| format!("devices[{i}].{field}");
@@ -528,6 +531,9 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
     check_readable("uplink.fhir.ca", &fhir.ca, problems);
     check_readable("uplink.fhir.cert", &fhir.cert, problems);
     check_private_key("uplink.fhir.key", &fhir.key, problems);
+    for (i, crl) in fhir.crls.iter().enumerate() {
+        check_readable(&format!("uplink.fhir.crls[{i}]"), crl, problems);
+    }
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
     }

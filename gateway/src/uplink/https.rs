@@ -217,14 +217,19 @@ impl FhirTransport {
             .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
-                transient(
-                    format!(
-                        "request failed (the server may have stored it; retrying is safe): {}",
-                        Chain(&e)
+                // Under TLS 1.3 a server refusing the client certificate says so (an alert)
+                // after the client's handshake is done: it arrives here, with the response.
+                match crate::tls::rustls_cause(&e) {
+                    Some(tls) => transient(crate::tls::explain_rustls(tls), None, true),
+                    None => transient(
+                        format!(
+                            "request failed (the server may have stored it; retrying is safe): {}",
+                            Chain(&e)
+                        ),
+                        None,
+                        false,
                     ),
-                    None,
-                    false,
-                )
+                }
             })?;
             let status = response.status();
             let retry_after = response

@@ -199,7 +199,7 @@ pub fn prepare(
             Ok(AnyTransport::File(transport))
         }
         Destination::Fhir(f) => {
-            let tls = crate::tls::client_config(&f.ca, Some((&f.cert, &f.key)))
+            let tls = crate::tls::client_config_with_crls(&f.ca, &f.crls, Some((&f.cert, &f.key)))
                 .map_err(UplinkError::Tls)?;
             let kind = match f.bundle_type {
                 BundleType::Transaction => fhir::BundleType::Transaction,
