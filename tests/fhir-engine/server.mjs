@@ -73,6 +73,7 @@ const repo = new ValidatingRepository();
 const router = new FhirRouter();
 const maxBody = Number(arg('--max-body-bytes', '0'));
 const stats = { requests: 0, bundles: 0, refused: 0, observationEntries: 0 };
+const created = [];
 
 class Refused extends Error {
   constructor(status, text) {
@@ -149,6 +150,12 @@ async function handle(req, res) {
     send(res, 200, stats);
     return;
   }
+  if (url.pathname === '/_created') {
+    // [effectiveDateTime, ms since 1970 when stored] of every Observation created: the
+    // benchmark's publish-to-server latency.
+    send(res, 200, created);
+    return;
+  }
   if (!url.pathname.startsWith('/fhir')) {
     send(res, 404, outcome(404, 'not found'));
     return;
@@ -220,7 +227,10 @@ async function dispatch(req, res, pathname, url, query, body) {
     // Observation entries the engine answered 2xx (created, or matched by ifNoneExist).
     (body.entry ?? []).forEach((entry, i) => {
       const answer = resource.entry?.[i]?.response?.status ?? '';
-      if (entry.request?.url === 'Observation' && answer.startsWith('2')) stats.observationEntries++;
+      if (entry.request?.url === 'Observation' && answer.startsWith('2')) {
+        stats.observationEntries++;
+        if (answer.startsWith('201')) created.push([entry.resource?.effectiveDateTime, Date.now()]);
+      }
     });
   }
   send(res, status, resource ?? result);

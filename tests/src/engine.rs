@@ -110,6 +110,31 @@ impl Engine {
         self.port
     }
 
+    /// The Node process's id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `(effectiveDateTime, stored at)` of every Observation the engine created, in the order
+    /// it created them.
+    pub async fn created(&self) -> Vec<(String, time::OffsetDateTime)> {
+        let url = format!("https://localhost:{}/_created", self.port);
+        let list: Value = match self.client.get(&url).await {
+            Ok(r) => r.json().unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| {
+                let effective = pair[0].as_str()?.to_owned();
+                let ms = i128::from(pair[1].as_i64()?);
+                let at = time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok()?;
+                Some((effective, at))
+            })
+            .collect()
+    }
+
     /// Every resource of `rtype` matching `query` (already encoded), through the engine's own
     /// search, following `next` links.
     pub async fn search(&self, rtype: &str, query: &str) -> Vec<Value> {
