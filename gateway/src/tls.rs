@@ -85,14 +85,6 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("client key", path, FileError::Pem(e)))
 }
 
-/// A client config trusting only the CA in `ca`, presenting `cert`/`key` when given.
-pub fn client_config(
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config_with_crls(ca, &[], identity)
-}
-
 /// The certificate revocation lists in one PEM file.
 fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = |e| file_err("CRL", path, FileError::Pem(e));

@@ -146,6 +146,9 @@ pub(super) fn texts(
         }
         if let Some(t) = &u.tls {
             all.push(path("uplink.hl7.tls.ca", &t.ca));
+            for crl in &t.crls {
+                all.push(path("uplink.hl7.tls.crls", crl));
+            }
             for (k, v) in [
                 ("uplink.hl7.tls.cert", &t.cert),
                 ("uplink.hl7.tls.key", &t.key),
@@ -243,6 +246,9 @@ pub(super) fn validate_uplink(u: &Hl7UplinkConfig, problems: &mut Vec<ConfigErro
     }
     if let Some(t) = &u.tls {
         check_readable_key("uplink.hl7.tls.ca", &t.ca, false, problems);
+        for (i, crl) in t.crls.iter().enumerate() {
+            check_readable_key(&format!("uplink.hl7.tls.crls[{i}]"), crl, false, problems);
+        }
         match (&t.cert, &t.key) {
             (Some(c), Some(k)) => {
                 check_readable_key("uplink.hl7.tls.cert", c, false, problems);

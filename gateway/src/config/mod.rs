@@ -425,6 +425,10 @@ pub struct TlsFiles {
     /// The client certificate's private key; must not be readable by group or others.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of `ca`: a server certificate on one is refused.
+    /// Read again when a file changes.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// `[uplink]`: exactly one of `file`, `fhir` or `hl7`; `file` when none is given.
@@ -725,6 +729,9 @@ impl Config {
         }
         if let Some(tls) = self.sources.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             paths.push(("sources.mqtt.tls.ca", &mut tls.ca));
+            for crl in &mut tls.crls {
+                paths.push(("sources.mqtt.tls.crls", crl));
+            }
             if let Some(cert) = tls.cert.as_mut() {
                 paths.push(("sources.mqtt.tls.cert", cert));
             }
@@ -741,6 +748,9 @@ impl Config {
         }
         if let Some(tls) = self.uplink.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
             paths.push(("uplink.hl7.tls.ca", &mut tls.ca));
+            for crl in &mut tls.crls {
+                paths.push(("uplink.hl7.tls.crls", crl));
+            }
             if let Some(cert) = tls.cert.as_mut() {
                 paths.push(("uplink.hl7.tls.cert", cert));
             }

@@ -283,6 +283,9 @@ impl Config {
 
 fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
     all.push(path(format!("{key}.ca"), &tls.ca));
+    for crl in &tls.crls {
+        all.push(path(format!("{key}.crls"), crl));
+    }
     for (field, value) in [("cert", &tls.cert), ("key", &tls.key)] {
         if let Some(value) = value {
             all.push(path(format!("{key}.{field}"), value));
@@ -410,6 +413,9 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
     }
     if let Some(tls) = &mqtt.tls {
         check_readable("sources.mqtt.tls.ca", &tls.ca, problems);
+        for (i, crl) in tls.crls.iter().enumerate() {
+            check_readable(&format!("sources.mqtt.tls.crls[{i}]"), crl, problems);
+        }
         match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) => {
                 check_readable("sources.mqtt.tls.cert", cert, problems);

@@ -230,7 +230,10 @@ pub fn prepare(
             let tls = match &h.tls {
                 Some(t) => {
                     let identity = t.cert.as_deref().zip(t.key.as_deref());
-                    Some(crate::tls::client_config(&t.ca, identity).map_err(UplinkError::Hl7Tls)?)
+                    Some(
+                        crate::tls::client_config_with_crls(&t.ca, &t.crls, identity)
+                            .map_err(UplinkError::Hl7Tls)?,
+                    )
                 }
                 None => None,
             };
