@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{
@@ -98,16 +99,18 @@ fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsEr
     Ok(crls)
 }
 
-/// Modification time and length of each CRL file (`None`: cannot be read now).
-type Stamps = Vec<Option<(SystemTime, u64)>>;
+/// Modification time, length and inode of each CRL file (`None`: cannot be read now). The
+/// inode catches a file replaced by rename within the file system's time resolution.
+type Stamps = Vec<Option<(SystemTime, u64, u64)>>;
 
 /// The [`Stamps`] of `paths`: what says a file changed.
 fn stamps(paths: &[PathBuf]) -> Stamps {
+    use std::os::unix::fs::MetadataExt;
     paths
         .iter()
         .map(|p| {
             let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            Some((m.modified().ok()?, m.len(), m.ino()))
         })
         .collect()
 }
@@ -222,6 +225,97 @@ impl ServerCertVerifier for CrlServerVerifier {
     }
 }
 
+/// Checks a client's certificate against the configured client CA and the CRLs of `paths`,
+/// reading the CRL files again when one changed, as [`CrlServerVerifier`] does for servers.
+#[derive(Debug)]
+struct CrlClientVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    paths: Vec<PathBuf>,
+    /// The CA names offered to clients: the roots', the same whatever the CRLs say.
+    hints: Vec<rustls::DistinguishedName>,
+    current: Mutex<(Stamps, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl CrlClientVerifier {
+    fn build(
+        roots: &Arc<RootCertStore>,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        paths: &[PathBuf],
+        ca: &Path,
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let mut all = Vec::new();
+        for path in paths {
+            all.extend(crls(path)?);
+        }
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(all)
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| file_err("client CA certificate", ca, FileError::Verifier(e)))
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let stamp = stamps(&self.paths);
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != stamp {
+            match Self::build(&self.roots, &self.provider, &self.paths, Path::new("")) {
+                Ok(v) => {
+                    tracing::info!(files = self.paths.len(), "CRL files changed: read again");
+                    current.1 = v;
+                }
+                Err(e) => tracing::warn!(
+                    error = %crate::error_chain::Chain(&e),
+                    "a CRL file changed but cannot be used; the lists read before stay in force"
+                ),
+            }
+            current.0 = stamp;
+        }
+        current.1.clone()
+    }
+}
+
+impl ClientCertVerifier for CrlClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
 /// A client config trusting only the CA in `ca`, checking the server's certificate against
 /// the CRLs in `crl_files` (PEM; read again when they change), presenting `cert`/`key` when
 /// given.
@@ -257,11 +351,14 @@ pub fn client_config_with_crls(
 }
 
 /// A server config presenting `cert`/`key`; with `client_ca`, a client must present a
-/// certificate signed by that CA (mutual TLS), and only that CA is trusted for it.
+/// certificate signed by that CA (mutual TLS), and only that CA is trusted for it; with
+/// `crl_files` too, a client certificate on one of those CRLs is refused (read again when a
+/// file changes).
 pub fn server_config(
     cert: &Path,
     key_path: &Path,
     client_ca: Option<&Path>,
+    crl_files: &[PathBuf],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -274,13 +371,27 @@ pub fn server_config(
                     .add(c)
                     .map_err(|e| file_err("client CA certificate", ca, FileError::Rustls(e)))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| file_err("client CA certificate", ca, FileError::Verifier(e)))?;
-            builder.with_client_cert_verifier(verifier)
+            if crl_files.is_empty() {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| file_err("client CA certificate", ca, FileError::Verifier(e)))?;
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                let roots = Arc::new(roots);
+                let stamp = stamps(crl_files);
+                let first = CrlClientVerifier::build(&roots, &provider, crl_files, ca)?;
+                let hints = first.root_hint_subjects().to_vec();
+                builder.with_client_cert_verifier(Arc::new(CrlClientVerifier {
+                    roots,
+                    provider,
+                    paths: crl_files.to_vec(),
+                    hints,
+                    current: Mutex::new((stamp, first)),
+                }))
+            }
         }
         None => builder.with_no_client_auth(),
     };

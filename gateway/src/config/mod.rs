@@ -745,6 +745,9 @@ impl Config {
             if let Some(ca) = tls.client_ca.as_mut() {
                 paths.push(("sources.hl7.tls.client_ca", ca));
             }
+            for crl in &mut tls.crls {
+                paths.push(("sources.hl7.tls.crls", crl));
+            }
         }
         if let Some(tls) = self.uplink.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
             paths.push(("uplink.hl7.tls.ca", &mut tls.ca));
