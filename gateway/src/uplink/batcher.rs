@@ -452,10 +452,14 @@ async fn deliver<T: Transport>(
                             rows = batch.len(),
                             "batch refused; splitting it to isolate the refused reading"
                         );
-                        let halves = Probe::new(batch.len());
+                        // Only a refusal a size limit answers with (400: Medplum and
+                        // others; 413: proxies) is probed; a conflict (409, 412) is not
+                        // about size.
+                        let halves = matches!(refusal.status, Some(400 | 413))
+                            .then(|| Probe::new(batch.len()));
                         let second = batch.split_off(batch.len() / 2);
-                        work.push((second, Some(halves.clone())));
-                        work.push((std::mem::take(&mut batch), Some(halves)));
+                        work.push((second, halves.clone()));
+                        work.push((std::mem::take(&mut batch), halves));
                     }
                     break;
                 }
