@@ -18,6 +18,7 @@ apt_needs=(
     strace                    # systemd/syscalls.sh: the gateway's system calls vs SystemCallFilter=
     debootstrap               # packaging/deb/test.sh: the throwaway Debian root
     binutils                  # readelf, strip: packaging/deb/build.sh
+    openssl                   # s_server offering only TLS 1.1 or weak ciphers (tests/tests/tls_refusals.rs)
     chromium                  # renders the status page headless in tests/tests/ops.rs
     python3-prometheus-client # an independent parser of the /metrics text (tests/tests/ops.rs)
     openssl                   # tests/tests/oauth.rs makes the gateway's SMART keys as docs/auth.md says
@@ -71,4 +72,19 @@ if ! cmp -s tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lo
     echo "setup: installing oidc-provider and jose into tests/oauth/node_modules"
     (cd tests/oauth && npm ci --no-audit --no-fund --loglevel=error)
     cp tests/oauth/package-lock.json tests/oauth/node_modules/.installed-lock.json
+fi
+
+# --- Node: the real FHIR engine --------------------------------------------------------------
+# Medplum's @medplum/fhir-router (in-memory repository, validating) behind a mutual-TLS front
+# end, tests/fhir-engine/server.mjs: tests/tests/fhir_engine.rs and the benchmark. Needs
+# Node.js >= 20.19 (the machine's; Debian bookworm's nodejs 18 is too old for it). The
+# packages go to tests/fhir-engine/node_modules (gitignored), at the versions of its
+# package-lock.json.
+if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' 2>/dev/null; then
+    echo "setup: Node.js >= 20.19 is needed for the FHIR engine (tests/fhir-engine); found: $(node --version 2>/dev/null || echo none)" >&2
+    exit 1
+fi
+if ! (cd tests/fhir-engine && node -e 'import("@medplum/fhir-router").then(()=>process.exit(0),()=>process.exit(1))') >/dev/null 2>&1; then
+    echo "setup: installing the FHIR engine (@medplum/fhir-router) into tests/fhir-engine/node_modules"
+    (cd tests/fhir-engine && npm ci --no-audit --no-fund --loglevel=error)
 fi

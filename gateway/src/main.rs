@@ -726,13 +726,13 @@ fn profiles_command(
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", printable(&Chain(&e).to_string()));
                     ExitCode::from(2)
                 }
             })
         }
         ProfilesCommand::Keygen { file } => {
-            let public = vitalbridge::packs::keygen(&file).map_err(anyhow::Error::msg)?;
+            let public = vitalbridge::packs::keygen(&file)?;
             println!("{public}");
             eprintln!("created {}: keep it off the hub; put the line above in [[profiles.trusted_keys]] ed25519", file.display());
             Ok(ExitCode::SUCCESS)
@@ -751,8 +751,7 @@ fn profiles_command(
                 &pack_version,
                 &key_id,
                 time::OffsetDateTime::now_utc(),
-            )
-            .map_err(anyhow::Error::msg)?;
+            )?;
             println!(
                 "made {} in {} ({} files, unsigned)",
                 m.label(),
@@ -762,7 +761,7 @@ fn profiles_command(
             Ok(ExitCode::SUCCESS)
         }
         ProfilesCommand::Sign { pack, key } => {
-            let public = vitalbridge::packs::sign(&pack, &key).map_err(anyhow::Error::msg)?;
+            let public = vitalbridge::packs::sign(&pack, &key)?;
             println!(
                 "signed {}; it verifies with the public key {public}",
                 pack.display()

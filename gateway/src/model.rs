@@ -664,6 +664,42 @@ impl ResultStatus {
     }
 }
 
+/// The characters FHIR search gives a meaning to in a token value (`\\` escape, `,` or, `|`
+/// system separator, `$` composite separator), and `%`, which writes them.
+const SEARCH_SPECIAL: [char; 5] = ['%', '\\', ',', '|', '$'];
+
+/// Appends `text` with each of `% \\ , | $` written as `%` and two upper-case hex digits
+/// (`%25 %5C %2C %7C %24`), everything else as it is.
+///
+/// Identifier values the gateway builds (the Observation identifier, a Device's identifier
+/// from a serial number or other device id, the gateway's id) go through this, so they never
+/// hold a character a FHIR search has to escape. Escaping them is what the specification asks
+/// (and the uplink does), but servers differ in what they match once escaped: Medplum, for
+/// one, never matches an escaped `\\|`, so a conditional create on such a value would create a
+/// duplicate on every resend. The rule is deterministic and reversible (`%` itself is
+/// written `%25`), and every uplink (FHIR server, NDJSON files, HL7 v2) gets the same value.
+pub fn push_search_safe(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if SEARCH_SPECIAL.contains(&c) {
+            out.push('%');
+            push_hex_upper(out, &[c as u8]);
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// `text` made search-safe by [`push_search_safe`]; borrowed when there was nothing to do.
+pub fn search_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(SEARCH_SPECIAL) {
+        let mut out = String::with_capacity(text.len() + 8);
+        push_search_safe(&mut out, text);
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// RFC 3339 with milliseconds, keeping the offset the time carries.
 pub fn format_time(t: OffsetDateTime) -> String {
     use time::format_description::well_known::Rfc3339;
@@ -685,25 +721,27 @@ impl Reading {
     /// duration in ms when there is one, the device sequence number when there is one, and for
     /// a point-of-care metric its channel (`-c1.13.1`, see [`Bedside::channel_path`]).
     /// The same measurement resent — after a lost ACK, a broker redelivery, a gateway crash —
-    /// gives the same identifier.
+    /// gives the same identifier. The device id, patient value, system and reference are
+    /// written with [`push_search_safe`], so the identifier never holds `\\ , | $` (nor a bare
+    /// `%`), whatever the device or the binding calls itself.
     pub fn identifier(&self) -> String {
         use fmt::Write;
         let mut id = String::with_capacity(96);
         match &self.device.id {
             DeviceId::Eui64(b) => push_hex_upper(&mut id, b),
             DeviceId::Bluetooth(b) => push_hex_upper(&mut id, b),
-            DeviceId::Serial(s) | DeviceId::Other(s) => id.push_str(s),
+            DeviceId::Serial(s) | DeviceId::Other(s) => push_search_safe(&mut id, s),
         }
         match &self.patient {
             Some(PatientRef::Identifier { system, value }) => {
                 id.push('-');
-                id.push_str(value);
+                push_search_safe(&mut id, value);
                 id.push('-');
-                id.push_str(system);
+                push_search_safe(&mut id, system);
             }
             Some(PatientRef::Reference(reference)) => {
                 id.push('-');
-                id.push_str(reference);
+                push_search_safe(&mut id, reference);
             }
             None => {}
         }
@@ -817,6 +855,18 @@ mod tests {
             bedside: None,
             time_sync: None,
         }
+    }
+
+    #[test]
+    fn search_safe_writes_the_search_characters_and_percent_reversibly() {
+        assert_eq!(search_safe("plain-id é"), "plain-id é");
+        assert!(matches!(
+            search_safe("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(search_safe(r"a,b|c\d$e%f"), "a%2Cb%7Cc%5Cd%24e%25f");
+        // `%` is written too, so two different ids never meet.
+        assert_ne!(search_safe("a,b"), search_safe("a%2Cb"));
     }
 
     #[test]

@@ -451,7 +451,7 @@ fn ops_access(http: &crate::config::OpsHttpConfig) -> Result<ops::server::Access
     let tls = match &http.tls {
         None => None,
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+            crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref(), &[])
                 .map_err(|e| RunError::OpsAccess(e.to_string()))?,
         )),
     };

@@ -13,7 +13,12 @@
 //!   them; the gateway's CPU per reading, throughput, peak RSS.
 //! - **steady**: `BENCH_STEADY_RATE` (1,000) readings/s for `BENCH_STEADY_SECONDS` (30), as a
 //!   busy ward or a fleet of hubs would send them; CPU per reading, FHIR requests per 10k
-//!   readings, and publish → stored-at-the-server latency (p50, p99).
+//!   readings, and publish → stored-at-the-server latency (p50, p99); once to the project's
+//!   upstream and once, in the same run, to the real engine (Medplum's fhir-router,
+//!   `vitalbridge_tests::engine`, `batch` Bundles of `BENCH_ENGINE_BATCH` (50) readings, a
+//!   120 s request timeout). A server that cannot keep up gets
+//!   `BENCH_STEADY_DRAIN_SECONDS` (120) after the last publish; what it stored by then is
+//!   reported. `BENCH_SCENARIOS=steady,no-engine` leaves the engine out.
 //!
 //! - **uplinks**: `BENCH_UPLINK_READINGS` (30,000) readings at full speed through each uplink
 //!   alone, in the same run: the FHIR server (HTTPS, mTLS), an MQTT broker (MQTT 5 over mTLS,
@@ -41,6 +46,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use vitalbridge_tests::engine::Engine;
 use vitalbridge_tests::fixture;
 use vitalbridge_tests::gateway::GatewayProcess;
 use vitalbridge_tests::mosquitto::{free_port, publish_qos1, Mosquitto, MosquittoOptions};
@@ -82,7 +88,10 @@ fn env(name: &str, default: u64) -> u64 {
 /// What one scenario measured.
 #[derive(Debug, Default, Clone)]
 struct Figures {
+    /// Readings the server stored.
     readings: u64,
+    /// Readings published (0: as many as stored).
+    published: u64,
     elapsed: f64,
     cpu: f64,
     rss_kib: u64,
@@ -99,24 +108,94 @@ impl Figures {
     }
 }
 
-/// A gateway under test, with its broker and upstream.
+/// Which FHIR server the gateway sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// The project's own test upstream (in this process).
+    Upstream,
+    /// The real engine: Medplum's fhir-router in Node, validating, behind mutual TLS
+    /// (`batch` Bundles: its transactions with conditional creates stop at 8 entries).
+    Engine,
+}
+
+/// A gateway under test, with its broker and upstream (and the real engine, when that is
+/// the server).
 struct Run {
     rig: fixture::Rig,
     gw: GatewayProcess,
+    engine: Option<Engine>,
 }
 
 impl Run {
     async fn start(binary: &PathBuf) -> Run {
+        Run::start_to(binary, Server::Upstream).await
+    }
+
+    async fn start_to(binary: &PathBuf, server: Server) -> Run {
         let batch_size = env("BENCH_BATCH", 500);
         let in_flight = env("BENCH_IN_FLIGHT", 2);
         let rig = fixture::Rig::start().await;
-        let config = rig
+        let mut config = rig
             .mqtt_to_fhir(&vitalbridge_tests::ops::ops_table(rig.ops_port, ""))
             .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
             .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
+        let engine = match server {
+            Server::Upstream => None,
+            Server::Engine => {
+                let engine = Engine::start(&rig.pki, None).await;
+                // Smaller Bundles: the engine's in-memory repository answers each conditional
+                // create with a linear search, so 500 entries outlast any sensible timeout.
+                let batch = env("BENCH_ENGINE_BATCH", 50);
+                config = config
+                    .replace(&rig.upstream.url(), &engine.url())
+                    .replace(
+                        "timeout_s = 10\n",
+                        "timeout_s = 120\nbundle_type = \"batch\"\n",
+                    )
+                    .replace(
+                        &format!("batch_size = {batch_size}"),
+                        &format!("batch_size = {batch}"),
+                    );
+                Some(engine)
+            }
+        };
         std::env::set_var("VITALBRIDGE_BIN", binary);
         let gw = rig.start_subscribed(&config);
-        Run { rig, gw }
+        Run { rig, gw, engine }
+    }
+
+    /// Observations the server stored (or, at the engine, answered 2xx).
+    async fn delivered(&self) -> u64 {
+        match &self.engine {
+            Some(e) => e.stats().await.observation_entries,
+            None => self.rig.upstream.observation_count() as u64,
+        }
+    }
+
+    /// Requests the server received.
+    async fn requests(&self) -> usize {
+        match &self.engine {
+            Some(e) => e.stats().await.bundles as usize,
+            None => self.rig.upstream.request_count(),
+        }
+    }
+
+    /// `(effectiveDateTime, stored at)` of every stored Observation.
+    async fn stored_times(&self) -> Vec<(String, OffsetDateTime)> {
+        match &self.engine {
+            Some(e) => e.created().await,
+            None => self
+                .rig
+                .upstream
+                .observations()
+                .iter()
+                .filter_map(|o| {
+                    let stored = o["meta"]["lastUpdated"].as_str()?;
+                    let stored = OffsetDateTime::parse(stored, &Rfc3339).ok()?;
+                    Some((scenario::observed(o).time, stored))
+                })
+                .collect(),
+        }
     }
 
     async fn allocations(&self) -> Option<u64> {
@@ -130,31 +209,37 @@ impl Run {
             .map(|v| v as u64)
     }
 
-    /// CPU of the gateway, the broker and this process; the gateway's allocations.
+    /// CPU of the gateway, the broker and this process (with the engine's Node process, when
+    /// there is one); the gateway's allocations.
     async fn sample(&self) -> (f64, f64, f64, Option<u64>) {
         let (gw, _) = proc_figures(self.gw.pid());
         let (broker, _) = proc_figures(self.rig.broker.pid().unwrap_or(0));
-        let (harness, _) = proc_figures(std::process::id());
+        let (mut harness, _) = proc_figures(std::process::id());
+        if let Some(e) = &self.engine {
+            harness += proc_figures(e.pid()).0;
+        }
         (gw, broker, harness, self.allocations().await)
     }
 
-    async fn wait_delivered(&self, n: u64, start: Instant) {
+    /// Waits until `n` readings were delivered, or `give_up` passed (then returns how many
+    /// were).
+    async fn wait_delivered(&self, n: u64, start: Instant, give_up: Duration) -> u64 {
         let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
         let mut last_report = Instant::now();
-        while self.rig.upstream.observation_count() < n as usize {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let poll = if self.engine.is_some() { 200 } else { 10 };
+        loop {
+            let delivered = self.delivered().await;
+            if delivered >= n || start.elapsed() >= give_up {
+                return delivered;
+            }
+            tokio::time::sleep(Duration::from_millis(poll)).await;
             if verbose && last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 eprintln!(
-                    "  t={:>5.1}s delivered={}",
+                    "  t={:>5.1}s delivered={delivered}",
                     start.elapsed().as_secs_f64(),
-                    self.rig.upstream.observation_count()
                 );
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(1800),
-                "not all readings arrived"
-            );
         }
     }
 
@@ -164,7 +249,9 @@ impl Run {
         before: (f64, f64, f64, Option<u64>),
         after: (f64, f64, f64, Option<u64>),
     ) {
-        self.rig.upstream.assert_no_duplicate_identifiers();
+        if self.engine.is_none() {
+            self.rig.upstream.assert_no_duplicate_identifiers();
+        }
         f.cpu = after.0 - before.0;
         f.broker_cpu = after.1 - before.1;
         f.harness_cpu = after.2 - before.2;
@@ -186,7 +273,10 @@ async fn full_speed(binary: &PathBuf) -> Figures {
         "vitals/bench",
         payloads,
     ));
-    run.wait_delivered(n, start).await;
+    let delivered = run
+        .wait_delivered(n, start, Duration::from_secs(1800))
+        .await;
+    assert_eq!(delivered, n, "not all readings arrived");
     let elapsed = start.elapsed().as_secs_f64();
     publish.await.unwrap().expect("published");
     let after = run.sample().await;
@@ -201,11 +291,11 @@ async fn full_speed(binary: &PathBuf) -> Figures {
 }
 
 /// A steady rate, one reading at a time, with each reading's publish time kept.
-async fn steady(binary: &PathBuf) -> Figures {
+async fn steady(binary: &PathBuf, server: Server) -> Figures {
     let rate = env("BENCH_STEADY_RATE", 1_000);
     let seconds = env("BENCH_STEADY_SECONDS", 30);
     let n = rate * seconds;
-    let run = Run::start(binary).await;
+    let run = Run::start_to(binary, server).await;
     let readings: Vec<(Vec<u8>, scenario::Expected)> =
         (0..n).map(|i| scenario::reading(i, 100)).collect();
     let mut options = MqttOptions::new("bench-steady", "127.0.0.1", run.rig.broker.port());
@@ -222,7 +312,7 @@ async fn steady(binary: &PathBuf) -> Figures {
         }
     });
     let before = run.sample().await;
-    let requests_before = run.rig.upstream.request_count();
+    let requests_before = run.requests().await;
     let start = Instant::now();
     let mut published_at: HashMap<String, OffsetDateTime> = HashMap::with_capacity(n as usize);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -234,29 +324,30 @@ async fn steady(binary: &PathBuf) -> Figures {
             .await
             .expect("publish");
     }
-    run.wait_delivered(n, start).await;
+    // A server that cannot keep up gets `BENCH_STEADY_DRAIN_SECONDS` (120) after the last
+    // publish; what it stored by then is what is reported.
+    let give_up = Duration::from_secs(seconds + env("BENCH_STEADY_DRAIN_SECONDS", 120));
+    let delivered = run.wait_delivered(n, start, give_up).await;
     let elapsed = start.elapsed().as_secs_f64();
     let after = run.sample().await;
     let _ = client.disconnect().await;
     poller.abort();
     let mut latencies: Vec<f64> = run
-        .rig
-        .upstream
-        .observations()
+        .stored_times()
+        .await
         .iter()
-        .filter_map(|o| {
-            let stored = o["meta"]["lastUpdated"].as_str()?;
-            let stored = OffsetDateTime::parse(stored, &Rfc3339).ok()?;
-            let sent = published_at.get(&scenario::observed(o).time)?;
-            Some((stored - *sent).as_seconds_f64() * 1000.0)
+        .filter_map(|(effective, stored)| {
+            let sent = published_at.get(effective)?;
+            Some((*stored - *sent).as_seconds_f64() * 1000.0)
         })
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let mut f = Figures {
-        readings: n,
+        readings: delivered,
+        published: n,
         elapsed,
-        requests: run.rig.upstream.request_count() - requests_before,
+        requests: run.requests().await - requests_before,
         latency_ms: (!latencies.is_empty()).then(|| (pick(0.5), pick(0.99))),
         ..Figures::default()
     };
@@ -381,14 +472,25 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
     };
     let names: Vec<String> = runs.iter().map(|(n, _)| format!("{n:>16}")).collect();
     println!("  {:<34}{}", "", names.join(""));
-    row("readings", &|f| f.readings.to_string());
+    row("readings stored", &|f| f.readings.to_string());
+    row("readings published", &|f| {
+        if f.published == 0 {
+            f.readings.to_string()
+        } else {
+            f.published.to_string()
+        }
+    });
     row("end-to-end time (s)", &|f| format!("{:.2}", f.elapsed));
     row("throughput (readings/s)", &|f| {
         format!("{:.0}", f.readings as f64 / f.elapsed)
     });
     row("gateway CPU (s)", &|f| format!("{:.2}", f.cpu));
     row("gateway CPU-ms per reading", &|f| {
-        format!("{:.4}", f.cpu_ms_per_reading())
+        if f.readings == 0 {
+            "-".into()
+        } else {
+            format!("{:.4}", f.cpu_ms_per_reading())
+        }
     });
     row("allocations per reading", &|f| {
         f.allocations.map_or("n/a".into(), |a| {
@@ -401,7 +503,11 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
     // The `uplinks` scenario measures only the gateway: leave out what it did not count.
     if runs.iter().any(|(_, f)| f.requests > 0) {
         row("FHIR requests per 10k readings", &|f| {
-            format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
+            if f.readings == 0 {
+                format!("{} requests", f.requests)
+            } else {
+                format!("{:.0}", f.requests as f64 * 10_000.0 / f.readings as f64)
+            }
         });
     }
     if runs.iter().any(|(_, f)| f.latency_ms.is_some()) {
@@ -415,7 +521,7 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
         .any(|(_, f)| f.broker_cpu > 0.0 || f.harness_cpu > 0.0)
     {
         row("mosquitto CPU (s)", &|f| format!("{:.2}", f.broker_cpu));
-        row("publisher+upstream CPU (s)", &|f| {
+        row("publisher+server CPU (s)", &|f| {
             format!("{:.2}", f.harness_cpu)
         });
     }
@@ -456,9 +562,19 @@ fn main() {
             print("full speed", &runs);
         }
         if scenarios.contains("steady") {
+            // Beside the project's upstream, the real engine in the same run.
             let mut runs = Vec::new();
             for (label, bin) in &binaries {
-                runs.push((*label, steady(bin).await));
+                runs.push((*label, steady(bin, Server::Upstream).await));
+                if !scenarios.contains("no-engine") {
+                    let engine_label = if binaries.len() > 1 {
+                        format!("{label}, Medplum")
+                    } else {
+                        "Medplum engine".to_owned()
+                    };
+                    let figures = steady(bin, Server::Engine).await;
+                    runs.push((Box::leak(engine_label.into_boxed_str()), figures));
+                }
             }
             print(
                 &format!(

@@ -6,6 +6,8 @@
 //!   publish and subscribe helpers.
 //! - [`upstream`]: a FHIR R4 server over HTTPS with mutual TLS, conditional create, fault
 //!   injection and assertions on what it stored.
+//! - [`engine`]: a real FHIR R4 engine (Medplum's fhir-router in Node, validating) behind a
+//!   mutual-TLS front end, searched through its own FHIR API.
 //! - [`client`]: a minimal HTTPS client (hyper over tokio-rustls) for talking to the upstream
 //!   from tests.
 //! - [`gateway`]: runs the real `vitalbridge` binary as a child process (start, kill -9,
@@ -40,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod engine;
 pub mod fixture;
 pub mod gateway;
 pub mod kafka;

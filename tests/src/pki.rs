@@ -402,6 +402,126 @@ impl TestPki {
         Arc::new(cfg)
     }
 
+    /// Issues a leaf signed by the test CA with serial number `serial`, valid from
+    /// `not_before` to `not_after`: a server certificate for `localhost`/`127.0.0.1` when
+    /// `server`, else a client certificate with CN [`CLIENT_CN`]. Written as `{stem}.pem` /
+    /// `{stem}-key.pem` in [`TestPki::dir`] (key mode 0600).
+    pub fn issue_leaf(
+        &self,
+        stem: &str,
+        server: bool,
+        serial: u64,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> CertFiles {
+        let key = KeyPair::generate().expect("generate leaf key");
+        let sans: Vec<String> = if server {
+            vec!["localhost".into(), "127.0.0.1".into()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(sans).expect("leaf params");
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            if server { "localhost" } else { CLIENT_CN },
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("sign leaf");
+        let files = CertFiles {
+            cert: self.dir.path().join(format!("{stem}.pem")),
+            key: self.dir.path().join(format!("{stem}-key.pem")),
+        };
+        write_public(&files.cert, cert.pem().as_bytes()).expect("write cert");
+        write_private(&files.key, key.serialize_pem().as_bytes()).expect("write key");
+        files
+    }
+
+    /// A CRL of the test CA revoking the certificates with `serials`, written (replaced) as
+    /// `{stem}.pem` in [`TestPki::dir`]; `number` is its CRL number.
+    pub fn write_crl(&self, stem: &str, number: u64, serials: &[u64]) -> PathBuf {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::hours(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.ca_cert, &self.ca_key)
+            .expect("sign CRL");
+        let path = self.dir.path().join(format!("{stem}.pem"));
+        let tmp = self.dir.path().join(format!("{stem}.pem.tmp"));
+        fs::write(&tmp, crl.pem().expect("CRL PEM")).expect("write CRL");
+        fs::rename(&tmp, &path).expect("replace CRL");
+        path
+    }
+
+    /// A server config presenting `server`'s certificate, requiring a client certificate
+    /// that chains to the rogue CA (`trust_rogue_ca`) or the test CA, and, with `crl`,
+    /// refusing a client certificate on that CRL. TLS 1.2 and 1.3.
+    pub fn server_config_with(
+        &self,
+        server: &CertFiles,
+        trust_rogue_ca: bool,
+        crl: Option<&Path>,
+    ) -> Arc<ServerConfig> {
+        let provider = ring_provider();
+        let roots = if trust_rogue_ca {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(&self.rogue_ca_path).expect("rogue CA") {
+                roots.add(c).expect("rogue CA is a trust anchor");
+            }
+            roots
+        } else {
+            self.ca_roots()
+        };
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if let Some(crl) = crl {
+            let crls = rustls_pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+                .expect("CRL file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("CRL PEM");
+            verifier = verifier.with_crls(crls);
+        }
+        let verifier = verifier.build().expect("client verifier");
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                load_certs(&server.cert).expect("server cert"),
+                load_key(&server.key).expect("server key"),
+            )
+            .expect("server cert and key match");
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
     /// Issues one more client certificate signed by the test CA, written as
     /// `{stem}.pem` / `{stem}-key.pem` in [`TestPki::dir`] (key mode 0600).
     pub fn issue_client_cert(&self, stem: &str, cn: &str) -> CertFiles {

@@ -836,3 +836,54 @@ fn a_full_buffer_answers_ar_and_stores_nothing_of_the_message() {
     let (_, stats, _) = run_cli(dir.path(), &["queue", "stats", "-c", "gateway.toml"]);
     assert!(stats.contains("pending: 12\n"), "{stats}");
 }
+
+#[test]
+fn a_client_certificate_on_the_listeners_crl_is_refused_until_the_crl_changes() {
+    use std::sync::Arc;
+    use vitalbridge_tests::pki::{load_certs, load_key, ring_provider, ServerIdentity, TestPki};
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki.server_files(ServerIdentity::Trusted);
+    let now = time::OffsetDateTime::now_utc();
+    let monitor = pki.issue_leaf(
+        "monitor-gateway",
+        false,
+        7301,
+        now - time::Duration::days(1),
+        now + time::Duration::days(30),
+    );
+    let crl = pki.write_crl("listener-crl", 1, &[7301]);
+    let source_tls = format!(
+        "[sources.hl7.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrls = [\"{}\"]",
+        server.cert.display(),
+        server.key.display(),
+        pki.ca_cert_path().display(),
+        crl.display()
+    );
+    let (gw, port) = start_gateway(dir.path(), &source_tls, "");
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(pki.ca_roots())
+            .with_client_auth_cert(
+                load_certs(&monitor.cert).unwrap(),
+                load_key(&monitor.key).unwrap(),
+            )
+            .unwrap(),
+    );
+    // Revoked: the handshake fails, nothing is stored.
+    let mut revoked = Sender::connect_tls(port, client.clone()).unwrap();
+    let refused = revoked.send(&fixture("spo2.hl7"), Duration::from_secs(5));
+    assert!(!matches!(refused, Ok(Some(_))), "{refused:?}");
+    // The CA lifts the revocation: the next connection is checked against the new list,
+    // without a restart.
+    pki.write_crl("listener-crl", 2, &[7399]);
+    let mut s = Sender::connect_tls(port, client).unwrap();
+    let ack = s
+        .send(&fixture("spo2.hl7"), ACK_WAIT)
+        .unwrap()
+        .expect("an ACK over TLS");
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    assert!(gw.log().contains("CRL files changed: read again"));
+}

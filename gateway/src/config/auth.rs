@@ -170,7 +170,7 @@ pub(super) fn secret_paths_mut(
 }
 
 /// An `https://` URL with a host, or why not.
-pub fn check_https_url(value: &str) -> Result<(), String> {
+pub(crate) fn check_https_url(value: &str) -> Result<(), String> {
     match url::Url::parse(value) {
         Err(e) => Err(format!("not a valid URL ({e})")),
         Ok(u) if u.scheme() != "https" => Err(format!("scheme {:?} is not https", u.scheme())),

@@ -68,6 +68,10 @@ pub struct ListenerTls {
     /// With it, mutual TLS: only clients with a certificate signed by this CA connect.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of `client_ca`: a client certificate on one is
+    /// refused. Read again when a file changes.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// `[uplink.hl7]`
@@ -129,6 +133,9 @@ pub(super) fn texts(
         if let Some(t) = &s.tls {
             all.push(path("sources.hl7.tls.cert", &t.cert));
             all.push(path("sources.hl7.tls.key", &t.key));
+            for crl in &t.crls {
+                all.push(path("sources.hl7.tls.crls", crl));
+            }
             if let Some(ca) = &t.client_ca {
                 all.push(path("sources.hl7.tls.client_ca", ca));
             }
@@ -146,6 +153,9 @@ pub(super) fn texts(
         }
         if let Some(t) = &u.tls {
             all.push(path("uplink.hl7.tls.ca", &t.ca));
+            for crl in &t.crls {
+                all.push(path("uplink.hl7.tls.crls", crl));
+            }
             for (k, v) in [
                 ("uplink.hl7.tls.cert", &t.cert),
                 ("uplink.hl7.tls.key", &t.key),
@@ -211,6 +221,15 @@ pub(super) fn validate_source(s: &Hl7SourceConfig, problems: &mut Vec<ConfigErro
     if let Some(t) = &s.tls {
         check_readable_key("sources.hl7.tls.cert", &t.cert, false, problems);
         check_readable_key("sources.hl7.tls.key", &t.key, true, problems);
+        for (i, crl) in t.crls.iter().enumerate() {
+            check_readable_key(&format!("sources.hl7.tls.crls[{i}]"), crl, false, problems);
+        }
+        if !t.crls.is_empty() && t.client_ca.is_none() {
+            problems.push(err(
+                "sources.hl7.tls.crls",
+                "needs client_ca: the CRLs are of the CA that signs the clients' certificates",
+            ));
+        }
         if let Some(ca) = &t.client_ca {
             check_readable_key("sources.hl7.tls.client_ca", ca, false, problems);
         }
@@ -243,6 +262,9 @@ pub(super) fn validate_uplink(u: &Hl7UplinkConfig, problems: &mut Vec<ConfigErro
     }
     if let Some(t) = &u.tls {
         check_readable_key("uplink.hl7.tls.ca", &t.ca, false, problems);
+        for (i, crl) in t.crls.iter().enumerate() {
+            check_readable_key(&format!("uplink.hl7.tls.crls[{i}]"), crl, false, problems);
+        }
         match (&t.cert, &t.key) {
             (Some(c), Some(k)) => {
                 check_readable_key("uplink.hl7.tls.cert", c, false, problems);

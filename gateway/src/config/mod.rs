@@ -504,6 +504,10 @@ pub struct TlsFiles {
     /// The client certificate's private key; must not be readable by group or others.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of `ca`: a server certificate on one is refused.
+    /// Read again when a file changes.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// `[uplink]`: any of `file`, `fhir`, `hl7`, `mqtt`, `kafka` at once (each a destination with
@@ -651,6 +655,23 @@ pub struct FhirUplinkConfig {
     /// Bundle type: `transaction` (all-or-nothing, the default) or `batch` (per entry).
     #[serde(default)]
     pub bundle_type: BundleType,
+    /// Most entries in one Bundle, Devices included (unset: no limit of ours; the batch is
+    /// `uplink.batch_size` readings plus their Devices). Servers limit transactions: Medplum
+    /// refuses a transaction with conditional creates above 8 entries.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Most bytes in one request body (unset: no limit of ours). For a server or a proxy in
+    /// front of it that refuses larger requests (413).
+    #[serde(default)]
+    pub max_request_bytes: Option<usize>,
+    /// Certificate revocation lists (PEM) of the CA in `ca`: a server certificate on one is
+    /// refused. Read again when a file changes.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// How an Observation names a patient bound by identifier: `identifier` (the default),
+    /// `conditional` or `create`.
+    #[serde(default)]
+    pub patient_reference: PatientReference,
     /// `[uplink.fhir.auth]`: the access token the server asks for. Absent: none (mutual
     /// TLS only).
     #[serde(default)]
@@ -680,12 +701,44 @@ impl fmt::Debug for FhirUplinkConfig {
         }
         s.field("timeout_s", &self.timeout_s)
             .field("bundle_type", &self.bundle_type);
+        // Later keys only when set, for the same reason.
+        if let Some(n) = &self.max_entries {
+            s.field("max_entries", n);
+        }
+        if let Some(n) = &self.max_request_bytes {
+            s.field("max_request_bytes", n);
+        }
+        if !self.crls.is_empty() {
+            s.field("crls", &self.crls);
+        }
+        if self.patient_reference != PatientReference::default() {
+            s.field("patient_reference", &self.patient_reference);
+        }
         if let Some(auth) = &self.auth {
             s.field("auth", auth);
         }
         s.finish()
     }
 }
+
+/// How `subject` names a patient bound by identifier (`uplink.fhir.patient_reference`).
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatientReference {
+    /// `subject.identifier` only.
+    #[default]
+    Identifier,
+    /// A conditional reference `Patient?identifier=system|value` the server resolves.
+    Conditional,
+    /// The Patient created by conditional create in the same Bundle, and referenced.
+    Create,
+}
+
+/// The fewest entries `uplink.fhir.max_entries` may allow: the gateway's Device, one
+/// measuring Device and one Observation.
+pub const MIN_BUNDLE_ENTRIES: usize = 3;
+/// The smallest `uplink.fhir.max_request_bytes`: room for one Observation and its Devices.
+pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
 /// How a batch of readings is sent to a FHIR server (`uplink.fhir.bundle_type`).
 #[derive(Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -968,6 +1021,9 @@ impl Config {
         }
         if let Some(tls) = self.sources.mqtt.as_mut().and_then(|m| m.tls.as_mut()) {
             paths.push(("sources.mqtt.tls.ca", &mut tls.ca));
+            for crl in &mut tls.crls {
+                paths.push(("sources.mqtt.tls.crls", crl));
+            }
             if let Some(cert) = tls.cert.as_mut() {
                 paths.push(("sources.mqtt.tls.cert", cert));
             }
@@ -981,9 +1037,15 @@ impl Config {
             if let Some(ca) = tls.client_ca.as_mut() {
                 paths.push(("sources.hl7.tls.client_ca", ca));
             }
+            for crl in &mut tls.crls {
+                paths.push(("sources.hl7.tls.crls", crl));
+            }
         }
         if let Some(tls) = self.uplink.hl7.as_mut().and_then(|h| h.tls.as_mut()) {
             paths.push(("uplink.hl7.tls.ca", &mut tls.ca));
+            for crl in &mut tls.crls {
+                paths.push(("uplink.hl7.tls.crls", crl));
+            }
             if let Some(cert) = tls.cert.as_mut() {
                 paths.push(("uplink.hl7.tls.cert", cert));
             }
@@ -1002,6 +1064,9 @@ impl Config {
             if let Some(auth) = fhir.auth.as_mut() {
                 paths.extend(auth::secret_paths_mut(auth));
             }
+            for crl in &mut fhir.crls {
+                paths.push(("uplink.fhir.crls", crl));
+            }
         }
         streams::secret_paths(
             self.uplink.mqtt.as_mut(),
@@ -1018,13 +1083,15 @@ mod load;
 mod net;
 mod streams;
 mod validate;
-pub use auth::{check_https_url, AuthMethod, FhirAuthConfig, JwtAlgorithm};
+pub(crate) use auth::check_https_url;
+pub use auth::{AuthMethod, FhirAuthConfig, JwtAlgorithm};
 pub use hl7::{split_address, Hl7SourceConfig, Hl7UplinkConfig, ListenerTls};
 pub use load::Parsed;
 pub use net::{Cidr, CidrError};
+pub(crate) use streams::parse_topic_template;
 pub use streams::{
-    parse_topic_template, split_host_port, KafkaKey, KafkaSaslConfig, KafkaUplinkConfig,
-    MqttUplinkConfig, StreamPayload, TopicField, TopicPart,
+    split_host_port, KafkaKey, KafkaSaslConfig, KafkaUplinkConfig, MqttUplinkConfig, StreamPayload,
+    TopicField, TopicPart,
 };
 pub use validate::{check_gateway_id, check_private_key, InvalidGatewayId};
 
@@ -1088,6 +1155,47 @@ mod tests {
         // Elsewhere the value helps and is shown.
         let e = the_problem(Config::from_toml("[buffer]\ncapacity = \"lots\"\n"));
         assert!(e.message.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn fhir_request_limits_and_patient_reference_are_checked_by_key() {
+        let text = |extra: &str| {
+            format!(
+                "[uplink.fhir]\nbase_url = \"https://fhir.example.org/r4\"\nca = \"a.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n{extra}"
+            )
+        };
+        let parsed = Config::from_toml(&text(
+            "max_entries = 8\nmax_request_bytes = 1048576\npatient_reference = \"create\"\n",
+        ))
+        .unwrap();
+        let fhir = parsed.uplink.fhir.clone().unwrap();
+        assert_eq!(fhir.max_entries, Some(8));
+        assert_eq!(fhir.max_request_bytes, Some(1_048_576));
+        assert_eq!(fhir.patient_reference, PatientReference::Create);
+        let problems = |extra: &str| -> Vec<ConfigError> {
+            Config::from_toml(&text(extra))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        let has = |problems: &[ConfigError], key: &str, words: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(words))
+        };
+        let p = problems("max_entries = 2\nmax_request_bytes = 1000\n");
+        assert!(has(&p, "uplink.fhir.max_entries", "at least 3"), "{p:?}");
+        assert!(
+            has(&p, "uplink.fhir.max_request_bytes", "at least 16384"),
+            "{p:?}"
+        );
+        let p = problems("bundle_type = \"batch\"\npatient_reference = \"conditional\"\n");
+        assert!(
+            has(&p, "uplink.fhir.patient_reference", "needs bundle_type"),
+            "{p:?}"
+        );
+        let e = the_problem(Config::from_toml(&text("patient_reference = \"guess\"\n")));
+        assert_eq!(e.key, "uplink.fhir.patient_reference");
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub enum TopicPart {
 }
 
 /// Parses a topic template, or says which field is unknown or which brace is unmatched.
-pub fn parse_topic_template(template: &str) -> Result<Vec<TopicPart>, String> {
+pub(crate) fn parse_topic_template(template: &str) -> Result<Vec<TopicPart>, String> {
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {

@@ -127,6 +127,9 @@ impl Config {
             if let Some(auth) = &fhir.auth {
                 super::auth::texts(auth, &mut all);
             }
+            for crl in &fhir.crls {
+                all.push(path("uplink.fhir.crls", crl));
+            }
         }
         super::streams::texts(
             self.uplink.mqtt.as_ref(),
@@ -374,6 +377,9 @@ impl Config {
 
 fn tls_paths(key: &str, tls: &TlsFiles, all: &mut Vec<Text>) {
     all.push(path(format!("{key}.ca"), &tls.ca));
+    for crl in &tls.crls {
+        all.push(path(format!("{key}.crls"), crl));
+    }
     for (field, value) in [("cert", &tls.cert), ("key", &tls.key)] {
         if let Some(value) = value {
             all.push(path(format!("{key}.{field}"), value));
@@ -576,6 +582,9 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
     }
     if let Some(tls) = &mqtt.tls {
         check_readable("sources.mqtt.tls.ca", &tls.ca, problems);
+        for (i, crl) in tls.crls.iter().enumerate() {
+            check_readable(&format!("sources.mqtt.tls.crls[{i}]"), crl, problems);
+        }
         match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) => {
                 check_readable("sources.mqtt.tls.cert", cert, problems);
@@ -709,11 +718,46 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
         (Some(_), None) => problems.push(err("uplink.fhir.key", "is required with cert")),
         (None, Some(_)) => problems.push(err("uplink.fhir.cert", "is required with key")),
     }
+    for (i, crl) in fhir.crls.iter().enumerate() {
+        check_readable(&format!("uplink.fhir.crls[{i}]"), crl, problems);
+    }
     if fhir.timeout_s == 0 || fhir.timeout_s > 600 {
         problems.push(err("uplink.fhir.timeout_s", "must be between 1 and 600"));
     }
     if let Some(auth) = &fhir.auth {
         super::auth::validate(auth, problems);
+    }
+    if fhir
+        .max_entries
+        .is_some_and(|n| n < super::MIN_BUNDLE_ENTRIES)
+    {
+        problems.push(err(
+            "uplink.fhir.max_entries",
+            format!(
+                "must be at least {} (the gateway's Device, a measuring Device and one Observation)",
+                super::MIN_BUNDLE_ENTRIES
+            ),
+        ));
+    }
+    if fhir.patient_reference == super::PatientReference::Conditional
+        && fhir.bundle_type == super::BundleType::Batch
+    {
+        problems.push(err(
+            "uplink.fhir.patient_reference",
+            "\"conditional\" needs bundle_type = \"transaction\": servers resolve conditional references only inside a transaction",
+        ));
+    }
+    if fhir
+        .max_request_bytes
+        .is_some_and(|n| n < super::MIN_REQUEST_BYTES)
+    {
+        problems.push(err(
+            "uplink.fhir.max_request_bytes",
+            format!(
+                "must be at least {} (one Observation and its Devices)",
+                super::MIN_REQUEST_BYTES
+            ),
+        ));
     }
 }
 

@@ -40,7 +40,7 @@ pub use observation::{device, gateway_device, observation, DeviceIdentifier, Obs
 
 use serde::Serialize;
 
-use crate::model::{Decimal, DeviceRef, Reading};
+use crate::model::{Decimal, DeviceRef, PatientRef, Reading};
 
 /// PHD's identifier system for Observations.
 pub const IDENTIFIER_SYSTEM: &str =
@@ -90,11 +90,30 @@ pub enum BundleType {
     Batch,
 }
 
+/// How an Observation's `subject` names a patient bound by identifier (`uplink.fhir.
+/// patient_reference`). A literal reference (`Patient/123`) is sent as it is in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatientMode {
+    /// `subject.identifier` only: no Patient resource is needed, none is linked.
+    #[default]
+    Identifier,
+    /// `subject.reference` = `Patient?identifier=system|value`, a conditional reference the
+    /// server resolves inside the transaction to the one Patient with that identifier (and
+    /// refuses when there is none or several); the identifier stays beside it.
+    Conditional,
+    /// A Patient entry per patient of the batch, created by conditional create on its
+    /// identifier (a Patient holding only the identifier, where none exists), and the
+    /// subject referencing it.
+    Create,
+}
+
 /// What an entry of a Bundle stands for, so responses can be matched back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryRole {
     /// A Device (measuring device or the gateway).
     Device,
+    /// A Patient (conditional create, [`PatientMode::Create`]).
+    Patient,
     /// The Observation for the leased buffer row with this id.
     Observation(i64),
 }
@@ -118,10 +137,40 @@ pub fn urn_uuid(kind: &str, key: &str) -> String {
     )
 }
 
-/// A conditional-create search string: `identifier=system|value`, each part percent-encoded.
+/// A conditional-create search string: `identifier=system|value`.
+///
+/// Each part is escaped by the FHIR search rules (`\\` before `\\`, `,`, `|` and `$`: R4
+/// search.html#escaping) and then percent-encoded (everything but RFC 3986's unreserved
+/// characters), so a value holding the search syntax's own characters, spaces or non-ASCII
+/// text is matched as itself. The values the gateway builds never need the escapes
+/// ([`crate::model::search_safe`]); a patient's identifier from the config may.
 pub fn if_none_exist(system: &str, value: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!("identifier={}|{}", enc(system), enc(value))
+    let mut out = String::with_capacity(16 + system.len() + value.len());
+    out.push_str("identifier=");
+    push_search_param(&mut out, system);
+    out.push_str("%7C");
+    push_search_param(&mut out, value);
+    out
+}
+
+/// Appends one token part of a search: FHIR-escaped, then percent-encoded.
+pub fn push_search_param(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut pct = |b: u8| {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    };
+    for b in text.bytes() {
+        if matches!(b, b'\\' | b',' | b'|' | b'$') {
+            pct(b'\\');
+        }
+        pct(b);
+    }
 }
 
 /// One Bundle entry: a conditional create.
@@ -178,10 +227,68 @@ fn write_entry<R: Serialize>(
     let _ = serde_json::to_writer(&mut *body, &entry);
 }
 
+/// How many of `rows`, from the start, make a Bundle of at most `max_entries` entries (the
+/// gateway's Device, one Device per distinct measuring device, in [`PatientMode::Create`]
+/// one Patient per distinct patient, one Observation per row); at least 1.
+pub fn rows_within_entries(
+    rows: &[(i64, &Reading)],
+    max_entries: usize,
+    patients: PatientMode,
+) -> usize {
+    let mut entries = 1;
+    let mut devices: Vec<&DeviceRef> = Vec::new();
+    let mut seen_patients: Vec<&PatientRef> = Vec::new();
+    for (i, (_, r)) in rows.iter().enumerate() {
+        let new_device = !devices.contains(&&r.device);
+        let new_patient = match (&r.patient, patients) {
+            (Some(p @ PatientRef::Identifier { .. }), PatientMode::Create) => {
+                (!seen_patients.contains(&p)).then_some(p)
+            }
+            _ => None,
+        };
+        let more = 1 + usize::from(new_device) + usize::from(new_patient.is_some());
+        if entries + more > max_entries {
+            return i.max(1);
+        }
+        entries += more;
+        if new_device {
+            devices.push(&r.device);
+        }
+        if let Some(p) = new_patient {
+            seen_patients.push(p);
+        }
+    }
+    rows.len()
+}
+
+/// The Patient a subject identifier stands for: a resource holding only that identifier.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PatientResource<'a> {
+    resource_type: &'static str,
+    identifier: [PatientIdentifier<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct PatientIdentifier<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+/// `Patient?identifier=system|value`, escaped and encoded as [`if_none_exist`] is.
+pub fn conditional_patient_reference(system: &str, value: &str) -> String {
+    format!("Patient?{}", if_none_exist(system, value))
+}
+
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct
 /// device, one for the gateway, and one per Observation. The Bundle is written straight to
 /// bytes, entry by entry, without an intermediate JSON tree.
-pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> MappedBundle {
+pub fn bundle(
+    gateway: &Gateway,
+    rows: &[(i64, &Reading)],
+    kind: BundleType,
+    patients: PatientMode,
+) -> MappedBundle {
     let kind = match kind {
         BundleType::Transaction => "transaction",
         BundleType::Batch => "batch",
@@ -218,8 +325,46 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
             devices.push((&r.device, d.full_url));
         }
     }
+    // Distinct patients bound by identifier, with the reference their subjects get.
+    let mut patient_urls: Vec<(&PatientRef, String)> = Vec::new();
+    if patients != PatientMode::Identifier {
+        for (_, r) in rows {
+            let Some(p @ PatientRef::Identifier { system, value }) = &r.patient else {
+                continue;
+            };
+            if patient_urls.iter().any(|(q, _)| *q == p) {
+                continue;
+            }
+            let url = match patients {
+                PatientMode::Create => {
+                    let url = urn_uuid("Patient", &format!("{system}|{value}"));
+                    write_entry(
+                        &mut body,
+                        false,
+                        &url,
+                        PatientResource {
+                            resource_type: "Patient",
+                            identifier: [PatientIdentifier { system, value }],
+                        },
+                        "Patient",
+                        &if_none_exist(system, value),
+                    );
+                    roles.push(EntryRole::Patient);
+                    url
+                }
+                _ => conditional_patient_reference(system, value),
+            };
+            patient_urls.push((p, url));
+        }
+    }
     for (id, r) in rows {
         let identifier = r.identifier();
+        let patient_url = r.patient.as_ref().and_then(|p| {
+            patient_urls
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, url)| url.as_str())
+        });
         let device_url = devices
             .iter()
             .find(|(d, _)| *d == &r.device)
@@ -230,6 +375,7 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
             &identifier,
             device_url,
             &gw.full_url,
+            patient_url,
             gateway.convert_units,
         );
         write_entry(

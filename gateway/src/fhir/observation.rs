@@ -10,8 +10,8 @@ use super::{
     PQ_TRANSLATION_EXTENSION, STATUS_SYSTEM, TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
-    Quantity, Reading, ResultStatus, StatusFlag, TimeSource, Value,
+    format_time, search_safe, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric,
+    PatientRef, Quantity, Reading, ResultStatus, StatusFlag, TimeSource, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -204,7 +204,15 @@ struct Identifier<'a> {
 #[serde(untagged)]
 enum Subject<'a> {
     Reference(Reference<'a>),
-    Identifier { identifier: Identifier<'a> },
+    Identifier {
+        identifier: Identifier<'a>,
+    },
+    /// A reference the server resolves (a conditional reference or a Bundle entry's
+    /// `urn:uuid`), with the identifier kept beside it.
+    Both {
+        reference: &'a str,
+        identifier: Identifier<'a>,
+    },
 }
 
 #[derive(Serialize)]
@@ -345,23 +353,26 @@ impl<'a> Observation<'a> {
     /// The Observation for `r` whose identifier value is `identifier` (`r.identifier()`,
     /// passed in so a caller that already has it does not build it twice), referencing its
     /// Device and the gateway Device by `device_url` and `gateway_url`; values in the units
-    /// the device sent.
+    /// the device sent, the patient by identifier only.
     pub fn new(
         r: &'a Reading,
         identifier: &'a str,
         device_url: &'a str,
         gateway_url: &'a str,
     ) -> Self {
-        Self::new_with(r, identifier, device_url, gateway_url, None)
+        Self::new_with(r, identifier, device_url, gateway_url, None, None)
     }
 
-    /// [`Observation::new`], with values converted to their metric's canonical unit by
-    /// `convert_units` where it is given ([`Gateway::convert_units`]).
+    /// [`Observation::new`], with `patient_url`, when given, as the `subject.reference` for a
+    /// patient bound by identifier (a conditional reference or the `urn:uuid` of the Patient
+    /// entry; the identifier stays beside it), and values converted to their metric's
+    /// canonical unit by `convert_units` where it is given ([`Gateway::convert_units`]).
     pub fn new_with(
         r: &'a Reading,
         identifier: &'a str,
         device_url: &'a str,
         gateway_url: &'a str,
+        patient_url: Option<&'a str>,
         convert_units: Option<UnitConverter>,
     ) -> Self {
         let units = Converter(convert_units);
@@ -404,8 +415,14 @@ impl<'a> Observation<'a> {
         )));
         let subject = r.patient.as_ref().map(|p| match p {
             PatientRef::Reference(reference) => Subject::Reference(Reference { reference }),
-            PatientRef::Identifier { system, value } => Subject::Identifier {
-                identifier: Identifier { system, value },
+            PatientRef::Identifier { system, value } => match patient_url {
+                Some(reference) => Subject::Both {
+                    reference,
+                    identifier: Identifier { system, value },
+                },
+                None => Subject::Identifier {
+                    identifier: Identifier { system, value },
+                },
             },
         });
         let (when, source) = r.effective_time();
@@ -621,13 +638,17 @@ fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'s
     Some(e)
 }
 
-/// The identifier (system, value) of a measuring device.
+/// The identifier (system, value) of a measuring device. A serial number or other id is
+/// written search-safe ([`search_safe`]); `serialNumber` keeps it as the device gave it.
 pub fn device_identifier(d: &DeviceRef) -> (String, String) {
     match &d.id {
         DeviceId::Eui64(_) => (EUI64_SYSTEM.to_owned(), d.id.key()),
         DeviceId::Bluetooth(_) => (BLUETOOTH_SYSTEM.to_owned(), d.id.key()),
-        DeviceId::Serial(s) => (format!("{DEVICE_ID_SYSTEM}/serial"), s.clone()),
-        DeviceId::Other(s) => (DEVICE_ID_SYSTEM.to_owned(), s.clone()),
+        DeviceId::Serial(s) => (
+            format!("{DEVICE_ID_SYSTEM}/serial"),
+            search_safe(s).into_owned(),
+        ),
+        DeviceId::Other(s) => (DEVICE_ID_SYSTEM.to_owned(), search_safe(s).into_owned()),
     }
 }
 
@@ -663,17 +684,18 @@ pub fn device(d: &DeviceRef) -> DeviceIdentifier {
 
 /// The Device resource for this gateway (PHD: the personal health gateway).
 pub fn gateway_device(g: &Gateway) -> DeviceIdentifier {
+    let id = search_safe(&g.id);
     let resource = json!({
         "resourceType": "Device",
-        "identifier": [{"system": GATEWAY_SYSTEM, "value": g.id}],
+        "identifier": [{"system": GATEWAY_SYSTEM, "value": id}],
         "manufacturer": "Vitalbridge",
         "deviceName": [{"name": "Vitalbridge gateway", "type": "manufacturer-name"}],
         "version": [{"value": g.version}],
         "property": [{"type": {"text": "time synchronization"}, "valueCode": [{"text": "host system clock (NTP)"}]}],
     });
     DeviceIdentifier {
-        full_url: urn_uuid("Device", &format!("{GATEWAY_SYSTEM}|{}", g.id)),
-        if_none_exist: if_none_exist(GATEWAY_SYSTEM, &g.id),
+        full_url: urn_uuid("Device", &format!("{GATEWAY_SYSTEM}|{id}")),
+        if_none_exist: if_none_exist(GATEWAY_SYSTEM, &id),
         resource,
     }
 }

@@ -159,7 +159,12 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
         device_time: Some(datetime!(2026-11-25 11:00:00 +01:00)),
         ..bp_reading()
     };
-    let mapped = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    let mapped = bundle(
+        &gateway(),
+        &[(7, &a), (8, &b)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     let json: serde_json::Value = serde_json::from_slice(&mapped.body).unwrap();
     assert_eq!(json["type"], json!("transaction"));
     assert_eq!(
@@ -174,7 +179,7 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
     let entries = json["entry"].as_array().unwrap();
     assert_eq!(
         entries[1]["request"]["ifNoneExist"],
-        json!("identifier=urn%3Aoid%3A1.2.840.10004.1.1.1.0.0.1.0.0.1.2680|FEEDABEEDEADBEEF")
+        json!("identifier=urn%3Aoid%3A1.2.840.10004.1.1.1.0.0.1.0.0.1.2680%7CFEEDABEEDEADBEEF")
     );
     let obs = &entries[2];
     assert_eq!(obs["request"]["method"], json!("POST"));
@@ -186,7 +191,12 @@ fn bundle_is_conditional_creates_with_stable_urls_and_roles() {
         obs["resource"]["extension"][0]["valueReference"]["reference"],
         entries[0]["fullUrl"]
     );
-    let again = bundle(&gateway(), &[(7, &a), (8, &b)], BundleType::Transaction);
+    let again = bundle(
+        &gateway(),
+        &[(7, &a), (8, &b)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
     assert_eq!(again.body, mapped.body, "mapping is deterministic");
     assert!(
         obs["request"]["ifNoneExist"]
@@ -455,8 +465,15 @@ fn converted_units_keep_the_original_and_claim_the_profile() {
         .as_array()
         .unwrap()
         .contains(&json!("http://hl7.org/fhir/StructureDefinition/bp")));
-    let converted =
-        serde_json::to_value(Observation::new_with(&r, &id, "d", "g", Some(convert))).unwrap();
+    let converted = serde_json::to_value(Observation::new_with(
+        &r,
+        &id,
+        "d",
+        "g",
+        None,
+        Some(convert),
+    ))
+    .unwrap();
     let sys = &converted["component"][0]["valueQuantity"];
     assert_eq!(sys["value"], json!(120));
     assert_eq!(sys["code"], json!("mm[Hg]"));
@@ -475,10 +492,153 @@ fn converted_units_keep_the_original_and_claim_the_profile() {
         &id,
         "d",
         "g",
+        None,
         Some(convert),
     ))
     .unwrap();
     assert!(plain["component"][0]["valueQuantity"]
         .get("extension")
         .is_none());
+}
+
+#[test]
+fn if_none_exist_escapes_the_search_syntax_then_percent_encodes() {
+    // FHIR R4 search escaping: `\\` before `\\ , | $`; then every byte outside RFC 3986's
+    // unreserved set as %XX (UTF-8 for non-ASCII), the system/value separator as %7C.
+    assert_eq!(
+        crate::fhir::if_none_exist("urn:x", r"a,b|c\d$e f-é"),
+        "identifier=urn%3Ax%7Ca%5C%2Cb%5C%7Cc%5C%5Cd%5C%24e%20f-%C3%A9"
+    );
+    assert_eq!(
+        crate::fhir::if_none_exist("https://h/s", "AZaz09-._~"),
+        "identifier=https%3A%2F%2Fh%2Fs%7CAZaz09-._~"
+    );
+}
+
+#[test]
+fn a_device_id_with_search_characters_gets_a_search_safe_identifier_everywhere() {
+    let mut r = bp_reading();
+    r.device.id = DeviceId::Other(r"cuff,1|a\b$ 2%é".into());
+    let id = r.identifier();
+    assert!(id.starts_with("cuff%2C1%7Ca%5Cb%24 2%25é-"), "{id}");
+    assert!(!id.contains([',', '|', '\\', '$']), "{id}");
+    let mapped = bundle(
+        &gateway(),
+        &[(1, &r)],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&mapped.body).unwrap();
+    let device = &json["entry"][1];
+    assert_eq!(
+        device["resource"]["identifier"][0]["value"],
+        json!("cuff%2C1%7Ca%5Cb%24 2%25é")
+    );
+    let obs = &json["entry"][2];
+    assert_eq!(obs["resource"]["identifier"][0]["value"], json!(id));
+    // Nothing left for the FHIR escapes to do: no `\\` (%5C) goes out.
+    let query = obs["request"]["ifNoneExist"].as_str().unwrap();
+    assert!(
+        query.starts_with("identifier=http%3A%2F%2Fhl7.org%2Ffhir%2Fuv%2Fphd%2FStructureDefinition%2FPhdBaseObservation%7Ccuff%252C1%257Ca%255Cb%2524%202%2525%C3%A9-p42-urn%3Aoid%3A1.2.3-150020-"),
+        "{query}"
+    );
+    assert!(!query.contains("%5C"), "{query}");
+}
+
+#[test]
+fn rows_within_entries_counts_the_gateway_and_each_new_device() {
+    let a = bp_reading();
+    let mut b = bp_reading();
+    b.device.id = DeviceId::Other("other".into());
+    let rows = [(1, &a), (2, &a), (3, &b), (4, &b), (5, &a)];
+    // gateway + device a + 2 observations = 4; b needs 2 more.
+    assert_eq!(rows_within_entries_id(&rows, 4), 2);
+    assert_eq!(rows_within_entries_id(&rows, 5), 2);
+    assert_eq!(rows_within_entries_id(&rows, 6), 3);
+    assert_eq!(rows_within_entries_id(&rows, 8), 5);
+    assert_eq!(rows_within_entries_id(&rows, 100), 5);
+    // Never nothing: one reading too large alone is sent and refused alone.
+    assert_eq!(rows_within_entries_id(&rows, 1), 1);
+    let mapped = bundle(
+        &gateway(),
+        &rows[..3],
+        BundleType::Transaction,
+        PatientMode::Identifier,
+    );
+    assert_eq!(mapped.roles.len(), 6);
+}
+
+fn rows_within_entries_id(rows: &[(i64, &Reading)], max: usize) -> usize {
+    rows_within_entries(rows, max, PatientMode::Identifier)
+}
+
+#[test]
+fn patients_by_identifier_conditional_reference_or_conditional_create() {
+    let a = bp_reading();
+    let mut b = bp_reading();
+    b.patient = Some(PatientRef::identifier("urn:oid:1.2.3", "p,43|x"));
+    let mut c = bp_reading();
+    c.patient = Some(PatientRef::Reference("Patient/9".into()));
+    let rows = [(1, &a), (2, &b), (3, &a), (4, &c)];
+    let json = |mode| -> serde_json::Value {
+        serde_json::from_slice(&bundle(&gateway(), &rows, BundleType::Transaction, mode).body)
+            .unwrap()
+    };
+    // Identifier only (the default): no Patient entries, subject.identifier alone.
+    let plain = json(PatientMode::Identifier);
+    assert_eq!(plain["entry"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        plain["entry"][2]["resource"]["subject"],
+        json!({"identifier": {"system": "urn:oid:1.2.3", "value": "p42"}})
+    );
+    // Conditional: the server resolves the reference; the identifier stays beside it.
+    let cond = json(PatientMode::Conditional);
+    assert_eq!(cond["entry"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        cond["entry"][3]["resource"]["subject"],
+        json!({"reference": "Patient?identifier=urn%3Aoid%3A1.2.3%7Cp%5C%2C43%5C%7Cx",
+               "identifier": {"system": "urn:oid:1.2.3", "value": "p,43|x"}})
+    );
+    assert_eq!(
+        cond["entry"][5]["resource"]["subject"],
+        json!({"reference": "Patient/9"})
+    );
+    // Create: one Patient entry per patient, conditional on its identifier, referenced.
+    let create = json(PatientMode::Create);
+    let entries = create["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 8);
+    let patient = &entries[2];
+    assert_eq!(patient["request"]["url"], json!("Patient"));
+    assert_eq!(
+        patient["request"]["ifNoneExist"],
+        json!("identifier=urn%3Aoid%3A1.2.3%7Cp42")
+    );
+    assert_eq!(
+        patient["resource"],
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "p42"}]})
+    );
+    assert_eq!(
+        entries[4]["resource"]["subject"]["reference"],
+        patient["fullUrl"]
+    );
+    assert_eq!(
+        entries[6]["resource"]["subject"]["reference"],
+        patient["fullUrl"]
+    );
+    assert_eq!(
+        entries[5]["resource"]["subject"]["reference"],
+        entries[3]["fullUrl"]
+    );
+    let roles = bundle(
+        &gateway(),
+        &rows,
+        BundleType::Transaction,
+        PatientMode::Create,
+    )
+    .roles;
+    assert_eq!(roles[2], EntryRole::Patient);
+    // The entry count a limit sees includes the Patients.
+    assert_eq!(rows_within_entries(&rows, 8, PatientMode::Create), 4);
+    assert_eq!(rows_within_entries(&rows, 7, PatientMode::Create), 3);
+    assert_eq!(rows_within_entries(&rows, 7, PatientMode::Identifier), 4);
 }

@@ -109,7 +109,7 @@ impl Hl7Source {
             .collect::<Result<Vec<_>, _>>()?;
         let tls = match &config.tls {
             Some(t) => Some(TlsAcceptor::from(
-                crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+                crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref(), &t.crls)
                     .map_err(Hl7Error::Tls)?,
             )),
             None => None,

@@ -139,7 +139,10 @@ impl MqttSource {
         let tls = match &config.tls {
             Some(t) => {
                 let identity = t.cert.as_deref().zip(t.key.as_deref());
-                Some(crate::tls::client_config(&t.ca, identity).map_err(MqttError::Tls)?)
+                Some(
+                    crate::tls::client_config_with_crls(&t.ca, &t.crls, identity)
+                        .map_err(MqttError::Tls)?,
+                )
             }
             None => None,
         };

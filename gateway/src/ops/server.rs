@@ -763,7 +763,7 @@ mod tests {
             write("client.pem", client.pem()),
             write("client.key", client_key.serialize_pem()),
         );
-        let config = crate::tls::server_config(&cert, &key, Some(&ca_pem)).unwrap();
+        let config = crate::tls::server_config(&cert, &key, Some(&ca_pem), &[]).unwrap();
         let access = Access {
             tls: Some(tokio_rustls::TlsAcceptor::from(config)),
             ..Access::default()

@@ -58,7 +58,7 @@ pub mod live;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::Deserialize;
@@ -476,8 +476,52 @@ pub fn verify(
     })
 }
 
+/// Why making, signing or keying a pack failed: the authoring side, run off the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthoringError {
+    /// A file or directory could not be read or written.
+    #[error("{}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source directory holds no profile file.
+    #[error("{}: no profile files (json-*, line-*, ble-*.toml)", .0.display())]
+    NoProfiles(PathBuf),
+    /// A profile file does not load as the gateway would load it.
+    #[error("{name} does not load: {reason}")]
+    Profile {
+        /// The file name.
+        name: String,
+        /// What its loader said.
+        reason: String,
+    },
+    /// The manifest is not one the gateway reads.
+    #[error("{MANIFEST}")]
+    Manifest(#[source] Refusal),
+    /// The manifest's creation time cannot be written.
+    #[error("the creation time")]
+    Created(#[source] time::error::Format),
+    /// The key file holds no PKCS#8 (DER) Ed25519 private key.
+    #[error("{}: not a PKCS#8 (DER) Ed25519 private key", .0.display())]
+    NotAKey(PathBuf),
+    /// The system's random generator failed.
+    #[error("cannot generate a key")]
+    KeyGeneration,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AuthoringError + '_ {
+    move |source| AuthoringError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Loads one profile file as the gateway would.
-pub fn check_profile(name: &str, text: &str) -> Result<(), String> {
+pub(crate) fn check_profile(name: &str, text: &str) -> Result<(), String> {
     let stem = name.trim_end_matches(".toml");
     if name.starts_with("json-") {
         let p = crate::profile::json::registry::load(text, name).map_err(|e| e.to_string())?;
@@ -508,25 +552,25 @@ pub fn pack(
     version: &str,
     key_id: &str,
     created: time::OffsetDateTime,
-) -> Result<Manifest, String> {
+) -> Result<Manifest, AuthoringError> {
     let mut names: Vec<String> = std::fs::read_dir(src)
-        .map_err(|e| format!("{}: {e}", src.display()))?
+        .map_err(io_at(src))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| check_path(n).is_ok())
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(format!(
-            "{}: no profile files (json-*, line-*, ble-*.toml)",
-            src.display()
-        ));
+        return Err(AuthoringError::NoProfiles(src.to_path_buf()));
     }
     let mut files = Vec::new();
     let mut contents = Vec::new();
     for n in &names {
-        let text = read_file_in_dir(src, &src.join(n), MAX_PROFILE_FILE_BYTES)
-            .map_err(|e| format!("{n}: {e}"))?;
-        check_profile(n, &text).map_err(|e| format!("{n} does not load: {e}"))?;
+        let path = src.join(n);
+        let text = read_file_in_dir(src, &path, MAX_PROFILE_FILE_BYTES).map_err(io_at(&path))?;
+        check_profile(n, &text).map_err(|reason| AuthoringError::Profile {
+            name: n.clone(),
+            reason,
+        })?;
         files.push(FileEntry {
             path: n.clone(),
             bytes: text.len() as u64,
@@ -540,51 +584,49 @@ pub fn pack(
         version: version.to_owned(),
         created: created
             .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| e.to_string())?,
+            .map_err(AuthoringError::Created)?,
         key_id: key_id.to_owned(),
         files,
     };
     let text = manifest.to_toml();
-    Manifest::parse(&text).map_err(|e| e.to_string())?;
-    std::fs::create_dir(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Manifest::parse(&text).map_err(AuthoringError::Manifest)?;
+    std::fs::create_dir(out).map_err(io_at(out))?;
     for (n, t) in &contents {
-        std::fs::write(out.join(n), t).map_err(|e| format!("{n}: {e}"))?;
+        let path = out.join(n);
+        std::fs::write(&path, t).map_err(io_at(&path))?;
     }
-    std::fs::write(out.join(MANIFEST), &text).map_err(|e| format!("{MANIFEST}: {e}"))?;
+    let path = out.join(MANIFEST);
+    std::fs::write(&path, &text).map_err(io_at(&path))?;
     Ok(manifest)
 }
 
 /// Signs the manifest of the pack in `dir` with the PKCS#8 Ed25519 key in `key_file`,
 /// writing `manifest.sig`. Returns the public key (hex) that verifies it.
-pub fn sign(dir: &Path, key_file: &Path) -> Result<String, String> {
+pub fn sign(dir: &Path, key_file: &Path) -> Result<String, AuthoringError> {
     let key = read_key(key_file)?;
-    let text = read_file_in_dir(dir, &dir.join(MANIFEST), MAX_MANIFEST_BYTES)
-        .map_err(|e| format!("{MANIFEST}: {e}"))?;
-    Manifest::parse(&text).map_err(|e| e.to_string())?;
+    let manifest = dir.join(MANIFEST);
+    let text = read_file_in_dir(dir, &manifest, MAX_MANIFEST_BYTES).map_err(io_at(&manifest))?;
+    Manifest::parse(&text).map_err(AuthoringError::Manifest)?;
     let signature = key.sign(text.as_bytes());
-    std::fs::write(
-        dir.join(SIGNATURE),
-        format!("{}\n", hex(signature.as_ref())),
-    )
-    .map_err(|e| format!("{SIGNATURE}: {e}"))?;
+    let path = dir.join(SIGNATURE);
+    std::fs::write(&path, format!("{}\n", hex(signature.as_ref()))).map_err(io_at(&path))?;
     Ok(hex(key.public_key().as_ref()))
 }
 
 /// Reads a PKCS#8 (DER) Ed25519 private key.
-pub fn read_key(path: &Path) -> Result<Ed25519KeyPair, String> {
-    let der = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_key(path: &Path) -> Result<Ed25519KeyPair, AuthoringError> {
+    let der = std::fs::read(path).map_err(io_at(path))?;
     Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-        .map_err(|_| format!("{}: not a PKCS#8 (DER) Ed25519 private key", path.display()))
+        .map_err(|_| AuthoringError::NotAKey(path.to_path_buf()))
 }
 
 /// Makes a new signing key at `path` (mode 0600, must not exist); returns its public key
 /// (hex).
-pub fn keygen(path: &Path) -> Result<String, String> {
+pub fn keygen(path: &Path) -> Result<String, AuthoringError> {
     let rng = ring::rand::SystemRandom::new();
-    let der =
-        Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate a key".to_owned())?;
-    let key = Ed25519KeyPair::from_pkcs8(der.as_ref())
-        .map_err(|_| "cannot use the new key".to_owned())?;
+    let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| AuthoringError::KeyGeneration)?;
+    let key =
+        Ed25519KeyPair::from_pkcs8(der.as_ref()).map_err(|_| AuthoringError::KeyGeneration)?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -592,10 +634,10 @@ pub fn keygen(path: &Path) -> Result<String, String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io_at(path))?;
     file.write_all(der.as_ref())
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(io_at(path))?;
     Ok(hex(key.public_key().as_ref()))
 }
 

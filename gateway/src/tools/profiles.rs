@@ -174,12 +174,45 @@ pub struct TestRequest<'a> {
     pub characteristic: Option<&'a str>,
 }
 
+/// Why `profiles test` could not decode the sample.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// The profile or the sample file cannot be read.
+    #[error("{}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither a file nor a built-in profile id.
+    #[error("{0}: no such file, and no built-in profile has that id")]
+    NoSuchProfile(String),
+    /// The profile does not load (its loader's message, naming the file and key).
+    #[error("{0}")]
+    Profile(String),
+    /// An option does not fit the profile (`--topic`, `--characteristic`).
+    #[error("{0}")]
+    Option(String),
+    /// The sample does not decode with the profile (the decoder's message, naming the line).
+    #[error("{0}")]
+    Sample(String),
+}
+
+fn read_at(path: &Path) -> impl FnOnce(std::io::Error) -> TestError + '_ {
+    move |source| TestError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// The profile's text and file name: a path, or a built-in id.
-fn profile_text(profile: &str) -> Result<(String, String), String> {
+fn profile_text(profile: &str) -> Result<(String, String), TestError> {
     let path = Path::new(profile);
     if path.exists() {
         let text = crate::limits::read_capped(path, crate::limits::MAX_PROFILE_FILE_BYTES)
-            .map_err(|e| format!("{profile}: {e}"))?;
+            .map_err(read_at(path))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -198,7 +231,7 @@ fn profile_text(profile: &str) -> Result<(String, String), String> {
                 .find(|(n, _)| **n == file)
                 .map(|(n, t)| (n.to_string(), t.to_string()))
         })
-        .ok_or_else(|| format!("{profile}: no such file, and no built-in profile has that id"))
+        .ok_or_else(|| TestError::NoSuchProfile(profile.to_owned()))
 }
 
 /// The FHIR Observations of `readings`, one JSON object per line.
@@ -239,67 +272,73 @@ fn render(readings: &[Reading]) -> String {
 /// profile, and renders the readings and the Observations it would send. A JSON profile
 /// reads the sample as one MQTT payload; a line profile as lines of text; a BLE profile as
 /// one characteristic value in hex per line.
-pub fn test(request: &TestRequest<'_>) -> Result<String, String> {
+pub fn test(request: &TestRequest<'_>) -> Result<String, TestError> {
     let (name, text) = profile_text(request.profile)?;
     let sample = crate::limits::read_capped(request.sample, crate::limits::MAX_PROFILE_FILE_BYTES)
-        .map_err(|e| format!("{}: {e}", request.sample.display()))?;
+        .map_err(read_at(request.sample))?;
     if name.starts_with("json-") {
-        let profile = json::registry::load(&text, &name).map_err(|e| e.to_string())?;
+        let profile =
+            json::registry::load(&text, &name).map_err(|e| TestError::Profile(e.to_string()))?;
         let topic = request
             .topic
             .map(str::to_owned)
             .or_else(|| profile.examples.first().map(|e| e.topic.clone()))
             .unwrap_or_else(|| profile.topics[0].replace('+', "sample").replace("/#", ""));
         if !profile.claims(&topic) {
-            return Err(format!(
+            return Err(TestError::Option(format!(
                 "topic {topic:?} is not one of the profile's topics"
-            ));
+            )));
         }
         let message: serde_json::Value = serde_json::from_str(&sample).map_err(|e| {
-            format!(
+            TestError::Sample(format!(
                 "sample: not JSON (line {}, column {})",
                 e.line(),
                 e.column()
-            )
+            ))
         })?;
         if !profile.matches(&message) {
-            return Err("sample: does not meet the profile's `match` conditions".into());
+            return Err(TestError::Sample(
+                "sample: does not meet the profile's `match` conditions".into(),
+            ));
         }
         let readings = profile
             .decode(&topic, &message, OffsetDateTime::now_utc(), &|_, _| None)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TestError::Sample(e.to_string()))?;
         return Ok(render(&readings));
     }
     if name.starts_with("line-") {
         let profile = line::schema::ProfileFile::from_toml(&text, &name)
             .and_then(|f| f.compile(&name))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TestError::Profile(e.to_string()))?;
         let mut readings = Vec::new();
         for (i, l) in sample.lines().enumerate() {
             match profile.decode_example(l) {
                 Ok(line::Decoded::Readings(r)) => readings.extend(r),
                 Ok(line::Decoded::Ignored) => {}
-                Err(e) => return Err(format!("sample line {}: {e}", i + 1)),
+                Err(e) => return Err(TestError::Sample(format!("sample line {}: {e}", i + 1))),
             }
         }
         return Ok(render(&readings));
     }
-    let profile = ble::profile_file::BleProfile::from_toml(&text).map_err(|e| e.to_string())?;
+    let profile = ble::profile_file::BleProfile::from_toml(&text)
+        .map_err(|e| TestError::Profile(e.to_string()))?;
     let decoder = match request.characteristic {
         Some(c) => {
-            let uuid =
-                ble::parse_characteristic(c).map_err(|e| format!("--characteristic: {e}"))?;
+            let uuid = ble::parse_characteristic(c)
+                .map_err(|e| TestError::Option(format!("--characteristic: {e}")))?;
             profile
                 .decoders()
                 .into_iter()
                 .find(|(u, _)| *u == uuid)
-                .ok_or_else(|| format!("--characteristic: the profile has no 0x{uuid:04X}"))?
+                .ok_or_else(|| {
+                    TestError::Option(format!("--characteristic: the profile has no 0x{uuid:04X}"))
+                })?
         }
-        None => profile
-            .subscriptions()
-            .into_iter()
-            .next()
-            .ok_or("the profile subscribes to no characteristic: give --characteristic")?,
+        None => profile.subscriptions().into_iter().next().ok_or_else(|| {
+            TestError::Option(
+                "the profile subscribes to no characteristic: give --characteristic".into(),
+            )
+        })?,
     };
     let ctx = FrameContext {
         device: DeviceRef {
@@ -319,14 +358,10 @@ pub fn test(request: &TestRequest<'_>) -> Result<String, String> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let bytes = crate::tools::decode::parse_hex(l)
-            .map_err(|e| format!("sample line {}: {e}", i + 1))?;
-        readings.extend(
-            decoder
-                .1
-                .decode(&bytes, &ctx)
-                .map_err(|e| format!("sample line {}: {e}", i + 1))?,
-        );
+        let at_line =
+            |e: &dyn std::fmt::Display| TestError::Sample(format!("sample line {}: {e}", i + 1));
+        let bytes = crate::tools::decode::parse_hex(l).map_err(|e| at_line(&e))?;
+        readings.extend(decoder.1.decode(&bytes, &ctx).map_err(|e| at_line(&e))?);
     }
     Ok(render(&readings))
 }

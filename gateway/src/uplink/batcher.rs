@@ -1,5 +1,6 @@
 //! One uplink worker: lease → send → settle, forever. `in_flight` workers run at once.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,75 @@ pub struct BatcherConfig {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+}
+
+/// The most readings per request a destination was seen to take after refusing more, shared
+/// by its workers (0: nothing learned). It only ever goes down, and lasts until the gateway
+/// restarts.
+#[derive(Debug, Default)]
+pub struct LearnedLimit(AtomicUsize);
+
+impl LearnedLimit {
+    /// The learned limit, if any.
+    pub fn get(&self) -> Option<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Learns `rows` when it is below what was known; says whether it was.
+    fn learn(&self, rows: usize) -> bool {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            if rows == 0 || (current != 0 && current <= rows) {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange(current, rows, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+/// The two halves of a batch refused as a whole. If both pass, the refusal was the request's
+/// size, not a reading in it, and the larger half is a size the destination takes.
+#[derive(Debug)]
+struct Probe {
+    /// The refused batch's size.
+    refused: usize,
+    /// Halves not yet answered.
+    left: AtomicUsize,
+    /// A half was refused too: a reading is at fault (or the halves are still too large).
+    failed: AtomicBool,
+    /// The larger half that passed.
+    passed: AtomicUsize,
+}
+
+impl Probe {
+    fn new(refused: usize) -> Arc<Self> {
+        Arc::new(Probe {
+            refused,
+            left: AtomicUsize::new(2),
+            failed: AtomicBool::new(false),
+            passed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Records one half's answer; `Some(size)` once both halves passed.
+    fn answered(&self, rows: usize, passed: bool) -> Option<usize> {
+        if passed {
+            self.passed.fetch_max(rows, Ordering::Relaxed);
+        } else {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        let last = self.left.fetch_sub(1, Ordering::Relaxed) == 1;
+        (last && !self.failed.load(Ordering::Relaxed)).then(|| self.passed.load(Ordering::Relaxed))
+    }
 }
 
 /// How long an idle worker sleeps before looking again even without a commit signal.
@@ -82,6 +152,8 @@ pub struct Worker<T> {
     /// Shared by the destination's workers: one fills a batch at a time, so that at steady
     /// rates the batches are full rather than split between workers.
     pub collecting: Arc<tokio::sync::Mutex<()>>,
+    /// The request size the destination was seen to take, shared by its workers.
+    pub learned: Arc<LearnedLimit>,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
 }
@@ -97,6 +169,7 @@ pub async fn run<T: Transport>(worker: Worker<T>) {
         metrics,
         audit,
         collecting,
+        learned,
         shutdown,
     } = worker;
     let mut commits = store.subscribe_commits();
@@ -147,6 +220,7 @@ pub async fn run<T: Transport>(worker: Worker<T>) {
             transport.as_ref(),
             &config,
             &report,
+            &learned,
             rows,
             &shutdown,
         )
@@ -217,23 +291,54 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// Rows still to send, and the probe they answer, if they are half of a refused batch.
+type Part = (Vec<(i64, Reading)>, Option<Arc<Probe>>);
+
 /// Sends one leased batch until every row is delivered or dead-lettered, or shutdown.
 async fn deliver<T: Transport>(
     store: &Store,
     transport: &T,
     config: &BatcherConfig,
     report: &Report<'_>,
+    learned: &LearnedLimit,
     rows: Vec<(i64, Reading)>,
     shutdown: &CancellationToken,
 ) {
-    // Work list of sub-batches; a permanently refused batch is split until the culprit is alone.
-    let mut work = vec![rows];
-    while let Some(mut batch) = work.pop() {
+    // Work list of sub-batches; a permanently refused batch is split until the culprit is
+    // alone. The halves of a split carry their probe; the rest of a batch cut to fit a
+    // request carries none.
+    let mut work: Vec<Part> = vec![(rows, None)];
+    while let Some((mut batch, mut probe)) = work.pop() {
         let mut backoff = Backoff::new(config.retry_initial, config.retry_max);
+        {
+            let refs: Vec<(i64, &Reading)> = batch.iter().map(|(id, r)| (*id, r)).collect();
+            let fits = transport
+                .fit(&refs)
+                .min(learned.get().unwrap_or(usize::MAX))
+                .max(1);
+            if fits < batch.len() {
+                let rest = batch.split_off(fits);
+                work.push((rest, None));
+            }
+        }
         while !batch.is_empty() {
             let refs: Vec<(i64, &Reading)> = batch.iter().map(|(id, r)| (*id, r)).collect();
+            let sent = refs.len();
             let delay = match transport.send(&refs).await {
                 Ok(outcomes) => {
+                    if let Some(p) = probe.take() {
+                        if let Some(size) = p.answered(sent, true) {
+                            if learned.learn(size) {
+                                tracing::info!(
+                                    transport = transport.name(),
+                                    refused = p.refused,
+                                    took = size,
+                                    "the destination refused a request of {} readings and took {size}: sending at most {size} per request from now on",
+                                    p.refused
+                                );
+                            }
+                        }
+                    }
                     report.metrics.uplink_answered(report.uplink);
                     let mut delivered = Vec::new();
                     let mut received: Vec<OffsetDateTime> = Vec::new();
@@ -328,6 +433,9 @@ async fn deliver<T: Transport>(
                 }
                 Err(SendError::Refused(refusal)) => {
                     report.metrics.uplink_answered(report.uplink);
+                    if let Some(p) = probe.take() {
+                        p.answered(sent, false);
+                    }
                     if batch.len() == 1 {
                         tracing::warn!(
                             transport = transport.name(),
@@ -344,9 +452,14 @@ async fn deliver<T: Transport>(
                             rows = batch.len(),
                             "batch refused; splitting it to isolate the refused reading"
                         );
+                        // Only a refusal a size limit answers with (400: Medplum and
+                        // others; 413: proxies) is probed; a conflict (409, 412) is not
+                        // about size.
+                        let halves = matches!(refusal.status, Some(400 | 413))
+                            .then(|| Probe::new(batch.len()));
                         let second = batch.split_off(batch.len() / 2);
-                        work.push(second);
-                        work.push(std::mem::take(&mut batch));
+                        work.push((second, halves.clone()));
+                        work.push((std::mem::take(&mut batch), halves));
                     }
                     break;
                 }
@@ -358,9 +471,49 @@ async fn deliver<T: Transport>(
             }
         }
         if shutdown.is_cancelled() {
-            let ids: Vec<i64> = work.iter().flatten().map(|(id, _)| *id).collect();
+            let ids: Vec<i64> = work
+                .iter()
+                .flat_map(|(rows, _)| rows)
+                .map(|(id, _)| *id)
+                .collect();
             store.release(report.destination, &ids).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LearnedLimit, Probe};
+
+    #[test]
+    fn a_size_is_learned_only_when_both_halves_pass() {
+        // Both halves of a refused 16 pass: the size was the problem; 8 is what passed.
+        let p = Probe::new(16);
+        assert_eq!(p.answered(8, true), None);
+        assert_eq!(p.answered(8, true), Some(8));
+        // One half refused: a reading is at fault, nothing is learned.
+        let p = Probe::new(16);
+        assert_eq!(p.answered(8, false), None);
+        assert_eq!(p.answered(8, true), None);
+        let p = Probe::new(5);
+        assert_eq!(p.answered(3, true), None);
+        assert_eq!(p.answered(2, false), None);
+        // Uneven halves: the larger one passed.
+        let p = Probe::new(7);
+        assert_eq!(p.answered(3, true), None);
+        assert_eq!(p.answered(4, true), Some(4));
+    }
+
+    #[test]
+    fn the_learned_limit_only_goes_down() {
+        let l = LearnedLimit::default();
+        assert_eq!(l.get(), None);
+        assert!(l.learn(8));
+        assert!(!l.learn(12));
+        assert_eq!(l.get(), Some(8));
+        assert!(l.learn(3));
+        assert!(!l.learn(0));
+        assert_eq!(l.get(), Some(3));
     }
 }

@@ -144,6 +144,7 @@ impl FileTransport {
                     &identifier,
                     dev_ref,
                     &gw_ref,
+                    None,
                     self.gateway.convert_units,
                 ),
             );

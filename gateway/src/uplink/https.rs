@@ -7,7 +7,10 @@
 //!   `ifNoneExist` matched an existing resource), 408/429/5xx retried, other 4xx dead-lettered
 //!   with the entry's OperationOutcome text.
 //! - 400, 409, 412, 413, 422 for the whole Bundle: refused (the batcher splits the batch to
-//!   find the reading at fault).
+//!   find the reading at fault; when both halves pass, it was the size, and the batcher
+//!   remembers the size that passed).
+//! - `max_entries` / `max_request_bytes` ([`Limits`]): a batch is cut into Bundles within
+//!   them before anything is sent ([`Transport::fit`]).
 //! - 408, 429, 5xx, 401/403/404 (a server or credentials problem, not the data's), timeouts,
 //!   connection and TLS errors: retried with backoff, honouring `Retry-After`.
 //!
@@ -38,7 +41,7 @@ use tokio_rustls::TlsConnector;
 use super::auth::{AuthError, Authorizer};
 use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
 use crate::error_chain::Chain;
-use crate::fhir::{self, BundleType, EntryRole, Gateway};
+use crate::fhir::{self, BundleType, EntryRole, Gateway, PatientMode};
 use crate::model::Reading;
 
 /// Largest response body read, in bytes.
@@ -61,6 +64,16 @@ pub enum SetupError {
     ServerName(#[source] rustls_pki_types::InvalidDnsNameError),
 }
 
+/// The request limits configured for a server (`uplink.fhir.max_entries`,
+/// `max_request_bytes`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Most entries in one Bundle, Devices included.
+    pub entries: Option<usize>,
+    /// Most bytes in one request body.
+    pub bytes: Option<usize>,
+}
+
 /// Sends Bundles to a FHIR server.
 pub struct FhirTransport {
     connector: TlsConnector,
@@ -73,6 +86,9 @@ pub struct FhirTransport {
     path: String,
     timeout: Duration,
     bundle_type: BundleType,
+    /// How subjects name patients bound by identifier.
+    patients: PatientMode,
+    limits: Limits,
     gateway: Gateway,
     /// Idle keep-alive connections.
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
@@ -104,12 +120,14 @@ fn transient(reason: String, retry_after: Option<Duration>, tls: bool) -> SendEr
 }
 
 impl FhirTransport {
-    /// A transport for `base_url` using the client TLS config `tls`.
+    /// A transport for `base_url` using the client TLS config `tls`, sending Bundles of
+    /// `bundle_type` whose subjects name patients the `patients` way.
     pub fn new(
         base_url: &str,
         tls: Arc<ClientConfig>,
         timeout: Duration,
-        bundle_type: BundleType,
+        (bundle_type, patients): (BundleType, PatientMode),
+        limits: Limits,
         gateway: Gateway,
     ) -> Result<Self, SetupError> {
         let url = url::Url::parse(base_url).map_err(SetupError::Url)?;
@@ -141,6 +159,8 @@ impl FhirTransport {
             path,
             timeout,
             bundle_type,
+            patients,
+            limits,
             gateway,
             idle: Mutex::new(Vec::new()),
             auth: None,
@@ -276,14 +296,19 @@ impl FhirTransport {
             .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
-                transient(
-                    format!(
-                        "request failed (the server may have stored it; retrying is safe): {}",
-                        Chain(&e)
+                // Under TLS 1.3 a server refusing the client certificate says so (an alert)
+                // after the client's handshake is done: it arrives here, with the response.
+                match crate::tls::rustls_cause(&e) {
+                    Some(tls) => transient(crate::tls::explain_rustls(tls), None, true),
+                    None => transient(
+                        format!(
+                            "request failed (the server may have stored it; retrying is safe): {}",
+                            Chain(&e)
+                        ),
+                        None,
+                        false,
                     ),
-                    None,
-                    false,
-                )
+                }
             })?;
             let status = response.status();
             let retry_after = response
@@ -433,8 +458,38 @@ impl Transport for FhirTransport {
         "fhir"
     }
 
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        let mut fits = rows.len();
+        if let Some(max) = self.limits.entries {
+            fits = fhir::rows_within_entries(rows, max, self.patients);
+        }
+        if let Some(max) = self.limits.bytes {
+            // Measured, not estimated: map the candidate and shrink it in proportion until
+            // its body fits (a reading's entry is a few KiB, so this converges at once).
+            loop {
+                if fits <= 1 {
+                    break;
+                }
+                let len = fhir::bundle(
+                    &self.gateway,
+                    &rows[..fits],
+                    self.bundle_type,
+                    self.patients,
+                )
+                .body
+                .len();
+                if len <= max {
+                    break;
+                }
+                let scaled = (fits as u128 * max as u128 / len as u128) as usize;
+                fits = scaled.min(fits - 1).max(1);
+            }
+        }
+        fits.max(1)
+    }
+
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
-        let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type);
+        let mapped = fhir::bundle(&self.gateway, rows, self.bundle_type, self.patients);
         let Answer {
             status,
             retry_after,

@@ -181,7 +181,10 @@ impl KafkaTransport {
         let tls = match &config.tls {
             Some(t) => {
                 let identity = t.cert.as_deref().zip(t.key.as_deref());
-                Some(crate::tls::client_config(&t.ca, identity).map_err(KafkaSetupError::Tls)?)
+                Some(
+                    crate::tls::client_config_with_crls(&t.ca, &t.crls, identity)
+                        .map_err(KafkaSetupError::Tls)?,
+                )
             }
             None => None,
         };

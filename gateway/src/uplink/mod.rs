@@ -11,7 +11,10 @@
 //! destination's reason. Everything else is retried with exponential backoff and full jitter,
 //! honouring `Retry-After`. A whole batch refused permanently (a transaction's 4xx) is split
 //! in halves and resent until the refused reading is isolated, so one bad reading never
-//! blocks or dead-letters its neighbours.
+//! blocks or dead-letters its neighbours. When both halves of a refused batch pass, the
+//! refusal was the request's size, not a reading: the workers remember the size that passed
+//! ([`batcher::LearnedLimit`]) and send no larger request again, instead of halving every
+//! batch. Limits configured for a destination ([`Transport::fit`]) apply from the start.
 
 pub mod auth;
 pub mod batcher;
@@ -33,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Store;
-use crate::config::{BundleType, Destination, UplinkConfig};
+use crate::config::{BundleType, Destination, PatientReference, UplinkConfig};
 use crate::fhir::{self, Gateway};
 use crate::model::Reading;
 use crate::ops::audit::Audit;
@@ -104,6 +107,13 @@ pub enum SendError {
 pub trait Transport: Send + Sync + 'static {
     /// A short name for logs, metrics and dead-letter origins (`file`, `fhir`).
     fn name(&self) -> &'static str;
+
+    /// How many of `rows`, from the start, fit one request by the destination's configured
+    /// limits (at least 1: a reading too large alone is sent and refused on its own). The
+    /// batcher sends the rest in further requests.
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        rows.len()
+    }
 
     /// Sends `rows` (buffer row id, reading); on success returns one outcome per row, in order.
     fn send(
@@ -197,6 +207,16 @@ impl Transport for AnyTransport {
         }
     }
 
+    fn fit(&self, rows: &[(i64, &Reading)]) -> usize {
+        match self {
+            AnyTransport::File(t) => t.fit(rows),
+            AnyTransport::Fhir(t) => t.fit(rows),
+            AnyTransport::Hl7(t) => t.fit(rows),
+            AnyTransport::Mqtt(t) => t.fit(rows),
+            AnyTransport::Kafka(t) => t.fit(rows),
+        }
+    }
+
     async fn send(&self, rows: &[(i64, &Reading)]) -> Result<Vec<Outcome>, SendError> {
         match self {
             AnyTransport::File(t) => t.send(rows).await,
@@ -228,17 +248,33 @@ pub fn prepare(
             Ok(AnyTransport::File(transport))
         }
         Destination::Fhir(f) => {
-            let tls =
-                crate::tls::client_config(&f.ca, f.client_identity()).map_err(UplinkError::Tls)?;
+            let tls = crate::tls::client_config_with_crls(&f.ca, &f.crls, f.client_identity())
+                .map_err(UplinkError::Tls)?;
             let kind = match f.bundle_type {
                 BundleType::Transaction => fhir::BundleType::Transaction,
                 BundleType::Batch => fhir::BundleType::Batch,
             };
             let timeout = Duration::from_secs(f.timeout_s);
+            let limits = https::Limits {
+                entries: f.max_entries,
+                bytes: f.max_request_bytes,
+            };
+            let patients = match f.patient_reference {
+                PatientReference::Identifier => fhir::PatientMode::Identifier,
+                PatientReference::Conditional => fhir::PatientMode::Conditional,
+                PatientReference::Create => fhir::PatientMode::Create,
+            };
             let authorizer = auth::Authorizer::from_config(f, tls.clone())?;
             let method = authorizer.as_ref().map(|a| a.method().as_str());
-            let transport = https::FhirTransport::new(&f.base_url, tls, timeout, kind, gateway)?
-                .with_auth(authorizer);
+            let transport = https::FhirTransport::new(
+                &f.base_url,
+                tls,
+                timeout,
+                (kind, patients),
+                limits,
+                gateway,
+            )?
+            .with_auth(authorizer);
             let mtls = f.cert.is_some();
             tracing::info!(base_url = %f.base_url, mutual_tls = mtls, auth = method.unwrap_or("none"), "uplink: FHIR server over HTTPS");
             Ok(AnyTransport::Fhir(transport))
@@ -247,7 +283,10 @@ pub fn prepare(
             let tls = match &h.tls {
                 Some(t) => {
                     let identity = t.cert.as_deref().zip(t.key.as_deref());
-                    Some(crate::tls::client_config(&t.ca, identity).map_err(UplinkError::Hl7Tls)?)
+                    Some(
+                        crate::tls::client_config_with_crls(&t.ca, &t.crls, identity)
+                            .map_err(UplinkError::Hl7Tls)?,
+                    )
                 }
                 None => None,
             };
@@ -316,6 +355,7 @@ pub fn start<T: Transport>(
         .expect("the buffer was opened with every configured destination");
     let transport = Arc::new(transport);
     let collecting = Arc::new(tokio::sync::Mutex::new(()));
+    let learned = Arc::new(batcher::LearnedLimit::default());
     (0..workers)
         .map(|_| {
             tokio::spawn(batcher::run(batcher::Worker {
@@ -326,6 +366,7 @@ pub fn start<T: Transport>(
                 metrics: ctx.metrics.clone(),
                 audit: ctx.audit.clone(),
                 collecting: collecting.clone(),
+                learned: learned.clone(),
                 shutdown: ctx.shutdown.clone(),
             }))
         })

@@ -153,7 +153,10 @@ impl MqttTransport {
         let tls = match (&config.tls, secure) {
             (Some(t), true) => {
                 let identity = t.cert.as_deref().zip(t.key.as_deref());
-                Some(crate::tls::client_config(&t.ca, identity).map_err(MqttSetupError::Tls)?)
+                Some(
+                    crate::tls::client_config_with_crls(&t.ca, &t.crls, identity)
+                        .map_err(MqttSetupError::Tls)?,
+                )
             }
             (None, true) => {
                 return Err(MqttSetupError::Config(

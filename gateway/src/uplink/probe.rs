@@ -57,15 +57,16 @@ pub async fn run(config: &Config) -> Report {
     };
     let mut report = report;
     report.lines.push(format!("server: {}", fhir.base_url));
-    let tls = match crate::tls::client_config(&fhir.ca, fhir.client_identity()) {
-        Ok(tls) => tls,
-        Err(e) => {
-            return report.fail(
-                Verdict::Config,
-                format!("uplink.fhir TLS files: {}", Chain(&e)),
-            )
-        }
-    };
+    let tls =
+        match crate::tls::client_config_with_crls(&fhir.ca, &fhir.crls, fhir.client_identity()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                return report.fail(
+                    Verdict::Config,
+                    format!("uplink.fhir TLS files: {}", Chain(&e)),
+                )
+            }
+        };
     let timeout = Duration::from_secs(fhir.timeout_s.max(1));
     let authorizer = match Authorizer::from_config(fhir, tls.clone()) {
         Ok(a) => a,

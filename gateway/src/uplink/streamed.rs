@@ -113,7 +113,13 @@ impl Renderer {
 
     /// The transaction Bundle of `rows`, as the FHIR uplink would send it.
     pub fn bundle(&self, rows: &[(i64, &Reading)]) -> Vec<u8> {
-        fhir::bundle(&self.gateway, rows, fhir::BundleType::Transaction).body
+        fhir::bundle(
+            &self.gateway,
+            rows,
+            fhir::BundleType::Transaction,
+            fhir::PatientMode::Identifier,
+        )
+        .body
     }
 }
 

@@ -122,10 +122,10 @@ fn plan_entry(
             )));
         }
         let (system, value) = split_token(token);
-        let mut matches = store.find(&rtype, system, value);
-        if let Some(hits) = planned.get(&(rtype.clone(), value.to_string())) {
+        let mut matches = store.find(&rtype, system.as_deref(), &value);
+        if let Some(hits) = planned.get(&(rtype.clone(), value.clone())) {
             for (s, id) in hits {
-                if system.is_none_or(|sys| sys == s) && !matches.contains(id) {
+                if system.as_deref().is_none_or(|sys| sys == s) && !matches.contains(id) {
                     matches.push(id.clone());
                 }
             }

@@ -256,7 +256,7 @@ fn search(store: &Store, rtype: &str, query: &str) -> Resp {
         match k.as_str() {
             "identifier" => {
                 let (system, value) = split_token(&v);
-                ids = Some(store.find(rtype, system, value));
+                ids = Some(store.find(rtype, system.as_deref(), &value));
             }
             "_count" | "_format" => {}
             other => {

@@ -82,12 +82,28 @@ pub(super) fn identifiers(resource: &Value) -> Vec<(String, String)> {
 }
 
 /// `SYSTEM|VALUE` → (Some(SYSTEM), VALUE); `VALUE` → (None, VALUE) (any system);
-/// `|VALUE` → (Some(""), VALUE) (no system).
-pub(super) fn split_token(token: &str) -> (Option<&str>, &str) {
-    match token.split_once('|') {
-        Some((s, v)) => (Some(s), v),
-        None => (None, token),
+/// `|VALUE` → (Some(""), VALUE) (no system). FHIR search escapes are honoured: the first `|`
+/// not preceded by `\\` separates, and `\\x` stands for `x` in either part.
+pub(super) fn split_token(token: &str) -> (Option<String>, String) {
+    let mut parts: Vec<String> = vec![String::new()];
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    parts.last_mut().unwrap_or(&mut String::new()).push(next);
+                }
+            }
+            '|' if parts.len() == 1 => parts.push(String::new()),
+            c => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(c)
+                }
+            }
+        }
     }
+    let value = parts.pop().unwrap_or_default();
+    (parts.pop(), value)
 }
 
 /// Splits a query string into decoded `(name, value)` pairs, form-style (`+` is a space).
@@ -143,8 +159,10 @@ mod tests {
 
     #[test]
     fn tokens_split_on_the_first_bar() {
-        assert_eq!(split_token("http://x|v|w"), (Some("http://x"), "v|w"));
-        assert_eq!(split_token("v"), (None, "v"));
-        assert_eq!(split_token("|v"), (Some(""), "v"));
+        let owned = |s: Option<&str>, v: &str| (s.map(str::to_owned), v.to_owned());
+        assert_eq!(split_token("http://x|v|w"), owned(Some("http://x"), "v|w"));
+        assert_eq!(split_token("v"), owned(None, "v"));
+        assert_eq!(split_token("|v"), owned(Some(""), "v"));
+        assert_eq!(split_token(r"s\|t|a\,b\\c"), owned(Some("s|t"), r"a,b\c"));
     }
 }

@@ -58,7 +58,7 @@ pub enum Found<'a> {
 
 impl Path {
     /// Parses a path; the error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if let Some(level) = text.strip_prefix("topic:") {
             return level
                 .parse::<usize>()
