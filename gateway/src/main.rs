@@ -682,6 +682,20 @@ fn progress_line(what: &'static str) -> impl FnMut(usize, usize) {
     }
 }
 
+/// A running count on standard error, only on a terminal (quiet when piped): `what: N
+/// readings found`, rewritten in place.
+fn found_line(what: &'static str) -> impl FnMut(u64) + Send {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    move |found| {
+        if terminal {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{what}: {found} readings found");
+            let _ = err.flush();
+        }
+    }
+}
+
 /// The `profiles` commands.
 fn profiles_command(
     config: Option<&std::path::Path>,
@@ -859,7 +873,17 @@ async fn queue_command(config: &Config, command: QueueCommand) -> anyhow::Result
                 .collect::<Result<Vec<_>, _>>()?;
             let (_store, mut writer, _) =
                 buffer::open(dir, &vitalbridge::buffer_options(config)).await?;
-            let report = buffer::salvage::salvage(&mut writer, &path, extra).await?;
+            let report = buffer::salvage::salvage_with_progress(
+                &mut writer,
+                &path,
+                extra,
+                &mut found_line("salvaging"),
+            )
+            .await;
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!();
+            }
+            let report = report?;
             writer.close().await;
             let shown = |p: &std::path::Path| printable(&p.display().to_string());
             println!(

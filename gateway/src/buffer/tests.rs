@@ -1024,15 +1024,20 @@ mod at_rest {
             "the WAL went with it"
         );
         assert_eq!(store.stats().await.unwrap().pending, 0);
-        let salvaged = salvage::salvage(&mut writer, &q.path, vec![])
-            .await
-            .unwrap();
+        let mut counts = Vec::new();
+        let salvaged =
+            salvage::salvage_with_progress(&mut writer, &q.path, vec![], &mut |n| counts.push(n))
+                .await
+                .unwrap();
         assert_eq!(
             (salvaged.found, salvaged.queued),
             (300, 300),
             "{salvaged:?}"
         );
         assert!(salvaged.wal.is_some());
+        // Progress as it goes (a running count, never going back), ending at what it found.
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+        assert_eq!(counts.last(), Some(&300), "{counts:?}");
         let mut seqs: Vec<u64> = store
             .lease(&dest(&store), 1000)
             .await

@@ -143,6 +143,17 @@ pub async fn salvage(
     path: &Path,
     extra_keys: Vec<BufferKey>,
 ) -> Result<SalvageReport, SalvageError> {
+    salvage_with_progress(writer, path, extra_keys, &mut |_| {}).await
+}
+
+/// [`salvage`], calling `progress` with the number of readings found so far after each
+/// group it queues (a large quarantined buffer takes a while).
+pub async fn salvage_with_progress(
+    writer: &mut Writer,
+    path: &Path,
+    extra_keys: Vec<BufferKey>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<SalvageReport, SalvageError> {
     let database = database_of(path)?;
     let wal_path = PathBuf::from(format!("{}-wal", database.display()));
     let wal = wal_path.is_file().then_some(wal_path);
@@ -192,11 +203,13 @@ pub async fn salvage(
         if batch.len() >= INSERT_BATCH {
             queued += writer.insert_salvaged(&batch).await?;
             batch.clear();
+            progress(found);
         }
     }
     if !batch.is_empty() {
         queued += writer.insert_salvaged(&batch).await?;
     }
+    progress(found);
     let scan = scanner.await.map_err(|e| SalvageError::Read {
         path: database.clone(),
         source: std::io::Error::other(e),
