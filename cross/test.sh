@@ -44,6 +44,8 @@ data_dir = "$work/data"
 devices = 5
 interval_ms = 10
 max_readings = $readings
+# The plain demo: every reading bound and sent (no held or refused scenario readings).
+scenarios = false
 [buffer]
 key_file = "$work/buffer.key"
 EOF

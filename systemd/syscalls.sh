@@ -65,6 +65,8 @@ key_file = "$work/buffer.key"
 devices = 5
 interval_ms = 20
 max_readings = 200
+# The plain demo: every reading bound and sent (no held or refused scenario readings).
+scenarios = false
 [sources.mqtt]
 url = "mqtt://127.0.0.1:9"
 EOF
