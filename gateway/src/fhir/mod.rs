@@ -36,6 +36,8 @@ mod observation;
 
 pub use observation::{device, gateway_device, observation, DeviceIdentifier, Observation};
 
+use std::collections::hash_map::{Entry as MapEntry, HashMap};
+
 use serde::Serialize;
 
 use crate::model::{Decimal, DeviceRef, Reading};
@@ -199,10 +201,12 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
         &gw.if_none_exist,
     );
     roles.push(EntryRole::Device);
-    // Distinct devices of the batch, with their fullUrls (a batch holds a handful).
-    let mut devices: Vec<(&DeviceRef, String)> = Vec::new();
+    // Distinct devices of the batch, in order of first appearance, with their fullUrls; found
+    // by hash (a batch of a ward or a fleet of hubs can hold hundreds of devices, and a
+    // linear search per row cost more than the entry it looked up for).
+    let mut devices: HashMap<&DeviceRef, String> = HashMap::new();
     for (_, r) in rows {
-        if !devices.iter().any(|(d, _)| *d == &r.device) {
+        if let MapEntry::Vacant(slot) = devices.entry(&r.device) {
             let d = device(&r.device);
             write_entry(
                 &mut body,
@@ -213,16 +217,12 @@ pub fn bundle(gateway: &Gateway, rows: &[(i64, &Reading)], kind: BundleType) -> 
                 &d.if_none_exist,
             );
             roles.push(EntryRole::Device);
-            devices.push((&r.device, d.full_url));
+            slot.insert(d.full_url);
         }
     }
     for (id, r) in rows {
         let identifier = r.identifier();
-        let device_url = devices
-            .iter()
-            .find(|(d, _)| *d == &r.device)
-            .map(|(_, url)| url.as_str())
-            .unwrap_or_default();
+        let device_url = devices.get(&r.device).map_or("", String::as_str);
         let obs = Observation::new_with(
             r,
             &identifier,
