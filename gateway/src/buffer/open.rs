@@ -1040,6 +1040,9 @@ pub async fn open(
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        // No ping before every acquire (a round trip to the connection's thread per lease):
+        // a local file connection does not go stale, and a dead one fails the query itself.
+        .test_before_acquire(false)
         .connect_with(connect_options(&db, false))
         .await?;
     let total = space::space(dir).map(|s| s.total).unwrap_or(0);

@@ -508,6 +508,24 @@ async fn the_last_sequence_survives_delivery() {
     r.store.ack(&dest(&r.store), &ids).await.unwrap();
     assert_eq!(r.ingest.last_sequence("a").await.unwrap(), Some(7));
     assert_eq!(r.ingest.last_sequence("c").await.unwrap(), None);
+    // A lower number later never lowers it; a group of many devices (one statement for all
+    // of them, past the few-readings path) keeps each device's highest.
+    r.ingest.commit(vec![reading("a", 3)]).await.unwrap();
+    assert_eq!(r.ingest.last_sequence("a").await.unwrap(), Some(7));
+    let many: Vec<Reading> = (0..40)
+        .map(|i| reading(&format!("d{}", i % 7), 100 + i))
+        .chain([reading("a", 9), reading("b", 0)])
+        .collect();
+    r.ingest.commit(many).await.unwrap();
+    assert_eq!(r.ingest.last_sequence("a").await.unwrap(), Some(9));
+    assert_eq!(r.ingest.last_sequence("b").await.unwrap(), Some(1));
+    for d in 0..7u64 {
+        let highest = (0..40).filter(|i| i % 7 == d).max().unwrap() + 100;
+        assert_eq!(
+            r.ingest.last_sequence(&format!("d{d}")).await.unwrap(),
+            Some(highest)
+        );
+    }
 }
 
 #[tokio::test]

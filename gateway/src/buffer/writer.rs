@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, QueryBuilder, Row};
+use sqlx::{Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -82,6 +82,36 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// How often the directory record (`buffer.state`) is brought up to date.
 const RECORD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The `INSERT` of a chunk of `n` rows (one of [`INSERT_CHUNKS`]), built once: the same text
+/// every time, so the connection's cached prepared statement is found without building the
+/// query again. A reading delivered a short while ago is not stored again (see
+/// [`DELIVERED_MEMORY`]).
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_CHUNKS
+            .into_iter()
+            .map(|n| {
+                let mut sql = String::from(
+                    "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
+                     SELECT column1, column2, column3, column4 FROM (VALUES ",
+                );
+                for i in 0..n {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str("(?, ?, ?, ?)");
+                }
+                sql.push_str(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
+                (n, sql)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(len, _)| *len == n)
+        .map_or(all[all.len() - 1].1.as_str(), |(_, sql)| sql.as_str())
+}
 
 /// The size of the next chunk for `remaining` rows.
 fn insert_chunk_len(remaining: usize) -> usize {
@@ -817,6 +847,27 @@ async fn requeue(
     Ok((moved, inserted))
 }
 
+/// Keeps the highest sequence number per device after delivery (one statement for every
+/// device of a group: a JSON object of device key -> sequence, expanded by `json_each`).
+const DEVICE_STATE_SQL: &str = "INSERT INTO device_state (device_key, last_sequence) \
+     SELECT key, value FROM json_each(?) WHERE true \
+     ON CONFLICT(device_key) DO UPDATE SET last_sequence = max(last_sequence, excluded.last_sequence)";
+
+/// The highest sequence number of each device in a group, as a JSON object for
+/// [`DEVICE_STATE_SQL`]; `None` when no reading has one.
+fn device_state_json(prepared: &Prepared<'_>) -> Option<String> {
+    let mut max_seq: HashMap<String, i64> = HashMap::new();
+    for (_, _, r) in prepared.readings.iter().chain(&prepared.held) {
+        if let Some(seq) = r.sequence {
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            let e = max_seq.entry(r.device.id.key()).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    // A map of strings to integers always serializes.
+    (!max_seq.is_empty()).then(|| serde_json::to_string(&max_seq).unwrap_or_default())
+}
+
 /// The statements of one group, inside its transaction.
 async fn write(
     conn: &mut SqliteConnection,
@@ -830,38 +881,24 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        // A reading delivered a short while ago is not stored again (see DELIVERED_MEMORY).
-        let mut q = QueryBuilder::new(
-            "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
-             SELECT column1, column2, column3, column4 FROM (",
-        );
-        q.push_values(chunk, |mut b, (sealed, received, _)| {
-            b.push_bind(&sealed.dedup[..])
-                .push_bind(*received)
-                .push_bind(&sealed.body[..])
-                .push_bind(prepared.todo);
-        });
-        q.push(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
-        written.inserted += q.build().execute(&mut *conn).await?.rows_affected();
+        let mut q = sqlx::query(insert_sql(n));
+        for (sealed, received, _) in chunk {
+            q = q
+                .bind(&sealed.dedup[..])
+                .bind(*received)
+                .bind(&sealed.body[..])
+                .bind(prepared.todo);
+        }
+        written.inserted += q.execute(&mut *conn).await?.rows_affected();
     }
     written.held += super::unbound::hold(conn, &prepared.held).await?;
-    // The highest sequence number per device, kept after delivery.
-    let mut max_seq: HashMap<String, u64> = HashMap::new();
-    for (_, _, r) in prepared.readings.iter().chain(&prepared.held) {
-        if let Some(seq) = r.sequence {
-            let e = max_seq.entry(r.device.id.key()).or_insert(seq);
-            *e = (*e).max(seq);
-        }
-    }
-    for (device, seq) in max_seq {
-        sqlx::query(
-            "INSERT INTO device_state (device_key, last_sequence) VALUES (?, ?) \
-             ON CONFLICT(device_key) DO UPDATE SET last_sequence = max(last_sequence, excluded.last_sequence)",
-        )
-        .bind(device)
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
+    // The highest sequence number per device, kept after delivery: one statement for every
+    // device of the group, not one per device.
+    if let Some(json) = device_state_json(prepared) {
+        sqlx::query(DEVICE_STATE_SQL)
+            .bind(json)
+            .execute(&mut *conn)
+            .await?;
     }
     let now = now_ms();
     for (_, r) in rejected {

@@ -38,6 +38,8 @@ mod observation;
 
 pub use observation::{device, gateway_device, observation, DeviceIdentifier, Observation};
 
+use std::collections::hash_map::{Entry as MapEntry, HashMap};
+
 use serde::Serialize;
 
 use crate::model::{Decimal, DeviceRef, PatientRef, Reading};
@@ -308,10 +310,12 @@ pub fn bundle(
         &gw.if_none_exist,
     );
     roles.push(EntryRole::Device);
-    // Distinct devices of the batch, with their fullUrls (a batch holds a handful).
-    let mut devices: Vec<(&DeviceRef, String)> = Vec::new();
+    // Distinct devices of the batch, in order of first appearance, with their fullUrls; found
+    // by hash (a batch of a ward or a fleet of hubs can hold hundreds of devices, and a
+    // linear search per row cost more than the entry it looked up for).
+    let mut devices: HashMap<&DeviceRef, String> = HashMap::new();
     for (_, r) in rows {
-        if !devices.iter().any(|(d, _)| *d == &r.device) {
+        if let MapEntry::Vacant(slot) = devices.entry(&r.device) {
             let d = device(&r.device);
             write_entry(
                 &mut body,
@@ -322,7 +326,7 @@ pub fn bundle(
                 &d.if_none_exist,
             );
             roles.push(EntryRole::Device);
-            devices.push((&r.device, d.full_url));
+            slot.insert(d.full_url);
         }
     }
     // Distinct patients bound by identifier, with the reference their subjects get.
@@ -365,11 +369,7 @@ pub fn bundle(
                 .find(|(q, _)| *q == p)
                 .map(|(_, url)| url.as_str())
         });
-        let device_url = devices
-            .iter()
-            .find(|(d, _)| *d == &r.device)
-            .map(|(_, url)| url.as_str())
-            .unwrap_or_default();
+        let device_url = devices.get(&r.device).map_or("", String::as_str);
         let obs = Observation::new_with(
             r,
             &identifier,

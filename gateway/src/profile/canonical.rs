@@ -172,6 +172,42 @@ struct WireComponent {
     unit: Option<String>,
 }
 
+/// A message: one reading object or an array of them, decoded in one pass.
+struct OneOrMany(Vec<WireReading>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a reading object or an array of them")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<OneOrMany, A::Error> {
+                WireReading::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|w| OneOrMany(vec![w]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(w) = seq.next_element::<WireReading>()? {
+                    items.push(w);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// What [`decode_with`] decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
@@ -202,26 +238,24 @@ pub fn decode_with(
     binding: &dyn Fn(&str, Option<u8>) -> Option<PatientRef>,
     trust_payload_patient: bool,
 ) -> Result<Decoded, DecodeError> {
-    // Parse to a `Value` first: serde's untagged enums would lose the exact decimal text
-    // that `arbitrary_precision` keeps, so the one-or-many choice is made by hand.
-    let json: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(describe_json_error(&e)))?;
-    let items = match json {
-        serde_json::Value::Array(items) => items,
-        object @ serde_json::Value::Object(_) => vec![object],
+    // One pass, straight into the structs (no `serde_json::Value` tree first). The
+    // one-or-many choice is made by hand ([`OneOrMany`]): serde's untagged enums would buffer
+    // the input and lose the exact decimal text that `arbitrary_precision` keeps.
+    let wires = match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{' | b'[') => {
+            serde_json::from_slice::<OneOrMany>(payload)
+                .map_err(|e| DecodeError::Json(describe_json_error(&e)))?
+                .0
+        }
+        // Anything else is refused as before: parsed for the syntax error, else the shape's.
         _ => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .map_err(|e| DecodeError::Json(describe_json_error(&e)))?;
             return Err(DecodeError::Json(
                 "expected a reading object or an array of them".into(),
-            ))
+            ));
         }
     };
-    let wires = items
-        .into_iter()
-        .map(|item| {
-            serde_json::from_value::<WireReading>(item)
-                .map_err(|e| DecodeError::Json(describe_json_error(&e)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     if wires.is_empty() {
         return Err(DecodeError::Json("empty array".into()));
     }
@@ -595,6 +629,37 @@ mod tests {
                 "unknown metric (use a short name, MDC code or LOINC code)"
             )
         );
+    }
+
+    /// The one-pass decode takes what the two-pass one took and refuses what it refused.
+    #[test]
+    fn the_message_shape_is_chosen_in_one_pass() {
+        let spaced = check(" \n\t[{\"device\":\"d\",\"metric\":\"spo2\",\"value\":97.50}] ");
+        let Value::Quantity(q) = &spaced.unwrap()[0].value else {
+            panic!("not a quantity")
+        };
+        assert_eq!(q.value, Measured::Value(Decimal::parse("97.50").unwrap()));
+        for (payload, expect) in [
+            ("5", "expected a reading object or an array of them"),
+            (
+                "\"Jane Doe\"",
+                "expected a reading object or an array of them",
+            ),
+            ("Jane", "syntax error"),
+            ("", "truncated"),
+            ("[5]", "invalid type"),
+            (
+                "[{\"device\":\"d\",\"metric\":\"spo2\",\"value\":97},",
+                "truncated",
+            ),
+        ] {
+            let e = check(payload).expect_err(payload).to_string();
+            assert!(
+                e.contains(expect),
+                "{payload}: {e:?} should mention {expect:?}"
+            );
+            assert!(!e.contains("Jane"), "{payload}: error echoes a value: {e}");
+        }
     }
 
     #[test]
