@@ -495,7 +495,9 @@ mod tests {
                 "device \"a1b200000000\" is bound twice"
             )]
         );
-        assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        // A complexity guard, not a speed target: the quadratic check took 33 s natively,
+        // the keyed one milliseconds natively and about 2 s under qemu on a loaded machine.
+        assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     }
 
     #[test]
