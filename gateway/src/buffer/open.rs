@@ -551,35 +551,8 @@ async fn reseal_rows(
     new: &BufferKey,
 ) -> Result<u64, BufferError> {
     let mut n = 0;
-    let mut after = 0i64;
-    loop {
-        let batch =
-            sqlx::query("SELECT id, dedup, body FROM readings WHERE id > ? ORDER BY id LIMIT ?")
-                .bind(after)
-                .bind(RESEAL_CHUNK)
-                .fetch_all(&mut *conn)
-                .await?;
-        let Some(last) = batch.last() else { break };
-        after = last.get(0);
-        for row in &batch {
-            let (id, dedup, body): (i64, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-            // A row the old key cannot open stays as it is: it will be dead-lettered as
-            // undecodable when leased, with its bytes kept for a person to look at.
-            let Ok(plain) = old.open(&dedup, &body) else {
-                continue;
-            };
-            let Ok(reading) = codec::decode(&plain) else {
-                continue;
-            };
-            let sealed = rows::seal_reading(new, &reading);
-            sqlx::query("UPDATE readings SET dedup = ?, body = ? WHERE id = ?")
-                .bind(&sealed.dedup[..])
-                .bind(&sealed.body)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            n += 1;
-        }
+    for table in ["readings", "unbound"] {
+        n += reseal_readings(conn, table, old, new).await?;
     }
     let mut after = 0i64;
     loop {
@@ -606,7 +579,46 @@ async fn reseal_rows(
             n += 1;
         }
     }
-    n += super::unbound::reseal(conn, old, new).await?;
+    Ok(n)
+}
+
+/// Seals the readings of `table` (`readings` or `unbound`: id, dedup, body) again under `new`,
+/// a chunk at a time. A row the old key cannot open stays as it is: it is dead-lettered as
+/// undecodable when leased (or released), its bytes kept for a person to look at.
+async fn reseal_readings(
+    conn: &mut SqliteConnection,
+    table: &'static str,
+    old: &BufferKey,
+    new: &BufferKey,
+) -> Result<u64, sqlx::Error> {
+    let (select, update) = (
+        format!("SELECT id, dedup, body FROM {table} WHERE id > ? ORDER BY id LIMIT ?"),
+        format!("UPDATE {table} SET dedup = ?, body = ? WHERE id = ?"),
+    );
+    let mut n = 0;
+    let mut after = 0i64;
+    loop {
+        let batch: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(&select)
+            .bind(after)
+            .bind(RESEAL_CHUNK)
+            .fetch_all(&mut *conn)
+            .await?;
+        let Some(last) = batch.last() else { break };
+        after = last.0;
+        for (id, dedup, body) in batch {
+            let Ok(reading) = rows::open_reading(old, &dedup, &body) else {
+                continue;
+            };
+            let sealed = rows::seal_reading(new, &reading);
+            sqlx::query(&update)
+                .bind(&sealed.dedup[..])
+                .bind(&sealed.body)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            n += 1;
+        }
+    }
     Ok(n)
 }
 

@@ -108,33 +108,6 @@ pub(super) async fn count(conn: &mut SqliteConnection) -> Result<u64, sqlx::Erro
     Ok(n.max(0) as u64)
 }
 
-/// Seals every held reading again under `new` (key rotation, inside its transaction).
-pub(super) async fn reseal(
-    conn: &mut SqliteConnection,
-    old: &BufferKey,
-    new: &BufferKey,
-) -> Result<u64, sqlx::Error> {
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
-        sqlx::query_as("SELECT id, dedup, body FROM unbound ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut n = 0;
-    for (id, dedup, body) in rows {
-        let Ok(reading) = rows::open_reading(old, &dedup, &body) else {
-            continue;
-        };
-        let sealed = rows::seal_reading(new, &reading);
-        sqlx::query("UPDATE unbound SET dedup = ?, body = ? WHERE id = ?")
-            .bind(&sealed.dedup[..])
-            .bind(&sealed.body)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 impl Store {
     /// Readings held for want of a patient (exact for this process).
     pub fn unbound(&self) -> u64 {
