@@ -533,6 +533,65 @@ pub fn explain(e: &std::io::Error) -> String {
     }
 }
 
+/// A short, stable label for a TLS failure, for the `cause` of
+/// `vitalbridge_tls_failures_by_cause_total` and the audit log's `tls_failure`: the alert a
+/// peer sent (`unknown_ca`, `bad_certificate`, `certificate_expired`, `certificate_revoked`,
+/// `certificate_required`, …: the peer refused this gateway's certificate), what was wrong
+/// with the peer's certificate (`peer_unknown_issuer`, `peer_name_mismatch`, `peer_expired`,
+/// `peer_not_yet_valid`, `peer_revoked`, …), no client certificate (`no_certificate`, on
+/// this gateway's listeners), or an old protocol or weak ciphers (`no_tls12_or_13`,
+/// `no_common_cipher`). [`explain_rustls`] says the same in words, from the client's side.
+pub fn cause_label(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, PeerIncompatible as P};
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "peer_unknown_issuer",
+            C::NotValidForName | C::NotValidForNameContext { .. } => "peer_name_mismatch",
+            C::Expired | C::ExpiredContext { .. } => "peer_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "peer_not_yet_valid",
+            C::Revoked => "peer_revoked",
+            C::UnknownRevocationStatus => "peer_revocation_unknown",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "crl_expired",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "peer_wrong_purpose",
+            _ => "peer_certificate_other",
+        },
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::AlertReceived(alert) => match alert {
+            A::UnknownCA => "unknown_ca",
+            A::BadCertificate => "bad_certificate",
+            A::CertificateExpired => "certificate_expired",
+            A::CertificateRevoked => "certificate_revoked",
+            A::CertificateRequired => "certificate_required",
+            A::CertificateUnknown => "certificate_unknown",
+            A::UnsupportedCertificate => "unsupported_certificate",
+            A::AccessDenied => "access_denied",
+            A::ProtocolVersion => "protocol_version",
+            A::HandshakeFailure | A::InsufficientSecurity => "handshake_failure",
+            A::DecryptError => "decrypt_error",
+            _ => "alert_other",
+        },
+        rustls::Error::PeerIncompatible(
+            P::ServerDoesNotSupportTls12Or13
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+            | P::SupportedVersionsExtensionRequired,
+        ) => "no_tls12_or_13",
+        rustls::Error::PeerIncompatible(
+            P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon | P::NoSignatureSchemesInCommon,
+        ) => "no_common_cipher",
+        _ => "other",
+    }
+}
+
+/// [`cause_label`] for a handshake's `io::Error`: `io` when no rustls error is inside (the
+/// connection closed or reset during the handshake).
+pub fn io_cause_label(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => cause_label(r),
+        None => "io",
+    }
+}
+
 fn utc(t: UnixTime) -> String {
     let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -641,11 +700,73 @@ mod tests {
             (rustls::Error::InvalidCertificate(C::UnknownIssuer), "not signed by the configured CA"),
         ];
         for (error, words) in cases {
+            assert_ne!(cause_label(&error), "other", "{error:?}");
             let text = explain_rustls(&error);
             assert!(text.contains(words), "{error:?}: {text}");
             assert!(!text.contains("Context"), "{text}");
             assert!(!text.contains('{'), "{text}");
         }
+    }
+
+    #[test]
+    fn each_refusal_has_a_stable_label_for_the_metric_and_the_audit_log() {
+        let cases: Vec<(rustls::Error, &str)> = vec![
+            (rustls::Error::AlertReceived(A::UnknownCA), "unknown_ca"),
+            (
+                rustls::Error::AlertReceived(A::BadCertificate),
+                "bad_certificate",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateExpired),
+                "certificate_expired",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateRevoked),
+                "certificate_revoked",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateRequired),
+                "certificate_required",
+            ),
+            (
+                rustls::Error::AlertReceived(A::ProtocolVersion),
+                "protocol_version",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::UnknownIssuer),
+                "peer_unknown_issuer",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::Expired),
+                "peer_expired",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::NotValidYet),
+                "peer_not_yet_valid",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::Revoked),
+                "peer_revoked",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::NotValidForName),
+                "peer_name_mismatch",
+            ),
+            (
+                rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13.into(),
+                "no_tls12_or_13",
+            ),
+            (
+                rustls::PeerIncompatible::NoCipherSuitesInCommon.into(),
+                "no_common_cipher",
+            ),
+        ];
+        for (error, label) in cases {
+            assert_eq!(cause_label(&error), label, "{error:?}");
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            assert_eq!(io_cause_label(&io), label);
+        }
+        assert_eq!(io_cause_label(&std::io::Error::other("reset")), "io");
     }
 
     #[test]

@@ -219,6 +219,7 @@ function command(c) {
     case 'audience': state.audience = c.value ?? fhirBase; return { ok: true };
     case 'clock': clockOffsetMs = c.offset_s * 1000; return { ok: true };
     case 'ttl': state.ttl = c.seconds; return { ok: true };
+    case 'static_tokens': state.staticTokens = new Set(c.tokens ?? []); return { ok: true };
     case 'stats': return { ok: true, ...state.stats, reasons: state.stats.reasons.slice(-5) };
     default: return { ok: false, error: `unknown command ${c.cmd}` };
   }

@@ -130,6 +130,41 @@ async fn not_ready_because(rig: &Rig, needle: &str, gw: &GatewayProcess) -> Stri
     );
 }
 
+/// The failure is counted under `cause` in `vitalbridge_uplink_auth_failures_total` and
+/// written to the audit log as an `auth_failure` with that cause (and no secret).
+async fn auth_failure_recorded(rig: &Rig, cause: &str, secrets: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    let mut count = 0.0;
+    while Instant::now() < deadline {
+        let resp = vitalbridge_tests::ops::get(rig.ops_addr(), "/metrics")
+            .await
+            .expect("GET /metrics");
+        let text = String::from_utf8(resp.body.to_vec()).expect("utf-8");
+        count = vitalbridge_tests::ops::parse_prometheus(&text)
+            .expect("metrics parse")
+            .value(
+                "vitalbridge_uplink_auth_failures_total",
+                &[("uplink", "fhir"), ("cause", cause)],
+            )
+            .unwrap_or(0.0);
+        if count >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(count >= 1.0, "auth failures with cause {cause}: {count}");
+    let audit = std::fs::read_to_string(rig.data_dir().join("audit.log")).unwrap_or_default();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"kind\":\"auth_failure\"")
+                && l.contains("\"uplink\":\"fhir\"")
+                && l.contains(&format!("\"cause\":\"{cause}\""))),
+        "no auth_failure with cause {cause} in the audit log:\n{audit}"
+    );
+    assert_no_secrets(&[&audit], secrets);
+}
+
 /// Nothing secret in what the gateway wrote or printed.
 fn assert_no_secrets(texts: &[&str], secrets: &[&str]) {
     for text in texts {
@@ -288,6 +323,46 @@ async fn a_static_token_from_a_file_without_mutual_tls() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_static_token_file_is_read_again_when_the_server_refuses_the_old_token() {
+    const NEW_TOKEN: &str = "static-bearer-token-rotated-4b21e0";
+    let rig = Rig::start().await;
+    let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[STATIC_TOKEN]);
+    let token = secret_file(rig.dir.path(), "fhir-token", STATIC_TOKEN);
+    let config = without_client_certificate(
+        &config(
+            &rig,
+            &auth,
+            &format!(
+                "method = \"static_token\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ),
+        ),
+        &rig,
+    );
+    let gw = rig.start_subscribed(&config);
+    publish(&rig, 0, 20).await;
+    delivered(&rig, 20, &gw, &auth).await;
+    // The server now takes only the new token; the file still holds the old one.
+    auth.command(json!({"cmd": "static_tokens", "tokens": [NEW_TOKEN]}));
+    publish(&rig, 20, 40).await;
+    let body = not_ready_because(&rig, "replace the token file", &gw).await;
+    assert!(body.contains("fhir-token"), "{body}");
+    auth_failure_recorded(&rig, "static_token_refused", &[STATIC_TOKEN, NEW_TOKEN]).await;
+    let stats = wait_for_pending(rig.dir.path(), 20, WAIT);
+    assert!(stats.contains("pending: 20\n"), "{stats}");
+    // The operator replaces the file (owner-only, as before); no restart.
+    std::fs::write(&token, format!("{NEW_TOKEN}\n")).unwrap();
+    delivered(&rig, 40, &gw, &auth).await;
+    reconcile(&rig.upstream, 40, &gw.log()).unwrap();
+    assert!(
+        gw.log().contains("the static token file changed"),
+        "{}",
+        tail(&gw.log(), 20)
+    );
+    assert_no_secrets(&[&gw.log()], &[STATIC_TOKEN, NEW_TOKEN]);
+}
+
 /// A rig, the auth servers and a running gateway with an ES384 client (`gw-1`), discovery.
 async fn running(
     before_start: impl FnOnce(&AuthServer),
@@ -364,6 +439,7 @@ async fn a_revoked_client_keeps_its_rows_buffered_and_readyz_says_why() {
     publish(&rig, 20, 50).await;
     let body = not_ready_because(&rig, "invalid_client", &gw).await;
     assert!(body.contains("check client_id"), "{body}");
+    auth_failure_recorded(&rig, "token_refused", &[]).await;
     // The status page's document names the cause too.
     let status = vitalbridge_tests::ops::get(rig.ops_addr(), "/status.json")
         .await
@@ -396,6 +472,7 @@ async fn a_token_for_another_audience_is_refused_and_nothing_is_deleted() {
     publish(&rig, 0, 30).await;
     let body = not_ready_because(&rig, "refused the access token (HTTP 401", &gw).await;
     assert!(body.contains("audience"), "{body}");
+    auth_failure_recorded(&rig, "server_401", &[]).await;
     let (code, out, _) = run_cli(rig.dir.path(), &["uplink", "test", "-c", "gateway.toml"]);
     assert_eq!(code, 5, "{out}");
     assert!(
@@ -443,6 +520,7 @@ async fn a_token_endpoint_that_is_down_keeps_rows_buffered_until_it_returns() {
     publish(&rig, 0, 40).await;
     let body = not_ready_because(&rig, "unreachable", &gw).await;
     assert!(body.contains("token endpoint"), "{body}");
+    auth_failure_recorded(&rig, "token_endpoint_unreachable", &[]).await;
     let stats = wait_for_pending(rig.dir.path(), 40, WAIT);
     assert!(stats.contains("pending: 40\n"), "{stats}");
     assert!(rig.upstream.observations().is_empty());
@@ -481,6 +559,7 @@ async fn a_token_without_the_scope_to_create_observations_is_named() {
         body.contains("insufficient_scope") && body.contains("uplink.fhir.auth.scope"),
         "{body}"
     );
+    auth_failure_recorded(&rig, "server_403", &[CLIENT_SECRET]).await;
     let stats = wait_for_pending(rig.dir.path(), 20, WAIT);
     assert!(stats.contains("pending: 20\n"), "{stats}");
     assert!(rig.upstream.observations().is_empty());

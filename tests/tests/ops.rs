@@ -650,10 +650,38 @@ key = "{key}"
         reason("source:mqtt").contains("not valid for the host name"),
         "{failures:?}"
     );
+    let cause = |peer: &str| {
+        failures
+            .iter()
+            .find(|f| f["peer"] == peer)
+            .map(|f| f["cause"].clone())
+            .unwrap()
+    };
+    assert_eq!(cause("uplink:fhir"), "peer_unknown_issuer", "{failures:?}");
+    assert_eq!(cause("source:mqtt"), "peer_name_mismatch", "{failures:?}");
     // Retries every few hundred ms, but one line per peer per minute.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = metrics(port).await;
     assert!(m.value("vitalbridge_tls_failures_total", &[]).unwrap() >= 3.0);
+    for (peer, cause) in [
+        ("uplink:fhir", "peer_unknown_issuer"),
+        ("source:mqtt", "peer_name_mismatch"),
+    ] {
+        let n = m
+            .value(
+                "vitalbridge_tls_failures_by_cause_total",
+                &[("peer", peer), ("cause", cause)],
+            )
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{peer} {cause}: {n}");
+    }
+    let status = status_json(port).await;
+    assert!(
+        status["tls_failures_by_cause"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t["cause"] == "peer_name_mismatch")),
+        "{status}"
+    );
     assert_eq!(audit_of_kind(&data, "tls_failure").len(), 2);
     let status = status_json(port).await;
     assert_eq!(status["uplinks"][0]["last_error"]["kind"], "tls");

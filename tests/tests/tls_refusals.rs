@@ -21,13 +21,23 @@ fn ops(rig: &Rig) -> SocketAddr {
     rig.ops_addr()
 }
 
-async fn tls_failures(rig: &Rig) -> f64 {
+/// `vitalbridge_tls_failures_total`, and the uplink's count for `cause` in
+/// `vitalbridge_tls_failures_by_cause_total`.
+async fn tls_failures(rig: &Rig, cause: &str) -> (f64, f64) {
     let resp = get(ops(rig), "/metrics").await.expect("GET /metrics");
     let text = String::from_utf8(resp.body.to_vec()).expect("utf-8");
-    parse_prometheus(&text)
-        .expect("metrics parse")
-        .value("vitalbridge_tls_failures_total", &[])
-        .unwrap_or(0.0)
+    let metrics = parse_prometheus(&text).expect("metrics parse");
+    (
+        metrics
+            .value("vitalbridge_tls_failures_total", &[])
+            .unwrap_or(0.0),
+        metrics
+            .value(
+                "vitalbridge_tls_failures_by_cause_total",
+                &[("peer", "uplink:fhir"), ("cause", cause)],
+            )
+            .unwrap_or(0.0),
+    )
 }
 
 async fn last_error(rig: &Rig) -> Value {
@@ -39,9 +49,10 @@ async fn last_error(rig: &Rig) -> Value {
 }
 
 /// Starts the gateway with `config`, publishes a few readings, and checks that the uplink's
-/// failure is said with `words` in the log, on the status page (kind `tls`) and counted in
-/// `tls_failures_total`, and that the readings stay buffered.
-async fn assert_refusal(rig: &Rig, config: &str, words: &str) -> GatewayProcess {
+/// failure is said with `words` in the log, on the status page (kind `tls`), counted in
+/// `tls_failures_total` and under `cause` in `tls_failures_by_cause_total`, audited with
+/// that cause, and that the readings stay buffered.
+async fn assert_refusal(rig: &Rig, config: &str, words: &str, cause: &str) -> GatewayProcess {
     let gw = rig.start_subscribed(config);
     let payloads: Vec<Vec<u8>> = (0..5).map(|i| scenario::reading(i, 1).0).collect();
     publish_qos1(rig.broker.port(), "vitals/tls", payloads)
@@ -56,7 +67,7 @@ async fn assert_refusal(rig: &Rig, config: &str, words: &str) -> GatewayProcess 
     let mut error = Value::Null;
     while Instant::now() < deadline {
         error = last_error(rig).await;
-        if error["kind"] == "tls" && tls_failures(rig).await >= 1.0 {
+        if error["kind"] == "tls" && tls_failures(rig, cause).await.1 >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -66,7 +77,17 @@ async fn assert_refusal(rig: &Rig, config: &str, words: &str) -> GatewayProcess 
         error["message"].as_str().unwrap_or("").contains(words),
         "{error}"
     );
-    assert!(tls_failures(rig).await >= 1.0, "counted");
+    let (total, by_cause) = tls_failures(rig, cause).await;
+    assert!(
+        total >= 1.0 && by_cause >= 1.0,
+        "counted: {total}, {cause}: {by_cause}"
+    );
+    let audit = std::fs::read_to_string(rig.data_dir().join("audit.log")).unwrap_or_default();
+    assert!(
+        audit.lines().any(|l| l.contains("\"kind\":\"tls_failure\"")
+            && l.contains(&format!("\"cause\":\"{cause}\""))),
+        "audited with cause {cause}:\n{audit}"
+    );
     assert!(
         !gw.log().contains("Context"),
         "no debug dump\n{}",
@@ -94,6 +115,7 @@ async fn a_server_that_does_not_trust_the_gateways_ca_is_named_counted_and_shown
         &rig,
         &config(&rig, ""),
         "the server does not trust the CA that signed this gateway's client certificate (alert unknown_ca)",
+        "unknown_ca",
     )
     .await;
 }
@@ -110,7 +132,13 @@ async fn an_expired_or_revoked_client_certificate_is_named() {
         now - time::Duration::days(1),
     );
     let cfg = swap_client_cert(&config(&rig, ""), &rig, &expired);
-    let gw = assert_refusal(&rig, &cfg, "alert certificate_expired").await;
+    let gw = assert_refusal(
+        &rig,
+        &cfg,
+        "alert certificate_expired",
+        "certificate_expired",
+    )
+    .await;
     drop(gw);
 
     // A server with a CRL revoking the gateway's certificate answers certificate_revoked.
@@ -132,7 +160,13 @@ async fn an_expired_or_revoked_client_certificate_is_named() {
         now + time::Duration::days(30),
     );
     let cfg = swap_client_cert(&config(&rig, ""), &rig, &revoked);
-    assert_refusal(&rig, &cfg, "alert certificate_revoked").await;
+    assert_refusal(
+        &rig,
+        &cfg,
+        "alert certificate_revoked",
+        "certificate_revoked",
+    )
+    .await;
 }
 
 fn swap_client_cert(config: &str, rig: &Rig, to: &CertFiles) -> String {
@@ -168,6 +202,7 @@ async fn a_server_certificate_not_yet_valid_is_said_in_words() {
         &rig,
         &config(&rig, ""),
         "the server's certificate is not valid until",
+        "peer_not_yet_valid",
     )
     .await;
 }
@@ -197,6 +232,7 @@ async fn a_server_certificate_on_the_crl_is_refused_until_the_crl_changes() {
         &rig,
         &cfg,
         "the server's certificate is revoked (it is on a configured CRL)",
+        "peer_revoked",
     )
     .await;
     // The CA lifts the revocation: the gateway reads the new list before its next
@@ -252,14 +288,16 @@ fn openssl_server(rig: &Rig, port: u16, args: &[&str]) -> OpenSsl {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_offering_only_old_tls_or_weak_ciphers_is_said_so() {
-    for (args, words) in [
+    for (args, words, cause) in [
         (
             &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"][..],
             "TLS 1.0 or 1.1",
+            "protocol_version",
         ),
         (
             &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0"][..],
             "weak",
+            "handshake_failure",
         ),
     ] {
         let rig = Rig::start().await;
@@ -269,6 +307,6 @@ async fn a_server_offering_only_old_tls_or_weak_ciphers_is_said_so() {
             &rig.upstream.url(),
             &format!("https://localhost:{port}/fhir"),
         );
-        assert_refusal(&rig, &cfg, words).await;
+        assert_refusal(&rig, &cfg, words, cause).await;
     }
 }

@@ -229,9 +229,11 @@ async fn serve(
                 Ok(Err(e)) => {
                     let reason = crate::tls::explain(&e);
                     tracing::warn!(peer = %peer, reason = %reason, "HL7 TLS handshake failed");
-                    Metrics::add(&shared.metrics.tls_failures, 1);
+                    let cause = crate::tls::io_cause_label(&e);
+                    shared.metrics.tls_failed("source:hl7", cause);
                     shared.audit.record(AuditEvent::TlsFailure {
                         peer: "source:hl7",
+                        cause,
                         reason: &reason,
                     });
                     return;

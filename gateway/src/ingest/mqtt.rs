@@ -295,13 +295,16 @@ async fn poll_task(
             Err(e) => {
                 match &e {
                     rumqttc::ConnectionError::Tls(tls) => {
-                        Metrics::add(&metrics.tls_failures, 1);
-                        let reason = match tls {
-                            rumqttc::TlsError::Io(io) => crate::tls::explain(io),
-                            other => other.to_string(),
+                        let (cause, reason) = match tls {
+                            rumqttc::TlsError::Io(io) => {
+                                (crate::tls::io_cause_label(io), crate::tls::explain(io))
+                            }
+                            other => ("other", other.to_string()),
                         };
+                        metrics.tls_failed("source:mqtt", cause);
                         audit.record(AuditEvent::TlsFailure {
                             peer: "source:mqtt",
+                            cause,
                             reason: &reason,
                         });
                     }

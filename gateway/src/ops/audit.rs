@@ -14,7 +14,8 @@
 //! | `gateway_stopped` | — |
 //! | `config_changed` | `previous_sha256` (null on the first start with this data directory), `sha256`, `sections` (top-level config tables that differ) |
 //! | `certificate_problem` | `usage` (config key), `path`, `subject`, `not_after`, `problem` (`expired`, `not_yet_valid`, `expires_soon`, `unreadable`) |
-//! | `tls_failure` | `peer` (`uplink:fhir`, `source:mqtt`), `reason`, `count` |
+//! | `tls_failure` | `peer` (`uplink:fhir`, `source:mqtt`), `cause` (a label: `unknown_ca`, `bad_certificate`, `certificate_revoked`, `peer_unknown_issuer`, `peer_expired`, `no_tls12_or_13`, …, see `tls::cause_label`), `reason`, `count` |
+//! | `auth_failure` | `uplink`, `cause` (`token_refused`, `token_endpoint_unreachable`, `token_response_invalid`, `discovery_failed`, `assertion_unsigned`, `static_token_refused`, `server_401`, `server_403`), `reason` (no secret, no token), `count`: rows stay buffered and are retried |
 //! | `connection_refused` | `endpoint` (`ops` or `source:mqtt`), `direction` (`inbound`: this gateway refused a client; `outbound`: a server refused this gateway), `address`, `reason`, `count` |
 //! | `payload_dead_lettered` | `source`, `origin`, `count`, `bytes` (total size); one line per origin per buffer commit |
 //! | `readings_dead_lettered` | `uplink`, `count`, `cause` (`http_NNN`, `refused`, `undecodable_row`) |
@@ -34,8 +35,8 @@
 //! | `profiles_reload_failed` | `pack`, `reason`: the previous profiles stay in use |
 //! | `input_lost` | `source`, `origin`, `readings`, `payloads` (undecodable ones that were to be dead-lettered): not stored, and the device cannot resend them (a line device's, still waiting for room in the buffer when the gateway stopped) |
 //!
-//! Repeats: a `tls_failure` or `connection_refused` with the same peer (or endpoint and
-//! address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
+//! Repeats: a `tls_failure`, `auth_failure` or `connection_refused` with the same peer (or
+//! uplink, or endpoint and address) as one written less than [`REPEAT_WINDOW`] ago is not written at once; it is
 //! counted, and the next line for that key — or a summary at shutdown — carries `count`, the
 //! number of occurrences it stands for. A port scanner or a server down for a day thus costs a
 //! line a minute, and no occurrence goes uncounted.
@@ -97,7 +98,19 @@ pub enum Event<'a> {
     TlsFailure {
         /// Who the gateway talked to: `uplink:fhir`, `source:mqtt`.
         peer: &'a str,
+        /// Why, as a label (`tls::cause_label`).
+        cause: &'a str,
         /// Why, as `tls::explain` puts it.
+        reason: &'a str,
+    },
+    /// An uplink could not authorize its requests: no access token, or the server refused
+    /// it. The rows stay buffered.
+    AuthFailure {
+        /// The uplink (`fhir`).
+        uplink: &'a str,
+        /// Why, as a label (`uplink::auth::AuthError::label`, `server_401`, `server_403`).
+        cause: &'a str,
+        /// Why, in words (never a secret or a token).
         reason: &'a str,
     },
     /// A connection was refused, by this gateway or by a server.
@@ -278,6 +291,7 @@ impl Event<'_> {
             Event::ConfigChanged { .. } => "config_changed",
             Event::CertificateProblem { .. } => "certificate_problem",
             Event::TlsFailure { .. } => "tls_failure",
+            Event::AuthFailure { .. } => "auth_failure",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::PayloadDeadLettered { .. } => "payload_dead_lettered",
             Event::InputLost { .. } => "input_lost",
@@ -306,6 +320,7 @@ impl Event<'_> {
     fn repeat_key(&self) -> Option<String> {
         match self {
             Event::TlsFailure { peer, .. } => Some(format!("tls {peer}")),
+            Event::AuthFailure { uplink, .. } => Some(format!("auth {uplink}")),
             Event::PayloadPatientTrusted { source, .. } => {
                 Some(format!("payload patient {source}"))
             }
@@ -346,7 +361,16 @@ impl Event<'_> {
                 "not_after": not_after.and_then(|t| t.format(&Rfc3339).ok()),
                 "problem": problem,
             }),
-            Event::TlsFailure { peer, reason } => json!({"peer": peer, "reason": reason}),
+            Event::TlsFailure {
+                peer,
+                cause,
+                reason,
+            } => json!({"peer": peer, "cause": cause, "reason": reason}),
+            Event::AuthFailure {
+                uplink,
+                cause,
+                reason,
+            } => json!({"uplink": uplink, "cause": cause, "reason": reason}),
             Event::ConnectionRefused {
                 endpoint,
                 direction,
@@ -714,10 +738,20 @@ mod tests {
             (
                 Event::TlsFailure {
                     peer: "uplink:fhir",
+                    cause: "unknown_ca",
                     reason: "x",
                 },
                 "tls_failure",
-                &["peer", "reason"],
+                &["peer", "cause", "reason"],
+            ),
+            (
+                Event::AuthFailure {
+                    uplink: "fhir",
+                    cause: "token_refused",
+                    reason: "x",
+                },
+                "auth_failure",
+                &["uplink", "cause", "reason"],
             ),
             (
                 Event::ConnectionRefused {
@@ -774,11 +808,13 @@ mod tests {
         for _ in 0..5 {
             audit.record(Event::TlsFailure {
                 peer: "uplink:fhir",
+                cause: "peer_expired",
                 reason: "TLS handshake failed: expired",
             });
         }
         audit.record(Event::TlsFailure {
             peer: "source:mqtt",
+            cause: "unknown_ca",
             reason: "other peer, other key",
         });
         audit.flush_repeats();

@@ -11,8 +11,10 @@
 //!   receive → durable-commit latency.
 //! - **The uplink** reports each batch outcome ([`Metrics::uplink_delivered`],
 //!   [`Metrics::uplink_failed`], …), which also records the receive → destination-ack latency.
-//! - **TLS failures** are counted by the stage that saw the handshake fail, in
-//!   [`Metrics::tls_failures`].
+//! - **TLS failures** are counted by the stage that saw the handshake fail, with
+//!   [`Metrics::tls_failed`] (per peer and cause, and in the total [`Metrics::tls_failures`]).
+//! - **Authorization failures** of an uplink (no access token, or the server refused it) are
+//!   counted per cause by [`Metrics::uplink_auth_failed`].
 //!
 //! The hot path costs one lock per commit group or uplink batch (never one per reading) and,
 //! per reading, a map lookup and a histogram bucket search.
@@ -77,6 +79,8 @@ pub struct Metrics {
     buffer_error: Mutex<Option<(OffsetDateTime, String)>>,
     /// Per-uplink counts and health, by transport name.
     uplinks: Mutex<BTreeMap<&'static str, UplinkStatus>>,
+    /// (peer, cause) → TLS handshakes that failed.
+    tls_causes: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Gateway receive time → durable commit, per reading.
     commit_latency: Histogram,
     /// Gateway receive time → destination acknowledgement, per reading.
@@ -198,7 +202,8 @@ pub struct DeviceStatus {
 pub struct UplinkError {
     /// When.
     pub at: OffsetDateTime,
-    /// `tls` (handshake failed) or `transient` (connection, timeout, 408/429/5xx).
+    /// `tls` (handshake failed), `auth` (no access token, or the server refused it) or
+    /// `transient` (connection, timeout, 408/429/5xx).
     pub kind: &'static str,
     /// The transport's explanation (it never contains patient data).
     pub message: String,
@@ -219,6 +224,8 @@ pub struct UplinkStatus {
     pub failing_since: Option<OffsetDateTime>,
     /// The latest failure (kept after recovery, for the status page).
     pub last_error: Option<UplinkError>,
+    /// Authorization failures by cause (`uplink::auth::AuthError::label`, `server_401`, …).
+    pub auth_failures: BTreeMap<&'static str, u64>,
 }
 
 /// A consistent-enough copy of everything, for rendering.
@@ -255,6 +262,8 @@ pub struct Snapshot {
     pub buffer_error: Option<(OffsetDateTime, String)>,
     /// TLS handshake failures.
     pub tls_failures: u64,
+    /// TLS handshake failures by peer and cause (`tls::cause_label`), sorted.
+    pub tls_failures_by_cause: Vec<(String, &'static str, u64)>,
     /// Connections the operations server refused.
     pub connections_refused: u64,
     /// Per uplink, by name.
@@ -387,6 +396,20 @@ impl Metrics {
 
     fn uplink(&self, name: &'static str, update: impl FnOnce(&mut UplinkStatus)) {
         update(lock(&self.uplinks).entry(name).or_default());
+    }
+
+    /// A TLS handshake with `peer` (`uplink:fhir`, `source:mqtt`, …) failed for `cause`
+    /// ([`crate::tls::cause_label`]).
+    pub fn tls_failed(&self, peer: &str, cause: &'static str) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.tls_causes)
+            .entry((peer.to_owned(), cause))
+            .or_default() += 1;
+    }
+
+    /// `uplink` could not authorize a request, for `cause`.
+    pub fn uplink_auth_failed(&self, uplink: &'static str, cause: &'static str) {
+        self.uplink(uplink, |u| *u.auth_failures.entry(cause).or_default() += 1);
     }
 
     /// `uplink` exists (its series are exported from zero, before its first batch).
@@ -558,6 +581,10 @@ impl Metrics {
             commit_failures: Self::get(&self.commit_failures),
             buffer_error: lock(&self.buffer_error).clone(),
             tls_failures: Self::get(&self.tls_failures),
+            tls_failures_by_cause: lock(&self.tls_causes)
+                .iter()
+                .map(|((peer, cause), n)| (peer.clone(), *cause, *n))
+                .collect(),
             connections_refused: Self::get(&self.connections_refused),
             uplinks: lock(&self.uplinks)
                 .iter()

@@ -412,6 +412,20 @@ pub fn render(v: &View<'_>) -> String {
         &|u| u.dead_lettered,
     );
     e.family(
+        "vitalbridge_uplink_auth_failures_total",
+        Kind::Counter,
+        "Requests the uplink could not authorize, by uplink and cause (token_refused, token_endpoint_unreachable, server_401, server_403, ...); the rows stay buffered.",
+    );
+    for (uplink, u) in &s.uplinks {
+        for (cause, n) in &u.auth_failures {
+            e.sample(
+                "vitalbridge_uplink_auth_failures_total",
+                &[("uplink", uplink), ("cause", cause)],
+                *n as f64,
+            );
+        }
+    }
+    e.family(
         "vitalbridge_uplink_last_delivery_timestamp_seconds",
         Kind::Gauge,
         "When the destination last acknowledged a reading, Unix time (absent before the first).",
@@ -447,6 +461,18 @@ pub fn render(v: &View<'_>) -> String {
         "TLS handshakes that failed (uplink and MQTT source).",
         s.tls_failures as f64,
     );
+    e.family(
+        "vitalbridge_tls_failures_by_cause_total",
+        Kind::Counter,
+        "TLS handshakes that failed, by peer (uplink:fhir, source:mqtt, ...) and cause (unknown_ca, bad_certificate, certificate_revoked, peer_unknown_issuer, peer_expired, no_tls12_or_13, ...).",
+    );
+    for (peer, cause, n) in &s.tls_failures_by_cause {
+        e.sample(
+            "vitalbridge_tls_failures_by_cause_total",
+            &[("peer", peer), ("cause", cause)],
+            *n as f64,
+        );
+    }
     e.single(
         "vitalbridge_ops_connections_refused_total",
         Kind::Counter,

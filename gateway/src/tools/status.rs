@@ -232,6 +232,13 @@ pub fn render(doc: &Value) -> String {
                 s(&e["message"])
             ));
         }
+        if let Some(causes) = u["auth_failures"].as_object().filter(|c| !c.is_empty()) {
+            let list: Vec<String> = causes
+                .iter()
+                .map(|(cause, n)| format!("{} {}", shown(cause), s(n)))
+                .collect();
+            line(format!("    authorization failures: {}", list.join(", ")));
+        }
     }
     line(String::new());
     let devices = doc["devices"].as_array().cloned().unwrap_or_default();
@@ -288,6 +295,24 @@ pub fn render(doc: &Value) -> String {
             ));
         }
     }
+    let by_cause = doc["tls_failures_by_cause"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !by_cause.is_empty() {
+        line(format!(
+            "TLS handshake failures: {}",
+            s(&doc["tls_failures"])
+        ));
+        for t in &by_cause {
+            line(format!(
+                "  {} {}: {}",
+                s(&t["peer"]),
+                s(&t["cause"]),
+                s(&t["count"])
+            ));
+        }
+    }
     line(String::new());
     let p = &doc["profiles"];
     line(format!(
@@ -324,7 +349,10 @@ mod tests {
             "queue": {"pending": 12, "capacity": 1000, "leased": 2, "dead_letters": 1, "oldest_age_s": 95.5},
             "buffer": {"storage": {"failing": null}},
             "uplinks": [{"name": "fhir", "delivered": 5, "retries": 3, "dead_lettered": 0, "last_delivery": "2026-03-01T09:50:00Z",
-                         "failing_since": "2026-03-01T09:53:20Z", "last_error": {"at": "2026-03-01T09:59:00Z", "kind": "tls", "message": "certificate expired"}}],
+                         "failing_since": "2026-03-01T09:53:20Z", "last_error": {"at": "2026-03-01T09:59:00Z", "kind": "tls", "message": "certificate expired"},
+                         "auth_failures": {"server_401": 1, "token_refused": 2}}],
+            "tls_failures": 4,
+            "tls_failures_by_cause": [{"peer": "uplink:fhir", "cause": "peer_expired", "count": 4}],
             "devices": [{"id": "\u{202e}GNP.exe", "id_kind": "other", "profile": "json-dexcom-egv@1", "source": "mqtt",
                          "last_reading": "2026-03-01T09:59:58Z", "readings": 4,
                          "metrics": [{"metric": "MDC_CONC_GLU_ISF", "last_reading": "2026-03-01T09:59:58Z"}]}],
@@ -343,6 +371,8 @@ mod tests {
             "    MDC_CONC_GLU_ISF: 2026-03-01T09:59:58Z (2 s ago)",
             "uplink.fhir.cert CN=hub-7: expires 2026-04-01T00:00:00Z (30 days) - expires_soon",
             "Profile pack: site-a 1.4.0",
+            "    authorization failures: server_401 1, token_refused 2",
+            "TLS handshake failures: 4\n  uplink:fhir peer_expired: 4",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

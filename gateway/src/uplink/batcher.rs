@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use time::OffsetDateTime;
 
-use super::{Outcome, SendError, Transport};
+use super::{Cause, Outcome, SendError, Transport};
 use crate::backoff::Backoff;
 use crate::buffer::{Destination, Leased, Store};
 use crate::error_chain::Chain;
@@ -407,19 +407,29 @@ async fn deliver<T: Transport>(
                 Err(SendError::Transient {
                     reason,
                     retry_after,
-                    tls,
+                    cause,
                 }) => {
-                    report.metrics.uplink_failed(
-                        report.uplink,
-                        if tls { "tls" } else { "transient" },
-                        &reason,
-                    );
-                    if tls {
-                        Metrics::add(&report.metrics.tls_failures, 1);
-                        report.audit.record(Event::TlsFailure {
-                            peer: report.origin,
-                            reason: &reason,
-                        });
+                    report
+                        .metrics
+                        .uplink_failed(report.uplink, cause.kind(), &reason);
+                    match cause {
+                        Cause::Tls(label) => {
+                            report.metrics.tls_failed(report.origin, label);
+                            report.audit.record(Event::TlsFailure {
+                                peer: report.origin,
+                                cause: label,
+                                reason: &reason,
+                            });
+                        }
+                        Cause::Auth(label) => {
+                            report.metrics.uplink_auth_failed(report.uplink, label);
+                            report.audit.record(Event::AuthFailure {
+                                uplink: report.uplink,
+                                cause: label,
+                                reason: &reason,
+                            });
+                        }
+                        Cause::Other => {}
                     }
                     let delay = backoff.next_delay_at_least(retry_after);
                     tracing::warn!(

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value as Json;
 
-use super::{Outcome, SendError, Transport};
+use super::{Cause, Outcome, SendError, Transport};
 use crate::fhir::{self, Gateway};
 use crate::fsmode;
 use crate::model::Reading;
@@ -230,7 +230,7 @@ fn transient(reason: &str) -> SendError {
     SendError::Transient {
         reason: reason.to_owned(),
         retry_after: None,
-        tls: false,
+        cause: Cause::Other,
     }
 }
 

@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
-use super::{Outcome, Refusal, SendError, Transport};
+use super::{Cause, Outcome, Refusal, SendError, Transport};
 use crate::hl7::{ack, mllp, oru};
 use crate::model::{PatientRef, Reading};
 
@@ -76,11 +76,11 @@ pub struct Hl7Transport {
     idle: Mutex<Vec<Conn>>,
 }
 
-fn transient(reason: String, tls: bool) -> SendError {
+fn transient(reason: String, cause: Cause) -> SendError {
     SendError::Transient {
         reason,
         retry_after: None,
-        tls,
+        cause,
     }
 }
 
@@ -120,16 +120,21 @@ impl Hl7Transport {
             TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| transient(format!("connect to {target} timed out"), false))?
-        .map_err(|e| transient(format!("cannot connect to {target}: {e}"), false))?;
+        .map_err(|_| transient(format!("connect to {target} timed out"), Cause::Other))?
+        .map_err(|e| transient(format!("cannot connect to {target}: {e}"), Cause::Other))?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
             Some((connector, name)) => Box::new(
                 tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
                     .await
-                    .map_err(|_| transient("TLS handshake timed out".into(), true))?
-                    .map_err(|e| transient(crate::tls::explain(&e), true))?,
+                    .map_err(|_| {
+                        transient("TLS handshake timed out".into(), Cause::Tls("timeout"))
+                    })?
+                    .map_err(|e| {
+                        let cause = Cause::Tls(crate::tls::io_cause_label(&e));
+                        transient(crate::tls::explain(&e), cause)
+                    })?,
             ),
         };
         Ok(Conn {
@@ -230,7 +235,7 @@ impl Transport for Hl7Transport {
                 .permits
                 .acquire()
                 .await
-                .map_err(|_| transient("uplink closing".into(), false))?;
+                .map_err(|_| transient("uplink closing".into(), Cause::Other))?;
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             let mut conn = match idle {
                 Some(c) => c,
@@ -280,7 +285,7 @@ impl Transport for Hl7Transport {
                         idle.push(conn);
                     }
                 }
-                Some(why) if answered == 0 => return Err(transient(why, false)),
+                Some(why) if answered == 0 => return Err(transient(why, Cause::Other)),
                 Some(_) => {}
             }
         }

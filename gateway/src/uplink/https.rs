@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::auth::{AuthError, Authorizer};
-use super::{parse_retry_after, Outcome, Refusal, SendError, Transport};
+use super::{parse_retry_after, Cause, Outcome, Refusal, SendError, Transport};
 use crate::error_chain::Chain;
 use crate::fhir::{self, BundleType, EntryRole, Gateway, PatientMode};
 use crate::model::Reading;
@@ -107,15 +107,18 @@ struct Answer {
 
 /// A token that could not be had (or renewed) as a transient failure: the rows stay.
 fn auth_failure(e: AuthError) -> SendError {
-    let tls = e.is_tls();
-    transient(format!("authorization: {}", Chain(&e)), None, tls)
+    let cause = match e.tls() {
+        Some(label) => Cause::Tls(label),
+        None => Cause::Auth(e.label()),
+    };
+    transient(format!("authorization: {}", Chain(&e)), None, cause)
 }
 
-fn transient(reason: String, retry_after: Option<Duration>, tls: bool) -> SendError {
+fn transient(reason: String, retry_after: Option<Duration>, cause: Cause) -> SendError {
     SendError::Transient {
         reason,
         retry_after,
-        tls,
+        cause,
     }
 }
 
@@ -183,7 +186,7 @@ impl FhirTransport {
             transient(
                 format!("connect to {}:{} timed out", self.host, self.port),
                 None,
-                false,
+                Cause::Other,
             )
         })?
         .map_err(|e| {
@@ -195,7 +198,7 @@ impl FhirTransport {
                     Chain(&e)
                 ),
                 None,
-                false,
+                Cause::Other,
             )
         })?;
         let _ = tcp.set_nodelay(true);
@@ -204,11 +207,24 @@ impl FhirTransport {
             self.connector.connect(self.server_name.clone(), tcp),
         )
         .await
-        .map_err(|_| transient("TLS handshake timed out".into(), None, true))?
-        .map_err(|e| transient(crate::tls::explain(&e), None, true))?;
-        let (sender, conn) = http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| transient(format!("HTTP handshake failed: {}", Chain(&e)), None, false))?;
+        .map_err(|_| {
+            transient(
+                "TLS handshake timed out".into(),
+                None,
+                Cause::Tls("timeout"),
+            )
+        })?
+        .map_err(|e| {
+            let cause = Cause::Tls(crate::tls::io_cause_label(&e));
+            transient(crate::tls::explain(&e), None, cause)
+        })?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(|e| {
+            transient(
+                format!("HTTP handshake failed: {}", Chain(&e)),
+                None,
+                Cause::Other,
+            )
+        })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -268,7 +284,7 @@ impl FhirTransport {
                     "authorization: the FHIR server refused the access token (HTTP {status}{challenge}): {advice}"
                 ),
                 answer.retry_after,
-                false,
+                Cause::Auth(if status == 401 { "server_401" } else { "server_403" }),
             ));
         }
         Ok(answer)
@@ -293,20 +309,30 @@ impl FhirTransport {
                 concat!("vitalbridge/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(body))
-            .map_err(|e| transient(format!("cannot build request: {}", Chain(&e)), None, false))?;
+            .map_err(|e| {
+                transient(
+                    format!("cannot build request: {}", Chain(&e)),
+                    None,
+                    Cause::Other,
+                )
+            })?;
         let exchange = async {
             let response = sender.send_request(request).await.map_err(|e| {
                 // Under TLS 1.3 a server refusing the client certificate says so (an alert)
                 // after the client's handshake is done: it arrives here, with the response.
                 match crate::tls::rustls_cause(&e) {
-                    Some(tls) => transient(crate::tls::explain_rustls(tls), None, true),
+                    Some(tls) => transient(
+                        crate::tls::explain_rustls(tls),
+                        None,
+                        Cause::Tls(crate::tls::cause_label(tls)),
+                    ),
                     None => transient(
                         format!(
                             "request failed (the server may have stored it; retrying is safe): {}",
                             Chain(&e)
                         ),
                         None,
-                        false,
+                        Cause::Other,
                     ),
                 }
             })?;
@@ -327,7 +353,7 @@ impl FhirTransport {
                     transient(
                         format!("reading response failed: {}", Chain(&*e)),
                         None,
-                        false,
+                        Cause::Other,
                     )
                 })?
                 .to_bytes();
@@ -347,7 +373,7 @@ impl FhirTransport {
                         self.timeout.as_secs()
                     ),
                     None,
-                    false,
+                    Cause::Other,
                 )
             })??;
         if let Ok(mut idle) = self.idle.lock() {
@@ -510,7 +536,7 @@ impl Transport for FhirTransport {
             code => Err(transient(
                 format!("server answered HTTP {code}"),
                 retry_after,
-                false,
+                Cause::Other,
             )),
         }
     }

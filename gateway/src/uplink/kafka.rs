@@ -40,7 +40,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
 use super::streamed::{patient_key, DeviceRefs, Renderer};
-use super::{Outcome, Refusal, SendError, Transport, UplinkContext};
+use super::{Cause, Outcome, Refusal, SendError, Transport, UplinkContext};
 use crate::config::{KafkaKey, KafkaUplinkConfig};
 use crate::fhir::Gateway;
 use crate::model::Reading;
@@ -469,7 +469,7 @@ fn transient(reason: String) -> SendError {
     SendError::Transient {
         reason,
         retry_after: None,
-        tls: false,
+        cause: Cause::Other,
     }
 }
 

@@ -85,6 +85,30 @@ impl Refusal {
     }
 }
 
+/// What kind of transient failure a [`SendError::Transient`] is, for the counters, the
+/// status page and the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The network, a timeout, a server's 408/429/5xx, a broker's answer to retry.
+    Other,
+    /// The TLS handshake failed; the label is [`crate::tls::cause_label`]'s.
+    Tls(&'static str),
+    /// No access token could be had, or the server refused it ([`auth::AuthError::label`],
+    /// `server_401`, `server_403`).
+    Auth(&'static str),
+}
+
+impl Cause {
+    /// `tls`, `auth` or `transient`: the kind of the uplink's last error on the status page.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Cause::Other => "transient",
+            Cause::Tls(_) => "tls",
+            Cause::Auth(_) => "auth",
+        }
+    }
+}
+
 /// Why a whole send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -95,8 +119,8 @@ pub enum SendError {
         reason: String,
         /// The server's Retry-After, if it sent one.
         retry_after: Option<Duration>,
-        /// Whether this was a TLS handshake failure (counted separately).
-        tls: bool,
+        /// What kind of failure (TLS and authorization failures are counted by cause).
+        cause: Cause,
     },
     /// The destination refused the batch as a whole, permanently (e.g. a transaction 400).
     #[error("refused: {0}")]

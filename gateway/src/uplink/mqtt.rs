@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::streamed::{DeviceRefs, Renderer};
-use super::{Outcome, Refusal, SendError, Transport, UplinkContext};
+use super::{Cause, Outcome, Refusal, SendError, Transport, UplinkContext};
 use crate::config::{MqttUplinkConfig, StreamPayload};
 use crate::fhir::Gateway;
 use crate::model::Reading;
@@ -119,7 +119,7 @@ enum Answer {
     /// The broker refused it: for good (`permanent`) or for now.
     Refused { reason: String, permanent: bool },
     /// No PUBACK: the connection could not be made or was lost.
-    Lost { reason: String, tls: bool },
+    Lost { reason: String, cause: Cause },
 }
 
 /// Connection settings.
@@ -269,14 +269,14 @@ fn outcomes(
             _ => None,
         });
         let lost = answers.iter().find_map(|a| match a {
-            Answer::Lost { reason, tls } => Some((reason.clone(), *tls)),
+            Answer::Lost { reason, cause } => Some((reason.clone(), *cause)),
             _ => None,
         });
-        if let Some((reason, tls)) = refused_for_now.map(|r| (r, false)).or(lost) {
+        if let Some((reason, cause)) = refused_for_now.map(|r| (r, Cause::Other)).or(lost) {
             return Err(SendError::Transient {
                 reason,
                 retry_after: None,
-                tls,
+                cause,
             });
         }
     }
@@ -319,7 +319,7 @@ impl Transport for MqttTransport {
         let lost = |reason: &str| SendError::Transient {
             reason: reason.to_owned(),
             retry_after: None,
-            tls: false,
+            cause: Cause::Other,
         };
         self.jobs
             .send(Job { messages, reply })
@@ -392,7 +392,7 @@ struct Conn {
 /// Why a connection failed.
 struct ConnError {
     reason: String,
-    tls: bool,
+    cause: Cause,
     /// The broker refused this gateway (CONNACK reason): audited.
     refused: bool,
 }
@@ -408,7 +408,11 @@ impl ConnError {
             } else {
                 format!("{context}: {e}")
             },
-            tls,
+            cause: if tls {
+                Cause::Tls(crate::tls::io_cause_label(e))
+            } else {
+                Cause::Other
+            },
             refused: false,
         }
     }
@@ -416,7 +420,7 @@ impl ConnError {
     fn protocol(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            tls: false,
+            cause: Cause::Other,
             refused: false,
         }
     }
@@ -492,7 +496,7 @@ impl Publisher {
                 i,
                 Answer::Lost {
                     reason: e.reason.clone(),
-                    tls: e.tls,
+                    cause: e.cause,
                 },
             );
         }
@@ -796,7 +800,7 @@ async fn connect(options: &Options) -> Result<Conn, ConnError> {
             Packet::Disconnect(d) => {
                 return Err(ConnError {
                     reason: format!("the broker refused the connection: {:?}", d.reason_code),
-                    tls: false,
+                    cause: Cause::Other,
                     refused: true,
                 })
             }
@@ -812,7 +816,7 @@ fn accept(conn: &mut Conn, ack: ConnAck, options: &Options) -> Result<(), ConnEr
     if ack.code != ConnectReturnCode::Success {
         return Err(ConnError {
             reason: format!("the broker refused the connection: {:?}", ack.code),
-            tls: false,
+            cause: Cause::Other,
             refused: true,
         });
     }
@@ -915,7 +919,7 @@ mod tests {
     fn lost() -> Answer {
         Answer::Lost {
             reason: "connection reset".into(),
-            tls: false,
+            cause: Cause::Other,
         }
     }
 

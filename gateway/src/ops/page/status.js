@@ -146,7 +146,10 @@ function render(s) {
     u.dead_lettered,
     when(u.last_delivery, now),
     u.failing_since ? when(u.failing_since, now) : "not failing",
-    u.last_error ? u.last_error.kind + ": " + u.last_error.message + " (" + when(u.last_error.at, now) + ")" : "none",
+    (u.last_error ? u.last_error.kind + ": " + u.last_error.message + " (" + when(u.last_error.at, now) + ")" : "none")
+      + (Object.keys(u.auth_failures || {}).length
+        ? "; authorization failures: " + Object.entries(u.auth_failures).map(([c, n]) => c + " " + n).join(", ")
+        : ""),
   ]);
   const devices = s.devices.slice().sort((a, b) => (a.last_reading < b.last_reading ? 1 : -1));
   const offset = (d) => (d.clock_offset_ms === null || d.clock_offset_ms === undefined
@@ -173,7 +176,9 @@ function render(s) {
   fillTable("certificates", s.certificates, (c) => c.error
     ? [c.usage + " (" + c.path + ")", "cannot read: " + c.error, "–", "–", "unreadable"]
     : [c.usage + " (" + c.path + ")", c.subject, new Date(c.not_after).toLocaleString(), c.days_left, c.problem || "ok"]);
-  setText("tls-failures", s.tls_failures);
+  setText("tls-failures", s.tls_failures + ((s.tls_failures_by_cause || []).length
+    ? " (" + s.tls_failures_by_cause.map((t) => t.peer + " " + t.cause + ": " + t.count).join(", ") + ")"
+    : ""));
   if (s.profiles) {
     setText("profiles-pack", s.profiles.pack || "none installed: the built-in profiles");
     setText("profiles-vendor", s.profiles.vendor_profiles.join(", ") || "none");

@@ -39,13 +39,13 @@ pub enum HttpError {
     Failed {
         /// What happened.
         why: String,
-        /// Whether it was the TLS handshake.
-        tls: bool,
+        /// The TLS handshake's failure label ([`crate::tls::cause_label`]), if it was that.
+        tls: Option<&'static str>,
     },
 }
 
 fn failed(why: String) -> HttpError {
-    HttpError::Failed { why, tls: false }
+    HttpError::Failed { why, tls: None }
 }
 
 /// Sends `method` to `url` with `headers` and `body` (a form, when given) and reads at most
@@ -90,7 +90,7 @@ pub async fn request(
             .await
             .map_err(|e| HttpError::Failed {
                 why: crate::tls::explain(&e),
-                tls: true,
+                tls: Some(crate::tls::io_cause_label(&e)),
             })?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
             .await

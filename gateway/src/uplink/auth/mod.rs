@@ -123,8 +123,8 @@ pub enum AuthError {
         endpoint: String,
         /// Why.
         why: String,
-        /// Whether the TLS handshake failed.
-        tls: bool,
+        /// The TLS handshake's failure label, if it was that.
+        tls: Option<&'static str>,
     },
     /// The token endpoint refused.
     #[error("token endpoint {endpoint} refused the gateway (HTTP {status}{}){}", .error.as_deref().map(|e| format!(", {e}")).unwrap_or_default(), advice(*.status, .error.as_deref()))]
@@ -174,9 +174,26 @@ fn advice(status: u16, error: Option<&str>) -> &'static str {
 }
 
 impl AuthError {
-    /// Whether the failure was a TLS handshake.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, AuthError::Unreachable { tls: true, .. })
+    /// The TLS handshake's failure label, if a handshake failed.
+    pub fn tls(&self) -> Option<&'static str> {
+        match self {
+            AuthError::Unreachable { tls, .. } => *tls,
+            _ => None,
+        }
+    }
+
+    /// A short, stable label for the metric and the audit log: `discovery_failed`,
+    /// `token_endpoint_unreachable`, `token_refused`, `token_response_invalid`,
+    /// `assertion_unsigned`, `static_token_refused`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Discovery { .. } => "discovery_failed",
+            AuthError::Unreachable { .. } => "token_endpoint_unreachable",
+            AuthError::Refused { .. } => "token_refused",
+            AuthError::BadResponse { .. } => "token_response_invalid",
+            AuthError::Request(_) => "assertion_unsigned",
+            AuthError::StaticRefused { .. } => "static_token_refused",
+        }
     }
 }
 
@@ -199,7 +216,12 @@ struct ClientCredentials {
 }
 
 enum Kind {
-    Static { token: HeaderValue, path: PathBuf },
+    /// The token in use, read again from `path` when the server refuses it (an operator
+    /// replaced the file).
+    Static {
+        token: std::sync::Mutex<HeaderValue>,
+        path: PathBuf,
+    },
     Client(Box<ClientCredentials>),
 }
 
@@ -282,6 +304,20 @@ fn read_line_secret(key: &'static str, path: &Path) -> Result<Secret, LoadError>
         ));
     }
     Ok(Secret::new(line.to_owned()))
+}
+
+/// The `Authorization` header value of the static token in `path`, marked sensitive.
+fn static_token(path: &Path) -> Result<HeaderValue, LoadError> {
+    let token = read_line_secret("token_file", path)?;
+    let mut header = HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+        LoadError::Content {
+            key: "token_file",
+            path: path.to_owned(),
+            why: "is not a usable header value".into(),
+        }
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 /// Reads the signing key of `private_key_jwt`.
@@ -376,16 +412,8 @@ impl Authorizer {
         let kind = match auth.method {
             AuthMethod::StaticToken => {
                 let path = auth.token_file.clone().unwrap_or_default();
-                let token = read_line_secret("token_file", &path)?;
-                let mut header = HeaderValue::try_from(format!("Bearer {}", token.expose()))
-                    .map_err(|_| LoadError::Content {
-                        key: "token_file",
-                        path: path.clone(),
-                        why: "is not a usable header value".into(),
-                    })?;
-                header.set_sensitive(true);
                 Kind::Static {
-                    token: header,
+                    token: std::sync::Mutex::new(static_token(&path)?),
                     path,
                 }
             }
@@ -447,12 +475,16 @@ impl Authorizer {
     pub async fn bearer(&self) -> Result<Token, AuthError> {
         let client = match &self.kind {
             Kind::Static { token, .. } => {
+                let header = token
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 return Ok(Token {
-                    header: token.clone(),
+                    header,
                     refresh_at: None,
                     expires_in: None,
                     scope: None,
-                })
+                });
             }
             Kind::Client(c) => c,
         };
@@ -501,7 +533,21 @@ impl Authorizer {
         status: u16,
         challenge: Option<String>,
     ) -> Result<(), AuthError> {
-        if let Kind::Static { path, .. } = &self.kind {
+        if let Kind::Static { token, path } = &self.kind {
+            // The operator may have put a new token into the file: use it if it differs
+            // from the one refused; else the refusal stands.
+            if let Ok(fresh) = static_token(path) {
+                let mut current = token
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if fresh != used.header {
+                    tracing::info!(
+                        "uplink auth: the static token file changed; using the new token"
+                    );
+                    *current = fresh;
+                    return Ok(());
+                }
+            }
             return Err(AuthError::StaticRefused {
                 path: path.clone(),
                 status,
@@ -631,7 +677,10 @@ impl Authorizer {
         .await
         .map_err(|e| AuthError::Unreachable {
             endpoint: endpoint.to_string(),
-            tls: matches!(e, http::HttpError::Failed { tls: true, .. }),
+            tls: match &e {
+                http::HttpError::Failed { tls, .. } => *tls,
+                http::HttpError::Url(_) => None,
+            },
             why: e.to_string(),
         })?;
         if !(200..=299).contains(&response.status) {
