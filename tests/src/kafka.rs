@@ -12,8 +12,14 @@
 //! ([`tls_front`]: the test PKI's server certificate, a client certificate required) that the
 //! broker advertises as its address, so the gateway's TLS and client-certificate path is the
 //! one exercised: tansu 0.6.0's own TLS options cannot be combined (`--cert` conflicts with
-//! `--key` in its command line) and its SASL users could not be made to authenticate, so the
-//! front stands in for a TLS listener.
+//! `--key` in its command line), so the front stands in for a TLS listener.
+//!
+//! [`KafkaBroker::start_scram`] adds SASL/SCRAM inside that TLS (SASL_SSL): the wheel's
+//! tansu keeps no SCRAM credentials (its `dynostore` engine stores none), so this broker is
+//! tansu 0.6.0 built from crates.io with its SQLite storage (`tests/setup.sh` installs it
+//! into `tests/.tansu`). Its users and topics are made with `tansu user create` / `tansu
+//! topic create` while it runs without authentication; it is then restarted on the same
+//! SQLite file with `--authentication`, so every client must log in.
 //!
 //! The consumer is `tests/kafka_consumer.py` (kafka-python): it reads every partition from
 //! the start and reports each record, the partition kafka-python's own partitioner picks for
@@ -57,16 +63,49 @@ fn tansu() -> PathBuf {
     path
 }
 
-/// A tansu broker on 127.0.0.1 with moto's S3 as storage. Both are killed on drop.
+/// tansu built with its SQLite storage (`tests/setup.sh`).
+fn sqlite_tansu() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tansu/bin/tansu");
+    assert!(
+        path.exists(),
+        "{} not found: bash tests/setup.sh builds it",
+        path.display()
+    );
+    path
+}
+
+/// A SASL/SCRAM user of a broker started with [`KafkaBroker::start_scram`].
+#[derive(Clone, Debug)]
+pub struct ScramUser {
+    /// The user name.
+    pub name: &'static str,
+    /// The password.
+    pub password: &'static str,
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: &'static str,
+}
+
+/// Where the broker keeps its data.
+enum Storage {
+    /// moto's S3 server on this port (the wheel's tansu).
+    S3 { port: u16, server: Child },
+    /// `tansu.db` in the broker's directory (tests/.tansu's tansu).
+    Sqlite,
+}
+
+/// A tansu broker on 127.0.0.1 with its storage. Both are killed on drop.
 pub struct KafkaBroker {
     port: u16,
     /// The mutual-TLS front's port, when clients must use TLS.
     front: Option<u16>,
     /// The consumer's TLS files (CA, certificate, key), with a front.
     consumer_tls: Option<[PathBuf; 3]>,
-    s3_port: u16,
+    /// The consumer's SCRAM login, when the broker requires one.
+    consumer_sasl: Option<ScramUser>,
+    /// Whether the broker requires SASL authentication.
+    authentication: bool,
+    storage: Storage,
     broker: Option<Child>,
-    storage: Child,
     dir: tempfile::TempDir,
 }
 
@@ -91,6 +130,50 @@ impl KafkaBroker {
     /// `pki`'s server certificate for `localhost` (call from within a tokio runtime).
     pub fn start_tls(pki: &TestPki) -> KafkaBroker {
         Self::start_inner(Some(pki))
+    }
+
+    /// A broker reachable through the mutual-TLS front, with SQLite storage, `users` and
+    /// `topics` (name, partitions), requiring every client to authenticate with SCRAM. The
+    /// consumer logs in as the first user.
+    pub fn start_scram(pki: &TestPki, users: &[ScramUser], topics: &[(&str, u32)]) -> KafkaBroker {
+        let dir = tempfile::Builder::new()
+            .prefix("vitalbridge-kafka-scram-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port().expect("free port");
+        let files = pki.issue_client_cert("kafka-consumer", "kafka-consumer");
+        let mut broker = KafkaBroker {
+            port,
+            front: Some(tls_front(pki, port)),
+            consumer_tls: Some([pki.ca_cert_path().to_path_buf(), files.cert, files.key]),
+            consumer_sasl: users.first().cloned(),
+            authentication: false,
+            storage: Storage::Sqlite,
+            broker: None,
+            dir,
+        };
+        broker.spawn();
+        for user in users {
+            let mechanism = match user.mechanism {
+                "SCRAM-SHA-256" => "scram256",
+                "SCRAM-SHA-512" => "scram512",
+                other => panic!("unknown SCRAM mechanism {other}"),
+            };
+            broker.admin(&[
+                "user",
+                "create",
+                user.name,
+                user.password,
+                "--mechanism",
+                mechanism,
+            ]);
+        }
+        for (topic, partitions) in topics {
+            broker.create_topic(topic, *partitions);
+        }
+        broker.authentication = true;
+        broker.restart();
+        broker
     }
 
     fn start_inner(pki: Option<&TestPki>) -> KafkaBroker {
@@ -131,13 +214,41 @@ impl KafkaBroker {
             port,
             front,
             consumer_tls,
-            s3_port,
+            consumer_sasl: None,
+            authentication: false,
+            storage: Storage::S3 {
+                port: s3_port,
+                server: storage,
+            },
             broker: None,
-            storage,
             dir,
         };
         broker.spawn();
         broker
+    }
+
+    /// The binary for this broker's storage.
+    fn binary(&self) -> PathBuf {
+        match self.storage {
+            Storage::S3 { .. } => tansu(),
+            Storage::Sqlite => sqlite_tansu(),
+        }
+    }
+
+    /// Runs a tansu admin command (`user create`, `topic create`) against the broker
+    /// (which must run without authentication).
+    fn admin(&self, args: &[&str]) {
+        let out = Command::new(self.binary())
+            .args(args)
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .output()
+            .expect("run tansu");
+        assert!(
+            out.status.success(),
+            "tansu {}: {}",
+            args[..2].join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn spawn(&mut self) {
@@ -151,21 +262,33 @@ impl KafkaBroker {
             Some(front) => format!("tcp://localhost:{front}"),
             None => url.clone(),
         };
-        let child = Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised,
-                "--storage-engine",
-                "s3://tansu/",
-            ])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.s3_port))
-            .env("AWS_ALLOW_HTTP", "true")
+        let mut command = Command::new(self.binary());
+        command.current_dir(self.dir.path()).args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+        ]);
+        match &self.storage {
+            Storage::S3 { port, .. } => {
+                command
+                    .args(["--storage-engine", "s3://tansu/"])
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+                    .env("AWS_ALLOW_HTTP", "true");
+            }
+            // A path relative to the broker's directory: tansu joins an absolute one to it.
+            Storage::Sqlite => {
+                command.args(["--storage-engine", "sqlite://tansu.db"]);
+            }
+        }
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -189,23 +312,13 @@ impl KafkaBroker {
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let out = Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .output()
-            .expect("tansu topic create");
-        assert!(
-            out.status.success(),
-            "tansu topic create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.admin(&[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ]);
     }
 
     /// `kill -9` of the broker, and a new one on the same port and storage.
@@ -226,7 +339,14 @@ impl KafkaBroker {
     /// record): one JSON object per record, in offset order per partition.
     pub fn consume(&self, topic: &str, idle: Duration) -> Vec<Value> {
         let out = self.dir.path().join("consumed.ndjson");
-        let status = Command::new(python())
+        let mut command = Command::new(python());
+        if let Some(user) = &self.consumer_sasl {
+            command
+                .env("KAFKA_SASL_MECHANISM", user.mechanism)
+                .env("KAFKA_SASL_USERNAME", user.name)
+                .env("KAFKA_SASL_PASSWORD", user.password);
+        }
+        let status = command
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka_consumer.py"))
             .arg(self.bootstrap())
             .arg(topic)
@@ -250,8 +370,10 @@ impl Drop for KafkaBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = self.storage.kill();
-        let _ = self.storage.wait();
+        if let Storage::S3 { server, .. } = &mut self.storage {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 }
 

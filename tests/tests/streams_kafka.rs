@@ -7,6 +7,12 @@
 //! partitioner picks for that key (as kafka-python computes it); per key, the readings come
 //! in order, and a reading written twice (the batch in hand when the gateway was killed) has
 //! the same identifier both times.
+//!
+//! SASL/SCRAM inside that TLS (SASL_SSL), against tansu with SQLite storage and users of
+//! both mechanisms: a wrong password is a clear log line, an audit entry and a not-ready
+//! destination, with every reading kept; the right password (SCRAM-SHA-512, then
+//! SCRAM-SHA-256 after a restart) delivers every reading, read back by a consumer that logs in
+//! too.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +20,7 @@ use std::time::Duration;
 use serde_json::Value;
 use vitalbridge_tests::fixture::{self, Pace, Publisher, Rig};
 use vitalbridge_tests::gateway::{wait_for_pending, GatewayProcess};
-use vitalbridge_tests::kafka::KafkaBroker;
+use vitalbridge_tests::kafka::{KafkaBroker, ScramUser};
 
 /// One record as the order check needs it: offset, measurement time, identifier.
 type RecordCopy<'a> = (i64, f64, &'a str);
@@ -214,5 +220,161 @@ async fn every_reading_arrives_keyed_by_patient_in_order_through_kill_9_and_a_br
         "{} records for {n} readings ({} second copies, each with its reading's identifier)",
         records.len(),
         records.len() as u64 - n
+    );
+}
+
+const SCRAM_512: ScramUser = ScramUser {
+    name: "gw-hub-512",
+    password: "p4ss-of-the-512-user",
+    mechanism: "SCRAM-SHA-512",
+};
+const SCRAM_256: ScramUser = ScramUser {
+    name: "gw-hub-256",
+    password: "p4ss-of-the-256-user",
+    mechanism: "SCRAM-SHA-256",
+};
+
+/// [`config`] with SASL/SCRAM as `user` with the password in `password_file`, and the
+/// operations server (`/readyz` not ready after one second of failure).
+fn scram_config(
+    rig: &Rig,
+    kafka: &KafkaBroker,
+    user: &ScramUser,
+    password_file: &std::path::Path,
+) -> String {
+    let sasl = format!(
+        "[uplink.kafka.sasl]\nmechanism = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\n[uplink.kafka.tls]",
+        user.mechanism,
+        user.name,
+        password_file.display()
+    );
+    config(rig, kafka).replace("[uplink.kafka.tls]", &sasl)
+        + &vitalbridge_tests::ops::ops_table(rig.ops_port, "ready_staleness_s = 1")
+}
+
+fn password_file(rig: &Rig, password: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = rig.dir.path().join("kafka-password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+async fn publish(rig: &Rig, n: u64) {
+    let publisher = Publisher::start(
+        rig.broker.port(),
+        Pace {
+            chunk: 50,
+            pause: Duration::from_millis(20),
+            max: n,
+        },
+    );
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(publisher.stop().await.accepted, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_mutual_tls_a_wrong_password_keeps_every_reading_the_right_one_delivers() {
+    let rig = Rig::start().await;
+    let kafka = tokio::task::block_in_place(|| {
+        KafkaBroker::start_scram(&rig.pki, &[SCRAM_512, SCRAM_256], &[(TOPIC, 4)])
+    });
+    let data = rig.dir.path().join("data");
+
+    // A wrong password: refused, said, audited, not ready; nothing lost, nothing dead-lettered.
+    let wrong = password_file(&rig, "not-the-password");
+    let mut gw = GatewayProcess::start(
+        rig.dir.path(),
+        &scram_config(&rig, &kafka, &SCRAM_512, &wrong),
+    )
+    .expect("start the gateway");
+    assert!(fixture::wait_subscribed(&gw, 1, Duration::from_secs(20)));
+    publish(&rig, 300).await;
+    assert!(
+        gw.wait_for_log(
+            "the Kafka broker refused the gateway",
+            Duration::from_secs(30)
+        ),
+        "{}\n--- broker log ---\n{}",
+        fixture::tail(&gw.log(), 40),
+        fixture::tail(&kafka.log(), 20)
+    );
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = rig.readyz().await;
+        if ready
+            .as_ref()
+            .is_some_and(|(s, body)| *s == 503 && body.contains("kafka"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        matches!(&ready, Some((503, body)) if body.contains("kafka")),
+        "{ready:?}"
+    );
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap_or_default();
+    assert!(
+        audit.lines().any(|l| l.contains("connection_refused")
+            && l.contains("uplink:kafka")
+            && l.contains("the SASL login failed")),
+        "{audit}"
+    );
+    assert!(!audit.contains("not-the-password") && !gw.log().contains("not-the-password"));
+    let (code, stats, _) = vitalbridge_tests::gateway::run_cli(
+        rig.dir.path(),
+        &["queue", "stats", "-c", "gateway.toml"],
+    );
+    assert_eq!(code, 0, "{stats}");
+    assert!(
+        stats.contains("pending[kafka]: 300") && stats.contains("dead_lettered: 0"),
+        "{stats}"
+    );
+
+    // The right password (the file is read at start): every reading arrives.
+    password_file(&rig, SCRAM_512.password);
+    gw.restart().expect("restart the gateway");
+    assert!(fixture::wait_subscribed(&gw, 2, Duration::from_secs(20)));
+    let stats = tokio::task::block_in_place(|| {
+        wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60))
+    });
+    assert!(
+        stats.contains("pending: 0"),
+        "{stats}\n--- gateway log ---\n{}",
+        fixture::tail(&gw.log(), 40)
+    );
+    drop(gw);
+
+    // Another user, SCRAM-SHA-256: more readings, the same topic.
+    let right = password_file(&rig, SCRAM_256.password);
+    std::fs::write(
+        rig.dir.path().join("gateway.toml"),
+        scram_config(&rig, &kafka, &SCRAM_256, &right),
+    )
+    .unwrap();
+    let gw = GatewayProcess::start(
+        rig.dir.path(),
+        &scram_config(&rig, &kafka, &SCRAM_256, &right),
+    )
+    .expect("start the gateway");
+    assert!(fixture::wait_subscribed(&gw, 3, Duration::from_secs(20)));
+    // Readings 0..600: the first 300 again (each stored once) and 300 new ones.
+    let n = 600;
+    publish(&rig, n).await;
+    let stats = tokio::task::block_in_place(|| {
+        wait_for_pending(rig.dir.path(), 0, Duration::from_secs(60))
+    });
+    assert!(stats.contains("pending: 0"), "{stats}");
+    let records = tokio::task::block_in_place(|| kafka.consume(TOPIC, Duration::from_secs(3)));
+    let problems = check(&records, n);
+    assert!(
+        problems.is_empty(),
+        "{} records for {n} readings:\n{}\n--- gateway log ---\n{}",
+        records.len(),
+        problems.join("\n"),
+        fixture::tail(&gw.log(), 40)
     );
 }

@@ -138,6 +138,10 @@ enum Failure {
     Permanent(String),
 }
 
+/// How long after rskafka's own retry deadline a connection attempt is given up as
+/// unanswered.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
+
 /// Sorts an rskafka error into what the gateway does about it. The text never holds a
 /// payload (rskafka's errors carry the request context: topic, partition, sizes).
 fn classify(e: &KafkaError) -> Failure {
@@ -166,7 +170,10 @@ fn classify(e: &KafkaError) -> Failure {
         KafkaError::Connection(c) => {
             let text = c.to_string();
             if text.contains("SASL") || text.contains("Sasl") || text.contains("authenticat") {
-                Failure::Refused(format!("the broker refused the gateway: {text}"))
+                Failure::Refused(format!(
+                    "the SASL login failed: check uplink.kafka.sasl's username, mechanism and \
+                     password_file against the broker's user ({text})"
+                ))
             } else {
                 Failure::Retry(format!("connection: {text}"))
             }
@@ -233,11 +240,16 @@ impl KafkaTransport {
             return Ok(c.clone());
         }
         let o = &self.options;
+        // rskafka retries a failed connection (a refused SASL login included) until the
+        // pauses between its attempts add up to this deadline (the attempts' own time is not
+        // counted), then returns the last error; the outer timeout only catches a broker
+        // that never answers. With the deadline as long as the timeout, the timeout won the
+        // race and a wrong password was reported as "no answer" and never audited.
         let backoff = BackoffConfig {
             init_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             base: 2.0,
-            deadline: Some(o.timeout),
+            deadline: Some(o.timeout / 4),
         };
         let mut builder = ClientBuilder::new(o.bootstrap.clone())
             .client_id(o.client_id.as_str())
@@ -248,7 +260,7 @@ impl KafkaTransport {
         if let Some(sasl) = &o.sasl {
             builder = builder.sasl_config(sasl.clone());
         }
-        let client = tokio::time::timeout(o.timeout, builder.build())
+        let client = tokio::time::timeout(o.timeout + CONNECT_GRACE, builder.build())
             .await
             .map_err(|_| Failure::Retry("no answer from the Kafka brokers in time".into()))?
             .map_err(|e| classify(&e))?;
