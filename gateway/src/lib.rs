@@ -238,8 +238,18 @@ pub async fn uplink_test(config: &Config) -> UplinkTestReport {
 /// key, to register with the authorization server; `None` for the other methods or without
 /// `[uplink.fhir.auth]`.
 pub fn uplink_jwks(config: &Config) -> Result<Option<serde_json::Value>, uplink::auth::LoadError> {
+    uplink_jwks_keeping(config, &[])
+}
+
+/// [`uplink_jwks`] with the keys of `keep` (a published key set, read with
+/// [`auth_wire::parse_public_jwks`]) after the configured key: the set to publish during a
+/// key rotation.
+pub fn uplink_jwks_keeping(
+    config: &Config,
+    keep: &[serde_json::Value],
+) -> Result<Option<serde_json::Value>, uplink::auth::LoadError> {
     match config.uplink.fhir.as_ref().and_then(|f| f.auth.as_ref()) {
-        Some(auth) => uplink::auth::public_jwks(auth),
+        Some(auth) => uplink::auth::public_jwks(auth, keep),
         None => Ok(None),
     }
 }

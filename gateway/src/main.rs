@@ -258,6 +258,10 @@ enum UplinkCommand {
         /// Config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// A key set published now (JSON, public keys only): its keys are printed after the
+        /// configured one, for a key rotation (publish both before the gateway switches).
+        #[arg(long, value_name = "JWKS_FILE")]
+        keep: Option<PathBuf>,
     },
 }
 
@@ -610,10 +614,31 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             Ok(ExitCode::from(report.verdict as u8))
         }
         Command::Uplink {
-            command: UplinkCommand::Jwks { config },
+            command: UplinkCommand::Jwks { config, keep },
         } => {
             let config = load(Some(&config))?;
-            match vitalbridge::uplink_jwks(&config)? {
+            let kept = match &keep {
+                None => Vec::new(),
+                Some(path) => {
+                    let read = std::fs::read(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            vitalbridge::auth_wire::parse_public_jwks(&b).map_err(|e| e.to_string())
+                        });
+                    match read {
+                        Ok(keys) => keys,
+                        Err(why) => {
+                            eprintln!(
+                                "error: --keep {}: {}",
+                                printable(&path.display().to_string()),
+                                printable(&why)
+                            );
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+            };
+            match vitalbridge::uplink_jwks_keeping(&config, &kept)? {
                 Some(jwks) => {
                     println!("{}", serde_json::to_string_pretty(&jwks)?);
                     Ok(ExitCode::SUCCESS)

@@ -27,7 +27,9 @@
 //!   counted to each destination's acknowledgement (`vitalbridge_readings_out_total`).
 //!
 //! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
-//! `BENCH_SCENARIOS=full,steady,uplinks,hl7`, `BENCH_VERBOSE=1`.
+//! `BENCH_COMMIT_LINGER_MS` / `BENCH_BATCH_LINGER_MS` (buffer.commit_linger_ms /
+//! uplink.batch_linger_ms; the defaults when unset), `BENCH_SCENARIOS=full,steady,uplinks,hl7`,
+//! `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
 //! process) and the gateway. The gateway's CPU time and peak RSS are read from `/proc/<pid>`;
@@ -139,6 +141,15 @@ impl Run {
             .mqtt_to_fhir(&vitalbridge_tests::ops::ops_table(rig.ops_port, ""))
             .replace("batch_size = 500", &format!("batch_size = {batch_size}"))
             .replace("in_flight = 2", &format!("in_flight = {in_flight}"));
+        if let Ok(ms) = std::env::var("BENCH_BATCH_LINGER_MS") {
+            config = config.replace(
+                &format!("in_flight = {in_flight}"),
+                &format!("in_flight = {in_flight}\nbatch_linger_ms = {ms}"),
+            );
+        }
+        if let Ok(ms) = std::env::var("BENCH_COMMIT_LINGER_MS") {
+            config.push_str(&format!("\n[buffer]\ncommit_linger_ms = {ms}\n"));
+        }
         let engine = match server {
             Server::Upstream => None,
             Server::Engine => {

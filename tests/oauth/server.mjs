@@ -7,7 +7,8 @@
 // - a FHIR front end that serves `<base>/.well-known/smart-configuration`, verifies each
 //   request's bearer token against the provider's published JWKS (issuer, audience,
 //   expiry, scope, revocation) or a static token, and forwards what it accepts to the
-//   project's own test upstream over mutual TLS.
+//   project's own test upstream over mutual TLS. It also publishes clients' key sets at
+//   `/jwks/<name>` (`host_jwks`), the `jku` / `jwks_uri` the provider fetches them from.
 //
 // Both speak HTTPS with the test PKI's server certificate. The harness gives the settings as
 // a JSON file (argv[2]); the process prints one JSON line `{"ready":true,...}` on stdout, then
@@ -41,9 +42,10 @@ const state = {
   revokedJtis: new Set(),
   seenJtis: new Set(),
   staticTokens: new Set(cfg.static_tokens ?? []),
+  hostedJwks: new Map(),
   stats: {
     token_requests: 0, token_refused: 0, fhir_ok: 0, fhir_401: 0, fhir_403: 0,
-    discovery: 0, reasons: [],
+    discovery: 0, jwks_fetches: 0, reasons: [],
   },
 };
 
@@ -85,6 +87,10 @@ state.audience = fhirBase;
 
 const provider = new Provider(issuer, {
   adapter: Adapter,
+  // The provider fetches a client's jwks_uri; its guard against requests to special-use
+  // addresses (a dispatcher that refuses them) would refuse the test's loopback host, so
+  // the tests fetch without it (the test CA is trusted through NODE_EXTRA_CA_CERTS).
+  fetch: (url, { dispatcher: _guard, ...options }) => globalThis.fetch(url, options),
   ttl: { ClientCredentials: () => state.ttl },
   jwks: { keys: [providerJwk] },
   clientAuthMethods: ['private_key_jwt', 'client_secret_basic', 'client_secret_post'],
@@ -188,6 +194,14 @@ feServer.on('request', (req, res) => {
   req.on('data', (c) => chunks.push(c));
   req.on('end', async () => {
     const body = Buffer.concat(chunks);
+    if (req.url.startsWith('/jwks/')) {
+      const set = state.hostedJwks.get(req.url.slice('/jwks/'.length));
+      if (!set) { res.writeHead(404); res.end(); return; }
+      state.stats.jwks_fetches += 1;
+      res.writeHead(200, { 'content-type': 'application/jwk-set+json' });
+      res.end(JSON.stringify(set));
+      return;
+    }
     if (req.url === '/fhir/.well-known/smart-configuration') {
       state.stats.discovery += 1;
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -220,6 +234,7 @@ function command(c) {
     case 'clock': clockOffsetMs = c.offset_s * 1000; return { ok: true };
     case 'ttl': state.ttl = c.seconds; return { ok: true };
     case 'static_tokens': state.staticTokens = new Set(c.tokens ?? []); return { ok: true };
+    case 'host_jwks': state.hostedJwks.set(c.name, c.jwks); return { ok: true, url: `https://127.0.0.1:${fePort}/jwks/${c.name}` };
     case 'stats': return { ok: true, ...state.stats, reasons: state.stats.reasons.slice(-5) };
     default: return { ok: false, error: `unknown command ${c.cmd}` };
   }

@@ -67,6 +67,7 @@ impl AuthServer {
         std::fs::write(&settings_path, settings.to_string()).expect("write settings");
         let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
         let mut child = Command::new(node)
+            .env("NODE_EXTRA_CA_CERTS", pki.ca_cert_path())
             .arg(node_dir().join("server.mjs"))
             .arg(&settings_path)
             .current_dir(node_dir())
@@ -101,6 +102,12 @@ impl AuthServer {
             lines: Mutex::new(rx),
             _dir: dir,
         }
+    }
+
+    /// Where the front end publishes the key set `name` (`host_jwks`): a client's `jku` and
+    /// `jwks_uri`.
+    pub fn jwks_url(&self, name: &str) -> String {
+        format!("{}/jwks/{name}", self.fhir.trim_end_matches("/fhir"))
     }
 
     /// Sends one command (a JSON object with `cmd`) and returns the answer; panics unless it

@@ -207,9 +207,17 @@ async fn happy_path(case: impl FnOnce(&Rig, &AuthServer) -> Case) {
         config = without_client_certificate(&config, &rig);
         assert!(!config.contains(&rig.pki.client_files().key.display().to_string()));
     }
+    let mut hosted = false;
     if let Some(mut client) = case.client {
         if client.get("jwks").is_some() {
             client["jwks"] = jwks(&rig, &config);
+        }
+        if let Some(name) = client["jwks_uri"]
+            .as_str()
+            .and_then(|u| u.rsplit('/').next())
+        {
+            auth.command(json!({"cmd": "host_jwks", "name": name, "jwks": jwks(&rig, &config)}));
+            hosted = true;
         }
         auth.add_client(client);
     }
@@ -230,6 +238,13 @@ async fn happy_path(case: impl FnOnce(&Rig, &AuthServer) -> Case) {
     let stats = auth.stats();
     assert_eq!(stats["fhir_401"], 0, "{}: {stats}", case.name);
     assert_eq!(stats["token_refused"], 0, "{}: {stats}", case.name);
+    if hosted {
+        assert!(
+            stats["jwks_fetches"].as_u64().unwrap() >= 1,
+            "{}: the provider never fetched the key set at the jku: {stats}",
+            case.name
+        );
+    }
     if let Some(discovered) = case.discovered {
         assert_eq!(
             stats["discovery"].as_u64().unwrap() > 0,
@@ -248,12 +263,14 @@ async fn private_key_jwt_rs384_with_jku_and_a_configured_token_endpoint() {
             name: "RS384",
             table: format!(
                 "method = \"private_key_jwt\"\nclient_id = \"gw-rs384\"\nkey = \"{}\"\nalgorithm = \"RS384\"\n\
-                 jku = \"https://gateway.example/jwks.json\"\ntoken_endpoint = \"{}\"\nscope = \"{SCOPE}\"\n",
+                 jku = \"{jku}\"\ntoken_endpoint = \"{}\"\nscope = \"{SCOPE}\"\n",
                 key.display(),
-                auth.token_endpoint
+                auth.token_endpoint,
+                jku = auth.jwks_url("gw-rs384"),
             ),
+            // Registered by its jku: the provider fetches the key set from there.
             client: Some(json!({"client_id": "gw-rs384", "token_endpoint_auth_method": "private_key_jwt",
-                "token_endpoint_auth_signing_alg": "RS384", "jwks": {}})),
+                "token_endpoint_auth_signing_alg": "RS384", "jwks_uri": auth.jwks_url("gw-rs384")})),
             secrets: vec![],
             discovered: Some(false),
             mutual_tls: true,
@@ -361,6 +378,105 @@ async fn a_replaced_static_token_file_is_read_again_when_the_server_refuses_the_
         tail(&gw.log(), 20)
     );
     assert_no_secrets(&[&gw.log()], &[STATIC_TOKEN, NEW_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_rotation_published_with_uplink_jwks_keep_loses_nothing() {
+    let rig = Rig::start().await;
+    let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[]);
+    let jku = auth.jwks_url("gw-rot");
+    let curve = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"];
+    let old_key = openssl_key(rig.dir.path(), "smart-old.pem", &curve);
+    let new_key = openssl_key(rig.dir.path(), "smart-new.pem", &curve);
+    let with_key = |key: &Path| {
+        config(
+            &rig,
+            &auth,
+            &format!(
+                "method = \"private_key_jwt\"\nclient_id = \"gw-rot\"\nkey = \"{}\"\n\
+                 algorithm = \"ES384\"\njku = \"{jku}\"\nscope = \"{SCOPE}\"\n",
+                key.display()
+            ),
+        )
+    };
+    let (old_config, new_config) = (with_key(&old_key), with_key(&new_key));
+    let client = json!({"client_id": "gw-rot", "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "ES384", "jwks_uri": jku});
+
+    // Before: the old key alone is published.
+    let old_set = jwks(&rig, &old_config);
+    auth.command(json!({"cmd": "host_jwks", "name": "gw-rot", "jwks": old_set}));
+    auth.add_client(client.clone());
+    let mut gw = rig.start_subscribed(&old_config);
+    publish(&rig, 0, 20).await;
+    delivered(&rig, 20, &gw, &auth).await;
+
+    // The technician publishes the new key beside the old one, as the docs say.
+    let published = rig.dir.path().join("published-jwks.json");
+    std::fs::write(&published, old_set.to_string()).unwrap();
+    write_config(&rig, &new_config);
+    let (code, out, err) = run_cli(
+        rig.dir.path(),
+        &[
+            "uplink",
+            "jwks",
+            "-c",
+            "gateway.toml",
+            "--keep",
+            "published-jwks.json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let both: Value = serde_json::from_str(&out).unwrap();
+    let kids: Vec<&str> = both["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    let new_kid = jwks(&rig, &new_config)["keys"][0]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_kid = old_set["keys"][0]["kid"].as_str().unwrap();
+    assert_eq!(kids, [new_kid.as_str(), old_kid], "{both}");
+    auth.command(json!({"cmd": "host_jwks", "name": "gw-rot", "jwks": both}));
+    // The server's cache of the client's key set runs out (oidc-provider keeps one at least
+    // 60 s; emulated here by a changed registration, for which it fetches the set anew),
+    // then the gateway switches keys.
+    let mut renewed = client.clone();
+    renewed["client_name"] = json!("hub after key rotation");
+    auth.add_client(renewed);
+    gw.kill9();
+    write_config(&rig, &new_config);
+    gw.restart().expect("restart with the new key");
+    publish(&rig, 20, 40).await;
+    delivered(&rig, 40, &gw, &auth).await;
+    reconcile(&rig.upstream, 40, &gw.log()).unwrap();
+    let stats = auth.stats();
+    assert_eq!(stats["token_refused"], 0, "{stats}");
+    assert!(stats["jwks_fetches"].as_u64().unwrap() >= 2, "{stats}");
+
+    // A key set holding a private key is refused, and nothing is printed.
+    std::fs::write(
+        &published,
+        json!({"keys": [{"kty": "EC", "kid": "x", "crv": "P-384", "x": "a", "y": "b", "d": "c"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        rig.dir.path(),
+        &[
+            "uplink",
+            "jwks",
+            "-c",
+            "gateway.toml",
+            "--keep",
+            "published-jwks.json",
+        ],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty() && err.contains("private"), "{err}");
 }
 
 /// A rig, the auth servers and a running gateway with an ES384 client (`gw-1`), discovery.

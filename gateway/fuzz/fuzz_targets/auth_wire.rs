@@ -1,6 +1,7 @@
 //! Fuzzes the readers of an authorization server's answers (`uplink::auth::wire`): a token
-//! response, an error response and a SMART configuration. An accepted token must be one a
-//! bearer header can carry.
+//! response, an error response and a SMART configuration; and of a published JWKS. An
+//! accepted token must be one a bearer header can carry; an accepted key set holds no
+//! private key.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,5 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = auth_wire::parse_error_response(data);
     if let Ok(config) = auth_wire::parse_smart_configuration(data) {
         assert!(!config.token_endpoint.is_empty());
+    }
+    if let Ok(keys) = auth_wire::parse_public_jwks(data) {
+        assert!(keys.len() <= auth_wire::MAX_JWKS_KEYS);
+        assert!(keys
+            .iter()
+            .all(|k| k.get("d").is_none() && k["kid"].is_string()));
     }
 });

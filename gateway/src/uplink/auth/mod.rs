@@ -336,11 +336,19 @@ pub fn load_signing_key(auth: &FhirAuthConfig) -> Result<Option<SigningKey>, Loa
 }
 
 /// The JWKS to publish for `private_key_jwt` (the public key only), or `None` for the other
-/// methods.
-pub fn public_jwks(auth: &FhirAuthConfig) -> Result<Option<serde_json::Value>, LoadError> {
+/// methods; followed by `keep` (the keys of the key set published now, read with
+/// [`wire::parse_public_jwks`]) except one with the configured key's `kid`: during a key
+/// rotation the server must know the new key before the gateway signs with it, and the old
+/// one until every token signed with it has expired.
+pub fn public_jwks(
+    auth: &FhirAuthConfig,
+    keep: &[serde_json::Value],
+) -> Result<Option<serde_json::Value>, LoadError> {
     Ok(load_signing_key(auth)?.map(|key| {
         let kid = auth.kid.clone().unwrap_or_else(|| key.thumbprint());
-        serde_json::json!({ "keys": [key.public_jwk(&kid)] })
+        let mut keys = vec![key.public_jwk(&kid)];
+        keys.extend(keep.iter().filter(|k| k["kid"] != kid.as_str()).cloned());
+        serde_json::json!({ "keys": keys })
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The authorization server's answers, read: an access-token response and an error response
 //! (RFC 6749 §5.1, §5.2) and a SMART configuration (`.well-known/smart-configuration`,
-//! SMART App Launch 2.x "Conformance").
+//! SMART App Launch 2.x "Conformance"); and a published key set (JWKS) an operator hands to
+//! `vitalbridge uplink jwks --keep` during a key rotation.
 //!
 //! Outside bytes: every function returns an error for bad input and never panics, reads at
 //! most [`MAX_BODY_BYTES`], keeps only bounded strings and lists, and is fuzzed
@@ -224,10 +225,80 @@ pub fn parse_smart_configuration(body: &[u8]) -> Result<SmartConfiguration, Wire
     })
 }
 
+/// Most keys kept from a published JWKS.
+pub const MAX_JWKS_KEYS: usize = 16;
+
+/// The public keys of a published key set (`{"keys": [...]}`, RFC 7517 §5), for
+/// `vitalbridge uplink jwks --keep`: each a JSON object with a string `kid` and `kty`, none
+/// with a private member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`, `k`), at most
+/// [`MAX_JWKS_KEYS`]. The keys are kept as they are (members unchecked beyond that).
+pub fn parse_public_jwks(body: &[u8]) -> Result<Vec<Json>, WireError> {
+    let map = object(body)?;
+    let Some(Json::Array(keys)) = map.get("keys") else {
+        return Err(WireError::Member("no \"keys\" array".into()));
+    };
+    if keys.len() > MAX_JWKS_KEYS {
+        return Err(WireError::Member(format!(
+            "{} keys; at most {MAX_JWKS_KEYS} are kept",
+            keys.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let Json::Object(members) = key else {
+            return Err(WireError::Member(format!("key {i} is not a JSON object")));
+        };
+        for name in ["kid", "kty"] {
+            match members.get(name) {
+                Some(Json::String(v)) if !v.is_empty() && v.len() <= MAX_TEXT => {}
+                _ => {
+                    return Err(WireError::Member(format!(
+                        "key {i} has no usable \"{name}\""
+                    )))
+                }
+            }
+        }
+        if let Some(private) = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+            .into_iter()
+            .find(|m| members.contains_key(*m))
+        {
+            return Err(WireError::Member(format!(
+                "key {i} holds a private or secret member (\"{private}\"): publish public keys only"
+            )));
+        }
+        out.push(key.clone());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_published_key_set_is_read_and_private_keys_are_refused() {
+        let keys = parse_public_jwks(
+            br#"{"keys":[{"kty":"EC","kid":"old","crv":"P-384","x":"a","y":"b"},{"kty":"RSA","kid":"older","n":"c","e":"AQAB"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1]["kid"], "older");
+        for (bad, words) in [
+            (
+                &br#"{"keys":[{"kty":"EC","kid":"x","d":"s3cr3t-value"}]}"#[..],
+                "private",
+            ),
+            (br#"{"keys":[{"kty":"EC"}]}"#, "kid"),
+            (br#"{"keys":{}}"#, "keys"),
+            (br#"[1]"#, "not a JSON object"),
+            (br#"{"keys":[1]}"#, "not a JSON object"),
+        ] {
+            let e = parse_public_jwks(bad).unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+            assert!(!e.contains("s3cr3t-value"), "{e}");
+        }
+    }
 
     proptest! {
         /// The fuzz target's properties, on stable: whatever the bytes, no panic, and an
@@ -238,6 +309,10 @@ mod tests {
                 prop_assert!(t.access_token.expose().bytes().all(|b| (0x21..=0x7e).contains(&b)));
             }
             let _ = parse_error_response(&data);
+            if let Ok(keys) = parse_public_jwks(&data) {
+                prop_assert!(keys.len() <= MAX_JWKS_KEYS);
+                prop_assert!(keys.iter().all(|k| k.get("d").is_none() && k["kid"].is_string()));
+            }
             let _ = parse_smart_configuration(&data);
         }
 
