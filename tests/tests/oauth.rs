@@ -381,6 +381,50 @@ async fn a_replaced_static_token_file_is_read_again_when_the_server_refuses_the_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_secret_changed_at_the_server_and_then_in_its_file_needs_no_restart() {
+    const NEW_SECRET: &str = "Zq8-the-rotated-client-secret-of-40-chars";
+    let rig = Rig::start().await;
+    let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[]);
+    let secret = secret_file(rig.dir.path(), "client-secret", CLIENT_SECRET);
+    let config = config(
+        &rig,
+        &auth,
+        &format!(
+            "method = \"client_secret_post\"\nclient_id = \"gw-rotating\"\nsecret_file = \"{}\"\n\
+             scope = \"{SCOPE}\"\n",
+            secret.display()
+        ),
+    );
+    let client = |secret: &str| {
+        json!({"client_id": "gw-rotating", "client_secret": secret,
+            "token_endpoint_auth_method": "client_secret_post"})
+    };
+    auth.add_client(client(CLIENT_SECRET));
+    auth.command(json!({"cmd": "ttl", "seconds": 2}));
+    let gw = rig.start_subscribed(&config);
+    publish(&rig, 0, 20).await;
+    delivered(&rig, 20, &gw, &auth).await;
+    // The server's operator issues a new secret; the file still holds the old one.
+    auth.add_client(client(NEW_SECRET));
+    auth.command(json!({"cmd": "invalidate_tokens"}));
+    publish(&rig, 20, 40).await;
+    not_ready_because(&rig, "invalid_client", &gw).await;
+    auth_failure_recorded(&rig, "token_refused", &[CLIENT_SECRET, NEW_SECRET]).await;
+    let stats = wait_for_pending(rig.dir.path(), 20, WAIT);
+    assert!(stats.contains("pending: 20\n"), "{stats}");
+    // The technician writes the new secret into the file; no restart.
+    std::fs::write(&secret, format!("{NEW_SECRET}\n")).unwrap();
+    delivered(&rig, 40, &gw, &auth).await;
+    reconcile(&rig.upstream, 40, &gw.log()).unwrap();
+    assert!(
+        gw.log().contains("the client secret file changed"),
+        "{}",
+        tail(&gw.log(), 20)
+    );
+    assert_no_secrets(&[&gw.log()], &[CLIENT_SECRET, NEW_SECRET]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_rotation_published_with_uplink_jwks_keep_loses_nothing() {
     let rig = Rig::start().await;
     let auth = AuthServer::start(&rig.pki, &rig.upstream.url(), &[]);
@@ -415,17 +459,20 @@ async fn a_key_rotation_published_with_uplink_jwks_keep_loses_nothing() {
     let published = rig.dir.path().join("published-jwks.json");
     std::fs::write(&published, old_set.to_string()).unwrap();
     write_config(&rig, &new_config);
-    let (code, out, err) = run_cli(
-        rig.dir.path(),
-        &[
-            "uplink",
-            "jwks",
-            "-c",
-            "gateway.toml",
-            "--keep",
-            "published-jwks.json",
-        ],
-    );
+    let keep = || {
+        run_cli(
+            rig.dir.path(),
+            &[
+                "uplink",
+                "jwks",
+                "-c",
+                "gateway.toml",
+                "--keep",
+                "published-jwks.json",
+            ],
+        )
+    };
+    let (code, out, err) = keep();
     assert_eq!(code, 0, "{out}{err}");
     let both: Value = serde_json::from_str(&out).unwrap();
     let kids: Vec<&str> = both["keys"]
@@ -464,17 +511,7 @@ async fn a_key_rotation_published_with_uplink_jwks_keep_loses_nothing() {
             .to_string(),
     )
     .unwrap();
-    let (code, out, err) = run_cli(
-        rig.dir.path(),
-        &[
-            "uplink",
-            "jwks",
-            "-c",
-            "gateway.toml",
-            "--keep",
-            "published-jwks.json",
-        ],
-    );
+    let (code, out, err) = keep();
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty() && err.contains("private"), "{err}");
 }

@@ -104,9 +104,61 @@ struct Options {
     bootstrap: Vec<String>,
     topic: String,
     tls: Option<Arc<rustls::ClientConfig>>,
-    sasl: Option<SaslConfig>,
+    sasl: Option<SaslLogin>,
     timeout: Duration,
     client_id: String,
+}
+
+/// The SASL/SCRAM login: the password as last read from its file, read again when the
+/// broker refuses the login (an operator may have put the right one there).
+struct SaslLogin {
+    sha256: bool,
+    username: String,
+    path: std::path::PathBuf,
+    password: std::sync::Mutex<String>,
+}
+
+impl SaslLogin {
+    fn config(&self) -> SaslConfig {
+        let password = self
+            .password
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let credentials = Credentials::new(self.username.clone(), password);
+        if self.sha256 {
+            SaslConfig::ScramSha256(credentials)
+        } else {
+            SaslConfig::ScramSha512(credentials)
+        }
+    }
+
+    /// Reads the password file again; true if it now holds another password.
+    fn reread(&self) -> bool {
+        let Ok(fresh) = read_password(&self.path) else {
+            return false;
+        };
+        let mut password = self
+            .password
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *password == fresh {
+            return false;
+        }
+        *password = fresh;
+        true
+    }
+}
+
+/// The first line of an owner-only password file.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    let mut problems = Vec::new();
+    crate::config::check_private_key("password_file", path, &mut problems);
+    if let Some(p) = problems.into_iter().next() {
+        return Err(p.message);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
 /// A connected client and the topic's partitions.
@@ -136,6 +188,17 @@ enum Failure {
     Refused(String),
     /// The broker will never take the record: dead-letter it.
     Permanent(String),
+}
+
+/// Whether `e` is the broker refusing the SASL login (rskafka says so only in its text).
+fn is_sasl_refusal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Connection(c) => {
+            let text = c.to_string();
+            text.contains("SASL") || text.contains("Sasl") || text.contains("authenticat")
+        }
+        _ => false,
+    }
 }
 
 /// How long after rskafka's own retry deadline a connection attempt is given up as
@@ -169,7 +232,7 @@ fn classify(e: &KafkaError) -> Failure {
         }
         KafkaError::Connection(c) => {
             let text = c.to_string();
-            if text.contains("SASL") || text.contains("Sasl") || text.contains("authenticat") {
+            if is_sasl_refusal(e) {
                 Failure::Refused(format!(
                     "the SASL login failed: check uplink.kafka.sasl's username, mechanism and \
                      password_file against the broker's user ({text})"
@@ -197,22 +260,17 @@ impl KafkaTransport {
         };
         let sasl = match &config.sasl {
             Some(s) => {
-                let mut problems = Vec::new();
-                crate::config::check_private_key("password_file", &s.password_file, &mut problems);
-                let password = match problems.into_iter().next() {
-                    Some(p) => Err(p.message),
-                    None => std::fs::read_to_string(&s.password_file).map_err(|e| e.to_string()),
-                }
-                .map_err(|problem| KafkaSetupError::Password {
-                    path: s.password_file.clone(),
-                    problem,
+                let password = read_password(&s.password_file).map_err(|problem| {
+                    KafkaSetupError::Password {
+                        path: s.password_file.clone(),
+                        problem,
+                    }
                 })?;
-                let password = password.lines().next().unwrap_or("").to_owned();
-                let credentials = Credentials::new(s.username.clone(), password);
-                Some(if s.mechanism == "SCRAM-SHA-256" {
-                    SaslConfig::ScramSha256(credentials)
-                } else {
-                    SaslConfig::ScramSha512(credentials)
+                Some(SaslLogin {
+                    sha256: s.mechanism == "SCRAM-SHA-256",
+                    username: s.username.clone(),
+                    path: s.password_file.clone(),
+                    password: std::sync::Mutex::new(password),
                 })
             }
             None => None,
@@ -258,12 +316,23 @@ impl KafkaTransport {
             builder = builder.tls_config(tls.clone());
         }
         if let Some(sasl) = &o.sasl {
-            builder = builder.sasl_config(sasl.clone());
+            builder = builder.sasl_config(sasl.config());
         }
         let client = tokio::time::timeout(o.timeout + CONNECT_GRACE, builder.build())
             .await
             .map_err(|_| Failure::Retry("no answer from the Kafka brokers in time".into()))?
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| {
+                if is_sasl_refusal(&e) && o.sasl.as_ref().is_some_and(SaslLogin::reread) {
+                    tracing::info!(
+                        uplink = "kafka",
+                        "uplink.kafka.sasl.password_file changed; logging in with the new password"
+                    );
+                    return Failure::Retry(
+                        "the SASL login failed; the password file changed, trying it".into(),
+                    );
+                }
+                classify(&e)
+            })?;
         let topics = client.list_topics().await.map_err(|e| classify(&e))?;
         let count = topics
             .iter()

@@ -19,7 +19,9 @@
 //! - **Secrets.** Keys, client secrets and static tokens are read from owner-only files
 //!   (`crate::keyfile`), kept in [`Secret`]s (and a [`jwt::SigningKey`]), whose `Debug` is
 //!   redacted, and are never logged or put into an error message; the `Authorization` header
-//!   value is marked sensitive.
+//!   value is marked sensitive. A client secret refused (`invalid_client`) or a static token
+//!   refused is read again from its file, and used if it changed: rotating either needs no
+//!   restart.
 //!
 //! `wire.rs` reads the server's answers (pure, fuzzed), `jwt.rs` signs client assertions,
 //! `http.rs` makes the one-off HTTPS requests.
@@ -198,13 +200,52 @@ impl AuthError {
 }
 
 enum Credential {
-    Basic(Secret),
-    Post(Secret),
+    Basic(SecretFile),
+    Post(SecretFile),
     Jwt {
         key: Box<SigningKey>,
         kid: String,
         jku: Option<String>,
     },
+}
+
+/// A client secret as last read from its file, read again when the token endpoint refuses
+/// the client (an operator may have put the new secret there).
+struct SecretFile {
+    path: PathBuf,
+    secret: std::sync::Mutex<Secret>,
+}
+
+impl SecretFile {
+    fn read(path: &Path) -> Result<Self, LoadError> {
+        Ok(SecretFile {
+            path: path.to_owned(),
+            secret: std::sync::Mutex::new(read_line_secret("secret_file", path)?),
+        })
+    }
+
+    fn get(&self) -> Secret {
+        self.secret
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the file again; true if it now holds another secret.
+    fn reread(&self) -> bool {
+        let Ok(fresh) = read_line_secret("secret_file", &self.path) else {
+            return false;
+        };
+        let mut secret = self
+            .secret
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *secret == fresh {
+            return false;
+        }
+        *secret = fresh;
+        true
+    }
 }
 
 struct ClientCredentials {
@@ -441,7 +482,7 @@ impl Authorizer {
                     }
                     _ => {
                         let path = auth.secret_file.clone().unwrap_or_default();
-                        let secret = read_line_secret("secret_file", &path)?;
+                        let secret = SecretFile::read(&path)?;
                         if method == AuthMethod::ClientSecretBasic {
                             Credential::Basic(secret)
                         } else {
@@ -511,7 +552,24 @@ impl Authorizer {
                 found
             }
         };
-        match self.fetch(client, &endpoint).await {
+        let mut fetched = self.fetch(client, &endpoint).await;
+        if let (
+            Err(AuthError::Refused { error, .. }),
+            Credential::Basic(file) | Credential::Post(file),
+        ) = (&fetched, &client.credential)
+        {
+            if error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("invalid_client"))
+                && file.reread()
+            {
+                tracing::info!(
+                    "uplink auth: the client secret file changed; asking again with the new secret"
+                );
+                fetched = self.fetch(client, &endpoint).await;
+            }
+        }
+        match fetched {
             Ok(token) => {
                 tracing::info!(
                     endpoint = %endpoint,
@@ -640,7 +698,8 @@ impl Authorizer {
         }
         let mut headers = vec![(header::ACCEPT, HeaderValue::from_static("application/json"))];
         match &client.credential {
-            Credential::Basic(secret) => {
+            Credential::Basic(file) => {
+                let secret = file.get();
                 // RFC 6749 §2.3.1: both parts form-encoded before the Basic encoding.
                 let enc = |s: &str| {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
@@ -651,7 +710,8 @@ impl Authorizer {
                 value.set_sensitive(true);
                 headers.push((header::AUTHORIZATION, value));
             }
-            Credential::Post(secret) => {
+            Credential::Post(file) => {
+                let secret = file.get();
                 form.append_pair("client_id", &client.client_id);
                 form.append_pair("client_secret", secret.expose());
             }
