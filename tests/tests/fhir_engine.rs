@@ -2,7 +2,9 @@
 //! `vitalbridge_tests::engine`): readings from MQTT and the simulator arrive once each and
 //! are found by the engine's own identifier search, whatever the device ids hold, across
 //! `kill -9` and resends; the engine's transaction-size refusal is reproduced, learned once,
-//! and configured away.
+//! and configured away. BLE devices' recorded characteristic values, read by the BLE source
+//! in-process (this machine has no radio) into the buffer, are delivered by the binary and
+//! found once each, likewise.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -546,4 +548,372 @@ async fn patient_conditional_references_resolve_to_the_servers_patient_or_are_re
         );
     }
     assert_exactly_once(&engine, 10, 3).await;
+}
+
+/// A Bluetooth LE central over recorded devices: each advertises its service and, once its
+/// health characteristic is subscribed, indicates its recorded values and hangs up, as a
+/// cuff, a thermometer or a scale does after a measurement. Everything above the radio (the
+/// BLE source's sessions, decoding, binding, the buffer) is the gateway's own code.
+mod replay {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::mpsc;
+    use vitalbridge::ingest::ble::{
+        Address, Advertisement, BleError, Central, CentralEvent, GattCharacteristic, Link,
+        Notification, Properties,
+    };
+
+    /// One recorded device.
+    #[derive(Clone)]
+    pub struct Recorded {
+        pub address: Address,
+        pub service: u16,
+        pub characteristic: u16,
+        pub values: Vec<Vec<u8>>,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct ReplayCentral {
+        devices: Arc<Vec<Recorded>>,
+        events: Arc<Mutex<Option<mpsc::Sender<CentralEvent>>>>,
+        /// Sessions over (the device hung up after its values), per device index.
+        done: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl ReplayCentral {
+        pub fn new(devices: Vec<Recorded>) -> Self {
+            Self {
+                done: Arc::new(Mutex::new(vec![0; devices.len()])),
+                devices: Arc::new(devices),
+                ..Self::default()
+            }
+        }
+
+        /// Every device that has not delivered yet advertises once.
+        pub async fn advertise(&self) {
+            let tx = self.events.lock().unwrap().clone();
+            let Some(tx) = tx else { return };
+            let done = self.done.lock().unwrap().clone();
+            for (d, n) in self.devices.iter().zip(done) {
+                if n == 0 {
+                    let _ = tx
+                        .send(CentralEvent::Advertisement(Advertisement {
+                            address: d.address,
+                            name: Some("recorded".into()),
+                            services: vec![d.service],
+                            rssi: Some(-60),
+                        }))
+                        .await;
+                }
+            }
+        }
+
+        /// Whether every device has delivered its values once.
+        pub fn all_delivered(&self) -> bool {
+            self.done.lock().unwrap().iter().all(|n| *n > 0)
+        }
+    }
+
+    impl Central for ReplayCentral {
+        type Link = ReplayLink;
+
+        async fn scan(&self) -> Result<mpsc::Receiver<CentralEvent>, BleError> {
+            let (tx, rx) = mpsc::channel(16);
+            *self.events.lock().unwrap() = Some(tx);
+            Ok(rx)
+        }
+
+        async fn connect(&self, address: Address) -> Result<ReplayLink, BleError> {
+            let index = self
+                .devices
+                .iter()
+                .position(|d| d.address == address)
+                .ok_or_else(|| BleError::NotFound("not recorded".into()))?;
+            Ok(ReplayLink {
+                index,
+                central: self.clone(),
+                tx: Mutex::new(None),
+            })
+        }
+    }
+
+    pub struct ReplayLink {
+        index: usize,
+        central: ReplayCentral,
+        tx: Mutex<Option<mpsc::Sender<Notification>>>,
+    }
+
+    impl Link for ReplayLink {
+        async fn discover(&self) -> Result<Vec<GattCharacteristic>, BleError> {
+            let d = &self.central.devices[self.index];
+            Ok(vec![GattCharacteristic {
+                service: d.service,
+                uuid: d.characteristic,
+                properties: Properties {
+                    indicate: true,
+                    ..Properties::default()
+                },
+            }])
+        }
+
+        async fn notifications(&self) -> Result<mpsc::Receiver<Notification>, BleError> {
+            let (tx, rx) = mpsc::channel(64);
+            *self.tx.lock().unwrap() = Some(tx);
+            Ok(rx)
+        }
+
+        async fn subscribe(&self, characteristic: u16) -> Result<(), BleError> {
+            let d = &self.central.devices[self.index];
+            let tx = self.tx.lock().unwrap().take();
+            let (Some(tx), true) = (tx, characteristic == d.characteristic) else {
+                return Ok(());
+            };
+            // Everything at once, before the subscription call returns: the values are
+            // queued for the source, then the device hangs up and the adapter says so, as
+            // a cuff does when BlueZ has confirmed its indications. The source must still
+            // take every value queued before it learns the device is gone.
+            for value in d.values.clone() {
+                tx.try_send(Notification {
+                    characteristic,
+                    value,
+                })
+                .expect("room for the recorded values");
+            }
+            drop(tx);
+            self.central.done.lock().unwrap()[self.index] += 1;
+            let events = self.central.events.lock().unwrap().clone();
+            if let Some(events) = events {
+                let _ = events.try_send(CentralEvent::Disconnected(d.address));
+            }
+            Ok(())
+        }
+
+        async fn read(&self, _characteristic: u16) -> Result<Vec<u8>, BleError> {
+            Err(BleError::operation("read", "not recorded"))
+        }
+
+        async fn write(&self, _characteristic: u16, _value: Vec<u8>) -> Result<(), BleError> {
+            Ok(())
+        }
+
+        async fn disconnect(&self) -> Result<(), BleError> {
+            Ok(())
+        }
+    }
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    text.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect()
+}
+
+/// Recorded values (GATT Specification Supplement layouts; the decoders' table-test vectors
+/// with their time stamps' minutes varied so that each is a reading of its own).
+fn recorded_devices() -> Vec<replay::Recorded> {
+    let minute = |v: &str, at: usize, m: u8| {
+        let mut v = hex(v);
+        v[at] = m;
+        v
+    };
+    vec![
+        // A cuff: three Blood Pressure Measurements (time stamp, pulse, user 1).
+        replay::Recorded {
+            address: [0xC0, 0xFF, 0xEE, 0x00, 0x00, 0x02],
+            service: 0x1810,
+            characteristic: 0x2A35,
+            values: (0..3)
+                .map(|m| {
+                    minute(
+                        "1E 7A 00 50 00 5A 00 EA 07 01 0F 07 00 00 48 00 01 00 00",
+                        12,
+                        10 + m,
+                    )
+                })
+                .collect(),
+        },
+        // A thermometer: two Temperature Measurements (37.60 °C, finger, time stamp).
+        replay::Recorded {
+            address: [0xC0, 0xFF, 0xEE, 0x00, 0x00, 0x03],
+            service: 0x1809,
+            characteristic: 0x2A1C,
+            values: (0..2)
+                .map(|m| minute("06 B0 0E 00 FE DC 07 0C 05 0B 32 1B 04", 10, 20 + m))
+                .collect(),
+        },
+        // A scale: one Weight Measurement (imperial, BMI and height).
+        replay::Recorded {
+            address: [0xC0, 0xFF, 0xEE, 0x00, 0x00, 0x04],
+            service: 0x181D,
+            characteristic: 0x2A9D,
+            values: vec![hex("0F 10 27 E8 07 01 02 03 04 05 FF E6 00 D0 02")],
+        },
+        // A pulse oximeter: one PLX Spot-check (time stamp, status, PAI).
+        replay::Recorded {
+            address: [0xC0, 0xFF, 0xEE, 0x00, 0x00, 0x05],
+            service: 0x1822,
+            characteristic: 0x2A5E,
+            values: vec![hex(
+                "0F AC F3 BE F5 E8 07 0B 1D 17 08 39 20 40 22 00 00 66 E3",
+            )],
+        },
+    ]
+}
+
+const BLE_TOML: &str = r#"
+[sources.ble]
+[[sources.ble.devices]]
+address = "C0:FF:EE:00:00:02"
+[[sources.ble.devices]]
+address = "C0:FF:EE:00:00:03"
+[[sources.ble.devices]]
+address = "C0:FF:EE:00:00:04"
+[[sources.ble.devices]]
+address = "C0:FF:EE:00:00:05"
+
+[[devices]]
+id = "C0:FF:EE:00:00:02"
+patient_system = "urn:oid:2.16.840.1.113883.4.1"
+patient_id = "P-ble-1"
+[[devices]]
+id = "C0:FF:EE:00:00:03"
+patient_system = "urn:oid:2.16.840.1.113883.4.1"
+patient_id = "P-ble-1"
+[[devices]]
+id = "C0:FF:EE:00:00:04"
+patient_system = "urn:oid:2.16.840.1.113883.4.1"
+patient_id = "P-ble-2"
+[[devices]]
+id = "C0:FF:EE:00:00:05"
+patient_system = "urn:oid:2.16.840.1.113883.4.1"
+patient_id = "P-ble-2"
+"#;
+
+/// Runs the BLE source over `central` into the buffer in `data_dir` (sealed with
+/// `key_file`, the FHIR uplink's destination) until every device has delivered and
+/// `expected` readings are buffered (or 30 s passed); returns how many are.
+async fn read_recorded_devices(
+    central: replay::ReplayCentral,
+    data_dir: &std::path::Path,
+    key_file: &std::path::Path,
+    expected: u64,
+) -> u64 {
+    use std::sync::Arc;
+    use vitalbridge::buffer::writer::WriterConfig;
+    use vitalbridge::ingest::ble::{BleSource, Timing};
+    use vitalbridge::ingest::{Bindings, SourceContext};
+    use vitalbridge::pipeline::{self, Ingest};
+
+    let options = vitalbridge::buffer::OpenOptions {
+        capacity: 10_000,
+        key_file: key_file.to_owned(),
+        previous_key_files: Vec::new(),
+        min_free_bytes: Some(0),
+        destinations: vec!["fhir".into()],
+    };
+    let (store, writer, _) = vitalbridge::buffer::open(data_dir, &options)
+        .await
+        .expect("open the buffer");
+    let (tx, rx) = pipeline::channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel(); // the writer ends once the source drops its handle
+    let writer = tokio::spawn(writer.run(
+        rx,
+        WriterConfig {
+            max_rows: 1000,
+            linger: Duration::from_millis(1),
+        },
+        stop,
+        Box::new(|_| {}),
+    ));
+    let config = vitalbridge::config::Config::from_toml(BLE_TOML).expect("config parses");
+    vitalbridge::validate_config(&config).expect("config validates");
+    let source = BleSource::new(config.sources.ble.as_ref().expect("[sources.ble]"))
+        .expect("BLE source")
+        .with_timing(Timing {
+            connect_timeout: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(100),
+            clock_settle: Duration::from_millis(100),
+            commit_retry: Duration::from_millis(10),
+        });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ctx = SourceContext {
+        ingest: Ingest::new(tx, "ble"),
+        bindings: Bindings::from_config(&config.devices),
+        metrics: Arc::new(vitalbridge::ops::metrics::Metrics::default()),
+        audit: vitalbridge::ops::audit::Audit::default(),
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(source.run(central.clone(), ctx));
+    let fhir = store.destination("fhir").expect("destination");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pending = 0;
+    while Instant::now() < deadline {
+        pending = store.pending_for(&fhir).await.expect("count");
+        if central.all_delivered() && pending >= expected {
+            break;
+        }
+        central.advertise().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("the BLE source");
+    writer.await.expect("the writer");
+    store.close().await;
+    pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ble_recorded_readings_arrive_once_valid_and_searchable_across_kill9() {
+    let _turn = turn().await;
+    let rig = Rig::start().await;
+    let engine = Engine::start(&rig.pki, None).await;
+    let key_file = rig.dir.path().join("buffer.key");
+    // 3 blood pressures with their pulse rates (6 readings), 2 temperatures, a weight with
+    // BMI and height (3), an SpO2 with pulse rate and perfusion index (3).
+    let n = 14;
+    let buffered = read_recorded_devices(
+        replay::ReplayCentral::new(recorded_devices()),
+        &rig.data_dir(),
+        &key_file,
+        n,
+    )
+    .await;
+    assert_eq!(buffered, n, "readings the BLE source buffered");
+    let cfg = format!(
+        "{}\n[buffer]\nkey_file = \"{}\"\n",
+        config(&rig, &engine, "max_entries = 8\n"),
+        key_file.display()
+    );
+    let mut gw = rig.start_gateway(&cfg);
+    // Killed as soon as the engine has some, and started again: resends, answered 200.
+    wait_for_observations(&engine, 1, Duration::from_secs(60)).await;
+    gw.kill9();
+    gw.restart().expect("restart the gateway");
+    let stats = settle(&rig, &engine, 0, n, 0).await;
+    assert!(
+        stats.contains("pending: 0\n") && stats.contains("dead_lettered: 0\n"),
+        "{stats}\n{}",
+        tail(&gw.log(), 40)
+    );
+    // Each Observation once, found by its identifier; the gateway and four BLE devices once.
+    let ids = assert_exactly_once(&engine, n as usize, 5).await;
+    assert_eq!(ids.len() as u64, n);
+    let obs = engine.all("Observation").await;
+    for address in [
+        "C0FFEE000002",
+        "C0FFEE000003",
+        "C0FFEE000004",
+        "C0FFEE000005",
+    ] {
+        assert!(
+            ids.iter().any(|id| id.contains(address)),
+            "no Observation of device {address}: {ids:?}"
+        );
+    }
+    assert!(
+        obs.iter().all(|o| o["subject"].is_object()),
+        "every one bound"
+    );
 }

@@ -34,7 +34,9 @@
 //! BlueZ confirms indications itself, before the gateway has committed anything, so a
 //! cuff's or scale's measurement that arrived just before a crash can be lost with it. Glucose
 //! meters do not have this gap: their records stay on the meter and the next session asks
-//! for everything after the last committed sequence number.
+//! for everything after the last committed sequence number. For the same reason a session
+//! takes every value already received before it ends on the device's disconnection (a cuff
+//! hangs up right after indicating).
 
 pub mod central;
 pub mod profiles;

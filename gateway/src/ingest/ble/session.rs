@@ -224,18 +224,13 @@ pub(super) async fn run<L: Link>(
                 None => std::future::pending().await,
             }
         };
+        // Values already received come first (`biased`, notifications polled first): BlueZ
+        // confirmed each indication to the device when it arrived, so the device has
+        // forgotten it. A device that hangs up right after its measurement (a cuff, a
+        // scale) is reported gone while its values may still wait here; ending the session
+        // on that report first lost them.
         tokio::select! {
-            _ = env.shutdown.cancelled() => break SessionEnd::Shutdown,
-            _ = link_lost.cancelled() => break SessionEnd::Disconnected,
-            result = write_done => {
-                racp_write = None;
-                // The meter refused the request (or the link failed): retry with backoff.
-                result?;
-            }
-            _ = clock_due => {
-                set_clock_at = None;
-                clock_offset = set_clock(link, &key, clock_offset).await;
-            }
+            biased;
             n = notifications.recv() => {
                 let Some(n) = n else { break SessionEnd::Disconnected };
                 let ctx = FrameContext {
@@ -253,6 +248,17 @@ pub(super) async fn run<L: Link>(
                     Err(CommitError::Closed) => break SessionEnd::Shutdown,
                     Err(e) => return Err(BleError::operation("buffer commit", e)),
                 }
+            }
+            _ = env.shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = link_lost.cancelled() => break SessionEnd::Disconnected,
+            result = write_done => {
+                racp_write = None;
+                // The meter refused the request (or the link failed): retry with backoff.
+                result?;
+            }
+            _ = clock_due => {
+                set_clock_at = None;
+                clock_offset = set_clock(link, &key, clock_offset).await;
             }
         }
         // A meter sends records only when asked: once the transfer (and the clock setting)
