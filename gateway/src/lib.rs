@@ -26,6 +26,7 @@ pub mod ops;
 pub mod packs;
 pub mod pipeline;
 pub mod profile;
+mod secret_file;
 pub mod serial_settings;
 mod tls;
 pub mod tools;

@@ -45,6 +45,7 @@ use crate::config::{KafkaKey, KafkaUplinkConfig};
 use crate::fhir::Gateway;
 use crate::model::Reading;
 use crate::ops::audit::{Audit, Event};
+use crate::secret_file::Reread;
 
 /// Why the Kafka uplink cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -109,44 +110,22 @@ struct Options {
     client_id: String,
 }
 
-/// The SASL/SCRAM login: the password as last read from its file, read again when the
-/// broker refuses the login (an operator may have put the right one there).
+/// The SASL/SCRAM login; the password is read again from its file when the broker refuses
+/// the login (an operator may have put the right one there).
 struct SaslLogin {
     sha256: bool,
     username: String,
-    path: std::path::PathBuf,
-    password: std::sync::Mutex<String>,
+    password: Reread<String>,
 }
 
 impl SaslLogin {
     fn config(&self) -> SaslConfig {
-        let password = self
-            .password
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let credentials = Credentials::new(self.username.clone(), password);
+        let credentials = Credentials::new(self.username.clone(), self.password.get());
         if self.sha256 {
             SaslConfig::ScramSha256(credentials)
         } else {
             SaslConfig::ScramSha512(credentials)
         }
-    }
-
-    /// Reads the password file again; true if it now holds another password.
-    fn reread(&self) -> bool {
-        let Ok(fresh) = read_password(&self.path) else {
-            return false;
-        };
-        let mut password = self
-            .password
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *password == fresh {
-            return false;
-        }
-        *password = fresh;
-        true
     }
 }
 
@@ -269,8 +248,7 @@ impl KafkaTransport {
                 Some(SaslLogin {
                     sha256: s.mechanism == "SCRAM-SHA-256",
                     username: s.username.clone(),
-                    path: s.password_file.clone(),
-                    password: std::sync::Mutex::new(password),
+                    password: Reread::new(&s.password_file, password),
                 })
             }
             None => None,
@@ -322,7 +300,11 @@ impl KafkaTransport {
             .await
             .map_err(|_| Failure::Retry("no answer from the Kafka brokers in time".into()))?
             .map_err(|e| {
-                if is_sasl_refusal(&e) && o.sasl.as_ref().is_some_and(SaslLogin::reread) {
+                if is_sasl_refusal(&e)
+                    && o.sasl
+                        .as_ref()
+                        .is_some_and(|s| s.password.reread(read_password))
+                {
                     tracing::info!(
                         uplink = "kafka",
                         "uplink.kafka.sasl.password_file changed; logging in with the new password"

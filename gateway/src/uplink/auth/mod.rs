@@ -42,6 +42,7 @@ use rustls::ClientConfig;
 
 use crate::config::{AuthMethod, ConfigError, FhirAuthConfig, FhirUplinkConfig};
 use crate::error_chain::Chain;
+use crate::secret_file::Reread;
 use jwt::SigningKey;
 
 /// Largest secret file read (a key, a client secret, a token), in bytes.
@@ -199,6 +200,13 @@ impl AuthError {
     }
 }
 
+/// A client secret, read again from its file when the token endpoint refuses the client.
+type SecretFile = Reread<Secret>;
+
+fn read_client_secret(path: &Path) -> Result<Secret, LoadError> {
+    read_line_secret("secret_file", path)
+}
+
 enum Credential {
     Basic(SecretFile),
     Post(SecretFile),
@@ -207,45 +215,6 @@ enum Credential {
         kid: String,
         jku: Option<String>,
     },
-}
-
-/// A client secret as last read from its file, read again when the token endpoint refuses
-/// the client (an operator may have put the new secret there).
-struct SecretFile {
-    path: PathBuf,
-    secret: std::sync::Mutex<Secret>,
-}
-
-impl SecretFile {
-    fn read(path: &Path) -> Result<Self, LoadError> {
-        Ok(SecretFile {
-            path: path.to_owned(),
-            secret: std::sync::Mutex::new(read_line_secret("secret_file", path)?),
-        })
-    }
-
-    fn get(&self) -> Secret {
-        self.secret
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Reads the file again; true if it now holds another secret.
-    fn reread(&self) -> bool {
-        let Ok(fresh) = read_line_secret("secret_file", &self.path) else {
-            return false;
-        };
-        let mut secret = self
-            .secret
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *secret == fresh {
-            return false;
-        }
-        *secret = fresh;
-        true
-    }
 }
 
 struct ClientCredentials {
@@ -259,10 +228,7 @@ struct ClientCredentials {
 enum Kind {
     /// The token in use, read again from `path` when the server refuses it (an operator
     /// replaced the file).
-    Static {
-        token: std::sync::Mutex<HeaderValue>,
-        path: PathBuf,
-    },
+    Static(Reread<HeaderValue>),
     Client(Box<ClientCredentials>),
 }
 
@@ -461,10 +427,7 @@ impl Authorizer {
         let kind = match auth.method {
             AuthMethod::StaticToken => {
                 let path = auth.token_file.clone().unwrap_or_default();
-                Kind::Static {
-                    token: std::sync::Mutex::new(static_token(&path)?),
-                    path,
-                }
+                Kind::Static(Reread::new(&path, static_token(&path)?))
             }
             method => {
                 let credential = match method {
@@ -482,7 +445,7 @@ impl Authorizer {
                     }
                     _ => {
                         let path = auth.secret_file.clone().unwrap_or_default();
-                        let secret = SecretFile::read(&path)?;
+                        let secret = Reread::new(&path, read_client_secret(&path)?);
                         if method == AuthMethod::ClientSecretBasic {
                             Credential::Basic(secret)
                         } else {
@@ -523,13 +486,9 @@ impl Authorizer {
     /// A token to send: the cached one while it is fresh, else a new one.
     pub async fn bearer(&self) -> Result<Token, AuthError> {
         let client = match &self.kind {
-            Kind::Static { token, .. } => {
-                let header = token
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
+            Kind::Static(token) => {
                 return Ok(Token {
-                    header,
+                    header: token.get(),
                     refresh_at: None,
                     expires_in: None,
                     scope: None,
@@ -561,7 +520,7 @@ impl Authorizer {
             if error
                 .as_deref()
                 .is_some_and(|e| e.starts_with("invalid_client"))
-                && file.reread()
+                && file.reread(read_client_secret)
             {
                 tracing::info!(
                     "uplink auth: the client secret file changed; asking again with the new secret"
@@ -599,23 +558,18 @@ impl Authorizer {
         status: u16,
         challenge: Option<String>,
     ) -> Result<(), AuthError> {
-        if let Kind::Static { token, path } = &self.kind {
+        if let Kind::Static(token) = &self.kind {
             // The operator may have put a new token into the file: use it if it differs
             // from the one refused; else the refusal stands.
-            if let Ok(fresh) = static_token(path) {
-                let mut current = token
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if fresh != used.header {
-                    tracing::info!(
-                        "uplink auth: the static token file changed; using the new token"
-                    );
-                    *current = fresh;
-                    return Ok(());
-                }
+            if token.get() == used.header && token.reread(static_token) {
+                tracing::info!("uplink auth: the static token file changed; using the new token");
+                return Ok(());
+            }
+            if token.get() != used.header {
+                return Ok(()); // another request already picked up the new token
             }
             return Err(AuthError::StaticRefused {
-                path: path.clone(),
+                path: token.path().to_owned(),
                 status,
                 challenge,
             });
