@@ -78,6 +78,10 @@ struct Script {
     /// stored measurement), after which it disconnects if `hang_up_after_stored`.
     on_subscribe: Vec<(u16, Vec<Notification>)>,
     hang_up_after_stored: bool,
+    /// With `hang_up_after_stored`: every stored value is queued and the adapter reports the
+    /// disconnection before the subscription call returns (BlueZ confirmed the indications
+    /// already; the source sees the values and the "gone" report at once).
+    gone_at_once: bool,
     /// Per connection (by index): drop the link after sending this many RACP notifications.
     drop_after: HashMap<usize, usize>,
     /// Device clock = real clock − skew.
@@ -295,6 +299,32 @@ impl Link for FakeLink {
             .iter()
             .find(|(c, _)| *c == characteristic)
         {
+            if self.script.gone_at_once {
+                let tx = self.sender().expect("notifications asked for first");
+                for n in values.clone() {
+                    self.central
+                        .log(Op::Sent(self.address, n.characteristic, n.value.clone()));
+                    tx.try_send(n).expect("room for the stored values");
+                }
+                self.hang_up();
+                // Handed over: the cuff has nothing stored for a later connection.
+                if let Some(s) = self
+                    .central
+                    .world
+                    .lock()
+                    .unwrap()
+                    .scripts
+                    .get_mut(&self.address)
+                {
+                    s.on_subscribe.clear();
+                }
+                let events = self.central.events.lock().unwrap().clone();
+                events
+                    .expect("scanning")
+                    .try_send(CentralEvent::Disconnected(self.address))
+                    .expect("room for the event");
+                return Ok(());
+            }
             let then = if self.script.hang_up_after_stored {
                 After::HangUp
             } else {
@@ -695,6 +725,39 @@ user = 1
 patient_system = "urn:oid:1.2.3"
 patient_id = "alice"
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_queued_when_the_device_is_reported_gone_are_all_stored() {
+    // A cuff hands over two stored measurements and hangs up at once; the adapter reports
+    // it gone while both still wait for the source (the fake's notification queue holds
+    // two). BlueZ has confirmed them, so the
+    // cuff has forgotten them: each must be stored. (Before the fix the session ended on
+    // the report and dropped what was queued.)
+    for round in 0..5 {
+        let central = FakeCentral::default();
+        central.add(
+            CUFF,
+            Script {
+                services: vec![BLS],
+                chars: vec![ch(BLS, BPM, false, false, false, true)],
+                on_subscribe: vec![(BPM, vec![bp(1, 10), bp(1, 11)])],
+                hang_up_after_stored: true,
+                gone_at_once: true,
+                ..Script::default()
+            },
+        );
+        let h = Harness::start(central.clone(), CUFF_TOML).await;
+        central
+            .advertise_until(CUFF, "the delivery", |ops| sessions_over(ops) >= 1)
+            .await;
+        let (_, readings, _) = h.finish().await;
+        let bps = readings
+            .iter()
+            .filter(|r| r.metric.mdc_ref == "MDC_PRESS_BLD_NONINV")
+            .count();
+        assert_eq!(bps, 2, "round {round}: blood pressures stored");
+    }
+}
 
 #[tokio::test]
 async fn a_cuff_that_connects_only_to_deliver_is_read_each_time_it_advertises() {
