@@ -559,14 +559,14 @@ impl Authorizer {
         challenge: Option<String>,
     ) -> Result<(), AuthError> {
         if let Kind::Static(token) = &self.kind {
-            // The operator may have put a new token into the file: use it if it differs
-            // from the one refused; else the refusal stands.
-            if token.get() == used.header && token.reread(static_token) {
+            if token.get() != used.header {
+                return Ok(()); // another request already picked up a new token
+            }
+            // The operator may have put a new token into the file: use it; else the refusal
+            // stands.
+            if token.reread(static_token) {
                 tracing::info!("uplink auth: the static token file changed; using the new token");
                 return Ok(());
-            }
-            if token.get() != used.header {
-                return Ok(()); // another request already picked up the new token
             }
             return Err(AuthError::StaticRefused {
                 path: token.path().to_owned(),
