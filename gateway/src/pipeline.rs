@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::model::Reading;
 
@@ -29,6 +30,12 @@ pub const INGEST_CHANNEL_CAPACITY: usize = 1024;
 /// represented by the whole payload's size and SHA-256, so an oversized or hostile payload
 /// costs the buffer a bounded row however large it was.
 pub const MAX_KEPT_PAYLOAD: usize = 16 * 1024;
+
+/// Below this many readings a group is small: the buffer writer waits for company (each
+/// request's linger), and a source with requests outstanding sends more at once rather than
+/// waiting for their answers. At or above it the writer commits, and more sent meanwhile
+/// would only make more, smaller requests for the next group.
+pub const SMALL_GROUP: usize = 64;
 
 /// A payload a source could not decode, or a reading the admission check refused: kept in
 /// the dead-letter table with its reason.
@@ -179,6 +186,11 @@ pub enum Request {
         readings: Vec<Reading>,
         /// Payloads that did not decode, with their reasons.
         rejected: Vec<Rejected>,
+        /// When it was sent: the writer's wait for company counts from here, not from when
+        /// the writer got to it.
+        sent: Instant,
+        /// The longest that wait may be; `None`: the writer's (`buffer.commit_linger_ms`).
+        linger: Option<Duration>,
         /// Answered after the transaction committed (or failed).
         reply: oneshot::Sender<Result<Committed, CommitError>>,
     },
@@ -205,6 +217,9 @@ pub struct Ingest {
     /// The admission check readings pass before they are sent to the writer; `None` in
     /// tests of the buffer alone.
     admit: Option<Arc<dyn Admit>>,
+    /// How long this source's requests may wait in the writer for company; `None`: the
+    /// writer's own (`buffer.commit_linger_ms`).
+    linger: Option<Duration>,
 }
 
 /// Creates the seam: the handle factory for sources and the receiver for the buffer writer.
@@ -219,6 +234,7 @@ impl Ingest {
             tx,
             source: source.into(),
             admit: None,
+            linger: None,
         }
     }
 
@@ -226,6 +242,16 @@ impl Ingest {
     pub fn with_admission(self, admit: Arc<dyn Admit>) -> Self {
         Self {
             admit: Some(admit),
+            ..self
+        }
+    }
+
+    /// The same handle, its requests waiting at most `linger` in the writer for company. For
+    /// a source that does not wait for one commit before sending the next (MQTT), a longer
+    /// wait costs only latency and makes larger, cheaper groups.
+    pub fn with_linger(self, linger: Duration) -> Self {
+        Self {
+            linger: Some(linger),
             ..self
         }
     }
@@ -241,6 +267,7 @@ impl Ingest {
             tx: self.tx.clone(),
             source: source.into(),
             admit: self.admit.clone(),
+            linger: self.linger,
         }
     }
 
@@ -270,6 +297,8 @@ impl Ingest {
                 source: self.source.clone(),
                 readings,
                 rejected,
+                sent: Instant::now(),
+                linger: self.linger,
                 reply,
             })
             .await

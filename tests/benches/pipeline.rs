@@ -27,7 +27,8 @@
 //!   counted to each destination's acknowledgement (`vitalbridge_readings_out_total`).
 //!
 //! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
-//! `BENCH_COMMIT_LINGER_MS` / `BENCH_BATCH_LINGER_MS` (buffer.commit_linger_ms /
+//! `BENCH_MQTT_COMMIT_LINGER_MS` / `BENCH_COMMIT_LINGER_MS` / `BENCH_BATCH_LINGER_MS`
+//! (sources.mqtt.commit_linger_ms / buffer.commit_linger_ms, also for the HL7 section /
 //! uplink.batch_linger_ms; the defaults when unset), `BENCH_SCENARIOS=full,steady,uplinks,hl7`,
 //! `BENCH_VERBOSE=1`.
 //!
@@ -98,10 +99,22 @@ struct Figures {
     cpu: f64,
     rss_kib: u64,
     allocations: Option<u64>,
+    /// Buffer transactions committed (each one `fsync`).
+    commits: Option<u64>,
     requests: usize,
     latency_ms: Option<(f64, f64)>,
     broker_cpu: f64,
     harness_cpu: f64,
+}
+
+/// The counters read before and after a scenario.
+struct Sample {
+    /// CPU seconds of the gateway, the broker, and this process (with the engine).
+    gateway: f64,
+    broker: f64,
+    harness: f64,
+    allocations: Option<u64>,
+    commits: Option<u64>,
 }
 
 impl Figures {
@@ -149,6 +162,13 @@ impl Run {
         }
         if let Ok(ms) = std::env::var("BENCH_COMMIT_LINGER_MS") {
             config.push_str(&format!("\n[buffer]\ncommit_linger_ms = {ms}\n"));
+        }
+        if let Ok(ms) = std::env::var("BENCH_MQTT_COMMIT_LINGER_MS") {
+            assert!(config.contains("[sources.mqtt]\n"), "{config}");
+            config = config.replace(
+                "[sources.mqtt]\n",
+                &format!("[sources.mqtt]\ncommit_linger_ms = {ms}\n"),
+            );
         }
         let engine = match server {
             Server::Upstream => None,
@@ -209,27 +229,43 @@ impl Run {
         }
     }
 
-    async fn allocations(&self) -> Option<u64> {
-        let metrics = vitalbridge_tests::ops::get(self.rig.ops_addr(), "/metrics")
-            .await
-            .ok()?;
-        let text = String::from_utf8(metrics.body.to_vec()).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("vitalbridge_allocations_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+    /// The gateway's counters `names` from its `/metrics`, in that order (`None`: not
+    /// exposed, as the allocation counter in a build without `alloc-counter`).
+    async fn counters<const N: usize>(&self, names: [&str; N]) -> [Option<u64>; N] {
+        let text = match vitalbridge_tests::ops::get(self.rig.ops_addr(), "/metrics").await {
+            Ok(m) => String::from_utf8(m.body.to_vec()).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        names.map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        })
     }
 
     /// CPU of the gateway, the broker and this process (with the engine's Node process, when
-    /// there is one); the gateway's allocations.
-    async fn sample(&self) -> (f64, f64, f64, Option<u64>) {
-        let (gw, _) = proc_figures(self.gw.pid());
+    /// there is one); the gateway's allocations and buffer commits.
+    async fn sample(&self) -> Sample {
+        let (gateway, _) = proc_figures(self.gw.pid());
         let (broker, _) = proc_figures(self.rig.broker.pid().unwrap_or(0));
         let (mut harness, _) = proc_figures(std::process::id());
         if let Some(e) = &self.engine {
             harness += proc_figures(e.pid()).0;
         }
-        (gw, broker, harness, self.allocations().await)
+        let [allocations, commits] = self
+            .counters([
+                "vitalbridge_allocations_total",
+                "vitalbridge_buffer_commits_total",
+            ])
+            .await;
+        Sample {
+            gateway,
+            broker,
+            harness,
+            allocations,
+            commits,
+        }
     }
 
     /// Waits until `n` readings were delivered, or `give_up` passed (then returns how many
@@ -254,19 +290,18 @@ impl Run {
         }
     }
 
-    fn finish(
-        &self,
-        f: &mut Figures,
-        before: (f64, f64, f64, Option<u64>),
-        after: (f64, f64, f64, Option<u64>),
-    ) {
+    fn finish(&self, f: &mut Figures, before: Sample, after: Sample) {
         if self.engine.is_none() {
             self.rig.upstream.assert_no_duplicate_identifiers();
         }
-        f.cpu = after.0 - before.0;
-        f.broker_cpu = after.1 - before.1;
-        f.harness_cpu = after.2 - before.2;
-        f.allocations = after.3.zip(before.3).map(|(a, b)| a - b);
+        f.cpu = after.gateway - before.gateway;
+        f.broker_cpu = after.broker - before.broker;
+        f.harness_cpu = after.harness - before.harness;
+        f.allocations = after
+            .allocations
+            .zip(before.allocations)
+            .map(|(a, b)| a - b);
+        f.commits = after.commits.zip(before.commits).map(|(a, b)| a - b);
         f.rss_kib = proc_figures(self.gw.pid()).1;
     }
 }
@@ -508,6 +543,10 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
             format!("{:.1}", a as f64 / f.readings as f64)
         })
     });
+    row("buffer commits per 10k readings", &|f| match f.commits {
+        Some(c) if f.readings > 0 => format!("{:.0}", c as f64 * 10_000.0 / f.readings as f64),
+        _ => "n/a".into(),
+    });
     row("gateway peak RSS (MiB)", &|f| {
         format!("{:.1}", f.rss_kib as f64 / 1024.0)
     });
@@ -671,10 +710,13 @@ fn hl7_section(n: u64, senders: usize) {
     use vitalbridge_tests::mllp::Sender;
     let dir = tempfile::tempdir().unwrap();
     let port = vitalbridge_tests::mosquitto::free_port().unwrap();
-    let config = format!(
+    let mut config = format!(
         "[gateway]\ndata_dir = \"{}\"\n[sources.hl7]\nlisten = \"127.0.0.1:{port}\"\n",
         dir.path().join("data").display()
     );
+    if let Ok(ms) = std::env::var("BENCH_COMMIT_LINGER_MS") {
+        config.push_str(&format!("[buffer]\ncommit_linger_ms = {ms}\n"));
+    }
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
         gw.wait_for_log("HL7 v2 MLLP listener up", Duration::from_secs(30)),

@@ -71,11 +71,21 @@ impl Running {
     }
 
     async fn start_with(root: &Path, options: &OpenOptions, on_commit: OnCommit) -> Self {
+        Self::lingering(root, options, Duration::from_millis(1), on_commit).await
+    }
+
+    /// A writer waiting at most `linger` for company (`buffer.commit_linger_ms`).
+    async fn lingering(
+        root: &Path,
+        options: &OpenOptions,
+        linger: Duration,
+        on_commit: OnCommit,
+    ) -> Self {
         let (store, writer, _) = open(&data(root), options).await.unwrap();
         let (tx, rx) = pipeline::channel();
         let config = WriterConfig {
             max_rows: 1000,
-            linger: Duration::from_millis(1),
+            linger,
         };
         let stop = CancellationToken::new();
         let writer = tokio::spawn(writer.run(rx, config, stop.clone(), on_commit));
@@ -646,6 +656,107 @@ async fn many_concurrent_requests_are_grouped_into_few_commits() {
         totals.commits
     );
     drop(store);
+}
+
+/// What each committed group held: (readings inserted, rows deleted after delivery).
+type GroupLog = Arc<StdMutex<Vec<(u64, u64)>>>;
+
+/// A [`GroupLog`] and the writer's callback that fills it.
+fn group_log() -> (GroupLog, OnCommit) {
+    let log = Arc::new(StdMutex::new(Vec::new()));
+    let record = log.clone();
+    let on_commit: OnCommit = Box::new(move |r: &GroupReport<'_>| {
+        if r.committed_at.is_some() {
+            let c = &r.counts;
+            record.lock().unwrap().push((c.inserted, c.deleted));
+        }
+    });
+    (log, on_commit)
+}
+
+#[tokio::test]
+async fn a_sources_own_wait_for_company_replaces_the_writers() {
+    // The writer would commit at once; this source's requests wait up to a second for
+    // company, so two sent 50 ms apart share one commit.
+    let root = tempfile::tempdir().unwrap();
+    let (log, on_commit) = group_log();
+    let r = Running::lingering(
+        root.path(),
+        &options(root.path(), 100),
+        Duration::ZERO,
+        on_commit,
+    )
+    .await;
+    let patient = r.ingest.clone().with_linger(Duration::from_secs(1));
+    let first = {
+        let patient = patient.clone();
+        tokio::spawn(async move { patient.commit(vec![reading("a", 1)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !first.is_finished(),
+        "committed without waiting for company"
+    );
+    patient.commit(vec![reading("a", 2)]).await.unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(*log.lock().unwrap(), [(2, 0)]);
+
+    // And the reverse: a writer that waits long, a source that does not.
+    drop(patient);
+    let (store, _) = r.stop().await;
+    drop(store);
+    let (log, on_commit) = group_log();
+    let r = Running::lingering(
+        root.path(),
+        &options(root.path(), 100),
+        Duration::from_secs(30),
+        on_commit,
+    )
+    .await;
+    let hasty = r.ingest.clone().with_linger(Duration::ZERO);
+    tokio::time::timeout(Duration::from_secs(10), hasty.commit(vec![reading("a", 3)]))
+        .await
+        .expect("committed without the writer's 30 s wait")
+        .unwrap();
+    assert_eq!(*log.lock().unwrap(), [(1, 0)]);
+}
+
+#[tokio::test]
+async fn a_delivery_shares_its_commit_with_readings_that_are_arriving() {
+    let root = tempfile::tempdir().unwrap();
+    let (log, on_commit) = group_log();
+    let r = Running::lingering(
+        root.path(),
+        &options(root.path(), 100),
+        Duration::from_millis(500),
+        on_commit,
+    )
+    .await;
+    let hasty = r.ingest.clone().with_linger(Duration::ZERO);
+    hasty.commit(vec![reading("a", 1)]).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    // Readings are arriving: the acknowledgement waits for the next one.
+    let ack = {
+        let (store, id) = (r.store.clone(), leased[0].id);
+        tokio::spawn(async move { store.ack(&dest(&store), &[id]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    hasty.commit(vec![reading("a", 2)]).await.unwrap();
+    assert_eq!(ack.await.unwrap().unwrap(), 1);
+    assert_eq!(*log.lock().unwrap(), [(1, 0), (1, 1)], "one fsync for both");
+
+    // Nothing arrived for a while (a backlog being delivered): an acknowledgement is
+    // committed at once, not after the writer's wait.
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = std::time::Instant::now();
+    r.store.ack(&dest(&r.store), &[leased[0].id]).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "the acknowledgement waited {:?} for readings that were not coming",
+        started.elapsed()
+    );
+    assert_eq!(*log.lock().unwrap(), [(1, 0), (1, 1), (0, 1)]);
 }
 
 mod destinations {

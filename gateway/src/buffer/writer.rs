@@ -1,9 +1,11 @@
 //! The buffer's single writer: group commit of everything that changes the database.
 //!
 //! Each round takes every request already queued — readings and bad payloads from the
-//! sources, deletes and dead letters from the uplink — up to `max_rows` readings, waits at
-//! most `linger` for more when the group is small, writes them in one transaction, commits
-//! (`synchronous=FULL`: the commit returns after fsync), and only then answers each request.
+//! sources, deletes and dead letters from the uplink — up to `max_rows` readings; when the
+//! group is small it waits for more until `linger` after its oldest request was sent (and a
+//! group of deletes alone, while readings are arriving, waits that long for some, to share
+//! their fsync); then it writes them in one transaction, commits (`synchronous=FULL`: the
+//! commit returns after fsync), and only then answers each request.
 //! A request that would take the buffer past its capacity is answered `Full`, and while the
 //! file system has less free space than the floor, new readings are answered `LowSpace`;
 //! neither is written. After answering, the writer hands a [`GroupReport`] to its caller
@@ -48,6 +50,7 @@ use crate::error_chain::Chain;
 use crate::model::Reading;
 use crate::pipeline::{
     CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,
+    SMALL_GROUP,
 };
 pub use crate::pipeline::{GroupReport, OnCommit, Transition, WriterCounts};
 
@@ -68,8 +71,10 @@ pub struct WriterConfig {
 /// (the oldest are forgotten first), so a faster gateway remembers less than a day.
 pub const DELIVERED_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Below this many readings a group is "small" and the writer lingers for company.
-const SMALL_GROUP: usize = 64;
+/// Readings committed this recently mean more are arriving: a group of settles alone then
+/// waits (at most the linger) for some to share its commit. Otherwise (a backlog being
+/// delivered, nothing new coming in) settles are committed at once.
+const READINGS_ARRIVING: Duration = Duration::from_secs(1);
 
 /// Rows per multi-row `INSERT`, largest first. Every statement text is prepared once and
 /// cached by the connection, so the set of shapes must stay small: a group of any size is
@@ -130,6 +135,8 @@ struct CommitRequest {
     source: Arc<str>,
     readings: Vec<Reading>,
     rejected: Vec<Rejected>,
+    sent: Instant,
+    linger: Option<Duration>,
     reply: CommitReply,
 }
 
@@ -155,6 +162,8 @@ impl Group {
                 source,
                 readings,
                 rejected,
+                sent,
+                linger,
                 reply,
             } => {
                 self.rows += (readings.len() + rejected.len()).max(1);
@@ -162,6 +171,8 @@ impl Group {
                     source,
                     readings,
                     rejected,
+                    sent,
+                    linger,
                     reply,
                 });
             }
@@ -191,6 +202,16 @@ impl Group {
                 self.dead.push(((destination, origin, rows), reply));
             }
         }
+    }
+
+    /// When the group must be committed, waiting for company until then: the soonest of its
+    /// requests' deadlines (each request's linger, or `linger`, after it was sent). `None`
+    /// without readings.
+    fn deadline(&self, linger: Duration) -> Option<Instant> {
+        self.commits
+            .iter()
+            .map(|c| c.sent + c.linger.unwrap_or(linger))
+            .min()
     }
 
     fn is_empty(&self) -> bool {
@@ -291,6 +312,8 @@ impl Writer {
     ) -> WriterCounts {
         let mut totals = WriterCounts::default();
         let mut ingest_open = true;
+        // When a group last had readings to commit.
+        let mut last_readings: Option<Instant> = None;
         loop {
             let mut group = Group::default();
             tokio::select! {
@@ -318,14 +341,42 @@ impl Writer {
                     break;
                 }
             }
-            if !group.commits.is_empty() && group.rows < SMALL_GROUP && !config.linger.is_zero() {
-                let deadline = Instant::now() + config.linger;
-                while group.rows < config.max_rows {
-                    match tokio::time::timeout_at(deadline, ingest.recv()).await {
-                        Ok(Some(req)) => group.add(req),
-                        _ => break,
+            if group.rows < SMALL_GROUP {
+                if group.commits.is_empty()
+                    && !group.is_empty()
+                    && !config.linger.is_zero()
+                    && ingest_open
+                    && last_readings.is_some_and(|t| t.elapsed() < READINGS_ARRIVING)
+                {
+                    // Settles while readings are arriving: wait a little for some, to share
+                    // one commit (one fsync) with them.
+                    let deadline = Instant::now() + config.linger;
+                    if let Ok(Some(req)) = tokio::time::timeout_at(deadline, ingest.recv()).await {
+                        group.add(req);
                     }
                 }
+                // The wait counts from when each request was sent: a source with several
+                // requests outstanding has its readings committed its linger after they came,
+                // not after the commit before theirs. It ends when the group is no longer
+                // small: a source bounds what it has outstanding, so waiting for a full group
+                // could wait out the whole linger at every commit.
+                if let Some(deadline) = group.deadline(config.linger) {
+                    while group.rows < SMALL_GROUP {
+                        match tokio::time::timeout_at(deadline, ingest.recv()).await {
+                            Ok(Some(req)) => group.add(req),
+                            _ => break,
+                        }
+                    }
+                }
+                while group.rows < config.max_rows {
+                    match ingest.try_recv() {
+                        Ok(req) => group.add(req),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !group.commits.is_empty() {
+                last_readings = Some(Instant::now());
             }
             if group.is_empty() && !self.has_unsettled() {
                 self.keep_record().await;
@@ -472,6 +523,7 @@ impl Writer {
             readings,
             rejected: rejects,
             reply,
+            ..
         } in group.commits
         {
             if let Some(e) = &refusal {

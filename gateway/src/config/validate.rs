@@ -580,6 +580,12 @@ fn validate_mqtt(mqtt: &MqttSourceConfig, problems: &mut Vec<ConfigError>) {
             "must be at least 5 seconds",
         ));
     }
+    if mqtt.commit_linger_ms > 1000 {
+        problems.push(err(
+            "sources.mqtt.commit_linger_ms",
+            "must be at most 1000 ms",
+        ));
+    }
     if let Some(tls) = &mqtt.tls {
         check_readable("sources.mqtt.tls.ca", &tls.ca, problems);
         for (i, crl) in tls.crls.iter().enumerate() {

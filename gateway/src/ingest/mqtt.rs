@@ -23,13 +23,19 @@
 //!   reading, TCP backpressure reaches the broker and the broker keeps the messages (the
 //!   broker's own in-flight limit is not relied on: mosquitto does not enforce
 //!   `max_inflight_messages` on a fast subscriber's backlog).
-//! - The **commit task** takes every publish waiting (up to a batch), decodes them, commits
-//!   all their readings in one request (the writer groups further), and hands the publishes
-//!   to the ack task. It never waits on the event loop.
+//! - The **commit task** takes every publish waiting, decodes them and sends all their
+//!   readings to the buffer in one request. While fewer than a group's worth of messages
+//!   (`pipeline::SMALL_GROUP`) are outstanding it sends at once, without waiting for the
+//!   commit before: the writer's wait for company counts from when a request was sent, so a
+//!   steady trickle of messages is committed `commit_linger_ms` after it came, in groups,
+//!   not after the commit before it. Once that many are outstanding (full speed) it waits
+//!   until all are answered and sends what gathered meanwhile as one larger request. It hands the publishes of each
+//!   committed request to the ack task, in the order they came. It never waits on the event
+//!   loop.
 //! - The **ack task** queues the PUBACKs into rumqttc; it is the only one that waits for the
 //!   poll task, and nothing waits for it.
 //!
-//! When the buffer is full the commit task holds its batch and retries; the publish channel
+//! When the buffer is full the commit task holds its batches and retries; the publish channel
 //! fills, the poll task stops reading, and backpressure reaches the publishers. Nothing is
 //! dropped. The broker must keep an offline persistent session's queue without a limit
 //! (mosquitto: `max_queued_messages 0`), see docs/mqtt.md.
@@ -44,9 +50,11 @@
 //! bound the gateway's memory, make the *broker* refuse large messages at publish time
 //! (mosquitto: `message_size_limit`, see docs/mqtt.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
@@ -62,13 +70,13 @@ use crate::error_chain::Chain;
 use crate::limits;
 use crate::ops::audit::{Audit, Event as AuditEvent};
 use crate::ops::metrics::Metrics;
-use crate::pipeline::{CommitError, Ingest, Rejected};
+use crate::pipeline::{CommitError, Ingest, Rejected, SMALL_GROUP};
 use crate::profile::canonical;
 use crate::profile::json::{ProfileSet, SharedProfiles};
 
 /// Messages received and not yet committed: the capacity of the channel from the poll task
 /// to the commit task. When it is full the poll task stops reading from the broker. Also the
-/// largest batch the commit task commits at once.
+/// most messages the commit task has sent to the buffer and not had answered.
 const MAX_MESSAGES_IN_PROGRESS: usize = 512;
 
 /// Capacity of rumqttc's request channel (acks and subscribes travel through it).
@@ -118,6 +126,8 @@ pub struct MqttSource {
     trust_payload_patient: bool,
     /// The vendor JSON profiles in use (a pack reload replaces them while the source runs).
     profiles: SharedProfiles,
+    /// How long a message may wait in the buffer writer for company (`commit_linger_ms`).
+    commit_linger: Duration,
 }
 
 /// What the poll task subscribes to and takes.
@@ -173,6 +183,7 @@ impl MqttSource {
             },
             trust_payload_patient: false,
             profiles,
+            commit_linger: Duration::from_millis(config.commit_linger_ms),
         })
     }
 
@@ -204,7 +215,7 @@ impl MqttSource {
                 trust: self.trust_payload_patient,
                 audit: audit.clone(),
             },
-            ingest,
+            ingest.with_linger(self.commit_linger),
             self.profiles,
             shutdown.clone(),
         ));
@@ -370,8 +381,14 @@ async fn drain_acks(
     eventloop
 }
 
-/// Takes every publish waiting and commits it (see [`commit_batch`]); the ack task sends the
-/// PUBACKs.
+/// Sends every publish waiting to the buffer at once (see [`commit_batch`]), without waiting
+/// for the batches before it to be answered while those are fewer than [`SMALL_GROUP`]
+/// messages (once more are outstanding, it waits for all to be answered and sends what
+/// gathered meanwhile as one batch), and hands the ack task
+/// each batch's publishes
+/// once it is durable, in the order they came (MQTT wants PUBACKs in that order). The
+/// messages sent and not yet answered, with those waiting in the publish channel, are at
+/// most twice [`MAX_MESSAGES_IN_PROGRESS`].
 async fn commit_task(
     mut publishes: mpsc::Receiver<Message>,
     acks: mpsc::UnboundedSender<AckId>,
@@ -380,26 +397,53 @@ async fn commit_task(
     profiles: SharedProfiles,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_MESSAGES_IN_PROGRESS);
+    let mut outstanding = FuturesOrdered::new();
+    let mut in_progress = 0;
+    let mut burst = false;
+    let mut batch = Vec::new();
     loop {
-        let received = tokio::select! {
-            n = publishes.recv_many(&mut batch, MAX_MESSAGES_IN_PROGRESS) => n,
-            _ = shutdown.cancelled() => return,
-        };
-        if received == 0 {
-            return; // the poll task ended
+        let room = MAX_MESSAGES_IN_PROGRESS - in_progress;
+        // While what is outstanding would not fill a group, more goes at once to join it.
+        // Once it would (a burst, full speed), the writer is busy anyway: wait until all is
+        // answered, and send what gathered meanwhile as one request.
+        if outstanding.is_empty() {
+            burst = false;
         }
-        // The profile set is taken once per batch and kept across its retries: every message
-        // is decoded by one set, even when a reload swaps the set meanwhile.
-        let profiles = profiles.current();
-        let source = Source {
-            ingest: &ingest,
-            patients: &patients,
-            profiles: &profiles,
-            shutdown: &shutdown,
-        };
-        if !commit_batch(batch.drain(..), &source, &acks).await {
-            return; // shutdown or the buffer closed: the rest is not acked
+        let eager = !burst;
+        tokio::select! {
+            received = publishes.recv_many(&mut batch, room), if room > 0 && eager => {
+                if received == 0 {
+                    break; // the poll task ended
+                }
+                in_progress += received;
+                burst = in_progress >= SMALL_GROUP;
+                // The profile set is taken once per batch and kept across its retries: every
+                // message is decoded by one set, even when a reload swaps the set meanwhile.
+                let source = Source {
+                    ingest: &ingest,
+                    patients: &patients,
+                    profiles: profiles.current(),
+                    shutdown: &shutdown,
+                };
+                outstanding.push_back(commit_batch(std::mem::take(&mut batch), source));
+            }
+            Some(done) = outstanding.next() => {
+                let Some(done) = done else {
+                    return; // shutdown or the buffer closed: the rest is not acked
+                };
+                in_progress -= done.len();
+                for ack in done {
+                    // Only fails once the ack task has ended (shutdown): the broker redelivers.
+                    let _ = acks.send(ack);
+                }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // What was sent is answered (or given up at shutdown) before the acks are drained.
+    while let Some(Some(done)) = outstanding.next().await {
+        for ack in done {
+            let _ = acks.send(ack);
         }
     }
 }
@@ -472,11 +516,11 @@ struct Patients {
     audit: Audit,
 }
 
-/// What the commit task works with.
+/// What the commit task works with, for one batch.
 struct Source<'a> {
     ingest: &'a Ingest,
     patients: &'a Patients,
-    profiles: &'a ProfileSet,
+    profiles: Arc<ProfileSet>,
     shutdown: &'a CancellationToken,
 }
 
@@ -484,16 +528,13 @@ struct Source<'a> {
 /// readings of the good ones and the dead letters of the bad ones go in one commit. When the
 /// buffer refuses a group as full, the group is halved (down to one message) so that what
 /// fits goes in, and a single message that does not fit waits and retries: backpressure,
-/// never a drop. Returns `false` if shutdown or a closed buffer came first.
-async fn commit_batch(
-    batch: impl Iterator<Item = Message>,
-    source: &Source<'_>,
-    acks: &mpsc::UnboundedSender<AckId>,
-) -> bool {
+/// never a drop. Returns what the batch's PUBACKs need, or `None` if shutdown or a closed
+/// buffer came first.
+async fn commit_batch(messages: Vec<Message>, source: Source<'_>) -> Option<Vec<AckId>> {
     // One receive time for the batch, kept across retries: a reading without a device clock
     // is identified by it, so a retry must not change it.
     let received = OffsetDateTime::now_utc();
-    let messages: Vec<Message> = batch.collect();
+    let source = &source;
     let mut bad = 0;
     let mut start = 0;
     let mut group = messages.len();
@@ -526,18 +567,14 @@ async fn commit_batch(
                             readings: trusted,
                         });
                 }
-                for m in &messages[start..end] {
-                    // Only fails once the ack task has ended (shutdown): the broker redelivers.
-                    let _ = acks.send(m.ack);
-                }
                 start = end;
                 group = messages.len() - start;
             }
-            Err(CommitError::Closed) => return false,
+            Err(CommitError::Closed) => return None,
             Err(CommitError::Full { .. }) if end - start > 1 => group = (end - start) / 2,
             Err(_) => {
                 if !pause(source.shutdown).await {
-                    return false;
+                    return None;
                 }
             }
         }
@@ -546,7 +583,7 @@ async fn commit_batch(
         // The reasons name fields only; the topic may name a device, not a patient.
         tracing::warn!(payloads = bad, "MQTT payloads rejected and dead-lettered");
     }
-    true
+    Some(messages.iter().map(|m| m.ack).collect())
 }
 
 /// The readings of a message, or the dead letter it becomes.
@@ -615,6 +652,120 @@ async fn disconnect(client: AsyncClient, mut eventloop: EventLoop) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::{Committed, Request};
+
+    fn message(pkid: u16) -> Message {
+        let payload = format!(
+            r#"{{"device": {{"id": "A1B2C3D4E5F6", "id_type": "bluetooth"}},
+                "time": "2026-11-25T08:30:00Z", "metric": "spo2", "value": 97, "unit": "%", "seq": {pkid}}}"#
+        );
+        let mut publish = Publish::new("vitals/a", QoS::AtLeastOnce, payload.into_bytes());
+        publish.pkid = pkid;
+        Message::of(publish, 1 << 16)
+    }
+
+    /// The commit task over `publishes`, sending to the buffer over `buffer`.
+    fn spawn_commit_task(
+        publishes: mpsc::Receiver<Message>,
+        acks: mpsc::UnboundedSender<AckId>,
+        buffer: mpsc::Sender<Request>,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let patients = Patients {
+            bindings: Bindings::default(),
+            trust: true,
+            audit: Audit::default(),
+        };
+        let ingest = Ingest::new(buffer, "mqtt");
+        let profiles = SharedProfiles::default();
+        tokio::spawn(commit_task(
+            publishes,
+            acks,
+            patients,
+            ingest,
+            profiles,
+            shutdown.clone(),
+        ))
+    }
+
+    /// The next commit request the buffer gets: its number of readings, and its reply.
+    async fn next_commit(
+        buffer: &mut crate::pipeline::IngestRx,
+    ) -> (
+        usize,
+        tokio::sync::oneshot::Sender<Result<Committed, CommitError>>,
+    ) {
+        match tokio::time::timeout(Duration::from_secs(10), buffer.recv()).await {
+            Ok(Some(Request::Commit {
+                readings, reply, ..
+            })) => (readings.len(), reply),
+            _ => panic!("no commit request"),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_go_to_the_buffer_at_once_and_are_acknowledged_in_the_order_they_came() {
+        let (tx, mut buffer) = crate::pipeline::channel();
+        let (publish_tx, publish_rx) = mpsc::channel(MAX_MESSAGES_IN_PROGRESS);
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = spawn_commit_task(publish_rx, ack_tx, tx, &shutdown);
+        let mut replies = Vec::new();
+        for pkid in [1, 2, 3] {
+            publish_tx.send(message(pkid)).await.unwrap();
+            // Each is sent to the buffer while those before it are still unanswered.
+            let (n, reply) = next_commit(&mut buffer).await;
+            assert_eq!(n, 1);
+            replies.push(reply);
+        }
+        // The buffer answers the last first: nothing may be acknowledged before the first.
+        let first = replies.remove(0);
+        for reply in replies {
+            reply.send(Ok(Committed { readings: 1 })).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            acks.try_recv().is_err(),
+            "acknowledged ahead of an earlier message"
+        );
+        first.send(Ok(Committed { readings: 1 })).unwrap();
+        for pkid in [1, 2, 3] {
+            assert_eq!(acks.recv().await.unwrap().pkid, pkid);
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_burst_waits_for_its_answer_and_what_came_meanwhile_goes_as_one_request() {
+        let (tx, mut buffer) = crate::pipeline::channel();
+        let (publish_tx, publish_rx) = mpsc::channel(MAX_MESSAGES_IN_PROGRESS);
+        let (ack_tx, mut acks) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        for pkid in 1..=SMALL_GROUP as u16 {
+            publish_tx.send(message(pkid)).await.unwrap();
+        }
+        let task = spawn_commit_task(publish_rx, ack_tx, tx, &shutdown);
+        let (n, reply) = next_commit(&mut buffer).await;
+        assert_eq!(n, SMALL_GROUP);
+        for pkid in [100, 101] {
+            publish_tx.send(message(pkid)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            buffer.try_recv().is_err(),
+            "sent more while a group's worth was outstanding"
+        );
+        reply.send(Ok(Committed { readings: n })).unwrap();
+        let (n, reply) = next_commit(&mut buffer).await;
+        assert_eq!(n, 2, "what came meanwhile, as one request");
+        reply.send(Ok(Committed { readings: n })).unwrap();
+        for _ in 0..SMALL_GROUP + 2 {
+            acks.recv().await.unwrap();
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 
     #[test]
     fn a_long_topic_is_cut_to_the_limit_at_a_character_boundary() {
