@@ -24,12 +24,12 @@
 //!   broker's own in-flight limit is not relied on: mosquitto does not enforce
 //!   `max_inflight_messages` on a fast subscriber's backlog).
 //! - The **commit task** takes every publish waiting, decodes them and sends all their
-//!   readings to the buffer in one request. While fewer than a group's worth of messages
-//!   (`pipeline::SMALL_GROUP`) are outstanding it sends at once, without waiting for the
-//!   commit before: the writer's wait for company counts from when a request was sent, so a
-//!   steady trickle of messages is committed `commit_linger_ms` after it came, in groups,
-//!   not after the commit before it. Once that many are outstanding (full speed) it waits
-//!   until all are answered and sends what gathered meanwhile as one larger request. It hands the publishes of each
+//!   readings to the buffer in one request. A small request (under `pipeline::SMALL_GROUP`
+//!   messages) goes at once, without waiting for the commit before: the writer's wait for
+//!   company counts from when a request was sent, so a steady trickle of messages is
+//!   committed `commit_linger_ms` after it came, in groups, not after the commit before it.
+//!   While a large one is outstanding (full speed) it waits for that answer and sends what
+//!   gathered meanwhile as one large request. It hands the publishes of each
 //!   committed request to the ack task, in the order they came. It never waits on the event
 //!   loop.
 //! - The **ack task** queues the PUBACKs into rumqttc; it is the only one that waits for the
@@ -382,9 +382,9 @@ async fn drain_acks(
 }
 
 /// Sends every publish waiting to the buffer at once (see [`commit_batch`]), without waiting
-/// for the batches before it to be answered while those are fewer than [`SMALL_GROUP`]
-/// messages (once more are outstanding, it waits for all to be answered and sends what
-/// gathered meanwhile as one batch), and hands the ack task
+/// for the batches before it to be answered — except while one of at least [`SMALL_GROUP`]
+/// messages is outstanding: then it waits for that answer and sends what gathered meanwhile
+/// as one batch —, and hands the ack task
 /// each batch's publishes
 /// once it is durable, in the order they came (MQTT wants PUBACKs in that order). The
 /// messages sent and not yet answered, with those waiting in the publish channel, are at
@@ -399,24 +399,24 @@ async fn commit_task(
 ) {
     let mut outstanding = FuturesOrdered::new();
     let mut in_progress = 0;
-    let mut burst = false;
+    // Outstanding requests of at least SMALL_GROUP messages.
+    let mut large_outstanding = 0;
     let mut batch = Vec::new();
     loop {
         let room = MAX_MESSAGES_IN_PROGRESS - in_progress;
-        // While what is outstanding would not fill a group, more goes at once to join it.
-        // Once it would (a burst, full speed), the writer is busy anyway: wait until all is
-        // answered, and send what gathered meanwhile as one request.
-        if outstanding.is_empty() {
-            burst = false;
-        }
-        let eager = !burst;
+        // Small requests go at once, to join the group the writer is gathering. While one
+        // large enough to be committed without waiting is outstanding (a burst, full speed),
+        // the writer is busy with it: what gathers meanwhile goes as one request after it.
+        let eager = large_outstanding == 0;
         tokio::select! {
             received = publishes.recv_many(&mut batch, room), if room > 0 && eager => {
                 if received == 0 {
                     break; // the poll task ended
                 }
                 in_progress += received;
-                burst = in_progress >= SMALL_GROUP;
+                if received >= SMALL_GROUP {
+                    large_outstanding += 1;
+                }
                 // The profile set is taken once per batch and kept across its retries: every
                 // message is decoded by one set, even when a reload swaps the set meanwhile.
                 let source = Source {
@@ -432,6 +432,9 @@ async fn commit_task(
                     return; // shutdown or the buffer closed: the rest is not acked
                 };
                 in_progress -= done.len();
+                if done.len() >= SMALL_GROUP {
+                    large_outstanding -= 1;
+                }
                 for ack in done {
                     // Only fails once the ack task has ended (shutdown): the broker redelivers.
                     let _ = acks.send(ack);
