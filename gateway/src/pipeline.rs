@@ -32,9 +32,9 @@ pub const INGEST_CHANNEL_CAPACITY: usize = 1024;
 pub const MAX_KEPT_PAYLOAD: usize = 16 * 1024;
 
 /// Below this many readings a group is small: the buffer writer waits for company (each
-/// request's linger), and a source with requests outstanding sends more at once rather than
-/// waiting for their answers. At or above it the writer commits, and more sent meanwhile
-/// would only make more, smaller requests for the next group.
+/// request's linger). At or above it the writer commits, so a source (MQTT) holds back
+/// behind a request this large: more sent meanwhile would only make more, smaller requests
+/// for the next group.
 pub const SMALL_GROUP: usize = 64;
 
 /// A payload a source could not decode, or a reading the admission check refused: kept in

@@ -1,11 +1,13 @@
 //! The buffer's single writer: group commit of everything that changes the database.
 //!
 //! Each round takes every request already queued — readings and bad payloads from the
-//! sources, deletes and dead letters from the uplink — up to `max_rows` readings; when the
-//! group is small it waits for more until `linger` after its oldest request was sent (and a
-//! group of deletes alone, while readings are arriving, waits that long for some, to share
-//! their fsync); then it writes them in one transaction, commits (`synchronous=FULL`: the
-//! commit returns after fsync), and only then answers each request.
+//! sources, deletes and dead letters from the uplink — up to `max_rows` readings. While the
+//! group is small (under `pipeline::SMALL_GROUP` readings) it waits for more, until the
+//! soonest of its requests' deadlines: each request's linger (its source's, else `linger`)
+//! after it was sent. A group of deletes alone, while readings are arriving, first waits up
+//! to `linger` for some, to share their fsync. Then it writes them in one transaction,
+//! commits (`synchronous=FULL`: the commit returns after fsync), and only then answers each
+//! request.
 //! A request that would take the buffer past its capacity is answered `Full`, and while the
 //! file system has less free space than the floor, new readings are answered `LowSpace`;
 //! neither is written. After answering, the writer hands a [`GroupReport`] to its caller
@@ -214,6 +216,11 @@ impl Group {
             .min()
     }
 
+    /// Whether it records deliveries or dead letters.
+    fn has_settles(&self) -> bool {
+        !self.acks.is_empty() || !self.dead.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.commits.is_empty()
             && self.seq_queries.is_empty()
@@ -343,7 +350,7 @@ impl Writer {
             }
             if group.rows < SMALL_GROUP {
                 if group.commits.is_empty()
-                    && !group.is_empty()
+                    && group.has_settles()
                     && !config.linger.is_zero()
                     && ingest_open
                     && last_readings.is_some_and(|t| t.elapsed() < READINGS_ARRIVING)

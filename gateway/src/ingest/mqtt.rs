@@ -24,14 +24,13 @@
 //!   broker's own in-flight limit is not relied on: mosquitto does not enforce
 //!   `max_inflight_messages` on a fast subscriber's backlog).
 //! - The **commit task** takes every publish waiting, decodes them and sends all their
-//!   readings to the buffer in one request. A small request (under `pipeline::SMALL_GROUP`
-//!   messages) goes at once, without waiting for the commit before: the writer's wait for
-//!   company counts from when a request was sent, so a steady trickle of messages is
-//!   committed `commit_linger_ms` after it came, in groups, not after the commit before it.
-//!   While a large one is outstanding (full speed) it waits for that answer and sends what
-//!   gathered meanwhile as one large request. It hands the publishes of each
-//!   committed request to the ack task, in the order they came. It never waits on the event
-//!   loop.
+//!   readings to the buffer in one request, at once, without waiting for the commit before:
+//!   the writer's wait for company counts from when a request was sent, so a steady trickle
+//!   of messages is committed `commit_linger_ms` after it came, in groups, not after the
+//!   commit before it. Only while a large request (at least `pipeline::SMALL_GROUP`
+//!   messages) is outstanding (full speed) does it wait for that answer, and send what
+//!   gathered meanwhile as one. It hands the publishes of each committed request to the ack
+//!   task, in the order they came. It never waits on the event loop.
 //! - The **ack task** queues the PUBACKs into rumqttc; it is the only one that waits for the
 //!   poll task, and nothing waits for it.
 //!
@@ -384,11 +383,10 @@ async fn drain_acks(
 /// Sends every publish waiting to the buffer at once (see [`commit_batch`]), without waiting
 /// for the batches before it to be answered — except while one of at least [`SMALL_GROUP`]
 /// messages is outstanding: then it waits for that answer and sends what gathered meanwhile
-/// as one batch —, and hands the ack task
-/// each batch's publishes
-/// once it is durable, in the order they came (MQTT wants PUBACKs in that order). The
-/// messages sent and not yet answered, with those waiting in the publish channel, are at
-/// most twice [`MAX_MESSAGES_IN_PROGRESS`].
+/// as one batch. It hands the ack task each batch's publishes once they are durable, in the
+/// order they came (MQTT wants PUBACKs in that order). The messages sent and not yet
+/// answered, with those waiting in the publish channel, are at most twice
+/// [`MAX_MESSAGES_IN_PROGRESS`].
 async fn commit_task(
     mut publishes: mpsc::Receiver<Message>,
     acks: mpsc::UnboundedSender<AckId>,
@@ -402,6 +400,8 @@ async fn commit_task(
     // Outstanding requests of at least SMALL_GROUP messages.
     let mut large_outstanding = 0;
     let mut batch = Vec::new();
+    // Only fails once the ack task has ended (shutdown): the broker redelivers.
+    let send_acks = |done: Vec<AckId>| done.into_iter().for_each(|ack| _ = acks.send(ack));
     loop {
         let room = MAX_MESSAGES_IN_PROGRESS - in_progress;
         // Small requests go at once, to join the group the writer is gathering. While one
@@ -435,19 +435,14 @@ async fn commit_task(
                 if done.len() >= SMALL_GROUP {
                     large_outstanding -= 1;
                 }
-                for ack in done {
-                    // Only fails once the ack task has ended (shutdown): the broker redelivers.
-                    let _ = acks.send(ack);
-                }
+                send_acks(done);
             }
             _ = shutdown.cancelled() => break,
         }
     }
     // What was sent is answered (or given up at shutdown) before the acks are drained.
     while let Some(Some(done)) = outstanding.next().await {
-        for ack in done {
-            let _ = acks.send(ack);
-        }
+        send_acks(done);
     }
 }
 
