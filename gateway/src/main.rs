@@ -397,7 +397,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// One malloc arena for the whole process. glibc gives each thread that allocates its own
-/// arena (up to 8 per core); the gateway's threads (two runtime workers, SQLite's) allocate
+/// arena (up to 8 per core); the gateway's threads (the runtime's worker, SQLite's) allocate
 /// little at the same time, and the extra arenas cost about 3 MiB of peak memory on a hub
 /// for no measurable throughput (see docs/benchmark.md). Per-thread caches still serve
 /// small allocations without the arena lock.
@@ -456,8 +456,15 @@ fn report(e: &anyhow::Error) {
 #[error("invalid configuration ({} problems)", .0.len())]
 struct InvalidConfig(Vec<ConfigError>);
 
+/// The async runtime of a command: one worker thread (the gateway's default,
+/// `gateway.worker_threads`; a command other than `run` never needs more).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(1)
+}
+
+fn runtime_with(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -494,7 +501,7 @@ fn dispatch(command: Command, log_format: Option<LogFormat>) -> anyhow::Result<E
             init_logging(log_format.unwrap_or(config.ops.log_format.into()));
             // Under systemd (Type=notify): READY=1 once running, STOPPING=1 on a signal.
             let notifier = Arc::new(Notifier::from_env());
-            runtime()?.block_on(async {
+            runtime_with(config.gateway.worker_threads)?.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(wait_for_signal(shutdown.clone(), notifier.clone()));
                 let ready = || {

@@ -94,7 +94,7 @@ fn check_config_names_every_bad_key_with_its_line() {
     assert_eq!(
         lines,
         [
-            "new.toml: line 2: gateway.colour: unknown field `colour`, expected `id` or `data_dir`",
+            "new.toml: line 2: gateway.colour: unknown field `colour`, expected one of `id`, `data_dir`, `worker_threads`",
             "new.toml: line 5: uplink.batchsize: unknown field `batchsize`, expected one of `batch_size`, `in_flight`, `batch_linger_ms`, `retry_initial_ms`, `retry_max_ms`, `file`, `fhir`, `hl7`, `mqtt`, `kafka`",
             "new.toml: line 8: ops.http.listen: invalid socket address syntax",
         ]

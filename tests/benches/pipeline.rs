@@ -29,7 +29,8 @@
 //! Other knobs: `BENCH_BATCH` / `BENCH_IN_FLIGHT` (uplink.batch_size / in_flight),
 //! `BENCH_MQTT_COMMIT_LINGER_MS` / `BENCH_COMMIT_LINGER_MS` / `BENCH_BATCH_LINGER_MS`
 //! (sources.mqtt.commit_linger_ms / buffer.commit_linger_ms, also for the HL7 section /
-//! uplink.batch_linger_ms; the defaults when unset), `BENCH_SCENARIOS=full,steady,uplinks,hl7`,
+//! uplink.batch_linger_ms; the defaults when unset), `BENCH_WORKER_THREADS`
+//! (gateway.worker_threads), `BENCH_SCENARIOS=full,steady,uplinks,hl7`,
 //! `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
@@ -163,6 +164,7 @@ impl Run {
         if let Ok(ms) = std::env::var("BENCH_COMMIT_LINGER_MS") {
             config.push_str(&format!("\n[buffer]\ncommit_linger_ms = {ms}\n"));
         }
+        config = with_worker_threads(config);
         if let Ok(ms) = std::env::var("BENCH_MQTT_COMMIT_LINGER_MS") {
             assert!(config.contains("[sources.mqtt]\n"), "{config}");
             config = config.replace(
@@ -466,6 +468,7 @@ async fn through(binary: &PathBuf, uplink: Through) -> Option<Figures> {
         in_flight = env("BENCH_IN_FLIGHT", 2),
         ops = vitalbridge_tests::ops::ops_table(ops_port, ""),
     );
+    let config = with_worker_threads(config);
     std::env::set_var("VITALBRIDGE_BIN", binary);
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
@@ -704,6 +707,22 @@ fn hl7_message(sender: usize, i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `gateway.worker_threads = BENCH_WORKER_THREADS` in a config that has a `[gateway]` table
+/// (the config's default when unset).
+fn with_worker_threads(config: String) -> String {
+    match std::env::var("BENCH_WORKER_THREADS") {
+        Ok(n) => {
+            assert!(config.contains("[gateway]\n"), "{config}");
+            config.replacen(
+                "[gateway]\n",
+                &format!("[gateway]\nworker_threads = {n}\n"),
+                1,
+            )
+        }
+        Err(_) => config,
+    }
+}
+
 /// The HL7 v2 source: messages per second with the ACK after a durable commit, and the
 /// gateway's CPU per message.
 fn hl7_section(n: u64, senders: usize) {
@@ -717,6 +736,7 @@ fn hl7_section(n: u64, senders: usize) {
     if let Ok(ms) = std::env::var("BENCH_COMMIT_LINGER_MS") {
         config.push_str(&format!("[buffer]\ncommit_linger_ms = {ms}\n"));
     }
+    let config = with_worker_threads(config);
     let gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
         gw.wait_for_log("HL7 v2 MLLP listener up", Duration::from_secs(30)),

@@ -496,7 +496,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "line 2: gateway.colour: unknown field `colour`, expected `id` or `data_dir`",
+                "line 2: gateway.colour: unknown field `colour`, expected one of `id`, `data_dir`, `worker_threads`",
                 "line 5: uplink.batchsize: unknown field `batchsize`, expected one of `batch_size`, `in_flight`, `batch_linger_ms`, `retry_initial_ms`, `retry_max_ms`, `file`, `fhir`, `hl7`, `mqtt`, `kafka`",
                 "line 8: ops.http.listen: invalid socket address syntax",
             ]

@@ -202,13 +202,21 @@ pub struct GatewayConfig {
     pub id: Option<String>,
     /// Directory for the buffer database, the lock file and file-uplink output.
     pub data_dir: PathBuf,
+    /// Threads that run the gateway's async work (sources, mapping, uplinks, the operations
+    /// port); SQLite has a thread of its own. One is the cheapest per reading: tasks hand
+    /// readings to each other without waking another thread (docs/benchmark.md).
+    pub worker_threads: usize,
 }
+
+/// Most `gateway.worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 64;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             id: None,
             data_dir: PathBuf::from("./vitalbridge-data"),
+            worker_threads: 1,
         }
     }
 }
@@ -1156,6 +1164,20 @@ mod tests {
         let e = the_problem(slow.validate());
         assert_eq!(e.key, "sources.mqtt.commit_linger_ms");
         assert!(e.message.contains("at most 1000 ms"), "{e}");
+    }
+
+    #[test]
+    fn one_worker_thread_by_default_and_the_count_is_bounded() {
+        assert_eq!(Config::from_toml("").unwrap().gateway.worker_threads, 1);
+        let four = Config::from_toml("[gateway]\nworker_threads = 4\n").unwrap();
+        assert_eq!(four.gateway.worker_threads, 4);
+        four.validate().unwrap();
+        for bad in [0, MAX_WORKER_THREADS + 1] {
+            let config = Config::from_toml(&format!("[gateway]\nworker_threads = {bad}\n"));
+            let e = the_problem(config.unwrap().validate());
+            assert_eq!(e.key, "gateway.worker_threads");
+            assert!(e.message.contains("between 1 and 64"), "{e}");
+        }
     }
 
     #[test]

@@ -248,6 +248,12 @@ impl Config {
             problems.push(err("buffer.commit_linger_ms", "must be at most 1000 ms"));
         }
         validate_key_files(b, &self.gateway.data_dir, &mut problems);
+        if !(1..=super::MAX_WORKER_THREADS).contains(&self.gateway.worker_threads) {
+            problems.push(err(
+                "gateway.worker_threads",
+                format!("must be between 1 and {}", super::MAX_WORKER_THREADS),
+            ));
+        }
         if let Some(id) = &self.gateway.id {
             if let Err(e) = check_gateway_id(id) {
                 problems.push(err("gateway.id", e.to_string()));
