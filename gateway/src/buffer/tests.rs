@@ -1490,6 +1490,57 @@ async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
     assert_eq!(seqs, [2]);
 }
 
+/// The memory of delivered readings forgets what is older than `DELIVERED_MEMORY` in the
+/// writer's housekeeping (here: at its close), without a delivery to trigger it: such a
+/// reading sent again is stored again, one delivered recently still is not.
+#[tokio::test]
+async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping() {
+    use super::writer::DELIVERED_MEMORY;
+    use sqlx::Connection;
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit(vec![reading("m", 1), reading("m", 2)])
+        .await
+        .unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    r.store.ack(&dest(&r.store), &ids).await.unwrap();
+    let (store, _) = r.stop().await;
+
+    // Reading 1 was delivered a day and a minute ago.
+    let dedup = rows::seal_reading(&store.inner.key, &reading("m", 1)).dedup;
+    drop(store);
+    let db = data(root.path()).join(open::DB_FILE);
+    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
+        .await
+        .unwrap();
+    let long_ago = now_ms() - DELIVERED_MEMORY.as_millis() as i64 - 60_000;
+    let aged = sqlx::query("UPDATE delivered SET at_ms = ? WHERE dedup = ?")
+        .bind(long_ago)
+        .bind(&dedup[..])
+        .execute(&mut conn)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(aged, 1);
+    conn.close().await.unwrap();
+
+    // A writer that commits nothing: its housekeeping forgets reading 1.
+    Running::start(root.path(), 100).await.stop().await;
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit(vec![reading("m", 1), reading("m", 2)])
+        .await
+        .unwrap();
+    let again = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let seqs: Vec<u64> = again
+        .iter()
+        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+        .collect();
+    assert_eq!(seqs, [1]);
+}
+
 mod unbound {
     use super::*;
     use crate::buffer::unbound::Release;

@@ -80,9 +80,10 @@ const READINGS_ARRIVING: Duration = Duration::from_secs(1);
 
 /// Rows per multi-row `INSERT`, largest first. Every statement text is prepared once and
 /// cached by the connection, so the set of shapes must stay small: a group of any size is
-/// written as chunks of these sizes (at most 3 statements of each smaller shape). Free-form
-/// chunk sizes would cache one large prepared statement per distinct group size.
-const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+/// written as chunks of these sizes (at most 3 statements of 64, one of each smaller shape,
+/// so a steady rate's group of 10–40 readings takes 2–4 statements). Free-form chunk sizes
+/// would cache one large prepared statement per distinct group size.
+const INSERT_CHUNKS: [usize; 8] = [256, 64, 32, 16, 8, 4, 2, 1];
 
 /// How often the writer looks at kept deletes and the directory record when idle.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -837,9 +838,15 @@ async fn delete_settled(
     .rows_affected())
 }
 
-/// Forgets the oldest delivered readings beyond `capacity` of them, so the memory's size is
-/// bounded at any rate (a scan: run by the writer's housekeeping, not with every commit).
+/// Forgets the delivered readings older than [`DELIVERED_MEMORY`], and the oldest beyond
+/// `capacity` of them, so the memory's size is bounded at any rate. Run by the writer's
+/// housekeeping (every [`RECORD_INTERVAL`]), not with every commit: a statement less per
+/// commit, and old rows leave the memory's index in large batches.
 async fn forget_delivered(conn: &mut SqliteConnection, capacity: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM delivered WHERE at_ms < ?")
+        .bind(now_ms() - DELIVERED_MEMORY.as_millis() as i64)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "DELETE FROM delivered WHERE at_ms <= \
          (SELECT at_ms FROM delivered ORDER BY at_ms DESC LIMIT 1 OFFSET ?)",
@@ -962,12 +969,6 @@ async fn write(
     let now = now_ms();
     for (_, r) in rejected {
         open::insert_dead_letter(conn, key, now, "payload", None, &Envelope::of_payload(r)).await?;
-    }
-    if !prepared.acks.is_empty() || !prepared.dead.is_empty() {
-        sqlx::query("DELETE FROM delivered WHERE at_ms < ?")
-            .bind(now - DELIVERED_MEMORY.as_millis() as i64)
-            .execute(&mut *conn)
-            .await?;
     }
     for (destination, ids) in &prepared.acks {
         let ids = id_list(ids);
