@@ -1467,6 +1467,23 @@ mod model {
     }
 }
 
+/// Commits readings 1 and 2 of device "m" (the same readings every time: a sender's resend).
+async fn send_m1_and_m2(r: &Running) {
+    r.ingest
+        .commit(vec![reading("m", 1), reading("m", 2)])
+        .await
+        .unwrap();
+}
+
+/// Leases what is queued and returns the readings' sequence numbers.
+async fn lease_sequences(r: &Running) -> Vec<u64> {
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    leased
+        .iter()
+        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
     let root = tempfile::tempdir().unwrap();
@@ -1478,16 +1495,8 @@ async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
     assert_eq!(r.store.stats().await.unwrap().pending, 0);
     // The sender lost its acknowledgement and sends the same reading again: acknowledged
     // (it is durable: it was delivered), but not queued for a second delivery.
-    r.ingest
-        .commit(vec![reading("m", 1), reading("m", 2)])
-        .await
-        .unwrap();
-    let again = r.store.lease(&dest(&r.store), 10).await.unwrap();
-    let seqs: Vec<u64> = again
-        .iter()
-        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
-        .collect();
-    assert_eq!(seqs, [2]);
+    send_m1_and_m2(&r).await;
+    assert_eq!(lease_sequences(&r).await, [2]);
 }
 
 /// The memory of delivered readings forgets what is older than `DELIVERED_MEMORY` in the
@@ -1499,10 +1508,7 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     let r = Running::start(root.path(), 100).await;
-    r.ingest
-        .commit(vec![reading("m", 1), reading("m", 2)])
-        .await
-        .unwrap();
+    send_m1_and_m2(&r).await;
     let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
     let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
     r.store.ack(&dest(&r.store), &ids).await.unwrap();
@@ -1529,16 +1535,8 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     // A writer that commits nothing: its housekeeping forgets reading 1.
     Running::start(root.path(), 100).await.stop().await;
     let r = Running::start(root.path(), 100).await;
-    r.ingest
-        .commit(vec![reading("m", 1), reading("m", 2)])
-        .await
-        .unwrap();
-    let again = r.store.lease(&dest(&r.store), 10).await.unwrap();
-    let seqs: Vec<u64> = again
-        .iter()
-        .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
-        .collect();
-    assert_eq!(seqs, [1]);
+    send_m1_and_m2(&r).await;
+    assert_eq!(lease_sequences(&r).await, [1]);
 }
 
 mod unbound {
