@@ -462,9 +462,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     runtime_with(1)
 }
 
+/// `worker_threads` is the config's value before `run` validates it: 0 is taken as 1 here,
+/// so that an invalid config is reported by the validation like any other problem.
 fn runtime_with(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
+        .worker_threads(worker_threads.max(1))
         .enable_all()
         .build()
         .context("cannot start the async runtime")

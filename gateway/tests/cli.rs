@@ -81,6 +81,24 @@ fn check_config_names_the_bad_key_for_each_kind_of_mistake() {
     }
 }
 
+/// `run` builds its runtime from `gateway.worker_threads` before the config is validated:
+/// a bad count is reported as a configuration problem, not a panic.
+#[test]
+fn run_reports_a_bad_worker_thread_count_as_a_config_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    for count in ["0", "65"] {
+        let text = format!("[gateway]\ndata_dir = \"data\"\nworker_threads = {count}\n");
+        std::fs::write(dir.path().join("threads.toml"), text).unwrap();
+        let (code, _, stderr) = vitalbridge(&["run", "-c", "threads.toml"], dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("gateway.worker_threads: must be between 1 and 64"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// The new user's report: a file with three mistakes got one. Every unknown key, wrong
 /// type and bad value is named, with its line, in the order of the file.
 #[test]
