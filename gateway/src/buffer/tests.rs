@@ -1467,6 +1467,39 @@ mod model {
     }
 }
 
+/// The writer keeps the directory record's high water up to date (at its close here, off the
+/// runtime's worker): a database later replaced by a copy from before its last commits is
+/// reported at the next open.
+#[tokio::test]
+async fn the_writer_records_its_high_water_so_an_older_copy_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let db = data(root.path()).join(open::DB_FILE);
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("h", 1)]).await.unwrap();
+    r.stop().await;
+    let copy = root.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit((2..=4).map(|i| reading("h", i)).collect())
+        .await
+        .unwrap();
+    r.stop().await;
+    std::fs::copy(&copy, &db).unwrap();
+    let (_store, writer, report) = open(&data(root.path()), &options(root.path(), 100))
+        .await
+        .unwrap();
+    writer.close().await;
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("restored from an older copy")),
+        "{report:?}"
+    );
+}
+
 /// Commits readings 1 and 2 of device "m" (the same readings every time: a sender's resend).
 async fn send_m1_and_m2(r: &Running) {
     r.ingest

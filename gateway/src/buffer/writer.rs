@@ -424,7 +424,13 @@ impl Writer {
         };
         if high != self.record.high_water {
             self.record.high_water = high;
-            if let Err(e) = self.record.write(self.store.dir()) {
+            // Two fsyncs (the file, its directory): off the runtime's worker, which every
+            // other stage shares (`gateway.worker_threads` is 1 by default).
+            let (record, dir) = (self.record.clone(), self.store.dir().to_path_buf());
+            let written = tokio::task::spawn_blocking(move || record.write(&dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = written {
                 tracing::warn!(error = %Chain(&e), "cannot update buffer.state");
             }
         }
