@@ -22,7 +22,7 @@
 //! Errors name the metric and the unit's dimension ("a mass", "a pressure"), and the unit
 //! when it is valid UCUM (a UCUM code is not patient data); never a value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -50,15 +50,25 @@ struct Analysed {
     offset: f64,
 }
 
-/// Distinct unit texts analysed at most (a gateway meets a few dozen); past it, units are
+/// Valid units remembered at most (a gateway meets a few dozen); past it, new units are
 /// analysed each time rather than remembered, so hostile input cannot grow the cache.
 const CACHE_LIMIT: usize = 256;
 
-type Cache = RwLock<HashMap<String, Option<Arc<Analysed>>>>;
+/// Texts that are not UCUM remembered at most. They are kept apart from the valid units, so
+/// a stream of distinct bad units (a hostile sender, a misconfigured profile) cannot fill
+/// the cache and leave the valid units re-analysed on every reading; when full, this set is
+/// emptied, so it holds the bad units seen lately (a device that sends `mmHg` every reading).
+const REFUSED_LIMIT: usize = 64;
 
-fn cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| RwLock::new(HashMap::new()))
+#[derive(Default)]
+struct Cache {
+    valid: HashMap<String, Arc<Analysed>>,
+    refused: HashSet<String>,
+}
+
+fn cache() -> &'static RwLock<Cache> {
+    static CACHE: OnceLock<RwLock<Cache>> = OnceLock::new();
+    CACHE.get_or_init(|| RwLock::new(Cache::default()))
 }
 
 impl Dimension {
@@ -146,8 +156,14 @@ fn metric_name(m: &Metric) -> String {
 /// Units are at most `limits::MAX_UNIT_LEN` bytes where they enter; the parser bounds
 /// nesting itself.
 fn ucum(unit: &str) -> Option<Arc<Analysed>> {
-    if let Some(known) = cache().read().unwrap_or_else(|e| e.into_inner()).get(unit) {
-        return known.clone();
+    {
+        let known = cache().read().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = known.valid.get(unit) {
+            return Some(a.clone());
+        }
+        if known.refused.contains(unit) {
+            return None;
+        }
     }
     let analysed = (!unit.is_empty() && unit.bytes().all(|b| b.is_ascii_graphic()))
         .then(|| analyse(unit).ok())
@@ -159,9 +175,18 @@ fn ucum(unit: &str) -> Option<Arc<Analysed>> {
                 offset: a.offset.to_f64(),
             })
         });
-    let mut map = cache().write().unwrap_or_else(|e| e.into_inner());
-    if map.len() < CACHE_LIMIT {
-        map.insert(unit.to_owned(), analysed.clone());
+    let mut known = cache().write().unwrap_or_else(|e| e.into_inner());
+    match &analysed {
+        Some(a) if known.valid.len() < CACHE_LIMIT => {
+            known.valid.insert(unit.to_owned(), a.clone());
+        }
+        Some(_) => {}
+        None => {
+            if known.refused.len() >= REFUSED_LIMIT {
+                known.refused.clear();
+            }
+            known.refused.insert(unit.to_owned());
+        }
     }
     analysed
 }
@@ -377,6 +402,26 @@ mod tests {
         }
         assert_eq!(convert(Decimal::integer(1), "kg", "Cel"), None);
         assert_eq!(convert(Decimal::integer(1), "mmol/L", "mg/dL"), None);
+    }
+
+    /// Whether `unit` is remembered as a valid unit.
+    fn remembered(unit: &str) -> bool {
+        cache().read().unwrap().valid.contains_key(unit)
+    }
+
+    #[test]
+    fn a_flood_of_bad_units_does_not_crowd_the_valid_ones_out_of_the_cache() {
+        for i in 0..4 * CACHE_LIMIT {
+            assert!(!is_ucum(&format!("junk{i}(")));
+        }
+        let refused = cache().read().unwrap().refused.len();
+        assert!((1..=REFUSED_LIMIT).contains(&refused), "{refused}");
+        // A unit no other test uses, met after the flood, is still remembered.
+        assert!(is_ucum("[ft_i]/s"));
+        assert!(remembered("[ft_i]/s"));
+        // A bad unit seen again (answered from the refused set) is still refused.
+        assert!(!is_ucum("mmHg"));
+        assert!(!is_ucum("mmHg"));
     }
 
     proptest::proptest! {
