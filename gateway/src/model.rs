@@ -747,7 +747,7 @@ impl Reading {
         }
         // Writing into a String cannot fail.
         let _ = write!(id, "-{}-", self.metric.mdc);
-        id.push_str(&format_time(self.device_time.unwrap_or(self.received_at)));
+        id.push_str(&format_time(self.identity_time()));
         if let Some(d) = self.duration {
             let _ = write!(id, "-{}ms", d.whole_milliseconds());
         }
@@ -760,6 +760,11 @@ impl Reading {
             }
         }
         id
+    }
+
+    /// The time in the identifier: the device time as reported, else the receive time.
+    pub fn identity_time(&self) -> OffsetDateTime {
+        self.device_time.unwrap_or(self.received_at)
     }
 
     /// The time the measurement was taken, and where that time came from.

@@ -376,11 +376,12 @@ impl ClassifyStr for serde_json::Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use time::macros::datetime;
 
-    fn sample() -> Reading {
+    /// A reading with every field set.
+    pub(in crate::buffer) fn sample() -> Reading {
         Reading {
             device: DeviceRef {
                 id: DeviceId::Bluetooth([1, 2, 3, 4, 5, 6]),

@@ -552,7 +552,7 @@ async fn reseal_rows(
 ) -> Result<u64, BufferError> {
     let mut n = 0;
     for table in ["readings", "unbound"] {
-        n += reseal_readings(conn, table, old, new).await?;
+        n += reseal_readings(conn, table, old, new, "").await?;
     }
     let mut after = 0i64;
     loop {
@@ -583,16 +583,19 @@ async fn reseal_rows(
 }
 
 /// Seals the readings of `table` (`readings` or `unbound`: id, dedup, body) again under `new`,
-/// a chunk at a time. A row the old key cannot open stays as it is: it is dead-lettered as
-/// undecodable when leased (or released), its bytes kept for a person to look at.
+/// with their reading key (`rows.rs`), a chunk at a time; `only` narrows the rows (an SQL
+/// condition after `AND`, or empty). A row the old key cannot open stays as it is: it is
+/// dead-lettered as undecodable when leased (or released), its bytes kept for a person to
+/// look at.
 async fn reseal_readings(
     conn: &mut SqliteConnection,
     table: &'static str,
     old: &BufferKey,
     new: &BufferKey,
+    only: &'static str,
 ) -> Result<u64, sqlx::Error> {
     let (select, update) = (
-        format!("SELECT id, dedup, body FROM {table} WHERE id > ? ORDER BY id LIMIT ?"),
+        format!("SELECT id, dedup, body FROM {table} WHERE id > ? {only} ORDER BY id LIMIT ?"),
         format!("UPDATE {table} SET dedup = ?, body = ? WHERE id = ?"),
     );
     let mut n = 0;
@@ -620,6 +623,49 @@ async fn reseal_readings(
         }
     }
     Ok(n)
+}
+
+/// Gives the rows of `readings` and `unbound` written before schema 6 (the 16-byte hash as
+/// their `dedup`) their reading key (`rows.rs`), in one transaction. Runs while the memory of
+/// readings delivered before schema 6 (`delivered_v5`) is there, and drops that memory once
+/// it is empty (the writer forgets its rows by age). Returns whether it is still there: the
+/// writer then consults it too.
+async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<bool, BufferError> {
+    let legacy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'delivered_v5')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !legacy {
+        return Ok(false);
+    }
+    begin(conn).await?;
+    let mut result = Ok(0);
+    for table in ["readings", "unbound"] {
+        result = match result {
+            Ok(n) => reseal_readings(conn, table, key, key, "AND length(dedup) = 16")
+                .await
+                .map(|m| n + m),
+            e => e,
+        };
+    }
+    let rekeyed = result.as_ref().map_or(0, |n| *n);
+    commit_or_rollback(conn, result.map(|_| ())).await?;
+    if rekeyed > 0 {
+        tracing::info!(
+            rows = rekeyed,
+            "buffered readings given their time-ordered key (schema 6)"
+        );
+    }
+    let remembered: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !remembered {
+        sqlx::query("DROP TABLE delivered_v5")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(remembered)
 }
 
 /// The dedup hash of a dead letter from its envelope.
@@ -1038,6 +1084,7 @@ pub async fn open(
     };
     let key = Arc::new(key_for(&mut conn, dir, options, &mut report).await?);
     report.converted = convert_schema1(&mut conn, &key).await?;
+    let legacy_memory = rekey_readings(&mut conn, &key).await?;
     let destinations =
         assign_destinations(&mut conn, &key, &options.destinations, &mut report).await?;
     let record = check_identity(&mut conn, dir, record, &mut report).await?;
@@ -1082,6 +1129,14 @@ pub async fn open(
             _lock: Some(lock),
         }),
     };
-    let writer = Writer::new(store.clone(), db, conn, settle_rx, floor, record);
+    let writer = Writer::new(
+        store.clone(),
+        db,
+        conn,
+        settle_rx,
+        floor,
+        record,
+        legacy_memory,
+    );
     Ok((store, writer, report))
 }

@@ -5,7 +5,8 @@
 //! bad payload's content for "dead-lettered once") hold keyed hashes instead of text. So
 //! `buffer.db`, its WAL and any page SQLite frees hold no patient identifier or value in
 //! clear, and a copy of the data directory without the key reveals nothing but counts,
-//! times and device keys.
+//! times (receive times, and each reading's own time to the second, which begins its key:
+//! `buffer/rows.rs`) and device keys.
 //!
 //! # The key file
 //! 32 random bytes, written either raw (exactly 32 bytes) or as 64 hexadecimal digits

@@ -1572,6 +1572,107 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     assert_eq!(lease_sequences(&r).await, [1]);
 }
 
+/// A buffer written by schema 5 (reading keys without the time): at the first open of
+/// schema 6 its waiting readings get the time-ordered key and are delivered as before, a
+/// reading its memory holds as delivered is still not stored again, and that memory is
+/// dropped once it has forgotten everything.
+#[tokio::test]
+async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivered_ones() {
+    use sqlx::Connection;
+    let root = tempfile::tempdir().unwrap();
+    let dir = data(root.path());
+    std::fs::create_dir_all(&dir).unwrap();
+    let migrations = root.path().join("v5");
+    std::fs::create_dir_all(&migrations).unwrap();
+    let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.as_str() < "0006" {
+            std::fs::copy(all.join(&name), migrations.join(&name)).unwrap();
+        }
+    }
+    let key = seal::BufferKey::create(&options(root.path(), 100).key_file).unwrap();
+    let db = dir.join(open::DB_FILE);
+    {
+        let mut conn = open::connect(&db).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.as_path())
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
+            .bind(key.id().to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // Readings 1 and 2 waiting and reading 3 delivered, as schema 5 wrote them.
+        for seq in [1, 2] {
+            let r = reading("m", seq);
+            let hash = rows::reading_dedup(&key, &r.identifier());
+            sqlx::query("INSERT INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)")
+                .bind(&hash[..])
+                .bind(now_ms())
+                .bind(key.seal(&hash, &codec::encode(&r)))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO delivered (dedup, at_ms) VALUES (?, ?)")
+            .bind(&rows::reading_dedup(&key, &reading("m", 3).identifier())[..])
+            .bind(now_ms())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+
+    let r = Running::start(root.path(), 100).await;
+    // All four sent (again): 1 and 2 are waiting, 3 was delivered, 4 is new.
+    r.ingest
+        .commit((1..=4).map(|i| reading("m", i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(lease_sequences(&r).await, [1, 2, 4]);
+    let (store, _) = r.stop().await;
+    drop(store);
+
+    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dedup FROM readings ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let times: Vec<u64> = keys
+        .iter()
+        .map(|k| {
+            assert_eq!(k.len(), rows::READING_KEY_LEN);
+            k[..6].iter().fold(0, |t, b| t << 8 | u64::from(*b))
+        })
+        .collect();
+    assert_eq!(times, [1_780_000_001, 1_780_000_002, 1_780_000_004]);
+    // A day later the old memory has forgotten reading 3: the writer's housekeeping drops it.
+    let long_ago = now_ms() - writer::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
+    sqlx::query("UPDATE delivered_v5 SET at_ms = ?")
+        .bind(long_ago)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    Running::start(root.path(), 100).await.stop().await;
+    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
+        .await
+        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE name LIKE 'delivered%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["delivered", "delivered_at_ms"]);
+    conn.close().await.unwrap();
+}
+
 mod unbound {
     use super::*;
     use crate::buffer::unbound::Release;

@@ -94,13 +94,15 @@ const RECORD_INTERVAL: Duration = Duration::from_secs(30);
 /// The `INSERT` of a chunk of `n` rows (one of [`INSERT_CHUNKS`]), built once: the same text
 /// every time, so the connection's cached prepared statement is found without building the
 /// query again. A reading delivered a short while ago is not stored again (see
-/// [`DELIVERED_MEMORY`]).
-fn insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+/// [`DELIVERED_MEMORY`]); with `legacy_memory`, nor one whose hash the memory of schema 5
+/// holds (a key's last 16 bytes, see `rows.rs`).
+fn insert_sql(n: usize, legacy_memory: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, bool, String)>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
         INSERT_CHUNKS
             .into_iter()
-            .map(|n| {
+            .flat_map(|n| [(n, false), (n, true)])
+            .map(|(n, legacy)| {
                 let mut sql = String::from(
                     "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
                      SELECT column1, column2, column3, column4 FROM (VALUES ",
@@ -112,13 +114,16 @@ fn insert_sql(n: usize) -> &'static str {
                     sql.push_str("(?, ?, ?, ?)");
                 }
                 sql.push_str(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
-                (n, sql)
+                if legacy {
+                    sql.push_str(" AND substr(column1, 7) NOT IN (SELECT dedup FROM delivered_v5)");
+                }
+                (n, legacy, sql)
             })
             .collect()
     });
     all.iter()
-        .find(|(len, _)| *len == n)
-        .map_or(all[all.len() - 1].1.as_str(), |(_, sql)| sql.as_str())
+        .find(|(len, legacy, _)| *len == n && *legacy == legacy_memory)
+        .map_or(all[all.len() - 1].2.as_str(), |(_, _, sql)| sql.as_str())
 }
 
 /// The size of the next chunk for `remaining` rows.
@@ -251,6 +256,10 @@ pub struct Writer {
     retry_at: Option<Instant>,
     /// Whether new readings are refused for lack of space.
     low_space: bool,
+    /// The memory of readings delivered before schema 6 (`delivered_v5`, hashes without the
+    /// time) is still there: consulted before a reading is stored, forgotten by age, then
+    /// dropped (migration 0006).
+    legacy_memory: bool,
 }
 
 /// What a group writes, prepared (sealed) before the transaction starts.
@@ -285,6 +294,7 @@ impl Writer {
         settle_rx: mpsc::Receiver<Settle>,
         floor: u64,
         record: DirRecord,
+        legacy_memory: bool,
     ) -> Self {
         Self {
             store,
@@ -299,6 +309,7 @@ impl Writer {
             failures: 0,
             retry_at: None,
             low_space: false,
+            legacy_memory,
         }
     }
 
@@ -416,7 +427,7 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let Err(e) = forget_delivered(conn, capacity).await {
+        if let Err(e) = forget_delivered(conn, capacity, &mut self.legacy_memory).await {
             tracing::debug!(error = %e, "cannot trim the memory of delivered readings; next time");
         }
         let Ok(high) = open::high_water(conn).await else {
@@ -719,11 +730,12 @@ impl Writer {
         rejected: &[(Arc<str>, Rejected)],
     ) -> Result<Written, StorageFailure> {
         let key = self.store.inner.key.clone();
+        let legacy_memory = self.legacy_memory;
         let conn = self.connection().await?;
         let mut written = Written::default();
         let result = match open::begin(conn).await {
             Ok(()) => {
-                let body = write(conn, &key, prepared, rejected, &mut written).await;
+                let body = write(conn, &key, prepared, rejected, legacy_memory, &mut written).await;
                 open::commit_or_rollback(conn, body).await
             }
             Err(e) => Err(e),
@@ -847,12 +859,33 @@ async fn delete_settled(
 /// Forgets the delivered readings older than [`DELIVERED_MEMORY`], and the oldest beyond
 /// `capacity` of them, so the memory's size is bounded at any rate. Run by the writer's
 /// housekeeping (every [`RECORD_INTERVAL`]), not with every commit: a statement less per
-/// commit, and old rows leave the memory's index in large batches.
-async fn forget_delivered(conn: &mut SqliteConnection, capacity: u64) -> Result<(), sqlx::Error> {
+/// commit, and old rows leave the memory's index in large batches. The memory of schema 5
+/// (`legacy_memory`) is forgotten by age, and dropped once empty.
+async fn forget_delivered(
+    conn: &mut SqliteConnection,
+    capacity: u64,
+    legacy_memory: &mut bool,
+) -> Result<(), sqlx::Error> {
+    let oldest = now_ms() - DELIVERED_MEMORY.as_millis() as i64;
     sqlx::query("DELETE FROM delivered WHERE at_ms < ?")
-        .bind(now_ms() - DELIVERED_MEMORY.as_millis() as i64)
+        .bind(oldest)
         .execute(&mut *conn)
         .await?;
+    if *legacy_memory {
+        sqlx::query("DELETE FROM delivered_v5 WHERE at_ms < ?")
+            .bind(oldest)
+            .execute(&mut *conn)
+            .await?;
+        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !left {
+            sqlx::query("DROP TABLE delivered_v5")
+                .execute(&mut *conn)
+                .await?;
+            *legacy_memory = false;
+        }
+    }
     sqlx::query(
         "DELETE FROM delivered WHERE at_ms <= \
          (SELECT at_ms FROM delivered ORDER BY at_ms DESC LIMIT 1 OFFSET ?)",
@@ -946,6 +979,7 @@ async fn write(
     key: &super::seal::BufferKey,
     prepared: &Prepared<'_>,
     rejected: &[(Arc<str>, Rejected)],
+    legacy_memory: bool,
     written: &mut Written,
 ) -> Result<(), sqlx::Error> {
     let mut rest = prepared.readings.as_slice();
@@ -953,7 +987,7 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(insert_sql(n));
+        let mut q = sqlx::query(insert_sql(n, legacy_memory));
         for (sealed, received, _) in chunk {
             q = q
                 .bind(&sealed.dedup[..])

@@ -3,9 +3,10 @@
 //! SQLite refuses a damaged database, so [`scan`] reads its file format directly, page by
 //! page, database and WAL. Of the rows it finds, a **reading** is a record shaped like a row
 //! of the `readings` table:
-//! - schema 2 and 3: `[id, dedup (16-byte blob), received_ms, body (blob)]` (schema 3 adds
-//!   `todo`, the destinations that still needed it; a salvaged reading is owed to every
-//!   destination configured now), whose sealed body
+//! - schema 2 and later: `[id, dedup (blob: the 16-byte hash, or from schema 6 the 22-byte
+//!   key of `buffer/rows.rs`), received_ms, body (blob)]` (schema 3 adds `todo`, the
+//!   destinations that still needed it; a salvaged reading is owed to every destination
+//!   configured now), whose sealed body
 //!   opens with the buffer's key (or one given with `--key`) and whose reading hashes to the
 //!   row's `dedup`. The AEAD seal is what makes a salvaged reading trustworthy: SQLite pages
 //!   carry no checksum, and a damaged cell whose sizes still add up comes back with wrong
@@ -110,7 +111,7 @@ fn candidate(record: &FoundRecord, keys: &[Arc<BufferKey>], live: &BufferKey) ->
         | [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Integer(_), SqlValue::Blob(body), SqlValue::Integer(_)]
         // An `unbound` row (schema 5): held for want of a patient, and held again.
         | [SqlValue::Null, SqlValue::Blob(dedup), SqlValue::Text(_), SqlValue::Integer(_) | SqlValue::Null, SqlValue::Integer(_), SqlValue::Blob(body)]
-            if dedup.len() == DEDUP_LEN =>
+            if dedup.len() == rows::READING_KEY_LEN || dedup.len() == DEDUP_LEN =>
         {
             for key in keys {
                 if let Ok(reading) = rows::open_reading(key, dedup, body) {
