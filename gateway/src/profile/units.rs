@@ -115,6 +115,11 @@ impl Dimension {
     fn is_substance_concentration(&self) -> bool {
         self.arbitrary.is_empty() && self.exponents == [-3, 0, 0, 0, 0, 0, 0]
     }
+
+    /// A mass or a substance concentration (glucose is measured as either).
+    fn is_concentration(&self) -> bool {
+        self.is_mass_concentration() || self.is_substance_concentration()
+    }
 }
 
 /// Why a unit does not fit a metric.
@@ -212,47 +217,46 @@ pub fn commensurable(a: &str, b: &str) -> bool {
 
 /// Whether the metric is measured either by mass or by substance concentration (glucose).
 fn is_concentration(m: &Metric) -> bool {
-    dimension(m.unit).is_some_and(|d| d.is_mass_concentration() || d.is_substance_concentration())
+    ucum(m.unit).is_some_and(|a| a.dimension.is_concentration())
 }
 
 /// The check: `unit` fits `metric` (see the module docs). Returns what the unit measures.
+/// Every reading passes here (more than once), so the happy path looks each unit up once
+/// and builds no text; the error's words are made only for a unit that does not fit.
 pub fn check_unit(metric: &Metric, unit: &str) -> Result<Dimension, UnitError> {
-    let needs = dimension(metric.unit);
-    let needs_name = needs
-        .as_ref()
-        .map(|d| {
-            if is_concentration(metric) {
-                "a mass or substance concentration".to_owned()
-            } else {
-                d.name()
-            }
-        })
-        .unwrap_or_else(|| "its own unit".into());
-    let Some(is) = dimension(unit) else {
+    let needs = ucum(metric.unit);
+    let Some(is) = ucum(unit) else {
         return Err(UnitError::NotUcum {
             metric: metric_name(metric),
-            needs: needs_name,
+            needs: needs_name(needs.as_deref()),
             example: metric.unit,
         });
     };
-    let fits = match &needs {
-        Some(needs) if is_concentration(metric) => {
-            is.is_mass_concentration() || is.is_substance_concentration()
-        }
-        Some(needs) => *needs == is,
+    let fits = match needs.as_deref() {
+        Some(needs) if needs.dimension.is_concentration() => is.dimension.is_concentration(),
+        Some(needs) => needs.dimension == is.dimension,
         // A catalog unit that is not UCUM would be a catalog bug (a test checks every one).
         None => unit == metric.unit,
     };
     if fits {
-        Ok(is)
+        Ok(is.dimension.clone())
     } else {
         Err(UnitError::WrongDimension {
             unit: unit.to_owned(),
-            is: is.name(),
+            is: is.dimension.name(),
             metric: metric_name(metric),
-            needs: needs_name,
+            needs: needs_name(needs.as_deref()),
             example: metric.unit,
         })
+    }
+}
+
+/// What a metric's unit (`needs`, its analysis) measures, in words, for an error.
+fn needs_name(needs: Option<&Analysed>) -> String {
+    match needs {
+        Some(a) if a.dimension.is_concentration() => "a mass or substance concentration".into(),
+        Some(a) => a.dimension.name(),
+        None => "its own unit".into(),
     }
 }
 
