@@ -6,8 +6,10 @@
 -- writes a few neighbouring index pages instead of one random page per reading.
 --
 -- Rows of `readings` and `unbound` are given their new key by the gateway at the first open
--- (buffer/open.rs: it opens each body to learn its time). The memory of delivered readings
--- cannot be: it holds hashes only. Its rows move to `delivered_v5`, which the writer still
+-- (buffer/open.rs: it opens each body to learn its time), which then deletes this marker:
+INSERT INTO meta (name, value) VALUES ('rekey', 'schema 6');
+
+-- The memory of delivered readings cannot be re-keyed: it holds hashes only. Its rows move to `delivered_v5`, which the writer still
 -- consults until they are forgotten (at most a day, DELIVERED_MEMORY), then drops.
 ALTER TABLE delivered RENAME TO delivered_v5;
 

@@ -552,7 +552,7 @@ async fn reseal_rows(
 ) -> Result<u64, BufferError> {
     let mut n = 0;
     for table in ["readings", "unbound"] {
-        n += reseal_readings(conn, table, old, new, "").await?;
+        n += reseal_readings(conn, table, old, new, "", false).await?;
     }
     let mut after = 0i64;
     loop {
@@ -584,8 +584,9 @@ async fn reseal_rows(
 
 /// Seals the readings of `table` (`readings` or `unbound`: id, dedup, body) again under `new`,
 /// with their reading key (`rows.rs`), a chunk at a time; `only` narrows the rows (an SQL
-/// condition after `AND`, or empty). A row the old key cannot open stays as it is: it is
-/// dead-lettered as undecodable when leased (or released), its bytes kept for a person to
+/// condition after `AND`, or empty). With `chunked`, each chunk is its own transaction (else
+/// the caller's transaction holds them all). A row the old key cannot open stays as it is: it
+/// is dead-lettered as undecodable when leased (or released), its bytes kept for a person to
 /// look at.
 async fn reseal_readings(
     conn: &mut SqliteConnection,
@@ -593,6 +594,7 @@ async fn reseal_readings(
     old: &BufferKey,
     new: &BufferKey,
     only: &'static str,
+    chunked: bool,
 ) -> Result<u64, sqlx::Error> {
     let (select, update) = (
         format!("SELECT id, dedup, body FROM {table} WHERE id > ? {only} ORDER BY id LIMIT ?"),
@@ -608,29 +610,84 @@ async fn reseal_readings(
             .await?;
         let Some(last) = batch.last() else { break };
         after = last.0;
-        for (id, dedup, body) in batch {
-            let Ok(reading) = rows::open_reading(old, &dedup, &body) else {
-                continue;
-            };
-            let sealed = rows::seal_reading(new, &reading);
-            sqlx::query(&update)
-                .bind(&sealed.dedup[..])
-                .bind(&sealed.body)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            n += 1;
+        if chunked {
+            begin(conn).await?;
         }
+        let mut chunk = async {
+            let mut n = 0;
+            for (id, dedup, body) in batch {
+                let Ok(reading) = rows::open_reading(old, &dedup, &body) else {
+                    continue;
+                };
+                let sealed = rows::seal_reading(new, &reading);
+                sqlx::query(&update)
+                    .bind(&sealed.dedup[..])
+                    .bind(&sealed.body)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                n += 1;
+            }
+            Ok::<_, sqlx::Error>(n)
+        }
+        .await;
+        if chunked {
+            match &chunk {
+                Ok(_) => {
+                    if let Err(e) = commit_or_rollback(conn, Ok(())).await {
+                        chunk = Err(e);
+                    }
+                }
+                Err(_) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                }
+            }
+        }
+        n += chunk?;
     }
     Ok(n)
 }
 
 /// Gives the rows of `readings` and `unbound` written before schema 6 (the 16-byte hash as
-/// their `dedup`) their reading key (`rows.rs`), in one transaction. Runs while the memory of
-/// readings delivered before schema 6 (`delivered_v5`) is there, and drops that memory once
-/// it is empty (the writer forgets its rows by age). Returns whether it is still there: the
-/// writer then consults it too.
+/// their `dedup`) their reading key (`rows.rs`), a chunk per transaction, while migration
+/// 0006's marker (`meta` `rekey`) says it is to be done; then removes the marker. Drops the
+/// memory of readings delivered before schema 6 (`delivered_v5`) once it is empty (the
+/// writer forgets its rows by age). Returns whether that memory is still there: the writer
+/// then consults it too.
+///
+/// A failure to re-key (a full disk: each chunk rewrites its rows) is reported and the
+/// gateway starts all the same, its buffer intact; the next start tries again. Until then a
+/// reading still waiting under its old key that a sender sends again is stored twice.
 async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<bool, BufferError> {
+    if meta(conn, "rekey").await?.is_some() {
+        let mut rekeyed = Ok(0);
+        for table in ["readings", "unbound"] {
+            if let Ok(n) = rekeyed {
+                rekeyed = reseal_readings(conn, table, key, key, "AND length(dedup) = 16", true)
+                    .await
+                    .map(|m| n + m);
+            }
+        }
+        let done = match rekeyed {
+            Ok(n) => sqlx::query("DELETE FROM meta WHERE name = 'rekey'")
+                .execute(&mut *conn)
+                .await
+                .map(|_| n),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                rows = n,
+                "buffered readings given their time-ordered key (buffer schema 6)"
+            ),
+            Err(e) => tracing::warn!(
+                error = %Chain(&e),
+                "cannot give every buffered reading its time-ordered key (buffer schema 6) \
+                 now; the next start tries again"
+            ),
+        }
+    }
     let legacy: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'delivered_v5')",
     )
@@ -639,33 +696,18 @@ async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<
     if !legacy {
         return Ok(false);
     }
-    begin(conn).await?;
-    let mut result = Ok(0);
-    for table in ["readings", "unbound"] {
-        result = match result {
-            Ok(n) => reseal_readings(conn, table, key, key, "AND length(dedup) = 16")
-                .await
-                .map(|m| n + m),
-            e => e,
-        };
-    }
-    let rekeyed = result.as_ref().map_or(0, |n| *n);
-    commit_or_rollback(conn, result.map(|_| ())).await?;
-    if rekeyed > 0 {
-        tracing::info!(
-            rows = rekeyed,
-            "buffered readings given their time-ordered key (schema 6)"
-        );
-    }
     let remembered: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
         .fetch_one(&mut *conn)
         .await?;
-    if !remembered {
-        sqlx::query("DROP TABLE delivered_v5")
+    if !remembered
+        && sqlx::query("DROP TABLE delivered_v5")
             .execute(&mut *conn)
-            .await?;
+            .await
+            .is_ok()
+    {
+        return Ok(false);
     }
-    Ok(remembered)
+    Ok(true)
 }
 
 /// The dedup hash of a dead letter from its envelope.

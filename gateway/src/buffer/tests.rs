@@ -1572,17 +1572,13 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     assert_eq!(lease_sequences(&r).await, [1]);
 }
 
-/// A buffer written by schema 5 (reading keys without the time): at the first open of
-/// schema 6 its waiting readings get the time-ordered key and are delivered as before, a
-/// reading its memory holds as delivered is still not stored again, and that memory is
-/// dropped once it has forgotten everything.
-#[tokio::test]
-async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivered_ones() {
+/// A buffer as schema 5 wrote it (reading keys without the time) in `<root>/data`: readings
+/// `waiting` of device "m" queued, `delivered` ones in its memory of delivered readings.
+async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, delivered: &[u64]) {
     use sqlx::Connection;
-    let root = tempfile::tempdir().unwrap();
-    let dir = data(root.path());
+    let dir = data(root);
     std::fs::create_dir_all(&dir).unwrap();
-    let migrations = root.path().join("v5");
+    let migrations = root.join("v5");
     std::fs::create_dir_all(&migrations).unwrap();
     let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     for entry in std::fs::read_dir(&all).unwrap() {
@@ -1591,41 +1587,70 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
             std::fs::copy(all.join(&name), migrations.join(&name)).unwrap();
         }
     }
-    let key = seal::BufferKey::create(&options(root.path(), 100).key_file).unwrap();
-    let db = dir.join(open::DB_FILE);
-    {
-        let mut conn = open::connect(&db).await.unwrap();
-        sqlx::migrate::Migrator::new(migrations.as_path())
-            .await
-            .unwrap()
-            .run(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
-            .bind(key.id().to_string())
+    let key = seal::BufferKey::create(&options(root, 100).key_file).unwrap();
+    let mut conn = open::connect(&dir.join(open::DB_FILE)).await.unwrap();
+    sqlx::migrate::Migrator::new(migrations.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
+        .bind(key.id().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for seq in waiting {
+        let r = reading("m", seq);
+        let hash = rows::reading_dedup(&key, &r.identifier());
+        sqlx::query("INSERT INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)")
+            .bind(&hash[..])
+            .bind(now_ms())
+            .bind(key.seal(&hash, &codec::encode(&r)))
             .execute(&mut conn)
             .await
             .unwrap();
-        // Readings 1 and 2 waiting and reading 3 delivered, as schema 5 wrote them.
-        for seq in [1, 2] {
-            let r = reading("m", seq);
-            let hash = rows::reading_dedup(&key, &r.identifier());
-            sqlx::query("INSERT INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)")
-                .bind(&hash[..])
-                .bind(now_ms())
-                .bind(key.seal(&hash, &codec::encode(&r)))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
+    }
+    for seq in delivered {
         sqlx::query("INSERT INTO delivered (dedup, at_ms) VALUES (?, ?)")
-            .bind(&rows::reading_dedup(&key, &reading("m", 3).identifier())[..])
+            .bind(&rows::reading_dedup(&key, &reading("m", *seq).identifier())[..])
             .bind(now_ms())
             .execute(&mut conn)
             .await
             .unwrap();
-        conn.close().await.unwrap();
     }
+    conn.close().await.unwrap();
+}
+
+/// The times (seconds) that begin the keys of the rows in `readings`, each checked to be a
+/// schema-6 key; `None` for a row with a schema-5 key.
+async fn key_times(root: &Path) -> Vec<Option<u64>> {
+    use sqlx::Connection;
+    let db = data(root).join(open::DB_FILE);
+    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dedup FROM readings ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    keys.iter()
+        .map(|k| {
+            (k.len() == rows::READING_KEY_LEN)
+                .then(|| k[..6].iter().fold(0, |t, b| t << 8 | u64::from(*b)))
+        })
+        .collect()
+}
+
+/// A buffer written by schema 5: at the first open of schema 6 its waiting readings get the
+/// time-ordered key and are delivered as before, a reading its memory holds as delivered is
+/// still not stored again, and that memory is dropped once it has forgotten everything.
+#[tokio::test]
+async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivered_ones() {
+    use sqlx::Connection;
+    let root = tempfile::tempdir().unwrap();
+    schema_5_buffer(root.path(), 1..=2, &[3]).await;
 
     let r = Running::start(root.path(), 100).await;
     // All four sent (again): 1 and 2 are waiting, 3 was delivered, 4 is new.
@@ -1636,23 +1661,17 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
     assert_eq!(lease_sequences(&r).await, [1, 2, 4]);
     let (store, _) = r.stop().await;
     drop(store);
+    let t = 1_780_000_000;
+    assert_eq!(
+        key_times(root.path()).await,
+        [Some(t + 1), Some(t + 2), Some(t + 4)]
+    );
 
+    // A day later the old memory has forgotten reading 3: the writer's housekeeping drops it.
+    let db = data(root.path()).join(open::DB_FILE);
     let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
         .await
         .unwrap();
-    let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dedup FROM readings ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    let times: Vec<u64> = keys
-        .iter()
-        .map(|k| {
-            assert_eq!(k.len(), rows::READING_KEY_LEN);
-            k[..6].iter().fold(0, |t, b| t << 8 | u64::from(*b))
-        })
-        .collect();
-    assert_eq!(times, [1_780_000_001, 1_780_000_002, 1_780_000_004]);
-    // A day later the old memory has forgotten reading 3: the writer's housekeeping drops it.
     let long_ago = now_ms() - writer::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
     sqlx::query("UPDATE delivered_v5 SET at_ms = ?")
         .bind(long_ago)
@@ -1671,6 +1690,46 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
             .unwrap();
     assert_eq!(tables, ["delivered", "delivered_at_ms"]);
     conn.close().await.unwrap();
+}
+
+/// Giving the waiting readings their new key rewrites them; on a full disk that fails, and
+/// the gateway starts all the same with every reading deliverable, and re-keys at a later
+/// start with room.
+#[tokio::test]
+async fn a_schema_5_buffer_on_a_full_disk_still_opens_and_is_re_keyed_later() {
+    use sqlx::Connection;
+    let root = tempfile::tempdir().unwrap();
+    schema_5_buffer(root.path(), 1..=3000, &[]).await;
+    let db = data(root.path()).join(open::DB_FILE);
+    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
+        .await
+        .unwrap();
+    // Migration 0006 and the open's own records fit; rewriting 3,000 rows does not.
+    let pages: u64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    lock(&TEST_MAX_PAGES).push((db.clone(), pages + 2));
+
+    let (store, writer, _) = open(&data(root.path()), &options(root.path(), 1000))
+        .await
+        .unwrap();
+    assert_eq!(store.lease(&dest(&store), 5000).await.unwrap().len(), 3000);
+    writer.close().await;
+    store.close().await;
+    drop(store);
+    lock(&TEST_MAX_PAGES).retain(|(p, _)| p != &db);
+    let times = key_times(root.path()).await;
+    assert!(
+        times.iter().any(Option::is_none),
+        "not re-keyed on a full disk"
+    );
+
+    Running::start(root.path(), 1000).await.stop().await;
+    let times = key_times(root.path()).await;
+    assert_eq!(times.len(), 3000);
+    assert!(times.iter().all(Option::is_some), "re-keyed with room");
 }
 
 mod unbound {
