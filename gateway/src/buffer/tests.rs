@@ -1247,21 +1247,8 @@ mod at_rest {
         let root = tempfile::tempdir().unwrap();
         let dir = data(root.path());
         std::fs::create_dir_all(&dir).unwrap();
-        let migrations = root.path().join("v1");
-        std::fs::create_dir_all(&migrations).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/0001_buffer.sql"),
-            migrations.join("0001_buffer.sql"),
-        )
-        .unwrap();
         {
-            let mut conn = open::connect(&dir.join(open::DB_FILE)).await.unwrap();
-            sqlx::migrate::Migrator::new(migrations.as_path())
-                .await
-                .unwrap()
-                .run(&mut conn)
-                .await
-                .unwrap();
+            let mut conn = old_schema(root.path(), "0002").await;
             for i in 0..10 {
                 let r = patient_reading(i);
                 sqlx::query("INSERT INTO readings (identifier, device_key, received_ms, body) VALUES (?, ?, ?, ?)")
@@ -1572,22 +1559,20 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     assert_eq!(lease_sequences(&r).await, [1]);
 }
 
-/// A buffer as schema 5 wrote it (reading keys without the time) in `<root>/data`: readings
-/// `waiting` of device "m" queued, `delivered` ones in its memory of delivered readings.
-async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, delivered: &[u64]) {
-    use sqlx::Connection;
+/// A connection to a new buffer in `<root>/data` of an older schema: the migrations whose
+/// file names sort before `before` (`"0002"`: schema 1).
+async fn old_schema(root: &Path, before: &str) -> sqlx::SqliteConnection {
     let dir = data(root);
     std::fs::create_dir_all(&dir).unwrap();
-    let migrations = root.join("v5");
+    let migrations = root.join(format!("migrations-before-{before}"));
     std::fs::create_dir_all(&migrations).unwrap();
     let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     for entry in std::fs::read_dir(&all).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.as_str() < "0006" {
+        if name.as_str() < before {
             std::fs::copy(all.join(&name), migrations.join(&name)).unwrap();
         }
     }
-    let key = seal::BufferKey::create(&options(root, 100).key_file).unwrap();
     let mut conn = open::connect(&dir.join(open::DB_FILE)).await.unwrap();
     sqlx::migrate::Migrator::new(migrations.as_path())
         .await
@@ -1595,6 +1580,15 @@ async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, de
         .run(&mut conn)
         .await
         .unwrap();
+    conn
+}
+
+/// A buffer as schema 5 wrote it (reading keys without the time) in `<root>/data`: readings
+/// `waiting` of device "m" queued, `delivered` ones in its memory of delivered readings.
+async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, delivered: &[u64]) {
+    use sqlx::Connection;
+    let mut conn = old_schema(root, "0006").await;
+    let key = seal::BufferKey::create(&options(root, 100).key_file).unwrap();
     sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
         .bind(key.id().to_string())
         .execute(&mut conn)
