@@ -148,9 +148,11 @@ fn base_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        // 1 MiB page cache per connection: the queue is read in id order from the WAL's
-        // recent pages, so a larger cache buys little and costs a small hub's memory.
-        .pragma("cache_size", "-1024")
+        // 256 KiB page cache per connection: the queue is read in id order from the WAL's
+        // recent pages, and reading keys begin with their time (schema 6), so what a commit
+        // touches is a few neighbouring pages of each index; a larger cache bought nothing
+        // measurable (1 MiB: the same CPU, 1.8 MiB more peak memory at a steady rate).
+        .pragma("cache_size", "-256")
         // Give the disk back after a checkpoint: the WAL is truncated to this size, so a
         // burst (or a disk-full episode) does not keep its peak size forever.
         .pragma("journal_size_limit", "8388608")
