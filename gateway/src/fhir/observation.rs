@@ -1,8 +1,11 @@
 //! Observation and Device resources for one reading / one device.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Number, Value as Json};
 
 use super::{
@@ -112,6 +115,57 @@ impl<'a> Concept<'a> {
 
     fn absent(r: AbsentReason) -> Self {
         Self::one(Coding::new(DATA_ABSENT_REASON, r.as_str(), None))
+    }
+}
+
+/// Serialized once and kept: JSON that is the same in every Observation where it appears.
+fn constant_json(value: impl Serialize) -> &'static RawValue {
+    match serde_json::value::to_raw_value(&value) {
+        Ok(raw) => Box::leak(raw),
+        // Serializing these types into a string cannot fail.
+        Err(_) => RawValue::NULL,
+    }
+}
+
+/// The `code` of a metric ([`Concept::metric`]), serialized once per catalog metric (every
+/// metric is a catalog constant, so this holds a few dozen at most): the same bytes in every
+/// Observation of that metric, written without escaping its strings again.
+fn metric_code(m: &Metric) -> &'static RawValue {
+    type Codes = RwLock<HashMap<(u32, Option<&'static str>, &'static str), &'static RawValue>>;
+    static CODES: OnceLock<Codes> = OnceLock::new();
+    let codes = CODES.get_or_init(Default::default);
+    let key = (m.mdc, m.loinc, m.display);
+    if let Some(code) = codes.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return code;
+    }
+    let mut codes = codes.write().unwrap_or_else(|e| e.into_inner());
+    codes
+        .entry(key)
+        .or_insert_with(|| constant_json(Concept::metric(m)))
+}
+
+/// `Observation.category`: PHD's, after `vital-signs` for a vital sign; serialized once each.
+fn category(vital_sign: bool) -> &'static RawValue {
+    static CATEGORIES: OnceLock<[&'static RawValue; 2]> = OnceLock::new();
+    let [other, vital] = *CATEGORIES.get_or_init(|| {
+        let phd = || {
+            Concept::one(Coding::new(
+                "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories",
+                "phd",
+                Some("PHD generated Observation"),
+            ))
+        };
+        let vital_signs = Concept::one(Coding::new(
+            "http://terminology.hl7.org/CodeSystem/observation-category",
+            "vital-signs",
+            Some("Vital Signs"),
+        ));
+        [constant_json([phd()]), constant_json([vital_signs, phd()])]
+    });
+    if vital_sign {
+        vital
+    } else {
+        other
     }
 }
 
@@ -296,7 +350,7 @@ enum ObsValue<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ObsComponent<'a> {
-    code: Concept<'a>,
+    code: &'static RawValue,
     #[serde(flatten)]
     value: ObsValue<'a>,
 }
@@ -331,8 +385,8 @@ pub struct Observation<'a> {
     meta: Option<Meta<'a>>,
     identifier: [Identifier<'a>; 1],
     status: &'static str,
-    category: Vec<Concept<'a>>,
-    code: Concept<'a>,
+    category: &'static RawValue,
+    code: &'static RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<Subject<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -400,19 +454,6 @@ impl<'a> Observation<'a> {
                 tag,
             })
         };
-        let mut category = Vec::with_capacity(2);
-        if is_vital_sign(&r.metric) {
-            category.push(Concept::one(Coding::new(
-                "http://terminology.hl7.org/CodeSystem/observation-category",
-                "vital-signs",
-                Some("Vital Signs"),
-            )));
-        }
-        category.push(Concept::one(Coding::new(
-            "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories",
-            "phd",
-            Some("PHD generated Observation"),
-        )));
         let subject = r.patient.as_ref().map(|p| match p {
             PatientRef::Reference(reference) => Subject::Reference(Reference { reference }),
             PatientRef::Identifier { system, value } => match patient_url {
@@ -466,7 +507,7 @@ impl<'a> Observation<'a> {
                 parts
                     .iter()
                     .map(|c| ObsComponent {
-                        code: Concept::metric(&c.metric),
+                        code: metric_code(&c.metric),
                         value: measured(&c.quantity, &c.metric, units),
                     })
                     .collect(),
@@ -512,8 +553,8 @@ impl<'a> Observation<'a> {
                 _ if r.status.iter().any(|f| f.doubts_value()) => "preliminary",
                 _ => "final",
             },
-            category,
-            code: Concept::metric(&r.metric),
+            category: category(is_vital_sign(&r.metric)),
+            code: metric_code(&r.metric),
             subject,
             effective_period,
             effective_date_time,
@@ -697,5 +738,35 @@ pub fn gateway_device(g: &Gateway) -> DeviceIdentifier {
         full_url: urn_uuid("Device", &format!("{GATEWAY_SYSTEM}|{id}")),
         if_none_exist: if_none_exist(GATEWAY_SYSTEM, &id),
         resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::catalog;
+
+    /// The kept `code` and `category` are exactly what serializing them each time wrote, for
+    /// every catalog metric, and metrics that share an MDC code (glucose by mass and by
+    /// substance) keep their own.
+    #[test]
+    fn kept_codes_and_categories_are_the_json_written_each_time_before() {
+        for m in catalog::ALL.iter().chain(catalog::VARIANTS) {
+            let fresh = serde_json::to_string(&Concept::metric(m)).unwrap();
+            assert_eq!(metric_code(m).get(), fresh, "{}", m.mdc_ref);
+            assert_eq!(metric_code(m).get(), fresh, "{} again", m.mdc_ref);
+        }
+        let (mass, molar) = (
+            catalog::GLUCOSE_CAPILLARY_PLASMA,
+            catalog::GLUCOSE_CAPILLARY_PLASMA_MOLAR,
+        );
+        assert_eq!(mass.mdc, molar.mdc);
+        assert_ne!(metric_code(&mass).get(), metric_code(&molar).get());
+        let vital: Json = serde_json::from_str(category(true).get()).unwrap();
+        let other: Json = serde_json::from_str(category(false).get()).unwrap();
+        assert_eq!(vital[0]["coding"][0]["code"], "vital-signs");
+        assert_eq!(vital[1]["coding"][0]["code"], "phd");
+        assert_eq!(other.as_array().map(Vec::len), Some(1));
+        assert_eq!(other[0]["coding"][0]["code"], "phd");
     }
 }
