@@ -679,14 +679,16 @@ const SEARCH_SPECIAL: [char; 5] = ['%', '\\', ',', '|', '$'];
 /// duplicate on every resend. The rule is deterministic and reversible (`%` itself is
 /// written `%25`), and every uplink (FHIR server, NDJSON files, HL7 v2) gets the same value.
 pub fn push_search_safe(out: &mut String, text: &str) {
-    for c in text.chars() {
-        if SEARCH_SPECIAL.contains(&c) {
-            out.push('%');
-            push_hex_upper(out, &[c as u8]);
-        } else {
-            out.push(c);
-        }
+    // Runs without a special character are copied whole (every identifier passes here).
+    let mut rest = text;
+    while let Some(i) = rest.find(SEARCH_SPECIAL) {
+        out.push_str(&rest[..i]);
+        // The special characters are ASCII: one byte each.
+        out.push('%');
+        push_hex_upper(out, &rest.as_bytes()[i..=i]);
+        rest = &rest[i + 1..];
     }
+    out.push_str(rest);
 }
 
 /// `text` made search-safe by [`push_search_safe`]; borrowed when there was nothing to do.
@@ -872,6 +874,24 @@ mod tests {
         assert_eq!(search_safe(r"a,b|c\d$e%f"), "a%2Cb%7Cc%5Cd%24e%25f");
         // `%` is written too, so two different ids never meet.
         assert_ne!(search_safe("a,b"), search_safe("a%2Cb"));
+    }
+
+    proptest::proptest! {
+        /// Any text comes out with exactly its search characters written `%XX`.
+        #[test]
+        fn search_safe_writes_exactly_the_search_characters(text in "[a-z%,|$\\\\é ]{0,24}") {
+            let want: String = text
+                .chars()
+                .map(|c| {
+                    if SEARCH_SPECIAL.contains(&c) {
+                        format!("%{:02X}", c as u8)
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            proptest::prop_assert_eq!(search_safe(&text), want);
+        }
     }
 
     #[test]

@@ -158,20 +158,29 @@ pub fn if_none_exist(system: &str, value: &str) -> String {
 /// Appends one token part of a search: FHIR-escaped, then percent-encoded.
 pub fn push_search_param(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut pct = |b: u8| {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
+    let pct = |out: &mut String, b: u8| {
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     };
-    for b in text.bytes() {
-        if matches!(b, b'\\' | b',' | b'|' | b'$') {
-            pct(b'\\');
+    // Runs of unreserved characters are copied whole: a run starts and ends next to ASCII
+    // bytes, so both ends are character boundaries.
+    let mut run = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            continue;
         }
-        pct(b);
+        if i > run {
+            out.push_str(&text[run..i]);
+        }
+        if matches!(b, b'\\' | b',' | b'|' | b'$') {
+            pct(out, b'\\');
+        }
+        pct(out, b);
+        run = i + 1;
+    }
+    if text.len() > run {
+        out.push_str(&text[run..]);
     }
 }
 

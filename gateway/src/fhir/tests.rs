@@ -515,6 +515,31 @@ fn if_none_exist_escapes_the_search_syntax_then_percent_encodes() {
     );
 }
 
+proptest::proptest! {
+    /// Any text is written as a byte-by-byte encoder writes it: the search escapes, then
+    /// every byte outside the unreserved set as `%XX` (non-ASCII text included).
+    #[test]
+    fn search_params_are_encoded_byte_by_byte_whatever_the_text(text in "\\PC{0,24}") {
+        let mut want = String::new();
+        for b in text.bytes() {
+            let mut pct = |b: u8| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    want.push(char::from(b));
+                } else {
+                    want.push_str(&format!("%{b:02X}"));
+                }
+            };
+            if b"\\,|$".contains(&b) {
+                pct(b'\\');
+            }
+            pct(b);
+        }
+        let mut got = String::new();
+        crate::fhir::push_search_param(&mut got, &text);
+        proptest::prop_assert_eq!(got, want);
+    }
+}
+
 #[test]
 fn a_device_id_with_search_characters_gets_a_search_safe_identifier_everywhere() {
     let mut r = bp_reading();
