@@ -690,26 +690,31 @@ async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<
             ),
         }
     }
-    let legacy: bool = sqlx::query_scalar(
+    Ok(legacy_memory_left(conn).await?)
+}
+
+/// Whether the memory of readings delivered before schema 6 (`delivered_v5`) is still
+/// there; it is dropped here once it is empty. At open, and by the writer after it forgets by age.
+pub(super) async fn legacy_memory_left(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'delivered_v5')",
     )
     .fetch_one(&mut *conn)
     .await?;
-    if !legacy {
+    if !exists {
         return Ok(false);
     }
     let remembered: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
         .fetch_one(&mut *conn)
         .await?;
-    if !remembered
-        && sqlx::query("DROP TABLE delivered_v5")
-            .execute(&mut *conn)
-            .await
-            .is_ok()
-    {
-        return Ok(false);
+    if remembered {
+        return Ok(true);
     }
-    Ok(true)
+    // A drop that fails (a full disk) leaves it there, to be dropped another time.
+    Ok(sqlx::query("DROP TABLE delivered_v5")
+        .execute(&mut *conn)
+        .await
+        .is_err())
 }
 
 /// The dedup hash of a dead letter from its envelope.

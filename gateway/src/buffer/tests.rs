@@ -1538,9 +1538,7 @@ async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping(
     let dedup = rows::seal_reading(&store.inner.key, &reading("m", 1)).dedup;
     drop(store);
     let db = data(root.path()).join(open::DB_FILE);
-    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
-        .await
-        .unwrap();
+    let mut conn = open::connect(&db).await.unwrap();
     let long_ago = now_ms() - DELIVERED_MEMORY.as_millis() as i64 - 60_000;
     let aged = sqlx::query("UPDATE delivered SET at_ms = ? WHERE dedup = ?")
         .bind(long_ago)
@@ -1621,9 +1619,7 @@ async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, de
 async fn key_times(root: &Path) -> Vec<Option<u64>> {
     use sqlx::Connection;
     let db = data(root).join(open::DB_FILE);
-    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
-        .await
-        .unwrap();
+    let mut conn = open::connect(&db).await.unwrap();
     let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dedup FROM readings ORDER BY id")
         .fetch_all(&mut conn)
         .await
@@ -1663,9 +1659,7 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
 
     // A day later the old memory has forgotten reading 3: the writer's housekeeping drops it.
     let db = data(root.path()).join(open::DB_FILE);
-    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
-        .await
-        .unwrap();
+    let mut conn = open::connect(&db).await.unwrap();
     let long_ago = now_ms() - writer::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
     sqlx::query("UPDATE delivered_v5 SET at_ms = ?")
         .bind(long_ago)
@@ -1674,9 +1668,7 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
         .unwrap();
     conn.close().await.unwrap();
     Running::start(root.path(), 100).await.stop().await;
-    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
-        .await
-        .unwrap();
+    let mut conn = open::connect(&db).await.unwrap();
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE name LIKE 'delivered%'")
             .fetch_all(&mut conn)
@@ -1695,9 +1687,7 @@ async fn a_schema_5_buffer_on_a_full_disk_still_opens_and_is_re_keyed_later() {
     let root = tempfile::tempdir().unwrap();
     schema_5_buffer(root.path(), 1..=3000, &[]).await;
     let db = data(root.path()).join(open::DB_FILE);
-    let mut conn = sqlx::SqliteConnection::connect_with(&open::connect_options(&db, false))
-        .await
-        .unwrap();
+    let mut conn = open::connect(&db).await.unwrap();
     // Migration 0006 and the open's own records fit; rewriting 3,000 rows does not.
     let pages: u64 = sqlx::query_scalar("PRAGMA page_count")
         .fetch_one(&mut conn)

@@ -876,15 +876,7 @@ async fn forget_delivered(
             .bind(oldest)
             .execute(&mut *conn)
             .await?;
-        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
-            .fetch_one(&mut *conn)
-            .await?;
-        if !left {
-            sqlx::query("DROP TABLE delivered_v5")
-                .execute(&mut *conn)
-                .await?;
-            *legacy_memory = false;
-        }
+        *legacy_memory = open::legacy_memory_left(conn).await?;
     }
     sqlx::query(
         "DELETE FROM delivered WHERE at_ms <= \
