@@ -107,6 +107,21 @@ pub enum BufferError {
     /// A migration failed.
     #[error("buffer migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A newer gateway changed the buffer's format (a downgrade): its readings are untouched.
+    #[error(
+        "the buffer {} was upgraded by a newer vitalbridge (buffer schema {found} or later; this version \
+         knows up to {known}); start the newer version again (its readings are still there), \
+         or give this one another data_dir",
+        .path.display()
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The newest schema version the buffer has.
+        found: i64,
+        /// The newest this gateway knows.
+        known: i64,
+    },
     /// The live connection does not have the durability settings we require.
     #[error("buffer database is not durable: journal_mode={mode}, synchronous={synchronous} (need wal, 2=FULL)")]
     NotDurable {

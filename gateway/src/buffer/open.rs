@@ -379,7 +379,7 @@ impl Checked {
 /// Opens the database, checks it (`quick_check`) and brings its schema up to date.
 async fn open_checked(db: &Path) -> Result<SqliteConnection, Checked> {
     let mut conn = connect(db).await.map_err(Checked::of)?;
-    match check_and_migrate(&mut conn).await {
+    match check_and_migrate(&mut conn, db).await {
         Ok(()) => Ok(conn),
         Err(e) => {
             // Closed here, not dropped: see `connect`.
@@ -389,7 +389,10 @@ async fn open_checked(db: &Path) -> Result<SqliteConnection, Checked> {
     }
 }
 
-async fn check_and_migrate(conn: &mut SqliteConnection) -> Result<(), Checked> {
+/// The buffer's schema: every migration this gateway knows (`gateway/migrations`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+async fn check_and_migrate(conn: &mut SqliteConnection, db: &Path) -> Result<(), Checked> {
     let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
         .fetch_all(&mut *conn)
         .await
@@ -401,10 +404,18 @@ async fn check_and_migrate(conn: &mut SqliteConnection) -> Result<(), Checked> {
             check.len()
         )));
     }
-    sqlx::migrate!("./migrations")
-        .run(&mut *conn)
-        .await
-        .map_err(|e| Checked::of(e.into()))?;
+    MIGRATOR.run(&mut *conn).await.map_err(|e| match e {
+        // Applied, but not one of ours: a newer gateway's (never damage: quarantining would
+        // set its readings aside).
+        sqlx::migrate::MigrateError::VersionMissing(found) => {
+            Checked::Failed(BufferError::NewerSchema {
+                path: db.into(),
+                found,
+                known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
+            })
+        }
+        e => Checked::of(e.into()),
+    })?;
     Ok(())
 }
 

@@ -1584,34 +1584,96 @@ async fn old_schema(root: &Path, before: &str) -> sqlx::SqliteConnection {
 /// A buffer as schema 5 wrote it (reading keys without the time) in `<root>/data`: readings
 /// `waiting` of device "m" queued, `delivered` ones in its memory of delivered readings.
 async fn schema_5_buffer(root: &Path, waiting: std::ops::RangeInclusive<u64>, delivered: &[u64]) {
+    old_buffer(root, "0006", waiting, delivered).await;
+}
+
+/// A buffer as the schema before migration `before` wrote it, with body format 1 (JSON):
+/// readings `waiting` of device "m" queued, `delivered` ones in its memory of delivered
+/// readings; keys without the time before schema 6.
+async fn old_buffer(
+    root: &Path,
+    before: &str,
+    waiting: std::ops::RangeInclusive<u64>,
+    delivered: &[u64],
+) {
     use sqlx::Connection;
-    let mut conn = old_schema(root, "0006").await;
+    let mut conn = old_schema(root, before).await;
     let key = seal::BufferKey::create(&options(root, 100).key_file).unwrap();
     sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
         .bind(key.id().to_string())
         .execute(&mut conn)
         .await
         .unwrap();
+    let row_key = |r: &Reading| match before {
+        "0006" => rows::reading_dedup(&key, &r.identifier()).to_vec(),
+        _ => rows::reading_key(&key, r).to_vec(),
+    };
     for seq in waiting {
         let r = reading("m", seq);
-        let hash = rows::reading_dedup(&key, &r.identifier());
+        let dedup = row_key(&r);
         sqlx::query("INSERT INTO readings (dedup, received_ms, body) VALUES (?, ?, ?)")
-            .bind(&hash[..])
+            .bind(&dedup)
             .bind(now_ms())
-            .bind(key.seal(&hash, &codec::encode(&r)))
+            .bind(key.seal(&dedup, &codec::encode_v1(&r)))
             .execute(&mut conn)
             .await
             .unwrap();
     }
     for seq in delivered {
         sqlx::query("INSERT INTO delivered (dedup, at_ms) VALUES (?, ?)")
-            .bind(&rows::reading_dedup(&key, &reading("m", *seq).identifier())[..])
+            .bind(row_key(&reading("m", *seq)))
             .bind(now_ms())
             .execute(&mut conn)
             .await
             .unwrap();
     }
     conn.close().await.unwrap();
+}
+
+/// The first bytes of the plain bodies of the rows in `readings`, in order.
+async fn body_formats(root: &Path) -> Vec<u8> {
+    use sqlx::Connection;
+    let key = seal::BufferKey::load(&options(root, 100).key_file).unwrap();
+    let mut conn = open::connect(&data(root).join(open::DB_FILE))
+        .await
+        .unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT dedup, body FROM readings ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    rows.iter()
+        .map(|(dedup, body)| rows::open_reading_bytes(&key, dedup, body).unwrap()[0])
+        .collect()
+}
+
+/// A buffer written by schema 6 (bodies in format 1, JSON): at the first open of schema 7 its
+/// waiting readings are read and delivered as before, new readings are written in format 2,
+/// and its memory of delivered readings still keeps a resent one out.
+#[tokio::test]
+async fn a_schema_6_buffer_keeps_its_json_bodies_readable_beside_new_binary_ones() {
+    let root = tempfile::tempdir().unwrap();
+    old_buffer(root.path(), "0007", 1..=2, &[3]).await;
+    assert_eq!(body_formats(root.path()).await, [b'{', b'{']);
+
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit((1..=4).map(|i| reading("m", i)).collect())
+        .await
+        .unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let readings: Vec<Reading> = leased.into_iter().map(|l| l.reading.unwrap()).collect();
+    assert_eq!(
+        readings,
+        [reading("m", 1), reading("m", 2), reading("m", 4)]
+    );
+    let (store, _) = r.stop().await;
+    drop(store);
+    assert_eq!(
+        body_formats(root.path()).await,
+        [b'{', b'{', codec::FORMAT_VERSION]
+    );
 }
 
 /// The times (seconds) that begin the keys of the rows in `readings`, each checked to be a
@@ -1963,4 +2025,50 @@ mod unbound {
         assert_eq!(r.device.model.as_deref(), Some("MODEL-SENTINEL-77"));
         writer.close().await;
     }
+}
+
+/// A buffer a newer gateway has migrated (a downgrade) is refused with what happened and what
+/// to do, and is left as it is: not quarantined, its readings still there for the newer one.
+#[tokio::test]
+async fn a_buffer_migrated_by_a_newer_gateway_is_refused_and_left_alone() {
+    use sqlx::Connection;
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+    r.stop().await;
+    let db = data(root.path()).join(open::DB_FILE);
+    let mut conn = open::connect(&db).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (42, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let err = open(&data(root.path()), &options(root.path(), 100))
+        .await
+        .err()
+        .expect("a newer buffer must be refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, BufferError::NewerSchema { found: 42, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("newer vitalbridge (buffer schema 42 or later; this version knows up to 7)"),
+        "{text}"
+    );
+    assert!(!data(root.path()).join(open::QUARANTINE_DIR).exists());
+
+    // Without the future migration (as if the newer version took it back) all is there.
+    let mut conn = open::connect(&db).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 42")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let r = Running::start(root.path(), 100).await;
+    assert_eq!(lease_sequences(&r).await, [1]);
 }
