@@ -130,13 +130,29 @@ pub struct MappedBundle {
     pub roles: Vec<EntryRole>,
 }
 
-/// A deterministic `urn:uuid:` for a resource, from its identifier (UUID v5).
+/// The namespace of the gateway's name-based UUIDs.
+const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5f1b_6e3c_9a0d_4c1e_8b7a_2d4f_6e8c_0a13);
+
+/// A deterministic `urn:uuid:` for a resource, from its identifier: the name-based UUID
+/// (version 5, RFC 9562 §5.5: SHA-1 of the namespace then the name) of `kind/key`. The name
+/// is hashed in parts, never joined into a string first.
 pub fn urn_uuid(kind: &str, key: &str) -> String {
-    let ns = uuid::Uuid::from_u128(0x5f1b_6e3c_9a0d_4c1e_8b7a_2d4f_6e8c_0a13);
-    format!(
-        "urn:uuid:{}",
-        uuid::Uuid::new_v5(&ns, format!("{kind}/{key}").as_bytes())
-    )
+    use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
+    let mut sha1 = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(UUID_NAMESPACE.as_bytes());
+    sha1.update(kind.as_bytes());
+    sha1.update(b"/");
+    sha1.update(key.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&sha1.finish().as_ref()[..16]);
+    let uuid = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+    let mut out = String::with_capacity(45);
+    out.push_str("urn:uuid:");
+    out.push_str(
+        uuid.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    out
 }
 
 /// A conditional-create search string: `identifier=system|value`.

@@ -538,6 +538,26 @@ proptest::proptest! {
         crate::fhir::push_search_param(&mut got, &text);
         proptest::prop_assert_eq!(got, want);
     }
+
+    /// The full URLs are the name-based UUIDs the uuid crate makes of `kind/key`: the same
+    /// resource keeps the URL earlier gateways gave it.
+    #[test]
+    fn urn_uuids_are_version_5_uuids_of_kind_and_key(kind in "[A-Za-z]{0,12}", key in "\\PC{0,40}") {
+        let want = uuid::Uuid::new_v5(&UUID_NAMESPACE, format!("{kind}/{key}").as_bytes());
+        proptest::prop_assert_eq!(urn_uuid(&kind, &key), format!("urn:uuid:{want}"));
+    }
+}
+
+#[test]
+fn a_urn_uuid_is_the_one_earlier_gateways_gave() {
+    assert_eq!(
+        urn_uuid(
+            "Observation",
+            "FEEDABEEDEADBEEF-150456-2026-01-02T03:04:05.678Z"
+        ),
+        // Python's uuid.uuid5 of the same namespace and name.
+        "urn:uuid:063baf45-3e6b-5956-94d9-57db0a1dff0c"
+    );
 }
 
 #[test]
