@@ -704,13 +704,63 @@ pub fn search_safe(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// RFC 3339 with milliseconds, keeping the offset the time carries.
 pub fn format_time(t: OffsetDateTime) -> String {
-    use time::format_description::well_known::Rfc3339;
-    // Truncate to milliseconds so the identifier does not depend on sub-ms noise.
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    TimeText::new(t).as_str().to_owned()
+}
+
+/// [`format_time`]'s text, written into a buffer of its own instead of a new string (every
+/// reading's identifier and Observation carries one or two).
+#[derive(Clone, Copy)]
+pub struct TimeText {
+    buf: [u8; TIME_TEXT_CAP],
+    len: usize,
+}
+
+/// Room for the longest RFC 3339 text (30 bytes) or an i64 (20).
+const TIME_TEXT_CAP: usize = 48;
+
+impl TimeText {
+    /// The text of `t`: RFC 3339, truncated to milliseconds so the identifier does not depend
+    /// on sub-ms noise; Unix seconds for a year RFC 3339 cannot write (before year 0).
+    pub fn new(t: OffsetDateTime) -> Self {
+        use time::format_description::well_known::Rfc3339;
+        let t = t
+            .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+            .unwrap_or(t);
+        let mut text = Self {
+            buf: [0; TIME_TEXT_CAP],
+            len: 0,
+        };
+        let mut out = &mut text.buf[..];
+        let written = match t.format_into(&mut out, &Rfc3339) {
+            Ok(_) => TIME_TEXT_CAP - out.len(),
+            Err(_) => {
+                let mut out = &mut text.buf[..];
+                // An i64 in decimal is at most 20 bytes: it fits.
+                let _ = std::io::Write::write_fmt(&mut out, format_args!("{}", t.unix_timestamp()));
+                TIME_TEXT_CAP - out.len()
+            }
+        };
+        text.len = written;
+        text
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for TimeText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TimeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Reading {
@@ -749,7 +799,7 @@ impl Reading {
         }
         // Writing into a String cannot fail.
         let _ = write!(id, "-{}-", self.metric.mdc);
-        id.push_str(&format_time(self.identity_time()));
+        id.push_str(TimeText::new(self.identity_time()).as_str());
         if let Some(d) = self.duration {
             let _ = write!(id, "-{}ms", d.whole_milliseconds());
         }
@@ -891,6 +941,29 @@ mod tests {
                 })
                 .collect();
             proptest::prop_assert_eq!(search_safe(&text), want);
+        }
+
+        /// A time's text is what `time` writes for it in RFC 3339 after truncation to
+        /// milliseconds, and Unix seconds where RFC 3339 has no text (years before 0).
+        #[test]
+        fn time_text_is_rfc_3339_to_the_millisecond(
+            secs in -377_705_116_800i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            offset in -86_399i32..86_399,
+        ) {
+            use time::format_description::well_known::Rfc3339;
+            let t = OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap()
+                .replace_nanosecond(nanos)
+                .unwrap()
+                .checked_to_offset(time::UtcOffset::from_whole_seconds(offset).unwrap());
+            proptest::prop_assume!(t.is_some());
+            let t = t.unwrap();
+            let ms = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap();
+            let want = ms.format(&Rfc3339).unwrap_or_else(|_| ms.unix_timestamp().to_string());
+            let text = TimeText::new(t);
+            proptest::prop_assert_eq!(text.as_str(), want.as_str());
+            proptest::prop_assert_eq!(format_time(t), want);
         }
     }
 

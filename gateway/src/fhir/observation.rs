@@ -14,7 +14,7 @@ use super::{
 };
 use crate::model::{
     format_time, search_safe, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric,
-    PatientRef, Quantity, Reading, ResultStatus, StatusFlag, TimeSource, Value,
+    PatientRef, Quantity, Reading, ResultStatus, StatusFlag, TimeSource, TimeText, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -271,12 +271,50 @@ enum Subject<'a> {
 
 #[derive(Serialize)]
 struct Meta<'a> {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    profile: Vec<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Profiles::is_empty")]
+    profile: Profiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     security: Option<[Coding<'a>; 1]>,
     /// The device profile (and its version) that decoded the reading: [`PROFILE_TAG_SYSTEM`].
     tag: [Coding<'a>; 1],
+}
+
+/// `Observation.meta.profile`: the PHD base profile when the reading has a patient, and then
+/// the FHIR vital-signs profile the Observation may claim (its short name, written as the
+/// full canonical URL without building it first).
+struct Profiles {
+    phd: bool,
+    vital_signs: Option<&'static str>,
+}
+
+impl Profiles {
+    fn is_empty(&self) -> bool {
+        !self.phd
+    }
+}
+
+impl Serialize for Profiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        struct VitalSigns(&'static str);
+        impl Serialize for VitalSigns {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&format_args!(
+                    "http://hl7.org/fhir/StructureDefinition/{}",
+                    self.0
+                ))
+            }
+        }
+        let len = usize::from(self.phd) + usize::from(self.phd && self.vital_signs.is_some());
+        let mut seq = s.serialize_seq(Some(len))?;
+        if self.phd {
+            seq.serialize_element(PHD_BASE_PROFILE)?;
+            if let Some(vs) = self.vital_signs {
+                seq.serialize_element(&VitalSigns(vs))?;
+            }
+        }
+        seq.end()
+    }
 }
 
 /// The code system of `Observation.meta.tag` naming the device profile that decoded a
@@ -316,8 +354,8 @@ impl<'a> Extension<'a> {
 
 #[derive(Serialize)]
 struct Period<'a> {
-    start: String,
-    end: String,
+    start: TimeText,
+    end: TimeText,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     extension: Vec<Extension<'a>>,
 }
@@ -392,7 +430,7 @@ pub struct Observation<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     effective_period: Option<Period<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    effective_date_time: Option<String>,
+    effective_date_time: Option<TimeText>,
     #[serde(rename = "_effectiveDateTime", skip_serializing_if = "Option::is_none")]
     effective_date_time_ext: Option<Extensions<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -431,15 +469,14 @@ impl<'a> Observation<'a> {
     ) -> Self {
         let units = Converter(convert_units);
         let meta = {
-            let mut profile = Vec::new();
-            if r.patient.is_some() {
-                profile.push(Cow::Borrowed(PHD_BASE_PROFILE));
-                if let Some(vs) = vital_signs_profile(r, units) {
-                    profile.push(Cow::Owned(format!(
-                        "http://hl7.org/fhir/StructureDefinition/{vs}"
-                    )));
-                }
-            }
+            let profile = Profiles {
+                phd: r.patient.is_some(),
+                vital_signs: r
+                    .patient
+                    .is_some()
+                    .then(|| vital_signs_profile(r, units))
+                    .flatten(),
+            };
             let security = r.status.contains(&StatusFlag::TestData).then(|| {
                 [Coding::new(
                     "http://terminology.hl7.org/CodeSystem/v3-ActReason",
@@ -471,8 +508,8 @@ impl<'a> Observation<'a> {
         let (effective_period, effective_date_time, effective_date_time_ext) = match r.duration {
             Some(d) => (
                 Some(Period {
-                    start: format_time(when - d),
-                    end: format_time(when),
+                    start: TimeText::new(when - d),
+                    end: TimeText::new(when),
                     extension: time_ext.into_iter().collect(),
                 }),
                 None,
@@ -480,7 +517,7 @@ impl<'a> Observation<'a> {
             ),
             None => (
                 None,
-                Some(format_time(when)),
+                Some(TimeText::new(when)),
                 time_ext.map(|e| Extensions { extension: vec![e] }),
             ),
         };
