@@ -39,6 +39,7 @@ mod observation;
 pub use observation::{device, gateway_device, observation, DeviceIdentifier, Observation};
 
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
+use std::fmt;
 
 use serde::Serialize;
 
@@ -164,20 +165,40 @@ pub fn urn_uuid(kind: &str, key: &str) -> String {
 /// ([`crate::model::search_safe`]); a patient's identifier from the config may.
 pub fn if_none_exist(system: &str, value: &str) -> String {
     let mut out = String::with_capacity(16 + system.len() + value.len());
-    out.push_str("identifier=");
-    push_search_param(&mut out, system);
-    out.push_str("%7C");
-    push_search_param(&mut out, value);
+    // Writing into a String cannot fail.
+    let _ = fmt::Write::write_fmt(&mut out, format_args!("{}", IfNoneExist { system, value }));
     out
+}
+
+/// [`if_none_exist`]'s text, written where it goes (a Bundle entry's request) instead of into
+/// a string first.
+struct IfNoneExist<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+impl fmt::Display for IfNoneExist<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("identifier=")?;
+        write_search_param(f, self.system)?;
+        f.write_str("%7C")?;
+        write_search_param(f, self.value)
+    }
 }
 
 /// Appends one token part of a search: FHIR-escaped, then percent-encoded.
 pub fn push_search_param(out: &mut String, text: &str) {
+    // Writing into a String cannot fail.
+    let _ = write_search_param(out, text);
+}
+
+/// [`push_search_param`] into any text sink.
+fn write_search_param(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let pct = |out: &mut String, b: u8| {
-        out.push('%');
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let pct = |out: &mut dyn fmt::Write, b: u8| {
+        out.write_char('%')?;
+        out.write_char(char::from(HEX[usize::from(b >> 4)]))?;
+        out.write_char(char::from(HEX[usize::from(b & 0x0f)]))
     };
     // Runs of unreserved characters are copied whole: a run starts and ends next to ASCII
     // bytes, so both ends are character boundaries.
@@ -187,16 +208,26 @@ pub fn push_search_param(out: &mut String, text: &str) {
             continue;
         }
         if i > run {
-            out.push_str(&text[run..i]);
+            out.write_str(&text[run..i])?;
         }
         if matches!(b, b'\\' | b',' | b'|' | b'$') {
-            pct(out, b'\\');
+            pct(out, b'\\')?;
         }
-        pct(out, b);
+        pct(out, b)?;
         run = i + 1;
     }
     if text.len() > run {
-        out.push_str(&text[run..]);
+        out.write_str(&text[run..])?;
+    }
+    Ok(())
+}
+
+/// A text a Bundle entry's request writes as a JSON string, straight from its `Display`.
+struct Text<'a>(&'a dyn fmt::Display);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
     }
 }
 
@@ -214,7 +245,7 @@ struct Entry<'a, R: Serialize> {
 struct EntryRequest<'a> {
     method: &'static str,
     url: &'static str,
-    if_none_exist: &'a str,
+    if_none_exist: Text<'a>,
 }
 
 /// Bytes a Bundle needs besides its Observation entries (the gateway's Device, a few
@@ -233,7 +264,7 @@ fn write_entry<R: Serialize>(
     full_url: &str,
     resource: R,
     kind: &'static str,
-    if_none_exist: &str,
+    if_none_exist: &dyn fmt::Display,
 ) {
     if body.capacity() - body.len() < ENTRY_ESTIMATE * 2 {
         body.reserve_exact(body.len() / 4 + ENTRY_ESTIMATE * 2);
@@ -247,7 +278,7 @@ fn write_entry<R: Serialize>(
         request: EntryRequest {
             method: "POST",
             url: kind,
-            if_none_exist,
+            if_none_exist: Text(if_none_exist),
         },
     };
     // Writing these types into a Vec cannot fail: no I/O, every map key is a string.
@@ -376,7 +407,7 @@ pub fn bundle(
                             identifier: [PatientIdentifier { system, value }],
                         },
                         "Patient",
-                        &if_none_exist(system, value),
+                        &IfNoneExist { system, value },
                     );
                     roles.push(EntryRole::Patient);
                     url
@@ -409,7 +440,10 @@ pub fn bundle(
             &urn_uuid("Observation", &identifier),
             obs,
             "Observation",
-            &if_none_exist(IDENTIFIER_SYSTEM, &identifier),
+            &IfNoneExist {
+                system: IDENTIFIER_SYSTEM,
+                value: &identifier,
+            },
         );
         roles.push(EntryRole::Observation(*id));
     }
