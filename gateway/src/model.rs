@@ -751,18 +751,6 @@ impl TimeText {
     }
 }
 
-impl serde::Serialize for TimeText {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for TimeText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Reading {
     /// The deterministic identity of this measurement, used as the FHIR Observation
     /// identifier value and as the buffer's de-duplication key.

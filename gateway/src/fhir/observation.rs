@@ -352,10 +352,19 @@ impl<'a> Extension<'a> {
     }
 }
 
+/// A time as FHIR `dateTime` text, written from its buffer (the model derives no serde).
+struct DateTime(TimeText);
+
+impl Serialize for DateTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
 #[derive(Serialize)]
 struct Period<'a> {
-    start: TimeText,
-    end: TimeText,
+    start: DateTime,
+    end: DateTime,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     extension: Vec<Extension<'a>>,
 }
@@ -430,7 +439,7 @@ pub struct Observation<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     effective_period: Option<Period<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    effective_date_time: Option<TimeText>,
+    effective_date_time: Option<DateTime>,
     #[serde(rename = "_effectiveDateTime", skip_serializing_if = "Option::is_none")]
     effective_date_time_ext: Option<Extensions<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -508,8 +517,8 @@ impl<'a> Observation<'a> {
         let (effective_period, effective_date_time, effective_date_time_ext) = match r.duration {
             Some(d) => (
                 Some(Period {
-                    start: TimeText::new(when - d),
-                    end: TimeText::new(when),
+                    start: DateTime(TimeText::new(when - d)),
+                    end: DateTime(TimeText::new(when)),
                     extension: time_ext.into_iter().collect(),
                 }),
                 None,
@@ -517,7 +526,7 @@ impl<'a> Observation<'a> {
             ),
             None => (
                 None,
-                Some(TimeText::new(when)),
+                Some(DateTime(TimeText::new(when))),
                 time_ext.map(|e| Extensions { extension: vec![e] }),
             ),
         };
