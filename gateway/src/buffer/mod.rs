@@ -41,6 +41,7 @@
 //! - **Damage is quarantined, never silently replaced** ([`open`](mod@open)).
 
 pub mod codec;
+mod memory;
 mod open;
 pub mod rows;
 pub mod salvage;

@@ -42,6 +42,7 @@ use sqlx::{Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
 
+use super::memory;
 use super::rows::{self, Envelope};
 use super::seal::{BufferKey, KeyError};
 use super::{
@@ -476,7 +477,14 @@ async fn key_for(
     for path in &options.previous_key_files {
         let old = BufferKey::load(path)?;
         if old.id().to_string() == expected {
-            let n = reseal(conn, &old, &key).await?;
+            let (n, forgotten) = reseal(conn, &old, &key).await?;
+            if forgotten > 0 {
+                report.warnings.push(format!(
+                    "a second buffer key rotation within a day: the buffer's memory of {forgotten} \
+                     readings delivered before the first one is forgotten, so a device or broker \
+                     that sends one of them again has it stored and delivered again"
+                ));
+            }
             tracing::warn!(
                 rows = n,
                 "buffer key rotated: every buffered row is sealed with the new key"
@@ -525,12 +533,14 @@ async fn compact(conn: &mut SqliteConnection) -> Result<(), BufferError> {
     Ok(())
 }
 
-/// Seals every row again under `new` (it was sealed under `old`), in one transaction.
+/// Seals every row again under `new` (it was sealed under `old`), and sets the memory of
+/// delivered readings aside ([`memory::set_aside`]), in one transaction. Returns the rows
+/// sealed again, and those of an earlier rotation's memory forgotten.
 async fn reseal(
     conn: &mut SqliteConnection,
     old: &BufferKey,
     new: &BufferKey,
-) -> Result<u64, BufferError> {
+) -> Result<(u64, u64), BufferError> {
     begin(conn).await?;
     let result = reseal_rows(conn, old, new).await;
     let n = match result {
@@ -540,10 +550,14 @@ async fn reseal(
             return Err(e);
         }
     };
-    let set = set_meta_sql(conn, "key_id", &new.id().to_string()).await;
-    commit_or_rollback(conn, set).await?;
+    let set_aside = match set_meta_sql(conn, "key_id", &new.id().to_string()).await {
+        Ok(()) => memory::set_aside(conn, old).await,
+        Err(e) => Err(e),
+    };
+    let forgotten = set_aside.as_ref().map_or(0, |n| *n);
+    commit_or_rollback(conn, set_aside.map(|_| ())).await?;
     compact(conn).await?;
-    Ok(n)
+    Ok((n, forgotten))
 }
 
 async fn set_meta_sql(
@@ -663,15 +677,12 @@ async fn reseal_readings(
 
 /// Gives the rows of `readings` and `unbound` written before schema 6 (the 16-byte hash as
 /// their `dedup`) their reading key (`rows.rs`), a chunk per transaction, while migration
-/// 0006's marker (`meta` `rekey`) says it is to be done; then removes the marker. Drops the
-/// memory of readings delivered before schema 6 (`delivered_v5`) once it is empty (the
-/// writer forgets its rows by age). Returns whether that memory is still there: the writer
-/// then consults it too.
+/// 0006's marker (`meta` `rekey`) says it is to be done; then removes the marker.
 ///
 /// A failure to re-key (a full disk: each chunk rewrites its rows) is reported and the
 /// gateway starts all the same, its buffer intact; the next start tries again. Until then a
 /// reading still waiting under its old key that a sender sends again is stored twice.
-async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<bool, BufferError> {
+async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<(), BufferError> {
     if meta(conn, "rekey").await?.is_some() {
         let mut rekeyed = Ok(0);
         for table in ["readings", "unbound"] {
@@ -701,31 +712,7 @@ async fn rekey_readings(conn: &mut SqliteConnection, key: &BufferKey) -> Result<
             ),
         }
     }
-    Ok(legacy_memory_left(conn).await?)
-}
-
-/// Whether the memory of readings delivered before schema 6 (`delivered_v5`) is still
-/// there; it is dropped here once it is empty. At open, and by the writer after it forgets by age.
-pub(super) async fn legacy_memory_left(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'delivered_v5')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if !exists {
-        return Ok(false);
-    }
-    let remembered: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivered_v5)")
-        .fetch_one(&mut *conn)
-        .await?;
-    if remembered {
-        return Ok(true);
-    }
-    // A drop that fails (a full disk) leaves it there, to be dropped another time.
-    Ok(sqlx::query("DROP TABLE delivered_v5")
-        .execute(&mut *conn)
-        .await
-        .is_err())
+    Ok(())
 }
 
 /// The dedup hash of a dead letter from its envelope.
@@ -1144,7 +1131,9 @@ pub async fn open(
     };
     let key = Arc::new(key_for(&mut conn, dir, options, &mut report).await?);
     report.converted = convert_schema1(&mut conn, &key).await?;
-    let legacy_memory = rekey_readings(&mut conn, &key).await?;
+    rekey_readings(&mut conn, &key).await?;
+    let older =
+        memory::older_at_open(&mut conn, &options.previous_key_files, &mut report.warnings).await?;
     let destinations =
         assign_destinations(&mut conn, &key, &options.destinations, &mut report).await?;
     let record = check_identity(&mut conn, dir, record, &mut report).await?;
@@ -1189,14 +1178,6 @@ pub async fn open(
             _lock: Some(lock),
         }),
     };
-    let writer = Writer::new(
-        store.clone(),
-        db,
-        conn,
-        settle_rx,
-        floor,
-        record,
-        legacy_memory,
-    );
+    let writer = Writer::new(store.clone(), db, conn, settle_rx, floor, record, older);
     Ok((store, writer, report))
 }

@@ -1524,7 +1524,7 @@ async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
 /// reading sent again is stored again, one delivered recently still is not.
 #[tokio::test]
 async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping() {
-    use super::writer::DELIVERED_MEMORY;
+    use super::memory::DELIVERED_MEMORY;
     use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     let r = Running::start(root.path(), 100).await;
@@ -1722,7 +1722,7 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
     // A day later the old memory has forgotten reading 3: the writer's housekeeping drops it.
     let db = data(root.path()).join(open::DB_FILE);
     let mut conn = open::connect(&db).await.unwrap();
-    let long_ago = now_ms() - writer::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
+    let long_ago = now_ms() - memory::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
     sqlx::query("UPDATE delivered_v5 SET at_ms = ?")
         .bind(long_ago)
         .execute(&mut conn)
@@ -2024,6 +2024,196 @@ mod unbound {
         let r = leased[0].reading.as_ref().unwrap();
         assert_eq!(r.device.model.as_deref(), Some("MODEL-SENTINEL-77"));
         writer.close().await;
+    }
+}
+
+/// What a key rotation keeps of the memory of delivered readings (`memory.rs`).
+mod rotation {
+    use super::*;
+    use sqlx::Connection;
+
+    /// Rotates the key of the buffer under `root`: the current key moves to `<name>.key`,
+    /// a new one takes its place; returns the options that list the old one.
+    fn rotate(root: &Path, name: &str) -> OpenOptions {
+        let old = root.join(format!("{name}.key"));
+        std::fs::rename(root.join("buffer.key"), &old).unwrap();
+        seal::BufferKey::create(&root.join("buffer.key")).unwrap();
+        OpenOptions {
+            previous_key_files: vec![old],
+            ..options(root, 100)
+        }
+    }
+
+    async fn start(root: &Path, options: &OpenOptions) -> Running {
+        Running::start_with(root, options, Box::new(|_| {})).await
+    }
+
+    /// Delivers (leases and acknowledges) everything queued; returns the sequence numbers.
+    async fn deliver_all(r: &Running) -> Vec<u64> {
+        let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+        let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+        r.store.ack(&dest(&r.store), &ids).await.unwrap();
+        leased
+            .iter()
+            .map(|l| l.reading.as_ref().unwrap().sequence.unwrap())
+            .collect()
+    }
+
+    /// The tables of the memory of delivered readings, and `meta`'s `rotated_key_id`.
+    async fn memory_tables(root: &Path) -> (Vec<String>, Option<String>) {
+        let mut conn = open::connect(&data(root).join(open::DB_FILE))
+            .await
+            .unwrap();
+        let tables = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'delivered%' \
+             ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let id = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'rotated_key_id'")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        (tables, id)
+    }
+
+    #[tokio::test]
+    async fn a_reading_delivered_before_a_rotation_is_not_stored_again_for_a_day() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 100).await;
+        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+        deliver_all(&r).await;
+        r.stop().await;
+
+        let rotated = rotate(root.path(), "old");
+        let r = start(root.path(), &rotated).await;
+        send_m1_and_m2(&r).await;
+        assert_eq!(
+            deliver_all(&r).await,
+            [2],
+            "1 was delivered before the rotation"
+        );
+        r.stop().await;
+        // Another start, the old key still listed: both remembered, each under its key.
+        let r = start(root.path(), &rotated).await;
+        send_m1_and_m2(&r).await;
+        assert_eq!(lease_sequences(&r).await, Vec::<u64>::new());
+        r.stop().await;
+        let (tables, id) = memory_tables(root.path()).await;
+        assert_eq!(tables, ["delivered", "delivered_rotated"]);
+        let old = seal::BufferKey::load(&root.path().join("old.key")).unwrap();
+        assert_eq!(id, Some(old.id().to_string()));
+
+        // A day later the memory set aside has forgotten reading 1, and is dropped.
+        let mut conn = open::connect(&data(root.path()).join(open::DB_FILE))
+            .await
+            .unwrap();
+        let long_ago = now_ms() - memory::DELIVERED_MEMORY.as_millis() as i64 - 60_000;
+        sqlx::query("UPDATE delivered_rotated SET at_ms = ?")
+            .bind(long_ago)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        start(root.path(), &rotated).await.stop().await;
+        assert_eq!(
+            memory_tables(root.path()).await,
+            (vec!["delivered".to_string()], None)
+        );
+        let r = start(root.path(), &options(root.path(), 100)).await;
+        send_m1_and_m2(&r).await;
+        assert_eq!(lease_sequences(&r).await, [1]);
+    }
+
+    /// Without the old key the memory set aside cannot be consulted: it is forgotten, and
+    /// the start says so and what it means.
+    #[tokio::test]
+    async fn a_memory_whose_key_is_no_longer_listed_is_forgotten_with_a_warning() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 100).await;
+        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+        deliver_all(&r).await;
+        r.stop().await;
+        let rotated = rotate(root.path(), "old");
+        let (store, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        writer.close().await;
+        store.close().await;
+        drop(store);
+
+        let (store, writer, report) = open(&data(root.path()), &options(root.path(), 100))
+            .await
+            .unwrap();
+        let warning = report.warnings.join("\n");
+        assert!(
+            warning
+                .contains("remembers 1 readings delivered in the day before its key was rotated")
+                && warning.contains("not in buffer.previous_key_files")
+                && warning.contains("Keep the previous key listed for a day after a rotation"),
+            "{warning}"
+        );
+        writer.close().await;
+        store.close().await;
+        drop(store);
+        assert_eq!(
+            memory_tables(root.path()).await,
+            (vec!["delivered".to_string()], None)
+        );
+        let r = Running::start(root.path(), 100).await;
+        send_m1_and_m2(&r).await;
+        assert_eq!(lease_sequences(&r).await, [1, 2]);
+    }
+
+    /// The memory of schema 5 (hashes made with the old key) is set aside with the rest.
+    #[tokio::test]
+    async fn a_schema_5_memory_is_kept_across_a_rotation_at_the_upgrade() {
+        let root = tempfile::tempdir().unwrap();
+        schema_5_buffer(root.path(), 1..=2, &[3]).await;
+        let rotated = rotate(root.path(), "old");
+        let r = start(root.path(), &rotated).await;
+        r.ingest
+            .commit((1..=4).map(|i| reading("m", i)).collect())
+            .await
+            .unwrap();
+        assert_eq!(lease_sequences(&r).await, [1, 2, 4]);
+        r.stop().await;
+        assert_eq!(
+            memory_tables(root.path()).await.0,
+            ["delivered", "delivered_rotated"]
+        );
+    }
+
+    /// A second rotation within a day keeps what was delivered under the key it replaces,
+    /// and forgets (saying so) what the first set aside.
+    #[tokio::test]
+    async fn a_second_rotation_within_a_day_keeps_the_last_keys_memory() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Running::start(root.path(), 100).await;
+        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+        deliver_all(&r).await;
+        r.stop().await;
+        let first = rotate(root.path(), "first");
+        let r = start(root.path(), &first).await;
+        r.ingest.commit(vec![reading("m", 2)]).await.unwrap();
+        deliver_all(&r).await;
+        r.stop().await;
+
+        let second = rotate(root.path(), "second");
+        let (store, writer, report) = open(&data(root.path()), &second).await.unwrap();
+        let warning = report.warnings.join("\n");
+        assert!(
+            warning.contains("a second buffer key rotation within a day")
+                && warning.contains("memory of 1 readings"),
+            "{warning}"
+        );
+        writer.close().await;
+        store.close().await;
+        drop(store);
+        let r = start(root.path(), &second).await;
+        send_m1_and_m2(&r).await;
+        assert_eq!(lease_sequences(&r).await, [1]);
     }
 }
 

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::memory::{self, Older};
 use super::open::{self, DirRecord};
 use super::rows::{self, Envelope, SealedReading};
 use super::space;
@@ -65,13 +66,7 @@ pub struct WriterConfig {
     pub linger: Duration,
 }
 
-/// How long the hash of a delivered reading is remembered, so that the same reading sent
-/// again (an HL7 sender resending after a lost ACK, a broker redelivering) is not stored and
-/// delivered a second time. Senders resend within minutes; a day also covers a sender that
-/// replays its queue after an outage of the gateway. At 30 readings a second (a ward of
-/// monitors) it costs about 2.6 million rows of 30 bytes; at most `buffer.capacity` are kept
-/// (the oldest are forgotten first), so a faster gateway remembers less than a day.
-pub const DELIVERED_MEMORY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub use super::memory::DELIVERED_MEMORY;
 
 /// Readings committed this recently mean more are arriving: a group of settles alone then
 /// waits (at most the linger) for some to share its commit. Otherwise (a backlog being
@@ -94,35 +89,44 @@ const RECORD_INTERVAL: Duration = Duration::from_secs(30);
 /// The `INSERT` of a chunk of `n` rows (one of [`INSERT_CHUNKS`]), built once: the same text
 /// every time, so the connection's cached prepared statement is found without building the
 /// query again. A reading delivered a short while ago is not stored again (see
-/// [`DELIVERED_MEMORY`]); with `legacy_memory`, nor one whose hash the memory of schema 5
-/// holds (a key's last 16 bytes, see `rows.rs`).
-fn insert_sql(n: usize, legacy_memory: bool) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, bool, String)>> = std::sync::OnceLock::new();
+/// [`DELIVERED_MEMORY`]), nor one an older memory holds ([`memory::Older::insert_filter`]).
+fn insert_sql(n: usize, older: &Older) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, &'static str, String)>> =
+        std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
+        let filters = [
+            Older::None.insert_filter(),
+            Older::Schema5.insert_filter(),
+            Older::ROTATED_FILTER,
+        ];
         INSERT_CHUNKS
             .into_iter()
-            .flat_map(|n| [(n, false), (n, true)])
-            .map(|(n, legacy)| {
+            .flat_map(|n| filters.map(|f| (n, f)))
+            .map(|(n, (filter, old_key))| {
                 let mut sql = String::from(
                     "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
                      SELECT column1, column2, column3, column4 FROM (VALUES ",
                 );
+                let row = if old_key {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    "(?, ?, ?, ?)"
+                };
                 for i in 0..n {
                     if i > 0 {
                         sql.push_str(", ");
                     }
-                    sql.push_str("(?, ?, ?, ?)");
+                    sql.push_str(row);
                 }
                 sql.push_str(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
-                if legacy {
-                    sql.push_str(" AND substr(column1, 7) NOT IN (SELECT dedup FROM delivered_v5)");
-                }
-                (n, legacy, sql)
+                sql.push_str(filter);
+                (n, filter, sql)
             })
             .collect()
     });
+    let filter = older.insert_filter().0;
     all.iter()
-        .find(|(len, legacy, _)| *len == n && *legacy == legacy_memory)
+        .find(|(len, f, _)| *len == n && *f == filter)
         .map_or(all[all.len() - 1].2.as_str(), |(_, _, sql)| sql.as_str())
 }
 
@@ -256,10 +260,9 @@ pub struct Writer {
     retry_at: Option<Instant>,
     /// Whether new readings are refused for lack of space.
     low_space: bool,
-    /// The memory of readings delivered before schema 6 (`delivered_v5`, hashes without the
-    /// time) is still there: consulted before a reading is stored, forgotten by age, then
-    /// dropped (migration 0006).
-    legacy_memory: bool,
+    /// A memory of delivered readings in an older form, consulted before a reading is
+    /// stored until it is forgotten ([`memory`]).
+    older: Older,
 }
 
 /// What a group writes, prepared (sealed) before the transaction starts.
@@ -294,7 +297,7 @@ impl Writer {
         settle_rx: mpsc::Receiver<Settle>,
         floor: u64,
         record: DirRecord,
-        legacy_memory: bool,
+        older: Older,
     ) -> Self {
         Self {
             store,
@@ -309,7 +312,7 @@ impl Writer {
             failures: 0,
             retry_at: None,
             low_space: false,
-            legacy_memory,
+            older,
         }
     }
 
@@ -427,7 +430,7 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let Err(e) = forget_delivered(conn, capacity, &mut self.legacy_memory).await {
+        if let Err(e) = memory::forget(conn, capacity, &mut self.older).await {
             tracing::debug!(error = %e, "cannot trim the memory of delivered readings; next time");
         }
         let Ok(high) = open::high_water(conn).await else {
@@ -730,12 +733,12 @@ impl Writer {
         rejected: &[(Arc<str>, Rejected)],
     ) -> Result<Written, StorageFailure> {
         let key = self.store.inner.key.clone();
-        let legacy_memory = self.legacy_memory;
+        let older = self.older.clone();
         let conn = self.connection().await?;
         let mut written = Written::default();
         let result = match open::begin(conn).await {
             Ok(()) => {
-                let body = write(conn, &key, prepared, rejected, legacy_memory, &mut written).await;
+                let body = write(conn, &key, prepared, rejected, &older, &mut written).await;
                 open::commit_or_rollback(conn, body).await
             }
             Err(e) => Err(e),
@@ -856,38 +859,6 @@ async fn delete_settled(
     .rows_affected())
 }
 
-/// Forgets the delivered readings older than [`DELIVERED_MEMORY`], and the oldest beyond
-/// `capacity` of them, so the memory's size is bounded at any rate. Run by the writer's
-/// housekeeping (every [`RECORD_INTERVAL`]), not with every commit: a statement less per
-/// commit, and old rows leave the memory's index in large batches. The memory of schema 5
-/// (`legacy_memory`) is forgotten by age, and dropped once empty.
-async fn forget_delivered(
-    conn: &mut SqliteConnection,
-    capacity: u64,
-    legacy_memory: &mut bool,
-) -> Result<(), sqlx::Error> {
-    let oldest = now_ms() - DELIVERED_MEMORY.as_millis() as i64;
-    sqlx::query("DELETE FROM delivered WHERE at_ms < ?")
-        .bind(oldest)
-        .execute(&mut *conn)
-        .await?;
-    if *legacy_memory {
-        sqlx::query("DELETE FROM delivered_v5 WHERE at_ms < ?")
-            .bind(oldest)
-            .execute(&mut *conn)
-            .await?;
-        *legacy_memory = open::legacy_memory_left(conn).await?;
-    }
-    sqlx::query(
-        "DELETE FROM delivered WHERE at_ms <= \
-         (SELECT at_ms FROM delivered ORDER BY at_ms DESC LIMIT 1 OFFSET ?)",
-    )
-    .bind(i64::try_from(capacity).unwrap_or(i64::MAX))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// [`Writer::retry_dead_letters`]: returns (queued again, newly inserted rows).
 async fn requeue(
     conn: &mut SqliteConnection,
@@ -971,7 +942,7 @@ async fn write(
     key: &super::seal::BufferKey,
     prepared: &Prepared<'_>,
     rejected: &[(Arc<str>, Rejected)],
-    legacy_memory: bool,
+    older: &Older,
     written: &mut Written,
 ) -> Result<(), sqlx::Error> {
     let mut rest = prepared.readings.as_slice();
@@ -979,13 +950,16 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(insert_sql(n, legacy_memory));
-        for (sealed, received, _) in chunk {
+        let mut q = sqlx::query(insert_sql(n, older));
+        for (sealed, received, r) in chunk {
             q = q
                 .bind(&sealed.dedup[..])
                 .bind(*received)
                 .bind(&sealed.body[..])
                 .bind(prepared.todo);
+            if let Some(old_key) = older.old_key(r) {
+                q = q.bind(old_key.to_vec());
+            }
         }
         written.inserted += q.execute(&mut *conn).await?.rows_affected();
     }
