@@ -49,8 +49,10 @@ pub fn decode(bytes: &[u8]) -> Result<Reading, CodecError> {
     match bytes.first() {
         Some(&binary::VERSION) => binary::decode(bytes),
         Some(b'{') => json::decode(bytes),
-        Some(&v) if v < b' ' => Err(CodecError::Body(format!(
-            "body format version {v} is not supported"
+        // Version 1 is JSON (its first byte is `{`): 0x00 and 0x01 were never a version byte.
+        Some(&v) if v > binary::VERSION && v < b' ' => Err(CodecError::Body(format!(
+            "body format version {v} is not supported (a newer vitalbridge wrote it; this one \
+             reads versions 1 and 2)"
         ))),
         Some(_) => Err(CodecError::Body("not a reading body".into())),
         None => Err(CodecError::Body("empty body".into())),
@@ -186,9 +188,11 @@ pub(super) mod tests {
             .to_string()
             .contains("version 3 is not supported"));
         assert!(decode(b"").unwrap_err().to_string().contains("empty body"));
-        assert!(decode(b"\xff\x00")
-            .unwrap_err()
-            .to_string()
-            .contains("not a reading body"));
+        for garbage in [&b"\xff\x00"[..], b"\x00", b"\x01{}"] {
+            assert!(decode(garbage)
+                .unwrap_err()
+                .to_string()
+                .contains("not a reading body"));
+        }
     }
 }
