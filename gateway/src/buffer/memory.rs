@@ -96,8 +96,9 @@ impl Older {
 
 /// At a key rotation (inside its transaction): moves the memory of delivered readings,
 /// made with `old`, to `delivered_rotated` (and what the memory of schema 5 still holds),
-/// leaving `delivered` empty for keys made with the new key. Returns how many rows set
-/// aside at an earlier rotation were forgotten (see the module's limits).
+/// leaving `delivered` empty for keys made with the new key (an empty memory set aside is
+/// dropped at open). Returns how many rows set aside at an earlier rotation were forgotten
+/// (see the module's limits).
 pub(super) async fn set_aside(
     conn: &mut SqliteConnection,
     old: &BufferKey,
@@ -109,47 +110,36 @@ pub(super) async fn set_aside(
             .execute(&mut *conn)
             .await?;
     }
-    let schema_5 = exists(conn, SCHEMA_5).await?;
-    let remembered = count(conn, "delivered").await?
-        + if schema_5 {
-            count(conn, SCHEMA_5).await?
-        } else {
-            0
-        };
-    if remembered > 0 {
-        sqlx::query(
-            "CREATE TABLE delivered_rotated (dedup BLOB PRIMARY KEY, at_ms INTEGER NOT NULL) \
-             WITHOUT ROWID",
-        )
+    sqlx::query(
+        "CREATE TABLE delivered_rotated (dedup BLOB PRIMARY KEY, at_ms INTEGER NOT NULL) \
+         WITHOUT ROWID",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("CREATE INDEX delivered_rotated_at_ms ON delivered_rotated (at_ms)")
         .execute(&mut *conn)
         .await?;
-        sqlx::query("CREATE INDEX delivered_rotated_at_ms ON delivered_rotated (at_ms)")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("INSERT INTO delivered_rotated SELECT dedup, at_ms FROM delivered")
-            .execute(&mut *conn)
-            .await?;
-        if schema_5 {
-            sqlx::query(
-                "INSERT OR IGNORE INTO delivered_rotated SELECT dedup, at_ms FROM delivered_v5",
-            )
-            .execute(&mut *conn)
-            .await?;
-        }
-        sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)")
-            .bind(ROTATED_KEY_ID)
-            .bind(old.id().to_string())
-            .execute(&mut *conn)
-            .await?;
-    }
+    sqlx::query("INSERT INTO delivered_rotated SELECT dedup, at_ms FROM delivered")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM delivered")
         .execute(&mut *conn)
         .await?;
-    if schema_5 {
+    if exists(conn, SCHEMA_5).await? {
+        sqlx::query(
+            "INSERT OR IGNORE INTO delivered_rotated SELECT dedup, at_ms FROM delivered_v5",
+        )
+        .execute(&mut *conn)
+        .await?;
         sqlx::query("DROP TABLE delivered_v5")
             .execute(&mut *conn)
             .await?;
     }
+    sqlx::query("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)")
+        .bind(ROTATED_KEY_ID)
+        .bind(old.id().to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(forgotten)
 }
 

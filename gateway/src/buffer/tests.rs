@@ -2059,6 +2059,22 @@ mod rotation {
             .collect()
     }
 
+    /// Reading 1 of device "m", stored and delivered.
+    async fn deliver_m1(root: &Path) {
+        let r = Running::start(root, 100).await;
+        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
+        deliver_all(&r).await;
+        r.stop().await;
+    }
+
+    /// Opens and closes the buffer; returns what the open warned of, a line each.
+    async fn open_warnings(root: &Path, options: &OpenOptions) -> String {
+        let (store, writer, report) = open(&data(root), options).await.unwrap();
+        writer.close().await;
+        store.close().await;
+        report.warnings.join("\n")
+    }
+
     /// The tables of the memory of delivered readings, and `meta`'s `rotated_key_id`.
     async fn memory_tables(root: &Path) -> (Vec<String>, Option<String>) {
         let mut conn = open::connect(&data(root).join(open::DB_FILE))
@@ -2082,10 +2098,7 @@ mod rotation {
     #[tokio::test]
     async fn a_reading_delivered_before_a_rotation_is_not_stored_again_for_a_day() {
         let root = tempfile::tempdir().unwrap();
-        let r = Running::start(root.path(), 100).await;
-        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
-        deliver_all(&r).await;
-        r.stop().await;
+        deliver_m1(root.path()).await;
 
         let rotated = rotate(root.path(), "old");
         let r = start(root.path(), &rotated).await;
@@ -2132,21 +2145,10 @@ mod rotation {
     #[tokio::test]
     async fn a_memory_whose_key_is_no_longer_listed_is_forgotten_with_a_warning() {
         let root = tempfile::tempdir().unwrap();
-        let r = Running::start(root.path(), 100).await;
-        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
-        deliver_all(&r).await;
-        r.stop().await;
+        deliver_m1(root.path()).await;
         let rotated = rotate(root.path(), "old");
-        let (store, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
-        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        writer.close().await;
-        store.close().await;
-        drop(store);
-
-        let (store, writer, report) = open(&data(root.path()), &options(root.path(), 100))
-            .await
-            .unwrap();
-        let warning = report.warnings.join("\n");
+        assert_eq!(open_warnings(root.path(), &rotated).await, "");
+        let warning = open_warnings(root.path(), &options(root.path(), 100)).await;
         assert!(
             warning
                 .contains("remembers 1 readings delivered in the day before its key was rotated")
@@ -2154,9 +2156,6 @@ mod rotation {
                 && warning.contains("Keep the previous key listed for a day after a rotation"),
             "{warning}"
         );
-        writer.close().await;
-        store.close().await;
-        drop(store);
         assert_eq!(
             memory_tables(root.path()).await,
             (vec!["delivered".to_string()], None)
@@ -2190,10 +2189,7 @@ mod rotation {
     #[tokio::test]
     async fn a_second_rotation_within_a_day_keeps_the_last_keys_memory() {
         let root = tempfile::tempdir().unwrap();
-        let r = Running::start(root.path(), 100).await;
-        r.ingest.commit(vec![reading("m", 1)]).await.unwrap();
-        deliver_all(&r).await;
-        r.stop().await;
+        deliver_m1(root.path()).await;
         let first = rotate(root.path(), "first");
         let r = start(root.path(), &first).await;
         r.ingest.commit(vec![reading("m", 2)]).await.unwrap();
@@ -2201,16 +2197,12 @@ mod rotation {
         r.stop().await;
 
         let second = rotate(root.path(), "second");
-        let (store, writer, report) = open(&data(root.path()), &second).await.unwrap();
-        let warning = report.warnings.join("\n");
+        let warning = open_warnings(root.path(), &second).await;
         assert!(
             warning.contains("a second buffer key rotation within a day")
                 && warning.contains("memory of 1 readings"),
             "{warning}"
         );
-        writer.close().await;
-        store.close().await;
-        drop(store);
         let r = start(root.path(), &second).await;
         send_m1_and_m2(&r).await;
         assert_eq!(lease_sequences(&r).await, [1]);
