@@ -85,7 +85,7 @@ fn with_time(r: &Reading, hash: &[u8; DEDUP_LEN]) -> [u8; READING_KEY_LEN] {
 /// Seals a reading for the `readings` table.
 pub fn seal_reading(key: &BufferKey, r: &Reading) -> SealedReading {
     let dedup = reading_key(key, r);
-    let body = key.seal(&dedup, &codec::encode(r));
+    let body = key.seal_with(&dedup, 192, |out| codec::encode_into(r, out));
     SealedReading { dedup, body }
 }
 

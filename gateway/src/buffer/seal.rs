@@ -217,25 +217,31 @@ impl BufferKey {
 
     /// Seals `plaintext`, bound to `aad`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        // The system's randomness does not fail on Linux once booted; if it ever did, a
-        // zero nonce would repeat, so refuse to go on rather than seal with it.
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .expect("the system random number generator failed");
-        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal_with(aad, plaintext.len(), |out| out.extend_from_slice(plaintext))
+    }
+
+    /// Seals what `write` appends to the buffer it is given (about `len` bytes), bound to
+    /// `aad`: the plaintext is written where it is sealed, not copied there.
+    pub(super) fn seal_with(
+        &self,
+        aad: &[u8],
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        let nonce = random_nonce();
+        let mut out = Vec::with_capacity(len + OVERHEAD);
         out.push(FORMAT);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let mut body = out.split_off(1 + NONCE_LEN);
-        self.seal
-            .seal_in_place_append_tag(
+        write(&mut out);
+        let tag = self
+            .seal
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
-                &mut body,
+                &mut out[1 + NONCE_LEN..],
             )
             .expect("ChaCha20-Poly1305 seals any buffer shorter than 256 GiB");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -267,6 +273,42 @@ impl BufferKey {
         out.copy_from_slice(&tag.as_ref()[..DEDUP_LEN]);
         out
     }
+}
+
+/// Nonces drawn from the system's randomness at a time: one `getrandom` system call per
+/// this many sealed values instead of one each (it was one of the ten system calls a reading
+/// cost). The bytes are the same randomness, handed out in order and never twice.
+const NONCES_PER_DRAW: usize = 256;
+
+/// A fresh random nonce, from this thread's pool of random bytes (refilled when used up).
+fn random_nonce() -> [u8; NONCE_LEN] {
+    struct Pool {
+        bytes: [u8; NONCE_LEN * NONCES_PER_DRAW],
+        used: usize,
+    }
+    thread_local! {
+        static POOL: std::cell::RefCell<Pool> = const {
+            std::cell::RefCell::new(Pool {
+                bytes: [0; NONCE_LEN * NONCES_PER_DRAW],
+                used: NONCE_LEN * NONCES_PER_DRAW,
+            })
+        };
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.used == pool.bytes.len() {
+            // The system's randomness does not fail on Linux once booted; if it ever did, the
+            // old bytes would be handed out again, so refuse to go on rather than seal with
+            // a repeated nonce.
+            SystemRandom::new()
+                .fill(&mut pool.bytes)
+                .expect("the system random number generator failed");
+            pool.used = 0;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&pool.bytes[pool.used..pool.used + NONCE_LEN]);
+        pool.used += NONCE_LEN;
+        nonce
+    })
 }
 
 /// A key file's key: exactly 32 bytes, or 64 hex digits with optional surrounding whitespace.
@@ -310,6 +352,26 @@ mod tests {
     fn sealing_twice_gives_different_bytes() {
         let k = key(1);
         assert_ne!(k.seal(b"", b"x"), k.seal(b"", b"x"));
+    }
+
+    /// Nonces come from a pool refilled every [`NONCES_PER_DRAW`]: none repeats across
+    /// refills, on one thread or several.
+    #[test]
+    fn no_nonce_repeats_across_refills_and_threads() {
+        let nonces = |n: usize| {
+            let k = key(1);
+            (0..n)
+                .map(|_| k.seal(b"", b"x")[1..1 + NONCE_LEN].to_vec())
+                .collect::<Vec<_>>()
+        };
+        let mut all = nonces(NONCES_PER_DRAW * 5 + 3);
+        let other = std::thread::spawn(move || nonces(NONCES_PER_DRAW * 2));
+        all.extend(other.join().unwrap());
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert!(all.iter().all(|nonce| nonce.iter().any(|&b| b != 0)));
     }
 
     #[test]

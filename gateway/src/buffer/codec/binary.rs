@@ -162,7 +162,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Encodes a reading as a version 2 body.
-pub(super) fn encode(r: &Reading) -> Vec<u8> {
+pub(super) fn encode_into(r: &Reading, out: &mut Vec<u8>) {
     let value = match &r.value {
         Value::Quantity(q) => Val::Quantity(measured_out(&q.value), &q.unit),
         Value::Components(cs) => Val::Components(
@@ -220,10 +220,27 @@ pub(super) fn encode(r: &Reading) -> Vec<u8> {
             unit_as_sent: b.unit_as_sent,
         }),
     };
-    let mut out = Vec::with_capacity(128);
     out.push(VERSION);
-    // Serializing into a Vec cannot fail: every field has a fixed shape and known length.
-    postcard::to_extend(&body, out).unwrap_or_default()
+    // Serializing into a Vec cannot fail: every field has a fixed shape and known length (if
+    // it ever did, the body would end early, and be refused as such when it is read).
+    let _ = postcard::to_extend(&body, Append(out));
+}
+
+/// Appends to a `Vec` it borrows (postcard's `to_extend` takes its sink by value).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
+}
+
+/// [`encode_into`] a new `Vec`.
+#[cfg(test)]
+fn encode(r: &Reading) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(r, &mut out);
+    out
 }
 
 /// Decodes a version 2 body (its first byte already checked).

@@ -41,7 +41,14 @@ pub enum CodecError {
 
 /// Encodes a reading as a buffer body (format version 2).
 pub fn encode(r: &Reading) -> Vec<u8> {
-    binary::encode(r)
+    let mut out = Vec::with_capacity(160);
+    encode_into(r, &mut out);
+    out
+}
+
+/// Appends a reading's buffer body (format version 2) to `out`.
+pub fn encode_into(r: &Reading, out: &mut Vec<u8>) {
+    binary::encode_into(r, out);
 }
 
 /// Decodes a buffer body of either format back into a reading.
