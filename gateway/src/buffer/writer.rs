@@ -90,7 +90,8 @@ const RECORD_INTERVAL: Duration = Duration::from_secs(30);
 /// every time, so the connection's cached prepared statement is found without building the
 /// query again. A reading delivered a short while ago is not stored again (see
 /// [`DELIVERED_MEMORY`]), nor one an older memory holds ([`memory::Older::insert_filter`]).
-fn insert_sql(n: usize, older: &Older) -> &'static str {
+/// `None` for a size not in [`INSERT_CHUNKS`] (never asked for: see [`insert_chunk_len`]).
+fn insert_sql(n: usize, older: &Older) -> Option<&'static str> {
     static SQL: std::sync::OnceLock<Vec<(usize, &'static str, String)>> =
         std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -127,7 +128,7 @@ fn insert_sql(n: usize, older: &Older) -> &'static str {
     let filter = older.insert_filter().0;
     all.iter()
         .find(|(len, f, _)| *len == n && *f == filter)
-        .map_or(all[all.len() - 1].2.as_str(), |(_, _, sql)| sql.as_str())
+        .map(|(_, _, sql)| sql.as_str())
 }
 
 /// The size of the next chunk for `remaining` rows.
@@ -950,7 +951,10 @@ async fn write(
         let n = insert_chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
-        let mut q = sqlx::query(insert_sql(n, older));
+        // A failed group is answered with its error, never acknowledged.
+        let sql = insert_sql(n, older)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("no INSERT of {n} rows")))?;
+        let mut q = sqlx::query(sql);
         for (sealed, received, r) in chunk {
             q = q
                 .bind(&sealed.dedup[..])
@@ -1032,4 +1036,29 @@ async fn write(
         written.removed += delete_settled(conn, &ids, now).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk size has its `INSERT` for each memory it may consult, with a value for
+    /// every column bound; any other size has none (the group fails instead of being written
+    /// short).
+    #[test]
+    fn every_chunk_size_has_an_insert_of_its_shape() {
+        let old = Older::Rotated(Arc::new(super::super::seal::BufferKey::from_bytes(
+            &[7; 32],
+        )));
+        for older in [Older::None, Older::Schema5, old] {
+            let columns = if older.insert_filter().1 { 5 } else { 4 };
+            for n in INSERT_CHUNKS {
+                let sql = insert_sql(n, &older).unwrap();
+                assert_eq!(sql.matches('?').count(), n * columns, "{n} rows");
+                assert!(sql.ends_with(older.insert_filter().0), "{sql}");
+            }
+            assert_eq!(insert_sql(3, &older), None);
+            assert_eq!(insert_chunk_len(3), 2);
+        }
+    }
 }
