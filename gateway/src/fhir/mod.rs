@@ -164,10 +164,7 @@ pub fn urn_uuid(kind: &str, key: &str) -> String {
 /// text is matched as itself. The values the gateway builds never need the escapes
 /// ([`crate::model::search_safe`]); a patient's identifier from the config may.
 pub fn if_none_exist(system: &str, value: &str) -> String {
-    let mut out = String::with_capacity(16 + system.len() + value.len());
-    // Writing into a String cannot fail.
-    let _ = fmt::Write::write_fmt(&mut out, format_args!("{}", IfNoneExist { system, value }));
-    out
+    IfNoneExist { system, value }.to_string()
 }
 
 /// [`if_none_exist`]'s text, written where it goes (a Bundle entry's request) instead of into
@@ -186,13 +183,7 @@ impl fmt::Display for IfNoneExist<'_> {
     }
 }
 
-/// Appends one token part of a search: FHIR-escaped, then percent-encoded.
-pub fn push_search_param(out: &mut String, text: &str) {
-    // Writing into a String cannot fail.
-    let _ = write_search_param(out, text);
-}
-
-/// [`push_search_param`] into any text sink.
+/// Writes one token part of a search: FHIR-escaped, then percent-encoded.
 fn write_search_param(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let pct = |out: &mut dyn fmt::Write, b: u8| {
@@ -335,7 +326,7 @@ struct PatientIdentifier<'a> {
 
 /// `Patient?identifier=system|value`, escaped and encoded as [`if_none_exist`] is.
 pub fn conditional_patient_reference(system: &str, value: &str) -> String {
-    format!("Patient?{}", if_none_exist(system, value))
+    format!("Patient?{}", IfNoneExist { system, value })
 }
 
 /// Maps leased rows `(row id, reading)` to one Bundle: a conditional create per distinct

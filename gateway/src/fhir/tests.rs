@@ -535,7 +535,7 @@ proptest::proptest! {
             pct(b);
         }
         let mut got = String::new();
-        crate::fhir::push_search_param(&mut got, &text);
+        crate::fhir::write_search_param(&mut got, &text).unwrap();
         proptest::prop_assert_eq!(got, want);
     }
 
