@@ -62,30 +62,35 @@ pub(super) enum Older {
     Rotated(Arc<BufferKey>),
 }
 
-impl Older {
-    /// [`Older::Rotated`]'s filter (it does not depend on the key).
-    pub(super) const ROTATED_FILTER: (&'static str, bool) = (
+/// What the writer's `INSERT` adds to its `WHERE` to check an older memory too, and whether
+/// each row binds a fifth value (its key made with the old key, [`Older::old_key`]); one per
+/// [`Older::shape`].
+pub(super) const INSERT_FILTERS: [(&str, bool); 3] = [
+    ("", false),
+    (
+        " AND substr(column1, 7) NOT IN (SELECT dedup FROM delivered_v5)",
+        false,
+    ),
+    // The rows set aside hold 22-byte keys, and 16-byte hashes where the memory of schema 5
+    // was still there at the rotation.
+    (
         " AND column5 NOT IN (SELECT dedup FROM delivered_rotated) \
          AND substr(column5, 7) NOT IN (SELECT dedup FROM delivered_rotated)",
         true,
-    );
+    ),
+];
 
-    /// What the writer's `INSERT` adds to its `WHERE` to check this memory too, and whether
-    /// each row binds a fifth value: its key made with the old key ([`Older::old_key`]).
-    pub(super) fn insert_filter(&self) -> (&'static str, bool) {
+impl Older {
+    /// This memory's index in [`INSERT_FILTERS`].
+    pub(super) fn shape(&self) -> usize {
         match self {
-            Older::None => ("", false),
-            Older::Schema5 => (
-                " AND substr(column1, 7) NOT IN (SELECT dedup FROM delivered_v5)",
-                false,
-            ),
-            // The rows set aside hold 22-byte keys, and 16-byte hashes where the memory of
-            // schema 5 was still there at the rotation.
-            Older::Rotated(_) => Self::ROTATED_FILTER,
+            Older::None => 0,
+            Older::Schema5 => 1,
+            Older::Rotated(_) => 2,
         }
     }
 
-    /// `r`'s key made with the key before the last rotation, for [`Older::insert_filter`].
+    /// `r`'s key made with the key before the last rotation, for [`INSERT_FILTERS`].
     pub(super) fn old_key(&self, r: &Reading) -> Option<[u8; READING_KEY_LEN]> {
         match self {
             Older::Rotated(old) => Some(rows::reading_key(old, r)),

@@ -89,20 +89,15 @@ const RECORD_INTERVAL: Duration = Duration::from_secs(30);
 /// The `INSERT` of a chunk of `n` rows (one of [`INSERT_CHUNKS`]), built once: the same text
 /// every time, so the connection's cached prepared statement is found without building the
 /// query again. A reading delivered a short while ago is not stored again (see
-/// [`DELIVERED_MEMORY`]), nor one an older memory holds ([`memory::Older::insert_filter`]).
+/// [`DELIVERED_MEMORY`]), nor one an older memory holds ([`memory::INSERT_FILTERS`]).
 /// `None` for a size not in [`INSERT_CHUNKS`] (never asked for: see [`insert_chunk_len`]).
 fn insert_sql(n: usize, older: &Older) -> Option<&'static str> {
-    static SQL: std::sync::OnceLock<Vec<(usize, &'static str, String)>> =
-        std::sync::OnceLock::new();
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    // One statement per chunk size and older memory, in that order.
     let all = SQL.get_or_init(|| {
-        let filters = [
-            Older::None.insert_filter(),
-            Older::Schema5.insert_filter(),
-            Older::ROTATED_FILTER,
-        ];
         INSERT_CHUNKS
             .into_iter()
-            .flat_map(|n| filters.map(|f| (n, f)))
+            .flat_map(|n| memory::INSERT_FILTERS.map(|f| (n, f)))
             .map(|(n, (filter, old_key))| {
                 let mut sql = String::from(
                     "INSERT OR IGNORE INTO readings (dedup, received_ms, body, todo) \
@@ -121,14 +116,12 @@ fn insert_sql(n: usize, older: &Older) -> Option<&'static str> {
                 }
                 sql.push_str(") WHERE column1 NOT IN (SELECT dedup FROM delivered)");
                 sql.push_str(filter);
-                (n, filter, sql)
+                sql
             })
             .collect()
     });
-    let filter = older.insert_filter().0;
-    all.iter()
-        .find(|(len, f, _)| *len == n && *f == filter)
-        .map(|(_, _, sql)| sql.as_str())
+    let size = INSERT_CHUNKS.iter().position(|&c| c == n)?;
+    Some(all[size * memory::INSERT_FILTERS.len() + older.shape()].as_str())
 }
 
 /// The size of the next chunk for `remaining` rows.
@@ -1051,11 +1044,12 @@ mod tests {
             &[7; 32],
         )));
         for older in [Older::None, Older::Schema5, old] {
-            let columns = if older.insert_filter().1 { 5 } else { 4 };
+            let (filter, old_key) = memory::INSERT_FILTERS[older.shape()];
+            let columns = if old_key { 5 } else { 4 };
             for n in INSERT_CHUNKS {
                 let sql = insert_sql(n, &older).unwrap();
                 assert_eq!(sql.matches('?').count(), n * columns, "{n} rows");
-                assert!(sql.ends_with(older.insert_filter().0), "{sql}");
+                assert!(sql.ends_with(filter), "{sql}");
             }
             assert_eq!(insert_sql(3, &older), None);
             assert_eq!(insert_chunk_len(3), 2);
