@@ -853,6 +853,50 @@ async fn delete_settled(
     .rows_affected())
 }
 
+/// `destination` (its bit: `mask`) has the rows among `ids` (a JSON list). The rows it was the
+/// last to need are remembered as delivered and deleted, without first being rewritten to
+/// clear its bit; the others (owed to another destination too) only lose its bit, and with
+/// one destination (`all == mask`) there are none to look for. Returns (deleted, passed on):
+/// together, the rows it had still needed.
+async fn settle_acked(
+    conn: &mut SqliteConnection,
+    ids: &str,
+    mask: i64,
+    all: i64,
+    now: i64,
+) -> Result<(u64, u64), sqlx::Error> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO delivered (dedup, at_ms) \
+         SELECT dedup, ? FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
+    )
+    .bind(now)
+    .bind(ids)
+    .bind(mask)
+    .execute(&mut *conn)
+    .await?;
+    let finished = sqlx::query(
+        "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
+    )
+    .bind(ids)
+    .bind(mask)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if all & !mask == 0 {
+        return Ok((finished, 0));
+    }
+    let passed_on = sqlx::query(
+        "UPDATE readings SET todo = todo & ? WHERE id IN (SELECT value FROM json_each(?)) AND todo & ? != 0",
+    )
+    .bind(!mask)
+    .bind(ids)
+    .bind(mask)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok((finished, passed_on))
+}
+
 /// [`Writer::retry_dead_letters`]: returns (queued again, newly inserted rows).
 async fn requeue(
     conn: &mut SqliteConnection,
@@ -974,18 +1018,10 @@ async fn write(
         open::insert_dead_letter(conn, key, now, "payload", None, &Envelope::of_payload(r)).await?;
     }
     for (destination, ids) in &prepared.acks {
-        let ids = id_list(ids);
-        let n = sqlx::query(
-            "UPDATE readings SET todo = todo & ? WHERE id IN (SELECT value FROM json_each(?)) AND todo & ? != 0",
-        )
-        .bind(!destination.mask())
-        .bind(&ids)
-        .bind(destination.mask())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        written.acked.push(n);
-        written.removed += delete_settled(conn, &ids, now).await?;
+        let (finished, passed_on) =
+            settle_acked(conn, &id_list(ids), destination.mask(), prepared.todo, now).await?;
+        written.acked.push(finished + passed_on);
+        written.removed += finished;
     }
     for (destination, origin, rows) in &prepared.dead {
         let ids = id_list(&rows.iter().map(|(id, _)| *id).collect::<Vec<_>>());
