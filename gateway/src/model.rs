@@ -97,26 +97,76 @@ impl Decimal {
 
 impl fmt::Display for Decimal {
     /// Renders as a JSON/FHIR-compatible decimal literal with exactly the stored precision.
+    /// Written piece by piece, with no text built first (every reading's value passes here).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let negative = self.mantissa < 0;
-        let digits = self.mantissa.unsigned_abs().to_string();
-        let sign = if negative { "-" } else { "" };
+        if self.mantissa == 0 && self.exponent >= 0 {
+            return f.write_str("0");
+        }
+        let mut buf = [0u8; 20];
+        let digits = decimal_digits(self.mantissa.unsigned_abs(), &mut buf);
+        if self.mantissa < 0 {
+            f.write_str("-")?;
+        }
         if self.exponent >= 0 {
-            let zeros = "0".repeat(self.exponent as usize);
-            if self.mantissa == 0 {
-                return f.write_str("0");
-            }
-            write!(f, "{sign}{digits}{zeros}")
+            f.write_str(digits)?;
+            write_zeros(f, self.exponent as usize)
         } else {
             let scale = self.exponent.unsigned_abs() as usize;
             if digits.len() > scale {
                 let (int, frac) = digits.split_at(digits.len() - scale);
-                write!(f, "{sign}{int}.{frac}")
+                f.write_str(int)?;
+                f.write_str(".")?;
+                f.write_str(frac)
             } else {
-                let pad = "0".repeat(scale - digits.len());
-                write!(f, "{sign}0.{pad}{digits}")
+                f.write_str("0.")?;
+                write_zeros(f, scale - digits.len())?;
+                f.write_str(digits)
             }
         }
+    }
+}
+
+/// The decimal digits of `n`, written at the end of `buf` (a u64 has at most 20).
+fn decimal_digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// `n` zeros (an exponent's, at most 128).
+fn write_zeros(f: &mut fmt::Formatter<'_>, mut n: usize) -> fmt::Result {
+    const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    while n > 0 {
+        let k = n.min(ZEROS.len());
+        f.write_str(&ZEROS[..k])?;
+        n -= k;
+    }
+    Ok(())
+}
+
+impl Decimal {
+    /// The nearest `f64`: the same number parsing the decimal's text would give (the text
+    /// `<mantissa>e<exponent>` denotes the same value and is parsed with correct rounding),
+    /// without building the text on the heap.
+    pub fn to_f64(self) -> f64 {
+        use std::io::Write;
+        // An i64 (20 bytes), `e` and an i8 (4 bytes).
+        let mut buf = [0u8; 32];
+        let mut out = &mut buf[..];
+        let _ = write!(out, "{}e{}", self.mantissa, self.exponent);
+        let len = 32 - out.len();
+        std::str::from_utf8(&buf[..len])
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -914,7 +964,53 @@ mod tests {
         assert_ne!(search_safe("a,b"), search_safe("a%2Cb"));
     }
 
+    /// The text `Decimal`'s Display wrote before it was written piece by piece.
+    fn decimal_text_as_built_before(d: Decimal) -> String {
+        let digits = d.mantissa.unsigned_abs().to_string();
+        let sign = if d.mantissa < 0 { "-" } else { "" };
+        if d.exponent >= 0 {
+            if d.mantissa == 0 {
+                return "0".into();
+            }
+            format!("{sign}{digits}{}", "0".repeat(d.exponent as usize))
+        } else {
+            let scale = d.exponent.unsigned_abs() as usize;
+            if digits.len() > scale {
+                let (int, frac) = digits.split_at(digits.len() - scale);
+                format!("{sign}{int}.{frac}")
+            } else {
+                format!("{sign}0.{}{digits}", "0".repeat(scale - digits.len()))
+            }
+        }
+    }
+
+    #[test]
+    fn decimal_text_at_the_extremes() {
+        for d in [
+            Decimal::new(i64::MIN, i8::MIN),
+            Decimal::new(i64::MAX, i8::MAX),
+            Decimal::new(i64::MIN, 0),
+            Decimal::new(0, i8::MIN),
+            Decimal::new(0, i8::MAX),
+            Decimal::new(-1, i8::MAX),
+        ] {
+            assert_eq!(d.to_string(), decimal_text_as_built_before(d), "{d:?}");
+            assert_eq!(d.to_f64(), d.to_string().parse::<f64>().unwrap(), "{d:?}");
+        }
+    }
+
     proptest::proptest! {
+        /// Every decimal's text is what it was when the text was built first; its `f64` is
+        /// what parsing that text gives.
+        #[test]
+        fn decimal_text_and_f64_are_as_from_the_text(mantissa in proptest::num::i64::ANY, exponent in proptest::num::i8::ANY) {
+            let d = Decimal::new(mantissa, exponent);
+            let text = d.to_string();
+            proptest::prop_assert_eq!(&text, &decimal_text_as_built_before(d));
+            let parsed: f64 = text.parse().unwrap();
+            proptest::prop_assert_eq!(d.to_f64().to_bits(), parsed.to_bits());
+        }
+
         /// Any text comes out with exactly its search characters written `%XX`.
         #[test]
         fn search_safe_writes_exactly_the_search_characters(text in "[a-z%,|$\\\\é ]{0,24}") {

@@ -15,7 +15,7 @@
 //!
 //! Pure: no I/O. Outcomes name the metric and the limit, never the value.
 
-use crate::model::{Measured, Metric, Quantity, Reading, Value};
+use crate::model::{Decimal, Measured, Metric, Quantity, Reading, Value};
 use crate::profile::{catalog, units};
 
 /// What to do with a value outside its limits.
@@ -193,7 +193,7 @@ impl Plausibility {
             return None;
         }
         let value = units::convert(v, &q.unit, &limit.unit)?;
-        let value: f64 = value.to_string().parse().ok()?;
+        let value = value.to_f64();
         (value < limit.min || value > limit.max).then(|| Finding {
             action,
             reason: format!(
@@ -216,10 +216,7 @@ impl Plausibility {
                 let Measured::Value(v) = c.quantity.value else {
                     return None;
                 };
-                units::convert(v, &c.quantity.unit, "mm[Hg]")?
-                    .to_string()
-                    .parse::<f64>()
-                    .ok()
+                units::convert(v, &c.quantity.unit, "mm[Hg]").map(Decimal::to_f64)
             })
         };
         let (sys, dia) = (
