@@ -22,8 +22,10 @@
 //! Errors name the metric and the unit's dimension ("a mass", "a pressure"), and the unit
 //! when it is valid UCUM (a UCUM code is not patient data); never a value.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use octofhir_ucum::{analyse, UnitAnalysis};
@@ -41,7 +43,7 @@ pub struct Dimension {
 }
 
 /// What the check and the conversion need of a unit, kept once per distinct unit text.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Analysed {
     dimension: Dimension,
     /// `factor × scale` of the unit, in base units (for conversion).
@@ -69,6 +71,35 @@ struct Cache {
 fn cache() -> &'static RwLock<Cache> {
     static CACHE: OnceLock<RwLock<Cache>> = OnceLock::new();
     CACHE.get_or_init(|| RwLock::new(Cache::default()))
+}
+
+/// Units each thread looked up last, at most (valid or not).
+const RECENT_LIMIT: usize = 8;
+
+/// The units this thread looked up last, with their analyses, checked before the shared
+/// cache: a reading's units are looked up about ten times between its decode and its
+/// admission, and the shared cache's lock (shared by every thread) and hash cost more than
+/// comparing a few short texts. Replaced in turn when full.
+#[derive(Default)]
+struct Recent {
+    units: Vec<(Box<str>, Option<Rc<Analysed>>)>,
+    next: usize,
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = RefCell::default();
+}
+
+impl Recent {
+    fn remember(&mut self, unit: &str, analysed: Option<Rc<Analysed>>) {
+        let entry = (Box::from(unit), analysed);
+        if self.units.len() < RECENT_LIMIT {
+            self.units.push(entry);
+        } else {
+            self.units[self.next] = entry;
+            self.next = (self.next + 1) % RECENT_LIMIT;
+        }
+    }
 }
 
 impl Dimension {
@@ -160,7 +191,20 @@ fn metric_name(m: &Metric) -> String {
 /// reading is checked, so the parse is done once per distinct unit, not once per reading).
 /// Units are at most `limits::MAX_UNIT_LEN` bytes where they enter; the parser bounds
 /// nesting itself.
-fn ucum(unit: &str) -> Option<Arc<Analysed>> {
+fn ucum(unit: &str) -> Option<Rc<Analysed>> {
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some((_, analysed)) = recent.units.iter().find(|(u, _)| **u == *unit) {
+            return analysed.clone();
+        }
+        let analysed = shared_ucum(unit).map(|a| Rc::new(Analysed::clone(&a)));
+        recent.remember(unit, analysed.clone());
+        analysed
+    })
+}
+
+/// [`ucum`] from the cache every thread shares.
+fn shared_ucum(unit: &str) -> Option<Arc<Analysed>> {
     {
         let known = cache().read().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = known.valid.get(unit) {
@@ -281,7 +325,7 @@ pub fn convert(value: Decimal, from: &str, to: &str) -> Option<Decimal> {
     if from == to {
         return Some(value);
     }
-    let v: f64 = value.to_string().parse().ok()?;
+    let v = value.to_f64();
     let base = v * a.scale + a.offset;
     let out = (base - b.offset) / b.scale;
     let digits = value.mantissa.unsigned_abs().to_string().len().max(2);
@@ -426,6 +470,30 @@ mod tests {
         // A bad unit seen again (answered from the refused set) is still refused.
         assert!(!is_ucum("mmHg"));
         assert!(!is_ucum("mmHg"));
+    }
+
+    /// More units than a thread keeps, valid and not, looked up in turn again and again:
+    /// each answer is the first one (a stale or misplaced recent entry would differ).
+    #[test]
+    fn a_thread_s_recent_units_answer_as_the_shared_cache_does() {
+        let units: Vec<String> = (0..3 * RECENT_LIMIT)
+            .map(|i| match i % 3 {
+                0 => ["kg", "mm[Hg]", "Cel", "/min", "%", "g", "[lb_av]", "kPa"][i / 3 % 8].into(),
+                1 => format!("{}.s-1", ["m", "g", "mol"][i / 3 % 3]),
+                _ => format!("not-a-unit{i}("),
+            })
+            .collect();
+        let first: Vec<Option<Dimension>> = units.iter().map(|u| dimension(u)).collect();
+        assert!(first.iter().any(Option::is_some) && first.iter().any(Option::is_none));
+        for round in 0..4 {
+            for (i, u) in units.iter().enumerate().rev().skip(round) {
+                assert_eq!(dimension(u), first[i], "{u} in round {round}");
+                assert_eq!(is_ucum(u), first[i].is_some(), "{u} in round {round}");
+            }
+        }
+        // Two units in a row compare through the recent entries of both.
+        assert!(commensurable("kg", "[lb_av]"));
+        assert!(!commensurable("kg", "kPa"));
     }
 
     proptest::proptest! {
