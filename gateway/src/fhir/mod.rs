@@ -363,17 +363,21 @@ pub fn bundle(
     let mut devices: HashMap<&DeviceRef, String> = HashMap::new();
     for (_, r) in rows {
         if let MapEntry::Vacant(slot) = devices.entry(&r.device) {
-            let d = device(&r.device);
+            let (system, value) = observation::device_identifier(&r.device);
+            let full_url = observation::device_full_url(&system, &value);
             write_entry(
                 &mut body,
                 false,
-                &d.full_url,
-                &d.resource,
+                &full_url,
+                observation::DeviceResource::new(&r.device, &system, &value),
                 "Device",
-                &d.if_none_exist,
+                &IfNoneExist {
+                    system: &system,
+                    value: &value,
+                },
             );
             roles.push(EntryRole::Device);
-            slot.insert(d.full_url);
+            slot.insert(full_url);
         }
     }
     // Distinct patients bound by identifier, with the reference their subjects get.

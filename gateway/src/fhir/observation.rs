@@ -6,7 +6,7 @@ use std::sync::{OnceLock, RwLock};
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Number, Value as Json};
+use serde_json::{json, Number, Value as Json};
 
 use super::{
     if_none_exist, urn_uuid, Gateway, UnitConverter, IDENTIFIER_SYSTEM, LOINC, MDC,
@@ -739,33 +739,93 @@ pub fn device_identifier(d: &DeviceRef) -> (String, String) {
     }
 }
 
+/// A measuring device's Device resource, written straight from the device (the Bundle
+/// writes one per distinct device of every batch, so no JSON tree is built for it).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceResource<'a> {
+    resource_type: &'static str,
+    identifier: [SystemValue<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial_number: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manufacturer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_number: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_name: Option<[DeviceName<'a>; 1]>,
+    property: [ProfileProperty<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct SystemValue<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeviceName<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProfileProperty<'a> {
+    #[serde(rename = "type")]
+    kind: Text<'static>,
+    value_code: [Text<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Text<'a> {
+    text: &'a str,
+}
+
+impl<'a> DeviceResource<'a> {
+    /// The resource of `d`, identified by `system` and `value` ([`device_identifier`]).
+    pub fn new(d: &'a DeviceRef, system: &'a str, value: &'a str) -> Self {
+        Self {
+            resource_type: "Device",
+            identifier: [SystemValue { system, value }],
+            serial_number: match &d.id {
+                DeviceId::Serial(s) => Some(s),
+                _ => None,
+            },
+            manufacturer: d.manufacturer.as_deref(),
+            model_number: d.model.as_deref(),
+            device_name: d.model.as_deref().map(|name| {
+                [DeviceName {
+                    name,
+                    kind: "model-name",
+                }]
+            }),
+            property: [ProfileProperty {
+                kind: Text {
+                    text: "vitalbridge device profile",
+                },
+                value_code: [Text { text: &d.profile }],
+            }],
+        }
+    }
+}
+
+/// The `fullUrl` of a measuring device's entry, from its identifier.
+pub fn device_full_url(system: &str, value: &str) -> String {
+    urn_uuid("Device", &format!("{system}|{value}"))
+}
+
 /// The Device resource for a measuring device.
 pub fn device(d: &DeviceRef) -> DeviceIdentifier {
     let (system, value) = device_identifier(d);
-    let mut res = Map::new();
-    res.insert("resourceType".into(), json!("Device"));
-    res.insert(
-        "identifier".into(),
-        json!([{"system": system, "value": value}]),
-    );
-    if let DeviceId::Serial(s) = &d.id {
-        res.insert("serialNumber".into(), json!(s));
-    }
-    if let Some(m) = &d.manufacturer {
-        res.insert("manufacturer".into(), json!(m));
-    }
-    if let Some(m) = &d.model {
-        res.insert("modelNumber".into(), json!(m));
-        res.insert(
-            "deviceName".into(),
-            json!([{"name": m, "type": "model-name"}]),
-        );
-    }
-    res.insert("property".into(), json!([{"type": {"text": "vitalbridge device profile"}, "valueCode": [{"text": d.profile}]}]));
+    // A struct of strings always converts.
+    let resource =
+        serde_json::to_value(DeviceResource::new(d, &system, &value)).unwrap_or(Json::Null);
     DeviceIdentifier {
-        full_url: urn_uuid("Device", &format!("{system}|{value}")),
+        full_url: device_full_url(&system, &value),
         if_none_exist: if_none_exist(&system, &value),
-        resource: Json::Object(res),
+        resource,
     }
 }
 

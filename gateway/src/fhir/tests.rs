@@ -687,3 +687,57 @@ fn patients_by_identifier_conditional_reference_or_conditional_create() {
     assert_eq!(rows_within_entries(&rows, 7, PatientMode::Create), 3);
     assert_eq!(rows_within_entries(&rows, 7, PatientMode::Identifier), 4);
 }
+
+/// The Device resource as it was built before it was written from a struct: a JSON tree.
+fn device_json_as_built_before(d: &DeviceRef) -> serde_json::Value {
+    let (system, value) = observation::device_identifier(d);
+    let mut res = serde_json::Map::new();
+    res.insert("resourceType".into(), json!("Device"));
+    res.insert(
+        "identifier".into(),
+        json!([{"system": system, "value": value}]),
+    );
+    if let DeviceId::Serial(s) = &d.id {
+        res.insert("serialNumber".into(), json!(s));
+    }
+    if let Some(m) = &d.manufacturer {
+        res.insert("manufacturer".into(), json!(m));
+    }
+    if let Some(m) = &d.model {
+        res.insert("modelNumber".into(), json!(m));
+        res.insert(
+            "deviceName".into(),
+            json!([{"name": m, "type": "model-name"}]),
+        );
+    }
+    res.insert("property".into(), json!([{"type": {"text": "vitalbridge device profile"}, "valueCode": [{"text": d.profile}]}]));
+    serde_json::Value::Object(res)
+}
+
+proptest::proptest! {
+    /// Every kind of device, with or without a model and a manufacturer, any text in them:
+    /// its entry in a Bundle holds the same Device JSON, byte for byte, as the tree did, and
+    /// so does `device()`.
+    #[test]
+    fn device_resources_are_written_as_the_json_tree_was(
+        kind in 0usize..4,
+        bytes in proptest::array::uniform8(proptest::num::u8::ANY),
+        text in "[a-zA-Z0-9 ,|$\\\\é\"<>]{1,16}",
+        model in proptest::option::of("[a-zA-Z0-9 \"\\\\é]{0,12}"),
+        manufacturer in proptest::option::of("[a-zA-Z0-9 \"\\\\é]{0,12}"),
+    ) {
+        let id = match kind {
+            0 => DeviceId::Eui64(bytes),
+            1 => DeviceId::Bluetooth(bytes[..6].try_into().unwrap()),
+            2 => DeviceId::Serial(text.clone()),
+            _ => DeviceId::Other(text.clone()),
+        };
+        let d = DeviceRef { id, profile: format!("profile {text}"), model, manufacturer };
+        let want = serde_json::to_string(&device_json_as_built_before(&d)).unwrap();
+        let (system, value) = observation::device_identifier(&d);
+        let written =
+            serde_json::to_string(&observation::DeviceResource::new(&d, &system, &value)).unwrap();
+        proptest::prop_assert_eq!(&written, &want);
+        proptest::prop_assert_eq!(serde_json::to_string(&device(&d).resource).unwrap(), want);
+    }
+}
