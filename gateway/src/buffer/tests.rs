@@ -536,6 +536,21 @@ async fn the_last_sequence_survives_delivery() {
             Some(highest)
         );
     }
+    // Ids of two kinds with the same text share one key: in one group, the higher number
+    // is kept whichever comes first (several times, so no map order can hide a lost max).
+    for round in 0..8u64 {
+        let (low, high) = (1000 + 2 * round, 1001 + 2 * round);
+        let mut serial = reading("s", low);
+        serial.device.id = DeviceId::Serial("s".into());
+        let other = reading("s", high);
+        let group = if round % 2 == 0 {
+            vec![serial, other]
+        } else {
+            vec![other, serial]
+        };
+        r.ingest.commit(group).await.unwrap();
+        assert_eq!(r.ingest.last_sequence("s").await.unwrap(), Some(high));
+    }
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ use super::{
     id_list, now_ms, retry_delay, storage_failure, BufferError, Destination, Settle, Store,
 };
 use crate::error_chain::Chain;
-use crate::model::Reading;
+use crate::model::{DeviceId, Reading};
 use crate::pipeline::{
     CommitError, Committed, IngestRx, Rejected, Request, StorageFailure, StorageProblem,
     SMALL_GROUP,
@@ -962,16 +962,23 @@ const DEVICE_STATE_SQL: &str = "INSERT INTO device_state (device_key, last_seque
 /// The highest sequence number of each device in a group, as a JSON object for
 /// [`DEVICE_STATE_SQL`]; `None` when no reading has one.
 fn device_state_json(prepared: &Prepared<'_>) -> Option<String> {
-    let mut max_seq: HashMap<String, i64> = HashMap::new();
+    // Keyed by the device id itself: its text is made once per device, not once per reading.
+    let mut max_seq: HashMap<&DeviceId, i64> = HashMap::new();
     for (_, _, r) in prepared.readings.iter().chain(&prepared.held) {
         if let Some(seq) = r.sequence {
             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-            let e = max_seq.entry(r.device.id.key()).or_insert(seq);
+            let e = max_seq.entry(&r.device.id).or_insert(seq);
             *e = (*e).max(seq);
         }
     }
+    // Ids of two kinds may share a key (a serial number and another id of the same text).
+    let mut by_key: HashMap<String, i64> = HashMap::with_capacity(max_seq.len());
+    for (id, seq) in max_seq {
+        let e = by_key.entry(id.key()).or_insert(seq);
+        *e = (*e).max(seq);
+    }
     // A map of strings to integers always serializes.
-    (!max_seq.is_empty()).then(|| serde_json::to_string(&max_seq).unwrap_or_default())
+    (!by_key.is_empty()).then(|| serde_json::to_string(&by_key).unwrap_or_default())
 }
 
 /// The statements of one group, inside its transaction.
