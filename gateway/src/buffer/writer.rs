@@ -581,7 +581,7 @@ impl Writer {
 
         let key = self.store.inner.key.clone();
         let (readings, held) = seal_all(&key, admitted.iter().flat_map(|(_, r)| r.iter()));
-        let prepared = Prepared {
+        let mut prepared = Prepared {
             readings,
             held,
             todo: self.store.inner.all_destinations,
@@ -600,7 +600,7 @@ impl Writer {
             "commit"
         };
         let result = if has_writes {
-            self.transaction(&prepared, &rejected).await
+            self.transaction(&mut prepared, &rejected).await
         } else {
             Ok(Written::default())
         };
@@ -723,7 +723,7 @@ impl Writer {
     /// the connection dropped (see the module docs).
     async fn transaction(
         &mut self,
-        prepared: &Prepared<'_>,
+        prepared: &mut Prepared<'_>,
         rejected: &[(Arc<str>, Rejected)],
     ) -> Result<Written, StorageFailure> {
         let key = self.store.inner.key.clone();
@@ -788,14 +788,14 @@ impl Writer {
     ) -> Result<u64, BufferError> {
         let key = self.store.inner.key.clone();
         let (bound, held) = seal_all(&key, readings.iter());
-        let prepared = Prepared {
+        let mut prepared = Prepared {
             readings: bound,
             held,
             todo: self.store.inner.all_destinations,
             acks: Vec::new(),
             dead: Vec::new(),
         };
-        let written = self.transaction(&prepared, &[]).await?;
+        let written = self.transaction(&mut prepared, &[]).await?;
         self.store
             .inner
             .pending
@@ -985,15 +985,16 @@ fn device_state_json(prepared: &Prepared<'_>) -> Option<String> {
 async fn write(
     conn: &mut SqliteConnection,
     key: &super::seal::BufferKey,
-    prepared: &Prepared<'_>,
+    prepared: &mut Prepared<'_>,
     rejected: &[(Arc<str>, Rejected)],
     older: &Older,
     written: &mut Written,
 ) -> Result<(), sqlx::Error> {
-    let mut rest = prepared.readings.as_slice();
+    let todo = prepared.todo;
+    let mut rest = prepared.readings.as_mut_slice();
     while !rest.is_empty() {
         let n = insert_chunk_len(rest.len());
-        let (chunk, tail) = rest.split_at(n);
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
         rest = tail;
         // A failed group is answered with its error, never acknowledged.
         let sql = insert_sql(n, older)
@@ -1003,8 +1004,10 @@ async fn write(
             q = q
                 .bind(&sealed.dedup[..])
                 .bind(*received)
-                .bind(&sealed.body[..])
-                .bind(prepared.todo);
+                // Moved into the statement, not copied: a group is written once (a failed
+                // one is answered with its error, never written again).
+                .bind(std::mem::take(&mut sealed.body))
+                .bind(todo);
             if let Some(old_key) = older.old_key(r) {
                 q = q.bind(old_key.to_vec());
             }
