@@ -458,8 +458,9 @@ struct AckId {
 struct Message {
     /// What its PUBACK needs.
     ack: AckId,
-    /// `mqtt:<topic>`: the dead-letter origin.
-    origin: String,
+    /// Its topic, bounded ([`bounded_topic`]); `mqtt:<topic>` is its dead-letter origin,
+    /// written only for a dead letter.
+    topic: String,
     /// The payload, or for one over the limit, what is kept of it.
     payload: Payload,
 }
@@ -473,7 +474,7 @@ enum Payload {
 
 impl Message {
     fn of(publish: Publish, max_payload: usize) -> Self {
-        let origin = format!("mqtt:{}", bounded_topic(&publish.topic));
+        let topic = bounded_topic(publish.topic);
         let ack = AckId {
             qos: publish.qos,
             pkid: publish.pkid,
@@ -485,7 +486,7 @@ impl Message {
                 "MQTT payload larger than sources.mqtt.max_packet_bytes: dead-lettered without decoding"
             );
             Payload::Oversized(Rejected::new(
-                origin.clone(),
+                origin(&topic),
                 format!(
                     "payload of {} bytes is larger than sources.mqtt.max_packet_bytes ({max_payload}); \
                      kept: its first bytes, size and SHA-256",
@@ -500,7 +501,7 @@ impl Message {
         };
         Self {
             ack,
-            origin,
+            topic,
             payload,
         }
     }
@@ -595,8 +596,7 @@ fn decode(
     match &m.payload {
         Payload::Bytes(bytes) => {
             // A vendor profile whose topics match takes the message; else the canonical format.
-            let topic = m.origin.strip_prefix("mqtt:").unwrap_or_default();
-            match source.profiles.decode(topic, bytes, received, &binding) {
+            match source.profiles.decode(&m.topic, bytes, received, &binding) {
                 Some(decoded) => decoded
                     .map(|readings| canonical::Decoded {
                         readings,
@@ -606,7 +606,7 @@ fn decode(
                 None => canonical::decode_with(bytes, received, &binding, patients.trust)
                     .map_err(|e| e.to_string()),
             }
-            .map_err(|reason| Rejected::new(m.origin.clone(), reason, bytes))
+            .map_err(|reason| Rejected::new(origin(&m.topic), reason, bytes))
         }
         Payload::Oversized(r) => Err(r.clone()),
     }
@@ -614,15 +614,20 @@ fn decode(
 
 /// A topic as a dead-letter origin: at most [`limits::MAX_TOPIC_LEN`] bytes (a publisher
 /// chooses it; MQTT allows 64 KiB), cut at a character boundary and marked when cut.
-fn bounded_topic(topic: &str) -> std::borrow::Cow<'_, str> {
+fn bounded_topic(topic: String) -> String {
     if topic.len() <= limits::MAX_TOPIC_LEN {
-        return topic.into();
+        return topic;
     }
     let mut end = limits::MAX_TOPIC_LEN;
     while !topic.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &topic[..end]).into()
+    format!("{}…", &topic[..end])
+}
+
+/// A message's dead-letter origin: `mqtt:<topic>`.
+fn origin(topic: &str) -> String {
+    format!("mqtt:{topic}")
 }
 
 /// Waits [`COMMIT_RETRY`]; `false` if shutdown came first.
@@ -767,9 +772,9 @@ mod tests {
 
     #[test]
     fn a_long_topic_is_cut_to_the_limit_at_a_character_boundary() {
-        assert_eq!(bounded_topic("vitals/a"), "vitals/a");
+        assert_eq!(bounded_topic("vitals/a".into()), "vitals/a");
         let long = "é".repeat(limits::MAX_TOPIC_LEN);
-        let cut = bounded_topic(&long);
+        let cut = bounded_topic(long);
         assert!(cut.ends_with('…'));
         assert!(cut.len() <= limits::MAX_TOPIC_LEN + '…'.len_utf8());
         assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
