@@ -186,10 +186,11 @@ impl fmt::Display for IfNoneExist<'_> {
 /// Writes one token part of a search: FHIR-escaped, then percent-encoded.
 fn write_search_param(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // `%XX` in one write (the writer may be a JSON string's, which scans each write).
     let pct = |out: &mut dyn fmt::Write, b: u8| {
-        out.write_char('%')?;
-        out.write_char(char::from(HEX[usize::from(b >> 4)]))?;
-        out.write_char(char::from(HEX[usize::from(b & 0x0f)]))
+        let text = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]];
+        // Three ASCII bytes.
+        out.write_str(std::str::from_utf8(&text).unwrap_or_default())
     };
     // Runs of unreserved characters are copied whole: a run starts and ends next to ASCII
     // bytes, so both ends are character boundaries.
