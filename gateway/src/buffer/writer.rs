@@ -829,25 +829,29 @@ fn seal_all<'a>(
     (bound, held)
 }
 
-/// Deletes the rows among `ids` (a JSON list) that no destination needs any more, and
-/// remembers them as delivered (see [`DELIVERED_MEMORY`]).
+/// Deletes the rows among `ids` (a JSON list) whose `todo` is `finished` (what is left of it
+/// once they need nothing more: 0, or the bit of the destination that has them now), and
+/// remembers them as delivered (see [`DELIVERED_MEMORY`]). Returns how many it deleted.
 async fn delete_settled(
     conn: &mut SqliteConnection,
     ids: &str,
+    finished: i64,
     now: i64,
 ) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "INSERT OR IGNORE INTO delivered (dedup, at_ms) \
-         SELECT dedup, ? FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = 0",
+         SELECT dedup, ? FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
     )
     .bind(now)
     .bind(ids)
+    .bind(finished)
     .execute(&mut *conn)
     .await?;
     Ok(sqlx::query(
-        "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = 0",
+        "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
     )
     .bind(ids)
+    .bind(finished)
     .execute(&mut *conn)
     .await?
     .rows_affected())
@@ -865,23 +869,7 @@ async fn settle_acked(
     all: i64,
     now: i64,
 ) -> Result<(u64, u64), sqlx::Error> {
-    sqlx::query(
-        "INSERT OR IGNORE INTO delivered (dedup, at_ms) \
-         SELECT dedup, ? FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
-    )
-    .bind(now)
-    .bind(ids)
-    .bind(mask)
-    .execute(&mut *conn)
-    .await?;
-    let finished = sqlx::query(
-        "DELETE FROM readings WHERE id IN (SELECT value FROM json_each(?)) AND todo = ?",
-    )
-    .bind(ids)
-    .bind(mask)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let finished = delete_settled(conn, ids, mask, now).await?;
     if all & !mask == 0 {
         return Ok((finished, 0));
     }
@@ -1072,7 +1060,7 @@ async fn write(
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-        written.removed += delete_settled(conn, &ids, now).await?;
+        written.removed += delete_settled(conn, &ids, 0, now).await?;
     }
     Ok(())
 }
