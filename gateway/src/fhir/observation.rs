@@ -745,7 +745,7 @@ pub fn device_identifier(d: &DeviceRef) -> (String, String) {
 #[serde(rename_all = "camelCase")]
 pub struct DeviceResource<'a> {
     resource_type: &'static str,
-    identifier: [SystemValue<'a>; 1],
+    identifier: [Identifier<'a>; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
     serial_number: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -755,12 +755,6 @@ pub struct DeviceResource<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     device_name: Option<[DeviceName<'a>; 1]>,
     property: [ProfileProperty<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct SystemValue<'a> {
-    system: &'a str,
-    value: &'a str,
 }
 
 #[derive(Serialize)]
@@ -788,7 +782,7 @@ impl<'a> DeviceResource<'a> {
     pub fn new(d: &'a DeviceRef, system: &'a str, value: &'a str) -> Self {
         Self {
             resource_type: "Device",
-            identifier: [SystemValue { system, value }],
+            identifier: [Identifier { system, value }],
             serial_number: match &d.id {
                 DeviceId::Serial(s) => Some(s),
                 _ => None,
