@@ -38,6 +38,9 @@
 //! - [`streams`]: the streaming destinations' peers: a client-certificate-only mosquitto
 //!   with an ACL, and an independent paho-mqtt subscriber that validates every message.
 //!
+//! - [`ports`]: loopback ports for servers and the gateway's listeners, from below the
+//!   kernel's ephemeral range so that none is handed out twice.
+//!
 //! Everything binds to 127.0.0.1 only.
 #![warn(missing_docs)]
 
@@ -51,6 +54,7 @@ pub mod mosquitto;
 pub mod oauth;
 pub mod ops;
 pub mod pki;
+pub mod ports;
 pub mod powerloss;
 pub mod scenario;
 pub mod serial_link;

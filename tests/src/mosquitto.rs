@@ -40,7 +40,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,11 +156,7 @@ fn mosquitto_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
-/// A port that was free a moment ago (bind to port 0, read it, release it).
-pub fn free_port() -> io::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use crate::ports::free_port;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
