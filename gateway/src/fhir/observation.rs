@@ -6,15 +6,15 @@ use std::sync::{OnceLock, RwLock};
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{json, Number, Value as Json};
+use serde_json::{json, Value as Json};
 
 use super::{
     if_none_exist, urn_uuid, Gateway, UnitConverter, IDENTIFIER_SYSTEM, LOINC, MDC,
     PQ_TRANSLATION_EXTENSION, STATUS_SYSTEM, TIME_SOURCE_EXTENSION, UCUM,
 };
 use crate::model::{
-    format_time, search_safe, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric,
-    PatientRef, Quantity, Reading, ResultStatus, StatusFlag, TimeSource, TimeText, Value,
+    search_safe, AbsentReason, Decimal, DeviceId, DeviceRef, Measured, Metric, PatientRef,
+    Quantity, Reading, ResultStatus, StatusFlag, TimeSource, TimeText, Value,
 };
 
 /// PHD's identifier system for IEEE EUI-64 system ids.
@@ -49,11 +49,22 @@ struct Dec(Decimal);
 
 impl Serialize for Dec {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // `Decimal`'s Display is a valid JSON number literal; with serde_json's
-        // `arbitrary_precision` a `Number` keeps that exact text.
-        match self.0.to_string().parse::<Number>() {
-            Ok(n) => n.serialize(serializer),
-            Err(_) => serializer.serialize_none(),
+        use std::io::Write;
+        // `Decimal`'s Display is a valid JSON number literal, written here into a stack
+        // buffer (the longest, an i64's digits behind 127 zeros or `0.`, is under 160 bytes)
+        // and passed on as raw JSON: the exact text, nothing allocated.
+        const CAP: usize = 160;
+        let mut buf = [0u8; CAP];
+        let mut out = &mut buf[..];
+        let written = write!(out, "{}", self.0).is_ok();
+        let len = CAP - out.len();
+        let raw = std::str::from_utf8(&buf[..len])
+            .ok()
+            .filter(|_| written)
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        match raw {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_none(),
         }
     }
 }
@@ -322,33 +333,106 @@ impl Serialize for Profiles {
 /// profile version can be found on the server.
 pub const PROFILE_TAG_SYSTEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/device-profile";
 
-/// An extension: a URL and either one value or nested extensions.
+/// `extension[gatewayDevice]`: the gateway Device that relayed the reading.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Extension<'a> {
-    url: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_date_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_integer: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_reference: Option<Reference<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    extension: Vec<Extension<'a>>,
+struct GatewayExtension<'a> {
+    url: &'static str,
+    value_reference: Reference<'a>,
 }
 
-impl<'a> Extension<'a> {
-    fn new(url: &'a str) -> Self {
+/// [`TIME_SOURCE_EXTENSION`] of one reading, written from these fields (no list of parts is
+/// built: every Observation carries one).
+struct TimeSourceExtension {
+    source: TimeSource,
+    /// With [`TimeSource::DeviceCorrected`]: the device's own time (`deviceTime`) and the
+    /// correction (`offsetMs`).
+    device_time: Option<DateTime>,
+    offset_ms: i64,
+    /// How the device clock is known, when it has one (`synchronization`).
+    synchronization: Option<&'static str>,
+}
+
+impl TimeSourceExtension {
+    fn new(r: &Reading, source: TimeSource) -> Self {
         Self {
-            url,
-            value_code: None,
-            value_date_time: None,
-            value_integer: None,
-            value_reference: None,
-            extension: Vec::new(),
+            source,
+            device_time: r.device_time.map(|t| DateTime(TimeText::new(t))),
+            offset_ms: r
+                .clock_offset
+                .map(|d| d.whole_milliseconds() as i64)
+                .unwrap_or(0),
+            synchronization: r
+                .time_sync
+                .filter(|_| r.device_time.is_some())
+                .map(|sync| sync.as_str()),
         }
+    }
+}
+
+impl Serialize for TimeSourceExtension {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut e = s.serialize_struct("Extension", 2)?;
+        e.serialize_field("url", TIME_SOURCE_EXTENSION)?;
+        e.serialize_field("extension", &TimeSourceParts(self))?;
+        e.end()
+    }
+}
+
+/// The nested extensions of [`TimeSourceExtension`], in their order.
+struct TimeSourceParts<'a>(&'a TimeSourceExtension);
+
+impl Serialize for TimeSourceParts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Code {
+            url: &'static str,
+            value_code: &'static str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct When<'a> {
+            url: &'static str,
+            value_date_time: &'a str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Integer {
+            url: &'static str,
+            value_integer: i64,
+        }
+        let e = self.0;
+        let corrected = e.source == TimeSource::DeviceCorrected;
+        let len = 1 + 2 * usize::from(corrected) + usize::from(e.synchronization.is_some());
+        let mut seq = s.serialize_seq(Some(len))?;
+        seq.serialize_element(&Code {
+            url: "source",
+            value_code: match e.source {
+                TimeSource::Device => "device",
+                TimeSource::DeviceCorrected => "device-corrected",
+                TimeSource::GatewayReceive => "gateway-receive",
+            },
+        })?;
+        if corrected {
+            seq.serialize_element(&When {
+                url: "deviceTime",
+                value_date_time: e.device_time.as_ref().map_or("", |t| t.0.as_str()),
+            })?;
+            seq.serialize_element(&Integer {
+                url: "offsetMs",
+                value_integer: e.offset_ms,
+            })?;
+        }
+        if let Some(sync) = e.synchronization {
+            seq.serialize_element(&Code {
+                url: "synchronization",
+                value_code: sync,
+            })?;
+        }
+        seq.end()
     }
 }
 
@@ -362,16 +446,16 @@ impl Serialize for DateTime {
 }
 
 #[derive(Serialize)]
-struct Period<'a> {
+struct Period {
     start: DateTime,
     end: DateTime,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    extension: Vec<Extension<'a>>,
+    extension: [TimeSourceExtension; 1],
 }
 
+/// `_effectiveDateTime`: the extensions of the primitive `effectiveDateTime`.
 #[derive(Serialize)]
-struct Extensions<'a> {
-    extension: Vec<Extension<'a>>,
+struct Extensions {
+    extension: [TimeSourceExtension; 1],
 }
 
 #[derive(Serialize)]
@@ -437,17 +521,17 @@ pub struct Observation<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<Subject<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    effective_period: Option<Period<'a>>,
+    effective_period: Option<Period>,
     #[serde(skip_serializing_if = "Option::is_none")]
     effective_date_time: Option<DateTime>,
     #[serde(rename = "_effectiveDateTime", skip_serializing_if = "Option::is_none")]
-    effective_date_time_ext: Option<Extensions<'a>>,
+    effective_date_time_ext: Option<Extensions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     interpretation: Vec<Concept<'a>>,
     #[serde(flatten)]
     value: ObsValue<'a>,
     device: Reference<'a>,
-    extension: [Extension<'a>; 1],
+    extension: [GatewayExtension<'a>; 1],
 }
 
 impl<'a> Observation<'a> {
@@ -513,13 +597,13 @@ impl<'a> Observation<'a> {
             },
         });
         let (when, source) = r.effective_time();
-        let time_ext = time_source_extension(r, source);
+        let time_ext = TimeSourceExtension::new(r, source);
         let (effective_period, effective_date_time, effective_date_time_ext) = match r.duration {
             Some(d) => (
                 Some(Period {
                     start: DateTime(TimeText::new(when - d)),
                     end: DateTime(TimeText::new(when)),
-                    extension: time_ext.into_iter().collect(),
+                    extension: [time_ext],
                 }),
                 None,
                 None,
@@ -527,7 +611,9 @@ impl<'a> Observation<'a> {
             None => (
                 None,
                 Some(DateTime(TimeText::new(when))),
-                time_ext.map(|e| Extensions { extension: vec![e] }),
+                Some(Extensions {
+                    extension: [time_ext],
+                }),
             ),
         };
         let interpretation = r
@@ -580,10 +666,12 @@ impl<'a> Observation<'a> {
                 display.as_deref(),
             ))),
         };
-        let mut gateway = Extension::new(GATEWAY_DEVICE_EXTENSION);
-        gateway.value_reference = Some(Reference {
-            reference: gateway_url,
-        });
+        let gateway = GatewayExtension {
+            url: GATEWAY_DEVICE_EXTENSION,
+            value_reference: Reference {
+                reference: gateway_url,
+            },
+        };
         Self {
             resource_type: "Observation",
             meta,
@@ -692,37 +780,6 @@ pub fn observation(r: &Reading, device_url: &str, gateway_url: &str) -> Json {
     // Serializing these types into a Value cannot fail: every key is a string.
     serde_json::to_value(Observation::new(r, &identifier, device_url, gateway_url))
         .unwrap_or(Json::Null)
-}
-
-fn time_source_extension(r: &Reading, source: TimeSource) -> Option<Extension<'static>> {
-    let mut parts = Vec::with_capacity(4);
-    let mut code = Extension::new("source");
-    code.value_code = Some(match source {
-        TimeSource::Device => "device",
-        TimeSource::DeviceCorrected => "device-corrected",
-        TimeSource::GatewayReceive => "gateway-receive",
-    });
-    parts.push(code);
-    if source == TimeSource::DeviceCorrected {
-        let mut device_time = Extension::new("deviceTime");
-        device_time.value_date_time = Some(r.device_time.map(format_time).unwrap_or_default());
-        parts.push(device_time);
-        let mut offset = Extension::new("offsetMs");
-        offset.value_integer = Some(
-            r.clock_offset
-                .map(|d| d.whole_milliseconds() as i64)
-                .unwrap_or(0),
-        );
-        parts.push(offset);
-    }
-    if let (Some(sync), Some(_)) = (r.time_sync, r.device_time) {
-        let mut method = Extension::new("synchronization");
-        method.value_code = Some(sync.as_str());
-        parts.push(method);
-    }
-    let mut e = Extension::new(TIME_SOURCE_EXTENSION);
-    e.extension = parts;
-    Some(e)
 }
 
 /// The identifier (system, value) of a measuring device. A serial number or other id is
@@ -868,5 +925,30 @@ mod tests {
         assert_eq!(vital[1]["coding"][0]["code"], "phd");
         assert_eq!(other.as_array().map(Vec::len), Some(1));
         assert_eq!(other[0]["coding"][0]["code"], "phd");
+    }
+
+    proptest::proptest! {
+        /// A decimal is written, as text and as a JSON tree, exactly as a `Number` parsed
+        /// from its Display text was (the way before): same digits, same precision, for any
+        /// mantissa and exponent, the extremes included.
+        #[test]
+        fn a_decimal_is_written_as_the_number_of_its_text(
+            mantissa in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                proptest::strategy::Just(i64::MIN),
+                proptest::strategy::Just(0i64),
+            ],
+            exponent in proptest::prop_oneof![
+                proptest::num::i8::ANY,
+                proptest::strategy::Just(i8::MIN),
+                proptest::strategy::Just(i8::MAX),
+            ],
+        ) {
+            let d = Decimal::new(mantissa, exponent);
+            let number: serde_json::Number = d.to_string().parse().unwrap();
+            let want = serde_json::to_string(&number).unwrap();
+            proptest::prop_assert_eq!(serde_json::to_string(&Dec(d)).unwrap(), want.as_str());
+            proptest::prop_assert_eq!(serde_json::to_value(Dec(d)).unwrap(), Json::Number(number));
+        }
     }
 }

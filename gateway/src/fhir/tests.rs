@@ -431,6 +431,21 @@ fn time_provenance_is_on_every_observation_for_each_kind_of_clock() {
     let (when, parts) = ext(&clockless);
     assert_eq!(when, json!("2026-11-25T09:00:03Z"));
     assert_eq!(parts, [part("source", json!("gateway-receive"))]);
+    // A measurement with a duration has a Period, carrying the same extension.
+    for r in [bp_reading(), checked, corrected, zoned, clockless] {
+        let instant = observation(&r, "d", "g");
+        let timed = Reading {
+            duration: Some(Duration::minutes(5)),
+            ..r
+        };
+        let o = observation(&timed, "d", "g");
+        assert_eq!(o["effectivePeriod"]["end"], instant["effectiveDateTime"]);
+        assert_eq!(
+            o["effectivePeriod"]["extension"],
+            instant["_effectiveDateTime"]["extension"]
+        );
+        assert!(o.get("_effectiveDateTime").is_none(), "{o}");
+    }
 }
 
 /// With `clinical.units = "canonical"` a value in another commensurable unit is converted,
