@@ -138,22 +138,39 @@ const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5f1b_6e3c_9a0d_4c1e_8
 /// (version 5, RFC 9562 §5.5: SHA-1 of the namespace then the name) of `kind/key`. The name
 /// is hashed in parts, never joined into a string first.
 pub fn urn_uuid(kind: &str, key: &str) -> String {
-    use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
-    let mut sha1 = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
-    sha1.update(UUID_NAMESPACE.as_bytes());
-    sha1.update(kind.as_bytes());
-    sha1.update(b"/");
-    sha1.update(key.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&sha1.finish().as_ref()[..16]);
-    let uuid = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
-    let mut out = String::with_capacity(45);
-    out.push_str("urn:uuid:");
-    out.push_str(
-        uuid.hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
-    out
+    UrnUuid::new(kind, key).as_str().to_owned()
+}
+
+/// [`urn_uuid`]'s text in a buffer of its own, for a fullUrl written once (every
+/// Observation entry has one).
+pub struct UrnUuid([u8; UrnUuid::LEN]);
+
+impl UrnUuid {
+    /// `urn:uuid:` and a hyphenated UUID.
+    const LEN: usize = 9 + 36;
+
+    /// The `urn:uuid:` of `kind/key` ([`urn_uuid`]).
+    pub fn new(kind: &str, key: &str) -> Self {
+        use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
+        let mut sha1 = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+        sha1.update(UUID_NAMESPACE.as_bytes());
+        sha1.update(kind.as_bytes());
+        sha1.update(b"/");
+        sha1.update(key.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&sha1.finish().as_ref()[..16]);
+        let uuid = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+        let mut text = [0u8; Self::LEN];
+        text[..9].copy_from_slice(b"urn:uuid:");
+        uuid.hyphenated().encode_lower(&mut text[9..]);
+        Self(text)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // ASCII only: the prefix and a UUID's hex digits and hyphens.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// A conditional-create search string: `identifier=system|value`.
@@ -433,7 +450,7 @@ pub fn bundle(
         write_entry(
             &mut body,
             false,
-            &urn_uuid("Observation", &identifier),
+            UrnUuid::new("Observation", &identifier).as_str(),
             obs,
             "Observation",
             &IfNoneExist {
