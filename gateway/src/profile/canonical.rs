@@ -47,6 +47,8 @@
 //!
 //! Decoding never panics; errors name the field (but never echo a value, which may be PHI).
 
+use std::fmt;
+
 use serde::Deserialize;
 use serde_json::Number;
 use time::format_description::well_known::Rfc3339;
@@ -84,15 +86,35 @@ pub enum DecodeError {
     },
 }
 
-fn field(field: impl Into<String>, problem: impl Into<String>) -> DecodeError {
+fn field(field: impl fmt::Display, problem: impl Into<String>) -> DecodeError {
     DecodeError::Field {
-        field: field.into(),
+        field: field.to_string(),
         problem: problem.into(),
     }
 }
 
+/// A field's name in an error: `leaf`, or `leaf` of the `index`th element of `list`. Written
+/// only when there is an error (a reading's components would otherwise format theirs
+/// every time).
+#[derive(Clone, Copy)]
+struct Name<'a> {
+    list: &'a str,
+    index: usize,
+    leaf: &'a str,
+}
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)?;
+        if !self.leaf.is_empty() {
+            write!(f, ".{}", self.leaf)?;
+        }
+        Ok(())
+    }
+}
+
 /// Refuses `value` when it is longer than `limit` bytes.
-fn limit(name: &str, value: &str, limit: usize) -> Result<(), DecodeError> {
+fn limit(name: impl fmt::Display, value: &str, limit: usize) -> Result<(), DecodeError> {
     if value.len() > limit {
         return Err(field(name, too_long_message(limit)));
     }
@@ -131,11 +153,42 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Numbe
     Option::<Number>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `device`: its id alone, or an object with the id and what else is known.
 enum WireDevice {
     Id(String),
     Full(WireDeviceFull),
+}
+
+impl<'de> Deserialize<'de> for WireDevice {
+    /// Chosen by the JSON type, by hand as [`OneOrMany`] is: serde's untagged enum would
+    /// buffer the value first and copy the id twice.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = WireDevice;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a device id or a device object")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<WireDevice, E> {
+                Ok(WireDevice::Id(id.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, id: String) -> Result<WireDevice, E> {
+                Ok(WireDevice::Id(id))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<WireDevice, A::Error> {
+                WireDeviceFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(WireDevice::Full)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Deserialize)]
@@ -380,8 +433,12 @@ fn convert(
     };
     let mut status = Vec::new();
     for (i, s) in w.status.iter().enumerate() {
-        let name = format!("status[{i}]");
-        limit(&name, s, MAX_CODE_LEN)?;
+        let name = Name {
+            list: "status",
+            index: i,
+            leaf: "",
+        };
+        limit(name, s, MAX_CODE_LEN)?;
         let flag = StatusFlag::parse(s).ok_or_else(|| field(name, "unknown status flag"))?;
         if !status.contains(&flag) {
             status.push(flag);
@@ -496,7 +553,7 @@ fn patient(p: WirePatient) -> Result<PatientRef, DecodeError> {
     }
 }
 
-fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
+fn lookup_metric(name: impl fmt::Display + Copy, key: &str) -> Result<Metric, DecodeError> {
     limit(name, key, MAX_CODE_LEN)?;
     catalog::lookup(key).ok_or_else(|| {
         field(
@@ -507,7 +564,11 @@ fn lookup_metric(name: &str, key: &str) -> Result<Metric, DecodeError> {
 }
 
 /// The unit is printable, within its limit, and fits the metric ([`units::check_unit`]).
-fn check_unit(name: &str, metric: &Metric, unit: &str) -> Result<(), DecodeError> {
+fn check_unit(
+    name: impl fmt::Display + Copy,
+    metric: &Metric,
+    unit: &str,
+) -> Result<(), DecodeError> {
     if unit.is_empty() || unit.len() > MAX_UNIT_LEN || !unit.chars().all(|c| c.is_ascii_graphic()) {
         return Err(field(
             name,
@@ -519,12 +580,12 @@ fn check_unit(name: &str, metric: &Metric, unit: &str) -> Result<(), DecodeError
 }
 
 fn measured(
-    name: &str,
+    name: impl fmt::Display,
     value: Option<Number>,
     reason: Option<&str>,
 ) -> Result<Measured, DecodeError> {
     match (value, reason) {
-        (Some(n), None) => Decimal::parse(&n.to_string())
+        (Some(n), None) => Decimal::parse(n.as_str())
             .map(Measured::Value)
             .ok_or_else(|| field(name, "number out of range")),
         (None, Some(r)) => AbsentReason::parse(r).map(Measured::Absent).ok_or_else(|| {
@@ -539,19 +600,19 @@ fn measured(
 }
 
 fn component(i: usize, c: WireComponent) -> Result<Component, DecodeError> {
-    let name = format!("components[{i}]");
-    let metric = lookup_metric(&format!("{name}.metric"), &c.metric)?;
+    let name = |leaf| Name {
+        list: "components",
+        index: i,
+        leaf,
+    };
+    let metric = lookup_metric(name("metric"), &c.metric)?;
     let unit = c.unit.unwrap_or_else(|| metric.unit.to_owned());
-    check_unit(&format!("{name}.unit"), &metric, &unit)?;
+    check_unit(name("unit"), &metric, &unit)?;
     let metric = units::metric_for_unit(metric, &unit);
     if let Some(reason) = &c.data_absent_reason {
-        limit(&format!("{name}.data_absent_reason"), reason, MAX_CODE_LEN)?;
+        limit(name("data_absent_reason"), reason, MAX_CODE_LEN)?;
     }
-    let value = measured(
-        &format!("{name}.value"),
-        c.value,
-        c.data_absent_reason.as_deref(),
-    )?;
+    let value = measured(name("value"), c.value, c.data_absent_reason.as_deref())?;
     Ok(Component {
         metric,
         quantity: Quantity { value, unit },
@@ -680,6 +741,18 @@ mod tests {
             ),
             (r#"{"device":"","metric":"spo2","value":1}"#, "device.id"),
             (
+                r#"{"device":7,"metric":"spo2","value":1}"#,
+                "expected a device id or a device object",
+            ),
+            (
+                r#"{"device":["Jane Doe"],"metric":"spo2","value":1}"#,
+                "expected a device id or a device object",
+            ),
+            (
+                r#"{"device":{"id":"d","colour":"red"},"metric":"spo2","value":1}"#,
+                "unknown field `colour`",
+            ),
+            (
                 r#"{"device":"d","metric":"spo2","value":1,"patient":{"system":"x"}}"#,
                 "patient",
             ),
@@ -692,6 +765,10 @@ mod tests {
                 "JSON",
             ),
             (r#"{"device":"d","metric":"spo2","value":1e400}"#, "value"),
+            (
+                r#"{"device":"d","metric":"blood-pressure","components":[{"metric":"systolic","value":1},{"metric":"diastolic","value":null}]}"#,
+                "field `components[1].value`: null needs",
+            ),
             (r#"[]"#, "empty"),
             (r#"{"device":"d""#, "truncated"),
         ];
