@@ -460,6 +460,18 @@ pub enum TimeSource {
     GatewayReceive,
 }
 
+impl TimeSource {
+    /// Its name, as the FHIR time-source extension and the decode report write it:
+    /// `device`, `device-corrected`, `gateway-receive`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimeSource::Device => "device",
+            TimeSource::DeviceCorrected => "device-corrected",
+            TimeSource::GatewayReceive => "gateway-receive",
+        }
+    }
+}
+
 /// Measurement status: reported by the device (e.g. BLE BP measurement-status bits, PLX
 /// device status), or found by the gateway's own checks (`implausible`, `time-in-future`,
 /// `time-too-old`, see `profile::admission`). Kept on the reading so it is never silently

@@ -346,7 +346,7 @@ struct GatewayExtension<'a> {
 struct TimeSourceExtension {
     source: TimeSource,
     /// With [`TimeSource::DeviceCorrected`]: the device's own time (`deviceTime`) and the
-    /// correction (`offsetMs`).
+    /// correction (`offsetMs`); the time is formatted only then.
     device_time: Option<DateTime>,
     offset_ms: i64,
     /// How the device clock is known, when it has one (`synchronization`).
@@ -357,7 +357,10 @@ impl TimeSourceExtension {
     fn new(r: &Reading, source: TimeSource) -> Self {
         Self {
             source,
-            device_time: r.device_time.map(|t| DateTime(TimeText::new(t))),
+            device_time: r
+                .device_time
+                .filter(|_| source == TimeSource::DeviceCorrected)
+                .map(|t| DateTime(TimeText::new(t))),
             offset_ms: r
                 .clock_offset
                 .map(|d| d.whole_milliseconds() as i64)
@@ -410,11 +413,7 @@ impl Serialize for TimeSourceParts<'_> {
         let mut seq = s.serialize_seq(Some(len))?;
         seq.serialize_element(&Code {
             url: "source",
-            value_code: match e.source {
-                TimeSource::Device => "device",
-                TimeSource::DeviceCorrected => "device-corrected",
-                TimeSource::GatewayReceive => "gateway-receive",
-            },
+            value_code: e.source.as_str(),
         })?;
         if corrected {
             seq.serialize_element(&When {

@@ -93,7 +93,7 @@ fn field(field: impl fmt::Display, problem: impl Into<String>) -> DecodeError {
     }
 }
 
-/// A field's name in an error: `leaf`, or `leaf` of the `index`th element of `list`. Written
+/// A field's name in an error: `list[index]`, then `.leaf` unless `leaf` is empty. Written
 /// only when there is an error (a reading's components would otherwise format theirs
 /// every time).
 #[derive(Clone, Copy)]
@@ -167,7 +167,7 @@ impl<'de> Deserialize<'de> for WireDevice {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = WireDevice;
 
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a device id or a device object")
             }
 
@@ -234,7 +234,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = OneOrMany;
 
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a reading object or an array of them")
             }
 

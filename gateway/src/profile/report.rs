@@ -62,7 +62,7 @@ use serde_json::{json, Map, Number, Value as Json};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::{Decimal, Measured, Metric, Quantity, Reading, TimeSource, Value};
+use crate::model::{Decimal, Measured, Metric, Quantity, Reading, Value};
 
 /// The report for `readings`, in the shape described in the module doc.
 pub fn readings_to_json(readings: &[Reading]) -> Json {
@@ -112,14 +112,7 @@ pub fn reading_to_json(reading: &Reading) -> Json {
     }
     let (time, source) = reading.effective_time();
     o.insert("time".into(), time_json(Some(time)));
-    o.insert(
-        "time_source".into(),
-        Json::from(match source {
-            TimeSource::Device => "device",
-            TimeSource::DeviceCorrected => "device-corrected",
-            TimeSource::GatewayReceive => "gateway-receive",
-        }),
-    );
+    o.insert("time_source".into(), Json::from(source.as_str()));
     o.insert("device_time".into(), time_json(reading.device_time));
     o.insert("received_at".into(), time_json(Some(reading.received_at)));
     o.insert(
