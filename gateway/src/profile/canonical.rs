@@ -350,8 +350,18 @@ fn describe_json_error(e: &serde_json::Error) -> String {
         Category::Data => {
             // Data errors name fields (`missing field `metric``, `unknown field `x``), which is
             // safe and useful; they can also quote values ("invalid type: string \"...\""), so
-            // keep only the part before any quote of a value.
-            let text = e.to_string();
+            // keep only the part before any quote of a value. A number or boolean is quoted
+            // in backticks (`invalid type: integer `97`, expected …`): that value is dropped
+            // and what was expected kept.
+            let mut text = e.to_string();
+            if text.starts_with("invalid type: ") || text.starts_with("invalid value: ") {
+                if let Some(start) = text.find(" `") {
+                    let end = text[start + 2..]
+                        .find('`')
+                        .map_or(text.len(), |i| start + 2 + i + 1);
+                    text.replace_range(start..end, "");
+                }
+            }
             let cut = text
                 .find(": \"")
                 .or_else(|| text.find(" \""))
@@ -720,6 +730,10 @@ mod tests {
                 "{payload}: {e:?} should mention {expect:?}"
             );
             assert!(!e.contains("Jane"), "{payload}: error echoes a value: {e}");
+            assert!(
+                !e.contains("424242"),
+                "{payload}: error echoes a value: {e}"
+            );
         }
     }
 
@@ -769,6 +783,22 @@ mod tests {
                 r#"{"device":"d","metric":"blood-pressure","components":[{"metric":"systolic","value":1},{"metric":"diastolic","value":null}]}"#,
                 "field `components[1].value`: null needs",
             ),
+            (
+                r#"{"device":"d","metric":424242,"value":1}"#,
+                "invalid type: integer, expected a string",
+            ),
+            (
+                r#"{"device":424242,"metric":"spo2","value":1}"#,
+                "invalid type: integer, expected a device id or a device object",
+            ),
+            (
+                r#"{"device":"d","metric":"spo2","value":1,"seq":-424242}"#,
+                "invalid value: integer, expected u64",
+            ),
+            (
+                r#"{"device":"d","metric":"spo2","value":1,"user":424242}"#,
+                "expected u8",
+            ),
             (r#"[]"#, "empty"),
             (r#"{"device":"d""#, "truncated"),
         ];
@@ -779,6 +809,10 @@ mod tests {
                 "{payload}: {e:?} should mention {expect:?}"
             );
             assert!(!e.contains("Jane"), "{payload}: error echoes a value: {e}");
+            assert!(
+                !e.contains("424242"),
+                "{payload}: error echoes a value: {e}"
+            );
         }
     }
 
