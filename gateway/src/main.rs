@@ -14,9 +14,10 @@ use vitalbridge::tools::printable;
 
 /// Vitalbridge: edge gateway for remote patient monitoring and bedside devices.
 ///
-/// Reads devices (simulator, MQTT, Bluetooth LE, serial), keeps every reading in a durable
-/// local buffer, and
-/// forwards FHIR R4 Observations (NDJSON files, or a FHIR server over mutual TLS).
+/// Reads devices (simulator, MQTT, Bluetooth LE, serial, HL7 v2 over MLLP), keeps every
+/// reading in a durable local buffer, sealed at rest, and forwards FHIR R4 Observations (NDJSON
+/// files, or a FHIR server over mutual TLS and/or OAuth 2.0), HL7 v2 ORU^R01 to an interface
+/// engine, and streams to MQTT brokers and Kafka.
 #[derive(Parser)]
 #[command(name = "vitalbridge", version, propagate_version = true)]
 struct Cli {

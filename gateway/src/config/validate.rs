@@ -706,7 +706,7 @@ fn validate_fhir(fhir: &FhirUplinkConfig, problems: &mut Vec<ConfigError>) {
         Ok(u) if u.scheme() != "https" => problems.push(err(
             "uplink.fhir.base_url",
             format!(
-                "scheme {:?} is not https: the uplink only speaks mutual TLS",
+                "scheme {:?} is not https: the uplink speaks only HTTPS",
                 u.scheme()
             ),
         )),
