@@ -13,7 +13,7 @@
 //! line quoting megabytes.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Ids: a device's id (payload `device.id`, `[[devices]] id`, a serial port's `device_id`,
 /// a USB serial number), the gateway id, an MQTT client id, a patient identifier value.
@@ -59,6 +59,10 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A device-profile file (`line-*.toml`, `ble-*.toml`) read from a configured directory.
 pub const MAX_PROFILE_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Most device-profile files of one kind (`ble-*.toml`, `line-*.toml`, `json-*.toml`) read
+/// from one directory.
+pub const MAX_PROFILE_FILES: usize = 256;
 
 /// The gateway's own small state files in the data directory (`gateway-id`, the
 /// configuration fingerprint).
@@ -125,6 +129,31 @@ pub fn read_file_in_dir(dir: &Path, path: &Path, max: u64) -> std::io::Result<St
     read_open_capped(file, max)
 }
 
+/// The files of `dir` named `<prefix>*.toml`, sorted by name (the order they load in). An
+/// entry that cannot be read is an error, as is a directory with more than
+/// [`MAX_PROFILE_FILES`] such files (a mistaken directory, not a profile set). Each file is
+/// then read with [`read_file_in_dir`].
+pub fn profile_files(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let matches = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".toml"));
+        if matches {
+            files.push(path);
+            if files.len() > MAX_PROFILE_FILES {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_PROFILE_FILES} {prefix}*.toml files"
+                )));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn read_open_capped(file: std::fs::File, max: u64) -> std::io::Result<String> {
     let too_big = || {
         std::io::Error::new(
@@ -162,6 +191,47 @@ mod tests {
         assert!(e.to_string().contains("larger than 1024 bytes"), "{e}");
         std::fs::write(&small, [0xff, 0xfe]).unwrap();
         assert!(read_capped(&small, 10).is_err());
+    }
+
+    #[test]
+    fn profile_files_are_the_prefixed_toml_files_sorted_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "line-b.toml",
+            "line-a.toml",
+            "ble-a.toml",
+            "line-c.txt",
+            "xline-d.toml",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+            files.iter().map(name).collect()
+        };
+        let line = names(profile_files(dir.path(), "line-").unwrap());
+        assert_eq!(line, ["line-a.toml", "line-b.toml"]);
+        assert_eq!(
+            names(profile_files(dir.path(), "ble-").unwrap()),
+            ["ble-a.toml"]
+        );
+        assert!(profile_files(dir.path(), "json-").unwrap().is_empty());
+
+        for i in 0..MAX_PROFILE_FILES - 1 {
+            std::fs::write(dir.path().join(format!("line-{i:03}.toml")), "").unwrap();
+        }
+        // 2 + 255: over the limit; other kinds' files do not count.
+        let e = profile_files(dir.path(), "line-").unwrap_err();
+        assert_eq!(e.to_string(), "more than 256 line-*.toml files");
+        assert_eq!(profile_files(dir.path(), "ble-").unwrap().len(), 1);
+        std::fs::remove_file(dir.path().join("line-a.toml")).unwrap();
+        assert_eq!(
+            profile_files(dir.path(), "line-").unwrap().len(),
+            MAX_PROFILE_FILES
+        );
+
+        let e = profile_files(&dir.path().join("absent"), "line-").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

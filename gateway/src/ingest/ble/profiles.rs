@@ -14,7 +14,8 @@ use crate::profile::ble::profile_file::{self, BleProfile, ProfileError};
 /// Why the profiles of `profiles_dir` cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfilesError {
-    /// The directory cannot be listed.
+    /// The directory cannot be listed, or holds more than
+    /// [`crate::limits::MAX_PROFILE_FILES`] profile files.
     #[error("sources.ble.profiles_dir {}", .dir.display())]
     Dir {
         /// The directory.
@@ -61,19 +62,11 @@ impl Profiles {
         let Some(dir) = dir else {
             return Ok(profiles);
         };
-        let entries = std::fs::read_dir(dir).map_err(|source| ProfilesError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        let mut paths: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("ble-") && n.ends_with(".toml"))
-            })
-            .collect();
-        paths.sort();
+        let paths =
+            crate::limits::profile_files(dir, "ble-").map_err(|source| ProfilesError::Dir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         for path in paths {
             let text =
                 crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)

@@ -31,9 +31,6 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
-/// Most `json-*.toml` files read from one directory.
-pub const MAX_FILES: usize = 256;
-
 /// A set of vendor profiles, sorted by id.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileSet {
@@ -67,24 +64,7 @@ impl ProfileSet {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let path = entry.map_err(|e| io(dir, e))?.path();
-            let is_profile = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("json-") && n.ends_with(".toml"));
-            if is_profile {
-                files.push(path);
-            }
-            if files.len() > MAX_FILES {
-                return Err(io(
-                    dir,
-                    std::io::Error::other(format!("more than {MAX_FILES} json-*.toml files")),
-                ));
-            }
-        }
-        files.sort();
+        let files = crate::limits::profile_files(dir, "json-").map_err(|e| io(dir, e))?;
         for path in files {
             let text =
                 crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)

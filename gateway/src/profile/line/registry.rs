@@ -54,17 +54,7 @@ impl Registry {
             path: path.display().to_string(),
             source,
         };
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| io(dir, e))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("line-") && n.ends_with(".toml"))
-            })
-            .collect();
-        files.sort();
+        let files = crate::limits::profile_files(dir, "line-").map_err(|e| io(dir, e))?;
         for path in files {
             let text =
                 crate::limits::read_file_in_dir(dir, &path, crate::limits::MAX_PROFILE_FILE_BYTES)
