@@ -114,60 +114,57 @@ fn stamps(paths: &[PathBuf]) -> Stamps {
         .collect()
 }
 
-/// Checks the server's certificate against the configured CA and the CRLs of `paths`, and
-/// reads the CRL files again when one of them changed (by modification time or length),
-/// before the next handshake. A changed file that cannot be read or parsed leaves the last
-/// good lists in force, and says so in the log once per change.
-#[derive(Debug)]
-struct CrlServerVerifier {
-    roots: Arc<RootCertStore>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    paths: Vec<PathBuf>,
-    current: Mutex<(Stamps, Arc<WebPkiServerVerifier>)>,
+/// The CRLs of every file in `paths`.
+fn all_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(crls(path)?);
+    }
+    Ok(all)
 }
 
-impl CrlServerVerifier {
-    fn build(
-        roots: &Arc<RootCertStore>,
-        provider: &Arc<rustls::crypto::CryptoProvider>,
-        paths: &[PathBuf],
-    ) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
-        let mut all = Vec::new();
-        for path in paths {
-            all.extend(crls(path)?);
-        }
-        let first = paths.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
-        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .with_crls(all)
-            .only_check_end_entity_revocation()
-            .build()
-            .map_err(|e| file_err("CRL", first, FileError::Verifier(e)))
-    }
+/// A verifier built from the CRL files of `paths`, built again before the next handshake
+/// when one of them changed (by modification time, length or inode). A changed file that
+/// cannot be read or parsed leaves the last good lists in force, and says so in the log once
+/// per change.
+#[derive(Debug)]
+struct CrlWatch<V: ?Sized> {
+    paths: Vec<PathBuf>,
+    current: Mutex<(Stamps, Arc<V>)>,
+}
 
+impl<V: ?Sized> CrlWatch<V> {
+    /// Builds the first verifier; an error here stops the start.
     fn new(
-        roots: RootCertStore,
-        provider: Arc<rustls::crypto::CryptoProvider>,
         paths: &[PathBuf],
+        build: impl FnOnce(&[PathBuf]) -> Result<Arc<V>, TlsError>,
     ) -> Result<Self, TlsError> {
-        let roots = Arc::new(roots);
         let stamp = stamps(paths);
-        let verifier = Self::build(&roots, &provider, paths)?;
+        let first = build(paths)?;
         Ok(Self {
-            roots,
-            provider,
             paths: paths.to_vec(),
-            current: Mutex::new((stamp, verifier)),
+            current: Mutex::new((stamp, first)),
         })
     }
 
-    fn current(&self) -> Arc<WebPkiServerVerifier> {
+    /// The verifier built last, without looking at the files.
+    fn last(&self) -> Arc<V> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.1.clone()
+    }
+
+    /// The verifier for the files as they are now.
+    fn current(&self, build: impl FnOnce(&[PathBuf]) -> Result<Arc<V>, TlsError>) -> Arc<V> {
         let stamp = stamps(&self.paths);
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.0 != stamp {
-            match Self::build(&self.roots, &self.provider, &self.paths) {
+            match build(&self.paths) {
                 Ok(v) => {
                     tracing::info!(files = self.paths.len(), "CRL files changed: read again");
                     current.1 = v;
@@ -180,6 +177,49 @@ impl CrlServerVerifier {
             current.0 = stamp;
         }
         current.1.clone()
+    }
+}
+
+/// Checks the server's certificate against the configured CA and the CRLs of its
+/// [`CrlWatch`].
+#[derive(Debug)]
+struct CrlServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    watch: CrlWatch<WebPkiServerVerifier>,
+}
+
+impl CrlServerVerifier {
+    fn build(
+        roots: &Arc<RootCertStore>,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        paths: &[PathBuf],
+    ) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        let first = paths.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
+        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(all_crls(paths)?)
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| file_err("CRL", first, FileError::Verifier(e)))
+    }
+
+    fn new(
+        roots: RootCertStore,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        paths: &[PathBuf],
+    ) -> Result<Self, TlsError> {
+        let roots = Arc::new(roots);
+        let watch = CrlWatch::new(paths, |paths| Self::build(&roots, &provider, paths))?;
+        Ok(Self {
+            roots,
+            provider,
+            watch,
+        })
+    }
+
+    fn current(&self) -> Arc<WebPkiServerVerifier> {
+        self.watch
+            .current(|paths| Self::build(&self.roots, &self.provider, paths))
     }
 }
 
@@ -224,16 +264,15 @@ impl ServerCertVerifier for CrlServerVerifier {
     }
 }
 
-/// Checks a client's certificate against the configured client CA and the CRLs of `paths`,
-/// reading the CRL files again when one changed, as [`CrlServerVerifier`] does for servers.
+/// Checks a client's certificate against the configured client CA and the CRLs of its
+/// [`CrlWatch`], as [`CrlServerVerifier`] does for servers.
 #[derive(Debug)]
 struct CrlClientVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    paths: Vec<PathBuf>,
     /// The CA names offered to clients: the roots', the same whatever the CRLs say.
     hints: Vec<rustls::DistinguishedName>,
-    current: Mutex<(Stamps, Arc<dyn ClientCertVerifier>)>,
+    watch: CrlWatch<dyn ClientCertVerifier>,
 }
 
 impl CrlClientVerifier {
@@ -243,37 +282,16 @@ impl CrlClientVerifier {
         paths: &[PathBuf],
         ca: &Path,
     ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-        let mut all = Vec::new();
-        for path in paths {
-            all.extend(crls(path)?);
-        }
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .with_crls(all)
+            .with_crls(all_crls(paths)?)
             .only_check_end_entity_revocation()
             .build()
             .map_err(|e| file_err("client CA certificate", ca, FileError::Verifier(e)))
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        let stamp = stamps(&self.paths);
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.0 != stamp {
-            match Self::build(&self.roots, &self.provider, &self.paths, Path::new("")) {
-                Ok(v) => {
-                    tracing::info!(files = self.paths.len(), "CRL files changed: read again");
-                    current.1 = v;
-                }
-                Err(e) => tracing::warn!(
-                    error = %crate::error_chain::Chain(&e),
-                    "a CRL file changed but cannot be used; the lists read before stay in force"
-                ),
-            }
-            current.0 = stamp;
-        }
-        current.1.clone()
+        self.watch
+            .current(|paths| Self::build(&self.roots, &self.provider, paths, Path::new("")))
     }
 }
 
@@ -391,15 +409,15 @@ pub fn server_config(
                 builder.with_client_cert_verifier(verifier)
             } else {
                 let roots = Arc::new(roots);
-                let stamp = stamps(crl_files);
-                let first = CrlClientVerifier::build(&roots, &provider, crl_files, ca)?;
-                let hints = first.root_hint_subjects().to_vec();
+                let watch = CrlWatch::new(crl_files, |paths| {
+                    CrlClientVerifier::build(&roots, &provider, paths, ca)
+                })?;
+                let hints = watch.last().root_hint_subjects().to_vec();
                 builder.with_client_cert_verifier(Arc::new(CrlClientVerifier {
                     roots,
                     provider,
-                    paths: crl_files.to_vec(),
                     hints,
-                    current: Mutex::new((stamp, first)),
+                    watch,
                 }))
             }
         }
