@@ -50,7 +50,6 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::Number;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
@@ -132,7 +131,7 @@ struct WireReading {
     metric: String,
     /// Outer `None`: key absent; `Some(None)`: `"value": null`.
     #[serde(default, deserialize_with = "present")]
-    value: Option<Option<Number>>,
+    value: Option<Option<WireNumber>>,
     #[serde(default)]
     data_absent_reason: Option<String>,
     #[serde(default)]
@@ -149,8 +148,30 @@ struct WireReading {
     user: Option<u8>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Number>>, D::Error> {
-    Option::<Number>::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<WireNumber>>, D::Error> {
+    Option::<WireNumber>::deserialize(d).map(Some)
+}
+
+/// A JSON number, parsed into a [`Decimal`] from its text in the payload (borrowed, not
+/// copied: `serde_json::Number` would copy it into a `String` first). `None`: a number too
+/// large or too precise for a `Decimal`. Anything but a number is refused by its JSON type,
+/// never echoed.
+struct WireNumber(Option<Decimal>);
+
+impl<'de> Deserialize<'de> for WireNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        let text = <&serde_json::value::RawValue>::deserialize(d)?.get();
+        let what = match text.as_bytes().first() {
+            Some(b'-' | b'0'..=b'9') => return Ok(WireNumber(Decimal::parse(text))),
+            Some(b'"') => "string",
+            Some(b'{') => "map",
+            Some(b'[') => "sequence",
+            Some(b't' | b'f') => "boolean",
+            _ => "value",
+        };
+        Err(D::Error::invalid_type(Unexpected::Other(what), &"a number"))
+    }
 }
 
 /// `device`: its id alone, or an object with the id and what else is known.
@@ -218,7 +239,7 @@ struct WirePatient {
 #[serde(deny_unknown_fields)]
 struct WireComponent {
     metric: String,
-    value: Option<Number>,
+    value: Option<WireNumber>,
     #[serde(default)]
     data_absent_reason: Option<String>,
     #[serde(default)]
@@ -591,11 +612,11 @@ fn check_unit(
 
 fn measured(
     name: impl fmt::Display,
-    value: Option<Number>,
+    value: Option<WireNumber>,
     reason: Option<&str>,
 ) -> Result<Measured, DecodeError> {
     match (value, reason) {
-        (Some(n), None) => Decimal::parse(n.as_str())
+        (Some(WireNumber(n)), None) => n
             .map(Measured::Value)
             .ok_or_else(|| field(name, "number out of range")),
         (None, Some(r)) => AbsentReason::parse(r).map(Measured::Absent).ok_or_else(|| {
@@ -1051,7 +1072,61 @@ mod tests {
         );
     }
 
+    /// A value that is not a number is named by its JSON type, never echoed, wherever it is.
+    #[test]
+    fn a_value_that_is_no_number_is_named_by_its_type() {
+        for (value, kind) in [
+            ("\"Jane Doe\"", "string"),
+            ("true", "boolean"),
+            ("{\"v\":424242}", "map"),
+            ("[424242]", "sequence"),
+        ] {
+            let expect = format!("invalid type: {kind}, expected a number (line 1, column ");
+            let single = format!(r#"{{"device":"d","metric":"spo2","value":{value}}}"#);
+            let part = format!(
+                r#"{{"device":"d","metric":"blood-pressure","components":[{{"metric":"systolic","value":{value}}}]}}"#
+            );
+            for payload in [single, part] {
+                let e = check(&payload).expect_err(&payload).to_string();
+                assert!(e.contains(&expect), "{payload}: {e}");
+                assert!(
+                    !e.contains("Jane") && !e.contains("424242"),
+                    "{payload}: {e}"
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// The value is the `Decimal` of the number's own text, as parsed through
+        /// `serde_json::Number` before (the same text, the same refusals out of range).
+        #[test]
+        fn a_value_is_the_decimal_of_its_text(
+            mantissa in proptest::num::i64::ANY,
+            fraction in proptest::option::of(0u32..1_000_000),
+            exponent in proptest::option::of(-400i32..400),
+        ) {
+            let mut text = mantissa.to_string();
+            if let Some(f) = fraction {
+                text.push_str(&format!(".{f}"));
+            }
+            if let Some(e) = exponent {
+                text.push_str(&format!("e{e}"));
+            }
+            let number: serde_json::Number = serde_json::from_str(&text).unwrap();
+            let before = Decimal::parse(number.as_str());
+            let payload = format!(r#"{{"device":"d","metric":"spo2","value":{text}}}"#);
+            match (check(&payload), before) {
+                (Ok(r), Some(d)) => {
+                    let Value::Quantity(q) = &r[0].value else { panic!("not a quantity") };
+                    proptest::prop_assert_eq!(q.value, Measured::Value(d));
+                }
+                (Err(e), None) => proptest::prop_assert!(e.to_string().contains("number out of range"), "{}", e),
+                // decode checks no plausibility: any other pairing is a difference.
+                (got, before) => proptest::prop_assert!(false, "{}: {:?} vs {:?}", text, got, before),
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
             let _ = decode(&bytes, datetime!(2026-11-25 12:00 UTC), &no_binding);
