@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
 use time::OffsetDateTime;
@@ -576,6 +577,27 @@ async fn set_meta_sql(
     }
 }
 
+/// The next chunk of a keyset-paged scan, or `None` when no row is left: `select` takes the
+/// last id seen and a limit (`… WHERE id > ? … ORDER BY id LIMIT ?`) and returns the row's id
+/// first; `after` moves on to the chunk's last id. Paging by id, not by offset, keeps each
+/// chunk's cost the same however far the scan has come.
+async fn next_chunk(
+    conn: &mut SqliteConnection,
+    select: &str,
+    after: &mut i64,
+) -> Result<Option<Vec<SqliteRow>>, sqlx::Error> {
+    let batch = sqlx::query(select)
+        .bind(*after)
+        .bind(RESEAL_CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+    let Some(last) = batch.last() else {
+        return Ok(None);
+    };
+    *after = last.get(0);
+    Ok(Some(batch))
+}
+
 async fn reseal_rows(
     conn: &mut SqliteConnection,
     old: &BufferKey,
@@ -586,15 +608,13 @@ async fn reseal_rows(
         n += reseal_readings(conn, table, old, new, "", false).await?;
     }
     let mut after = 0i64;
-    loop {
-        let batch =
-            sqlx::query("SELECT id, kind, body FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?")
-                .bind(after)
-                .bind(RESEAL_CHUNK)
-                .fetch_all(&mut *conn)
-                .await?;
-        let Some(last) = batch.last() else { break };
-        after = last.get(0);
+    while let Some(batch) = next_chunk(
+        conn,
+        "SELECT id, kind, body FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
+        &mut after,
+    )
+    .await?
+    {
         for row in &batch {
             let (id, kind, body): (i64, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
             let Ok(envelope) = Envelope::open(old, &body) else {
@@ -633,20 +653,15 @@ async fn reseal_readings(
     );
     let mut n = 0;
     let mut after = 0i64;
-    loop {
-        let batch: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(&select)
-            .bind(after)
-            .bind(RESEAL_CHUNK)
-            .fetch_all(&mut *conn)
-            .await?;
-        let Some(last) = batch.last() else { break };
-        after = last.0;
+    while let Some(batch) = next_chunk(conn, &select, &mut after).await? {
         if chunked {
             begin(conn).await?;
         }
         let mut chunk = async {
             let mut n = 0;
-            for (id, dedup, body) in batch {
+            for row in &batch {
+                let (id, dedup, body): (i64, Vec<u8>, Vec<u8>) =
+                    (row.get(0), row.get(1), row.get(2));
                 let Ok(reading) = rows::open_reading(old, &dedup, &body) else {
                     continue;
                 };
@@ -794,16 +809,13 @@ async fn convert_schema1(
 async fn convert_rows(conn: &mut SqliteConnection, key: &BufferKey) -> Result<u64, BufferError> {
     let mut n = 0;
     let mut after = 0i64;
-    loop {
-        let batch = sqlx::query(
-            "SELECT id, identifier, received_ms, body FROM readings_v1 WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(RESEAL_CHUNK)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some(last) = batch.last() else { break };
-        after = last.get(0);
+    while let Some(batch) = next_chunk(
+        conn,
+        "SELECT id, identifier, received_ms, body FROM readings_v1 WHERE id > ? ORDER BY id LIMIT ?",
+        &mut after,
+    )
+    .await?
+    {
         for row in &batch {
             let (identifier, received, body): (String, i64, Vec<u8>) =
                 (row.get(1), row.get(2), row.get(3));
@@ -831,16 +843,13 @@ async fn convert_rows(conn: &mut SqliteConnection, key: &BufferKey) -> Result<u6
         }
     }
     let mut after = 0i64;
-    loop {
-        let batch = sqlx::query(
-            "SELECT id, created_ms, kind, origin, reason, identifier, body FROM dead_letters_v1 WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(RESEAL_CHUNK)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some(last) = batch.last() else { break };
-        after = last.get(0);
+    while let Some(batch) = next_chunk(
+        conn,
+        "SELECT id, created_ms, kind, origin, reason, identifier, body FROM dead_letters_v1 WHERE id > ? ORDER BY id LIMIT ?",
+        &mut after,
+    )
+    .await?
+    {
         for row in &batch {
             let (created, kind, origin, reason): (i64, String, String, String) =
                 (row.get(1), row.get(2), row.get(3), row.get(4));

@@ -1007,9 +1007,11 @@ mod at_rest {
     #[tokio::test]
     async fn rotating_the_key_keeps_every_buffered_reading_and_dead_letter() {
         let root = tempfile::tempdir().unwrap();
-        let r = Running::start(root.path(), 100).await;
+        // More than two of the rotation's chunks of 500 rows, and a remainder.
+        const N: u64 = 1_001;
+        let r = Running::start(root.path(), 2_000).await;
         r.ingest
-            .commit((0..30).map(patient_reading).collect())
+            .commit((0..N).map(patient_reading).collect())
             .await
             .unwrap();
         r.ingest
@@ -1023,12 +1025,12 @@ mod at_rest {
         let rotated = OpenOptions {
             key_file: new.clone(),
             previous_key_files: vec![old.clone()],
-            ..options(root.path(), 100)
+            ..options(root.path(), 2_000)
         };
         let (store, writer, report) = open(&data(root.path()), &rotated).await.unwrap();
-        assert_eq!(report.rotated, Some(31));
-        let leased = store.lease(&dest(&store), 100).await.unwrap();
-        assert_eq!(leased.len(), 30);
+        assert_eq!(report.rotated, Some(N + 1));
+        let leased = store.lease(&dest(&store), 2_000).await.unwrap();
+        assert_eq!(leased.len() as u64, N);
         assert!(leased.iter().all(|l| l.reading.is_ok()));
         assert_eq!(
             store.dead_letters(10, None).await.unwrap()[0]
@@ -1041,7 +1043,7 @@ mod at_rest {
         writer.close().await;
         drop(store);
         // The old key alone no longer opens it.
-        let e = open(&data(root.path()), &options(root.path(), 100))
+        let e = open(&data(root.path()), &options(root.path(), 2_000))
             .await
             .err()
             .unwrap();
@@ -1050,13 +1052,13 @@ mod at_rest {
             &data(root.path()),
             &OpenOptions {
                 key_file: new,
-                ..options(root.path(), 100)
+                ..options(root.path(), 2_000)
             },
         )
         .await
         .unwrap();
         assert_eq!(report.rotated, None);
-        assert_eq!(store.stats().await.unwrap().pending, 30);
+        assert_eq!(store.stats().await.unwrap().pending, N);
     }
 
     async fn with_pending(root: &Path, n: u64) {
@@ -1259,12 +1261,14 @@ mod at_rest {
 
     #[tokio::test]
     async fn a_schema_1_buffer_is_sealed_at_its_first_open_and_its_plaintext_is_gone() {
+        // More than two of the conversion's chunks of 500 rows, and a remainder.
+        const N: u64 = 1_001;
         let root = tempfile::tempdir().unwrap();
         let dir = data(root.path());
         std::fs::create_dir_all(&dir).unwrap();
         {
             let mut conn = old_schema(root.path(), "0002").await;
-            for i in 0..10 {
+            for i in 0..N {
                 let r = patient_reading(i);
                 sqlx::query("INSERT INTO readings (identifier, device_key, received_ms, body) VALUES (?, ?, ?, ?)")
                     .bind(r.identifier())
@@ -1283,15 +1287,15 @@ mod at_rest {
             sqlx::Connection::close(conn).await.unwrap();
         }
         assert!(contains(&all_bytes(&dir), b"PATIENT-4711"));
-        let (store, writer, report) = open(&dir, &options(root.path(), 1000)).await.unwrap();
-        assert_eq!(report.converted, Some(11));
-        let leased = store.lease(&dest(&store), 100).await.unwrap();
+        let (store, writer, report) = open(&dir, &options(root.path(), 2_000)).await.unwrap();
+        assert_eq!(report.converted, Some(N + 1));
+        let leased = store.lease(&dest(&store), 2_000).await.unwrap();
         let mut seqs: Vec<u64> = leased
             .into_iter()
             .map(|l| l.reading.unwrap().sequence.unwrap())
             .collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        assert_eq!(seqs, (0..N).collect::<Vec<_>>());
         let letter = store.dead_letters(1, None).await.unwrap().remove(0);
         assert_eq!(letter.details.unwrap().content, b"PATIENT-4711 garbage");
         writer.close().await;
