@@ -142,6 +142,22 @@ struct Run {
     engine: Option<Engine>,
 }
 
+impl Drop for Run {
+    fn drop(&mut self) {
+        stop(&mut self.gw);
+    }
+}
+
+/// Stops the gateway as an operator would (SIGTERM) once its figures are taken, not by the
+/// harness's kill: a build instrumented for profile-guided optimisation writes its profile
+/// only at an orderly exit (docs/benchmark.md).
+fn stop(gw: &mut GatewayProcess) {
+    let timeout = Duration::from_secs(30);
+    if tokio::task::block_in_place(|| gw.terminate(timeout)).is_none() {
+        eprintln!("the gateway did not stop within {timeout:?} of SIGTERM");
+    }
+}
+
 impl Run {
     async fn start(binary: &PathBuf) -> Run {
         Run::start_to(binary, Server::Upstream).await
@@ -470,7 +486,7 @@ async fn through(binary: &PathBuf, uplink: Through) -> Option<Figures> {
     );
     let config = with_worker_threads(config);
     std::env::set_var("VITALBRIDGE_BIN", binary);
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
         gw.wait_for_log("subscribed to MQTT topics", Duration::from_secs(30)),
         "{}",
@@ -500,6 +516,7 @@ async fn through(binary: &PathBuf, uplink: Through) -> Option<Figures> {
     let elapsed = start.elapsed().as_secs_f64();
     publish.await.unwrap().expect("published");
     let (cpu_after, rss_kib) = proc_figures(gw.pid());
+    stop(&mut gw);
     drop((upstream, sink, kafka));
     Some(Figures {
         readings: n,
@@ -737,7 +754,7 @@ fn hl7_section(n: u64, senders: usize) {
         config.push_str(&format!("[buffer]\ncommit_linger_ms = {ms}\n"));
     }
     let config = with_worker_threads(config);
-    let gw = GatewayProcess::start(dir.path(), &config).unwrap();
+    let mut gw = GatewayProcess::start(dir.path(), &config).unwrap();
     assert!(
         gw.wait_for_log("HL7 v2 MLLP listener up", Duration::from_secs(30)),
         "{}",
@@ -768,6 +785,7 @@ fn hl7_section(n: u64, senders: usize) {
     let elapsed = start.elapsed();
     let (cpu_after, rss_kib) = proc_figures(pid);
     let (harness_after, _) = proc_figures(std::process::id());
+    stop(&mut gw);
     let sent = per_sender * senders as u64;
     let cpu = cpu_after - cpu_before;
     println!("vitalbridge HL7 v2 source benchmark (MLLP, PCD-01 ORU^R01 with 8 OBX / 6 readings, AA after commit with synchronous=FULL; NDJSON uplink running)");
