@@ -49,6 +49,13 @@ section "cross: the gateway for aarch64, its library tests and the binary under 
 bash cross/test.sh aarch64-unknown-linux-gnu
 section "cross: the gateway for armv7 (32-bit hubs), its library tests and the binary under qemu-user"
 bash cross/test.sh armv7-unknown-linux-gnueabihf
+section "profile-guided build (cross/pgo.sh, aarch64): its steps, on a debug build and a short training"
+# The release build with the full training is packaging/deb/build.sh TARGET --pgo (twice the
+# release build's compile time); here every step runs, for an ARM target, so under qemu-user:
+# the instrumented build, the benchmark as its training, the check that the profile counted
+# the pipeline, the build with the profile.
+PGO_BENCH_PROFILE=dev PGO_READINGS=2000 PGO_STEADY_SECONDS=2 PGO_HL7_MESSAGES=500 \
+    bash cross/pgo.sh aarch64-unknown-linux-gnu --profile dev >/dev/null
 section "systemd unit: security exposure, verify, and every system call the gateway makes is allowed"
 bash systemd/check.sh
 bash systemd/syscalls.sh target/debug/vitalbridge

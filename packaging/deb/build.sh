@@ -10,7 +10,10 @@
 #   --version V    the package version (default: the workspace version, Debian revision 1)
 #   --binary PATH  package this already-built binary instead of building one
 #   --out DIR      where the .deb goes (default: target/deb)
-# Other arguments go to cross/build.sh and so to cargo (e.g. `--features ble`).
+#   --pgo          build the binary with profile-guided optimisation (cross/pgo.sh: an
+#                  instrumented build, a training run, the build again; on x86_64 about 4 MiB
+#                  less memory and 10 % less CPU at steady rates, docs/benchmark.md)
+# Other arguments go to cross/build.sh (cross/pgo.sh) and so to cargo (e.g. `--features ble`).
 #
 # The package (see docs/install.md):
 #   /usr/bin/vitalbridge                          stripped binary
@@ -32,7 +35,7 @@ cd "$root"
 # shellcheck source=cross/targets.sh
 source "$root/cross/targets.sh"
 
-[ $# -ge 1 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,28p' "$0" >&2; exit 2; }
 target="$1"; shift
 target_info "$target"
 [ -n "$DEB_ARCH" ] || { echo "no Debian architecture for $target" >&2; exit 2; }
@@ -41,18 +44,21 @@ workspace_version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"
 version="${workspace_version}-1"
 binary=""
 out="target/deb"
+builder=cross/build.sh
 while [ $# -gt 0 ]; do
     case "$1" in
         --version) version="$2"; shift 2 ;;
         --binary) binary="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
+        --pgo) builder=cross/pgo.sh; shift ;;
         *) break ;;
     esac
 done
 
 if [ -z "$binary" ]; then
-    # cross/build.sh prints only the binary's path on stdout, as this script the .deb's.
-    binary="$(bash cross/build.sh "$target" "$@")"
+    # cross/build.sh and cross/pgo.sh print only the binary's path on stdout, as this script
+    # the .deb's.
+    binary="$(bash "$builder" "$target" "$@")"
 fi
 [ -x "$binary" ] || { echo "no binary at $binary" >&2; exit 1; }
 
