@@ -19,9 +19,9 @@
 #   PGO_READINGS        readings at full speed (50000); PGO_STEADY_SECONDS (10) at 1,000/s;
 #   PGO_HL7_MESSAGES    HL7 v2 messages (5000)
 #   PGO_BENCH_PROFILE   cargo profile of the benchmark harness itself (bench)
-# Prints the optimised binary's path on stdout (the only thing there), under
-# target/pgo-use/; the instrumented build is in target/pgo-gen/, the profile in
-# target/pgo/TARGET/vitalbridge.profdata.
+# Prints the optimised binary's path on stdout (the only thing there), under target/pgo-use/,
+# and its sizes as cross/build.sh does; the instrumented build is in target/pgo-gen/, the
+# profile in target/pgo/TARGET/vitalbridge.profdata.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
@@ -41,11 +41,6 @@ profdata_tool="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 [ -x "$profdata_tool" ] || { echo "cross/pgo.sh: no llvm-profdata at $profdata_tool" >&2; exit 1; }
 
 cargo_args=("$@")
-profile_args=(--release)
-for a in "$@"; do
-    case "$a" in --release|-r|--profile|--profile=*) profile_args=() ;; esac
-done
-
 base="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$base"
 base="$(cd "$base" && pwd)"
@@ -53,13 +48,10 @@ counts="$base/pgo/$target"
 rm -rf "$counts"
 mkdir -p "$counts"
 
-# --target keeps RUSTFLAGS off build scripts and procedural macros: only the gateway and
-# its dependencies are instrumented, then optimised.
-build() { # build TARGET_DIR RUSTFLAGS: prints the binary's path
-    RUSTFLAGS="$2" CARGO_TARGET_DIR="$1" cargo build --locked -p vitalbridge --bin vitalbridge \
-        --target "$target" "${profile_args[@]}" "${cargo_args[@]}" >&2
-    CARGO_TARGET_DIR="$1" binary_path "$target" "${profile_args[@]}" "${cargo_args[@]}"
-}
+# build TARGET_DIR RUSTFLAGS: cross/build.sh in a target folder of its own, which prints the
+# binary's path. Its --target keeps RUSTFLAGS off build scripts and procedural macros: only
+# the gateway and its dependencies are instrumented, then optimised.
+build() { RUSTFLAGS="$2" CARGO_TARGET_DIR="$1" bash "$here/build.sh" "$target" "${cargo_args[@]}"; }
 
 echo "== $target: the instrumented build" >&2
 instrumented="$(build "$base/pgo-gen" "-Cprofile-generate=$counts")"
@@ -70,7 +62,7 @@ if [ -n "$QEMU" ]; then
     # The benchmark starts one executable: qemu with the target's libc, which passes the
     # environment (LLVM_PROFILE_FILE) and SIGTERM on to the gateway.
     gateway="$counts/vitalbridge-under-qemu"
-    printf '#!/bin/sh\nexec %s -L /usr/%s %s "$@"\n' "$QEMU" "$GNU_TRIPLE" "$instrumented" >"$gateway"
+    printf '#!/bin/sh\nexec %s -L /usr/%s "%s" "$@"\n' "$QEMU" "$GNU_TRIPLE" "$instrumented" >"$gateway"
     chmod +x "$gateway"
 fi
 VITALBRIDGE_BIN="$gateway" LLVM_PROFILE_FILE="$counts/vitalbridge-%p.profraw" \
@@ -98,7 +90,4 @@ if [ -n "$QEMU" ]; then
 else
     "$optimised" --version >&2
 fi
-strip_binary "$optimised" "$optimised.stripped"
 echo "$optimised"
-printf '  %s bytes as built, %s bytes stripped (%s)\n' \
-    "$(stat -c %s "$optimised")" "$(stat -c %s "$optimised.stripped")" "$optimised.stripped" >&2
