@@ -53,9 +53,9 @@ section "profile-guided build (cross/pgo.sh, aarch64): its steps, on a debug bui
 # The release build with the full training is packaging/deb/build.sh TARGET --pgo (twice the
 # release build's compile time); here every step runs, for an ARM target, so under qemu-user:
 # the instrumented build, the benchmark as its training, the check that the profile counted
-# the pipeline, the build with the profile.
+# the pipeline, the build with the profile. Without debug info: 6.5 minutes instead of 11.
 PGO_BENCH_PROFILE=dev PGO_READINGS=2000 PGO_STEADY_SECONDS=2 PGO_HL7_MESSAGES=500 \
-    bash cross/pgo.sh aarch64-unknown-linux-gnu --profile dev >/dev/null
+    bash cross/pgo.sh aarch64-unknown-linux-gnu --profile dev --config profile.dev.debug=0 >/dev/null
 section "systemd unit: security exposure, verify, and every system call the gateway makes is allowed"
 bash systemd/check.sh
 bash systemd/syscalls.sh target/debug/vitalbridge
