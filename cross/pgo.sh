@@ -35,7 +35,7 @@ target_info "$target"
 
 bash "$here/setup.sh" "$target" --qemu "$@" >&2
 apt_install mosquitto
-rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools >&2
+rustup component list --installed | grep '^llvm-tools' >/dev/null || rustup component add llvm-tools >&2
 host="$(rustc -vV | sed -n 's/^host: //p')"
 profdata_tool="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 [ -x "$profdata_tool" ] || { echo "cross/pgo.sh: no llvm-profdata at $profdata_tool" >&2; exit 1; }
