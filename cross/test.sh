@@ -17,7 +17,7 @@ cd "$here/.."
 # shellcheck source=cross/targets.sh
 source "$here/targets.sh"
 
-[ $# -ge 1 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
 target="$1"; shift
 target_info "$target"
 [ -n "$QEMU" ] || { echo "cross/test.sh: $target is not an emulated Linux target" >&2; exit 2; }

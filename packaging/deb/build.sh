@@ -35,7 +35,7 @@ cd "$root"
 # shellcheck source=cross/targets.sh
 source "$root/cross/targets.sh"
 
-[ $# -ge 1 ] || { sed -n '2,28p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,29p' "$0" >&2; exit 2; }
 target="$1"; shift
 target_info "$target"
 [ -n "$DEB_ARCH" ] || { echo "no Debian architecture for $target" >&2; exit 2; }
