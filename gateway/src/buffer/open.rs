@@ -263,9 +263,10 @@ fn quarantine(dir: &Path, reason: &str) -> Result<Quarantine, BufferError> {
         let from = dir.join(format!("{DB_FILE}{suffix}"));
         match std::fs::rename(&from, target.join(format!("{DB_FILE}{suffix}"))) {
             Ok(()) => {}
-            // None, or SQLite removed a companion meanwhile: the probe's connection closing
-            // checkpoints its WAL into the database file (already moved: the same inode) and
-            // deletes it (seen once in CI as a failed quarantine).
+            // None, or SQLite removed a companion meanwhile, as `make_private` allows too: a
+            // connection that closes on sqlx's worker thread checkpoints the WAL into the
+            // database file (moved first: the same inode) and deletes it. Seen once in CI as
+            // a failed quarantine; which connection closed late was not established.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&from)(e)),
         }
