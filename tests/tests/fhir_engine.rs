@@ -4,7 +4,7 @@
 //! `kill -9` and resends; the engine's transaction-size refusal is reproduced, learned once,
 //! and configured away. BLE devices' recorded characteristic values, read by the BLE source
 //! in-process (this machine has no radio) into the buffer, are delivered by the binary and
-//! found once each, likewise.
+//! found once each, likewise. The engine's identifier index is checked against its full scan.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -148,6 +148,33 @@ async fn assert_exactly_once(engine: &Engine, observations: usize, devices: usiz
         assert_eq!(found.len(), 1, "search Device by identifier {value:?}");
     }
     ids.into_keys().collect()
+}
+
+/// The engine's index of identifier values (`tests/fhir-engine/repository.mjs`, which lets it
+/// take the benchmark's steady rate) finds what Medplum's full scan finds, for every kind of
+/// identifier search: its own check (`index-check.mjs`) stores the same resources in both and
+/// compares the searches.
+#[test]
+fn the_engines_identifier_index_finds_what_its_full_scan_finds() {
+    let dir = vitalbridge_tests::engine::engine_dir();
+    assert!(
+        dir.join("node_modules/@medplum/fhir-router").is_dir(),
+        "the FHIR engine is not installed in {}: run tests/setup.sh",
+        dir.display()
+    );
+    let out = std::process::Command::new("node")
+        .arg("index-check.mjs")
+        .current_dir(&dir)
+        .output()
+        .expect("run node index-check.mjs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "index-check.mjs: {}\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(", 0 differ,"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
