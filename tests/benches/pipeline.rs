@@ -43,7 +43,7 @@
 //!   gateway sends only after the commit (`synchronous=FULL`); the default NDJSON uplink runs
 //!   meanwhile. `BENCH_HL7_MESSAGES` (default 20,000).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -192,8 +192,9 @@ impl Run {
             Server::Upstream => None,
             Server::Engine => {
                 let engine = Engine::start(&rig.pki, None).await;
-                // Smaller Bundles: the engine's in-memory repository answers each conditional
-                // create with a linear search, so 500 entries outlast any sensible timeout.
+                // Smaller Bundles: the engine validates each resource and runs its matching
+                // in Node on one core, about 1 ms per entry, so 500 entries would hold a
+                // reading back by half a second more.
                 let batch = env("BENCH_ENGINE_BATCH", 50);
                 config = config
                     .replace(&rig.upstream.url(), &engine.url())
@@ -396,9 +397,14 @@ async fn steady(binary: &PathBuf, server: Server) -> Figures {
     let after = run.sample().await;
     let _ = client.disconnect().await;
     poller.abort();
-    let mut latencies: Vec<f64> = run
-        .stored_times()
-        .await
+    let stored = run.stored_times().await;
+    let distinct: HashSet<&str> = stored.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        stored.len(),
+        "a reading was stored twice (each published reading has its own time)"
+    );
+    let mut latencies: Vec<f64> = stored
         .iter()
         .filter_map(|(effective, stored)| {
             let sent = published_at.get(effective)?;
