@@ -35,10 +35,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions, SqliteRow};
 use sqlx::{Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -132,54 +129,87 @@ pub(super) static TEST_MAX_PAGES: StdMutex<Vec<(PathBuf, u64)>> = StdMutex::new(
 
 /// The connection settings of every buffer connection.
 pub(super) fn connect_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
-    let options = base_options(path, read_only);
-    #[cfg(test)]
-    let options = match super::lock(&TEST_MAX_PAGES).iter().find(|(p, _)| p == path) {
-        Some((_, pages)) => options.pragma("max_page_count", pages.to_string()),
-        None => options,
-    };
-    options
+    pragmas(path)
+        .into_iter()
+        .fold(bare_options(path, read_only), |options, (name, value)| {
+            options.pragma(name, value)
+        })
 }
 
-fn base_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
+/// The file, its flags and timeouts, without the pragmas: opening with these reads nothing of
+/// the database (sqlx's own `foreign_keys = ON` sets a flag).
+fn bare_options(path: &Path, read_only: bool) -> SqliteConnectOptions {
     SqliteConnectOptions::from_str("sqlite://")
         .unwrap_or_default()
         .filename(path)
         .create_if_missing(!read_only)
         .read_only(read_only)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        // 256 KiB page cache per connection: the queue is read in id order from the WAL's
-        // recent pages, and reading keys begin with their time (schema 6), so what a commit
-        // touches is a few neighbouring pages of each index; a larger cache bought nothing
-        // measurable (1 MiB: the same CPU, 1.8 MiB more peak memory at a steady rate).
-        .pragma("cache_size", "-256")
-        // Give the disk back after a checkpoint: the WAL is truncated to this size, so a
-        // burst (or a disk-full episode) does not keep its peak size forever.
-        .pragma("journal_size_limit", "8388608")
-        // Zero deleted content where it costs no extra I/O.
-        .pragma("secure_delete", "FAST")
         // Rows a query may run ahead of its reader (sqlx's default is 50): a lease reads a
         // whole batch (500 by default) and collects it anyway; with room for it the SQLite
         // thread does not park and wake every 50 rows.
         .row_buffer_size(1024)
 }
 
+/// The pragmas of every buffer connection, in the order they run.
+fn pragmas(path: &Path) -> Vec<(&'static str, String)> {
+    let pragmas = vec![
+        ("journal_mode", "WAL".to_owned()),
+        ("synchronous", "FULL".to_owned()),
+        // 256 KiB page cache per connection: the queue is read in id order from the WAL's
+        // recent pages, and reading keys begin with their time (schema 6), so what a commit
+        // touches is a few neighbouring pages of each index; a larger cache bought nothing
+        // measurable (1 MiB: the same CPU, 1.8 MiB more peak memory at a steady rate).
+        ("cache_size", "-256".to_owned()),
+        // Give the disk back after a checkpoint: the WAL is truncated to this size, so a
+        // burst (or a disk-full episode) does not keep its peak size forever.
+        ("journal_size_limit", "8388608".to_owned()),
+        // Zero deleted content where it costs no extra I/O.
+        ("secure_delete", "FAST".to_owned()),
+    ];
+    #[cfg(test)]
+    let pragmas = {
+        let mut pragmas = pragmas;
+        if let Some((_, pages)) = super::lock(&TEST_MAX_PAGES).iter().find(|(p, _)| p == path) {
+            pragmas.push(("max_page_count", pages.to_string()));
+        }
+        pragmas
+    };
+    #[cfg(not(test))]
+    let _ = path;
+    pragmas
+}
+
 /// Opens a connection and checks that it is durable (WAL, synchronous=FULL).
 ///
-/// A connection that fails its check is closed before this returns (as every connection the
-/// checks give up on is): a dropped one would close later, on a sqlx worker thread, and its
-/// close may checkpoint and remove `-wal` while the damaged files are being quarantined.
+/// A connection that fails is closed before this returns (as every connection the checks
+/// give up on is). A dropped one would close later, on its sqlx worker thread, and that close
+/// checkpoints and unlinks `buffer.db-wal` *by name*: after a quarantine moved the damaged
+/// files, that name may be the fresh database's WAL. sqlx's `connect_with` drops its
+/// connection when one of the options' pragmas fails, and on a damaged database the first
+/// pragma that reads the schema does (`malformed database schema`, seen in the tests: the
+/// `-wal` was there when `connect_with` returned and gone 5 ms later). So the connection is
+/// opened without the pragmas and they run here, on a connection this function owns.
 pub(super) async fn connect(path: &Path) -> Result<SqliteConnection, BufferError> {
-    let mut conn = SqliteConnection::connect_with(&connect_options(path, false)).await?;
-    match verify_durable(&mut conn).await {
+    let mut conn = SqliteConnection::connect_with(&bare_options(path, false)).await?;
+    match durable(&mut conn, path).await {
         Ok(()) => Ok(conn),
         Err(e) => {
             let _ = conn.close().await;
             Err(e)
         }
     }
+}
+
+async fn durable(conn: &mut SqliteConnection, path: &Path) -> Result<(), BufferError> {
+    for (name, value) in pragmas(path) {
+        let sql = format!("PRAGMA {name} = {value}");
+        sqlx::query(&sql)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?;
+    }
+    verify_durable(conn).await
 }
 
 async fn verify_durable(conn: &mut SqliteConnection) -> Result<(), BufferError> {
@@ -263,10 +293,9 @@ fn quarantine(dir: &Path, reason: &str) -> Result<Quarantine, BufferError> {
         let from = dir.join(format!("{DB_FILE}{suffix}"));
         match std::fs::rename(&from, target.join(format!("{DB_FILE}{suffix}"))) {
             Ok(()) => {}
-            // None, or SQLite removed a companion meanwhile, as `make_private` allows too: a
-            // connection that closes on sqlx's worker thread checkpoints the WAL into the
-            // database file (moved first: the same inode) and deletes it. Seen once in CI as
-            // a failed quarantine; which connection closed late was not established.
+            // None, or SQLite removed a companion meanwhile, as `make_private` allows too.
+            // (A connection that failed on this database used to close later on its sqlx
+            // thread and delete `-wal`: seen once in CI; `connect` now closes it first.)
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&from)(e)),
         }

@@ -1100,6 +1100,34 @@ mod at_rest {
         q
     }
 
+    /// A connection that fails on a damaged database is closed before `connect` returns: a
+    /// connection left to close later on its worker thread unlinks `buffer.db-wal` by name,
+    /// which after a quarantine may be the fresh database's WAL. With sqlx running the
+    /// pragmas inside `connect_with`, the `-wal` was still there when the error came back and
+    /// gone a few milliseconds later.
+    #[tokio::test]
+    async fn a_connection_that_fails_on_a_damaged_database_is_closed_before_the_error_returns() {
+        let root = tempfile::tempdir().unwrap();
+        with_pending(root.path(), 20).await;
+        let db = data(root.path()).join(open::DB_FILE);
+        let wal = data(root.path()).join(format!("{}-wal", open::DB_FILE));
+        assert!(!wal.exists(), "a clean stop removes the WAL");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let (page, len) = (4096, bytes.len());
+        for p in (page..len).step_by(page) {
+            bytes[p + 8..(p + 200).min(len)].fill(0xA5);
+        }
+        std::fs::write(&db, bytes).unwrap();
+        let e = open::connect(&db)
+            .await
+            .expect_err("a damaged schema fails");
+        assert!(format!("{e:?}").contains("malformed"), "{e:?}");
+        assert!(
+            !wal.exists(),
+            "the failed connection is still open: its WAL is there after the error"
+        );
+    }
+
     #[tokio::test]
     async fn every_kind_of_damaged_database_is_quarantined_and_a_fresh_one_started() {
         let q = quarantined_after("0 bytes", |db| {
