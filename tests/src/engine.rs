@@ -34,6 +34,20 @@ pub fn engine_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fhir-engine")
 }
 
+/// `node` (or `$NODE`) running `script` in the engine's directory. Panics (naming the fix)
+/// when the packages are missing: the tests need them and are never skipped.
+pub fn node(script: &str) -> Command {
+    let dir = engine_dir();
+    assert!(
+        dir.join("node_modules/@medplum/fhir-router").is_dir(),
+        "the FHIR engine is not installed in {}: run tests/setup.sh",
+        dir.display()
+    );
+    let mut cmd = Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()));
+    cmd.current_dir(dir).arg(script);
+    cmd
+}
+
 /// A running engine; killed on drop.
 pub struct Engine {
     child: Child,
@@ -53,18 +67,9 @@ impl Engine {
     /// front end refuses larger requests with 413. Panics (naming the fix) when Node or the
     /// packages are missing: the test needs them and is never skipped.
     pub async fn start(pki: &TestPki, max_body_bytes: Option<usize>) -> Engine {
-        let dir = engine_dir();
-        assert!(
-            dir.join("node_modules/@medplum/fhir-router").is_dir(),
-            "the FHIR engine is not installed in {}: run tests/setup.sh",
-            dir.display()
-        );
-        let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
         let server = pki.server_files(ServerIdentity::Trusted);
-        let mut cmd = Command::new(&node);
-        cmd.current_dir(&dir)
-            .arg("server.mjs")
-            .arg("--cert")
+        let mut cmd = node("server.mjs");
+        cmd.arg("--cert")
             .arg(&server.cert)
             .arg("--key")
             .arg(&server.key)
@@ -77,7 +82,10 @@ impl Engine {
             cmd.arg("--max-body-bytes").arg(n.to_string());
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {node} (install nodejs: tests/setup.sh): {e}")
+            panic!(
+                "cannot start {:?} (install nodejs: tests/setup.sh): {e}",
+                cmd.get_program()
+            )
         });
         let stdout = child.stdout.take().expect("piped stdout");
         let line = tokio::task::spawn_blocking(move || {

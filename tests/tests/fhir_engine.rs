@@ -156,15 +156,7 @@ async fn assert_exactly_once(engine: &Engine, observations: usize, devices: usiz
 /// compares the searches.
 #[test]
 fn the_engines_identifier_index_finds_what_its_full_scan_finds() {
-    let dir = vitalbridge_tests::engine::engine_dir();
-    assert!(
-        dir.join("node_modules/@medplum/fhir-router").is_dir(),
-        "the FHIR engine is not installed in {}: run tests/setup.sh",
-        dir.display()
-    );
-    let out = std::process::Command::new("node")
-        .arg("index-check.mjs")
-        .current_dir(&dir)
+    let out = vitalbridge_tests::engine::node("index-check.mjs")
         .output()
         .expect("run node index-check.mjs");
     let text = String::from_utf8_lossy(&out.stdout);

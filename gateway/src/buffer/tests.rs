@@ -1100,6 +1100,17 @@ mod at_rest {
         q
     }
 
+    /// Scribbles over every page after the first: the header and page 1 survive, the rest do
+    /// not (SQLite then says `malformed database schema` when it first reads the database).
+    fn scribble_btree_pages(db: &Path) {
+        let mut bytes = std::fs::read(db).unwrap();
+        let (page, len) = (4096, bytes.len());
+        for p in (page..len).step_by(page) {
+            bytes[p + 8..(p + 200).min(len)].fill(0xA5);
+        }
+        std::fs::write(db, bytes).unwrap();
+    }
+
     /// A connection that fails on a damaged database is closed before `connect` returns: a
     /// connection left to close later on its worker thread unlinks `buffer.db-wal` by name,
     /// which after a quarantine may be the fresh database's WAL. With sqlx running the
@@ -1112,12 +1123,7 @@ mod at_rest {
         let db = data(root.path()).join(open::DB_FILE);
         let wal = data(root.path()).join(format!("{}-wal", open::DB_FILE));
         assert!(!wal.exists(), "a clean stop removes the WAL");
-        let mut bytes = std::fs::read(&db).unwrap();
-        let (page, len) = (4096, bytes.len());
-        for p in (page..len).step_by(page) {
-            bytes[p + 8..(p + 200).min(len)].fill(0xA5);
-        }
-        std::fs::write(&db, bytes).unwrap();
+        scribble_btree_pages(&db);
         let e = open::connect(&db)
             .await
             .expect_err("a damaged schema fails");
@@ -1152,18 +1158,7 @@ mod at_rest {
             std::fs::write(db, noise).unwrap();
         })
         .await;
-        let q = quarantined_after("scribbled b-tree pages", |db| {
-            let mut bytes = std::fs::read(db).unwrap();
-            let (page, len) = (4096, bytes.len());
-            // Every page after the first: the schema survives, the tables do not.
-            for p in (page..len).step_by(page) {
-                for b in &mut bytes[p + 8..(p + 200).min(len)] {
-                    *b = 0xA5;
-                }
-            }
-            std::fs::write(db, bytes).unwrap();
-        })
-        .await;
+        let q = quarantined_after("scribbled b-tree pages", scribble_btree_pages).await;
         assert!(!q.reason.is_empty());
     }
 
