@@ -31,8 +31,9 @@
 //!   messages) is outstanding (full speed) does it wait for that answer, and send what
 //!   gathered meanwhile as one. It hands the publishes of each committed request to the ack
 //!   task, in the order they came. It never waits on the event loop.
-//! - The **ack task** queues the PUBACKs into rumqttc; it is the only one that waits for the
-//!   poll task, and nothing waits for it.
+//! - The **ack task** queues the PUBACKs ([`pubacks`]) and sends the first of a run into
+//!   rumqttc, which wakes the poll task; the poll task writes the rest behind it, together.
+//!   The ack task is the only one that waits for the poll task, and nothing waits for it.
 //!
 //! When the buffer is full the commit task holds its batches and retries; the publish channel
 //! fills, the poll task stops reading, and backpressure reaches the publishers. Nothing is
@@ -56,7 +57,8 @@ use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration,
+    Transport,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -72,6 +74,9 @@ use crate::ops::metrics::Metrics;
 use crate::pipeline::{CommitError, Ingest, Rejected, SMALL_GROUP};
 use crate::profile::canonical;
 use crate::profile::json::{ProfileSet, SharedProfiles};
+use pubacks::{AckId, Connections, PubAcks};
+
+mod pubacks;
 
 /// Messages received and not yet committed: the capacity of the channel from the poll task
 /// to the commit task. When it is full the poll task stops reading from the broker. Also the
@@ -218,12 +223,16 @@ impl MqttSource {
             self.profiles,
             shutdown.clone(),
         ));
-        let acker = tokio::spawn(ack_task(ack_rx, client.clone()));
+        let pubacks = PubAcks::default();
+        let acker = tokio::spawn(ack_task(ack_rx, pubacks.clone(), client.clone()));
         let eventloop = poll_task(
             eventloop,
             &client,
             &self.subscription,
-            publish_tx,
+            Handoff {
+                publishes: publish_tx,
+                pubacks: pubacks.clone(),
+            },
             &metrics,
             &audit,
             &shutdown,
@@ -231,32 +240,46 @@ impl MqttSource {
         .await;
         // The poll task returns on shutdown; the commit task finishes its batch and ends, and
         // the acknowledgements of everything committed go out before the DISCONNECT.
-        let eventloop = drain_acks(eventloop, committer, acker).await;
+        let eventloop = drain_acks(eventloop, &pubacks, committer, acker).await;
         disconnect(client, eventloop).await;
     }
 }
 
-/// Owns the event loop: connects, reconnects with backoff, subscribes, and hands every
-/// publish to the commit task. Returns the event loop on shutdown.
+/// Owns the event loop: connects, reconnects with backoff, subscribes, hands every
+/// publish to the commit task, and writes the PUBACKs queued behind each wake ([`pubacks`]).
+/// Returns the event loop on shutdown.
 async fn poll_task(
     mut eventloop: EventLoop,
     client: &AsyncClient,
     subscription: &Subscription,
-    publish_tx: mpsc::Sender<Message>,
+    handoff: Handoff,
     metrics: &Metrics,
     audit: &Audit,
     shutdown: &CancellationToken,
 ) -> EventLoop {
+    let Handoff {
+        publishes: publish_tx,
+        pubacks,
+    } = handoff;
     let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    let mut connections = Connections::new(pubacks.clone());
     loop {
+        let connecting = eventloop.network.is_none();
         // Only shutdown may cancel `poll()`: rumqttc's poll is not cancel-safe (an ack
         // taken from its queue could be lost), and after shutdown that no longer matters.
         let event = tokio::select! {
             e = eventloop.poll() => e,
             _ = shutdown.cancelled() => return eventloop,
         };
+        // Outside the select, so that shutdown cannot cut a write of PUBACKs short (it is
+        // bounded by the network timeout).
+        let event = match event.as_ref().map(ack_written) {
+            Ok(Some(pkid)) => pubacks.write_behind(pkid, &mut eventloop).await.and(event),
+            _ => event,
+        };
+        let event = event.map(|e| (connections.came_on(connecting), e));
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok((_, Event::Incoming(Packet::ConnAck(ack)))) => {
                 backoff.reset();
                 tracing::info!(
                     session_present = ack.session_present,
@@ -268,7 +291,7 @@ async fn poll_task(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+            Ok((_, Event::Incoming(Packet::SubAck(ack)))) => {
                 let refused = ack
                     .return_codes
                     .iter()
@@ -288,8 +311,8 @@ async fn poll_task(
                     );
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let message = Message::of(publish, subscription.max_payload);
+            Ok((came_on, Event::Incoming(Packet::Publish(publish)))) => {
+                let message = Message::of(publish, subscription.max_payload, came_on);
                 // Waits while the commit task is MAX_MESSAGES_IN_PROGRESS behind: this is
                 // the backpressure. The commit task never waits on this loop, so this ends.
                 tokio::select! {
@@ -303,6 +326,7 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
+                connections.lost(&eventloop);
                 match &e {
                     rumqttc::ConnectionError::Tls(tls) => {
                         let (cause, reason) = match tls {
@@ -339,11 +363,35 @@ async fn poll_task(
     }
 }
 
-/// Queues PUBACKs into rumqttc for publishes whose readings are durable. The only task that
-/// waits for the poll task (or, at shutdown, [`drain_acks`]); nothing waits for it. It ends
-/// when the commit task has ended and every PUBACK is queued.
-async fn ack_task(mut acks: mpsc::UnboundedReceiver<AckId>, client: AsyncClient) {
-    while let Some(AckId { qos, pkid }) = acks.recv().await {
+/// Where the poll task hands its work on: publishes to the commit task, and the PUBACKs
+/// queued behind each wake to the connection.
+struct Handoff {
+    publishes: mpsc::Sender<Message>,
+    pubacks: PubAcks,
+}
+
+/// The packet id of an acknowledgement rumqttc reports written: perhaps a wake, whose
+/// queue the poll task writes next ([`PubAcks::write_behind`]).
+fn ack_written(event: &Event) -> Option<u16> {
+    match event {
+        Event::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid)) => Some(*pkid),
+        _ => None,
+    }
+}
+
+/// Queues the PUBACKs of publishes whose readings are durable, and sends the first of each
+/// run into rumqttc ([`pubacks`]). The only task that waits for the poll task (or, at
+/// shutdown, [`drain_acks`]); nothing waits for it. It ends when the commit task has ended and
+/// every PUBACK is queued.
+async fn ack_task(
+    mut acks: mpsc::UnboundedReceiver<Vec<AckId>>,
+    pubacks: PubAcks,
+    client: AsyncClient,
+) {
+    while let Some(done) = acks.recv().await {
+        let Some(AckId { qos, pkid, .. }) = pubacks.push(done) else {
+            continue;
+        };
         // What rumqttc needs to build the PUBACK: the packet id and QoS.
         let mut publish = Publish::new(String::new(), qos, Vec::new());
         publish.pkid = pkid;
@@ -361,19 +409,43 @@ async fn ack_task(mut acks: mpsc::UnboundedReceiver<AckId>, client: AsyncClient)
 /// are not acknowledged, and the broker keeps them for the next session.
 async fn drain_acks(
     mut eventloop: EventLoop,
+    pubacks: &PubAcks,
     committer: tokio::task::JoinHandle<()>,
     mut acker: tokio::task::JoinHandle<()>,
 ) -> EventLoop {
     let deadline = tokio::time::sleep(ACK_DRAIN);
     tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut acker => break,
+    let cut_short = || {
+        tracing::warn!("MQTT: not every acknowledgement went out before the stop; the broker redelivers those (stored once)")
+    };
+    let mut queued = false;
+    // Until every PUBACK is queued (the ack task has ended) and written (no wake outstanding).
+    while !(queued && pubacks.idle()) {
+        let event = tokio::select! {
+            _ = &mut acker, if !queued => {
+                queued = true;
+                continue;
+            }
             _ = &mut deadline => {
-                tracing::warn!("MQTT: not every acknowledgement went out before the stop; the broker redelivers those (stored once)");
+                cut_short();
                 break;
             }
-            event = eventloop.poll() => if event.is_err() { break },
+            event = eventloop.poll() => event,
+        };
+        // Outside the select, so that the ack task ending cannot cut the write short.
+        let written = match event.map(|e| ack_written(&e)) {
+            Ok(Some(pkid)) => tokio::select! {
+                written = pubacks.write_behind(pkid, &mut eventloop) => written,
+                _ = &mut deadline => {
+                    cut_short();
+                    break;
+                }
+            },
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            break;
         }
     }
     drop(committer);
@@ -389,7 +461,7 @@ async fn drain_acks(
 /// [`MAX_MESSAGES_IN_PROGRESS`].
 async fn commit_task(
     mut publishes: mpsc::Receiver<Message>,
-    acks: mpsc::UnboundedSender<AckId>,
+    acks: mpsc::UnboundedSender<Vec<AckId>>,
     patients: Patients,
     ingest: Ingest,
     profiles: SharedProfiles,
@@ -401,7 +473,7 @@ async fn commit_task(
     let mut large_outstanding = 0;
     let mut batch = Vec::new();
     // Only fails once the ack task has ended (shutdown): the broker redelivers.
-    let send_acks = |done: Vec<AckId>| done.into_iter().for_each(|ack| _ = acks.send(ack));
+    let send_acks = |done: Vec<AckId>| _ = acks.send(done);
     loop {
         let room = MAX_MESSAGES_IN_PROGRESS - in_progress;
         // Small requests go at once, to join the group the writer is gathering. While one
@@ -446,14 +518,6 @@ async fn commit_task(
     }
 }
 
-/// What a PUBACK needs: a publish whose readings are durable, without its payload, so a
-/// backlog of acks waiting for the event loop costs a few bytes each.
-#[derive(Debug, Clone, Copy)]
-struct AckId {
-    qos: QoS,
-    pkid: u16,
-}
-
 /// A received message, as the commit task needs it.
 struct Message {
     /// What its PUBACK needs.
@@ -473,11 +537,13 @@ enum Payload {
 }
 
 impl Message {
-    fn of(publish: Publish, max_payload: usize) -> Self {
+    /// `publish`, received on `connection` ([`PubAcks::connection`]).
+    fn of(publish: Publish, max_payload: usize, connection: u64) -> Self {
         let topic = bounded_topic(publish.topic);
         let ack = AckId {
             qos: publish.qos,
             pkid: publish.pkid,
+            connection,
         };
         let payload = if publish.payload.len() > max_payload {
             tracing::warn!(
@@ -664,13 +730,13 @@ mod tests {
         );
         let mut publish = Publish::new("vitals/a", QoS::AtLeastOnce, payload.into_bytes());
         publish.pkid = pkid;
-        Message::of(publish, 1 << 16)
+        Message::of(publish, 1 << 16, 0)
     }
 
     /// The commit task over `publishes`, sending to the buffer over `buffer`.
     fn spawn_commit_task(
         publishes: mpsc::Receiver<Message>,
-        acks: mpsc::UnboundedSender<AckId>,
+        acks: mpsc::UnboundedSender<Vec<AckId>>,
         buffer: mpsc::Sender<Request>,
         shutdown: &CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -732,9 +798,11 @@ mod tests {
             "acknowledged ahead of an earlier message"
         );
         first.send(Ok(Committed { readings: 1 })).unwrap();
-        for pkid in [1, 2, 3] {
-            assert_eq!(acks.recv().await.unwrap().pkid, pkid);
+        let mut acked = Vec::new();
+        while acked.len() < 3 {
+            acked.extend(acks.recv().await.unwrap().into_iter().map(|a| a.pkid));
         }
+        assert_eq!(acked, [1, 2, 3]);
         shutdown.cancel();
         task.await.unwrap();
     }
@@ -763,8 +831,9 @@ mod tests {
         let (n, reply) = next_commit(&mut buffer).await;
         assert_eq!(n, 2, "what came meanwhile, as one request");
         reply.send(Ok(Committed { readings: n })).unwrap();
-        for _ in 0..SMALL_GROUP + 2 {
-            acks.recv().await.unwrap();
+        let mut acked = 0;
+        while acked < SMALL_GROUP + 2 {
+            acked += acks.recv().await.unwrap().len();
         }
         shutdown.cancel();
         task.await.unwrap();
