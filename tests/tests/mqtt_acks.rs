@@ -124,6 +124,23 @@ fn gateway(rig: &Rig, listener: &TcpListener) -> GatewayProcess {
     rig.start_gateway(&config)
 }
 
+/// Waits until the rig's upstream has every reading of `expected` (60 s at most), and checks
+/// each arrived once, with its value, unit and code.
+async fn assert_delivered_once(rig: &Rig, gw: &GatewayProcess, expected: &[Expected]) {
+    assert!(
+        rig.upstream
+            .wait_for_observations(expected.len(), Duration::from_secs(60))
+            .await,
+        "only {} of {} delivered\n{}",
+        rig.upstream.observation_count(),
+        expected.len(),
+        fixture::tail(&gw.log(), 40)
+    );
+    rig.upstream.assert_no_duplicate_identifiers();
+    let problems = scenario::compare(&rig.upstream.observations(), expected);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_publishes_are_each_acknowledged_once_in_the_order_they_came() {
     let rig = Rig::start().await;
@@ -165,18 +182,7 @@ async fn bursts_of_publishes_are_each_acknowledged_once_in_the_order_they_came()
     );
 
     // Every acknowledged reading is delivered, once.
-    assert!(
-        rig.upstream
-            .wait_for_observations(expected.len(), Duration::from_secs(60))
-            .await,
-        "only {} of {} delivered\n{}",
-        rig.upstream.observation_count(),
-        expected.len(),
-        fixture::tail(&gw.log(), 40)
-    );
-    rig.upstream.assert_no_duplicate_identifiers();
-    let problems = scenario::compare(&rig.upstream.observations(), &expected);
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_delivered_once(&rig, &gw, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,16 +240,5 @@ async fn after_a_lost_connection_the_publishes_sent_again_are_acknowledged_on_th
     );
 
     let expected: Vec<Expected> = expected.into_iter().chain(more_expected).collect();
-    assert!(
-        rig.upstream
-            .wait_for_observations(expected.len(), Duration::from_secs(60))
-            .await,
-        "only {} of {} delivered\n{}",
-        rig.upstream.observation_count(),
-        expected.len(),
-        fixture::tail(&gw.log(), 40)
-    );
-    rig.upstream.assert_no_duplicate_identifiers();
-    let problems = scenario::compare(&rig.upstream.observations(), &expected);
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_delivered_once(&rig, &gw, &expected).await;
 }
