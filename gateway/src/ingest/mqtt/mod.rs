@@ -326,7 +326,7 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
-                connections.lost(&eventloop);
+                connections.lost(&mut eventloop);
                 match &e {
                     rumqttc::ConnectionError::Tls(tls) => {
                         let (cause, reason) = match tls {
@@ -389,18 +389,24 @@ async fn ack_task(
     client: AsyncClient,
 ) {
     while let Some(done) = acks.recv().await {
-        let Some(AckId { qos, pkid, .. }) = pubacks.push(done) else {
+        let try_send = |wake: AckId| client.try_ack(&ack_of(wake)).is_ok();
+        let Some(wake) = pubacks.push(done, try_send) else {
             continue;
         };
-        // What rumqttc needs to build the PUBACK: the packet id and QoS.
-        let mut publish = Publish::new(String::new(), qos, Vec::new());
-        publish.pkid = pkid;
-        if let Err(e) = client.ack(&publish).await {
+        // rumqttc's channel was full (or closed): wait for room.
+        if let Err(e) = client.ack(&ack_of(wake)).await {
             // The event loop is gone (shutdown took longer than ACK_DRAIN).
             tracing::debug!(error = %Chain(&e), "PUBACK not sent (connection closed); the broker will redeliver");
             return;
         }
     }
+}
+
+/// What rumqttc needs to build a PUBACK: the packet id and QoS, in a publish.
+fn ack_of(wake: AckId) -> Publish {
+    let mut publish = Publish::new(String::new(), wake.qos, Vec::new());
+    publish.pkid = wake.pkid;
+    publish
 }
 
 /// At shutdown: keeps the event loop turning until the commit task has finished its batch

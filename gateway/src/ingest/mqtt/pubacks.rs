@@ -17,7 +17,9 @@
 //! - **Only on the connection the publish came on**: a connection lost drops the queue and the
 //!   wake (rumqttc drops the PUBACKs in its channel then too), and a PUBACK of an earlier
 //!   connection is never queued. Which connection a publish came on is [`Connections`]'s
-//!   to say: rumqttc hands out the packets it had read before a loss after the next CONNACK. The broker sends every unacknowledged publish of a persistent
+//!   to say: rumqttc hands out the packets it had read before a loss after the next CONNACK.
+//!   A wake is handed to rumqttc while the queue is locked, and a loss empties rumqttc's
+//!   channel under the same lock, so no wake of a lost connection goes out on the next. The broker sends every unacknowledged publish of a persistent
 //!   session again after the reconnect, it is stored again as a no-op and acknowledged then;
 //!   a PUBACK written on a later connection could instead acknowledge another message that
 //!   reuses its packet id before that message is stored.
@@ -80,21 +82,29 @@ impl PubAcks {
         self.lock().connection
     }
 
-    /// The connection is lost (rumqttc has dropped the requests in its channel, the wake
-    /// among them): the queue and the wake go, and PUBACKs of publishes received so far are
-    /// no longer queued. Returns the next connection's number.
-    pub fn lost(&self) -> u64 {
+    /// The connection is lost: `clean` empties rumqttc's channel of PUBACKs (the wake among
+    /// them) while the queue is locked, so no wake [`push`](Self::push) sends can be left in
+    /// it for the next connection; the queue and the wake go, and PUBACKs of publishes
+    /// received so far are no longer queued. Returns the next connection's number.
+    pub fn lost(&self, clean: impl FnOnce()) -> u64 {
         let mut q = self.lock();
+        clean();
         q.connection += 1;
         q.behind.clear();
         q.wake = None;
         q.connection
     }
 
-    /// Queues the PUBACKs of durable publishes, in the order they came. Returns the one to
-    /// send through rumqttc's channel when no wake is outstanding: the head of the queue.
+    /// Queues the PUBACKs of durable publishes, in the order they came. When no wake is
+    /// outstanding the head of the queue becomes one and goes to `send` (rumqttc's
+    /// `try_ack`) while the queue is locked (see [`lost`](Self::lost)). Returns the wake if
+    /// `send` could not take it (rumqttc's channel full: the caller waits for room).
     #[must_use]
-    pub fn push(&self, acks: impl IntoIterator<Item = AckId>) -> Option<AckId> {
+    pub fn push(
+        &self,
+        acks: impl IntoIterator<Item = AckId>,
+        send: impl FnOnce(AckId) -> bool,
+    ) -> Option<AckId> {
         let mut q = self.lock();
         let now = q.connection;
         q.behind.extend(
@@ -106,7 +116,7 @@ impl PubAcks {
         }
         let wake = q.behind.pop_front()?;
         q.wake = Some(wake.pkid);
-        Some(wake)
+        (!send(wake)).then_some(wake)
     }
 
     /// rumqttc has written the acknowledgement of `pkid`: if it was the wake, takes what is
@@ -183,9 +193,11 @@ impl Connections {
         }
     }
 
-    /// `EventLoop::poll` failed: rumqttc has dropped the connection ([`PubAcks::lost`]).
-    pub fn lost(&mut self, eventloop: &EventLoop) {
-        self.current = self.pubacks.lost();
+    /// `EventLoop::poll` failed: rumqttc has dropped the connection and emptied its channel of
+    /// PUBACKs; it is emptied once more under the queue's lock ([`PubAcks::lost`]: a second
+    /// `EventLoop::clean` finds nothing else to do).
+    pub fn lost(&mut self, eventloop: &mut EventLoop) {
+        self.current = self.pubacks.lost(|| eventloop.clean());
         self.leftover = eventloop.state.events.len();
     }
 
@@ -212,6 +224,19 @@ mod tests {
         }
     }
 
+    /// [`PubAcks::push`] with a channel that takes the wake: what it was sent.
+    fn push(q: &PubAcks, acks: impl IntoIterator<Item = AckId>) -> Option<AckId> {
+        let mut sent = None;
+        assert_eq!(
+            q.push(acks, |wake| {
+                sent = Some(wake);
+                true
+            }),
+            None
+        );
+        sent
+    }
+
     fn pkids(acks: &[AckId]) -> Vec<u16> {
         acks.iter().map(|a| a.pkid).collect()
     }
@@ -219,22 +244,45 @@ mod tests {
     #[test]
     fn the_head_wakes_and_the_rest_follow_it_in_arrival_order() {
         let q = PubAcks::default();
-        assert_eq!(q.push([ack(1, 0), ack(2, 0)]), Some(ack(1, 0)));
+        assert_eq!(push(&q, [ack(1, 0), ack(2, 0)]), Some(ack(1, 0)));
         // While the wake is outstanding, more join the queue without a wake of their own.
-        assert_eq!(q.push([ack(3, 0)]), None);
-        assert_eq!(q.push([ack(4, 0)]), None);
+        assert_eq!(push(&q, [ack(3, 0)]), None);
+        assert_eq!(push(&q, [ack(4, 0)]), None);
         assert!(!q.idle());
         assert_eq!(pkids(&q.written(1)), [2, 3, 4]);
         assert!(q.idle());
         // The next PUBACK wakes afresh.
-        assert_eq!(q.push([ack(5, 0), ack(6, 0)]), Some(ack(5, 0)));
+        assert_eq!(push(&q, [ack(5, 0), ack(6, 0)]), Some(ack(5, 0)));
         assert_eq!(pkids(&q.written(5)), [6]);
+    }
+
+    #[test]
+    fn a_wake_the_channel_cannot_take_is_handed_back_and_stays_outstanding() {
+        let q = PubAcks::default();
+        assert_eq!(q.push([ack(1, 0), ack(2, 0)], |_| false), Some(ack(1, 0)));
+        assert!(!q.idle(), "the caller sends it by waiting");
+        assert_eq!(push(&q, [ack(3, 0)]), None);
+        assert_eq!(pkids(&q.written(1)), [2, 3]);
+    }
+
+    #[test]
+    fn a_lost_connection_empties_rumqttcs_channel_while_the_queue_is_locked() {
+        let q = PubAcks::default();
+        assert_eq!(push(&q, [ack(1, 0)]), Some(ack(1, 0)));
+        let mut cleaned = false;
+        q.lost(|| {
+            // No wake can be sent meanwhile: the queue is locked.
+            assert!(q.0.try_lock().is_err());
+            cleaned = true;
+        });
+        assert!(cleaned);
+        assert!(q.idle());
     }
 
     #[test]
     fn a_report_of_another_acknowledgement_takes_nothing() {
         let q = PubAcks::default();
-        assert_eq!(q.push([ack(7, 0), ack(8, 0)]), Some(ack(7, 0)));
+        assert_eq!(push(&q, [ack(7, 0), ack(8, 0)]), Some(ack(7, 0)));
         // A PUBACK rumqttc wrote that was not the wake outstanding (one from before a
         // reconnect that was already in its channel) must not release the queue early.
         assert!(q.written(8).is_empty());
@@ -246,8 +294,8 @@ mod tests {
     fn a_lost_connection_drops_the_queue_and_later_pubacks_of_its_publishes() {
         let q = PubAcks::default();
         assert_eq!(q.connection(), 0);
-        assert_eq!(q.push([ack(1, 0), ack(2, 0)]), Some(ack(1, 0)));
-        assert_eq!(q.lost(), 1);
+        assert_eq!(push(&q, [ack(1, 0), ack(2, 0)]), Some(ack(1, 0)));
+        assert_eq!(q.lost(|| {}), 1);
         assert!(q.idle(), "the wake went with the connection");
         assert!(
             q.written(1).is_empty(),
@@ -255,9 +303,9 @@ mod tests {
         );
         // Publishes of the lost connection, committed after it went: the broker sends them
         // again, so their PUBACKs are not queued.
-        assert_eq!(q.push([ack(3, 0), ack(4, 0)]), None);
+        assert_eq!(push(&q, [ack(3, 0), ack(4, 0)]), None);
         assert!(q.idle());
-        assert_eq!(q.push([ack(3, 0), ack(1, 1), ack(2, 1)]), Some(ack(1, 1)));
+        assert_eq!(push(&q, [ack(3, 0), ack(1, 1), ack(2, 1)]), Some(ack(1, 1)));
         assert_eq!(pkids(&q.written(1)), [2]);
     }
 
@@ -276,9 +324,9 @@ mod tests {
                 .events
                 .push_back(rumqttc::Event::Incoming(Packet::Publish(publish)));
         }
-        connections.lost(&eventloop);
+        connections.lost(&mut eventloop);
         // A reconnect that fails first: they are still kept, and still the first lost one's.
-        connections.lost(&eventloop);
+        connections.lost(&mut eventloop);
         // The next connection's CONNACK, then the two kept events, then its own.
         assert_eq!(connections.came_on(true), 2);
         assert_eq!(connections.came_on(false), 1);
@@ -293,7 +341,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             ..ack(1, 0)
         };
-        assert_eq!(q.push([qos0]), None);
+        assert_eq!(push(&q, [qos0]), None);
         assert!(q.idle());
         let qos2 = AckId {
             qos: QoS::ExactlyOnce,
