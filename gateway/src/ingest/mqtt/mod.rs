@@ -83,7 +83,8 @@ mod pubacks;
 /// most messages the commit task has sent to the buffer and not had answered.
 const MAX_MESSAGES_IN_PROGRESS: usize = 512;
 
-/// Capacity of rumqttc's request channel (acks and subscribes travel through it).
+/// Capacity of rumqttc's request channel: the subscriptions and, one at a time, the wake of
+/// the PUBACK queue ([`pubacks`]) travel through it.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
 /// How long shutdown waits for the acknowledgements of what was committed to go out.

@@ -19,10 +19,11 @@
 //!   connection is never queued. Which connection a publish came on is [`Connections`]'s
 //!   to say: rumqttc hands out the packets it had read before a loss after the next CONNACK.
 //!   A wake is handed to rumqttc while the queue is locked, and a loss empties rumqttc's
-//!   channel under the same lock, so no wake of a lost connection goes out on the next. The broker sends every unacknowledged publish of a persistent
-//!   session again after the reconnect, it is stored again as a no-op and acknowledged then;
-//!   a PUBACK written on a later connection could instead acknowledge another message that
-//!   reuses its packet id before that message is stored.
+//!   channel under the same lock, so no wake of a lost connection goes out on the next. The
+//!   broker sends every unacknowledged publish of a persistent session again after the
+//!   reconnect, where it is stored again as a no-op and acknowledged; a PUBACK written on a
+//!   later connection could instead acknowledge another message that reuses its packet id
+//!   before that message is stored.
 //! - Only publishes whose readings or dead letters are durable are ever queued (the commit
 //!   task hands them over after the commit), so any PUBACK written is one the broker may have.
 
