@@ -5,7 +5,8 @@
 //! The gateway writes the PUBACKs of a committed group together (gateway/src/ingest/mqtt/
 //! pubacks.rs): these tests hold it to MQTT's rules while it does — each publish acknowledged
 //! once, in the order it came (MQTT 3.1.1 §4.6) — and to the project's: every acknowledged
-//! reading is delivered, once.
+//! reading is delivered, once. And a clean stop must end the connection so that the broker
+//! reads those PUBACKs: with a DISCONNECT and a FIN, not a reset.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::SubscribeReasonCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use vitalbridge_tests::fixture::{self, Rig};
@@ -65,19 +66,10 @@ impl Connection {
 
     /// The next packet from the gateway.
     async fn next(&mut self) -> Packet {
-        loop {
-            match Packet::read(&mut self.read, MAX_PACKET) {
-                Ok(packet) => return packet,
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => panic!("the gateway sent a malformed packet: {e:?}"),
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.read)
-                .await
-                .expect("read from the gateway");
-            assert!(n > 0, "the gateway closed the connection");
-        }
+        read_packet(&mut self.stream, &mut self.read)
+            .await
+            .expect("read from the gateway")
+            .expect("the gateway closed the connection")
     }
 
     /// Writes `packets` in one write.
@@ -100,6 +92,24 @@ impl Connection {
             }
         }
         acked
+    }
+}
+
+/// The next packet from the gateway on `stream` (`read` keeps what is read past it), or
+/// `None` when the gateway has closed the connection.
+async fn read_packet(
+    stream: &mut (impl AsyncRead + Unpin),
+    read: &mut BytesMut,
+) -> std::io::Result<Option<Packet>> {
+    loop {
+        match Packet::read(read, MAX_PACKET) {
+            Ok(packet) => return Ok(Some(packet)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => panic!("the gateway sent a malformed packet: {e:?}"),
+        }
+        if stream.read_buf(read).await? == 0 {
+            return Ok(None);
+        }
     }
 }
 
@@ -241,4 +251,94 @@ async fn after_a_lost_connection_the_publishes_sent_again_are_acknowledged_on_th
 
     let expected: Vec<Expected> = expected.into_iter().chain(more_expected).collect();
     assert_delivered_once(&rig, &gw, &expected).await;
+}
+
+/// A broker may drop the bytes it has not read yet when a connection is reset (mosquitto
+/// does): the PUBACKs the gateway wrote last at a stop would be lost, and their messages,
+/// stored, sent again. A socket closed with unread bytes is reset, and the broker keeps
+/// sending until it reads the DISCONNECT, so the gateway must read on until the broker
+/// closes. Here the broker sends publishes without pause until the DISCONNECT, then closes
+/// its side, and must see the gateway close its own cleanly (FIN), not reset it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_ends_the_connection_without_a_reset() {
+    let rig = Rig::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut gw = gateway(&rig, &listener);
+    let Connection {
+        stream, mut read, ..
+    } = Connection::accept(&listener).await;
+    let (mut from_gateway, mut to_gateway) = stream.into_split();
+
+    // Publishes without pause, in chunks of 50, until told to stop; then the broker's FIN.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut next = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut out = BytesMut::new();
+                for _ in 0..50 {
+                    let (payload, _) = scenario::reading(next, 10);
+                    let mut publish = Publish::new("vitals/wire", QoS::AtLeastOnce, payload);
+                    publish.pkid = (next % 65_535) as u16 + 1;
+                    Packet::Publish(publish)
+                        .write(&mut out, MAX_PACKET)
+                        .unwrap();
+                    next += 1;
+                }
+                if to_gateway.write_all(&out).await.is_err() {
+                    return next;
+                }
+            }
+            to_gateway.shutdown().await.expect("the broker's FIN");
+            next
+        }
+    });
+
+    // Stop the gateway once it has acknowledged some, while the publishes keep coming.
+    let mut acked = 0;
+    while acked < 500 {
+        match read_packet(&mut from_gateway, &mut read).await {
+            Ok(Some(Packet::PubAck(_))) => acked += 1,
+            Ok(Some(_)) => {}
+            other => panic!("the connection ended early: {other:?}"),
+        }
+    }
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate(Duration::from_secs(30));
+        (gw, status)
+    });
+    let disconnect = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match read_packet(&mut from_gateway, &mut read).await {
+                Ok(Some(Packet::Disconnect)) => return Ok(()),
+                Ok(Some(_)) => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+    .expect("a DISCONNECT within 30 s");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = pump.await.unwrap();
+    let (gw, status) = stopping.await.unwrap();
+    assert_eq!(
+        disconnect,
+        Ok(()),
+        "the gateway ended the connection without a DISCONNECT\n{}",
+        fixture::tail(&gw.log(), 40)
+    );
+    // What follows the DISCONNECT: nothing, then the gateway's FIN.
+    let end = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_packet(&mut from_gateway, &mut read),
+    )
+    .await
+    .expect("the gateway closes the connection");
+    assert!(
+        matches!(end, Ok(None)),
+        "after its DISCONNECT the gateway sent {end:?} (a reset is what a broker may drop the \
+         last PUBACKs on); {sent} publishes sent"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{}", gw.log());
 }

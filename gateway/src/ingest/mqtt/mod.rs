@@ -90,6 +90,9 @@ const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 /// How long shutdown waits for the acknowledgements of what was committed to go out.
 const ACK_DRAIN: Duration = Duration::from_secs(3);
 
+/// How long shutdown waits, after the DISCONNECT, for the broker to close the connection.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// Delay before retrying a commit the buffer refused (full or failing).
 const COMMIT_RETRY: Duration = Duration::from_millis(250);
 
@@ -242,7 +245,7 @@ impl MqttSource {
         // The poll task returns on shutdown; the commit task finishes its batch and ends, and
         // the acknowledgements of everything committed go out before the DISCONNECT.
         let eventloop = drain_acks(eventloop, &pubacks, committer, acker).await;
-        disconnect(client, eventloop).await;
+        disconnect(eventloop).await;
     }
 }
 
@@ -711,17 +714,30 @@ async fn pause(shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Best-effort clean disconnect, so the broker does not wait for a keep-alive timeout.
-async fn disconnect(client: AsyncClient, mut eventloop: EventLoop) {
-    if client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Ok(event) = eventloop.poll().await {
-                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
-            }
-        })
-        .await;
+/// Ends the session cleanly, so the broker does not wait for a keep-alive timeout, and
+/// without a TCP reset. The broker keeps sending publishes until it reads the DISCONNECT,
+/// and a socket closed with unread bytes sends a reset, on which a broker may drop what it
+/// has not read yet — mosquitto does: the last PUBACKs, written just before, would be lost
+/// and their messages sent again. So the DISCONNECT is written straight to the connection
+/// (through rumqttc's channel it would wait behind every publish already read), and what
+/// comes after it is read and dropped until the broker closes the connection, at most
+/// [`DISCONNECT_WAIT`].
+async fn disconnect(mut eventloop: EventLoop) {
+    let Some(network) = eventloop.network.as_mut() else {
+        return; // no connection
+    };
+    let closing = async {
+        network.write(Packet::Disconnect).await?;
+        network.flush().await?;
+        loop {
+            // Fails once the broker has closed the connection.
+            network.read().await?;
+        }
+    };
+    let ended: Result<Result<std::convert::Infallible, rumqttc::StateError>, _> =
+        tokio::time::timeout(DISCONNECT_WAIT, closing).await;
+    if ended.is_err() {
+        tracing::debug!("the MQTT broker did not close the connection after DISCONNECT");
     }
 }
 
