@@ -795,6 +795,16 @@ mod tests {
         }
     }
 
+    /// The packet ids of the next `n` publishes the commit task hands over as durable, in
+    /// the order it hands them over (in runs of any length).
+    async fn acked(acks: &mut mpsc::UnboundedReceiver<Vec<AckId>>, n: usize) -> Vec<u16> {
+        let mut acked = Vec::new();
+        while acked.len() < n {
+            acked.extend(acks.recv().await.unwrap().into_iter().map(|a| a.pkid));
+        }
+        acked
+    }
+
     #[tokio::test]
     async fn batches_go_to_the_buffer_at_once_and_are_acknowledged_in_the_order_they_came() {
         let (tx, mut buffer) = crate::pipeline::channel();
@@ -821,11 +831,7 @@ mod tests {
             "acknowledged ahead of an earlier message"
         );
         first.send(Ok(Committed { readings: 1 })).unwrap();
-        let mut acked = Vec::new();
-        while acked.len() < 3 {
-            acked.extend(acks.recv().await.unwrap().into_iter().map(|a| a.pkid));
-        }
-        assert_eq!(acked, [1, 2, 3]);
+        assert_eq!(acked(&mut acks, 3).await, [1, 2, 3]);
         shutdown.cancel();
         task.await.unwrap();
     }
@@ -854,10 +860,7 @@ mod tests {
         let (n, reply) = next_commit(&mut buffer).await;
         assert_eq!(n, 2, "what came meanwhile, as one request");
         reply.send(Ok(Committed { readings: n })).unwrap();
-        let mut acked = 0;
-        while acked < SMALL_GROUP + 2 {
-            acked += acks.recv().await.unwrap().len();
-        }
+        acked(&mut acks, SMALL_GROUP + 2).await;
         shutdown.cancel();
         task.await.unwrap();
     }
