@@ -34,8 +34,8 @@
 //! `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
-//! process) and the gateway. The gateway's CPU time and peak RSS are read from `/proc/<pid>`;
-//! allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
+//! process) and the gateway. The gateway's CPU time, peak RSS and context switches (all its
+//! threads') are read from `/proc/<pid>`; allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
 //! `alloc-counter` feature).
 //!
 //! - **hl7**: the HL7 v2 source: `BENCH_HL7_SENDERS` connections (default 8) each send PCD-01
@@ -82,6 +82,30 @@ fn proc_figures(pid: u32) -> (f64, u64) {
     (cpu, hwm_kib)
 }
 
+/// Context switches of a process so far: the voluntary and involuntary ones of each of its
+/// threads (`/proc/<pid>/task/*/status`). A thread that ends between two readings takes its
+/// count with it, so a difference can only undercount; the gateway's threads (the runtime's,
+/// SQLite's per connection) live as long as it does in these scenarios. Less noisy than CPU
+/// time on a shared machine: each one is a wake-up, one task handing work to another.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -98,6 +122,8 @@ struct Figures {
     published: u64,
     elapsed: f64,
     cpu: f64,
+    /// The gateway's context switches (0: not measured).
+    switches: u64,
     rss_kib: u64,
     allocations: Option<u64>,
     /// Buffer transactions committed (each one `fsync`).
@@ -112,6 +138,8 @@ struct Figures {
 struct Sample {
     /// CPU seconds of the gateway, the broker, and this process (with the engine).
     gateway: f64,
+    /// The gateway's context switches.
+    switches: u64,
     broker: f64,
     harness: f64,
     allocations: Option<u64>,
@@ -280,6 +308,7 @@ impl Run {
             .await;
         Sample {
             gateway,
+            switches: context_switches(self.gw.pid()),
             broker,
             harness,
             allocations,
@@ -314,6 +343,7 @@ impl Run {
             self.rig.upstream.assert_no_duplicate_identifiers();
         }
         f.cpu = after.gateway - before.gateway;
+        f.switches = after.switches.saturating_sub(before.switches);
         f.broker_cpu = after.broker - before.broker;
         f.harness_cpu = after.harness - before.harness;
         f.allocations = after
@@ -564,6 +594,15 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
             format!("{:.4}", f.cpu_ms_per_reading())
         }
     });
+    if runs.iter().any(|(_, f)| f.switches > 0) {
+        row("context switches per reading", &|f| {
+            if f.readings == 0 || f.switches == 0 {
+                "-".into()
+            } else {
+                format!("{:.2}", f.switches as f64 / f.readings as f64)
+            }
+        });
+    }
     row("allocations per reading", &|f| {
         f.allocations.map_or("n/a".into(), |a| {
             format!("{:.1}", a as f64 / f.readings as f64)
