@@ -34,8 +34,8 @@
 //! `BENCH_VERBOSE=1`.
 //!
 //! Everything runs on this machine: mosquitto, the publisher, the FHIR test upstream (in this
-//! process) and the gateway. The gateway's CPU time, peak RSS and context switches (all its
-//! threads') are read from `/proc/<pid>`; allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
+//! process) and the gateway. The gateway's CPU time, peak RSS, context switches (all its
+//! threads') and bytes written to disk are read from `/proc/<pid>`; allocations from its `/metrics` (`vitalbridge_allocations_total`, only in builds with the
 //! `alloc-counter` feature).
 //!
 //! - **hl7**: the HL7 v2 source: `BENCH_HL7_SENDERS` connections (default 8) each send PCD-01
@@ -106,6 +106,19 @@ fn context_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Bytes a process has caused to be written to storage so far (`write_bytes` of
+/// `/proc/<pid>/io`: counted when a page of the page cache turns dirty, so a commit that adds
+/// a few bytes to a page written out before counts the whole page again — as the disk, an
+/// SD card's flash above all, sees it).
+fn disk_written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -124,6 +137,8 @@ struct Figures {
     cpu: f64,
     /// The gateway's context switches (0: not measured).
     switches: u64,
+    /// Bytes the gateway wrote to disk (0: not measured).
+    disk_bytes: u64,
     rss_kib: u64,
     allocations: Option<u64>,
     /// Buffer transactions committed (each one `fsync`).
@@ -140,6 +155,8 @@ struct Sample {
     gateway: f64,
     /// The gateway's context switches.
     switches: u64,
+    /// Bytes the gateway wrote to disk.
+    disk_bytes: u64,
     broker: f64,
     harness: f64,
     allocations: Option<u64>,
@@ -309,6 +326,7 @@ impl Run {
         Sample {
             gateway,
             switches: context_switches(self.gw.pid()),
+            disk_bytes: disk_written(self.gw.pid()),
             broker,
             harness,
             allocations,
@@ -344,6 +362,7 @@ impl Run {
         }
         f.cpu = after.gateway - before.gateway;
         f.switches = after.switches.saturating_sub(before.switches);
+        f.disk_bytes = after.disk_bytes.saturating_sub(before.disk_bytes);
         f.broker_cpu = after.broker - before.broker;
         f.harness_cpu = after.harness - before.harness;
         f.allocations = after
@@ -612,6 +631,15 @@ fn print(title: &str, runs: &[(&str, Figures)]) {
         Some(c) if f.readings > 0 => format!("{:.0}", c as f64 * 10_000.0 / f.readings as f64),
         _ => "n/a".into(),
     });
+    if runs.iter().any(|(_, f)| f.disk_bytes > 0) {
+        row("disk KiB written per reading", &|f| {
+            if f.readings == 0 || f.disk_bytes == 0 {
+                "-".into()
+            } else {
+                format!("{:.2}", f.disk_bytes as f64 / 1024.0 / f.readings as f64)
+            }
+        });
+    }
     row("gateway peak RSS (MiB)", &|f| {
         format!("{:.1}", f.rss_kib as f64 / 1024.0)
     });
