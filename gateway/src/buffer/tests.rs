@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -152,6 +154,73 @@ async fn the_live_connection_is_wal_and_synchronous_full() {
     assert_eq!((mode.as_str(), sync), ("wal", 2));
     assert_eq!(report.key_created, Some(root.path().join("buffer.key")));
     writer.close().await;
+}
+
+/// The database's page size, read on a connection of its own.
+async fn page_size(root: &Path) -> i64 {
+    let mut conn = open::connect(&data(root).join(open::DB_FILE))
+        .await
+        .unwrap();
+    let size = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    size
+}
+
+#[tokio::test]
+async fn a_new_buffer_is_made_with_1_kib_pages() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("a", 1)]).await.unwrap();
+    r.stop().await;
+    assert_eq!(page_size(root.path()).await, 1024);
+}
+
+#[tokio::test]
+async fn a_buffer_made_with_4_kib_pages_keeps_them_and_its_readings() {
+    let root = tempfile::tempdir().unwrap();
+    let r = Running::start(root.path(), 100).await;
+    r.ingest
+        .commit(vec![reading("a", 1), reading("a", 2)])
+        .await
+        .unwrap();
+    r.stop().await;
+    // As the versions before 1 KiB pages made it.
+    let db = data(root.path()).join(open::DB_FILE);
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&db),
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA page_size = 4096",
+        "VACUUM",
+        "PRAGMA journal_mode = WAL",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    assert_eq!(page_size(root.path()).await, 4096);
+
+    let r = Running::start(root.path(), 100).await;
+    r.ingest.commit(vec![reading("a", 3)]).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let readings: Vec<&Reading> = leased.iter().map(|l| l.reading.as_ref().unwrap()).collect();
+    assert_eq!(
+        readings,
+        [&reading("a", 1), &reading("a", 2), &reading("a", 3)]
+    );
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    assert_eq!(r.store.ack(&dest(&r.store), &ids).await.unwrap(), 3);
+    r.stop().await;
+    assert_eq!(
+        page_size(root.path()).await,
+        4096,
+        "the size it was made with"
+    );
 }
 
 #[tokio::test]
@@ -1792,13 +1861,18 @@ async fn a_schema_5_buffer_on_a_full_disk_still_opens_and_is_re_keyed_later() {
     schema_5_buffer(root.path(), 1..=3000, &[]).await;
     let db = data(root.path()).join(open::DB_FILE);
     let mut conn = open::connect(&db).await.unwrap();
-    // Migration 0006 and the open's own records fit; rewriting 3,000 rows does not.
+    // 8 KiB more: migration 0006 and the open's own records fit; rewriting 3,000 rows does
+    // not.
     let pages: u64 = sqlx::query_scalar("PRAGMA page_count")
         .fetch_one(&mut conn)
         .await
         .unwrap();
+    let page_size: u64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     conn.close().await.unwrap();
-    lock(&TEST_MAX_PAGES).push((db.clone(), pages + 2));
+    lock(&TEST_MAX_PAGES).push((db.clone(), pages + 8192 / page_size));
 
     let (store, writer, _) = open(&data(root.path()), &options(root.path(), 1000))
         .await
