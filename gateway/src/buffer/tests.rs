@@ -843,6 +843,42 @@ async fn a_delivery_shares_its_commit_with_readings_that_are_arriving() {
     assert_eq!(*log.lock().unwrap(), [(1, 0), (1, 1), (0, 1)]);
 }
 
+#[tokio::test]
+async fn at_a_low_steady_rate_a_delivery_waits_for_the_next_reading_to_share_its_commit() {
+    // The writer's own wait is the default's 2 ms; readings come every 100 ms (a hub with a
+    // few devices). A delivery waits for the next reading all the same, so each reading
+    // costs one commit, not one to store it and one to record its delivery.
+    let root = tempfile::tempdir().unwrap();
+    let (log, on_commit) = group_log();
+    let r = Running::lingering(
+        root.path(),
+        &options(root.path(), 100),
+        Duration::from_millis(2),
+        on_commit,
+    )
+    .await;
+    let hasty = r.ingest.clone().with_linger(Duration::ZERO);
+    for seq in 1..=3 {
+        hasty.commit(vec![reading("a", seq)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    let ack = {
+        let store = r.store.clone();
+        tokio::spawn(async move { store.ack(&dest(&store), &ids).await })
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(!ack.is_finished(), "committed alone, without waiting");
+    hasty.commit(vec![reading("a", 4)]).await.unwrap();
+    assert_eq!(ack.await.unwrap().unwrap(), 3);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [(1, 0), (1, 0), (1, 0), (1, 3)],
+        "the delivery shared the fourth reading's commit"
+    );
+}
+
 mod destinations {
     //! Several destinations at once: each gets every reading, on its own.
 
@@ -1636,7 +1672,6 @@ async fn a_reading_sent_again_after_its_delivery_is_not_stored_a_second_time() {
 #[tokio::test]
 async fn a_delivered_reading_older_than_the_memory_is_forgotten_by_housekeeping() {
     use super::memory::DELIVERED_MEMORY;
-    use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     let r = Running::start(root.path(), 100).await;
     send_m1_and_m2(&r).await;
@@ -1707,7 +1742,6 @@ async fn old_buffer(
     waiting: std::ops::RangeInclusive<u64>,
     delivered: &[u64],
 ) {
-    use sqlx::Connection;
     let mut conn = old_schema(root, before).await;
     let key = seal::BufferKey::create(&options(root, 100).key_file).unwrap();
     sqlx::query("INSERT INTO meta (name, value) VALUES ('key_id', ?)")
@@ -1743,7 +1777,6 @@ async fn old_buffer(
 
 /// The first bytes of the plain bodies of the rows in `readings`, in order.
 async fn body_formats(root: &Path) -> Vec<u8> {
-    use sqlx::Connection;
     let key = seal::BufferKey::load(&options(root, 100).key_file).unwrap();
     let mut conn = open::connect(&data(root).join(open::DB_FILE))
         .await
@@ -1790,7 +1823,6 @@ async fn a_schema_6_buffer_keeps_its_json_bodies_readable_beside_new_binary_ones
 /// The times (seconds) that begin the keys of the rows in `readings`, each checked to be a
 /// schema-6 key; `None` for a row with a schema-5 key.
 async fn key_times(root: &Path) -> Vec<Option<u64>> {
-    use sqlx::Connection;
     let db = data(root).join(open::DB_FILE);
     let mut conn = open::connect(&db).await.unwrap();
     let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT dedup FROM readings ORDER BY id")
@@ -1811,7 +1843,6 @@ async fn key_times(root: &Path) -> Vec<Option<u64>> {
 /// still not stored again, and that memory is dropped once it has forgotten everything.
 #[tokio::test]
 async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivered_ones() {
-    use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     schema_5_buffer(root.path(), 1..=2, &[3]).await;
 
@@ -1856,7 +1887,6 @@ async fn a_schema_5_buffer_keeps_its_waiting_readings_and_its_memory_of_delivere
 /// start with room.
 #[tokio::test]
 async fn a_schema_5_buffer_on_a_full_disk_still_opens_and_is_re_keyed_later() {
-    use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     schema_5_buffer(root.path(), 1..=3000, &[]).await;
     let db = data(root.path()).join(open::DB_FILE);
@@ -2329,7 +2359,6 @@ mod rotation {
 /// to do, and is left as it is: not quarantined, its readings still there for the newer one.
 #[tokio::test]
 async fn a_buffer_migrated_by_a_newer_gateway_is_refused_and_left_alone() {
-    use sqlx::Connection;
     let root = tempfile::tempdir().unwrap();
     let r = Running::start(root.path(), 100).await;
     r.ingest.commit(vec![reading("m", 1)]).await.unwrap();

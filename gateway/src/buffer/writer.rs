@@ -4,8 +4,9 @@
 //! sources, deletes and dead letters from the uplink — up to `max_rows` readings. While the
 //! group is small (under `pipeline::SMALL_GROUP` readings) it waits for more, until the
 //! soonest of its requests' deadlines: each request's linger (its source's, else `linger`)
-//! after it was sent. A group of deletes alone, while readings are arriving, first waits up
-//! to `linger` for some, to share their fsync. Then it writes them in one transaction,
+//! after it was sent. A group of deletes alone, while readings are arriving, first waits for
+//! the next (up to twice the time between the last two groups of readings, at most a second:
+//! [`settle_wait`]), to share their fsync. Then it writes them in one transaction,
 //! commits (`synchronous=FULL`: the commit returns after fsync), and only then answers each
 //! request.
 //! A request that would take the buffer past its capacity is answered `Full`, and while the
@@ -69,9 +70,22 @@ pub struct WriterConfig {
 pub use super::memory::DELIVERED_MEMORY;
 
 /// Readings committed this recently mean more are arriving: a group of settles alone then
-/// waits (at most the linger) for some to share its commit. Otherwise (a backlog being
+/// waits ([`settle_wait`]) for some to share its commit. Otherwise (a backlog being
 /// delivered, nothing new coming in) settles are committed at once.
 const READINGS_ARRIVING: Duration = Duration::from_secs(1);
+
+/// How long a group of settles alone waits for readings to share its commit, while readings
+/// are arriving: twice the time between the last two groups of readings (so at a low steady
+/// rate the next one nearly always comes in time, and a delivery costs no `fsync` of its
+/// own), at most [`READINGS_ARRIVING`], at least `linger`; `linger` until there were two.
+/// The wait holds back no reading: one that arrives ends it and is committed with the
+/// settles as it would have been alone, and the uplink worker waiting for their answer is
+/// free again as that reading can be leased.
+fn settle_wait(readings_gap: Option<Duration>, linger: Duration) -> Duration {
+    readings_gap.map_or(linger, |gap| {
+        gap.saturating_mul(2).min(READINGS_ARRIVING).max(linger)
+    })
+}
 
 /// Rows per multi-row `INSERT`, largest first. Every statement text is prepared once and
 /// cached by the connection, so the set of shapes must stay small: a group of any size is
@@ -328,8 +342,9 @@ impl Writer {
     ) -> WriterCounts {
         let mut totals = WriterCounts::default();
         let mut ingest_open = true;
-        // When a group last had readings to commit.
+        // When a group last had readings to commit, and the time between the last two such.
         let mut last_readings: Option<Instant> = None;
+        let mut readings_gap: Option<Duration> = None;
         loop {
             let mut group = Group::default();
             tokio::select! {
@@ -364,9 +379,9 @@ impl Writer {
                     && ingest_open
                     && last_readings.is_some_and(|t| t.elapsed() < READINGS_ARRIVING)
                 {
-                    // Settles while readings are arriving: wait a little for some, to share
-                    // one commit (one fsync) with them.
-                    let deadline = Instant::now() + config.linger;
+                    // Settles while readings are arriving: wait for the next, to share one
+                    // commit (one fsync) with them.
+                    let deadline = Instant::now() + settle_wait(readings_gap, config.linger);
                     if let Ok(Some(req)) = tokio::time::timeout_at(deadline, ingest.recv()).await {
                         group.add(req);
                     }
@@ -392,7 +407,9 @@ impl Writer {
                 }
             }
             if !group.commits.is_empty() {
-                last_readings = Some(Instant::now());
+                let now = Instant::now();
+                readings_gap = last_readings.map(|t| now - t);
+                last_readings = Some(now);
             }
             if group.is_empty() && !self.has_unsettled() {
                 self.keep_record().await;
@@ -1068,6 +1085,21 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_waits_twice_the_time_between_groups_of_readings_within_bounds() {
+        let ms = Duration::from_millis;
+        let linger = ms(2);
+        assert_eq!(settle_wait(None, linger), linger, "no rate known yet");
+        assert_eq!(settle_wait(Some(ms(50)), linger), ms(100));
+        assert_eq!(settle_wait(Some(ms(900)), linger), READINGS_ARRIVING);
+        assert_eq!(settle_wait(Some(Duration::ZERO), linger), linger);
+        // A writer configured to wait longer keeps its own wait.
+        assert_eq!(
+            settle_wait(Some(ms(10)), Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
 
     /// Every chunk size has its `INSERT` for each memory it may consult, with a value for
     /// every column bound; any other size has none (the group fails instead of being written
