@@ -877,6 +877,24 @@ async fn at_a_low_steady_rate_a_delivery_waits_for_the_next_reading_to_share_its
         [(1, 0), (1, 0), (1, 0), (1, 3)],
         "the delivery shared the fourth reading's commit"
     );
+
+    // A backlog being delivered while readings still trickle in: a whole group's delivery is
+    // recorded at once, not after waiting for the next reading (which would slow the backlog
+    // to one batch per reading that comes).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let backlog: Vec<Reading> = (5..5 + pipeline::SMALL_GROUP as u64)
+        .map(|seq| reading("a", seq))
+        .collect();
+    hasty.commit(backlog).await.unwrap();
+    let leased = r.store.lease(&dest(&r.store), 1000).await.unwrap();
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    let ack = tokio::time::timeout(
+        Duration::from_millis(300),
+        r.store.ack(&dest(&r.store), &ids),
+    )
+    .await
+    .expect("a whole group's delivery waited for readings");
+    assert_eq!(ack.unwrap(), 1 + pipeline::SMALL_GROUP as u64);
 }
 
 mod destinations {

@@ -4,9 +4,9 @@
 //! sources, deletes and dead letters from the uplink — up to `max_rows` readings. While the
 //! group is small (under `pipeline::SMALL_GROUP` readings) it waits for more, until the
 //! soonest of its requests' deadlines: each request's linger (its source's, else `linger`)
-//! after it was sent. A group of deletes alone, while readings are arriving, first waits for
-//! the next (up to twice the time between the last two groups of readings, at most a second:
-//! [`settle_wait`]), to share their fsync. Then it writes them in one transaction,
+//! after it was sent. A small group of deletes alone, while readings are arriving, first
+//! waits for the next (up to twice the time between the last two groups of readings, at
+//! most a second: [`settle_wait`]), to share their fsync. Then it writes them in one transaction,
 //! commits (`synchronous=FULL`: the commit returns after fsync), and only then answers each
 //! request.
 //! A request that would take the buffer past its capacity is answered `Full`, and while the
@@ -80,7 +80,9 @@ const READINGS_ARRIVING: Duration = Duration::from_secs(1);
 /// own), at most [`READINGS_ARRIVING`], at least `linger`; `linger` until there were two.
 /// The wait holds back no reading: one that arrives ends it and is committed with the
 /// settles as it would have been alone, and the uplink worker waiting for their answer is
-/// free again as that reading can be leased.
+/// free again as that reading can be leased. Settles of a whole group of rows or more (a
+/// backlog being delivered) do not wait: their `fsync` is shared by enough rows already, and
+/// waiting would slow the delivery of the backlog to one batch per reading that arrives.
 fn settle_wait(readings_gap: Option<Duration>, linger: Duration) -> Duration {
     readings_gap.map_or(linger, |gap| {
         gap.saturating_mul(2).min(READINGS_ARRIVING).max(linger)
@@ -239,6 +241,13 @@ impl Group {
         !self.acks.is_empty() || !self.dead.is_empty()
     }
 
+    /// How many rows its deliveries and dead letters settle.
+    fn settled_rows(&self) -> usize {
+        let acked: usize = self.acks.iter().map(|((_, ids), _)| ids.len()).sum();
+        let dead: usize = self.dead.iter().map(|((_, _, rows), _)| rows.len()).sum();
+        acked + dead
+    }
+
     fn is_empty(&self) -> bool {
         self.commits.is_empty()
             && self.seq_queries.is_empty()
@@ -375,6 +384,7 @@ impl Writer {
             if group.rows < SMALL_GROUP {
                 if group.commits.is_empty()
                     && group.has_settles()
+                    && group.settled_rows() < SMALL_GROUP
                     && !config.linger.is_zero()
                     && ingest_open
                     && last_readings.is_some_and(|t| t.elapsed() < READINGS_ARRIVING)
