@@ -805,6 +805,13 @@ async fn a_sources_own_wait_for_company_replaces_the_writers() {
     assert_eq!(*log.lock().unwrap(), [(1, 0)]);
 }
 
+/// Acknowledges `ids` for the tests' destination in a task of its own (the writer may hold
+/// the answer back until readings arrive).
+fn spawn_ack(store: &Store, ids: Vec<i64>) -> tokio::task::JoinHandle<Result<u64, BufferError>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.ack(&dest(&store), &ids).await })
+}
+
 #[tokio::test]
 async fn a_delivery_shares_its_commit_with_readings_that_are_arriving() {
     let root = tempfile::tempdir().unwrap();
@@ -820,10 +827,7 @@ async fn a_delivery_shares_its_commit_with_readings_that_are_arriving() {
     hasty.commit(vec![reading("a", 1)]).await.unwrap();
     let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
     // Readings are arriving: the acknowledgement waits for the next one.
-    let ack = {
-        let (store, id) = (r.store.clone(), leased[0].id);
-        tokio::spawn(async move { store.ack(&dest(&store), &[id]).await })
-    };
+    let ack = spawn_ack(&r.store, vec![leased[0].id]);
     tokio::time::sleep(Duration::from_millis(50)).await;
     hasty.commit(vec![reading("a", 2)]).await.unwrap();
     assert_eq!(ack.await.unwrap().unwrap(), 1);
@@ -863,11 +867,7 @@ async fn at_a_low_steady_rate_a_delivery_waits_for_the_next_reading_to_share_its
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let leased = r.store.lease(&dest(&r.store), 10).await.unwrap();
-    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
-    let ack = {
-        let store = r.store.clone();
-        tokio::spawn(async move { store.ack(&dest(&store), &ids).await })
-    };
+    let ack = spawn_ack(&r.store, leased.iter().map(|l| l.id).collect());
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert!(!ack.is_finished(), "committed alone, without waiting");
     hasty.commit(vec![reading("a", 4)]).await.unwrap();
