@@ -6,9 +6,9 @@
 //! soonest of its requests' deadlines: each request's linger (its source's, else `linger`)
 //! after it was sent. A small group of deletes alone, while readings are arriving, first
 //! waits for the next (up to twice the time between the last two groups of readings, at
-//! most a second: [`settle_wait`]), to share their fsync. Then it writes them in one transaction,
-//! commits (`synchronous=FULL`: the commit returns after fsync), and only then answers each
-//! request.
+//! most a second: [`settle_wait`]), to share their fsync. Then it writes them in one
+//! transaction, commits (`synchronous=FULL`: the commit returns after fsync), and only then
+//! answers each request.
 //! A request that would take the buffer past its capacity is answered `Full`, and while the
 //! file system has less free space than the floor, new readings are answered `LowSpace`;
 //! neither is written. After answering, the writer hands a [`GroupReport`] to its caller
@@ -80,9 +80,7 @@ const READINGS_ARRIVING: Duration = Duration::from_secs(1);
 /// own), at most [`READINGS_ARRIVING`], at least `linger`; `linger` until there were two.
 /// The wait holds back no reading: one that arrives ends it and is committed with the
 /// settles as it would have been alone, and the uplink worker waiting for their answer is
-/// free again as that reading can be leased. Settles of a whole group of rows or more (a
-/// backlog being delivered) do not wait: their `fsync` is shared by enough rows already, and
-/// waiting would slow the delivery of the backlog to one batch per reading that arrives.
+/// free again as that reading can be leased.
 fn settle_wait(readings_gap: Option<Duration>, linger: Duration) -> Duration {
     readings_gap.map_or(linger, |gap| {
         gap.saturating_mul(2).min(READINGS_ARRIVING).max(linger)
@@ -390,7 +388,9 @@ impl Writer {
                     && last_readings.is_some_and(|t| t.elapsed() < READINGS_ARRIVING)
                 {
                     // Settles while readings are arriving: wait for the next, to share one
-                    // commit (one fsync) with them.
+                    // commit (one fsync) with them. Not settles of a whole group of rows or
+                    // more (a backlog being delivered): their fsync is shared enough, and
+                    // waiting would slow the backlog to one batch per arriving reading.
                     let deadline = Instant::now() + settle_wait(readings_gap, config.linger);
                     if let Ok(Some(req)) = tokio::time::timeout_at(deadline, ingest.recv()).await {
                         group.add(req);
